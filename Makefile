@@ -1,0 +1,36 @@
+# regx: `make train` and `make test` are the quickstart; both create .venv and install on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.regx-installed
+ARGS ?=
+
+.PHONY: help install train smoke test test-all lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install regx with its dev extras
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+train: install ## run the default experiment on the embedded data (ARGS="aug=flip_rotate wd=1e-4")
+	$(BIN)/regx train $(ARGS)
+
+smoke: install ## a seconds-long CPU run (the CI preset)
+	$(BIN)/regx train debug=smoke $(ARGS)
+
+test: install ## the fast test suite (CPU, no network)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-all: install ## every test, slow ones included
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: install ## ruff
+	$(BIN)/ruff check regx tests
+
+clean: ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs/runs outputs/sweeps .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from regx.cli import main
+
+sys.exit(main())

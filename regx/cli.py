@@ -1,0 +1,185 @@
+"""`regx <command>`: a dispatcher that imports nothing heavy until a command runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+USAGE = """\
+usage: regx <command> [args]
+
+commands:
+  train   [overrides]             train one run; -m for a sweep (regx train --help lists the groups)
+  resume  RUN_DIR [key=value]     continue a run from its last checkpoint (e.g. epochs=20)
+
+examples:
+  regx train                                   the default experiment on the embedded shapes data
+  regx train aug=flip_rotate wd=1e-4           a technique or two
+  regx train -m aug=none,flip_rotate wd=0,1e-4 a sweep: four runs under outputs/sweeps/
+  regx train debug=smoke                       a seconds-long CPU run
+  regx resume outputs/runs/<run> epochs=20
+
+Bad input exits with status 2 and one line; REGX_DEBUG=1 shows tracebacks.
+"""
+
+# Flags that Hydra's own argument parser takes, and which of them take a value.
+_HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                           "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
+_HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version",
+                     "--shell-completion", "-sc"}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _error(message: str, code: int = 2) -> int:
+    print(f"regx: error: {message}", file=sys.stderr)
+    return code
+
+
+def _split_args(args: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, info_only, multirun) from `regx train` arguments."""
+    overrides, info, multirun = [], False, False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in _HYDRA_INFO_FLAGS:
+            info = True
+        if a in ("-m", "--multirun"):
+            multirun = True
+        if a in _HYDRA_FLAGS_WITH_VALUE or (a in ("--info", "-i") and i + 1 < len(args) and args[i + 1] in _INFO_VALUES):
+            i += 2
+            continue
+        if not a.startswith("-"):
+            overrides.append(a)
+        i += 1
+    return overrides, info, multirun
+
+
+class _Jobs:
+    count = 0
+    failed: list[tuple[str, str]] = []
+
+
+def _task(cfg) -> dict | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from regx.train import RunFailed, train
+
+    _Jobs.count += 1
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        return train(cfg, run_dir)
+    except RunFailed as exc:  # recorded in the run's summary.json; the sweep goes on
+        _Jobs.failed.append((run_dir, str(exc)))
+        return None
+
+
+def cmd_train(args: list[str]) -> int:
+    from regx import config
+
+    overrides, info_only, multirun = _split_args(args)
+    config.register()
+    if not info_only:
+        try:
+            config.preflight(overrides)
+        except config.ConfigError as exc:
+            if config.debug_enabled():
+                raise
+            return _error(str(exc))
+    import hydra
+
+    main = hydra.main(config_path=str(config.conf_dir()), config_name="train", version_base="1.3")(_task)
+    argv0 = sys.argv[0]
+    sys.argv = ["regx train", *args]
+    try:
+        main()
+    finally:
+        sys.argv[0] = argv0
+    if not _Jobs.failed:
+        return 0
+    if multirun:
+        print(f"regx: {len(_Jobs.failed)} of {_Jobs.count} jobs failed:", file=sys.stderr)
+        for run_dir, message in _Jobs.failed:
+            print(f"  {run_dir}: {message}", file=sys.stderr)
+    else:
+        print(f"regx: error: {_Jobs.failed[0][1]} (run dir {_Jobs.failed[0][0]})", file=sys.stderr)
+    return 1
+
+
+def cmd_resume(args: list[str]) -> int:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from regx import config
+    from regx.runs import read_json
+    from regx.train import RunFailed, train
+
+    force = "--force" in args
+    args = [a for a in args if a != "--force"]
+    if not args or args[0].startswith("-"):
+        return _error("usage: regx resume RUN_DIR [key=value ...] [--force]")
+    run_dir, overrides = Path(args[0]), args[1:]
+    if not run_dir.is_dir():
+        return _error(f"no such run directory: {run_dir}")
+    for needed in ("config.yaml", "checkpoints/last.pt"):
+        if not (run_dir / needed).is_file():
+            return _error(f"{run_dir / needed} is missing: nothing to resume from")
+    try:
+        saved = OmegaConf.load(run_dir / "config.yaml")
+        base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise config.ConfigError(f"cannot parse override '{bad[0]}': expected key=value")
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+        config.validate(cfg)
+    except config.ConfigError as exc:
+        return _error(str(exc))
+    except Exception as exc:
+        return _error(config.explain(exc, overrides))
+    changed = [k for k in config.flat_keys(cfg) if OmegaConf.select(cfg, k) != OmegaConf.select(base, k)
+               and not isinstance(OmegaConf.select(cfg, k), dict | type(cfg))]
+    frozen = [k for k in changed if k.split(".")[0] in ("data", "model", "seed", "batch_size", "optim", "decay", "dropout", "aug")]
+    if frozen and not force:
+        return _error(f"resuming with changed {', '.join(frozen)} would not continue the same run; pass --force to do it anyway")
+    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+    if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
+        print(f"regx: {run_dir} already completed {summary['epochs_done']} epochs; nothing to do "
+              f"(pass epochs=N with N > {summary['epochs_done']} to train further)")
+        return 0
+    try:
+        train(cfg, run_dir, resume=True)
+    except RunFailed as exc:
+        return _error(str(exc), 1)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "resume": cmd_resume}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if args[0] in ("-V", "--version"):
+        from regx import __version__
+
+        print(f"regx {__version__}")
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        import difflib
+
+        close = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return _error(f"unknown command '{args[0]}'{hint} (commands: {', '.join(COMMANDS)})")
+    try:
+        return command(args[1:])
+    except KeyboardInterrupt:
+        print("regx: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("REGX_DEBUG", "") not in ("", "0"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return _error(f"{type(exc).__name__}: {first}", 1)

@@ -1,0 +1,82 @@
+"""Terminal output: rich progress bars and tables on a terminal, plain lines elsewhere (CI, logs)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+_console = None
+
+
+def console():
+    global _console
+    if _console is None:
+        from rich.console import Console
+
+        _console = Console(highlight=False)
+    return _console
+
+
+def interactive() -> bool:
+    return sys.stdout.isatty()
+
+
+def setup_logging(log_file: Path | None = None) -> logging.Logger:
+    """The `regx` logger: to the terminal (rich or plain) and, when given, appended to log_file."""
+    log = logging.getLogger("regx")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    if interactive():
+        from rich.logging import RichHandler
+
+        term = RichHandler(console=console(), show_path=False, show_level=False, markup=False, log_time_format="[%X]")
+    else:
+        term = logging.StreamHandler(sys.stdout)
+        term.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(term)
+    # "regx.file" reaches the log file only: for what the terminal already shows as a table.
+    file_only = logging.getLogger("regx.file")
+    file_only.propagate = False
+    for h in list(file_only.handlers):
+        file_only.removeHandler(h)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(fh)
+        file_only.addHandler(fh)
+    return log
+
+
+class EpochProgress:
+    """A live bar for one epoch (loss, accuracy, LR, images/s); silent when not on a terminal."""
+
+    def __init__(self, title: str, total: int):
+        self.title, self.total, self._progress = title, total, None
+
+    def __enter__(self):
+        if interactive():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                console=console(), transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.title, total=self.total, stats="")
+        return self
+
+    def update(self, done: int, loss: float, acc: float, lr: float, img_per_s: float) -> None:
+        if self._progress is not None:
+            stats = f"loss {loss:.4f}  acc {acc:6.2%}  lr {lr:.3g}  {img_per_s:,.0f} img/s"
+            self._progress.update(self._task, completed=done, stats=stats)
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+        return False

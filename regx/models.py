@@ -1,0 +1,139 @@
+"""Model registry: regx's smallcnn plus any torchvision classification model by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def deco(fn):
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+class ModelError(ValueError):
+    pass
+
+
+@register_model("smallcnn")
+def smallcnn(
+    *,
+    num_classes: int,
+    in_channels: int,
+    channels=(32, 64, 128),
+    convs_per_block: int = 2,
+    fc=(256,),
+    dropout: float = 0.0,
+    conv_dropout: float = 0.0,
+    **_,
+) -> nn.Module:
+    """conv-BN-ReLU blocks, each ending in a 2x2 max-pool; global average pool; an MLP classifier.
+
+    `dropout` places nn.Dropout(p) before every fully connected layer of the classifier (where the
+    course puts it); `conv_dropout` places nn.Dropout2d after every conv block.
+    """
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for width in channels:
+        for _ in range(convs_per_block):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            c_in = width
+        layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        if conv_dropout > 0:
+            layers.append(nn.Dropout2d(conv_dropout))
+    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    widths = [*fc, num_classes]
+    for i, width in enumerate(widths):
+        if dropout > 0:
+            head.append(nn.Dropout(dropout))
+        head.append(nn.Linear(c_in, width))
+        if i < len(widths) - 1:
+            head.append(nn.ReLU(inplace=True))
+        c_in = width
+    return nn.Sequential(nn.Sequential(*layers), nn.Sequential(*head))
+
+
+def torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _torchvision(name: str, *, num_classes: int, in_channels: int, small_input: bool, dropout: float, **_) -> nn.Module:
+    import torchvision.models as tvm
+
+    names = torchvision_names()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"model.name={name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision classification model{hint}")
+    model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    if small_input:
+        if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+            raise ModelError(f"model.small_input=true swaps a ResNet-style stem; {name} has none (set model.small_input=false)")
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    if dropout > 0:
+        _dropout_before_last_linear(model, dropout)
+    return _GrayToRGB(model) if in_channels == 1 else model
+
+
+def _dropout_before_last_linear(model: nn.Module, p: float) -> None:
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = name
+    if last is None:
+        raise ModelError("dropout.p > 0 needs a fully connected layer, and this model has none")
+    parent_name, _, attr = last.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    linear = getattr(parent, attr)
+    setattr(parent, attr, nn.Sequential(nn.Dropout(p), linear))
+
+
+class _GrayToRGB(nn.Module):
+    """Feeds one-channel images to an RGB network by repeating the channel."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.expand(-1, 3, -1, -1))
+
+
+def build_model(
+    *,
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    channels=(32, 64, 128),
+    convs_per_block: int = 2,
+    fc=(256,),
+    small_input: bool = False,
+    dropout: float = 0.0,
+    conv_dropout: float = 0.0,
+) -> nn.Module:
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, channels=list(channels),
+                  convs_per_block=convs_per_block, fc=list(fc), small_input=small_input,
+                  dropout=dropout, conv_dropout=conv_dropout)
+    if name in MODELS:
+        return MODELS[name](**kwargs)
+    if conv_dropout > 0:
+        raise ModelError("dropout.conv_p applies to smallcnn only; set dropout.conv_p=0 for torchvision models")
+    return _torchvision(name, **kwargs)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

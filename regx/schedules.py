@@ -1,0 +1,79 @@
+"""Learning-rate schedules as pure functions of the optimizer step (plateau excepted).
+
+`lr_factor(step, ...)` returns the multiplier on the base `lr` for that step; a linear warmup over
+`warmup_epochs` multiplies every schedule. Schedules run per optimizer step, so short runs decay
+smoothly; `plateau` reacts to the validation loss once per epoch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+
+def lr_factor(
+    step: int,
+    *,
+    name: str,
+    total_steps: int,
+    steps_per_epoch: int,
+    base_lr: float = 1.0,
+    warmup_epochs: float = 0.0,
+    min_lr: float = 0.0,
+    step_epochs: float = 30.0,
+    gamma: float = 0.1,
+    milestones=(),
+    max_lr_mult: float = 10.0,
+    pct_start: float = 0.3,
+    **_,
+) -> float:
+    epoch = step / steps_per_epoch
+    total = max(total_steps, 1)
+    if name in ("constant", "plateau"):
+        f = 1.0
+    elif name == "step":
+        f = gamma ** math.floor(epoch / step_epochs)
+    elif name == "multistep":
+        f = gamma ** bisect.bisect_right(sorted(milestones), epoch)
+    elif name == "exponential":
+        f = gamma**epoch
+    elif name == "cosine":
+        floor = min_lr / base_lr
+        f = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+    elif name == "onecycle":  # torch's OneCycleLR with cosine annealing, div 25 and final div 1e4
+        peak, up = max_lr_mult, max(pct_start * total, 1.0)
+        start, end = peak / 25, peak / 25 / 1e4
+        if step < up:
+            f = start + (peak - start) * 0.5 * (1 - math.cos(math.pi * step / up))
+        else:
+            t = min((step - up) / max(total - up, 1.0), 1.0)
+            f = end + (peak - end) * 0.5 * (1 + math.cos(math.pi * t))
+    else:
+        raise ValueError(f"unknown schedule {name!r}")
+    warmup = warmup_epochs * steps_per_epoch
+    if warmup > 0 and step < warmup:
+        f *= (step + 1) / warmup
+    return f
+
+
+class Plateau:
+    """Multiply the LR by `factor` after `patience` epochs without a lower validation loss."""
+
+    def __init__(self, factor: float = 0.1, patience: int = 5):
+        self.factor, self.patience = factor, patience
+        self.best, self.bad, self.scale = math.inf, 0, 1.0
+
+    def update(self, val_loss: float) -> None:
+        if val_loss < self.best:
+            self.best, self.bad = val_loss, 0
+        else:
+            self.bad += 1
+            if self.bad > self.patience:
+                self.scale *= self.factor
+                self.bad = 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad, "scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad, self.scale = state["best"], state["bad"], state["scale"]

@@ -1,0 +1,250 @@
+"""train(cfg, run_dir) -> summary: build everything from the config, run the epoch loop, write the run."""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from regx import __version__
+from regx.augment import Augment
+from regx.console import EpochProgress, console, setup_logging
+from regx.data import iterate, load_data, to_device
+from regx.engine import Pipeline, autocast, evaluate, train_one_epoch
+from regx.models import build_model, count_params
+from regx.regularize import build_optimizer, penalty
+from regx.runs import load_checkpoint, read_json, save_checkpoint, write_json, write_metrics, write_text
+from regx.schedules import Plateau, lr_factor
+
+
+class RunFailed(RuntimeError):
+    """The run stopped with an error; summary.json says `failed` and holds the message."""
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunFailed(f"device={spec}: CUDA is not available on this machine (use device=cpu or device=auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RunFailed(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RunFailed("device=mps: MPS is not available on this machine")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(p() for p in probes if p is not None)
+
+
+def pick_precision(spec: str, device: torch.device) -> str:
+    """`auto`: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512 bf16
+    or AMX), else fp32. fp16 needs a GradScaler and is used only when asked for."""
+    if spec != "auto":
+        return spec
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_bf16() else "32"
+    return "32"
+
+
+def _rng_state(aug_gen: torch.Generator, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "aug": aug_gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict, aug_gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    aug_gen.set_state(state["aug"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict:
+    """Train as `cfg` says, writing everything into `run_dir`; return the summary.
+
+    With resume=True, continue from `run_dir/checkpoints/last.pt`: on CPU the result equals an
+    uninterrupted run bit for bit (timing aside). Raises RunFailed (summary status `failed`) on error
+    and re-raises KeyboardInterrupt (status `interrupted`).
+    """
+    run_dir = Path(run_dir)
+    log = setup_logging(run_dir / "train.log")
+    summary_path = run_dir / "summary.json"
+    summary = read_json(summary_path) if resume and summary_path.is_file() else {}
+    summary.update(status="running", name=cfg.name, run_dir=str(run_dir), regx_version=__version__,
+                   torch_version=torch.__version__, host=platform.node(), error=None,
+                   started=summary.get("started") or datetime.now().isoformat(timespec="seconds"))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(summary_path, summary)
+    t0 = time.perf_counter()
+    try:
+        return _train(cfg, run_dir, summary, resume, log, t0)
+    except KeyboardInterrupt:
+        summary.update(status="interrupted")
+        write_json(summary_path, summary)
+        log.warning("interrupted; resume with: regx resume %s", run_dir)
+        raise
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, RunFailed | ValueError | RuntimeError | OSError):
+            message = f"{type(exc).__name__}: {message}"
+        summary.update(status="failed", error=message)
+        write_json(summary_path, summary)
+        log.error("run failed: %s", message)
+        raise RunFailed(message) from exc
+
+
+def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0: float) -> dict:
+    ckpt_dir = run_dir / "checkpoints"
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+
+    data = load_data(**OmegaConf.to_container(cfg.data, resolve=True))
+    if not data.streaming:
+        data = to_device(data, device)
+    model = build_model(name=cfg.model.name, num_classes=data.num_classes, in_channels=data.channels,
+                        channels=cfg.model.channels, convs_per_block=cfg.model.convs_per_block, fc=cfg.model.fc,
+                        small_input=cfg.model.small_input, dropout=cfg.dropout.p, conv_dropout=cfg.dropout.conv_p)
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    optimizer, decayed = build_optimizer(model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name,
+                                         exclude=list(cfg.decay.exclude), momentum=cfg.optim.momentum,
+                                         nesterov=cfg.optim.nesterov, betas=list(cfg.optim.betas), eps=cfg.optim.eps)
+    loss_term = (lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None
+
+    n_train = len(data.train)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size) - (1 if n_train % cfg.batch_size == 1 and n_train > 1 else 0)
+    sched = OmegaConf.to_container(cfg.sched, resolve=True)
+    plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
+
+    def lr_at(step: int) -> float:
+        scale = plateau.scale if plateau is not None else 1.0
+        return cfg.lr * scale * lr_factor(step, total_steps=steps_per_epoch * cfg.epochs,
+                                          steps_per_epoch=steps_per_epoch, base_lr=cfg.lr, **sched)
+
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    pipeline = Pipeline(mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
+                        std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
+                        channels_last=cfg.channels_last,
+                        augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None)
+    amp = autocast(device, precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
+    net = torch.compile(model) if cfg.compile else model
+
+    state = {"epoch": 0, "step": 0, "history": [], "best_val_acc": None, "best_epoch": None, "wall_s": 0.0}
+    if resume:
+        ckpt = load_checkpoint(ckpt_dir / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if plateau is not None and ckpt.get("plateau"):
+            plateau.load_state_dict(ckpt["plateau"])
+        _restore_rng(ckpt["rng"], aug_gen, device)
+        state.update(ckpt["state"])
+        write_metrics(run_dir / "metrics.csv", state["history"])  # drop rows written after last.pt
+        log.info("resuming %s after epoch %d (step %d)", run_dir, state["epoch"], state["step"])
+    wall_before = state["wall_s"]
+
+    total, trainable = count_params(model)
+    summary.update(device=str(device), precision=precision, params=total, trainable_params=trainable,
+                   decayed_params=sum(p.numel() for g in optimizer.param_groups if g["decayed"] for p in g["params"]),
+                   num_classes=data.num_classes, image_size=data.image_size,
+                   n_train=n_train, n_val=len(data.val), n_test=len(data.test) if data.test is not None else 0)
+    log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
+             cfg.name, cfg.model.name, f"{total:,}", device, "fp32" if precision == "32" else precision, n_train,
+             len(data.val), summary["n_test"], data.image_size, data.num_classes, run_dir)
+
+    def checkpoint(best: bool) -> None:
+        state["wall_s"] = wall_before + time.perf_counter() - t0
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "plateau": plateau.state_dict() if plateau is not None else None,
+                         "rng": _rng_state(aug_gen, device), "state": state,
+                         "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
+                         "regx_version": __version__}, ckpt_dir, best=best)
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        batches = iterate(data.train, cfg.batch_size, order=order, device=device, workers=cfg.data.workers, drop_single=True)
+        with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps_per_epoch) as bar:
+            tr = train_one_epoch(net, batches, optimizer, pipeline=pipeline, lr_at=lr_at, start_step=state["step"],
+                                 amp=amp, scaler=scaler, penalty=loss_term, label_smoothing=cfg.label_smoothing,
+                                 progress=bar, progress_every=cfg.progress_every)
+        lr = lr_at(state["step"] + tr.steps - 1)
+        if not math.isfinite(tr.loss):
+            raise RunFailed(f"training loss became {tr.loss} in epoch {epoch} at lr={lr:.4g}: lower lr, or check the data")
+        val_loss, val_acc = evaluate(net, iterate(data.val, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                                     pipeline=pipeline, amp=amp)
+        if plateau is not None:
+            plateau.update(val_loss)
+        is_best = state["best_val_acc"] is None or val_acc > state["best_val_acc"]
+        if is_best:
+            state["best_val_acc"], state["best_epoch"] = val_acc, epoch
+        state["epoch"], state["step"] = epoch, state["step"] + tr.steps
+        state["history"].append(dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc,
+                                     gap=tr.acc - val_acc, lr=lr, epoch_s=time.perf_counter() - t_epoch,
+                                     img_per_s=tr.images / tr.seconds))
+        checkpoint(best=is_best)
+        write_metrics(run_dir / "metrics.csv", state["history"])
+        summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
+                       final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2))
+        write_json(run_dir / "summary.json", summary)
+        log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
+                 len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
+                 100 * (tr.acc - val_acc), lr, time.perf_counter() - t_epoch, f"{tr.images / tr.seconds:,.0f}",
+                 "  *best*" if is_best else "")
+
+    test_loss = test_acc = None
+    if data.test is not None and len(data.test) and (ckpt_dir / "best.pt").is_file():
+        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
+        test_loss, test_acc = evaluate(net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                                       pipeline=pipeline, amp=amp)
+    summary.update(status="completed", test_acc=test_acc, test_loss=test_loss,
+                   wall_s=round(wall_before + time.perf_counter() - t0, 2),
+                   finished=datetime.now().isoformat(timespec="seconds"))
+    write_json(run_dir / "summary.json", summary)
+    _print_summary(summary, log)
+    return summary
+
+
+def _print_summary(s: dict, log) -> None:
+    from rich.table import Table
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    rows = [
+        ("status", s["status"]),
+        ("epochs", str(s.get("epochs_done"))),
+        ("best val acc", f"{pct(s.get('best_val_acc'))} (epoch {s.get('best_epoch')})"),
+        ("final train / val acc", f"{pct(s.get('final_train_acc'))} / {pct(s.get('final_val_acc'))}"),
+        ("test acc (best ckpt)", pct(s.get("test_acc"))),
+        ("params (trainable)", f"{s['params']:,} ({s['trainable_params']:,})"),
+        ("device", f"{s['device']} {s['precision']}"),
+        ("wall time", f"{s['wall_s']:.1f}s"),
+        ("run dir", s["run_dir"]),
+    ]
+    table = Table(title=f"regx run: {s['name']}", show_header=False)
+    for k, v in rows:
+        table.add_row(k, v)
+    console().print(table)
+    file_only = logging.getLogger("regx.file")
+    for k, v in rows:
+        file_only.info("%-22s %s", k, v)
