@@ -1,0 +1,87 @@
+"""Every option of every group composes, validates and builds; bad input fails with one line."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from regx import config
+from regx.augment import Augment
+from regx.models import build_model
+from regx.regularize import build_optimizer, penalty
+from regx.schedules import lr_factor
+
+OPTIONS = [(g, o) for g in config.GROUPS for o in config.group_options(g)]
+EXTRA = {("data", "imagefolder"): ["data.path=/tmp/images"]}
+
+
+def test_every_group_has_options():
+    for group in config.GROUPS:
+        assert config.group_options(group), f"conf/{group}/ has no options"
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_builds(group, option):
+    cfg = config.compose([f"{group}={option}", *EXTRA.get((group, option), [])])
+    config.validate(cfg)
+    if group == "data":  # loaders are tested on real files in test_data.py
+        return
+    model = build_model(name=cfg.model.name, num_classes=7, in_channels=3, channels=cfg.model.channels,
+                        convs_per_block=cfg.model.convs_per_block, fc=cfg.model.fc,
+                        small_input=cfg.model.small_input, dropout=cfg.dropout.p, conv_dropout=cfg.dropout.conv_p)
+    opt, decayed = build_optimizer(model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name,
+                                   exclude=list(cfg.decay.exclude))
+    x = torch.rand(2, 3, 32, 32)
+    if Augment.active(cfg.aug):
+        x = Augment(cfg.aug, torch.Generator().manual_seed(0))(x)
+    loss = model(x).logsumexp(1).mean()
+    if decayed:
+        loss = loss + penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)
+    loss.backward()
+    opt.step()
+    assert model(x).shape == (2, 7)
+    sched = OmegaConf.to_container(cfg.sched)
+    lrs = [lr_factor(s, total_steps=100, steps_per_epoch=10, base_lr=cfg.lr, **sched) for s in range(100)]
+    assert all(0 <= f < 100 for f in lrs)
+
+
+def test_used_by_command_composes():
+    cfg = config.compose(["aug=flip_rotate", "wd=1e-4"])
+    assert cfg.aug.name == "flip_rotate" and cfg.aug.hflip.p == 0.5 and cfg.aug.rotate.degrees > 0
+    assert cfg.wd == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["lrr=0.1"], "unknown config key 'lrr'; did you mean 'lr'?"),
+        (["aug.rotate.degres=30"], "did you mean 'aug.rotate.degrees'?"),
+        (["aug=flip_rotat"], "unknown option aug=flip_rotat; did you mean 'flip_rotate'? (valid options: "),
+        (["epochs=ten"], "epochs='ten' is invalid: must be of type integer"),
+        (["channels_last=maybe"], "channels_last='maybe' is invalid: must be of type bool"),
+        (["wd=-1"], "wd=-1.0 is invalid: must be >= 0"),
+        (["lr=0"], "lr=0.0 is invalid: must be > 0"),
+        (["epochs=0"], "epochs=0 is invalid: must be >= 1"),
+        (["batch_size=0"], "batch_size=0 is invalid: must be >= 1"),
+        (["dropout.p=1"], "dropout.p=1.0 is invalid: must be in [0, 1)"),
+        (["data.val_fraction=1.5"], "data.val_fraction=1.5 is invalid: must be in (0, 1)"),
+        (["device=gpu"], "device='gpu' is invalid: must be one of auto, cpu, cuda, cuda:N or mps"),
+        (["precision=8"], "precision='8' is invalid"),
+        (["data=imagefolder"], "data.path is required for data=imagefolder"),
+        (["model.fc=3"], "model.fc=3 is invalid"),
+        (["oops"], "cannot parse override 'oops'"),
+        (["wd=0,-1"], "wd=-1.0 is invalid: must be >= 0"),  # a bad value inside a sweep fails up front
+    ],
+)
+def test_bad_config_is_one_line(overrides, message):
+    with pytest.raises(config.ConfigError) as err:
+        config.preflight(overrides)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_sweep_preview_covers_every_value():
+    variants = config.expand_sweep(["aug=none,flip", "wd=0,1e-4,1e-3", "epochs=2"])
+    assert len(variants) == 4  # first combination + one per further value, not the 6 of the product
+    flat = {o for v in variants for o in v}
+    assert {"aug=none", "aug=flip", "wd=0", "wd=0.0001", "wd=0.001", "epochs=2"} <= flat
