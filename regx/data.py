@@ -337,7 +337,7 @@ def _load_tv(name: str, root: str, download: bool, image_size: int | None):
         where = Path(root).resolve() / folder
         extra = " (or `apt install dataset-fashion-mnist`)" if name == "fashion_mnist" else ""
         hint = "download failed (no network?)" if download else "data.download=false"
-        raise DataError(f"data={name}: files not found and {hint}; put {', '.join(files)} in {where}{extra}")
+        raise DataError(f"data={name}: files missing or corrupt and {hint}; put {', '.join(files)} in {where}{extra}")
     tr, te = _tv_split(train), _tv_split(test)
     return _resize(tr, image_size), None, _resize(te, image_size), list(train.classes), tr.x.shape[1]
 

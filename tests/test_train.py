@@ -98,7 +98,7 @@ def smoke_cfg(*overrides):
 def test_same_seed_same_run_and_other_seed_differs(tmp_path):
     a = train(smoke_cfg("aug=flip_rotate", "dropout=fc"), tmp_path / "a")
     b = train(smoke_cfg("aug=flip_rotate", "dropout=fc"), tmp_path / "b")
-    c = train(smoke_cfg("aug=flip_rotate", "dropout=fc", "seed=1"), tmp_path / "c")
+    train(smoke_cfg("aug=flip_rotate", "dropout=fc", "seed=1"), tmp_path / "c")
     assert a["status"] == b["status"] == "completed"
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
     assert metric_rows(tmp_path / "a") != metric_rows(tmp_path / "c")
@@ -150,3 +150,24 @@ def test_sweep_runs_every_job_and_reports_failures(regx, tmp_path):
     assert all("/does/not/exist" in status[n]["error"] for n in failed)
     assert all(s["status"] == "completed" for n, s in status.items() if n not in failed)
     assert "2 of 4 jobs failed" in res.stderr
+
+
+def test_streamed_image_folder_trains(tmp_path):
+    from tests.test_data import write_images
+
+    write_images(tmp_path / "imgs", per_class=8)
+    cfg = smoke_cfg("data=imagefolder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16", "data.stream=true",
+                    "data.workers=0", f"data.root={tmp_path}")
+    s = train(cfg, tmp_path / "run")
+    assert s["status"] == "completed" and s["n_train"] + s["n_val"] == 24 and s["num_classes"] == 3
+
+
+def test_failure_is_recorded_in_the_summary(tmp_path):
+    from regx.train import RunFailed
+
+    cfg = smoke_cfg("data=imagefolder", f"data.path={tmp_path / 'nothing'}")
+    with pytest.raises(RunFailed, match="no such directory"):
+        train(cfg, tmp_path / "run")
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "failed" and "no such directory" in s["error"]
+    assert "run failed" in (tmp_path / "run" / "train.log").read_text()

@@ -1,0 +1,35 @@
+"""The command line: instant help, Hydra's help and config printing, clear errors."""
+
+import subprocess
+import sys
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys; from regx.cli import main; rc = main(['--help']); "
+            "heavy = [m for m in ('torch', 'torchvision', 'hydra', 'omegaconf') if m in sys.modules]; "
+            "assert rc == 0 and not heavy, heavy")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "train" in res.stdout and "resume" in res.stdout
+
+
+def test_train_help_lists_every_group_and_option(regx):
+    from regx import config
+
+    res = regx("train", "--help")
+    assert res.returncode == 0, res.stderr
+    for group in config.GROUPS:
+        line = next(line for line in res.stdout.splitlines() if line.startswith(f"{group}:"))
+        assert set(config.group_options(group)) <= {o.strip() for o in line.split(":", 1)[1].split(",")}
+
+
+def test_cfg_job_prints_the_composed_config(regx, tmp_path):
+    res = regx("train", "--cfg", "job", "aug=flip_rotate", "wd=1e-4")
+    assert res.returncode == 0, res.stderr
+    assert "wd: 0.0001" in res.stdout and "name: flip_rotate" in res.stdout and "hydra:" not in res.stdout
+    assert not (tmp_path / "outputs").exists()  # printing a config makes no run directory
+
+
+def test_unknown_command(regx):
+    res = regx("trian")
+    assert res.returncode == 2 and "did you mean 'train'" in res.stderr

@@ -1,0 +1,231 @@
+"""Datasets: the embedded shapes, torchvision's sets and image folders on small files in the official
+formats (written here), the Debian Fashion-MNIST files when installed; never the network."""
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from regx import data as D
+
+# --- shapes ---------------------------------------------------------------------------------------
+
+
+def test_shapes_are_seeded_balanced_and_varied():
+    x1, y1 = D.make_shapes(500, 32, 10, 3, seed=3)
+    x2, y2 = D.make_shapes(500, 32, 10, 3, seed=3)
+    x3, _ = D.make_shapes(500, 32, 10, 3, seed=4)
+    assert x1.dtype == torch.uint8 and x1.shape == (500, 3, 32, 32)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(x1, x3)
+    assert set(y1.tolist()) == set(range(10))
+    assert len({tuple(img.flatten()[:64].tolist()) for img in x1}) == 500  # no two images alike
+    gray, _ = D.make_shapes(10, 16, 4, 1, seed=0)
+    assert gray.shape == (10, 1, 16, 16)
+
+
+def test_stratified_split_keeps_class_proportions():
+    y = torch.tensor([0] * 80 + [1] * 20)
+    g = torch.Generator().manual_seed(0)
+    picked, rest = D.stratified_split(y, 10, g)
+    assert len(picked) == 10 and len(rest) == 90
+    assert set(picked.tolist()).isdisjoint(rest.tolist())
+    assert (y[picked] == 0).sum() == 8 and (y[picked] == 1).sum() == 2
+    again, _ = D.stratified_split(y, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(picked, again)
+
+
+def test_load_shapes_carves_validation_and_subsets():
+    d = D.load_data(name="shapes", image_size=16, n_train=400, n_test=50, val_fraction=0.25, train_size=100, seed=1)
+    assert (len(d.train), len(d.val), len(d.test)) == (100, 100, 50)
+    assert d.num_classes == 10 and d.channels == 3 and d.image_size == 16
+    assert len(d.mean) == len(d.std) == 3 and all(0 < s < 1 for s in d.std)
+    counts = torch.bincount(d.train.y, minlength=10)
+    assert counts.max() - counts.min() <= 3  # stratified
+
+
+def test_batches_follow_the_order_and_drop_a_single_last_image():
+    split = D.Split(y=torch.arange(129), x=torch.arange(129, dtype=torch.uint8).view(129, 1, 1, 1))
+    order = torch.randperm(129, generator=torch.Generator().manual_seed(0))
+    batches = list(D.iterate(split, 64, order=order, drop_single=True))
+    assert [len(b[1]) for b in batches] == [64, 64]
+    assert torch.equal(torch.cat([b[1] for b in batches]), order[:128])
+    resumed = list(D.iterate(split, 64, order=order, start=1, drop_single=True))
+    assert torch.equal(resumed[0][1], batches[1][1])
+
+
+# --- torchvision sets in their official formats -----------------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray, compress=False):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist_family(folder: Path, compress=False, n_train=60, n_test=20):
+    rng = np.random.default_rng(0)
+    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28)), compress)
+    write_idx(folder / "train-labels-idx1-ubyte", np.arange(n_train) % 10, compress)
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)), compress)
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(n_test) % 10, compress)
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw")])
+def test_mnist_family_through_torchvision(tmp_path, name, folder):
+    write_mnist_family(tmp_path / folder)
+    d = D.load_data(name=name, root=str(tmp_path), download=False, val_fraction=0.1)
+    assert (len(d.train), len(d.val), len(d.test)) == (54, 6, 20)
+    assert d.train.x.shape[1:] == (1, 28, 28) and d.channels == 1 and d.num_classes == 10
+    d32 = D.load_data(name=name, root=str(tmp_path), download=False, image_size=32)
+    assert d32.train.x.shape[1:] == (1, 32, 32) and d32.image_size == 32
+
+
+def test_fashion_mnist_reads_gzipped_idx_files_debian_style(tmp_path):
+    write_mnist_family(tmp_path, compress=True)  # as Debian's dataset-fashion-mnist lays them out
+    d = D.load_data(name="fashion_mnist", root=str(tmp_path), download=False)
+    assert len(d.train) + len(d.val) == 60 and len(d.test) == 20
+    assert d.classes[0] == "T-shirt/top"
+
+
+def test_truncated_idx_is_reported(tmp_path):
+    write_mnist_family(tmp_path, compress=True)
+    raw = gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz").read()
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw[:-100])
+    with pytest.raises(D.DataError, match="truncated"):
+        D.load_data(name="fashion_mnist", root=str(tmp_path), download=False)
+
+
+def write_cifar(folder: Path, kind: str, per_file=10):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label_key = "labels" if kind == "cifar10" else "fine_labels"
+    n_classes = 10 if kind == "cifar10" else 100
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if kind == "cifar10" else ["train", "test"]
+    for name in files:
+        entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+                 label_key: list(np.arange(per_file) % n_classes)}
+        (folder / name).write_bytes(pickle.dumps(entry))
+    meta = {"label_names": [f"c{i}" for i in range(10)]} if kind == "cifar10" else {"fine_label_names": [f"c{i}" for i in range(100)]}
+    (folder / ("batches.meta" if kind == "cifar10" else "meta")).write_bytes(pickle.dumps(meta))
+
+
+@pytest.mark.parametrize("name,folder,cls", [("cifar10", "cifar-10-batches-py", "CIFAR10"), ("cifar100", "cifar-100-python", "CIFAR100")])
+def test_cifar_through_torchvision(tmp_path, monkeypatch, name, folder, cls):
+    import torchvision.datasets as tvd
+
+    # torchvision checks each file's md5 against the real release; these small files are in the same
+    # format but not the same bytes, so that one check is switched off.
+    monkeypatch.setattr(getattr(tvd, cls), "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tvd.cifar, "check_integrity", lambda *a, **k: True)
+    write_cifar(tmp_path / folder, name)
+    d = D.load_data(name=name, root=str(tmp_path), download=False, val_fraction=0.2)
+    n_train = 50 if name == "cifar10" else 10
+    assert len(d.train) + len(d.val) == n_train and len(d.test) == 10
+    assert d.train.x.shape[1:] == (3, 32, 32) and d.channels == 3
+    assert d.num_classes == (10 if name == "cifar10" else 100)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
+def test_missing_files_say_where_to_put_which(tmp_path, monkeypatch, name):
+    monkeypatch.setitem(D._TV, name, (*D._TV[name][:3], []))  # not the system-wide Debian copy
+    with pytest.raises(D.DataError) as err:
+        D.load_data(name=name, root=str(tmp_path), download=False)
+    text = str(err.value)
+    assert str(tmp_path.resolve()) in text and "data.download=false" in text
+    assert ("train-images-idx3-ubyte" in text) or ("data_batch_1" in text) or ("train, test, meta" in text)
+
+
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_from_debian(tmp_path):
+    d = D.load_data(name="fashion_mnist", root=str(tmp_path), download=False)
+    assert len(d.train) + len(d.val) == 60000 and len(d.test) == 10000
+    assert torch.bincount(d.test.y).tolist() == [1000] * 10
+
+
+# --- image folders --------------------------------------------------------------------------------
+
+
+def write_images(folder: Path, classes=("cat", "dog", "emu"), per_class=6, size=(40, 30)):
+    rng = np.random.default_rng(0)
+    for i, c in enumerate(classes):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            arr = (rng.random((size[1], size[0], 3)) * 60 + 60 * i).astype(np.uint8)
+            ext = ".png" if j % 2 else ".jpg"
+            Image.fromarray(arr).save(folder / c / f"{j}{ext}")
+
+
+def test_imagefolder_with_splits_and_cache(tmp_path, monkeypatch):
+    for split in ("train", "val", "test"):
+        write_images(tmp_path / "imgs" / split, per_class=4 if split == "train" else 2)
+    kw = dict(name="imagefolder", root=str(tmp_path / "cache"), path=str(tmp_path / "imgs"), image_size=24, workers=0)
+    d = D.load_data(**kw)
+    assert (len(d.train), len(d.val), len(d.test)) == (12, 6, 6)
+    assert d.classes == ["cat", "dog", "emu"] and d.train.x.shape[1:] == (3, 24, 24)
+    assert len(list((tmp_path / "cache" / "cache").glob("imagefolder-*.pt"))) == 1
+    monkeypatch.setattr(D, "decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = D.load_data(**kw)  # from the cache: nothing decoded
+    assert torch.equal(again.train.x, d.train.x)
+
+
+def test_flat_imagefolder_carves_validation(tmp_path):
+    write_images(tmp_path / "imgs", per_class=10)
+    d = D.load_data(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, val_fraction=0.2, workers=0)
+    assert (len(d.train), len(d.val), d.test) == (24, 6, None)
+
+
+def test_streaming_gives_the_same_batches(tmp_path):
+    write_images(tmp_path / "imgs", per_class=5)
+    kw = dict(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, workers=0)
+    mem, streamed = D.load_data(**kw), D.load_data(stream=True, **kw)
+    assert mem.train.x is not None and streamed.streaming
+    order = torch.randperm(len(mem.train), generator=torch.Generator().manual_seed(0))
+    for (xa, ya), (xb, yb) in zip(D.iterate(mem.train, 4, order=order), D.iterate(streamed.train, 4, order=order)):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_bad_images_are_named_all_at_once_or_skipped(tmp_path):
+    write_images(tmp_path / "imgs", per_class=4)
+    good = (tmp_path / "imgs" / "cat" / "0.jpg").read_bytes()
+    (tmp_path / "imgs" / "cat" / "trunc.jpg").write_bytes(good[: len(good) // 3])
+    (tmp_path / "imgs" / "dog" / "empty.png").write_bytes(b"")
+    (tmp_path / "imgs" / "emu" / "text.png").write_text("not an image")
+    kw = dict(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, workers=0)
+    with pytest.raises(D.DataError) as err:
+        D.load_data(**kw)
+    for bad in ("trunc.jpg", "empty.png", "text.png"):
+        assert bad in str(err.value)
+    d = D.load_data(on_bad_image="skip", **kw)
+    assert len(d.train) + len(d.val) == 12
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("missing", "no such directory"),
+    ("one_class", "need at least 2"),
+    ("empty_class", "class folder has no images"),
+])
+def test_bad_folders_are_named(tmp_path, layout, message):
+    root = tmp_path / "imgs"
+    if layout == "one_class":
+        write_images(root, classes=("only",))
+    elif layout == "empty_class":
+        write_images(root)
+        (root / "zebra").mkdir()
+    with pytest.raises(D.DataError, match=message) as err:
+        D.load_data(name="imagefolder", root=str(tmp_path), path=str(root), image_size=16, workers=0)
+    assert str(root) in str(err.value)
