@@ -21,7 +21,7 @@ train: install ## run the default experiment on the embedded data (ARGS="aug=fli
 	$(BIN)/regx train $(ARGS)
 
 smoke: install ## a seconds-long CPU run (the CI preset)
-	$(BIN)/regx train debug=smoke $(ARGS)
+	REGX=$(BIN)/regx bash cli/smoke.sh $(ARGS)
 
 test: install ## the fast test suite (CPU, no network)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

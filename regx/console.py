@@ -31,9 +31,11 @@ def setup_logging(log_file: Path | None = None) -> logging.Logger:
         log.removeHandler(h)
         h.close()
     if interactive():
+        from rich.highlighter import NullHighlighter
         from rich.logging import RichHandler
 
-        term = RichHandler(console=console(), show_path=False, show_level=False, markup=False, log_time_format="[%X]")
+        term = RichHandler(console=console(), show_path=False, show_level=False, markup=False,
+                           highlighter=NullHighlighter(), log_time_format="[%X]")
     else:
         term = logging.StreamHandler(sys.stdout)
         term.setFormatter(logging.Formatter("%(message)s"))

@@ -242,6 +242,8 @@ def _print_summary(s: dict, log) -> None:
         ("run dir", s["run_dir"]),
     ]
     table = Table(title=f"regx run: {s['name']}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for k, v in rows:
         table.add_row(k, v)
     console().print(table)
