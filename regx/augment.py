@@ -29,12 +29,26 @@ class AugParams:
     contrast: torch.Tensor
     saturation: torch.Tensor
     hue: torch.Tensor  # in turns
+    erase: torch.Tensor | None = None  # N,4 boxes (x0, y0, x1, y1) as fractions; empty box = none
 
     @staticmethod
     def identity(n: int, device="cpu") -> AugParams:
         z, o = torch.zeros(n, device=device), torch.ones(n, device=device)
         f = torch.zeros(n, dtype=torch.bool, device=device)
         return AugParams(f, f.clone(), z, o, z.clone(), z.clone(), o.clone(), o.clone(), o.clone(), z.clone())
+
+
+_PARAM_FIELDS = ("hflip", "vflip", "angle", "scale", "tx", "ty", "brightness", "contrast", "saturation", "hue", "erase")
+
+
+@dataclass
+class Mix:
+    """Mixup/cutmix of a batch: sample i becomes lam[i] parts itself and 1-lam[i] parts sample perm[i]."""
+
+    perm: torch.Tensor
+    lam: torch.Tensor  # 1 where a sample is not mixed
+    cut: torch.Tensor  # bool: cutmix (a pasted box) instead of mixup (a blend)
+    box: torch.Tensor  # N,4 boxes for cutmix, as fractions
 
 
 class Augment:
@@ -45,11 +59,18 @@ class Augment:
 
     @staticmethod
     def active(cfg) -> bool:
-        return any(cfg[k].p > 0 for k in ("hflip", "vflip", "rotate", "scale", "translate", "color"))
+        from regx.config import AUG_OPS
 
-    def sample(self, n: int, device) -> AugParams:
+        return any(cfg[k].p > 0 for k in AUG_OPS)
+
+    @staticmethod
+    def mixes(cfg) -> bool:
+        return cfg.mixup.p > 0 or cfg.cutmix.p > 0
+
+    def sample(self, n: int, size: tuple[int, int], device) -> AugParams:
         c, g = self.cfg, self.g
-        u = torch.rand(16, n, generator=g, device=device)  # one draw per batch, fixed layout
+        h, w = size
+        u = torch.rand(20, n, generator=g, device=device)  # one draw per batch, fixed layout
 
         def on(row, p):
             return u[row] < p
@@ -59,25 +80,119 @@ class Augment:
 
         one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
         col = on(6, c.color.p)
-        b, ct, s, h = c.color.brightness, c.color.contrast, c.color.saturation, c.color.hue
+        b, ct, s, hue = c.color.brightness, c.color.contrast, c.color.saturation, c.color.hue
+        # pad-and-crop: a whole-pixel shift in [-pad, pad], exact under bilinear sampling
+        crop = on(15, c.crop.p)
+        dx = torch.where(crop, torch.floor(u[16] * (2 * c.crop.pad + 1)) - c.crop.pad, zero) / w
+        dy = torch.where(crop, torch.floor(u[17] * (2 * c.crop.pad + 1)) - c.crop.pad, zero) / h
         return AugParams(
             hflip=on(0, c.hflip.p),
             vflip=on(1, c.vflip.p),
             angle=torch.where(on(2, c.rotate.p), between(7, -c.rotate.degrees, c.rotate.degrees), zero),
             scale=torch.where(on(3, c.scale.p), between(8, c.scale.min, c.scale.max), one),
-            tx=torch.where(on(4, c.translate.p), between(9, -c.translate.fraction, c.translate.fraction), zero),
-            ty=torch.where(on(4, c.translate.p), between(10, -c.translate.fraction, c.translate.fraction), zero),
+            tx=torch.where(on(4, c.translate.p), between(9, -c.translate.fraction, c.translate.fraction), zero) + dx,
+            ty=torch.where(on(4, c.translate.p), between(10, -c.translate.fraction, c.translate.fraction), zero) + dy,
             brightness=torch.where(col, between(11, 1 - b, 1 + b), one),
             contrast=torch.where(col, between(12, 1 - ct, 1 + ct), one),
             saturation=torch.where(col, between(13, 1 - s, 1 + s), one),
-            hue=torch.where(col, between(14, -h, h), zero),
+            hue=torch.where(col, between(14, -hue, hue), zero),
+            erase=self._erase_boxes(on(5, c.erasing.p), h, w, device) if c.erasing.p > 0 else None,
         )
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return apply(x, self.sample(x.shape[0], x.device))
+    def _erase_boxes(self, chosen: torch.Tensor, h: int, w: int, device) -> torch.Tensor:
+        e, n = self.cfg.erasing, chosen.shape[0]
+        u = torch.rand(4, n, generator=self.g, device=device)
+        area = e.area_min + (e.area_max - e.area_min) * u[0]
+        log_r = math.log(e.ratio) * (2 * u[1] - 1)
+        aspect = torch.exp(log_r) * (w / h)  # box width/height in fractions of the image
+        bh = torch.sqrt(area / aspect).clamp(max=1.0)
+        bw = (area / bh).clamp(max=1.0)
+        y0, x0 = u[2] * (1 - bh), u[3] * (1 - bw)
+        box = torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
+        return torch.where(chosen.view(-1, 1), box, torch.zeros_like(box))
+
+    def sample_mix(self, n: int, device) -> Mix:
+        c, g = self.cfg, self.g
+        u = torch.rand(4, n, generator=g, device=device)
+        perm = torch.randperm(n, generator=g, device=device)
+        mixup, cutmix = u[0] < c.mixup.p, (u[0] >= c.mixup.p) & (u[0] < c.mixup.p + c.cutmix.p)
+        lam = torch.ones(n, device=device)
+        lam = torch.where(mixup, beta(c.mixup.alpha, n, g, device), lam)
+        lam_cut = beta(c.cutmix.alpha, n, g, device)
+        side = torch.sqrt(1 - lam_cut)  # the pasted box covers 1 - lam of the area
+        cy, cx = u[2], u[3]
+        box = torch.stack([(cx - side / 2).clamp(0, 1), (cy - side / 2).clamp(0, 1),
+                           (cx + side / 2).clamp(0, 1), (cy + side / 2).clamp(0, 1)], 1)
+        box = torch.where(cutmix.view(-1, 1), box, torch.zeros_like(box))
+        return Mix(perm=perm, lam=lam, cut=cutmix, box=box)
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        """Flips, affine, colour and erasing, each sample with its own parameters."""
+        noise = torch.rand(x.shape, generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
+        return apply(x, self.sample(x.shape[0], x.shape[-2:], x.device), noise)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
+        """Augment a batch; with mixup/cutmix on, also mix it (the Mix says how, for the loss)."""
+        x = self.images(x)
+        if not self.mixes(self.cfg):
+            return x, None
+        m = self.sample_mix(x.shape[0], x.device)
+        return mix(x, m), m
 
 
-def apply(x: torch.Tensor, p: AugParams) -> torch.Tensor:
+def beta(alpha: float, n: int, g: torch.Generator, device) -> torch.Tensor:
+    """Beta(alpha, alpha) samples from `g` (torch.distributions takes no generator)."""
+    a, b = gamma(alpha, n, g, device), gamma(alpha, n, g, device)
+    return a / (a + b)
+
+
+def gamma(alpha: float, n: int, g: torch.Generator, device, tries: int = 12) -> torch.Tensor:
+    """Gamma(alpha, 1) by Marsaglia and Tsang's method, vectorized over `tries` candidates per sample."""
+    boost = alpha < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
+    a = alpha + 1 if boost else alpha
+    d = a - 1 / 3
+    c = 1 / math.sqrt(9 * d)
+    z = torch.randn(tries, n, generator=g, device=device)
+    u = torch.rand(tries, n, generator=g, device=device)
+    v = (1 + c * z) ** 3
+    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+    first = torch.argmax(ok.int(), 0)  # each try accepts with p > 0.95: all failing is ~1e-16
+    out = d * v.gather(0, first.view(1, -1)).squeeze(0)
+    if boost:
+        out = out * torch.rand(n, generator=g, device=device) ** (1 / alpha)
+    return out
+
+
+def _box_mask(box: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """N,1,H,W bool mask of the pixels whose centres fall inside each sample's box."""
+    ys = (torch.arange(h, device=box.device) + 0.5) / h
+    xs = (torch.arange(w, device=box.device) + 0.5) / w
+    inside_y = (ys.view(1, -1) >= box[:, 1:2]) & (ys.view(1, -1) < box[:, 3:4])
+    inside_x = (xs.view(1, -1) >= box[:, 0:1]) & (xs.view(1, -1) < box[:, 2:3])
+    return (inside_y.unsqueeze(2) & inside_x.unsqueeze(1)).unsqueeze(1)
+
+
+def mix(x: torch.Tensor, m: Mix) -> torch.Tensor:
+    """Apply a Mix to a batch. For cutmix, m.lam is set to the exact unpasted fraction of pixels
+    (the box was clipped at the border), which is what the loss must weigh."""
+    other = x[m.perm]
+    lam = m.lam.view(-1, 1, 1, 1)
+    out = lam * x + (1 - lam) * other
+    if bool(m.cut.any()):
+        mask = _box_mask(m.box, x.shape[-2], x.shape[-1])
+        out = torch.where(m.cut.view(-1, 1, 1, 1), torch.where(mask, other, x), out)
+        m.lam = torch.where(m.cut, 1 - mask.float().mean(dim=(1, 2, 3)), m.lam)
+    return out
+
+
+def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, m: Mix, label_smoothing: float = 0.0) -> torch.Tensor:
+    """lam * CE(y) + (1 - lam) * CE(y[perm]), per sample, averaged."""
+    ce_a = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+    ce_b = F.cross_entropy(logits, y[m.perm], reduction="none", label_smoothing=label_smoothing)
+    return (m.lam * ce_a + (1 - m.lam) * ce_b).mean()
+
+
+def apply(x: torch.Tensor, p: AugParams, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Augment float images in [0, 1] (N,C,H,W) with per-sample parameters."""
     if bool(p.hflip.any()):
         x = torch.where(p.hflip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -86,8 +201,14 @@ def apply(x: torch.Tensor, p: AugParams) -> torch.Tensor:
     if bool((p.angle != 0).any() | (p.scale != 1).any() | (p.tx != 0).any() | (p.ty != 0).any()):
         x = F.grid_sample(x, F.affine_grid(affine_theta(p, x.shape), list(x.shape), align_corners=False),
                           mode="bilinear", padding_mode="zeros", align_corners=False)
-    if bool((p.brightness != 1).any() | (p.contrast != 1).any() | (p.saturation != 1).any() | (p.hue != 0).any()):
-        x = color(x, p)
+    moved = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
+    idx = torch.nonzero(moved).flatten()
+    if len(idx):  # only the images whose colour changes pay for it
+        sub = AugParams(*(None if v is None else v[idx] for v in (getattr(p, f) for f in _PARAM_FIELDS)))
+        x = x.index_copy(0, idx, color(x[idx], sub))
+    if p.erase is not None:
+        fill = noise if noise is not None else torch.zeros_like(x)
+        x = torch.where(_box_mask(p.erase, x.shape[-2], x.shape[-1]), fill, x)
     return x
 
 
@@ -126,35 +247,27 @@ def color(x: torch.Tensor, p: AugParams) -> torch.Tensor:
     if x.shape[1] == 3:
         s = p.saturation.view(-1, 1, 1, 1)
         x = (s * x + (1 - s) * _gray(x)).clamp(0, 1)
-        if bool((p.hue != 0).any()):
-            hsv = rgb_to_hsv(x)
-            hsv[:, 0] = (hsv[:, 0] + p.hue.view(-1, 1, 1)) % 1.0
-            x = hsv_to_rgb(hsv)
+        idx = torch.nonzero(p.hue != 0).flatten()
+        if len(idx):  # only the images whose hue moves pay for the HSV round trip
+            hsv = rgb_to_hsv(x[idx])
+            hsv[:, 0] = (hsv[:, 0] + p.hue[idx].view(-1, 1, 1)) % 1.0
+            x = x.index_copy(0, idx, hsv_to_rgb(hsv))
     return x
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    s = delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
-    dz = torch.where(delta == 0, torch.ones_like(delta), delta)
-    rc, gc, bc = (maxc - r) / dz, (maxc - g) / dz, (maxc - b) / dz
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta == 0, torch.zeros_like(h), (h / 6.0) % 1.0)
-    return torch.stack([h, s, maxc], 1)
+    maxc, arg = x.max(1, keepdim=True)
+    delta = maxc - x.min(1, keepdim=True).values
+    # hue sector from the largest channel: r -> (g-b)/delta, g -> 2 + (b-r)/delta, b -> 4 + (r-g)/delta
+    numer = (x[:, [1, 2, 0]] - x[:, [2, 0, 1]]).gather(1, arg)
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(delta > 0, ((2 * arg + numer / safe) / 6) % 1.0, torch.zeros_like(delta))
+    s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    return torch.cat([h, s, maxc], 1)
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = torch.stack([
-        torch.stack([v, q, p, p, t, v], 1),
-        torch.stack([t, v, v, q, p, p], 1),
-        torch.stack([p, p, t, v, v, q], 1),
-    ], 1)  # N,3,6,H,W
-    return choices.gather(2, i.view(i.shape[0], 1, 1, *i.shape[1:]).expand(-1, 3, 1, -1, -1)).squeeze(2)
+    # Closed form: channel n is v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1.
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h * 6) % 6
+    return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)

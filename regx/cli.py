@@ -11,6 +11,8 @@ usage: regx <command> [args]
 commands:
   train   [overrides]             train one run; -m for a sweep (regx train --help lists the groups)
   resume  RUN_DIR [key=value]     continue a run from its last checkpoint (e.g. epochs=20)
+  show-aug [overrides] [--out F]  a PNG grid: originals, then rows of augmented copies
+  lr-plot  [overrides] [--out F]  a PNG of the learning rate over the whole run
 
 examples:
   regx train                                   the default experiment on the embedded shapes data
@@ -18,6 +20,8 @@ examples:
   regx train -m aug=none,flip_rotate wd=0,1e-4 a sweep: four runs under outputs/sweeps/
   regx train debug=smoke                       a seconds-long CPU run
   regx resume outputs/runs/<run> epochs=20
+  regx show-aug aug=all aug.rotate.degrees=30  see an augmentation before training with it
+  regx lr-plot sched=onecycle epochs=30
 
 Bad input exits with status 2 and one line; REGX_DEBUG=1 shows tracebacks.
 """
@@ -153,7 +157,77 @@ def cmd_resume(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume}
+def _picture_args(args: list[str], what: str):
+    """(cfg, out path) for show-aug and lr-plot, or an exit status for bad input."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from regx import config
+
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        if i + 1 >= len(args):
+            return _error("--out needs a file name"), None
+        out = Path(args[i + 1])
+        args = args[:i] + args[i + 2 :]
+    try:
+        config.preflight(args)
+        cfg = config.compose(args)
+    except config.ConfigError as exc:
+        return _error(str(exc)), None
+    if out is None:
+        out = Path("outputs") / what / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{config._slug(','.join(args) or 'default')}.png"
+    if out.suffix.lower() != ".png":
+        return _error(f"--out {out}: the file name must end in .png"), None
+    return cfg, out
+
+
+def cmd_show_aug(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from regx.data import DataError, iterate, load_data
+    from regx.report import pick_examples, save_aug_grid
+
+    cfg, out = _picture_args(args, "show-aug")
+    if out is None:
+        return cfg
+    try:
+        data = load_data(**OmegaConf.to_container(cfg.data, resolve=True))
+    except DataError as exc:
+        return _error(str(exc), 1)
+    examples = data.train.subset(pick_examples(data.train.y, 8))
+    save_aug_grid(out, next(iterate(examples, 8))[0], cfg.aug, seed=cfg.seed)
+    print(out)
+    return 0
+
+
+def cmd_lr_plot(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from regx.data import DataError, load_data
+    from regx.report import lr_plot
+    from regx.schedules import lr_schedule, steps_per_epoch
+
+    cfg, out = _picture_args(args, "lr-plot")
+    if out is None:
+        return cfg
+    try:  # the number of steps depends on the training split's size
+        n_train = len(load_data(**OmegaConf.to_container(cfg.data, resolve=True)).train)
+    except DataError as exc:
+        return _error(str(exc), 1)
+    steps = steps_per_epoch(n_train, cfg.batch_size)
+    sched = OmegaConf.to_container(cfg.sched, resolve=True)
+    lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps)
+    title = f"sched={sched['name']} lr={cfg.lr:g} epochs={cfg.epochs} ({steps} steps/epoch)"
+    if sched["name"] == "plateau":
+        title += ": plateau cuts depend on validation loss and are not shown"
+    lr_plot(out, [lr_at(s) for s in range(steps * cfg.epochs)], steps, title)
+    print(out)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

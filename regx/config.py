@@ -87,12 +87,32 @@ class TranslateConfig:
 
 
 @dataclass
+class CropConfig:
+    p: float = 0.0
+    pad: int = 0  # CIFAR-style: pad by this many pixels (zeros), crop back at a random position
+
+
+@dataclass
 class ColorConfig:
     p: float = 0.0
     brightness: float = 0.0  # factor uniform in [1-b, 1+b]
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0  # shift uniform in [-hue, hue], in turns (0.5 = 180 degrees)
+
+
+@dataclass
+class ErasingConfig:
+    p: float = 0.0
+    area_min: float = 0.02  # erased fraction of the image, uniform in [area_min, area_max]
+    area_max: float = 0.33
+    ratio: float = 3.3  # aspect ratio log-uniform in [1/ratio, ratio]
+
+
+@dataclass
+class MixConfig:
+    p: float = 0.0  # fraction of samples mixed
+    alpha: float = 1.0  # mixing weight ~ Beta(alpha, alpha)
 
 
 @dataclass
@@ -103,7 +123,11 @@ class AugConfig:
     rotate: RotateConfig = field(default_factory=RotateConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
     color: ColorConfig = field(default_factory=ColorConfig)
+    erasing: ErasingConfig = field(default_factory=ErasingConfig)
+    mixup: MixConfig = field(default_factory=MixConfig)
+    cutmix: MixConfig = field(default_factory=MixConfig)
 
 
 @dataclass
@@ -111,6 +135,7 @@ class DropoutConfig:
     name: str = MISSING
     p: float = 0.0  # probability of DROPPING a unit (as nn.Dropout), before each fully connected layer
     conv_p: float = 0.0  # nn.Dropout2d after each conv block
+    mc_samples: int = 0  # >0: also evaluate the test set with dropout on, averaging this many passes
 
 
 @dataclass
@@ -168,6 +193,7 @@ class TrainConfig:
     progress_every: int = 25  # steps between progress-bar refreshes (each one reads metrics back)
 
 
+AUG_OPS = ("hflip", "vflip", "rotate", "scale", "translate", "crop", "color", "erasing", "mixup", "cutmix")
 GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "experiment", "debug")
 CHOICES = {  # key: (pattern, what to tell the user)
     "device": (r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps"),
@@ -293,10 +319,20 @@ def validate(cfg: DictConfig) -> None:
     _check(m.convs_per_block >= 1, "model.convs_per_block", m.convs_per_block, "must be >= 1")
     _check(all(h >= 1 for h in m.fc), "model.fc", list(m.fc), "must list positive widths")
     _check(c.optim.momentum >= 0, "optim.momentum", c.optim.momentum, "must be >= 0")
-    for name in ("hflip", "vflip", "rotate", "scale", "translate", "color"):
+    for name in AUG_OPS:
         p = c.aug[name].p
         _check(0 <= p <= 1, f"aug.{name}.p", p, "must be in [0, 1]")
     a = c.aug
+    _check(a.crop.pad >= 0, "aug.crop.pad", a.crop.pad, "must be >= 0 pixels")
+    _check(0 < a.erasing.area_min <= a.erasing.area_max < 1, "aug.erasing.area_min", a.erasing.area_min,
+           f"must be > 0 and <= aug.erasing.area_max ({a.erasing.area_max}) < 1")
+    _check(a.erasing.ratio >= 1, "aug.erasing.ratio", a.erasing.ratio, "must be >= 1")
+    for name in ("mixup", "cutmix"):
+        _check(a[name].alpha > 0, f"aug.{name}.alpha", a[name].alpha, "must be > 0")
+    _check(a.mixup.p + a.cutmix.p <= 1, "aug.cutmix.p", a.cutmix.p, f"aug.mixup.p + aug.cutmix.p must be <= 1 (mixup.p={a.mixup.p})")
+    _check(c.dropout.mc_samples >= 0, "dropout.mc_samples", c.dropout.mc_samples, "must be >= 0")
+    _check(c.dropout.mc_samples == 0 or c.dropout.p > 0 or c.dropout.conv_p > 0, "dropout.mc_samples",
+           c.dropout.mc_samples, "needs dropout in the model (dropout=fc, conv or both)")
     _check(0 < a.scale.min <= a.scale.max, "aug.scale.min", a.scale.min, f"must be > 0 and <= aug.scale.max ({a.scale.max})")
     _check(0 <= a.translate.fraction <= 0.5, "aug.translate.fraction", a.translate.fraction, "must be in [0, 0.5]")
     _check(a.rotate.degrees >= 0, "aug.rotate.degrees", a.rotate.degrees, "must be >= 0")

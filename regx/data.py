@@ -185,7 +185,7 @@ def iterate(
     n = len(split)
     idx = order if order is not None else torch.arange(n)
     stops = list(range(0, n, batch_size))
-    if drop_single and len(stops) > 1 and n - stops[-1] == 1:
+    if drop_single and batch_size > 1 and len(stops) > 1 and n - stops[-1] == 1:
         stops.pop()
     if split.x is not None:
         idx = idx.to(split.x.device)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regx.augment import Augment, Mix, mixed_cross_entropy
+
 
 @dataclass
 class Pipeline:
@@ -22,14 +24,18 @@ class Pipeline:
     mean: torch.Tensor  # 1,C,1,1
     std: torch.Tensor
     channels_last: bool
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+    augment: Augment | None = None
 
-    def __call__(self, xb: torch.Tensor, train: bool) -> torch.Tensor:
-        x = xb.float().div_(255)
-        if train and self.augment is not None:
-            x = self.augment(x)
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train(self, xb: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
+        x, mixed = self.augment(xb.float().div_(255)) if self.augment is not None else (xb.float().div_(255), None)
+        return self._finish(x), mixed
+
+    def eval(self, xb: torch.Tensor) -> torch.Tensor:
+        return self._finish(xb.float().div_(255))
 
 
 def autocast(device: torch.device, precision: str):
@@ -83,10 +89,13 @@ def train_one_epoch(
         lr = lr_at(step)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        x = pipeline(xb, train=True)
+        x, mixed = pipeline.train(xb)
         with amp:
             out = model(x)
-            loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+            if mixed is None:
+                loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+            else:
+                loss = mixed_cross_entropy(out.float(), yb, mixed, label_smoothing)
         if fault is not None and fault[1] == step:
             if fault[0] == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -129,8 +138,41 @@ def evaluate(
     n = 0
     for xb, yb in batches:
         with amp:
-            out = model(pipeline(xb, train=False))
+            out = model(pipeline.eval(xb))
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
         n += len(yb)
     return loss_sum.item() / max(n, 1), correct.item() / max(n, 1)
+
+
+@torch.inference_mode()
+def mc_dropout(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    pipeline: Pipeline,
+    amp,
+    samples: int,
+) -> tuple[float, float]:
+    """Monte Carlo dropout: (accuracy, mean predictive entropy) of the average of `samples` passes
+    with dropout on and everything else (BatchNorm) in eval mode."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.train()
+    device = pipeline.mean.device
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    entropy = torch.zeros((), device=device)
+    n = 0
+    for xb, yb in batches:
+        x = pipeline.eval(xb)
+        probs = 0
+        for _ in range(samples):
+            with amp:
+                probs = probs + model(x).float().softmax(1)
+        probs = probs / samples
+        correct += (probs.argmax(1) == yb).sum()
+        entropy += -(probs * probs.clamp_min(1e-12).log()).sum()
+        n += len(yb)
+    model.eval()
+    return correct.item() / max(n, 1), entropy.item() / max(n, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 
 
 def lr_factor(
@@ -77,3 +78,19 @@ class Plateau:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad, self.scale = state["best"], state["bad"], state["scale"]
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch; a final batch of one image is dropped (BatchNorm cannot train on it)."""
+    single = batch_size > 1 and n_train > batch_size and n_train % batch_size == 1
+    return math.ceil(n_train / batch_size) - int(single)
+
+
+def lr_schedule(sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None) -> Callable[[int], float]:
+    """The learning rate at each optimizer step for a run of `epochs` epochs of `steps` steps."""
+
+    def lr_at(step: int) -> float:
+        scale = plateau.scale if plateau is not None else 1.0
+        return lr * scale * lr_factor(step, total_steps=steps * epochs, steps_per_epoch=steps, base_lr=lr, **sched)
+
+    return lr_at

@@ -16,11 +16,12 @@ from regx import __version__
 from regx.augment import Augment
 from regx.console import EpochProgress, console, setup_logging
 from regx.data import iterate, load_data, to_device
-from regx.engine import Pipeline, autocast, evaluate, train_one_epoch
+from regx.engine import Pipeline, autocast, evaluate, mc_dropout, train_one_epoch
 from regx.models import build_model, count_params
 from regx.regularize import build_optimizer, penalty
+from regx.report import pick_examples, save_aug_grid
 from regx.runs import load_checkpoint, read_json, save_checkpoint, write_json, write_metrics, write_text
-from regx.schedules import Plateau, lr_factor
+from regx.schedules import Plateau, lr_schedule, steps_per_epoch
 
 
 class RunFailed(RuntimeError):
@@ -128,15 +129,14 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
     loss_term = (lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None
 
     n_train = len(data.train)
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size) - (1 if n_train % cfg.batch_size == 1 and n_train > 1 else 0)
+    steps = steps_per_epoch(n_train, cfg.batch_size)
     sched = OmegaConf.to_container(cfg.sched, resolve=True)
     plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
+    lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau)
 
-    def lr_at(step: int) -> float:
-        scale = plateau.scale if plateau is not None else 1.0
-        return cfg.lr * scale * lr_factor(step, total_steps=steps_per_epoch * cfg.epochs,
-                                          steps_per_epoch=steps_per_epoch, base_lr=cfg.lr, **sched)
-
+    if not resume or not (run_dir / "aug_preview.png").is_file():
+        examples = data.train.subset(pick_examples(data.train.y.cpu(), 8).to(data.train.y.device))
+        save_aug_grid(run_dir / "aug_preview.png", next(iterate(examples, 8))[0], cfg.aug, seed=cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     pipeline = Pipeline(mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
                         std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
@@ -163,7 +163,9 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
 
     total, trainable = count_params(model)
     summary.update(device=str(device), precision=precision, params=total, trainable_params=trainable,
+                   decay=cfg.decay.name if cfg.wd > 0 else "off",
                    decayed_params=sum(p.numel() for g in optimizer.param_groups if g["decayed"] for p in g["params"]),
+                   not_decayed_params=sum(p.numel() for g in optimizer.param_groups if not g["decayed"] for p in g["params"]),
                    num_classes=data.num_classes, image_size=data.image_size,
                    n_train=n_train, n_val=len(data.val), n_test=len(data.test) if data.test is not None else 0)
     log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
@@ -183,7 +185,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         t_epoch = time.perf_counter()
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         batches = iterate(data.train, cfg.batch_size, order=order, device=device, workers=cfg.data.workers, drop_single=True)
-        with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps_per_epoch) as bar:
+        with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps) as bar:
             tr = train_one_epoch(net, batches, optimizer, pipeline=pipeline, lr_at=lr_at, start_step=state["step"],
                                  amp=amp, scaler=scaler, penalty=loss_term, label_smoothing=cfg.label_smoothing,
                                  progress=bar, progress_every=cfg.progress_every)
@@ -216,6 +218,12 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
         test_loss, test_acc = evaluate(net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
                                        pipeline=pipeline, amp=amp)
+        if cfg.dropout.mc_samples > 0:
+            mc_acc, mc_entropy = mc_dropout(net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                                            pipeline=pipeline, amp=amp, samples=cfg.dropout.mc_samples)
+            summary.update(mc_test_acc=mc_acc, mc_entropy=mc_entropy)
+            log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
+                     cfg.dropout.mc_samples, 100 * mc_acc, mc_entropy)
     summary.update(status="completed", test_acc=test_acc, test_loss=test_loss,
                    wall_s=round(wall_before + time.perf_counter() - t0, 2),
                    finished=datetime.now().isoformat(timespec="seconds"))

@@ -66,7 +66,7 @@ def test_colour_matches_torchvision(images, ours, fn, arg):
 def test_each_sample_draws_its_own_parameters():
     cfg = config.compose(["aug=flip_rotate"]).aug
     x = make_shapes(1, 32, 10, 3, seed=0)[0].float().div(255).expand(64, -1, -1, -1).contiguous()
-    out = Augment(cfg, torch.Generator().manual_seed(0))(x)
+    out = Augment(cfg, torch.Generator().manual_seed(0)).images(x)
     distinct = {tuple(o.flatten()[::37].mul(1000).round().tolist()) for o in out}
     assert len(distinct) >= 60
 
@@ -74,7 +74,78 @@ def test_each_sample_draws_its_own_parameters():
 def test_draws_follow_the_generator():
     cfg = config.compose(["aug=flip_rotate"]).aug
     x = torch.rand(16, 3, 16, 16)
-    a = Augment(cfg, torch.Generator().manual_seed(7))(x)
-    b = Augment(cfg, torch.Generator().manual_seed(7))(x)
-    c = Augment(cfg, torch.Generator().manual_seed(8))(x)
+    a = Augment(cfg, torch.Generator().manual_seed(7)).images(x)
+    b = Augment(cfg, torch.Generator().manual_seed(7)).images(x)
+    c = Augment(cfg, torch.Generator().manual_seed(8)).images(x)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_pad_and_crop_equals_torchvision_exactly(images):
+    pad, top, left = 4, 1, 6  # torchvision: pad 4, crop 32x32 at (top, left); ours: a whole-pixel shift
+    ref = TF.crop(TF.pad(images, [pad]), top, left, 32, 32)
+    out = apply(images, params(8, tx=(pad - left) / 32, ty=(pad - top) / 32))
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_crop_shifts_are_whole_pixels_within_pad():
+    cfg = config.compose(["aug=crop_flip"]).aug
+    p = Augment(cfg, torch.Generator().manual_seed(0)).sample(4000, (32, 32), "cpu")
+    shifts = torch.cat([p.tx, p.ty]) * 32
+    assert torch.allclose(shifts, shifts.round(), atol=1e-4)
+    assert set(shifts.round().long().tolist()) == set(range(-4, 5))
+
+
+def test_erasing_fills_one_box_per_chosen_image():
+    cfg = config.compose(["aug=erasing", "aug.erasing.p=1"]).aug
+    x = torch.full((64, 3, 32, 32), 0.5)
+    out = Augment(cfg, torch.Generator().manual_seed(0)).images(x)
+    changed = (out != x).any(1).float().mean(dim=(1, 2))
+    assert (changed > 0.01).all() and (changed < 0.40).all()
+    cfg_off = config.compose(["aug=erasing", "aug.erasing.p=0"]).aug
+    assert not Augment.active(cfg_off)
+
+
+def test_beta_sampler_has_the_right_moments():
+    from regx.augment import beta
+
+    for alpha in (0.2, 1.0, 4.0):
+        s = beta(alpha, 20000, torch.Generator().manual_seed(0), "cpu")
+        assert s.min() >= 0 and s.max() <= 1
+        assert s.mean().item() == pytest.approx(0.5, abs=0.01)
+        assert s.var().item() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.05)
+
+
+@pytest.mark.parametrize("option", ["mixup", "cutmix"])
+def test_mixing_mixes_images_and_labels_consistently(option):
+    from regx.augment import mixed_cross_entropy
+
+    cfg = config.compose([f"aug={option}", f"aug.{option}.p=1"]).aug
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 16, 16).contiguous() / 8
+    out, m = Augment(cfg, torch.Generator().manual_seed(3))(x)
+    assert m is not None and ((m.lam >= 0) & (m.lam <= 1)).all()
+    # every pixel is lam parts of its own image and 1 - lam parts of the partner's (on average for cutmix)
+    expect = m.lam * x[:, 0, 0, 0] + (1 - m.lam) * x[m.perm, 0, 0, 0]
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), expect)
+    y = torch.randint(0, 5, (8,))
+    logits = torch.randn(8, 5)
+    ce = torch.nn.functional.cross_entropy
+    manual = torch.stack([m.lam[i] * ce(logits[i : i + 1], y[i : i + 1]) + (1 - m.lam[i]) * ce(logits[i : i + 1], y[m.perm][i : i + 1])
+                          for i in range(8)]).mean()
+    torch.testing.assert_close(mixed_cross_entropy(logits, y, m), manual)
+
+
+def test_labels_are_untouched_without_mixing(images):
+    cfg = config.compose(["aug=all"]).aug
+    _, m = Augment(cfg, torch.Generator().manual_seed(0))(images)
+    assert m is None
+
+
+def test_evaluation_is_never_augmented(images):
+    from regx.engine import Pipeline
+
+    cfg = config.compose(["aug=all"]).aug
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    pipe = Pipeline(zero, one, False, Augment(cfg, torch.Generator().manual_seed(0)))
+    x8 = (images * 255).round().to(torch.uint8)
+    assert torch.equal(pipe.eval(x8), x8.float() / 255)
+    assert not torch.equal(pipe.train(x8)[0], x8.float() / 255)

@@ -33,3 +33,19 @@ def test_cfg_job_prints_the_composed_config(regx, tmp_path):
 def test_unknown_command(regx):
     res = regx("trian")
     assert res.returncode == 2 and "did you mean 'train'" in res.stderr
+
+
+def test_show_aug_and_lr_plot_write_pngs(regx, tmp_path):
+    from PIL import Image
+
+    res = regx("show-aug", "aug=all", "data.n_train=200", "data.image_size=16", "--out", "grid.png")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "grid.png"
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.width > 8 * 16 and im.height > 5 * 16  # originals + 4 augmented rows of 8
+    res = regx("lr-plot", "sched=step", "data.n_train=200")
+    assert res.returncode == 0, res.stderr
+    path = tmp_path / res.stdout.strip()
+    assert path.suffix == ".png" and path.stat().st_size > 5000
+    bad = regx("show-aug", "aug.rotate.degrees=-5")
+    assert bad.returncode == 2 and "aug.rotate.degrees" in bad.stderr

@@ -32,7 +32,7 @@ def test_option_composes_and_builds(group, option):
                                    exclude=list(cfg.decay.exclude))
     x = torch.rand(2, 3, 32, 32)
     if Augment.active(cfg.aug):
-        x = Augment(cfg.aug, torch.Generator().manual_seed(0))(x)
+        x, _ = Augment(cfg.aug, torch.Generator().manual_seed(0))(x)
     loss = model(x).logsumexp(1).mean()
     if decayed:
         loss = loss + penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)

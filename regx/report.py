@@ -1,0 +1,74 @@
+"""Pictures a user looks at: augmentation grids and learning-rate plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from regx.augment import Augment
+
+
+def pick_examples(y: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of up to n examples, one per class first (so every class shows), in class order."""
+    firsts = [int(torch.nonzero(y == c)[0]) for c in torch.unique(y).tolist()]
+    rest = [i for i in range(len(y)) if i not in set(firsts)]
+    return torch.tensor((firsts + rest)[:n])
+
+
+def aug_grid(images: torch.Tensor, augment: Augment | None, rows: int = 4, cell: int = 64):
+    """A PIL image: the originals in the first row, then `rows` rows of augmented copies of them.
+
+    images: uint8 N,C,H,W. Mixup and cutmix mix within each row, as they do within a batch.
+    """
+    from PIL import Image
+
+    x = images.float() / 255
+    grid = [x]
+    if augment is not None:
+        for _ in range(rows):
+            grid.append(augment(x.clone())[0])
+    n, c, h, w = x.shape
+    scale = max(1, cell // max(h, w))
+    pad, gap = 2, 6  # white lines between cells; a wider one under the originals
+    height = len(grid) * (h * scale + pad) + pad + (gap if len(grid) > 1 else 0)
+    canvas = torch.ones(3, height, n * (w * scale + pad) + pad)
+    for r, row in enumerate(grid):
+        row = row.clamp(0, 1).expand(-1, 3, -1, -1) if c == 1 else row.clamp(0, 1)
+        row = torch.nn.functional.interpolate(row, scale_factor=scale, mode="nearest") if scale > 1 else row
+        top = pad + r * (h * scale + pad) + (gap if r > 0 else 0)
+        for i in range(n):
+            left = pad + i * (w * scale + pad)
+            canvas[:, top : top + h * scale, left : left + w * scale] = row[i]
+    array = (canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    return Image.fromarray(array)
+
+
+def save_aug_grid(path: Path, images: torch.Tensor, aug_cfg, seed: int = 0, rows: int = 4) -> Path:
+    """Write the augmentation preview PNG; uses its own generator, so it never shifts a run's draws."""
+    augment = Augment(aug_cfg, torch.Generator().manual_seed(seed)) if Augment.active(aug_cfg) else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aug_grid(images.cpu(), augment, rows=rows).save(path)
+    return path
+
+
+def lr_plot(path: Path, lrs: list[float], steps_per_epoch: int, title: str) -> Path:
+    """Plot the learning rate against epochs (one point per optimizer step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    ax.plot([s / steps_per_epoch for s in range(len(lrs))], lrs, lw=1.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.set_xlim(0, len(lrs) / steps_per_epoch)
+    ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

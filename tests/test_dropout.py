@@ -1,0 +1,64 @@
+"""Dropout as nn.Dropout defines it: p is the probability of dropping; eval mode is the identity."""
+
+import pytest
+import torch
+from torch import nn
+
+from regx.engine import Pipeline, evaluate
+from regx.models import build_model
+
+
+def test_train_mode_drops_p_and_rescales_the_rest():
+    torch.manual_seed(0)
+    p = 0.3
+    drop = nn.Dropout(p).train()
+    out = drop(torch.ones(200_000))
+    assert (out == 0).float().mean().item() == pytest.approx(p, abs=0.005)
+    assert torch.allclose(out[out != 0], torch.tensor(1 / (1 - p)))
+
+
+@pytest.mark.parametrize("name", ["smallcnn", "resnet18", "mobilenet_v3_small"])
+def test_dropout_sits_before_the_classifier_and_eval_is_deterministic(name):
+    model = build_model(name=name, num_classes=5, in_channels=3, dropout=0.5)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    order = [m for m in model.modules() if isinstance(m, nn.Dropout | nn.Linear)]
+    assert isinstance(order[order.index(linears[-1]) - 1], nn.Dropout)
+    x = torch.rand(4, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_smallcnn_fc_dropout_before_every_linear_and_conv_dropout_after_blocks():
+    model = build_model(name="smallcnn", num_classes=5, in_channels=3, fc=[64, 32], dropout=0.5, conv_dropout=0.1)
+    mods = list(model.modules())
+    linears = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
+    assert not isinstance(mods[linears[0] - 1], nn.Dropout)  # the pooled conv features are not dropped
+    for i in linears[1:]:  # every layer fed by a hidden fully connected layer is
+        assert isinstance(mods[i - 1], nn.Dropout) and isinstance(mods[i - 2], nn.ReLU)
+    assert sum(isinstance(m, nn.Dropout2d) for m in mods) == 3
+
+
+def test_evaluation_runs_in_eval_mode():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(self.training)
+            return x.mean(dim=(2, 3))
+
+    model = Probe().train()
+    pipe = Pipeline(torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1), False)
+    batches = [(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))]
+    evaluate(model, batches, pipeline=pipe, amp=torch.autocast("cpu", enabled=False))
+    assert seen == [False]
+
+
+def test_mc_dropout_reports_accuracy_and_entropy(tmp_path):
+    from regx import config
+    from regx.train import train
+
+    s = train(config.compose(["debug=smoke", "epochs=1", "dropout=fc", "dropout.mc_samples=4"]), tmp_path / "r")
+    assert 0 <= s["mc_test_acc"] <= 1
+    assert 0 < s["mc_entropy"] <= torch.log(torch.tensor(10.0)).item() + 1e-6
