@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.regx-installed
 ARGS ?=
 
-.PHONY: help install train smoke test test-all lint clean
+.PHONY: help install train smoke test test-all lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ test-all: install ## every test, slow ones included
 
 lint: install ## ruff
 	$(BIN)/ruff check regx tests
+
+bench: install ## benchmarks (not tests): augmentation cost in a training step
+	$(BIN)/python -m regx.bench aug
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs/runs outputs/sweeps .pytest_cache .ruff_cache

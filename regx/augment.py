@@ -194,18 +194,22 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, m: Mix, label_smo
 
 def apply(x: torch.Tensor, p: AugParams, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Augment float images in [0, 1] (N,C,H,W) with per-sample parameters."""
-    if bool(p.hflip.any()):
-        x = torch.where(p.hflip.view(-1, 1, 1, 1), x.flip(-1), x)
-    if bool(p.vflip.any()):
-        x = torch.where(p.vflip.view(-1, 1, 1, 1), x.flip(-2), x)
+    owned = False  # the caller's tensor is never written to; ours is changed in place
+    for flip, dim in ((p.hflip, -1), (p.vflip, -2)):
+        idx = torch.nonzero(flip).flatten()
+        if len(idx):  # only the flipped images are copied
+            x, owned = (x, owned) if owned else (x.clone(), True)
+            x.index_copy_(0, idx, x[idx].flip(dim))
     if bool((p.angle != 0).any() | (p.scale != 1).any() | (p.tx != 0).any() | (p.ty != 0).any()):
         x = F.grid_sample(x, F.affine_grid(affine_theta(p, x.shape), list(x.shape), align_corners=False),
                           mode="bilinear", padding_mode="zeros", align_corners=False)
+        owned = True
     moved = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
     idx = torch.nonzero(moved).flatten()
     if len(idx):  # only the images whose colour changes pay for it
         sub = AugParams(*(None if v is None else v[idx] for v in (getattr(p, f) for f in _PARAM_FIELDS)))
-        x = x.index_copy(0, idx, color(x[idx], sub))
+        x = x if owned else x.clone()
+        x.index_copy_(0, idx, color(x[idx], sub))
     if p.erase is not None:
         fill = noise if noise is not None else torch.zeros_like(x)
         x = torch.where(_box_mask(p.erase, x.shape[-2], x.shape[-1]), fill, x)
@@ -250,18 +254,23 @@ def color(x: torch.Tensor, p: AugParams) -> torch.Tensor:
         idx = torch.nonzero(p.hue != 0).flatten()
         if len(idx):  # only the images whose hue moves pay for the HSV round trip
             hsv = rgb_to_hsv(x[idx])
-            hsv[:, 0] = (hsv[:, 0] + p.hue[idx].view(-1, 1, 1)) % 1.0
-            x = x.index_copy(0, idx, hsv_to_rgb(hsv))
+            h = hsv[:, 0] + p.hue[idx].view(-1, 1, 1)
+            hsv[:, 0] = h - h.floor()  # wrap to [0, 1); cheaper than % on CPU
+            x.index_copy_(0, idx, hsv_to_rgb(hsv))  # x is color()'s own intermediate
     return x
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    maxc, arg = x.max(1, keepdim=True)
-    delta = maxc - x.min(1, keepdim=True).values
-    # hue sector from the largest channel: r -> (g-b)/delta, g -> 2 + (b-r)/delta, b -> 4 + (r-g)/delta
-    numer = (x[:, [1, 2, 0]] - x[:, [2, 0, 1]]).gather(1, arg)
+    # Elementwise over the three channel planes: reductions over a dimension of size 3 are slow on CPU.
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    delta = maxc - torch.minimum(torch.minimum(r, g), b)
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(delta > 0, ((2 * arg + numer / safe) / 6) % 1.0, torch.zeros_like(delta))
+    # hue sector from the largest channel (r first on ties, as torchvision): r -> (g-b)/delta,
+    # g -> 2 + (b-r)/delta, b -> 4 + (r-g)/delta
+    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = h / 6
+    h = torch.where(delta > 0, h - h.floor(), torch.zeros_like(h))
     s = delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
     return torch.cat([h, s, maxc], 1)
 
@@ -269,5 +278,6 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     # Closed form: channel n is v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1.
     h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h * 6) % 6
+    k = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + h * 6  # in [1, 11)
+    k = torch.where(k >= 6, k - 6, k)
     return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)

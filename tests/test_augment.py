@@ -149,3 +149,11 @@ def test_evaluation_is_never_augmented(images):
     x8 = (images * 255).round().to(torch.uint8)
     assert torch.equal(pipe.eval(x8), x8.float() / 255)
     assert not torch.equal(pipe.train(x8)[0], x8.float() / 255)
+
+
+def test_the_input_batch_is_never_modified(images):
+    before = images.clone()
+    cfg = config.compose(["aug=[all,erasing]", "aug.hflip.p=1", "aug.color.p=1"]).aug
+    Augment(cfg, torch.Generator().manual_seed(0)).images(images)
+    apply(images, params(8, hflip=torch.ones(8, dtype=torch.bool), brightness=1.3))
+    assert torch.equal(images, before)

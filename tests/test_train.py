@@ -178,6 +178,7 @@ def test_failure_is_recorded_in_the_summary(tmp_path):
     ["precision=32"], ["precision=16"], ["precision=bf16", "channels_last=false"],
     ["optim=adamw", "sched=plateau", "decay=decoupled"], ["optim=adam", "sched=onecycle", "decay=l1"],
     ["data.channels=1", "model=tv", "model.name=resnet18", "model.small_input=true", "dropout=fc"],
+    ["aug=[crop_flip,mixup]", "label_smoothing=0.1"], ["aug=[all,erasing,cutmix]", "dropout=both"],
 ], ids=lambda o: " ".join(o))
 def test_training_variants_complete(tmp_path, overrides):
     s = train(smoke_cfg("epochs=1", *overrides), tmp_path / "run")
