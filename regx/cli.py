@@ -125,9 +125,10 @@ def cmd_resume(args: list[str]) -> int:
     run_dir, overrides = Path(args[0]), args[1:]
     if not run_dir.is_dir():
         return _error(f"no such run directory: {run_dir}")
-    for needed in ("config.yaml", "checkpoints/last.pt"):
-        if not (run_dir / needed).is_file():
-            return _error(f"{run_dir / needed} is missing: nothing to resume from")
+    if not (run_dir / "config.yaml").is_file():
+        return _error(f"{run_dir} is not a regx run directory (no config.yaml)")
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return _error(f"{run_dir} has no checkpoint (it stopped during its first epoch): start it again with regx train")
     try:
         saved = OmegaConf.load(run_dir / "config.yaml")
         base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)

@@ -98,7 +98,10 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
     except KeyboardInterrupt:
         summary.update(status="interrupted")
         write_json(summary_path, summary)
-        log.warning("interrupted; resume with: regx resume %s", run_dir)
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            log.warning("interrupted; resume with: regx resume %s", run_dir)
+        else:
+            log.warning("interrupted during the first epoch, before any checkpoint: nothing to resume")
         raise
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

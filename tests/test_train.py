@@ -131,6 +131,10 @@ def test_resume_can_extend_and_refuses_bad_targets(regx, tmp_path):
     more = regx("resume", "r", "epochs=2")
     assert more.returncode == 0, more.stderr
     assert [int(r["epoch"]) for r in read_metrics(tmp_path / "r" / "metrics.csv")] == [1, 2]
+    early = regx("train", "debug=smoke", "hydra.run.dir=early", env={"REGX_FAULT": "kill@1"})
+    assert early.returncode == -9
+    no_ckpt = regx("resume", "early")
+    assert no_ckpt.returncode == 2 and "has no checkpoint" in no_ckpt.stderr
     missing = regx("resume", "nowhere")
     assert missing.returncode == 2 and "no such run directory: nowhere" in missing.stderr
     changed = regx("resume", "r", "epochs=3", "model.fc=[64]")
