@@ -13,6 +13,7 @@ commands:
   resume  RUN_DIR [key=value]     continue a run from its last checkpoint (e.g. epochs=20)
   show-aug [overrides] [--out F]  a PNG grid: originals, then rows of augmented copies
   lr-plot  [overrides] [--out F]  a PNG of the learning rate over the whole run
+  plot     RUN_DIR                redraw RUN_DIR/curves.png from its metrics.csv
 
 examples:
   regx train                                   the default experiment on the embedded shapes data
@@ -228,7 +229,29 @@ def cmd_lr_plot(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot}
+def cmd_plot(args: list[str]) -> int:
+    from pathlib import Path
+
+    from regx.report import curves_plot
+    from regx.runs import read_json, read_metrics
+
+    if len(args) != 1 or args[0].startswith("-"):
+        return _error("usage: regx plot RUN_DIR")
+    metrics = Path(args[0]) / "metrics.csv"
+    if not metrics.is_file():
+        return _error(f"{metrics} not found: not a regx run directory, or no epoch has finished yet")
+    try:
+        rows = read_metrics(metrics)
+        run = Path(args[0])
+        name = read_json(run / "summary.json").get("name", "") if (run / "summary.json").is_file() else ""
+        print(curves_plot(run / "curves.png", rows, f"{name}: {run.resolve().name}"))
+    except (KeyError, ValueError) as exc:
+        return _error(f"{metrics} is not a regx metrics file ({exc})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
+            "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,3 +72,45 @@ def lr_plot(path: Path, lrs: list[float], steps_per_epoch: int, title: str) -> P
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def curves_plot(path: Path, rows: list[dict], title: str = "") -> Path:
+    """Loss and accuracy, training vs validation, per epoch; the best epoch marked; LR on a 2nd axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def col(key):
+        return [float(r[key]) for r in rows]
+
+    epochs = [int(r["epoch"]) for r in rows]
+    best = epochs[max(range(len(rows)), key=lambda i: float(rows[i]["val_acc"]))] if rows else None
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    ax_loss.plot(epochs, col("train_loss"), "o-", ms=3, label="train loss")
+    ax_loss.plot(epochs, col("val_loss"), "o-", ms=3, label="validation loss")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_lr = ax_loss.twinx()
+    ax_lr.plot(epochs, col("lr"), color="gray", ls=":", label="learning rate")
+    ax_lr.set_ylabel("learning rate (end of epoch)", color="gray")
+    ax_lr.set_ylim(bottom=0)
+    ax_acc.plot(epochs, [100 * v for v in col("train_acc")], "o-", ms=3, label="train accuracy")
+    ax_acc.plot(epochs, [100 * v for v in col("val_acc")], "o-", ms=3, label="validation accuracy")
+    ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if best is not None:
+            ax.axvline(best, color="green", alpha=0.4, lw=2, label=f"best epoch ({best})")
+    lines = ax_loss.get_legend_handles_labels()
+    extra = ax_lr.get_legend_handles_labels()
+    ax_loss.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8)
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)  # a viewer never sees a half-written picture
+    return path

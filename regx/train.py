@@ -19,7 +19,7 @@ from regx.data import iterate, load_data, to_device
 from regx.engine import Pipeline, autocast, evaluate, mc_dropout, train_one_epoch
 from regx.models import build_model, count_params
 from regx.regularize import build_optimizer, penalty
-from regx.report import pick_examples, save_aug_grid
+from regx.report import curves_plot, pick_examples, save_aug_grid
 from regx.runs import load_checkpoint, read_json, save_checkpoint, write_json, write_metrics, write_text
 from regx.schedules import Plateau, lr_schedule, steps_per_epoch
 
@@ -208,6 +208,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                                      img_per_s=tr.images / tr.seconds))
         checkpoint(best=is_best)
         write_metrics(run_dir / "metrics.csv", state["history"])
+        curves_plot(run_dir / "curves.png", state["history"], f"{cfg.name}: {run_dir.name}")
         summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
                        final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2))
         write_json(run_dir / "summary.json", summary)

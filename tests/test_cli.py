@@ -49,3 +49,16 @@ def test_show_aug_and_lr_plot_write_pngs(regx, tmp_path):
     assert path.suffix == ".png" and path.stat().st_size > 5000
     bad = regx("show-aug", "aug.rotate.degrees=-5")
     assert bad.returncode == 2 and "aug.rotate.degrees" in bad.stderr
+
+
+def test_plot_redraws_the_curves(regx, tmp_path):
+    from PIL import Image
+
+    assert regx("train", "debug=smoke", "hydra.run.dir=run").returncode == 0
+    (tmp_path / "run" / "curves.png").unlink()
+    res = regx("plot", "run")
+    assert res.returncode == 0, res.stderr
+    with Image.open(tmp_path / "run" / "curves.png") as im:
+        assert im.width >= 800 and im.height >= 300
+    missing = regx("plot", "nowhere")
+    assert missing.returncode == 2 and "nowhere/metrics.csv not found" in missing.stderr

@@ -41,7 +41,7 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
     assert run.name.endswith("_smallcnn_shapes")
     assert str(run) in res.stdout  # the user is told where the run went
     for f in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv", "summary.json",
-              "checkpoints/last.pt", "checkpoints/best.pt", "train.log", "aug_preview.png"):
+              "checkpoints/last.pt", "checkpoints/best.pt", "train.log", "aug_preview.png", "curves.png"):
         assert (run / f).is_file(), f
 
     rows = read_metrics(run / "metrics.csv")
