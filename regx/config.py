@@ -169,6 +169,12 @@ class FinetuneConfig:
 
 
 @dataclass
+class DiagnoseConfig:
+    clean_train: bool = True  # also evaluate a fixed training subset in eval mode, without augmentation
+    clean_size: int = 2000  # images in that subset (at most the training set)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -178,6 +184,7 @@ class TrainConfig:
     decay: DecayConfig = MISSING
     sched: SchedConfig = MISSING
     finetune: FinetuneConfig = MISSING
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     epochs: int = 12
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -297,6 +304,7 @@ def validate(cfg: DictConfig) -> None:
     _check(c.lr > 0, "lr", c.lr, "must be > 0")
     _check(c.wd >= 0, "wd", c.wd, "must be >= 0")
     _check(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "must be in [0, 1)")
+    _check(c.diagnose.clean_size >= 1, "diagnose.clean_size", c.diagnose.clean_size, "must be >= 1")
     _check(c.progress_every >= 1, "progress_every", c.progress_every, "must be >= 1")
     _check(0 <= c.dropout.p < 1, "dropout.p", c.dropout.p, "must be in [0, 1) (the probability of dropping)")
     _check(0 <= c.dropout.conv_p < 1, "dropout.conv_p", c.dropout.conv_p, "must be in [0, 1)")

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "img_per_s"]
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "img_per_s",
+                  "clean_train_loss", "clean_train_acc"]
 TIMING_COLUMNS = ("epoch_s", "img_per_s")
 
 

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from regx import __version__
 from regx.augment import Augment
 from regx.console import EpochProgress, console, setup_logging
-from regx.data import iterate, load_data, to_device
+from regx.data import iterate, load_data, stratified_split, to_device
+from regx.diagnose import remedies, verdict
 from regx.engine import Pipeline, autocast, evaluate, mc_dropout, train_one_epoch
 from regx.models import build_model, count_params
 from regx.regularize import build_optimizer, penalty
@@ -140,6 +141,10 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
     if not resume or not (run_dir / "aug_preview.png").is_file():
         examples = data.train.subset(pick_examples(data.train.y.cpu(), 8).to(data.train.y.device))
         save_aug_grid(run_dir / "aug_preview.png", next(iterate(examples, 8))[0], cfg.aug, seed=cfg.seed)
+    clean = None
+    if cfg.diagnose.clean_train:  # a fixed training subset, evaluated like validation data each epoch
+        pick, _ = stratified_split(data.train.y.cpu(), min(cfg.diagnose.clean_size, n_train), torch.Generator().manual_seed(cfg.seed))
+        clean = data.train.subset(pick.to(data.train.y.device))
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     pipeline = Pipeline(mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
                         std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
@@ -197,6 +202,11 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             raise RunFailed(f"training loss became {tr.loss} in epoch {epoch} at lr={lr:.4g}: lower lr, or check the data")
         val_loss, val_acc = evaluate(net, iterate(data.val, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
                                      pipeline=pipeline, amp=amp)
+        clean_loss = clean_acc = None
+        if clean is not None:
+            clean_loss, clean_acc = evaluate(net, iterate(clean, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                                             pipeline=pipeline, amp=amp)
+        gap = (clean_acc if clean_acc is not None else tr.acc) - val_acc
         if plateau is not None:
             plateau.update(val_loss)
         is_best = state["best_val_acc"] is None or val_acc > state["best_val_acc"]
@@ -204,8 +214,9 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             state["best_val_acc"], state["best_epoch"] = val_acc, epoch
         state["epoch"], state["step"] = epoch, state["step"] + tr.steps
         state["history"].append(dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc,
-                                     gap=tr.acc - val_acc, lr=lr, epoch_s=time.perf_counter() - t_epoch,
-                                     img_per_s=tr.images / tr.seconds))
+                                     gap=gap, lr=lr, epoch_s=time.perf_counter() - t_epoch,
+                                     img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss,
+                                     clean_train_acc=clean_acc))
         checkpoint(best=is_best)
         write_metrics(run_dir / "metrics.csv", state["history"])
         curves_plot(run_dir / "curves.png", state["history"], f"{cfg.name}: {run_dir.name}")
@@ -214,7 +225,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         write_json(run_dir / "summary.json", summary)
         log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
                  len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
-                 100 * (tr.acc - val_acc), lr, time.perf_counter() - t_epoch, f"{tr.images / tr.seconds:,.0f}",
+                 100 * gap, lr, time.perf_counter() - t_epoch, f"{tr.images / tr.seconds:,.0f}",
                  "  *best*" if is_best else "")
 
     test_loss = test_acc = None
@@ -231,6 +242,9 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
     summary.update(status="completed", test_acc=test_acc, test_loss=test_loss,
                    wall_s=round(wall_before + time.perf_counter() - t0, 2),
                    finished=datetime.now().isoformat(timespec="seconds"))
+    kind, evidence = verdict(state["history"])
+    summary.update(verdict=kind, evidence=evidence,
+                   remedies=[f"{what}: {how}" for what, how in remedies(kind, epochs=cfg.epochs, lr=cfg.lr)])
     write_json(run_dir / "summary.json", summary)
     _print_summary(summary, log)
     return summary
@@ -248,6 +262,7 @@ def _print_summary(s: dict, log) -> None:
         ("best val acc", f"{pct(s.get('best_val_acc'))} (epoch {s.get('best_epoch')})"),
         ("final train / val acc", f"{pct(s.get('final_train_acc'))} / {pct(s.get('final_val_acc'))}"),
         ("test acc (best ckpt)", pct(s.get("test_acc"))),
+        ("verdict", s.get("verdict", "-")),
         ("params (trainable)", f"{s['params']:,} ({s['trainable_params']:,})"),
         ("device", f"{s['device']} {s['precision']}"),
         ("wall time", f"{s['wall_s']:.1f}s"),
@@ -262,3 +277,9 @@ def _print_summary(s: dict, log) -> None:
     file_only = logging.getLogger("regx.file")
     for k, v in rows:
         file_only.info("%-22s %s", k, v)
+    ev = s.get("evidence") or {}
+    if s.get("verdict") in ("overfitting", "underfitting", "diverged"):
+        facts = f"train acc {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}" if "gap" in ev else str(ev)
+        log.info("verdict: %s (%s). Remedies from the course:", s["verdict"], facts)
+        for line in s.get("remedies", []):
+            log.info("  - %s", line)

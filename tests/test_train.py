@@ -49,7 +49,7 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for r in rows:
         assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["val_acc"]) <= 1
-        assert float(r["gap"]) == pytest.approx(float(r["train_acc"]) - float(r["val_acc"]), abs=1e-5)
+        assert float(r["gap"]) == pytest.approx(float(r["clean_train_acc"]) - float(r["val_acc"]), abs=1e-5)
         assert float(r["lr"]) > 0 and float(r["img_per_s"]) > 0
 
     s = json.loads((run / "summary.json").read_text())
