@@ -135,6 +135,7 @@ class DropoutConfig:
     name: str = MISSING
     p: float = 0.0  # probability of DROPPING a unit (as nn.Dropout), before each fully connected layer
     conv_p: float = 0.0  # nn.Dropout2d after each conv block
+    features: bool = False  # smallcnn: also drop the pooled conv features entering the first FC layer
     mc_samples: int = 0  # >0: also evaluate the test set with dropout on, averaging this many passes
 
 

@@ -32,6 +32,7 @@ def smallcnn(
     fc=(256,),
     dropout: float = 0.0,
     conv_dropout: float = 0.0,
+    dropout_features: bool = False,
     **_,
 ) -> nn.Module:
     """conv-BN-ReLU blocks, each ending in a 2x2 max-pool; global average pool; an MLP classifier.
@@ -39,8 +40,8 @@ def smallcnn(
     `dropout` places nn.Dropout(p) on the output of every hidden fully connected layer, i.e. before
     every fully connected layer fed by one (where AlexNet and VGG put it; with no hidden layer, before
     the last). Dropping the pooled conv features as well stopped this network from learning on 500
-    shapes (28% vs 68% validation accuracy): `conv_dropout` (nn.Dropout2d after each conv block) is
-    the way to regularize the features.
+    shapes (28% vs 68% validation accuracy), so it is opt-in: `dropout_features=True`.
+    `conv_dropout` places nn.Dropout2d after each conv block.
     """
     layers: list[nn.Module] = []
     c_in = in_channels
@@ -54,7 +55,7 @@ def smallcnn(
     head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     widths = [*fc, num_classes]
     for i, width in enumerate(widths):
-        if dropout > 0 and (i > 0 or len(widths) == 1):
+        if dropout > 0 and (i > 0 or len(widths) == 1 or dropout_features):
             head.append(nn.Dropout(dropout))
         head.append(nn.Linear(c_in, width))
         if i < len(widths) - 1:
@@ -125,10 +126,11 @@ def build_model(
     small_input: bool = False,
     dropout: float = 0.0,
     conv_dropout: float = 0.0,
+    dropout_features: bool = False,
 ) -> nn.Module:
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, channels=list(channels),
                   convs_per_block=convs_per_block, fc=list(fc), small_input=small_input,
-                  dropout=dropout, conv_dropout=conv_dropout)
+                  dropout=dropout, conv_dropout=conv_dropout, dropout_features=dropout_features)
     if name in MODELS:
         return MODELS[name](**kwargs)
     if conv_dropout > 0:

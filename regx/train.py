@@ -125,7 +125,8 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         data = to_device(data, device)
     model = build_model(name=cfg.model.name, num_classes=data.num_classes, in_channels=data.channels,
                         channels=cfg.model.channels, convs_per_block=cfg.model.convs_per_block, fc=cfg.model.fc,
-                        small_input=cfg.model.small_input, dropout=cfg.dropout.p, conv_dropout=cfg.dropout.conv_p)
+                        small_input=cfg.model.small_input, dropout=cfg.dropout.p, conv_dropout=cfg.dropout.conv_p,
+                        dropout_features=cfg.dropout.features)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     optimizer, decayed = build_optimizer(model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name,
                                          exclude=list(cfg.decay.exclude), momentum=cfg.optim.momentum,

@@ -62,3 +62,9 @@ def test_mc_dropout_reports_accuracy_and_entropy(tmp_path):
     s = train(config.compose(["debug=smoke", "epochs=1", "dropout=fc", "dropout.mc_samples=4"]), tmp_path / "r")
     assert 0 <= s["mc_test_acc"] <= 1
     assert 0 < s["mc_entropy"] <= torch.log(torch.tensor(10.0)).item() + 1e-6
+
+
+def test_dropping_the_pooled_features_is_opt_in():
+    model = build_model(name="smallcnn", num_classes=5, in_channels=3, fc=[64], dropout=0.5, dropout_features=True)
+    mods = list(model.modules())
+    assert all(isinstance(mods[i - 1], nn.Dropout) for i, m in enumerate(mods) if isinstance(m, nn.Linear))
