@@ -73,6 +73,10 @@ class EpochProgress:
             self._task = self._progress.add_task(self.title, total=self.total, stats="")
         return self
 
+    @property
+    def active(self) -> bool:
+        return self._progress is not None
+
     def update(self, done: int, loss: float, acc: float, lr: float, img_per_s: float) -> None:
         if self._progress is not None:
             stats = f"loss {loss:.4f}  acc {acc:6.2%}  lr {lr:.3g}  {img_per_s:,.0f} img/s"

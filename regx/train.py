@@ -197,7 +197,8 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps) as bar:
             tr = train_one_epoch(net, batches, optimizer, pipeline=pipeline, lr_at=lr_at, start_step=state["step"],
                                  amp=amp, scaler=scaler, penalty=loss_term, label_smoothing=cfg.label_smoothing,
-                                 progress=bar, progress_every=cfg.progress_every)
+                                 progress=bar if bar.active else None,  # each refresh reads back from the device
+                                 progress_every=cfg.progress_every)
         lr = lr_at(state["step"] + tr.steps - 1)
         if not math.isfinite(tr.loss):
             raise RunFailed(f"training loss became {tr.loss} in epoch {epoch} at lr={lr:.4g}: lower lr, or check the data")
