@@ -176,6 +176,17 @@ class DiagnoseConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = 0  # also checkpoint every N optimizer steps within an epoch; 0: at epoch ends only
+
+
+@dataclass
+class EarlyStopConfig:
+    patience: int = 0  # stop after this many epochs without a new best validation accuracy; 0: off
+    min_delta: float = 0.0  # an improvement must exceed this much accuracy (0.001 = 0.1 points)
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -186,6 +197,8 @@ class TrainConfig:
     sched: SchedConfig = MISSING
     finetune: FinetuneConfig = MISSING
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     epochs: int = 12
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -199,6 +212,7 @@ class TrainConfig:
     compile: bool = False
     name: str = "${model.name}_${data.name}"
     progress_every: int = 25  # steps between progress-bar refreshes (each one reads metrics back)
+    logger: str = "none"  # none | tensorboard (event files in <run>/tensorboard/)
 
 
 AUG_OPS = ("hflip", "vflip", "rotate", "scale", "translate", "crop", "color", "erasing", "mixup", "cutmix")
@@ -210,6 +224,7 @@ CHOICES = {  # key: (pattern, what to tell the user)
     "optim.name": (r"sgd|adamw|adam", "sgd, adamw or adam"),
     "decay.name": (r"l2|decoupled|l1", "l2, decoupled or l1"),
     "finetune.bn": (r"train|frozen", "train or frozen"),
+    "logger": (r"none|tensorboard", "none or tensorboard"),
 }
 
 
@@ -306,6 +321,14 @@ def validate(cfg: DictConfig) -> None:
     _check(c.wd >= 0, "wd", c.wd, "must be >= 0")
     _check(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "must be in [0, 1)")
     _check(c.diagnose.clean_size >= 1, "diagnose.clean_size", c.diagnose.clean_size, "must be >= 1")
+    _check(c.checkpoint.every_steps >= 0, "checkpoint.every_steps", c.checkpoint.every_steps, "must be >= 0 (0: epoch ends only)")
+    _check(c.early_stop.patience >= 0, "early_stop.patience", c.early_stop.patience, "must be >= 0 (0: off)")
+    _check(0 <= c.early_stop.min_delta < 1, "early_stop.min_delta", c.early_stop.min_delta, "must be in [0, 1)")
+    if c.logger == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'regx[tensorboard]'")
     _check(c.progress_every >= 1, "progress_every", c.progress_every, "must be >= 1")
     _check(0 <= c.dropout.p < 1, "dropout.p", c.dropout.p, "must be in [0, 1) (the probability of dropping)")
     _check(0 <= c.dropout.conv_p < 1, "dropout.conv_p", c.dropout.conv_p, "must be in [0, 1)")

@@ -46,7 +46,9 @@ def autocast(device: torch.device, precision: str):
 
 
 def fault_at() -> tuple[str, int] | None:
-    """Test-only fault injection: REGX_FAULT=kill@STEP or nan@STEP (global optimizer step)."""
+    """Test-only fault injection, REGX_FAULT=KIND@STEP (global optimizer step, counted from 0):
+    kill@N (SIGKILL before step N's update), nan@N (step N's loss becomes NaN), killsave@N (SIGKILL
+    after the first checkpoint at or after step N is written to its temporary file, before the rename)."""
     spec = os.environ.get("REGX_FAULT", "")
     if "@" not in spec:
         return None
@@ -54,13 +56,46 @@ def fault_at() -> tuple[str, int] | None:
     return kind, int(step)
 
 
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
+@dataclass
+class Tally:
+    """Running sums of an epoch in progress, kept on the device; saved in mid-epoch checkpoints so a
+    resumed epoch reports exactly what an uninterrupted one would."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    images: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def zero(cls, device: torch.device) -> Tally:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "images": self.images,
+                "batches": self.batches, "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> Tally:
+        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["images"], state["batches"],
+                   state["seconds"])
+
+
 @dataclass
 class EpochResult:
     loss: float
     acc: float
     images: int
-    steps: int
+    steps: int  # optimizer steps in the whole epoch so far (a resumed epoch counts the earlier ones)
     seconds: float
+    finished: bool  # False: stopped early on request (a signal); the tally holds the partial epoch
+    tally: Tally
 
 
 def train_one_epoch(
@@ -75,17 +110,36 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     penalty: Callable[[], torch.Tensor] | None = None,
     label_smoothing: float = 0.0,
+    tally: Tally | None = None,
+    stop: Callable[[], bool] | None = None,
+    every: int = 0,
+    on_every: Callable[[Tally], None] | None = None,
     progress=None,
     progress_every: int = 25,
 ) -> EpochResult:
+    """Train over `batches` (which start after `tally.batches` batches when resuming mid-epoch).
+
+    `stop()` is polled after every step: True ends the epoch early (finished=False). Every `every`
+    steps `on_every(tally)` runs (mid-epoch checkpoints). A NaN/inf loss raises NonFiniteLoss naming
+    its step: checked every step on CPU (free there) and at each progress/checkpoint point and the
+    epoch's end on accelerators, where each check is a host sync.
+    """
     model.train()
     device = pipeline.mean.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    n, step, t0 = 0, start_step, time.perf_counter()
+    tally = tally if tally is not None else Tally.zero(device)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    bad_loss = torch.zeros((), device=device)
+    check_every = 1 if device.type == "cpu" else progress_every
     fault = fault_at()
-    for i, (xb, yb) in enumerate(batches):
-        step = start_step + i
+    t0, seconds_before, step = time.perf_counter(), tally.seconds, start_step - 1
+
+    def check() -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            raise NonFiniteLoss(bad, float(bad_loss))
+
+    for xb, yb in batches:
+        step += 1
         lr = lr_at(step)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
@@ -110,16 +164,37 @@ def train_one_epoch(
         else:
             total.backward()
             optimizer.step()
-        loss_sum += loss.detach().float() * len(yb)
-        correct += (out.argmax(1) == yb).sum()
-        n += len(yb)
-        if progress is not None and (i + 1) % progress_every == 0:
-            elapsed = time.perf_counter() - t0
-            progress.update(i + 1, loss_sum.item() / n, correct.item() / n, lr, n / max(elapsed, 1e-9))
+        loss = loss.detach().float()
+        nonfinite = ~torch.isfinite(loss) & (first_bad < 0)
+        first_bad = torch.where(nonfinite, step, first_bad)
+        bad_loss = torch.where(nonfinite, loss, bad_loss)
+        tally.loss_sum += loss * len(yb)
+        tally.correct += (out.argmax(1) == yb).sum()
+        tally.images += len(yb)
+        tally.batches += 1
+        i = tally.batches
+        if i % check_every == 0:
+            check()
+        if progress is not None and i % progress_every == 0:
+            elapsed = seconds_before + time.perf_counter() - t0
+            n = tally.images
+            progress.update(i, tally.loss_sum.item() / n, tally.correct.item() / n, lr, n / max(elapsed, 1e-9))
+        requested = stop is not None and stop()
+        if on_every is not None and ((every and i % every == 0) or requested):
+            check()
+            tally.seconds = seconds_before + time.perf_counter() - t0
+            on_every(tally)
+        if requested:
+            break
+    else:
+        requested = False
+    check()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    return EpochResult(loss_sum.item() / max(n, 1), correct.item() / max(n, 1), n, step - start_step + 1, seconds)
+    tally.seconds = seconds_before + time.perf_counter() - t0
+    n = max(tally.images, 1)
+    return EpochResult(tally.loss_sum.item() / n, tally.correct.item() / n, tally.images, tally.batches,
+                       tally.seconds, not requested, tally)
 
 
 @torch.inference_mode()

@@ -6,13 +6,16 @@ leaves a half-written checkpoint, summary or metrics file.
     <run>/metrics.csv          one row per finished epoch
     <run>/summary.json         status and headline numbers (updated every epoch)
     <run>/checkpoints/last.pt  plain dicts that load with torch.load(..., weights_only=True)
-    <run>/checkpoints/best.pt
+    <run>/checkpoints/prev.pt  the checkpoint before last.pt: the fallback when last.pt is damaged
+    <run>/checkpoints/best.pt  the best epoch (a hard link to what was last.pt then)
+    <run>/checkpoints/*.pt.json  each checkpoint's manifest: size and sha256
     <run>/train.log
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -28,7 +31,9 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ga
 TIMING_COLUMNS = ("epoch_s", "img_per_s")
 
 
-def _write_atomic(path: Path, write) -> None:
+def _write_atomic(path: Path, write, *, before_rename=None) -> None:
+    """Write through `.NAME.tmp-PID` and a rename; on any error (a full disk included) the old file
+    stays as it was, the temporary file is removed, and the OSError names the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -37,10 +42,24 @@ def _write_atomic(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}", str(path)) from exc
         raise
+
+
+def clean_temporary(run_dir: Path) -> list[Path]:
+    """Remove temporary files a killed run left behind (its writes never got renamed into place)."""
+    gone = []
+    for pattern in (".*.tmp-*", "checkpoints/.*.tmp-*", ".*.tmp.png"):
+        for tmp in Path(run_dir).glob(pattern):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
 
 
 def atomic_save(obj: Any, path: Path | str) -> None:
@@ -80,18 +99,107 @@ def read_metrics(path: Path | str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool) -> None:
-    """Write last.pt atomically; when best, make best.pt the same file (a hard link, else a copy)."""
+def _manifest_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".json")
+
+
+def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool, before_rename=None) -> None:
+    """Write last.pt atomically with its manifest (last.pt.json: size and sha256), keeping the one
+    before it as prev.pt; when best, make best.pt the same file (a hard link, else a copy).
+
+    Every step is a rename, so a kill at any point leaves at least one checkpoint whose manifest
+    matches it; `intact_checkpoints` finds it.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getbuffer()
+    manifest = {"file": "last.pt", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+                "epoch": state.get("state", {}).get("epoch"), "step": state.get("state", {}).get("step")}
     last = ckpt_dir / "last.pt"
-    atomic_save(state, last)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if last.is_file():
+        _link(last, ckpt_dir / "prev.pt")
+        if _manifest_path(last).is_file():
+            _link(_manifest_path(last), _manifest_path(ckpt_dir / "prev.pt"))
+    _write_atomic(last, lambda f: f.write(payload), before_rename=before_rename)
+    write_json(_manifest_path(last), manifest)
     if best:
-        tmp = ckpt_dir / f".best.pt.tmp-{os.getpid()}"
-        tmp.unlink(missing_ok=True)
+        _link(last, ckpt_dir / "best.pt")
+        _link(_manifest_path(last), _manifest_path(ckpt_dir / "best.pt"))
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Make dst the same file as src, atomically (a hard link where the filesystem has them)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint that does not match its manifest or does not load."""
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CorruptCheckpoint unless `path` matches its manifest (size, sha256). A checkpoint
+    without a manifest (older regx, or a file from elsewhere) is checked by loading it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptCheckpoint(f"{path} does not exist")
+    manifest_file = _manifest_path(path)
+    if not manifest_file.is_file():
+        return
+    try:
+        manifest = read_json(manifest_file)
+    except ValueError as exc:
+        raise CorruptCheckpoint(f"{manifest_file} is unreadable ({exc})") from exc
+    size = path.stat().st_size
+    if size != manifest.get("size"):
+        raise CorruptCheckpoint(f"{path} is corrupt: {size} bytes, its manifest says {manifest.get('size')}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != manifest.get("sha256"):
+        raise CorruptCheckpoint(f"{path} is corrupt: its sha256 does not match its manifest")
+
+
+def load_verified(path: Path, map_location="cpu") -> dict:
+    """verify_checkpoint, then load_checkpoint; any failure is a CorruptCheckpoint naming the file."""
+    verify_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path, map_location=map_location)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptCheckpoint(f"{path} does not load ({first[:200]})") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CorruptCheckpoint(f"{path} is not a regx checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def newest_intact(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict, list[str]]:
+    """The newest checkpoint of a run that is intact (last.pt, else prev.pt, else best.pt, by step):
+    (path, checkpoint, what was wrong with each newer one). CorruptCheckpoint if none is intact."""
+    problems, found = [], []
+    for name in ("last.pt", "prev.pt", "best.pt"):
+        path = Path(ckpt_dir) / name
+        if not path.is_file():
+            continue
         try:
-            os.link(last, tmp)
-        except OSError:
-            shutil.copyfile(last, tmp)
-        os.replace(tmp, ckpt_dir / "best.pt")
+            found.append((path, load_verified(path, map_location)))
+        except CorruptCheckpoint as exc:
+            problems.append(str(exc))
+        if found and found[0][0].name == "last.pt":  # an intact last.pt is the newest by construction
+            break
+    if not found:
+        if not problems:
+            raise CorruptCheckpoint(f"no checkpoint in {ckpt_dir}")
+        raise CorruptCheckpoint("; ".join(problems) + ": no intact checkpoint remains")
+    path, ckpt = max(found, key=lambda pc: pc[1]["state"]["step"])
+    return path, ckpt, problems
 
 
 def load_checkpoint(path: Path | str, map_location="cpu") -> dict:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-import math
+import os
 import platform
+import signal
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,11 +19,30 @@ from regx.augment import Augment
 from regx.console import EpochProgress, console, setup_logging
 from regx.data import iterate, load_data, stratified_split, to_device
 from regx.diagnose import remedies, verdict
-from regx.engine import Pipeline, autocast, evaluate, mc_dropout, train_one_epoch
+from regx.engine import (
+    NonFiniteLoss,
+    Pipeline,
+    Tally,
+    autocast,
+    evaluate,
+    fault_at,
+    mc_dropout,
+    train_one_epoch,
+)
 from regx.models import build_model, count_params
 from regx.regularize import build_optimizer, penalty
 from regx.report import curves_plot, pick_examples, save_aug_grid
-from regx.runs import load_checkpoint, read_json, save_checkpoint, write_json, write_metrics, write_text
+from regx.runs import (
+    CorruptCheckpoint,
+    clean_temporary,
+    load_verified,
+    newest_intact,
+    read_json,
+    save_checkpoint,
+    write_json,
+    write_metrics,
+    write_text,
+)
 from regx.schedules import Plateau, lr_schedule, steps_per_epoch
 
 
@@ -77,32 +98,76 @@ def _restore_rng(state: dict, aug_gen: torch.Generator, device: torch.device) ->
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped the run after a step and a checkpoint; `code` is the exit status
+    a shell expects for that signal (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.code = 128 + signum
+
+
+class StopRequest:
+    """The first SIGTERM/SIGINT asks the run to stop after the current step (what SLURM sends
+    before preemption); a second SIGINT stops at once. Handlers are installed only in the main thread."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._saved: dict = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        # no logging here: a handler can run while the logging lock is held
+        os.write(2, f"regx: {signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
+                    f"{' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else ''}\n".encode())
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
 def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict:
     """Train as `cfg` says, writing everything into `run_dir`; return the summary.
 
-    With resume=True, continue from `run_dir/checkpoints/last.pt`: on CPU the result equals an
-    uninterrupted run bit for bit (timing aside). Raises RunFailed (summary status `failed`) on error
-    and re-raises KeyboardInterrupt (status `interrupted`).
+    With resume=True, continue from the newest intact checkpoint in `run_dir/checkpoints`, mid-epoch
+    if it was written mid-epoch: on CPU the result equals an uninterrupted run bit for bit (timing
+    aside). Raises RunFailed (summary status `failed`) on error, Interrupted after a SIGTERM/SIGINT
+    (status `interrupted`, a checkpoint written) and KeyboardInterrupt on a second Ctrl-C.
     """
     run_dir = Path(run_dir)
     log = setup_logging(run_dir / "train.log")
+    for tmp in clean_temporary(run_dir):
+        log.warning("removed %s, left by a run that was killed while writing it", tmp)
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path) if resume and summary_path.is_file() else {}
     summary.update(status="running", name=cfg.name, run_dir=str(run_dir), regx_version=__version__,
-                   torch_version=torch.__version__, host=platform.node(), error=None,
+                   torch_version=torch.__version__, host=platform.node(), pid=os.getpid(), error=None,
                    started=summary.get("started") or datetime.now().isoformat(timespec="seconds"))
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(summary_path, summary)
     t0 = time.perf_counter()
     try:
-        return _train(cfg, run_dir, summary, resume, log, t0)
+        with StopRequest() as stop:
+            return _train(cfg, run_dir, summary, resume, log, t0, stop)
     except KeyboardInterrupt:
         summary.update(status="interrupted")
         write_json(summary_path, summary)
         if (run_dir / "checkpoints" / "last.pt").is_file():
             log.warning("interrupted; resume with: regx resume %s", run_dir)
         else:
-            log.warning("interrupted during the first epoch, before any checkpoint: nothing to resume")
+            log.warning("interrupted before the first checkpoint: nothing to resume")
         raise
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -114,7 +179,15 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
         raise RunFailed(message) from exc
 
 
-def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0: float) -> dict:
+def _killsave_hook(step: int):
+    """REGX_FAULT=killsave@N: SIGKILL between writing a checkpoint's temporary file and renaming it."""
+    fault = fault_at()
+    if fault is not None and fault[0] == "killsave" and step >= fault[1]:
+        return lambda tmp: os.kill(os.getpid(), signal.SIGKILL)
+    return None
+
+
+def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0: float, stop: StopRequest) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
@@ -155,9 +228,18 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
     scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
     net = torch.compile(model) if cfg.compile else model
 
-    state = {"epoch": 0, "step": 0, "history": [], "best_val_acc": None, "best_epoch": None, "wall_s": 0.0}
+    # epoch: the last finished epoch; step: optimizer steps taken; batch/tally: the epoch in progress
+    state = {"epoch": 0, "step": 0, "batch": 0, "tally": None, "history": [], "best_val_acc": None,
+             "best_epoch": None, "improved_epoch": 0, "stopped_early": None, "wall_s": 0.0}
     if resume:
-        ckpt = load_checkpoint(ckpt_dir / "last.pt")
+        try:
+            path, ckpt, problems = newest_intact(ckpt_dir, map_location=device)
+        except CorruptCheckpoint as exc:
+            raise RunFailed(str(exc)) from None
+        for problem in problems:
+            log.warning("%s", problem)
+        if problems:
+            log.warning("falling back to %s (epoch %d, step %d)", path, ckpt["state"]["epoch"], ckpt["state"]["step"])
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -166,8 +248,9 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             plateau.load_state_dict(ckpt["plateau"])
         _restore_rng(ckpt["rng"], aug_gen, device)
         state.update(ckpt["state"])
-        write_metrics(run_dir / "metrics.csv", state["history"])  # drop rows written after last.pt
-        log.info("resuming %s after epoch %d (step %d)", run_dir, state["epoch"], state["step"])
+        write_metrics(run_dir / "metrics.csv", state["history"])  # drop rows written after that checkpoint
+        where = f"epoch {state['epoch'] + 1} batch {state['batch'] + 1}" if state["batch"] else f"epoch {state['epoch'] + 1}"
+        log.info("resuming %s at %s (step %d) from %s", run_dir, where, state["step"], path.name)
     wall_before = state["wall_s"]
 
     total, trainable = count_params(model)
@@ -181,73 +264,121 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
              cfg.name, cfg.model.name, f"{total:,}", device, "fp32" if precision == "32" else precision, n_train,
              len(data.val), summary["n_test"], data.image_size, data.num_classes, run_dir)
 
-    def checkpoint(best: bool) -> None:
+    def checkpoint(best: bool, tally: Tally | None = None) -> None:
         state["wall_s"] = wall_before + time.perf_counter() - t0
+        state["batch"], state["tally"] = (tally.batches, tally.state_dict()) if tally is not None else (0, None)
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "plateau": plateau.state_dict() if plateau is not None else None,
                          "rng": _rng_state(aug_gen, device), "state": state,
                          "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
-                         "regx_version": __version__}, ckpt_dir, best=best)
+                         "norm": {"mean": list(data.mean), "std": list(data.std)},
+                         "regx_version": __version__}, ckpt_dir, best=best, before_rename=_killsave_hook(state["step"]))
 
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        batches = iterate(data.train, cfg.batch_size, order=order, device=device, workers=cfg.data.workers, drop_single=True)
-        with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps) as bar:
-            tr = train_one_epoch(net, batches, optimizer, pipeline=pipeline, lr_at=lr_at, start_step=state["step"],
-                                 amp=amp, scaler=scaler, penalty=loss_term, label_smoothing=cfg.label_smoothing,
-                                 progress=bar if bar.active else None,  # each refresh reads back from the device
-                                 progress_every=cfg.progress_every)
-        lr = lr_at(state["step"] + tr.steps - 1)
-        if not math.isfinite(tr.loss):
-            raise RunFailed(f"training loss became {tr.loss} in epoch {epoch} at lr={lr:.4g}: lower lr, or check the data")
-        val_loss, val_acc = evaluate(net, iterate(data.val, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
-                                     pipeline=pipeline, amp=amp)
-        clean_loss = clean_acc = None
-        if clean is not None:
-            clean_loss, clean_acc = evaluate(net, iterate(clean, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
-                                             pipeline=pipeline, amp=amp)
-        gap = (clean_acc if clean_acc is not None else tr.acc) - val_acc
-        if plateau is not None:
-            plateau.update(val_loss)
-        is_best = state["best_val_acc"] is None or val_acc > state["best_val_acc"]
-        if is_best:
-            state["best_val_acc"], state["best_epoch"] = val_acc, epoch
-        state["epoch"], state["step"] = epoch, state["step"] + tr.steps
-        state["history"].append(dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc,
-                                     gap=gap, lr=lr, epoch_s=time.perf_counter() - t_epoch,
-                                     img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss,
-                                     clean_train_acc=clean_acc))
-        checkpoint(best=is_best)
-        write_metrics(run_dir / "metrics.csv", state["history"])
-        curves_plot(run_dir / "curves.png", state["history"], f"{cfg.name}: {run_dir.name}")
-        summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
-                       final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2))
+    def evaluate_on(split) -> tuple[float, float]:
+        return evaluate(net, iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                        pipeline=pipeline, amp=amp)
+
+    tb = None
+    if cfg.logger == "tensorboard":
+        from regx.tblog import TensorBoardLogger, hparams_of
+
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+        tb = TensorBoardLogger(run_dir, hparams_of(cfg, overrides), first_epoch=state["epoch"] + 1)
+        tb.image("augmentation", run_dir / "aug_preview.png")
+    try:
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            if state["stopped_early"]:
+                break
+            t_epoch = time.perf_counter()
+            epoch_start_step = state["step"] - state["batch"]
+            tally = Tally.from_state(state["tally"], device) if state["batch"] else None
+            resumed_s = tally.seconds if tally is not None else 0.0  # the part of this epoch before a resume
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            batches = iterate(data.train, cfg.batch_size, order=order, device=device, workers=cfg.data.workers,
+                              start=state["batch"], drop_single=True)
+
+            def mid_epoch(t: Tally, epoch_start_step: int = epoch_start_step) -> None:
+                state["step"] = epoch_start_step + t.batches
+                checkpoint(best=False, tally=t)
+
+            with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps) as bar:
+                try:
+                    tr = train_one_epoch(net, batches, optimizer, pipeline=pipeline, lr_at=lr_at, start_step=state["step"],
+                                         amp=amp, scaler=scaler, penalty=loss_term, label_smoothing=cfg.label_smoothing,
+                                         tally=tally, stop=stop, every=cfg.checkpoint.every_steps, on_every=mid_epoch,
+                                         progress=bar if bar.active else None,  # each refresh reads back from the device
+                                         progress_every=cfg.progress_every)
+                except NonFiniteLoss as exc:
+                    lr = lr_at(exc.step)
+                    summary.update(verdict="diverged", evidence={"step": exc.step, "epoch": epoch, "loss": str(exc.loss), "lr": lr})
+                    raise RunFailed(f"loss became {exc.loss} at step {exc.step} (epoch {epoch}, lr {lr:.4g}); checkpoints "
+                                    f"keep the last finite state: lower the learning rate (lr={cfg.lr / 10:g}) or add "
+                                    f"warmup (sched.warmup_epochs=1)") from None
+            if not tr.finished:
+                raise Interrupted(stop.signum)
+            lr = lr_at(epoch_start_step + tr.steps - 1)
+            val_loss, val_acc = evaluate_on(data.val)
+            clean_loss, clean_acc = evaluate_on(clean) if clean is not None else (None, None)
+            gap = (clean_acc if clean_acc is not None else tr.acc) - val_acc
+            if plateau is not None:
+                plateau.update(val_loss)
+            best_before = state["best_val_acc"]
+            is_best = best_before is None or val_acc > best_before
+            if best_before is None or val_acc > best_before + cfg.early_stop.min_delta:
+                state["improved_epoch"] = epoch
+            if is_best:
+                state["best_val_acc"], state["best_epoch"] = val_acc, epoch
+            state["epoch"], state["step"] = epoch, epoch_start_step + tr.steps
+            row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc, gap=gap,
+                       lr=lr, epoch_s=time.perf_counter() - t_epoch + resumed_s,
+                       img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc)
+            state["history"].append(row)
+            patience = cfg.early_stop.patience
+            by = f" by more than {100 * cfg.early_stop.min_delta:g} points" if cfg.early_stop.min_delta else ""
+            if patience and epoch - state["improved_epoch"] >= patience and epoch < cfg.epochs:
+                state["stopped_early"] = {
+                    "epoch": epoch, "best_epoch": state["best_epoch"],
+                    "reason": f"validation accuracy did not improve{by} for {patience} epoch{'s' * (patience > 1)} "
+                              f"(best {100 * state['best_val_acc']:.2f}% at epoch {state['best_epoch']})"}
+            checkpoint(best=is_best)
+            write_metrics(run_dir / "metrics.csv", state["history"])
+            curves_plot(run_dir / "curves.png", state["history"], f"{cfg.name}: {run_dir.name}")
+            if tb is not None:
+                tb.epoch(row, state["best_val_acc"])
+            summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
+                           final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2),
+                           stopped_early=state["stopped_early"])
+            write_json(run_dir / "summary.json", summary)
+            log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
+                     len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
+                     100 * gap, lr, row["epoch_s"], f"{row['img_per_s']:,.0f}", "  *best*" if is_best else "")
+            if state["stopped_early"]:
+                log.info("early stop after epoch %d: %s", epoch, state["stopped_early"]["reason"])
+            if stop():
+                raise Interrupted(stop.signum)
+
+        test_loss = test_acc = None
+        if data.test is not None and len(data.test) and (ckpt_dir / "best.pt").is_file():
+            model.load_state_dict(load_verified(ckpt_dir / "best.pt", map_location=device)["model"])
+            test_loss, test_acc = evaluate_on(data.test)
+            if cfg.dropout.mc_samples > 0:
+                mc_acc, mc_entropy = mc_dropout(net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                                                pipeline=pipeline, amp=amp, samples=cfg.dropout.mc_samples)
+                summary.update(mc_test_acc=mc_acc, mc_entropy=mc_entropy)
+                log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
+                         cfg.dropout.mc_samples, 100 * mc_acc, mc_entropy)
+        summary.update(status="completed", test_acc=test_acc, test_loss=test_loss,
+                       wall_s=round(wall_before + time.perf_counter() - t0, 2),
+                       finished=datetime.now().isoformat(timespec="seconds"))
+        kind, evidence = verdict(state["history"])
+        summary.update(verdict=kind, evidence=evidence,
+                       remedies=[f"{what}: {how}" for what, how in remedies(kind, epochs=cfg.epochs, lr=cfg.lr)])
         write_json(run_dir / "summary.json", summary)
-        log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
-                 len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
-                 100 * gap, lr, time.perf_counter() - t_epoch, f"{tr.images / tr.seconds:,.0f}",
-                 "  *best*" if is_best else "")
-
-    test_loss = test_acc = None
-    if data.test is not None and len(data.test) and (ckpt_dir / "best.pt").is_file():
-        model.load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
-        test_loss, test_acc = evaluate(net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
-                                       pipeline=pipeline, amp=amp)
-        if cfg.dropout.mc_samples > 0:
-            mc_acc, mc_entropy = mc_dropout(net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
-                                            pipeline=pipeline, amp=amp, samples=cfg.dropout.mc_samples)
-            summary.update(mc_test_acc=mc_acc, mc_entropy=mc_entropy)
-            log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
-                     cfg.dropout.mc_samples, 100 * mc_acc, mc_entropy)
-    summary.update(status="completed", test_acc=test_acc, test_loss=test_loss,
-                   wall_s=round(wall_before + time.perf_counter() - t0, 2),
-                   finished=datetime.now().isoformat(timespec="seconds"))
-    kind, evidence = verdict(state["history"])
-    summary.update(verdict=kind, evidence=evidence,
-                   remedies=[f"{what}: {how}" for what, how in remedies(kind, epochs=cfg.epochs, lr=cfg.lr)])
-    write_json(run_dir / "summary.json", summary)
+    finally:
+        if tb is not None:
+            tb.finish(summary)
     _print_summary(summary, log)
     return summary
 
@@ -265,6 +396,8 @@ def _print_summary(s: dict, log) -> None:
         ("final train / val acc", f"{pct(s.get('final_train_acc'))} / {pct(s.get('final_val_acc'))}"),
         ("test acc (best ckpt)", pct(s.get("test_acc"))),
         ("verdict", s.get("verdict", "-")),
+        *([("stopped early", f"after epoch {s['stopped_early']['epoch']}: {s['stopped_early']['reason']}")]
+          if s.get("stopped_early") else []),
         ("params (trainable)", f"{s['params']:,} ({s['trainable_params']:,})"),
         ("device", f"{s['device']} {s['precision']}"),
         ("wall time", f"{s['wall_s']:.1f}s"),
