@@ -14,6 +14,9 @@ commands:
   show-aug [overrides] [--out F]  a PNG grid: originals, then rows of augmented copies
   lr-plot  [overrides] [--out F]  a PNG of the learning rate over the whole run
   plot     RUN_DIR                redraw RUN_DIR/curves.png from its metrics.csv
+  report   DIR... [--group-by K]  runs and sweeps as one table: report.csv, report.md, report.png
+  eval     RUN_DIR [--last] [data=...]  per-class accuracy and confusion matrix: eval.json, confusion.png
+  check-data [overrides]          decode every image of the data without training; list unreadable files
 
 examples:
   regx train                                   the default experiment on the embedded shapes data
@@ -21,6 +24,8 @@ examples:
   regx train -m aug=none,flip_rotate wd=0,1e-4 a sweep: four runs under outputs/sweeps/
   regx train debug=smoke                       a seconds-long CPU run
   regx resume outputs/runs/<run> epochs=20
+  regx report outputs/sweeps/<stamp> --sort best_val
+  regx train -m aug=none,all seed=0,1,2 && regx report outputs/sweeps/<stamp> --group-by aug
   regx show-aug aug=all aug.rotate.degrees=30  see an augmentation before training with it
   regx lr-plot sched=onecycle epochs=30
 
@@ -128,8 +133,8 @@ def cmd_resume(args: list[str]) -> int:
         return _error(f"no such run directory: {run_dir}")
     if not (run_dir / "config.yaml").is_file():
         return _error(f"{run_dir} is not a regx run directory (no config.yaml)")
-    if not (run_dir / "checkpoints" / "last.pt").is_file():
-        return _error(f"{run_dir} has no checkpoint (it stopped during its first epoch): start it again with regx train")
+    if not any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt")):
+        return _error(f"{run_dir} has no checkpoint (it stopped before its first one): start it again with regx train")
     try:
         saved = OmegaConf.load(run_dir / "config.yaml")
         base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)
@@ -151,6 +156,11 @@ def cmd_resume(args: list[str]) -> int:
     if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
         print(f"regx: {run_dir} already completed {summary['epochs_done']} epochs; nothing to do "
               f"(pass epochs=N with N > {summary['epochs_done']} to train further)")
+        return 0
+    stopped = summary.get("stopped_early")
+    if summary.get("status") == "completed" and stopped and cfg.early_stop.patience == base.early_stop.patience:
+        print(f"regx: {run_dir} stopped early after epoch {stopped['epoch']} ({stopped['reason']}); nothing to do "
+              "(pass early_stop.patience=0, or a larger patience, to train on)")
         return 0
     try:
         train(cfg, run_dir, resume=True)
@@ -250,8 +260,148 @@ def cmd_plot(args: list[str]) -> int:
     return 0
 
 
+def _options(args: list[str], names: tuple[str, ...], flags: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    """Pull `--name VALUE` / `--name=VALUE` options and bare flags out of args; raise ValueError on misuse."""
+    opts, rest, i = {}, [], 0
+    while i < len(args):
+        a = args[i]
+        name, _, inline = a.partition("=")
+        if name in names:
+            if inline:
+                opts[name] = inline
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                opts[name] = args[i + 1]
+                i += 1
+            else:
+                raise ValueError(f"{name} needs a value")
+        elif a in flags:
+            opts[a] = True
+        elif a.startswith("--"):
+            raise ValueError(f"unknown option {a}")
+        else:
+            rest.append(a)
+        i += 1
+    return opts, rest
+
+
+REPORT_USAGE = "usage: regx report DIR|GLOB ... [--sort COLUMN] [--group-by KEY[,KEY]] [--metric COLUMN] [--out DIR]"
+
+
+def cmd_report(args: list[str]) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from regx import report
+    from regx.console import console
+
+    if not args or args[0] in ("-h", "--help"):
+        print(REPORT_USAGE)
+        return 0 if args else 2
+    try:
+        opts, paths = _options(args, ("--sort", "--group-by", "--metric", "--out"))
+        if not paths:
+            raise ValueError("name at least one run or sweep directory")
+        runs = report.find_runs(paths)
+        records = [report.run_record(r) for r in runs]
+    except (ValueError, report.ReportError) as exc:
+        return _error(f"{exc}\n{REPORT_USAGE}" if "needs a value" in str(exc) or "unknown option" in str(exc) else str(exc))
+    keys = report.varying_keys(records)
+    group_by = [k for k in opts.get("--group-by", "").split(",") if k] or None
+    metric = opts.get("--metric", "best_val")
+    sort = opts.get("--sort")
+    sortable = ["run", *report.COLUMNS, *keys]
+    if metric not in report.METRICS:
+        return _error(f"--metric {metric}: must be one of {', '.join(report.METRICS)}")
+    if sort is not None and sort not in sortable:
+        return _error(f"--sort {sort}: must be one of {', '.join(sortable)}")
+    for key in group_by or []:
+        if all(report._value(r, key) == "-" for r in records):
+            return _error(f"--group-by {key}: no run has this key (varying keys: {', '.join(keys) or 'none'})")
+    if sort:
+        records = report.sort_records(records, sort)
+    if "--out" in opts:
+        out = Path(opts["--out"])
+    elif len(paths) == 1 and Path(paths[0]).is_dir() and not report._is_run(Path(paths[0])):
+        out = Path(paths[0])
+    elif len({Path(r["path"]).parent for r in records}) == 1 and (Path(records[0]["path"]).parent / "multirun.yaml").is_file():
+        out = Path(records[0]["path"]).parent
+    else:
+        out = Path("outputs") / "reports" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    title = f"{len(records)} run{'s' * (len(records) != 1)}" + (f", grouped by {','.join(group_by)}" if group_by else "")
+    header, shown, raw = report.report_table(records, keys, group_by)
+
+    from rich.table import Table
+
+    table = Table(title=f"regx report: {title}", caption="accuracies and gap in %; " + (
+        "mean ± sample std over each group's completed runs" if group_by else "gap: clean train minus val"))
+    for h in header:
+        table.add_column(h, overflow="fold", justify="right" if h in report.METRICS else "left")
+    for row in shown:
+        table.add_row(*row)
+    console().print(table)
+    if group_by:
+        averaged = [k for k in keys if k not in group_by]
+        print(f"averaged over: {', '.join(averaged) or 'nothing (each group is one run)'}")
+    for r in records:
+        if r["status"] != "completed":
+            print(f"{r['status']}: {r['path']}{': ' + r['error'] if r['error'] else ''}")
+    files = report.write_report(out, header, shown, raw, records, keys, metric, group_by, title)
+    print(f"wrote {', '.join(f.name for f in files)} in {out}")
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from pathlib import Path
+
+    from regx.config import ConfigError
+    from regx.data import DataError
+    from regx.evalrun import EvalError, eval_run
+
+    usage = "usage: regx eval RUN_DIR [--last] [--out DIR] [data=OPTION] [data.KEY=VALUE ...]"
+    try:
+        opts, rest = _options(args, ("--out",), ("--last",))
+    except ValueError as exc:
+        return _error(f"{exc}\n{usage}")
+    if not rest:
+        return _error(usage)
+    try:
+        eval_run(Path(rest[0]), rest[1:], last=bool(opts.get("--last")), out=opts.get("--out"))
+    except (EvalError, ConfigError) as exc:
+        return _error(str(exc))
+    except DataError as exc:
+        return _error(str(exc), 1)
+    return 0
+
+
+def cmd_check_data(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from regx import config
+    from regx.data import DataError, check_data
+
+    try:
+        config.preflight(args)
+        cfg = config.compose(args)
+    except config.ConfigError as exc:
+        return _error(str(exc))
+    try:
+        lines, bad = check_data(**OmegaConf.to_container(cfg.data, resolve=True))
+    except DataError as exc:
+        return _error(str(exc), 1)
+    print("\n".join(lines))
+    for path in bad:
+        print(f"unreadable: {path}")
+    if bad:
+        print(f"regx: {len(bad)} unreadable image(s); fix or remove them, or train with data.on_bad_image=skip",
+              file=sys.stderr)
+        return 1
+    print("ok: every image decodes")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
-            "plot": cmd_plot}
+            "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval,
+            "check-data": cmd_check_data}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,9 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"unknown command '{args[0]}'{hint} (commands: {', '.join(COMMANDS)})")
     try:
         return command(args[1:])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Interrupted carries 143 for SIGTERM
         print("regx: interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "code", 130)
     except Exception as exc:
         if os.environ.get("REGX_DEBUG", "") not in ("", "0"):
             raise

@@ -500,7 +500,8 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
         if on_bad_image != "skip":
             shown = ", ".join(all_bad[:20]) + (f" and {len(all_bad) - 20} more" if len(all_bad) > 20 else "")
             raise DataError(f"{len(all_bad)} unreadable image(s): {shown} (data.on_bad_image=skip skips them)")
-        log.warning("imagefolder: skipped %d unreadable image(s)", len(all_bad))
+        log.warning("imagefolder: skipped %d unreadable image(s): %s%s", len(all_bad), ", ".join(all_bad[:20]),
+                    f" and {len(all_bad) - 20} more" if len(all_bad) > 20 else "")
     blob = {"classes": classes}
     for k, s in splits.items():
         blob[f"{k}_x"], blob[f"{k}_y"] = s.x, s.y
@@ -508,3 +509,28 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
 
     atomic_save(blob, cache)
     return splits["train"], splits.get("val"), splits.get("test"), classes, 3
+
+
+def check_data(**cfg) -> tuple[list[str], list[str]]:
+    """`regx check-data`: (report lines, unreadable files) without training. An image folder is
+    scanned and every file decoded; other sets are loaded as a run would load them."""
+    if cfg["name"] != "imagefolder":
+        data = load_data(**cfg)
+        lines = [f"{cfg['name']}: {data.num_classes} classes, {data.channels} channel(s), {data.image_size}px"]
+        for split in ("train", "val", "test"):
+            part = getattr(data, split)
+            if part is not None:
+                counts = torch.bincount(part.y.cpu(), minlength=data.num_classes).tolist()
+                lines.append(f"  {split}: {len(part)} images, per class {min(counts)}-{max(counts)}")
+        return lines, []
+    items, classes = scan_folder(cfg["path"])
+    lines, bad = [f"{cfg['path']}: {len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"], []
+    for split, split_items in items.items():
+        _, _, split_bad = check_images(split_items, cfg["image_size"] or 32, cfg.get("workers", 0))
+        bad.extend(split_bad)
+        counts = [0] * len(classes)
+        for _, label in split_items:
+            counts[label] += 1
+        lines.append(f"  {split}: {len(split_items)} files, per class {min(counts)}-{max(counts)}, "
+                     f"{len(split_bad)} unreadable")
+    return lines, bad

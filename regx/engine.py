@@ -48,7 +48,8 @@ def autocast(device: torch.device, precision: str):
 def fault_at() -> tuple[str, int] | None:
     """Test-only fault injection, REGX_FAULT=KIND@STEP (global optimizer step, counted from 0):
     kill@N (SIGKILL before step N's update), nan@N (step N's loss becomes NaN), killsave@N (SIGKILL
-    after the first checkpoint at or after step N is written to its temporary file, before the rename)."""
+    after the first checkpoint at or after step N is written to its temporary file, before the rename),
+    term@N / int@N (SIGTERM / SIGINT during step N), int2@N (two SIGINTs: a user pressing Ctrl-C twice)."""
     spec = os.environ.get("REGX_FAULT", "")
     if "@" not in spec:
         return None
@@ -155,6 +156,9 @@ def train_one_epoch(
                 os.kill(os.getpid(), signal.SIGKILL)
             elif fault[0] == "nan":
                 loss = loss * float("nan")
+            elif fault[0] in ("term", "int", "int2"):  # as if SLURM or a user sent it during this step
+                for _ in range(2 if fault[0] == "int2" else 1):
+                    os.kill(os.getpid(), signal.SIGTERM if fault[0] == "term" else signal.SIGINT)
         total = loss + penalty() if penalty is not None else loss
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -218,6 +222,30 @@ def evaluate(
         correct += (out.argmax(1) == yb).sum()
         n += len(yb)
     return loss_sum.item() / max(n, 1), correct.item() / max(n, 1)
+
+
+@torch.inference_mode()
+def confusion(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    pipeline: Pipeline,
+    amp,
+    num_classes: int,
+) -> tuple[float, torch.Tensor]:
+    """(mean loss, confusion matrix) in eval mode; matrix[true, predicted] counts images (CPU, int64)."""
+    model.eval()
+    device = pipeline.mean.device
+    loss_sum = torch.zeros((), device=device)
+    counts = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
+    n = 0
+    for xb, yb in batches:
+        with amp:
+            out = model(pipeline.eval(xb))
+        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+        counts += torch.bincount(yb * num_classes + out.argmax(1), minlength=num_classes * num_classes)
+        n += len(yb)
+    return loss_sum.item() / max(n, 1), counts.view(num_classes, num_classes).cpu()
 
 
 @torch.inference_mode()

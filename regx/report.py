@@ -114,3 +114,290 @@ def curves_plot(path: Path, rows: list[dict], title: str = "") -> Path:
     plt.close(fig)
     tmp.replace(path)  # a viewer never sees a half-written picture
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# `regx report`: many runs as one table, one plot and three files.
+
+COLUMNS = ("status", "best_val", "final_val", "test", "gap", "verdict", "epochs", "wall_s")
+METRICS = ("best_val", "final_val", "test", "gap", "wall_s")  # numeric: averaged by --group-by
+HIGHER_IS_BETTER = {"best_val", "final_val", "test"}
+
+
+class ReportError(ValueError):
+    """Bad input to `regx report`: one line naming the path or key."""
+
+
+def _is_run(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("summary.json", "config.yaml", ".hydra/overrides.yaml"))
+
+
+def _natural(path: Path):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(patterns: list[str]) -> list[Path]:
+    """Run directories named by `patterns`: runs, sweep directories (searched recursively) or globs."""
+    import glob
+
+    runs: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise ReportError(f"{pattern}: matches nothing")
+        for m in map(Path, matches):
+            if not m.is_dir():
+                raise ReportError(f"{m}: no such directory")
+            if _is_run(m):
+                runs.append(m)
+                continue
+            found = {p.parent for name in ("summary.json", "config.yaml") for p in m.rglob(name)
+                     if ".hydra" not in p.parts}
+            found |= {p.parent.parent for p in m.rglob(".hydra/overrides.yaml")}
+            if not found:
+                raise ReportError(f"{m}: no regx runs in it (a run directory has summary.json or config.yaml)")
+            runs.extend(sorted(found, key=_natural))
+    unique = list(dict.fromkeys(p.resolve() for p in runs))
+    return unique
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_record(run: Path) -> dict:
+    """What one run directory says: overrides, resolved config, summary and per-epoch metrics."""
+    import platform
+    import re
+
+    from omegaconf import OmegaConf
+
+    from regx.runs import read_json, read_metrics
+
+    summary = {}
+    if (run / "summary.json").is_file():
+        try:
+            summary = read_json(run / "summary.json")
+        except ValueError:
+            summary = {"status": "unreadable"}
+    cfg = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").is_file() else OmegaConf.create()
+    overrides = []
+    if (run / ".hydra" / "overrides.yaml").is_file():
+        overrides = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
+    metrics = []
+    if (run / "metrics.csv").is_file():
+        try:
+            metrics = read_metrics(run / "metrics.csv")
+        except (OSError, ValueError):
+            metrics = []
+    status = summary.get("status", "not started")
+    if status == "running" and summary.get("host") == platform.node() and summary.get("pid") and not _pid_alive(summary["pid"]):
+        status = "killed"  # its process is gone without saying so (SIGKILL, a crash, the machine)
+    epochs = OmegaConf.select(cfg, "epochs")
+
+    def num(key):
+        v = summary.get(key)
+        return float(v) if isinstance(v, int | float) else None
+
+    job = re.match(r"(\d+)_", run.name)  # a sweep job: its overrides are columns already
+    return {
+        "run": f"#{job.group(1)}" if job else run.name, "path": str(run), "overrides": overrides, "config": cfg, "metrics": metrics,
+        "status": status, "error": summary.get("error"),
+        "best_val": num("best_val_acc"), "final_val": num("final_val_acc"), "test": num("test_acc"),
+        "gap": float(metrics[-1]["gap"]) if metrics and metrics[-1].get("gap") not in (None, "") else None,
+        "verdict": summary.get("verdict") or "-",
+        "epochs": f"{summary.get('epochs_done', len(metrics))}/{epochs if epochs is not None else '?'}",
+        "wall_s": num("wall_s"),
+    }
+
+
+def _key_of(override: str) -> str | None:
+    if "=" not in override:
+        return None
+    key = override.split("=", 1)[0].lstrip("+~")
+    return None if key.startswith("hydra.") or key == "hydra" else key
+
+
+def _value(record: dict, key: str) -> str:
+    from omegaconf import OmegaConf
+
+    from regx.config import GROUPS
+
+    for o in record["overrides"]:
+        if _key_of(o) == key:
+            return o.split("=", 1)[1]
+    cfg = record["config"]
+    value = OmegaConf.select(cfg, f"{key}.name" if key in GROUPS else key, default=None)
+    return "-" if value is None else str(value)
+
+
+def varying_keys(records: list[dict]) -> list[str]:
+    """The overridden keys whose values differ between the runs, in first-seen order."""
+    keys = list(dict.fromkeys(k for r in records for o in r["overrides"] if (k := _key_of(o))))
+    return [k for k in keys if len({_value(r, k) for r in records}) > 1]
+
+
+def sort_records(records: list[dict], column: str) -> list[dict]:
+    if column in METRICS:
+        best_first = column in HIGHER_IS_BETTER
+        present = [r for r in records if r[column] is not None]
+        return sorted(present, key=lambda r: r[column], reverse=best_first) + [r for r in records if r[column] is None]
+    return sorted(records, key=lambda r: _natural(Path(str(r.get(column, _value(r, column))))))
+
+
+def group_records(records: list[dict], keys: list[str]) -> list[dict]:
+    """One row per distinct value of `keys`: mean and std of each metric over its completed runs."""
+    import statistics
+    from collections import Counter
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(_value(r, k) for k in keys), []).append(r)
+    rows = []
+    for values, members in groups.items():
+        done = [r for r in members if r["status"] == "completed"]
+        row = dict(zip(keys, values))
+        row["runs"] = f"{len(done)}/{len(members)} completed"
+        row["n"] = len(done)
+        for m in METRICS:
+            xs = [r[m] for r in done if r[m] is not None]
+            row[f"{m}_mean"] = statistics.fmean(xs) if xs else None
+            row[f"{m}_std"] = statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
+        verdicts = Counter(r["verdict"] for r in done)
+        row["verdict"] = ", ".join(f"{v} x{c}" for v, c in verdicts.most_common()) or "-"
+        row["members"] = members
+        rows.append(row)
+    return rows
+
+
+def _fmt(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column in ("best_val", "final_val", "test"):
+        return f"{100 * value:.2f}"
+    if column == "gap":
+        return f"{100 * value:+.1f}"
+    if column == "wall_s":
+        return f"{value:.0f}"
+    return str(value)
+
+
+def report_table(records: list[dict], keys: list[str], group_by: list[str] | None):
+    """(header, rows of strings, rows of raw values for the CSV)."""
+    if group_by:
+        header = [*group_by, "runs", *METRICS, "verdict"]
+        shown, raw = [], []
+        for g in group_records(records, group_by):
+            cells = [g[k] for k in group_by] + [g["runs"]]
+            for m in METRICS:
+                mean, std = g[f"{m}_mean"], g[f"{m}_std"]
+                cells.append("-" if mean is None else f"{_fmt(m, mean)} ± {_fmt(m, std).lstrip('+')}")
+            shown.append([*cells, g["verdict"]])
+            raw.append({**{k: g[k] for k in group_by}, "completed": g["n"], "runs": len(g["members"]),
+                        **{f"{m}_{s}": g[f"{m}_{s}"] for m in METRICS for s in ("mean", "std")}, "verdict": g["verdict"]})
+        return header, shown, raw
+    header = ["run", *keys, *COLUMNS]
+    shown = [[r["run"], *[_value(r, k) for k in keys], *[_fmt(c, r[c]) for c in COLUMNS]] for r in records]
+    raw = [{"run": r["run"], **{k: _value(r, k) for k in keys}, **{c: r[c] for c in COLUMNS}, "error": r["error"],
+            "path": r["path"]} for r in records]
+    return header, shown, raw
+
+
+def write_report(out: Path, header: list[str], shown: list[list[str]], raw: list[dict], records: list[dict],
+                 keys: list[str], metric: str, group_by: list[str] | None, title: str) -> list[Path]:
+    """report.csv (raw numbers), report.md (the table as shown) and report.png into `out`."""
+    import csv
+    import io
+
+    from regx.runs import write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(raw[0]) if raw else header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(raw)
+    write_text(out / "report.csv", buf.getvalue())
+
+    def md(head, body):
+        esc = [[str(c).replace("|", "\\|") for c in row] for row in [head, *body]]
+        lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in esc[1:]]) + "\n"
+
+    text = f"# {title}\n\n" + md(header, shown)
+    if group_by:
+        h, s, _ = report_table(records, keys, None)
+        text += "\nAll runs:\n\n" + md(h, s)
+    failed = [r for r in records if r["status"] not in ("completed",)]
+    if failed:
+        text += "\nNot completed:\n\n" + "".join(f"- {r['run']}: {r['status']}{': ' + r['error'] if r['error'] else ''}\n"
+                                                  for r in failed)
+    write_text(out / "report.md", text)
+    report_plot(out / "report.png", records, keys, metric, group_by, title)
+    return [out / "report.csv", out / "report.md", out / "report.png"]
+
+
+def report_plot(path: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None,
+                title: str) -> Path:
+    """Validation accuracy of every run overlaid (one colour per group), and a bar chart of `metric`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def label(r):
+        return ",".join(f"{k}={_value(r, k)}" for k in (group_by or keys)) or r["run"]
+
+    colours = {}
+    fig, (ax_c, ax_b) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100)
+    for r in records:
+        if not r["metrics"]:
+            continue
+        lab = label(r)
+        first = lab not in colours
+        colour = colours.setdefault(lab, f"C{len(colours) % 10}")
+        ax_c.plot([int(m["epoch"]) for m in r["metrics"]], [100 * float(m["val_acc"]) for m in r["metrics"]],
+                  color=colour, lw=1.4, alpha=0.85, label=lab if first else None,
+                  ls="-" if r["status"] == "completed" else "--")
+    ax_c.set_xlabel("epoch")
+    ax_c.set_ylabel("validation accuracy (%)")
+    ax_c.set_title("validation accuracy (dashed: not completed)", fontsize=9)
+    ax_c.grid(alpha=0.3)
+    if colours:
+        ax_c.legend(fontsize=7, loc="lower right")
+    if group_by:
+        groups = group_records(records, group_by)
+        names = [",".join(f"{k}={g[k]}" for k in group_by) for g in groups]
+        means = [g[f"{metric}_mean"] for g in groups]
+        stds = [g[f"{metric}_std"] or 0 for g in groups]
+    else:
+        names = [label(r) if keys else r["run"] for r in records]
+        means = [r[metric] for r in records]
+        stds = [0] * len(records)
+    scale = 100 if metric in ("best_val", "final_val", "test", "gap") else 1
+    ys = [(m * scale) if m is not None else 0 for m in means]
+    bars = ax_b.barh(range(len(names)), ys, xerr=[s * scale for s in stds] if group_by else None,
+                     color=[colours.get(n, "C0") for n in names] if group_by or keys else "C0", alpha=0.8, capsize=3)
+    for bar, m, sd in zip(bars, means, stds):
+        ax_b.text(bar.get_width() + (sd * scale if group_by else 0), bar.get_y() + bar.get_height() / 2, " -" if m is None else f" {m * scale:.2f}",
+                  va="center", fontsize=7)
+    ax_b.set_yticks(range(len(names)), names, fontsize=7)
+    ax_b.invert_yaxis()
+    ax_b.set_xlabel(f"{metric}{' (%)' if scale == 100 else ''}" + (" mean ± std" if group_by else ""))
+    ax_b.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

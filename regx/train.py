@@ -248,6 +248,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             plateau.load_state_dict(ckpt["plateau"])
         _restore_rng(ckpt["rng"], aug_gen, device)
         state.update(ckpt["state"])
+        state["stopped_early"] = None  # resuming a run that stopped early: its new patience decides again
         write_metrics(run_dir / "metrics.csv", state["history"])  # drop rows written after that checkpoint
         where = f"epoch {state['epoch'] + 1} batch {state['batch'] + 1}" if state["batch"] else f"epoch {state['epoch'] + 1}"
         log.info("resuming %s at %s (step %d) from %s", run_dir, where, state["step"], path.name)
@@ -300,6 +301,8 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                               start=state["batch"], drop_single=True)
 
             def mid_epoch(t: Tally, epoch_start_step: int = epoch_start_step) -> None:
+                if t.batches == steps and not stop():
+                    return  # the end-of-epoch checkpoint follows at once
                 state["step"] = epoch_start_step + t.batches
                 checkpoint(best=False, tally=t)
 
@@ -316,7 +319,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                     raise RunFailed(f"loss became {exc.loss} at step {exc.step} (epoch {epoch}, lr {lr:.4g}); checkpoints "
                                     f"keep the last finite state: lower the learning rate (lr={cfg.lr / 10:g}) or add "
                                     f"warmup (sched.warmup_epochs=1)") from None
-            if not tr.finished:
+            if not tr.finished and tr.steps < steps:
                 raise Interrupted(stop.signum)
             lr = lr_at(epoch_start_step + tr.steps - 1)
             val_loss, val_acc = evaluate_on(data.val)

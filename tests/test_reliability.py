@@ -1,0 +1,267 @@
+"""Killed, corrupted, poisoned or malformed: a run loses nothing and says what went wrong.
+
+Every case runs the real CLI in a subprocess where a real signal or a real kill is involved. The smoke
+preset has 360 training images in batches of 64: 6 steps per epoch, steps 0-17 over 3 epochs, so
+step 9 is the fourth batch of epoch 2.
+"""
+
+import errno
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from regx.runs import (
+    CorruptCheckpoint,
+    load_checkpoint,
+    newest_intact,
+    read_metrics,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from regx.train import RunFailed, train
+from tests.conftest import run_regx
+from tests.test_train import assert_same_state, metric_rows, smoke_cfg
+
+COMMON = ["debug=smoke", "epochs=3", "aug=flip_rotate", "dropout=fc", "checkpoint.every_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of COMMON: what every interrupted-and-resumed run must equal."""
+    root = tmp_path_factory.mktemp("ref")
+    res = run_regx(["train", *COMMON, f"hydra.run.dir={root / 'full'}"], root)
+    assert res.returncode == 0, res.stderr
+    return root / "full"
+
+
+def start(tmp_path, name, fault=None, *extra):
+    env = {"REGX_FAULT": fault} if fault else None
+    return run_regx(["train", *COMMON, *extra, f"hydra.run.dir={tmp_path / name}"], tmp_path, env=env)
+
+
+def assert_equal_runs(a, b):
+    assert metric_rows(a) == metric_rows(b)
+    assert_same_state(load_checkpoint(a / "checkpoints/last.pt"), load_checkpoint(b / "checkpoints/last.pt"))
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_killed_mid_epoch_resumes_at_the_next_unseen_batch(tmp_path, reference):
+    killed = start(tmp_path, "k", "kill@9")
+    assert killed.returncode == -9
+    state = load_checkpoint(tmp_path / "k/checkpoints/last.pt")["state"]
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 2, 8)  # mid-epoch 2, after its 2nd batch
+    resumed = run_regx(["resume", str(tmp_path / "k")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at epoch 2 batch 3 (step 8)" in resumed.stdout
+    assert_equal_runs(reference, tmp_path / "k")
+
+
+def test_killed_while_writing_a_checkpoint(tmp_path, reference):
+    killed = start(tmp_path, "w", "killsave@9")  # the checkpoint after step 9 dies before its rename
+    assert killed.returncode == -9
+    ckpt = tmp_path / "w/checkpoints"
+    leftovers = list(ckpt.glob(".last.pt.tmp-*"))
+    assert len(leftovers) == 1
+    verify_checkpoint(ckpt / "last.pt")
+    assert load_checkpoint(ckpt / "last.pt")["state"]["step"] == 8  # still the previous checkpoint
+    resumed = run_regx(["resume", str(tmp_path / "w")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "removed" in resumed.stdout and not list(ckpt.glob(".*tmp*"))
+    assert_equal_runs(reference, tmp_path / "w")
+
+
+def test_an_error_while_pickling_or_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    good = {"model": {"w": torch.ones(3)}, "state": {"epoch": 1, "step": 6}}
+    save_checkpoint(good, tmp_path, best=True)
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):  # a lambda does not pickle
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "state": {"step": 7}, "bad": lambda: 0}, tmp_path, best=False)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError) as info:
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "state": {"epoch": 2, "step": 12}}, tmp_path, best=False)
+    assert str(tmp_path / "last.pt") in str(info.value) and "No space left" in str(info.value)
+    for name in ("last.pt", "best.pt"):
+        verify_checkpoint(tmp_path / name)
+        assert torch.equal(load_checkpoint(tmp_path / name)["model"]["w"], torch.ones(3))
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_a_full_disk_during_training_fails_cleanly(tmp_path, monkeypatch):
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        if ".last.pt.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+            calls.append(fd)
+            if len(calls) == 2:  # the second epoch's checkpoint
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    run = tmp_path / "full-disk"
+    with pytest.raises(RunFailed, match="No space left on device"):
+        train(smoke_cfg("epochs=3"), run)
+    s = summary(run)
+    assert s["status"] == "failed" and str(run / "checkpoints" / "last.pt") in s["error"]
+    assert load_checkpoint(run / "checkpoints/last.pt")["state"]["epoch"] == 1
+    assert [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")] == [1]
+    assert not [p for p in run.rglob("*") if "tmp" in p.name]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, reference, damage):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)  # copies: best.pt is no longer the same file as last.pt
+    last = run / "checkpoints/last.pt"
+    data = last.read_bytes()
+    last.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(len(data))}[damage])
+    with pytest.raises(CorruptCheckpoint):
+        verify_checkpoint(last)
+    path, ckpt, problems = newest_intact(run / "checkpoints")
+    assert "last.pt is corrupt" in problems[0]
+    steps = {n: load_checkpoint(run / "checkpoints" / n)["state"]["step"] for n in ("prev.pt", "best.pt")}
+    assert steps["prev.pt"] == 16  # the end of epoch 3's checkpoint came after mid-epoch step 16
+    assert ckpt["state"]["step"] == max(steps.values()) and path.name == max(steps, key=steps.get)
+    (run / "checkpoints/best.pt").write_bytes(b"")  # as when best.pt is a hard link to last.pt
+    path, ckpt, problems = newest_intact(run / "checkpoints")
+    assert path.name == "prev.pt" and len(problems) == 2
+
+
+def test_resume_says_which_checkpoint_it_fell_back_to_and_fails_when_none_is_intact(tmp_path, reference):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "checkpoints/last.pt").write_bytes(b"")
+    res = run_regx(["resume", str(run), "epochs=4"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "last.pt is corrupt" in res.stdout and "falling back to" in res.stdout
+    assert summary(run)["epochs_done"] == 4
+    for name in ("last.pt", "prev.pt", "best.pt"):
+        (run / "checkpoints" / name).write_bytes(b"not a checkpoint")
+    res = run_regx(["resume", str(run), "epochs=5"], tmp_path)
+    assert res.returncode == 1
+    assert "last.pt is corrupt" in res.stderr and "no intact checkpoint remains" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, reference):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    for name in ("last.pt", "prev.pt", "best.pt"):
+        torch.save({"model": Evil(), "state": {"step": 99}}, run / "checkpoints" / name)
+        (run / "checkpoints" / f"{name}.json").unlink()  # no manifest: loading is the only check left
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(run / "checkpoints/last.pt")
+    res = run_regx(["resume", str(run), "epochs=4"], tmp_path)
+    assert res.returncode == 1 and "last.pt does not load" in res.stderr
+    res = run_regx(["eval", str(run)], tmp_path)
+    assert res.returncode == 2 and "best.pt does not load" in res.stderr
+    assert not marker.exists()
+    # regx's own checkpoints load under the same rule
+    assert load_checkpoint(reference / "checkpoints/last.pt")["state"]["epoch"] == 3
+
+
+@pytest.mark.parametrize(("fault", "code"), [("term@9", 143), ("int@9", 130)])
+def test_sigterm_or_sigint_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, reference, fault, code):
+    stopped = start(tmp_path, "s", fault)
+    assert stopped.returncode == code, stopped.stderr
+    assert "stopping after this step" in stopped.stderr
+    run = tmp_path / "s"
+    assert summary(run)["status"] == "interrupted"
+    state = load_checkpoint(run / "checkpoints/last.pt")["state"]
+    assert (state["epoch"], state["batch"], state["step"]) == (1, 4, 10)  # step 9 finished, then saved
+    resumed = run_regx(["resume", str(run)], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_equal_runs(reference, run)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    stopped = start(tmp_path, "c", "int2@9")
+    assert stopped.returncode == 130
+    run = tmp_path / "c"
+    assert summary(run)["status"] == "interrupted"
+    assert load_checkpoint(run / "checkpoints/last.pt")["state"]["step"] == 8  # no checkpoint for step 9
+
+
+def test_nan_loss_stops_with_step_loss_and_lr_and_keeps_checkpoints_finite(tmp_path):
+    res = start(tmp_path, "n", "nan@9")
+    assert res.returncode == 1
+    assert "loss became nan at step 9 (epoch 2, lr " in res.stderr
+    run = tmp_path / "n"
+    s = summary(run)
+    assert s["status"] == "failed" and s["verdict"] == "diverged" and s["evidence"]["step"] == 9
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(run / "checkpoints" / name)
+        assert ckpt["state"]["step"] <= 8
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_a_diverging_learning_rate_fails_the_same_way(tmp_path):
+    with pytest.raises(RunFailed, match=r"loss became (nan|inf) at step \d+ \(epoch 1, lr 1000\)"):
+        train(smoke_cfg("lr=1e3", "sched=constant", "optim=sgd"), tmp_path / "d")
+    assert summary(tmp_path / "d")["status"] == "failed"
+
+
+def bad_folder(root):
+    from tests.test_data import write_images
+
+    write_images(root, per_class=4)
+    good = (root / "cat" / "0.jpg").read_bytes()
+    (root / "cat" / "trunc.jpg").write_bytes(good[: len(good) // 3])
+    (root / "dog" / "empty.png").write_bytes(b"")
+    (root / "emu" / "text.png").write_text("not an image")
+    return root
+
+
+def test_check_data_names_every_bad_image_without_training(tmp_path):
+    root = bad_folder(tmp_path / "imgs")
+    res = run_regx(["check-data", "data=imagefolder", f"data.path={root}", "data.image_size=16"], tmp_path)
+    assert res.returncode == 1
+    for name in ("cat/trunc.jpg", "dog/empty.png", "emu/text.png"):
+        assert f"unreadable: {root / name}" in res.stdout
+    assert "3 unreadable image(s)" in res.stderr and not (tmp_path / "outputs").exists()
+    ok = run_regx(["check-data", "debug=smoke"], tmp_path)
+    assert ok.returncode == 0 and "every image decodes" in ok.stdout
+
+
+def test_training_on_bad_images_names_them_or_skips_and_counts(tmp_path):
+    root = bad_folder(tmp_path / "imgs")
+    args = ["train", "debug=smoke", "data=imagefolder", f"data.path={root}", "data.image_size=16", "epochs=1"]
+    res = run_regx([*args, "hydra.run.dir=err"], tmp_path)
+    assert res.returncode == 1 and "3 unreadable image(s)" in res.stderr and "trunc.jpg" in res.stderr
+    res = run_regx([*args, "data.on_bad_image=skip", "hydra.run.dir=skip"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "skipped 3 unreadable image(s)" in (tmp_path / "skip" / "train.log").read_text() + res.stdout
+
+
+@pytest.mark.parametrize(("layout", "message"), [
+    ("missing", "no such directory"),
+    ("one_class", "found 1 class folder(s); need at least 2"),
+    ("empty_class", "zebra: class folder has no images"),
+])
+def test_bad_folders_stop_before_training_naming_the_path(tmp_path, layout, message):
+    from tests.test_data import write_images
+
+    root = tmp_path / "imgs"
+    if layout == "one_class":
+        write_images(root, classes=("only",))
+    elif layout == "empty_class":
+        write_images(root)
+        (root / "zebra").mkdir()
+    res = run_regx(["train", "debug=smoke", "data=imagefolder", f"data.path={root}", "hydra.run.dir=r"], tmp_path)
+    assert res.returncode == 1 and message in res.stderr and str(root) in res.stderr
+    assert not (tmp_path / "r" / "metrics.csv").exists()

@@ -1,0 +1,201 @@
+"""Across runs and after a run: `regx report`, `regx eval`, early stopping, TensorBoard."""
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from regx import config
+from regx.train import train
+from tests.conftest import run_regx
+from tests.test_train import smoke_cfg
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Four jobs: two seeds of a sane lr and two of a diverging one (those fail)."""
+    root = tmp_path_factory.mktemp("sweep")
+    res = run_regx(["train", "-m", "debug=smoke", "epochs=2", "lr=0.05,1e4", "seed=0,1"], root)
+    assert res.returncode == 1 and "2 of 4 jobs failed" in res.stderr, res.stderr
+    (path,) = (root / "outputs" / "sweeps").iterdir()
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summaries(sweep):
+    return {j.name: json.loads((j / "summary.json").read_text()) for j in sweep.iterdir() if j.is_dir()}
+
+
+def test_report_lists_every_run_and_writes_three_files(sweep):
+    res = run_regx(["report", str(sweep)], sweep)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("failed: ") == 2 and "loss became" in res.stdout
+    rows = read_csv(sweep / "report.csv")
+    assert len(rows) == 4
+    assert {"run", "lr", "seed", "status", "best_val", "final_val", "test", "gap", "verdict", "epochs", "wall_s"} <= rows[0].keys()
+    assert "debug" not in rows[0]  # same in every run: not a column
+    s = summaries(sweep)
+    by_path = {r["path"].rsplit("/", 1)[1]: r for r in rows}
+    for name, summ in s.items():
+        row = by_path[name]
+        assert row["status"] == summ["status"]
+        if summ["status"] == "completed":
+            assert float(row["best_val"]) == pytest.approx(summ["best_val_acc"])
+            assert float(row["test"]) == pytest.approx(summ["test_acc"])
+        else:
+            assert row["lr"] == "10000.0" and "loss became" in row["error"]
+    md = (sweep / "report.md").read_text()
+    assert md.count("\n| #") == 4 and "Not completed" in md
+    with Image.open(sweep / "report.png") as im:
+        assert im.size[0] >= 800 and im.size[1] >= 300
+
+
+def test_report_sorts_and_groups_with_mean_and_std(sweep, tmp_path):
+    res = run_regx(["report", str(sweep), "--sort", "best_val", "--out", str(tmp_path)], sweep)
+    assert res.returncode == 0, res.stderr
+    rows = read_csv(tmp_path / "report.csv")
+    vals = [float(r["best_val"]) for r in rows if r["best_val"]]
+    assert vals == sorted(vals, reverse=True) and all(r["best_val"] for r in rows[: len(vals)])
+
+    res = run_regx(["report", str(sweep), "--group-by", "lr", "--out", str(tmp_path)], sweep)
+    assert res.returncode == 0, res.stderr
+    assert "averaged over: seed" in res.stdout
+    groups = {r["lr"]: r for r in read_csv(tmp_path / "report.csv")}
+    done = [v for v in summaries(sweep).values() if v["status"] == "completed"]
+    accs = [v["best_val_acc"] for v in done]
+    assert (groups["0.05"]["completed"], groups["0.05"]["runs"]) == ("2", "2")
+    assert float(groups["0.05"]["best_val_mean"]) == pytest.approx(statistics.fmean(accs))
+    assert float(groups["0.05"]["best_val_std"]) == pytest.approx(statistics.stdev(accs))
+    assert (groups["10000.0"]["completed"], groups["10000.0"]["best_val_mean"]) == ("0", "")
+
+
+def test_report_takes_globs_and_shows_killed_runs(sweep, tmp_path):
+    import shutil
+
+    for job in sweep.iterdir():
+        if job.is_dir():
+            shutil.copytree(job, tmp_path / job.name)
+    victim = next(p for p in tmp_path.iterdir() if p.name.startswith("0_"))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    s = json.loads((victim / "summary.json").read_text())
+    s.update(status="running", pid=int(dead.stdout))
+    (victim / "summary.json").write_text(json.dumps(s))
+    res = run_regx(["report", str(tmp_path / "*_*"), "--out", str(tmp_path / "r")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    statuses = [r["status"] for r in read_csv(tmp_path / "r" / "report.csv")]
+    assert len(statuses) == 4 and statuses.count("killed") == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nowhere"], "nowhere: no such directory"),
+    (["."], "no regx runs in it"),
+    (["{sweep}", "--sort", "speed"], "--sort speed: must be one of"),
+    (["{sweep}", "--group-by", "colour"], "--group-by colour: no run has this key"),
+    (["{sweep}", "--metric", "joy"], "--metric joy: must be one of"),
+    (["{sweep}", "--sort"], "--sort needs a value"),
+])
+def test_report_bad_input(sweep, tmp_path, args, message):
+    res = run_regx(["report", *[a.format(sweep=sweep) for a in args]], tmp_path)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    res = run_regx(["train", "debug=smoke", "epochs=3", f"hydra.run.dir={root / 'run'}"], root)
+    assert res.returncode == 0, res.stderr
+    return root / "run"
+
+
+def test_eval_gives_per_class_accuracy_and_a_confusion_matrix(finished):
+    res = run_regx(["eval", str(finished)], finished)
+    assert res.returncode == 0, res.stderr
+    assert "per-class accuracy" in res.stdout and "confusion matrix" in res.stdout
+    e = json.loads((finished / "eval.json").read_text())
+    s = json.loads((finished / "summary.json").read_text())
+    assert e["split"] == "test" and e["n"] == s["n_test"] and e["checkpoint"].endswith("best.pt")
+    assert e["accuracy"] == pytest.approx(s["test_acc"])  # the same checkpoint, data and arithmetic
+    assert sum(c["n"] for c in e["per_class"]) == e["n"] == sum(map(sum, e["confusion"]))
+    assert sum(c["correct"] for c in e["per_class"]) == sum(e["confusion"][i][i] for i in range(len(e["classes"])))
+    with Image.open(finished / "confusion.png") as im:
+        assert im.size[0] >= 400 and im.size[1] >= 400
+
+
+def test_eval_last_checkpoint_and_other_data(finished):
+    res = run_regx(["eval", str(finished), "--last", "data.n_test=50", "data.seed=7"], finished)
+    assert res.returncode == 0, res.stderr
+    (path,) = finished.glob("eval_data.n_test=50*.json")
+    e = json.loads(path.read_text())
+    assert e["n"] == 50 and e["checkpoint"].endswith("last.pt") and e["epoch"] == 3
+    assert list(finished.glob("confusion_data.n_test=50*.png"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["data.num_classes=5"], "the model predicts 10 classes but data=shapes has 5"),
+    (["lr=1"], "regx eval takes data="),
+    (["data=nope"], "unknown option data=nope"),
+])
+def test_eval_bad_input(finished, args, message):
+    res = run_regx(["eval", str(finished), *args], finished)
+    assert res.returncode == 2 and message in res.stderr
+
+
+def test_eval_names_a_missing_run(tmp_path):
+    res = run_regx(["eval", "nothing-here"], tmp_path)
+    assert res.returncode == 2 and "no such run directory: nothing-here" in res.stderr
+
+
+def test_early_stop_says_when_and_why_and_resume_respects_it(tmp_path):
+    # min_delta 0.9: no epoch after the first can count as an improvement
+    cfg = smoke_cfg("epochs=6", "early_stop.patience=2", "early_stop.min_delta=0.9")
+    s = train(cfg, tmp_path / "r")
+    assert s["status"] == "completed" and s["epochs_done"] == 3
+    assert s["stopped_early"]["epoch"] == 3 and "did not improve by more than 90 points for 2 epochs" in s["stopped_early"]["reason"]
+    assert s["test_acc"] is not None
+    same = run_regx(["resume", str(tmp_path / "r")], tmp_path)
+    assert same.returncode == 0 and "stopped early after epoch 3" in same.stdout
+    more = run_regx(["resume", str(tmp_path / "r"), "early_stop.patience=0"], tmp_path)
+    assert more.returncode == 0, more.stderr
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["epochs_done"] == 6 and s["stopped_early"] is None
+
+
+def test_early_stop_is_off_by_default():
+    assert config.compose([]).early_stop.patience == 0
+
+
+def test_tensorboard_logger_writes_scalars_image_and_hparams(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    train(smoke_cfg("logger=tensorboard", "aug=flip"), tmp_path / "tb")
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"loss/train", "loss/val", "accuracy/val", "accuracy/clean_train", "gap", "lr", "hparam/test_acc"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("accuracy/val")] == [1, 2]
+    assert tags["images"] == ["augmentation"]
+    plugin = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["aug"].string_value == "flip"
+    assert start.session_start_info.hparams["lr"].number_value == pytest.approx(0.05)
+    end = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_end_info"])
+    assert end.session_end_info.status == 1  # STATUS_SUCCESS
+
+
+def test_tensorboard_logger_without_the_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(config.ConfigError, match=r"pip install 'regx\[tensorboard\]'"):
+        config.preflight(["logger=tensorboard"])
