@@ -78,7 +78,7 @@ def remedies(kind: str, *, epochs: int, lr: float) -> list[tuple[str, str]]:
             ("dropout in the classifier", "dropout=fc"),
             ("weight decay", "decay=l2 wd=5e-4"),
             ("more training data", "data.train_size=null"),
-            ("stop at the best epoch", "early_stop.patience=5 (checkpoints/best.pt already holds the best one)"),
+            ("stop at the best epoch (checkpoints/best.pt holds it)", "early_stop.patience=5"),
         ]
     if kind == "underfitting":
         return [
