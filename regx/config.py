@@ -161,12 +161,14 @@ class SchedConfig:
 
 @dataclass
 class FinetuneConfig:
-    name: str = MISSING
-    weights: str | None = None
-    freeze: list[str] = field(default_factory=list)
-    bn: str = "train"
-    backbone_lr_mult: float = 1.0
-    unfreeze_epoch: int = 0
+    name: str = MISSING  # scratch | linear_probe | full | gradual
+    weights: str | None = None  # imagenet | a regx run directory | a checkpoint or state-dict file
+    freeze: list[str] = field(default_factory=list)  # module/parameter name patterns kept frozen
+    bn: str = "train"  # frozen: BatchNorm layers whose parameters are frozen stay in eval mode
+    backbone_lr_mult: float = 0.1  # the backbone's learning rate, relative to the head's
+    unfreeze_epoch: int = 3  # gradual: epochs of head-only training before the backbone unfreezes
+    stages: int = 1  # gradual: unfreeze the backbone in this many steps, from the top
+    stage_epochs: int = 1  # gradual: epochs between those steps
 
 
 @dataclass
@@ -224,6 +226,7 @@ CHOICES = {  # key: (pattern, what to tell the user)
     "optim.name": (r"sgd|adamw|adam", "sgd, adamw or adam"),
     "decay.name": (r"l2|decoupled|l1", "l2, decoupled or l1"),
     "finetune.bn": (r"train|frozen", "train or frozen"),
+    "finetune.name": (r"scratch|linear_probe|full|gradual", "scratch, linear_probe, full or gradual"),
     "logger": (r"none|tensorboard", "none or tensorboard"),
 }
 
@@ -380,7 +383,21 @@ def validate(cfg: DictConfig) -> None:
     _check(s.max_lr_mult >= 1, "sched.max_lr_mult", s.max_lr_mult, "must be >= 1")
     _check(0 < s.factor < 1, "sched.factor", s.factor, "must be in (0, 1)")
     _check(s.patience >= 0, "sched.patience", s.patience, "must be >= 0")
-    _check(c.finetune.backbone_lr_mult >= 0, "finetune.backbone_lr_mult", c.finetune.backbone_lr_mult, "must be >= 0")
+    f = c.finetune
+    _check(f.backbone_lr_mult >= 0, "finetune.backbone_lr_mult", f.backbone_lr_mult, "must be >= 0")
+    _check(f.unfreeze_epoch >= 0, "finetune.unfreeze_epoch", f.unfreeze_epoch, "must be >= 0")
+    _check(f.stages >= 1, "finetune.stages", f.stages, "must be >= 1")
+    _check(f.stage_epochs >= 1, "finetune.stage_epochs", f.stage_epochs, "must be >= 1")
+    if f.name == "scratch" and f.weights:
+        raise ConfigError(f"finetune.weights={f.weights} is set but finetune=scratch starts from random weights: "
+                          "use finetune=full, linear_probe or gradual")
+    if f.name != "scratch" and not f.weights:
+        raise ConfigError(f"finetune={f.name} needs finetune.weights: imagenet, a regx run directory or a weights file")
+    if f.weights == "imagenet" and c.model.name == "smallcnn":
+        raise ConfigError("finetune.weights=imagenet: smallcnn has no ImageNet weights; pretrain it with a regx run "
+                          "and pass its directory (finetune.weights=outputs/runs/<run>), or pick a torchvision model")
+    if f.weights and f.weights != "imagenet" and not Path(f.weights).expanduser().exists():
+        raise ConfigError(f"finetune.weights={f.weights}: no such file or directory")
     if d.name == "imagefolder":
         if not d.path:
             raise ConfigError("data.path is required for data=imagefolder: add data.path=/path/to/images")

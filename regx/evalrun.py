@@ -45,6 +45,7 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
     from regx.console import console
     from regx.data import iterate, load_data, to_device
     from regx.engine import Pipeline, autocast, confusion
+    from regx.finetune import unwrap
     from regx.models import build_model
     from regx.train import pick_device, pick_precision
 
@@ -66,19 +67,23 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
     if data.num_classes != len(classes):
         raise EvalError(f"the model predicts {len(classes)} classes but data={cfg.data.name} has {data.num_classes}")
     norm = ckpt.get("norm") or {"mean": data.mean, "std": data.std}
-    if len(norm["mean"]) != data.channels:
-        raise EvalError(f"the model takes {len(norm['mean'])}-channel images but data={cfg.data.name} has {data.channels}")
+    in_channels = ckpt.get("in_channels", len(norm["mean"]))
+    if in_channels != data.channels:
+        raise EvalError(f"the model takes {in_channels}-channel images but data={cfg.data.name} has {data.channels}")
     split_name = "test" if data.test is not None and len(data.test) else "val"
     split = data.test if split_name == "test" else data.val
     if not data.streaming:
         data = to_device(data, device)
         split = data.test if split_name == "test" else data.val
     m = ckpt["config"]["model"]
-    model = build_model(name=m["name"], num_classes=len(classes), in_channels=len(norm["mean"]), channels=m["channels"],
+    model = build_model(name=m["name"], num_classes=len(classes), in_channels=in_channels, channels=m["channels"],
                         convs_per_block=m["convs_per_block"], fc=m["fc"], small_input=m["small_input"],
                         dropout=ckpt["config"]["dropout"]["p"], conv_dropout=ckpt["config"]["dropout"]["conv_p"],
                         dropout_features=ckpt["config"]["dropout"].get("features", False))
     model.load_state_dict(ckpt["model"])
+    net, _ = unwrap(model)
+    if ckpt["config"].get("finetune", {}).get("weights") == "imagenet" and hasattr(net, "transform_input"):
+        net.transform_input = True  # as in training (googlenet, inception)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     pipeline = Pipeline(mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
                         std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -52,16 +53,19 @@ def smallcnn(
         layers.append(nn.MaxPool2d(2, ceil_mode=True))
         if conv_dropout > 0:
             layers.append(nn.Dropout2d(conv_dropout))
-    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    # Named classifier layers: parameter names (head.fc1.weight, head.out.weight) do not depend on
+    # where dropout sits, so weights move between runs with different dropout settings.
+    head: dict[str, nn.Module] = {"pool": nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten()}
     widths = [*fc, num_classes]
     for i, width in enumerate(widths):
+        last = i == len(widths) - 1
         if dropout > 0 and (i > 0 or len(widths) == 1 or dropout_features):
-            head.append(nn.Dropout(dropout))
-        head.append(nn.Linear(c_in, width))
-        if i < len(widths) - 1:
-            head.append(nn.ReLU(inplace=True))
+            head["drop_out" if last else f"drop{i + 1}"] = nn.Dropout(dropout)
+        head["out" if last else f"fc{i + 1}"] = nn.Linear(c_in, width)
+        if not last:
+            head[f"relu{i + 1}"] = nn.ReLU(inplace=True)
         c_in = width
-    return nn.Sequential(nn.Sequential(*layers), nn.Sequential(*head))
+    return nn.Sequential(OrderedDict(features=nn.Sequential(*layers), head=nn.Sequential(OrderedDict(head))))
 
 
 def torchvision_names() -> list[str]:
@@ -80,7 +84,8 @@ def _torchvision(name: str, *, num_classes: int, in_channels: int, small_input: 
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"model.name={name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision classification model{hint}")
-    model = tvm.get_model(name, weights=None, num_classes=num_classes)
+    extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
     if small_input:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
             raise ModelError(f"model.small_input=true swaps a ResNet-style stem; {name} has none (set model.small_input=false)")

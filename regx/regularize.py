@@ -19,19 +19,19 @@ from torch import nn
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def split_decay(model: nn.Module, exclude) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(decayed, not decayed) trainable parameters, each once, in a stable order."""
+def split_decay(model: nn.Module, exclude) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+    """(decayed, not decayed) parameters, each once, in a stable order. Frozen parameters are
+    included: fine-tuning may unfreeze them later, and the optimizer skips them while they have no
+    gradient."""
     norm_params = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
-    decayed, kept = [], []
+    decayed, kept = [], []  # of (name, parameter)
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
         skip = (
             ("bias" in exclude and name.endswith("bias"))
             or ("norm" in exclude and id(p) in norm_params)
             or any(fnmatch.fnmatch(name, pat) for pat in exclude if pat not in ("bias", "norm"))
         )
-        (kept if skip else decayed).append(p)
+        (kept if skip else decayed).append((name, p))
     return decayed, kept
 
 
@@ -47,15 +47,19 @@ def build_optimizer(
     nesterov: bool = True,
     betas=(0.9, 0.999),
     eps: float = 1e-8,
+    lr_mult=None,
 ) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
-    """The optimizer over two parameter groups, and the list of parameters the loss penalty covers."""
+    """The optimizer over parameter groups (decayed or not, times each learning-rate multiplier
+    that `lr_mult(name)` gives, e.g. a fine-tuned backbone's), and the parameters the loss penalty
+    covers. The engine sets each group's lr to the schedule's value times its `lr_mult`."""
     decayed, kept = split_decay(model, exclude)
     opt_wd = wd if decay == "decoupled" else 0.0
-    groups = [
-        {"params": decayed, "weight_decay": opt_wd, "decayed": True},
-        {"params": kept, "weight_decay": 0.0, "decayed": False},
-    ]
-    groups = [g for g in groups if g["params"]]
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for flag, named in ((True, decayed), (False, kept)):
+        for n, p in named:
+            groups.setdefault((flag, lr_mult(n) if lr_mult else 1.0), []).append(p)
+    groups = [{"params": ps, "weight_decay": opt_wd if flag else 0.0, "decayed": flag, "lr_mult": mult}
+              for (flag, mult), ps in groups.items()]
     if name == "sgd":
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     elif name == "adamw":
@@ -64,13 +68,14 @@ def build_optimizer(
         opt = torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
     else:
         raise ValueError(f"unknown optimizer {name!r}")
-    return opt, (decayed if decay in ("l2", "l1") and wd > 0 else [])
+    return opt, ([p for _, p in decayed] if decay in ("l2", "l1") and wd > 0 else [])
 
 
 def penalty(params: list[nn.Parameter], *, decay: str, wd: float) -> torch.Tensor:
-    """wd * sum(p^2) for l2, wd * sum(|p|) for l1: the term added to the loss."""
+    """wd * sum(p^2) for l2, wd * sum(|p|) for l1 over the parameters that train now (frozen ones
+    would only add a constant): the term added to the loss."""
     if decay == "l2":
-        return wd * sum(p.pow(2).sum() for p in params)
+        return wd * sum(p.pow(2).sum() for p in params if p.requires_grad)
     if decay == "l1":
-        return wd * sum(p.abs().sum() for p in params)
+        return wd * sum(p.abs().sum() for p in params if p.requires_grad)
     raise ValueError(f"decay={decay!r} adds no loss term")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "img_per_s",
-                  "clean_train_loss", "clean_train_acc"]
+                  "clean_train_loss", "clean_train_acc", "trainable", "trainable_params"]
 TIMING_COLUMNS = ("epoch_s", "img_per_s")
 
 

@@ -29,7 +29,8 @@ from regx.engine import (
     mc_dropout,
     train_one_epoch,
 )
-from regx.models import build_model, count_params
+from regx.finetune import FinetuneError, FreezePlan, build_pretrained, load_source, lr_mult
+from regx.models import MODELS, build_model, count_params
 from regx.regularize import build_optimizer, penalty
 from regx.report import curves_plot, pick_examples, save_aug_grid
 from regx.runs import (
@@ -193,17 +194,47 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
 
-    data = load_data(**OmegaConf.to_container(cfg.data, resolve=True))
+    ft = cfg.finetune
+    pretrained = None
+    if ft.weights:  # before the data: a missing file should not wait for a dataset to load
+        try:
+            pretrained = load_source(ft.weights, cfg.model.name, OmegaConf.to_container(cfg.model, resolve=True))
+        except FinetuneError as exc:
+            raise RunFailed(str(exc)) from None
+    data_kwargs = OmegaConf.to_container(cfg.data, resolve=True)
+    if pretrained is not None and pretrained.image_size and data_kwargs["image_size"] is None:
+        data_kwargs["image_size"] = pretrained.image_size  # the size the weights were trained at
+    data = load_data(**data_kwargs)
+    if pretrained is not None and pretrained.mean and cfg.data.mean is None:
+        # the weights' input statistics; 3 values on grey data normalize it as grey RGB
+        if len(pretrained.mean) == data.channels or (data.channels == 1 and cfg.model.name not in MODELS):
+            data.mean, data.std = list(pretrained.mean), list(pretrained.std)
     if not data.streaming:
         data = to_device(data, device)
-    model = build_model(name=cfg.model.name, num_classes=data.num_classes, in_channels=data.channels,
+    model_kwargs = dict(name=cfg.model.name, num_classes=data.num_classes, in_channels=data.channels,
                         channels=cfg.model.channels, convs_per_block=cfg.model.convs_per_block, fc=cfg.model.fc,
-                        small_input=cfg.model.small_input, dropout=cfg.dropout.p, conv_dropout=cfg.dropout.conv_p,
+                        small_input=cfg.model.small_input, conv_dropout=cfg.dropout.conv_p,
                         dropout_features=cfg.dropout.features)
+    if pretrained is None:
+        model = build_model(dropout=cfg.dropout.p, **model_kwargs)
+    else:
+        try:
+            model, dropped = build_pretrained(pretrained, dropout=cfg.dropout.p, **model_kwargs)
+        except FinetuneError as exc:
+            raise RunFailed(f"finetune.weights={ft.weights}: {exc}") from None
+        log.info("loaded %s; new head for %d classes (dropped %s)", pretrained.source, data.num_classes,
+                 ", ".join(dropped) or "nothing")
+        summary.update(weights=pretrained.source, dropped_keys=dropped)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    try:
+        plan = FreezePlan(model, mode=ft.name, freeze=list(ft.freeze), bn=ft.bn, unfreeze_epoch=ft.unfreeze_epoch,
+                          stages=ft.stages, stage_epochs=ft.stage_epochs)
+    except FinetuneError as exc:
+        raise RunFailed(str(exc)) from None
     optimizer, decayed = build_optimizer(model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name,
                                          exclude=list(cfg.decay.exclude), momentum=cfg.optim.momentum,
-                                         nesterov=cfg.optim.nesterov, betas=list(cfg.optim.betas), eps=cfg.optim.eps)
+                                         nesterov=cfg.optim.nesterov, betas=list(cfg.optim.betas), eps=cfg.optim.eps,
+                                         lr_mult=lr_mult(model, ft.backbone_lr_mult) if ft.name != "scratch" else None)
     loss_term = (lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None
 
     n_train = len(data.train)
@@ -254,8 +285,10 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         log.info("resuming %s at %s (step %d) from %s", run_dir, where, state["step"], path.name)
     wall_before = state["wall_s"]
 
+    plan.apply(state["epoch"] + 1)
     total, trainable = count_params(model)
     summary.update(device=str(device), precision=precision, params=total, trainable_params=trainable,
+                   frozen_params=total - trainable, finetune=ft.name,
                    decay=cfg.decay.name if cfg.wd > 0 else "off",
                    decayed_params=sum(p.numel() for g in optimizer.param_groups if g["decayed"] for p in g["params"]),
                    not_decayed_params=sum(p.numel() for g in optimizer.param_groups if not g["decayed"] for p in g["params"]),
@@ -273,7 +306,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                          "plateau": plateau.state_dict() if plateau is not None else None,
                          "rng": _rng_state(aug_gen, device), "state": state,
                          "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
-                         "norm": {"mean": list(data.mean), "std": list(data.std)},
+                         "norm": {"mean": list(data.mean), "std": list(data.std)}, "in_channels": data.channels,
                          "regx_version": __version__}, ckpt_dir, best=best, before_rename=_killsave_hook(state["step"]))
 
     def evaluate_on(split) -> tuple[float, float]:
@@ -293,6 +326,8 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             if state["stopped_early"]:
                 break
             t_epoch = time.perf_counter()
+            trains = plan.apply(epoch)  # what trains this epoch (a resumed run restores it here)
+            trainable = count_params(model)[1]
             epoch_start_step = state["step"] - state["batch"]
             tally = Tally.from_state(state["tally"], device) if state["batch"] else None
             resumed_s = tally.seconds if tally is not None else 0.0  # the part of this epoch before a resume
@@ -336,7 +371,8 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             state["epoch"], state["step"] = epoch, epoch_start_step + tr.steps
             row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc, gap=gap,
                        lr=lr, epoch_s=time.perf_counter() - t_epoch + resumed_s,
-                       img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc)
+                       img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc,
+                       trainable=trains, trainable_params=trainable)
             state["history"].append(row)
             patience = cfg.early_stop.patience
             by = f" by more than {100 * cfg.early_stop.min_delta:g} points" if cfg.early_stop.min_delta else ""
@@ -352,11 +388,13 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                 tb.epoch(row, state["best_val_acc"])
             summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
                            final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2),
-                           stopped_early=state["stopped_early"])
+                           stopped_early=state["stopped_early"], trainable_params=trainable,
+                           frozen_params=total - trainable)
             write_json(run_dir / "summary.json", summary)
             log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
                      len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
-                     100 * gap, lr, row["epoch_s"], f"{row['img_per_s']:,.0f}", "  *best*" if is_best else "")
+                     100 * gap, lr, row["epoch_s"], f"{row['img_per_s']:,.0f}",
+                     ("  *best*" if is_best else "") + (f"  trains: {trains}" if trains != "all" else ""))
             if state["stopped_early"]:
                 log.info("early stop after epoch %d: %s", epoch, state["stopped_early"]["reason"])
             if stop():
@@ -401,7 +439,8 @@ def _print_summary(s: dict, log) -> None:
         ("verdict", s.get("verdict", "-")),
         *([("stopped early", f"after epoch {s['stopped_early']['epoch']}: {s['stopped_early']['reason']}")]
           if s.get("stopped_early") else []),
-        ("params (trainable)", f"{s['params']:,} ({s['trainable_params']:,})"),
+        ("params (trainable / frozen)", f"{s['params']:,} ({s['trainable_params']:,} / {s['frozen_params']:,})"),
+        *([("weights", f"{s['weights']} (finetune={s['finetune']})")] if s.get("weights") else []),
         ("device", f"{s['device']} {s['precision']}"),
         ("wall time", f"{s['wall_s']:.1f}s"),
         ("run dir", s["run_dir"]),

@@ -22,7 +22,8 @@ def grads(m, extra=None):
 def test_bias_and_norm_parameters_are_excluded():
     m = model()
     decayed, kept = split_decay(m, ["bias", "norm"])
-    assert {id(p) for p in decayed} == {id(m[0].weight), id(m[3].weight)}
+    assert {id(p) for _, p in decayed} == {id(m[0].weight), id(m[3].weight)}
+    assert [n for n, _ in decayed] == ["0.weight", "3.weight"]
     assert len(kept) == 4
 
 
