@@ -11,7 +11,8 @@ from regx.regularize import build_optimizer, penalty
 from regx.schedules import lr_factor
 
 OPTIONS = [(g, o) for g in config.GROUPS for o in config.group_options(g)]
-EXTRA = {("data", "imagefolder"): ["data.path=/tmp/images"]}
+EXTRA = {("data", "imagefolder"): ["data.path=/tmp/images"],
+         **{("finetune", o): ["model=resnet18"] for o in ("linear_probe", "full", "gradual")}}  # ImageNet weights
 
 
 def test_every_group_has_options():
