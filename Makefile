@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.regx-installed
 ARGS ?=
 
-.PHONY: help install train smoke test test-all lint bench clean
+.PHONY: help install train smoke test test-all lint bench bench-gpu clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -32,8 +32,11 @@ test-all: install ## every test, slow ones included
 lint: install ## ruff
 	$(BIN)/ruff check regx tests
 
-bench: install ## benchmarks (not tests): augmentation cost in a training step
-	$(BIN)/python -m regx.bench aug
+bench: install ## benchmarks (not tests): regx vs a hand-written loop and torchvision; writes BENCHMARKS.md
+	$(BIN)/python -m regx.bench
+
+bench-gpu: install ## the same on a CUDA GPU; fills BENCHMARKS.md's GPU section
+	$(BIN)/python -m regx.bench --device cuda
 
 clean: ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs/runs outputs/sweeps .pytest_cache .ruff_cache

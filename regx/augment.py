@@ -129,7 +129,8 @@ class Augment:
     def images(self, x: torch.Tensor) -> torch.Tensor:
         """Flips, affine, colour and erasing, each sample with its own parameters."""
         noise = torch.rand(x.shape, generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
-        return apply(x, self.sample(x.shape[0], x.shape[-2:], x.device), noise)
+        geometric = any(self.cfg[k].p > 0 for k in ("rotate", "scale", "translate", "crop"))
+        return apply(x, self.sample(x.shape[0], x.shape[-2:], x.device), noise, geometric=geometric)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
         """Augment a batch; with mixup/cutmix on, also mix it (the Mix says how, for the loss)."""
@@ -178,7 +179,7 @@ def mix(x: torch.Tensor, m: Mix) -> torch.Tensor:
     other = x[m.perm]
     lam = m.lam.view(-1, 1, 1, 1)
     out = lam * x + (1 - lam) * other
-    if bool(m.cut.any()):
+    if x.device.type != "cpu" or bool(m.cut.any()):  # off CPU: no host read, the mask is cheap
         mask = _box_mask(m.box, x.shape[-2], x.shape[-1])
         out = torch.where(m.cut.view(-1, 1, 1, 1), torch.where(mask, other, x), out)
         m.lam = torch.where(m.cut, 1 - mask.float().mean(dim=(1, 2, 3)), m.lam)
@@ -192,24 +193,40 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, m: Mix, label_smo
     return (m.lam * ce_a + (1 - m.lam) * ce_b).mean()
 
 
-def apply(x: torch.Tensor, p: AugParams, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Augment float images in [0, 1] (N,C,H,W) with per-sample parameters."""
+def apply(x: torch.Tensor, p: AugParams, noise: torch.Tensor | None = None, *, geometric: bool | None = None,
+          sync_free: bool | None = None) -> torch.Tensor:
+    """Augment float images in [0, 1] (N,C,H,W) with per-sample parameters.
+
+    On CPU only the images an operation changes are processed (found with nonzero/any, which are
+    free there). On an accelerator those reads would stall the device every step, so there
+    (`sync_free`, the default off CPU) every image is processed and torch.where keeps the unchanged
+    ones exact. `geometric=False` (nothing in the config moves images) skips the warp outright.
+    """
+    sync_free = x.device.type != "cpu" if sync_free is None else sync_free
     owned = False  # the caller's tensor is never written to; ours is changed in place
     for flip, dim in ((p.hflip, -1), (p.vflip, -2)):
+        if sync_free:
+            x, owned = torch.where(flip.view(-1, 1, 1, 1), x.flip(dim), x), True
+            continue
         idx = torch.nonzero(flip).flatten()
         if len(idx):  # only the flipped images are copied
             x, owned = (x, owned) if owned else (x.clone(), True)
             x.index_copy_(0, idx, x[idx].flip(dim))
-    if bool((p.angle != 0).any() | (p.scale != 1).any() | (p.tx != 0).any() | (p.ty != 0).any()):
-        x = F.grid_sample(x, F.affine_grid(affine_theta(p, x.shape), list(x.shape), align_corners=False),
-                          mode="bilinear", padding_mode="zeros", align_corners=False)
+    moves = (p.angle != 0) | (p.scale != 1) | (p.tx != 0) | (p.ty != 0)
+    if geometric is not False and (sync_free or bool(moves.any())):
+        warped = F.grid_sample(x, F.affine_grid(affine_theta(p, x.shape), list(x.shape), align_corners=False),
+                               mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = torch.where(moves.view(-1, 1, 1, 1), warped, x) if sync_free else warped
         owned = True
     moved = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
-    idx = torch.nonzero(moved).flatten()
-    if len(idx):  # only the images whose colour changes pay for it
-        sub = AugParams(*(None if v is None else v[idx] for v in (getattr(p, f) for f in _PARAM_FIELDS)))
-        x = x if owned else x.clone()
-        x.index_copy_(0, idx, color(x[idx], sub))
+    if sync_free:
+        x = torch.where(moved.view(-1, 1, 1, 1), color(x, p, sync_free=True), x)
+    else:
+        idx = torch.nonzero(moved).flatten()
+        if len(idx):  # only the images whose colour changes pay for it
+            sub = AugParams(*(None if v is None else v[idx] for v in (getattr(p, f) for f in _PARAM_FIELDS)))
+            x = x if owned else x.clone()
+            x.index_copy_(0, idx, color(x[idx], sub))
     if p.erase is not None:
         fill = noise if noise is not None else torch.zeros_like(x)
         x = torch.where(_box_mask(p.erase, x.shape[-2], x.shape[-1]), fill, x)
@@ -242,7 +259,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 
-def color(x: torch.Tensor, p: AugParams) -> torch.Tensor:
+def color(x: torch.Tensor, p: AugParams, *, sync_free: bool = False) -> torch.Tensor:
     """Brightness, contrast, saturation, then hue, each clamped to [0, 1] as torchvision does."""
     x = (x * p.brightness.view(-1, 1, 1, 1)).clamp(0, 1)
     mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
@@ -251,6 +268,11 @@ def color(x: torch.Tensor, p: AugParams) -> torch.Tensor:
     if x.shape[1] == 3:
         s = p.saturation.view(-1, 1, 1, 1)
         x = (s * x + (1 - s) * _gray(x)).clamp(0, 1)
+        if sync_free:
+            hsv = rgb_to_hsv(x)
+            h = hsv[:, 0] + p.hue.view(-1, 1, 1)
+            hsv[:, 0] = h - h.floor()
+            return torch.where((p.hue != 0).view(-1, 1, 1, 1), hsv_to_rgb(hsv), x)
         idx = torch.nonzero(p.hue != 0).flatten()
         if len(idx):  # only the images whose hue moves pay for the HSV round trip
             hsv = rgb_to_hsv(x[idx])

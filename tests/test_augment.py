@@ -157,3 +157,22 @@ def test_the_input_batch_is_never_modified(images):
     Augment(cfg, torch.Generator().manual_seed(0)).images(images)
     apply(images, params(8, hflip=torch.ones(8, dtype=torch.bool), brightness=1.3))
     assert torch.equal(images, before)
+
+
+@pytest.mark.parametrize("option", ["flip", "flip_rotate", "all", "[all,erasing]"])
+def test_the_sync_free_path_matches_the_cpu_path(option):
+    """Off CPU, apply() processes every image and keeps unchanged ones with torch.where (no host
+    reads); forced on CPU it must give what the index path gives."""
+    from regx import config
+
+    aug = Augment(config.compose([f"aug={option}"]).aug, torch.Generator().manual_seed(0))
+    x = torch.rand(32, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    p = aug.sample(32, (24, 24), "cpu")
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
+    a = apply(x, p, noise, sync_free=False)
+    b = apply(x, p, noise, sync_free=True)
+    assert (a - b).abs().max() < 1e-5
+    moved = (p.angle != 0) | (p.scale != 1) | (p.tx != 0) | (p.ty != 0)
+    still = ~(moved | p.hflip | p.vflip | (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0))
+    if p.erase is None:
+        assert torch.equal(b[still], x[still])  # untouched images stay exact

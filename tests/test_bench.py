@@ -1,0 +1,40 @@
+"""The benchmark's parts run (fast, tiny sizes), and the engine keeps up with a hand-written loop (slow)."""
+
+import json
+
+import pytest
+import torch
+
+from regx import bench
+from regx.train import pick_precision
+
+CPU = torch.device("cpu")
+
+
+def test_benchmark_parts_run_and_write_their_report(tmp_path):
+    r = bench.alternate({"regx": bench.regx_loop("smallcnn", CPU, "32", 2, 16, "all"),
+                         "hand": bench.hand_loop("smallcnn", CPU, "32", 2, 16)}, repeats=2)
+    assert r["regx"]["n"] == 2 and r["regx"]["median"] > 0 and r["hand"]["min"] <= r["hand"]["median"] <= r["hand"]["max"]
+    aug = bench.alternate(bench.aug_alone(CPU, 2, 16), repeats=1, warmup=0)
+    assert all(v["median"] > 0 for v in aug.values())
+    assert bench.tv_end_to_end("smallcnn", CPU, "32", 2, 16)() == 32
+    stats = {"median": 10.0, "min": 9.0, "max": 11.0, "n": 3}
+    result = {"machine": bench.machine(CPU), "command": "python -m regx.bench", "date": "2026-01-01",
+              "engine": [{"model": "smallcnn", "precision": "32", "aug": "none", "batch": 128, "regx": stats,
+                          "hand": stats, "ratio": 1.0}],
+              "defaults": [{"what": "channels_last vs contiguous, smallcnn 32", "ratio": 1.1}],
+              "aug_alone": {"regx": stats, "torchvision": stats, "ratio": 1.0},
+              "aug_end_to_end": {"regx": stats, "torchvision": stats, "ratio": 1.0}}
+    (tmp_path / "bench.json").write_text(json.dumps(result))
+    text = bench.write_markdown(tmp_path).read_text()
+    assert "| smallcnn | 32 | none | 128 | 10 (9-11) | 10 (9-11) | 1.000 |" in text
+    assert "## GPU\n\nPending" in text
+
+
+@pytest.mark.slow
+def test_engine_keeps_up_with_a_hand_written_loop():
+    precision = pick_precision("auto", CPU)
+    r = bench.alternate({"regx": bench.regx_loop("smallcnn", CPU, precision, 8, 128),
+                         "hand": bench.hand_loop("smallcnn", CPU, precision, 8, 128)}, repeats=5)
+    ratio = r["regx"]["median"] / r["hand"]["median"]
+    assert ratio >= 0.90, f"regx reached {ratio:.3f} of a hand-written loop's images/s"
