@@ -11,6 +11,7 @@ usage: regx <command> [args]
 commands:
   train   [overrides]             train one run; -m for a sweep (regx train --help lists the groups)
   resume  RUN_DIR [key=value]     continue a run from its last checkpoint (e.g. epochs=20)
+  sweep-resume SWEEP_DIR          rerun a sweep in place: skip completed jobs, resume stopped ones
   show-aug [overrides] [--out F]  a PNG grid: originals, then rows of augmented copies
   lr-plot  [overrides] [--out F]  a PNG of the learning rate over the whole run
   plot     RUN_DIR                redraw RUN_DIR/curves.png from its metrics.csv
@@ -67,19 +68,31 @@ def _split_args(args: list[str]) -> tuple[list[str], bool, bool]:
 class _Jobs:
     count = 0
     failed: list[tuple[str, str]] = []
+    resume = False  # regx sweep-resume: skip completed jobs, resume stopped ones
 
 
 def _task(cfg) -> dict | None:
+    from pathlib import Path
+
     from hydra.core.hydra_config import HydraConfig
 
+    from regx.runs import read_json
     from regx.train import RunFailed, train
 
     _Jobs.count += 1
-    run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = False
+    if _Jobs.resume:
+        summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+        if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
+            print(f"regx: {run_dir.name}: completed already, skipped")
+            return summary
+        resume = any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt"))
+        print(f"regx: {run_dir.name}: " + (f"resuming ({summary.get('status', 'unknown')})" if resume else "starting"))
     try:
-        return train(cfg, run_dir)
+        return train(cfg, run_dir, resume=resume)
     except RunFailed as exc:  # recorded in the run's summary.json; the sweep goes on
-        _Jobs.failed.append((run_dir, str(exc)))
+        _Jobs.failed.append((str(run_dir), str(exc)))
         return None
 
 
@@ -113,6 +126,29 @@ def cmd_train(args: list[str]) -> int:
     else:
         print(f"regx: error: {_Jobs.failed[0][1]} (run dir {_Jobs.failed[0][0]})", file=sys.stderr)
     return 1
+
+
+def cmd_sweep_resume(args: list[str]) -> int:
+    """Run a sweep's command again into the same directory: job directories are named from their
+    overrides, so each job finds its own; completed ones are skipped, stopped ones resumed."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    if len(args) != 1 or args[0].startswith("-"):
+        return _error("usage: regx sweep-resume SWEEP_DIR")
+    sweep = Path(args[0])
+    if not (sweep / "multirun.yaml").is_file():
+        return _error(f"{sweep} is not a regx sweep directory (no multirun.yaml)")
+    recorded = OmegaConf.load(sweep / "multirun.yaml")
+    overrides = [str(o) for o in OmegaConf.select(recorded, "hydra.overrides.task", default=[])]
+    hydra_overrides = [str(o) for o in OmegaConf.select(recorded, "hydra.overrides.hydra", default=[])
+                       if not str(o).startswith(("hydra.mode", "hydra.sweep.dir"))]
+    _Jobs.resume = True
+    try:
+        return cmd_train(["-m", *overrides, *hydra_overrides, f"hydra.sweep.dir={sweep}"])
+    finally:
+        _Jobs.resume = False
 
 
 def cmd_resume(args: list[str]) -> int:
@@ -401,7 +437,7 @@ def cmd_check_data(args: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
             "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval,
-            "check-data": cmd_check_data}
+            "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume}
 
 
 def main(argv: list[str] | None = None) -> int:
