@@ -80,7 +80,9 @@ def _task(cfg) -> dict | None:
     from regx.train import RunFailed, train
 
     _Jobs.count += 1
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    _share_machine(cfg, hc)
     resume = False
     if _Jobs.resume:
         summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
@@ -89,17 +91,64 @@ def _task(cfg) -> dict | None:
             return summary
         resume = any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt"))
         print(f"regx: {run_dir.name}: " + (f"resuming ({summary.get('status', 'unknown')})" if resume else "starting"))
+    optuna = "optuna" in str(hc.sweeper.get("_target_", "")).lower()
     try:
-        return train(cfg, run_dir, resume=resume)
+        summary = train(cfg, run_dir, resume=resume)
     except RunFailed as exc:  # recorded in the run's summary.json; the sweep goes on
         _Jobs.failed.append((str(run_dir), str(exc)))
-        return None
+        return float("nan") if optuna else None  # a NaN objective marks the trial failed
+    return summary["best_val_acc"] if optuna else summary  # an optimizing sweeper needs the objective
+
+
+def _share_machine(cfg, hc) -> None:
+    """Parallel jobs on one machine (joblib launcher): split the cores between them so N jobs do not
+    oversubscribe, and give CUDA jobs one visible GPU each, round robin."""
+    import torch
+    from omegaconf import open_dict
+
+    target = str(hc.launcher.get("_target_", ""))
+    if "joblib" not in target.lower():
+        return
+    n_jobs = hc.launcher.get("n_jobs", -1) or 1
+    cores = os.cpu_count() or 1
+    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+    torch.set_num_threads(max(1, cores // max(1, parallel)))
+    if cfg.device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        with open_dict(cfg):
+            cfg.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
+
+
+def _job_dirs(sweep: str):
+    from pathlib import Path
+
+    root = Path(sweep)
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / ".hydra").is_dir()) if root.is_dir() else []
+
+
+def _failed_jobs(sweep: str) -> list[tuple[str, str]]:
+    import json
+
+    failed = []
+    for job in _job_dirs(sweep):
+        try:
+            s = json.loads((job / "summary.json").read_text())
+        except (OSError, ValueError):
+            failed.append((str(job), "no summary.json: the job died before training"))
+            continue
+        if s.get("status") == "failed":
+            failed.append((str(job), s.get("error") or "failed"))
+    return failed
+
+
+def _job_count(sweep: str) -> int:
+    return len(_job_dirs(sweep))
 
 
 def cmd_train(args: list[str]) -> int:
     from regx import config
 
     overrides, info_only, multirun = _split_args(args)
+    multirun = multirun or any(o.startswith(("hparams_search=", "hydra.mode=MULTIRUN")) for o in overrides)
     config.register()
     if not info_only:
         try:
@@ -117,6 +166,10 @@ def cmd_train(args: list[str]) -> int:
         main()
     finally:
         sys.argv[0] = argv0
+    if multirun:  # jobs may have run in other processes (joblib, submitit): their summaries say
+        sweep = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")), config.last_claimed)
+        _Jobs.failed = _failed_jobs(sweep) if sweep else _Jobs.failed
+        _Jobs.count = max(_Jobs.count, _job_count(sweep) if sweep else 0)
     if not _Jobs.failed:
         return 0
     if multirun:

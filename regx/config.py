@@ -218,7 +218,14 @@ class TrainConfig:
 
 
 AUG_OPS = ("hflip", "vflip", "rotate", "scale", "translate", "crop", "color", "erasing", "mixup", "cutmix")
-GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "experiment", "debug")
+GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "experiment", "debug",
+          "hparams_search")
+# Optional Hydra plugins (pip install 'regx[sweeps]'): an override naming one -> the module it needs.
+PLUGINS = {"hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+           "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
+           "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+           "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+           "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper"}
 CHOICES = {  # key: (pattern, what to tell the user)
     "device": (r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps"),
     "precision": (r"auto|32|bf16|16", "auto, 32, bf16 or 16"),
@@ -249,8 +256,12 @@ def _slug(text: str, limit: int = 120) -> str:
     return text[:limit] or "run"
 
 
+last_claimed: str | None = None  # the directory _claim_dir made last (a sweep's, for its summary)
+
+
 def _claim_dir(root: str, name: str) -> str:
     """Create `root/<stamp>_<name>` atomically; a suffix keeps two runs started together apart."""
+    global last_claimed
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     base = Path(root) / f"{stamp}_{_slug(name)}" if name else Path(root) / stamp
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -258,7 +269,8 @@ def _claim_dir(root: str, name: str) -> str:
         path = base if i == 1 else base.with_name(f"{base.name}-{i}")
         try:
             path.mkdir()
-            return str(path)
+            last_claimed = str(path)
+            return last_claimed
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a unique directory under {root}")
@@ -490,8 +502,27 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def check_plugins(overrides: list[str]) -> None:
+    """A clear line when an override names a Hydra plugin that is not installed."""
+    for o in overrides:
+        for prefix, module in PLUGINS.items():
+            if o.lstrip("+~").startswith(prefix) and not _installed(module):
+                plugin = module.split(".")[-1].replace("_", "-")
+                raise ConfigError(f"{o} needs the {plugin} plugin: pip install 'regx[sweeps]'")
+
+
 def preflight(overrides: list[str]) -> None:
     """Compose and check every value the overrides name; raise ConfigError with one line."""
+    check_plugins(overrides)
     for variant in expand_sweep(overrides):
         try:
             cfg = compose(variant)

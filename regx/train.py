@@ -155,6 +155,7 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
     summary = read_json(summary_path) if resume and summary_path.is_file() else {}
     summary.update(status="running", name=cfg.name, run_dir=str(run_dir), regx_version=__version__,
                    torch_version=torch.__version__, host=platform.node(), pid=os.getpid(), error=None,
+                   threads=torch.get_num_threads(),
                    started=summary.get("started") or datetime.now().isoformat(timespec="seconds"))
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(summary_path, summary)

@@ -1,6 +1,10 @@
 """Sweeps: `regx sweep-resume` after a sweep was killed midway."""
 
 import json
+import os
+
+import pytest
+import yaml
 
 from tests.conftest import run_regx
 from tests.test_train import metric_rows
@@ -35,3 +39,61 @@ def test_a_killed_sweep_resumes_in_place(tmp_path):
 def test_sweep_resume_bad_input(tmp_path):
     res = run_regx(["sweep-resume", str(tmp_path)], tmp_path)
     assert res.returncode == 2 and "not a regx sweep directory (no multirun.yaml)" in res.stderr
+
+
+def plugin(name):
+    return pytest.importorskip(f"hydra_plugins.{name}", reason=f"{name} is not installed: pip install 'regx[sweeps]'")
+
+
+def summaries(root):
+    (sweep,) = (root / "outputs" / "sweeps").iterdir()
+    return sweep, {j.name: json.loads((j / "summary.json").read_text()) for j in sweep.iterdir() if (j / "summary.json").is_file()}
+
+
+def test_joblib_runs_jobs_in_parallel_without_oversubscribing_and_reports_failures(tmp_path):
+    plugin("hydra_joblib_launcher")
+    res = run_regx(["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke", "epochs=1",
+                    "seed=0,1", "data=shapes,imagefolder", "data.path=/nope"], tmp_path)
+    assert res.returncode == 1 and "2 of 4 jobs failed" in res.stderr and "data.path=/nope" in res.stderr
+    _, s = summaries(tmp_path)
+    assert sorted(v["status"] for v in s.values()) == ["completed", "completed", "failed", "failed"]
+    cores = os.cpu_count()
+    assert all(v["threads"] == max(1, cores // min(2, cores)) for v in s.values())
+    assert len({v["pid"] for v in s.values()} - {os.getpid()}) >= 2  # worker processes, not this one
+
+
+def test_submitit_local_sweep(tmp_path):
+    plugin("hydra_submitit_launcher")
+    res = run_regx(["train", "-m", "hydra/launcher=submitit_local", "debug=smoke", "epochs=1", "seed=0,1"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    sweep, s = summaries(tmp_path)
+    assert [v["status"] for v in s.values()] == ["completed", "completed"]
+    assert (sweep / ".submitit").is_dir()
+
+
+def test_slurm_preset_composes_with_settable_resources(tmp_path):
+    plugin("hydra_submitit_launcher")
+    res = run_regx(["train", "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                    "hydra.launcher.timeout_min=30"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "SlurmLauncher" in res.stdout and "partition: gpu" in res.stdout and "timeout_min: 30" in res.stdout
+    assert "gpus_per_node: 1" in res.stdout
+
+
+def test_optuna_search_maximizes_validation_accuracy(tmp_path):
+    plugin("hydra_optuna_sweeper")
+    res = run_regx(["train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=smoke", "epochs=1"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    sweep, s = summaries(tmp_path)
+    assert len(s) == 3 and all(v["status"] == "completed" for v in s.values())
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(v["best_val_acc"] for v in s.values()))
+    assert set(best["best_params"]) == {"lr", "wd", "dropout.p", "aug.rotate.degrees", "aug.color.brightness"}
+
+
+def test_a_missing_plugin_is_one_clear_line(monkeypatch):
+    from regx import config
+
+    monkeypatch.setattr(config, "_installed", lambda module: False)
+    with pytest.raises(config.ConfigError, match=r"hydra/launcher=joblib needs the hydra-joblib-launcher plugin: pip install 'regx\[sweeps\]'"):
+        config.preflight(["hydra/launcher=joblib"])
