@@ -159,6 +159,20 @@ def cmd_train(args: list[str]) -> int:
             return _error(str(exc))
     import hydra
 
+    from regx import distributed
+
+    if distributed.requested() and not info_only:
+        if multirun:
+            return _error("under torchrun regx trains one run; sweep DDP runs with a launcher instead")
+        distributed.setup()
+        args = list(args)
+        if not any(a.startswith("hydra.run.dir=") for a in args):  # one run directory, picked by rank 0
+            run_dir = None
+            if distributed.is_main():
+                run_dir = config._claim_dir("outputs/runs", str(config.compose(overrides).name))
+            args.append(f"hydra.run.dir={distributed.broadcast(run_dir)}")
+        if not distributed.is_main():
+            args.append("hydra.output_subdir=null")  # rank 0 writes .hydra/
     main = hydra.main(config_path=str(config.conf_dir()), config_name="train", version_base="1.3")(_task)
     argv0 = sys.argv[0]
     sys.argv = ["regx train", *args]
@@ -252,7 +266,7 @@ def cmd_resume(args: list[str]) -> int:
               "(pass early_stop.patience=0, or a larger patience, to train on)")
         return 0
     try:
-        train(cfg, run_dir, resume=True)
+        train(cfg, run_dir, resume=True)  # under torchrun: every rank, from the same checkpoint
     except RunFailed as exc:
         return _error(str(exc), 1)
     return 0

@@ -22,8 +22,9 @@ def interactive() -> bool:
     return sys.stdout.isatty()
 
 
-def setup_logging(log_file: Path | None = None) -> logging.Logger:
-    """The `regx` logger: to the terminal (rich or plain) and, when given, appended to log_file."""
+def setup_logging(log_file: Path | None = None, quiet: bool = False) -> logging.Logger:
+    """The `regx` logger: to the terminal (rich or plain) and, when given, appended to log_file.
+    quiet: warnings and errors only (the other ranks of a torchrun job)."""
     log = logging.getLogger("regx")
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -39,6 +40,8 @@ def setup_logging(log_file: Path | None = None) -> logging.Logger:
     else:
         term = logging.StreamHandler(sys.stdout)
         term.setFormatter(logging.Formatter("%(message)s"))
+    if quiet:
+        term.setLevel(logging.WARNING)
     log.addHandler(term)
     # "regx.file" reaches the log file only: for what the terminal already shows as a table.
     file_only = logging.getLogger("regx.file")
@@ -57,11 +60,11 @@ def setup_logging(log_file: Path | None = None) -> logging.Logger:
 class EpochProgress:
     """A live bar for one epoch (loss, accuracy, LR, images/s); silent when not on a terminal."""
 
-    def __init__(self, title: str, total: int):
-        self.title, self.total, self._progress = title, total, None
+    def __init__(self, title: str, total: int, show: bool = True):
+        self.title, self.total, self._progress, self.show = title, total, None, show
 
     def __enter__(self):
-        if interactive():
+        if self.show and interactive():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(

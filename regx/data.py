@@ -182,8 +182,8 @@ def iterate(
     `start` skips that many batches (to resume mid-epoch). `drop_single` drops a final batch of one
     image, which BatchNorm cannot train on.
     """
-    n = len(split)
-    idx = order if order is not None else torch.arange(n)
+    idx = order if order is not None else torch.arange(len(split))
+    n = len(idx)  # an order may cover part of the split (a rank's shard)
     stops = list(range(0, n, batch_size))
     if drop_single and batch_size > 1 and len(stops) > 1 and n - stops[-1] == 1:
         stops.pop()

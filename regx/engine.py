@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from regx.augment import Augment, Mix, mixed_cross_entropy
+from regx.distributed import max_over_ranks
 
 
 @dataclass
@@ -134,10 +135,10 @@ def train_one_epoch(
     fault = fault_at()
     t0, seconds_before, step = time.perf_counter(), tally.seconds, start_step - 1
 
-    def check() -> None:
-        bad = int(first_bad)
+    def check() -> None:  # under torchrun every rank checks at the same steps: all stop together
+        bad = int(max_over_ranks(first_bad))
         if bad >= 0:
-            raise NonFiniteLoss(bad, float(bad_loss))
+            raise NonFiniteLoss(bad, float(bad_loss) if int(first_bad) >= 0 else float("nan"))
 
     for xb, yb in batches:
         step += 1

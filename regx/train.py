@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from regx import __version__
+from regx import __version__, distributed
 from regx.augment import Augment
 from regx.console import EpochProgress, console, setup_logging
 from regx.data import iterate, load_data, stratified_split, to_device
@@ -148,8 +148,10 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
     (status `interrupted`, a checkpoint written) and KeyboardInterrupt on a second Ctrl-C.
     """
     run_dir = Path(run_dir)
-    log = setup_logging(run_dir / "train.log")
-    for tmp in clean_temporary(run_dir):
+    distributed.setup()
+    main = distributed.is_main()  # under torchrun only rank 0 writes (and talks)
+    log = setup_logging(run_dir / "train.log" if main else None, quiet=not main)
+    for tmp in clean_temporary(run_dir) if main else []:
         log.warning("removed %s, left by a run that was killed while writing it", tmp)
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path) if resume and summary_path.is_file() else {}
@@ -157,15 +159,17 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
                    torch_version=torch.__version__, host=platform.node(), pid=os.getpid(), error=None,
                    threads=torch.get_num_threads(),
                    started=summary.get("started") or datetime.now().isoformat(timespec="seconds"))
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(summary_path, summary)
+    if main:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(summary_path, summary)
     t0 = time.perf_counter()
     try:
         with StopRequest() as stop:
             return _train(cfg, run_dir, summary, resume, log, t0, stop)
     except KeyboardInterrupt:
         summary.update(status="interrupted")
-        write_json(summary_path, summary)
+        if main:
+            write_json(summary_path, summary)
         if (run_dir / "checkpoints" / "last.pt").is_file():
             log.warning("interrupted; resume with: regx resume %s", run_dir)
         else:
@@ -176,7 +180,8 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False) -> dict
         if not isinstance(exc, RunFailed | ValueError | RuntimeError | OSError):
             message = f"{type(exc).__name__}: {message}"
         summary.update(status="failed", error=message)
-        write_json(summary_path, summary)
+        if main:
+            write_json(summary_path, summary)
         log.error("run failed: %s", message)
         raise RunFailed(message) from exc
 
@@ -191,7 +196,11 @@ def _killsave_hook(step: int):
 
 def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0: float, stop: StopRequest) -> dict:
     ckpt_dir = run_dir / "checkpoints"
-    device = pick_device(cfg.device)
+    main, rank, world = distributed.is_main(), distributed.rank(), distributed.size()
+    device = pick_device(distributed.device_for_rank(cfg.device))
+    if cfg.batch_size % world:
+        raise RunFailed(f"batch_size={cfg.batch_size} must divide by the {world} processes (each takes an equal part)")
+    batch = cfg.batch_size // world
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
 
@@ -239,26 +248,29 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
     loss_term = (lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None
 
     n_train = len(data.train)
-    steps = steps_per_epoch(n_train, cfg.batch_size)
+    steps = steps_per_epoch(n_train // world, batch)
     sched = OmegaConf.to_container(cfg.sched, resolve=True)
     plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
     lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau)
 
-    if not resume or not (run_dir / "aug_preview.png").is_file():
+    if main and (not resume or not (run_dir / "aug_preview.png").is_file()):
         examples = data.train.subset(pick_examples(data.train.y.cpu(), 8).to(data.train.y.device))
         save_aug_grid(run_dir / "aug_preview.png", next(iterate(examples, 8))[0], cfg.aug, seed=cfg.seed)
     clean = None
     if cfg.diagnose.clean_train:  # a fixed training subset, evaluated like validation data each epoch
         pick, _ = stratified_split(data.train.y.cpu(), min(cfg.diagnose.clean_size, n_train), torch.Generator().manual_seed(cfg.seed))
         clean = data.train.subset(pick.to(data.train.y.device))
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 1000 * rank)  # each rank its own draws
+    if world > 1:
+        torch.manual_seed(cfg.seed + 1000 * rank)  # dropout masks differ between ranks too
     pipeline = Pipeline(mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
                         std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
                         channels_last=cfg.channels_last,
                         augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None)
     amp = autocast(device, precision)
     scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
-    net = torch.compile(model) if cfg.compile else model
+    eval_net = torch.compile(model) if cfg.compile else model
+    net, net_trains = eval_net, None  # the training module; DDP wraps it under torchrun
 
     # epoch: the last finished epoch; step: optimizer steps taken; batch/tally: the epoch in progress
     state = {"epoch": 0, "step": 0, "batch": 0, "tally": None, "history": [], "best_val_acc": None,
@@ -278,10 +290,13 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             scaler.load_state_dict(ckpt["scaler"])
         if plateau is not None and ckpt.get("plateau"):
             plateau.load_state_dict(ckpt["plateau"])
-        _restore_rng(ckpt["rng"], aug_gen, device)
+        _restore_rng(ckpt["rng_ranks"][rank] if world > 1 else ckpt["rng"], aug_gen, device)
         state.update(ckpt["state"])
+        if world > 1 and state["batch"]:
+            state["tally"] = state["tally_ranks"][rank]
         state["stopped_early"] = None  # resuming a run that stopped early: its new patience decides again
-        write_metrics(run_dir / "metrics.csv", state["history"])  # drop rows written after that checkpoint
+        if main:
+            write_metrics(run_dir / "metrics.csv", state["history"])  # drop rows written after that checkpoint
         where = f"epoch {state['epoch'] + 1} batch {state['batch'] + 1}" if state["batch"] else f"epoch {state['epoch'] + 1}"
         log.info("resuming %s at %s (step %d) from %s", run_dir, where, state["step"], path.name)
     wall_before = state["wall_s"]
@@ -302,7 +317,11 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
     def checkpoint(best: bool, tally: Tally | None = None) -> None:
         state["wall_s"] = wall_before + time.perf_counter() - t0
         state["batch"], state["tally"] = (tally.batches, tally.state_dict()) if tally is not None else (0, None)
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        ranks = distributed.gather({"rng": _rng_state(aug_gen, device), "tally": state["tally"]})  # a collective
+        state["tally_ranks"] = [r["tally"] for r in ranks] if world > 1 else None
+        if not main:
+            return
+        save_checkpoint({"rng_ranks": [r["rng"] for r in ranks] if world > 1 else None,"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "plateau": plateau.state_dict() if plateau is not None else None,
                          "rng": _rng_state(aug_gen, device), "state": state,
@@ -310,12 +329,15 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                          "norm": {"mean": list(data.mean), "std": list(data.std)}, "in_channels": data.channels,
                          "regx_version": __version__}, ckpt_dir, best=best, before_rename=_killsave_hook(state["step"]))
 
+    def stop_all() -> bool:  # under torchrun every rank must stop at the same step
+        return distributed.any_rank(stop(), device) if world > 1 else stop()
+
     def evaluate_on(split) -> tuple[float, float]:
-        return evaluate(net, iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+        return evaluate(eval_net, iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
                         pipeline=pipeline, amp=amp)
 
     tb = None
-    if cfg.logger == "tensorboard":
+    if cfg.logger == "tensorboard" and main:
         from regx.tblog import TensorBoardLogger, hparams_of
 
         overrides_file = run_dir / ".hydra" / "overrides.yaml"
@@ -329,24 +351,29 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
             t_epoch = time.perf_counter()
             trains = plan.apply(epoch)  # what trains this epoch (a resumed run restores it here)
             trainable = count_params(model)[1]
+            if world > 1 and trains != net_trains:  # DDP syncs the parameters that train when it is built
+                from torch.nn.parallel import DistributedDataParallel
+
+                ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                net, net_trains = (torch.compile(ddp) if cfg.compile else ddp), trains
             epoch_start_step = state["step"] - state["batch"]
             tally = Tally.from_state(state["tally"], device) if state["batch"] else None
             resumed_s = tally.seconds if tally is not None else 0.0  # the part of this epoch before a resume
             order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-            batches = iterate(data.train, cfg.batch_size, order=order, device=device, workers=cfg.data.workers,
+            batches = iterate(data.train, batch, order=distributed.shard(order), device=device, workers=cfg.data.workers,
                               start=state["batch"], drop_single=True)
 
             def mid_epoch(t: Tally, epoch_start_step: int = epoch_start_step) -> None:
-                if t.batches == steps and not stop():
+                if t.batches == steps and not stop_all():
                     return  # the end-of-epoch checkpoint follows at once
                 state["step"] = epoch_start_step + t.batches
                 checkpoint(best=False, tally=t)
 
-            with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps) as bar:
+            with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps, show=main) as bar:
                 try:
                     tr = train_one_epoch(net, batches, optimizer, pipeline=pipeline, lr_at=lr_at, start_step=state["step"],
                                          amp=amp, scaler=scaler, penalty=loss_term, label_smoothing=cfg.label_smoothing,
-                                         tally=tally, stop=stop, every=cfg.checkpoint.every_steps, on_every=mid_epoch,
+                                         tally=tally, stop=stop_all, every=cfg.checkpoint.every_steps, on_every=mid_epoch,
                                          progress=bar if bar.active else None,  # each refresh reads back from the device
                                          progress_every=cfg.progress_every)
                 except NonFiniteLoss as exc:
@@ -356,7 +383,12 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                                     f"keep the last finite state: lower the learning rate (lr={cfg.lr / 10:g}) or add "
                                     f"warmup (sched.warmup_epochs=1)") from None
             if not tr.finished and tr.steps < steps:
-                raise Interrupted(stop.signum)
+                raise Interrupted(stop.signum or signal.SIGTERM)
+            if world > 1:  # the epoch's metrics over all ranks; one set of weights to evaluate and save
+                distributed.sync_buffers(model)
+                sums = distributed.sum_over_ranks(torch.stack([tr.tally.loss_sum.float(), tr.tally.correct.float(),
+                                                               torch.tensor(float(tr.images), device=device)]))
+                tr.loss, tr.acc, tr.images = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), int(sums[2])
             lr = lr_at(epoch_start_step + tr.steps - 1)
             val_loss, val_acc = evaluate_on(data.val)
             clean_loss, clean_acc = evaluate_on(clean) if clean is not None else (None, None)
@@ -383,30 +415,37 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                     "reason": f"validation accuracy did not improve{by} for {patience} epoch{'s' * (patience > 1)} "
                               f"(best {100 * state['best_val_acc']:.2f}% at epoch {state['best_epoch']})"}
             checkpoint(best=is_best)
-            write_metrics(run_dir / "metrics.csv", state["history"])
-            curves_plot(run_dir / "curves.png", state["history"], f"{cfg.name}: {run_dir.name}")
+            if main:
+                write_metrics(run_dir / "metrics.csv", state["history"])
+                curves_plot(run_dir / "curves.png", state["history"], f"{cfg.name}: {run_dir.name}")
             if tb is not None:
                 tb.epoch(row, state["best_val_acc"])
             summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
                            final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2),
                            stopped_early=state["stopped_early"], trainable_params=trainable,
                            frozen_params=total - trainable)
-            write_json(run_dir / "summary.json", summary)
+            if main:
+                write_json(run_dir / "summary.json", summary)
             log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
                      len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
                      100 * gap, lr, row["epoch_s"], f"{row['img_per_s']:,.0f}",
                      ("  *best*" if is_best else "") + (f"  trains: {trains}" if trains != "all" else ""))
             if state["stopped_early"]:
                 log.info("early stop after epoch %d: %s", epoch, state["stopped_early"]["reason"])
-            if stop():
-                raise Interrupted(stop.signum)
+            if stop_all():
+                raise Interrupted(stop.signum or signal.SIGTERM)
 
+        if world > 1:  # the same weights and the same validation accuracy on every rank, checked
+            sums = distributed.gather((distributed.checksum(model), state["history"][-1]["val_acc"] if state["history"] else None))
+            summary["ddp"] = {"world_size": world, "backend": torch.distributed.get_backend(),
+                              "weights_identical": len({c for c, _ in sums}) == 1,
+                              "val_acc_by_rank": [v for _, v in sums]}
         test_loss = test_acc = None
-        if data.test is not None and len(data.test) and (ckpt_dir / "best.pt").is_file():
+        if main and data.test is not None and len(data.test) and (ckpt_dir / "best.pt").is_file():
             model.load_state_dict(load_verified(ckpt_dir / "best.pt", map_location=device)["model"])
             test_loss, test_acc = evaluate_on(data.test)
             if cfg.dropout.mc_samples > 0:
-                mc_acc, mc_entropy = mc_dropout(net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                mc_acc, mc_entropy = mc_dropout(eval_net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
                                                 pipeline=pipeline, amp=amp, samples=cfg.dropout.mc_samples)
                 summary.update(mc_test_acc=mc_acc, mc_entropy=mc_entropy)
                 log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
@@ -417,11 +456,13 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         kind, evidence = verdict(state["history"])
         summary.update(verdict=kind, evidence=evidence,
                        remedies=[f"{what}: {how}" for what, how in remedies(kind, epochs=cfg.epochs, lr=cfg.lr)])
-        write_json(run_dir / "summary.json", summary)
+        if main:
+            write_json(run_dir / "summary.json", summary)
     finally:
         if tb is not None:
             tb.finish(summary)
-    _print_summary(summary, log)
+    if main:
+        _print_summary(summary, log)
     return summary
 
 

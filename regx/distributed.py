@@ -1,0 +1,126 @@
+"""Multi-process training under torchrun: one process per device, DistributedDataParallel.
+
+    torchrun --nproc_per_node=N -m regx train [overrides]
+
+Every rank builds the same model and data; each epoch each rank trains on its own shard of the same
+shuffled order (the global batch stays `batch_size`: each rank takes batch_size / N); gradients are
+averaged by DDP; metrics are summed over ranks; every rank evaluates the whole validation split with
+the same weights. All ranks agree on ONE run directory (rank 0 picks it) and only rank 0 writes.
+gloo on CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def requested() -> bool:
+    """Started by torchrun (or anything that sets WORLD_SIZE) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def setup() -> None:
+    """Join the process group torchrun describes (idempotent; nothing without torchrun)."""
+    if not requested() or active():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device_for_rank(spec: str) -> str:
+    """device=auto/cuda under torchrun: this rank's GPU (LOCAL_RANK)."""
+    if active() and spec in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return spec
+
+
+def broadcast(obj):
+    """Rank 0's `obj` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out = [None] * size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank says True (a collective: all ranks must call it)."""
+    if not active():
+        return flag
+    t = torch.tensor(int(flag), device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def max_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if active():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if active():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def shard(order: torch.Tensor) -> torch.Tensor:
+    """This rank's part of an epoch's order: every rank gets the same count (the tail that does not
+    divide evenly is dropped), interleaved so each global batch spans all ranks."""
+    n = size()
+    if n == 1:
+        return order
+    usable = len(order) // n * n
+    return order[:usable][rank()::n]
+
+
+def checksum(model: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer: equal on all ranks when they hold the same weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP broadcasts them before each
+    forward, and each rank's forward then updates its own copy: after an epoch they differ."""
+    if active():
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
