@@ -23,11 +23,11 @@ train: install ## run the default experiment on the embedded data (ARGS="aug=fli
 smoke: install ## a seconds-long CPU run (the CI preset)
 	REGX=$(BIN)/regx bash cli/smoke.sh $(ARGS)
 
-test: install ## the fast test suite (CPU, no network)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+test: install ## the fast test suite (CPU, no network; one worker per core)
+	$(BIN)/python -m pytest -q -m "not slow" -n auto $(ARGS)
 
 test-all: install ## every test, slow ones included
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check regx tests

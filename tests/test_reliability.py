@@ -61,6 +61,9 @@ def test_killed_mid_epoch_resumes_at_the_next_unseen_batch(tmp_path, reference):
     assert resumed.returncode == 0, resumed.stderr
     assert "at epoch 2 batch 3 (step 8)" in resumed.stdout
     assert_equal_runs(reference, tmp_path / "k")
+    assert summary(tmp_path / "k")["status"] == "completed"
+    again = run_regx(["resume", str(tmp_path / "k")], tmp_path)
+    assert again.returncode == 0 and "already completed 3 epochs; nothing to do" in again.stdout
 
 
 def test_killed_while_writing_a_checkpoint(tmp_path, reference):

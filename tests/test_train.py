@@ -108,24 +108,6 @@ def test_same_seed_same_run_and_other_seed_differs(tmp_path):
     assert not all(torch.equal(ka["model"][k], kc["model"][k]) for k in ka["model"])
 
 
-def test_killed_run_resumes_bit_for_bit(regx, tmp_path):
-    common = ["debug=smoke", "epochs=3", "aug=flip_rotate", "dropout=fc"]
-    full = regx("train", *common, "hydra.run.dir=full")
-    assert full.returncode == 0, full.stderr
-    # smoke: 360 training images in batches of 64 -> 6 steps per epoch; step 8 is inside epoch 2
-    killed = regx("train", *common, "hydra.run.dir=killed", env={"REGX_FAULT": "kill@8"})
-    assert killed.returncode == -9
-    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["epochs_done"] == 1
-    resumed = regx("resume", "killed")
-    assert resumed.returncode == 0, resumed.stderr
-    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "killed")
-    assert_same_state(load_checkpoint(tmp_path / "full/checkpoints/last.pt"),
-                      load_checkpoint(tmp_path / "killed/checkpoints/last.pt"))
-    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "completed"
-    again = regx("resume", "killed")
-    assert again.returncode == 0 and "already completed" in again.stdout
-
-
 def test_resume_can_extend_and_refuses_bad_targets(regx, tmp_path):
     assert regx("train", "debug=smoke", "epochs=1", "hydra.run.dir=r").returncode == 0
     more = regx("resume", "r", "epochs=2")
