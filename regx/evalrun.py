@@ -146,6 +146,8 @@ def confusion_plot(path: Path, cm: torch.Tensor, classes: list[str], title: str)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from regx.report import save_figure
+
     k = len(classes)
     rates = (cm.float() / cm.sum(1, keepdim=True).clamp_min(1)).numpy()
     side = min(max(5.0, 0.45 * k + 2), 30)
@@ -165,10 +167,4 @@ def confusion_plot(path: Path, cm: torch.Tensor, classes: list[str], title: str)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

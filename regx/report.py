@@ -52,6 +52,20 @@ def save_aug_grid(path: Path, images: torch.Tensor, aug_cfg, seed: int = 0, rows
     return path
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write through a temporary file and a rename (a viewer never sees half a picture), close."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def lr_plot(path: Path, lrs: list[float], steps_per_epoch: int, title: str) -> Path:
     """Plot the learning rate against epochs (one point per optimizer step)."""
     import matplotlib
@@ -67,11 +81,7 @@ def lr_plot(path: Path, lrs: list[float], steps_per_epoch: int, title: str) -> P
     ax.grid(alpha=0.3)
     ax.set_xlim(0, len(lrs) / steps_per_epoch)
     ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def curves_plot(path: Path, rows: list[dict], title: str = "") -> Path:
@@ -107,13 +117,7 @@ def curves_plot(path: Path, rows: list[dict], title: str = "") -> Path:
     ax_loss.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8)
     ax_acc.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)  # a viewer never sees a half-written picture
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,10 +398,4 @@ def report_plot(path: Path, records: list[dict], keys: list[str], metric: str, g
     ax_b.set_xlabel(f"{metric}{' (%)' if scale == 100 else ''}" + (" mean ± std" if group_by else ""))
     ax_b.grid(alpha=0.3, axis="x")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
