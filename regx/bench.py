@@ -9,7 +9,8 @@ machine drift cancels; medians over repeats after warm-up, with the spread (min-
      2 workers (the same five operations): augmentation alone, and end-to-end training;
   3. whole epochs (evaluation, checkpoints, curves included) vs steady-state training throughput;
   4. start-up: `regx --help`, and `regx train debug=smoke` until it is ready to train;
-  plus the measured effect of each default (bf16, channels_last).
+  plus the measured effect of each default (bf16, channels_last), and (on a GPU, or with --tta)
+  the time to 99% validation accuracy of the default experiment.
 Writes bench.json (bench-cuda.json with --device cuda) and regenerates BENCHMARKS.md from both.
 """
 
@@ -254,6 +255,27 @@ def whole_epochs(device: str, quick: bool) -> dict:
             "wall_1_epoch_s": walls[1], "wall_3_epochs_s": walls[3]}
 
 
+def time_to_accuracy(device: str, target: float = 0.99, extra: tuple[str, ...] = ()) -> dict:
+    """`regx train` on the embedded shapes data (the default experiment): training seconds until the
+    validation accuracy first reaches `target`, and the run's whole wall time."""
+    from regx.runs import read_json, read_metrics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = _regx(["train", f"device={device}", *extra, "hydra.run.dir=tta"], tmp)
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr)
+        rows = read_metrics(Path(tmp) / "tta" / "metrics.csv")
+        summary = read_json(Path(tmp) / "tta" / "summary.json")
+    elapsed, reached = 0.0, None
+    for r in rows:
+        elapsed += float(r["epoch_s"])
+        if float(r["val_acc"]) >= target:
+            reached = {"epoch": int(r["epoch"]), "seconds": elapsed}
+            break
+    return {"target": target, "reached": reached, "best_val_acc": summary["best_val_acc"],
+            "test_acc": summary["test_acc"], "wall_s": summary["wall_s"], "epochs": len(rows)}
+
+
 def startup(repeats: int) -> dict:
     """`regx --help`, and `regx train debug=smoke` from launch to its 'ready' line (data and model
     built, the line just before the first step)."""
@@ -306,7 +328,7 @@ def machine(device: torch.device) -> dict:
     return out
 
 
-def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, log=print) -> dict:
+def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, tta: bool = False, log=print) -> dict:
     from regx.train import pick_precision
 
     device = torch.device(device_name)
@@ -361,6 +383,10 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         w = result["whole_epoch"]
         log(f"  3. whole epochs {w['whole_epoch_img_per_s']:,.0f} img/s vs steady {w['steady_img_per_s']:,.0f}: "
             f"ratio {w['ratio']:.3f}")
+        if gpu or tta:
+            result["time_to_accuracy"] = t = time_to_accuracy(device_name)
+            log(f"  time to {100 * t['target']:.0f}% val: " + (f"{t['reached']['seconds']:.1f}s (epoch {t['reached']['epoch']})"
+                if t["reached"] else "not reached") + f"; run {t['wall_s']:.1f}s, test {100 * t['test_acc']:.2f}%")
         result["startup"] = startup(3 if quick else 5)
         s = result["startup"]
         log(f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
@@ -402,6 +428,13 @@ def section(r: dict) -> str:
                   f"after launch. Importing torch alone takes {s['import_torch_s']:.2f} s; torchvision would add "
                   f"{s['import_torch_torchvision_s'] - s['import_torch_s']:.2f} s, so regx imports it only for "
                   "torchvision models and datasets."]
+    if r.get("time_to_accuracy"):
+        t = r["time_to_accuracy"]
+        reached = (f"{t['reached']['seconds']:.1f} s of training (epoch {t['reached']['epoch']})" if t["reached"]
+                   else "not reached")
+        lines += ["", f"**Time to accuracy** (`regx train`, the default experiment on the embedded shapes data): "
+                  f"{100 * t['target']:.0f}% validation accuracy after {reached}; the whole run took {t['wall_s']:.1f} s "
+                  f"for {t['epochs']} epochs, best validation {100 * t['best_val_acc']:.2f}%, test {100 * t['test_acc']:.2f}%."]
     if r["defaults"]:
         lines += ["", "**Defaults, measured:** " + "; ".join(f"{d['what']}: x{d['ratio']:.2f}" for d in r["defaults"]) + "."]
     return "\n".join(lines)
@@ -442,13 +475,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m regx.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller whole-epoch run")
+    parser.add_argument("--tta", action="store_true", help="also time-to-accuracy on the embedded data (always on GPU)")
     parser.add_argument("--out", default=".", help="where bench.json and BENCHMARKS.md go (default: here)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("regx: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
         return 2
     print(f"regx bench on {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    result = run(args.device, args.quick)
+    result = run(args.device, args.quick, tta=args.tta)
     root = Path(args.out)
     name = "bench-cuda.json" if args.device.startswith("cuda") else "bench.json"
     (root / name).write_text(json.dumps(result, indent=2) + "\n")

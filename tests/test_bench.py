@@ -18,17 +18,19 @@ def test_benchmark_parts_run_and_write_their_report(tmp_path):
     aug = bench.alternate(bench.aug_alone(CPU, 2, 16), repeats=1, warmup=0)
     assert all(v["median"] > 0 for v in aug.values())
     assert bench.tv_end_to_end("smallcnn", CPU, "32", 2, 16)() == 32
+    t = bench.time_to_accuracy("cpu", target=0.0, extra=("debug=smoke", "epochs=1"))
+    assert t["reached"]["epoch"] == 1 and t["reached"]["seconds"] > 0 and t["epochs"] == 1
     stats = {"median": 10.0, "min": 9.0, "max": 11.0, "n": 3}
     result = {"machine": bench.machine(CPU), "command": "python -m regx.bench", "date": "2026-01-01",
               "engine": [{"model": "smallcnn", "precision": "32", "aug": "none", "batch": 128, "regx": stats,
                           "hand": stats, "ratio": 1.0}],
               "defaults": [{"what": "channels_last vs contiguous, smallcnn 32", "ratio": 1.1}],
               "aug_alone": {"regx": stats, "torchvision": stats, "ratio": 1.0},
-              "aug_end_to_end": {"regx": stats, "torchvision": stats, "ratio": 1.0}}
+              "aug_end_to_end": {"regx": stats, "torchvision": stats, "ratio": 1.0}, "time_to_accuracy": t}
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
     assert "| smallcnn | 32 | none | 128 | 10 (9-11) | 10 (9-11) | 1.000 |" in text
-    assert "## GPU\n\nPending" in text
+    assert "## GPU\n\nPending" in text and "**Time to accuracy**" in text
 
 
 @pytest.mark.slow
