@@ -329,8 +329,14 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                          "norm": {"mean": list(data.mean), "std": list(data.std)}, "in_channels": data.channels,
                          "regx_version": __version__}, ckpt_dir, best=best, before_rename=_killsave_hook(state["step"]))
 
+    polls = {"n": 0}
+    poll_every = 1 if device.type == "cpu" else cfg.progress_every  # on GPUs each poll is a host sync
+
     def stop_all() -> bool:  # under torchrun every rank must stop at the same step
-        return distributed.any_rank(stop(), device) if world > 1 else stop()
+        if world == 1:
+            return stop()
+        polls["n"] += 1  # every rank calls this at the same points, so they poll together
+        return polls["n"] % poll_every == 0 and distributed.any_rank(stop(), device)
 
     def evaluate_on(split) -> tuple[float, float]:
         return evaluate(eval_net, iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
