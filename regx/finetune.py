@@ -154,7 +154,7 @@ def load_imagenet(model_name: str) -> Pretrained:
 def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pretrained:
     """finetune.weights: `imagenet`, a regx run directory (its best.pt), a regx checkpoint, or a
     state-dict file ({name: tensor}, or {"state_dict": ...})."""
-    from regx.runs import CorruptCheckpoint, load_verified
+    from regx.runs import CorruptCheckpoint, load_checkpoint, verify_checkpoint
 
     if spec == "imagenet":
         return load_imagenet(model_name)
@@ -166,8 +166,8 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
     if not path.is_file():
         raise FinetuneError(f"finetune.weights={spec}: no such file or directory")
     try:
-        blob = load_verified(path) if path.name.endswith(".pt") and (path.parent / f"{path.name}.json").is_file() else \
-            torch.load(path, map_location="cpu", weights_only=True)
+        verify_checkpoint(path)  # against its manifest, when it has one (a regx checkpoint)
+        blob = load_checkpoint(path)
     except CorruptCheckpoint as exc:
         raise FinetuneError(str(exc)) from None
     except Exception as exc:
@@ -178,7 +178,7 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
         if src["name"] != model_name:
             raise FinetuneError(f"finetune.weights={spec}: the weights are for model {src['name']}, not {model_name}")
         if model_cfg is not None:
-            differ = [k for k in ("channels", "convs_per_block", "fc", "small_input") if list_or(src.get(k)) != list_or(model_cfg.get(k))]
+            differ = [k for k in ("channels", "convs_per_block", "fc", "small_input") if _as_list(src.get(k)) != _as_list(model_cfg.get(k))]
             if differ and model_name == "smallcnn":
                 raise FinetuneError(f"finetune.weights={spec}: model.{differ[0]}={src.get(differ[0])} in that run, "
                                     f"{model_cfg.get(differ[0])} here; set model.{differ[0]} to match")
@@ -210,7 +210,7 @@ def build_pretrained(pretrained: Pretrained, *, dropout: float, **model_kwargs) 
     return model, dropped
 
 
-def list_or(v):
+def _as_list(v):
     return list(v) if isinstance(v, list | tuple) else v
 
 
@@ -291,10 +291,10 @@ class FreezePlan:
         split into its children until there are at least `want` (for stage-by-stage unfreezing)."""
         backbone = [n for n in self.params if n not in self.head]
 
-        def group(prefix_len_names):
+        def group(unit_names):
             out: dict[str, list[str]] = {}
             for n in backbone:
-                key = next((u for u in prefix_len_names if n == u or n.startswith(u + ".")), None)
+                key = next((u for u in unit_names if n == u or n.startswith(u + ".")), None)
                 if key is not None:
                     out.setdefault(key, []).append(n)
             return out

@@ -108,7 +108,7 @@ def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool, before_rename=No
     before it as prev.pt; when best, make best.pt the same file (a hard link, else a copy).
 
     Every step is a rename, so a kill at any point leaves at least one checkpoint whose manifest
-    matches it; `intact_checkpoints` finds it.
+    matches it; `newest_intact` finds it.
     """
     buf = io.BytesIO()
     torch.save(state, buf)

@@ -321,7 +321,8 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
         state["tally_ranks"] = [r["tally"] for r in ranks] if world > 1 else None
         if not main:
             return
-        save_checkpoint({"rng_ranks": [r["rng"] for r in ranks] if world > 1 else None,"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "rng_ranks": [r["rng"] for r in ranks] if world > 1 else None,
                          "scaler": scaler.state_dict() if scaler is not None else None,
                          "plateau": plateau.state_dict() if plateau is not None else None,
                          "rng": _rng_state(aug_gen, device), "state": state,
