@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.regx-installed
 ARGS ?=
 
-.PHONY: help install train smoke test test-all lint bench bench-gpu clean
+.PHONY: help install train smoke test test-all lint bench bench-gpu gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -38,5 +38,8 @@ bench: install ## benchmarks (not tests): regx vs a hand-written loop and torchv
 bench-gpu: install ## the same on a CUDA GPU; fills BENCHMARKS.md's GPU section
 	$(BIN)/python -m regx.bench --device cuda
 
+gpu-check: install ## on a CUDA machine: tests/test_gpu.py and the GPU benchmark, into gpu-out/
+	PATH=$(BIN):$$PATH OUT=gpu-out bash cli/gpu_check.sh
+
 clean: ## remove run outputs and caches (keeps .venv)
-	rm -rf outputs/runs outputs/sweeps .pytest_cache .ruff_cache
+	rm -rf outputs/runs outputs/sweeps gpu-out .pytest_cache .ruff_cache

@@ -63,12 +63,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _model(name: str, device: torch.device, channels_last: bool):
+def _model(name: str, device: torch.device, channels_last: bool, compile_mode: str | None = None):
     from regx.models import build_model
 
     torch.manual_seed(0)
     model = build_model(name=name, num_classes=CLASSES, in_channels=3, small_input=name != "smallcnn")
-    return model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model if compile_mode is None else torch.compile(model, mode=compile_mode)
 
 
 def _data(n: int, device: torch.device):
@@ -111,8 +112,9 @@ def hand_loop(model_name: str, device, precision: str, steps: int, batch: int, c
 
 
 def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, aug: str = "none",
-              channels_last: bool = True):
-    """regx's own path: iterate() -> Pipeline (augmentation) -> train_one_epoch with its metrics."""
+              channels_last: bool = True, compile_mode: str | None = None):
+    """regx's own path: iterate() -> Pipeline (augmentation) -> train_one_epoch with its metrics
+    (`compile_mode`: the model under torch.compile in that mode, as `compile=true` does)."""
     from regx import config
     from regx.augment import Augment
     from regx.data import iterate
@@ -120,7 +122,7 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     from regx.regularize import build_optimizer
 
     cfg = config.compose([f"aug={aug}"])
-    model = _model(model_name, device, channels_last)
+    model = _model(model_name, device, channels_last, compile_mode)
     opt, _ = build_optimizer(model, name="sgd", lr=0.01, wd=0.0, decay="l2")
     data = _data(steps * batch, device)
     gen = torch.Generator(device=device).manual_seed(1)
@@ -222,6 +224,27 @@ def tv_end_to_end(model_name: str, device, precision: str, steps: int, batch: in
         return n
 
     return chunk
+
+
+def compile_effect(device, precision: str, steps: int, batch: int, repeats: int, modes: tuple[str, ...]) -> list[dict]:
+    """`compile=true` against eager, smallcnn through regx's loop: the seconds the first chunk spends
+    compiling with an empty inductor cache (a user's first run), then the steady-state ratio. On CUDA,
+    mode reduce-overhead adds CUDA graphs."""
+    import torch._dynamo
+
+    eager = regx_loop("smallcnn", device, precision, steps, batch)
+    rows = []
+    for mode in modes:
+        torch._dynamo.reset()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="regx-bench-inductor-")  # cold
+        compiled = regx_loop("smallcnn", device, precision, steps, batch, compile_mode=mode)
+        t = time.perf_counter()
+        compiled()
+        first = time.perf_counter() - t
+        r = alternate({"compiled": compiled, "eager": eager}, repeats)
+        rows.append({"what": f"compile={mode} vs eager, smallcnn {precision}", "ratio": paired_ratio(r["compiled"], r["eager"]),
+                     "a": r["compiled"], "b": r["eager"], "compile_s": first - steps * batch / r["compiled"]["median"]})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +388,11 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         result["defaults"].append({"what": f"bf16 autocast vs fp32, {model_name}", "ratio": ratio})
         log(f"  defaults: bf16/fp32 {model_name}: x{ratio:.3f}")
 
+    steps, batch = (40, 256) if gpu else (8, BATCH)
+    for row in compile_effect(device, best, steps, batch, repeats, ("default", "reduce-overhead") if gpu else ("default",)):
+        result["defaults"].append(row)
+        log(f"  defaults: {row['what']}: x{row['ratio']:.3f} after {row['compile_s']:.1f}s of compiling")
+
     steps, batch = (40, 256) if gpu else (10, BATCH)
     r = alternate(aug_alone(device, steps, batch), repeats)
     names = list(r)
@@ -436,7 +464,9 @@ def section(r: dict) -> str:
                   f"{100 * t['target']:.0f}% validation accuracy after {reached}; the whole run took {t['wall_s']:.1f} s "
                   f"for {t['epochs']} epochs, best validation {100 * t['best_val_acc']:.2f}%, test {100 * t['test_acc']:.2f}%."]
     if r["defaults"]:
-        lines += ["", "**Defaults, measured:** " + "; ".join(f"{d['what']}: x{d['ratio']:.2f}" for d in r["defaults"]) + "."]
+        lines += ["", "**Defaults, measured:** " + "; ".join(f"{d['what']}: x{d['ratio']:.2f}" + (
+            f" after {d['compile_s']:.0f} s of compiling (an empty inductor cache)" if "compile_s" in d else "")
+            for d in r["defaults"]) + "."]
     return "\n".join(lines)
 
 
@@ -449,8 +479,9 @@ that follow from them:
 - `precision=auto` picks bf16 autocast on CUDA with bf16 and on CPUs with AVX-512 bf16 or AMX, fp32
   elsewhere (fp16 with a GradScaler only when asked for: `precision=16`).
 - `channels_last=true`: the measured effect is below.
-- `compile=false`: `torch.compile` costs 20-40 s of compiling per run on a CPU like this one before it
-  pays (15-26% faster steps, measured when this project was planned); `compile=true` turns it on.
+- `compile=false`: `torch.compile` costs seconds of compiling in every run before it pays, and its gain
+  on a small CNN is modest (both measured below); `compile=true` turns it on, `compile_mode=reduce-overhead`
+  adds CUDA graphs on a GPU.
 - Threads: PyTorch's one intra-op pool uses every core; DataLoader workers (image folders that stream)
   run one thread each, so they do not oversubscribe the cores.
 - Data stays on the training device as uint8; augmentation runs there on whole batches; metrics are

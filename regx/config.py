@@ -212,6 +212,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | 32 | bf16 | 16
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead adds CUDA graphs on GPUs
     name: str = "${model.name}_${data.name}"
     progress_every: int = 25  # steps between progress-bar refreshes (each one reads metrics back)
     logger: str = "none"  # none | tensorboard (event files in <run>/tensorboard/)
@@ -235,6 +236,8 @@ CHOICES = {  # key: (pattern, what to tell the user)
     "finetune.bn": (r"train|frozen", "train or frozen"),
     "finetune.name": (r"scratch|linear_probe|full|gradual", "scratch, linear_probe, full or gradual"),
     "logger": (r"none|tensorboard", "none or tensorboard"),
+    "compile_mode": (r"default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs",
+                     "default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs"),
 }
 
 

@@ -269,7 +269,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                         augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None)
     amp = autocast(device, precision)
     scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
-    eval_net = torch.compile(model) if cfg.compile else model
+    eval_net = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     net, net_trains = eval_net, None  # the training module; DDP wraps it under torchrun
 
     # epoch: the last finished epoch; step: optimizer steps taken; batch/tally: the epoch in progress
@@ -362,7 +362,7 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                 from torch.nn.parallel import DistributedDataParallel
 
                 ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-                net, net_trains = (torch.compile(ddp) if cfg.compile else ddp), trains
+                net, net_trains = (torch.compile(ddp, mode=cfg.compile_mode) if cfg.compile else ddp), trains
             epoch_start_step = state["step"] - state["batch"]
             tally = Tally.from_state(state["tally"], device) if state["batch"] else None
             resumed_s = tally.seconds if tally is not None else 0.0  # the part of this epoch before a resume

@@ -24,13 +24,15 @@ def test_benchmark_parts_run_and_write_their_report(tmp_path):
     result = {"machine": bench.machine(CPU), "command": "python -m regx.bench", "date": "2026-01-01",
               "engine": [{"model": "smallcnn", "precision": "32", "aug": "none", "batch": 128, "regx": stats,
                           "hand": stats, "ratio": 1.0}],
-              "defaults": [{"what": "channels_last vs contiguous, smallcnn 32", "ratio": 1.1}],
+              "defaults": [{"what": "channels_last vs contiguous, smallcnn 32", "ratio": 1.1},
+                           {"what": "compile=default vs eager, smallcnn 32", "ratio": 1.03, "compile_s": 41.9}],
               "aug_alone": {"regx": stats, "torchvision": stats, "ratio": 1.0},
               "aug_end_to_end": {"regx": stats, "torchvision": stats, "ratio": 1.0}, "time_to_accuracy": t}
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
     assert "| smallcnn | 32 | none | 128 | 10 (9-11) | 10 (9-11) | 1.000 |" in text
     assert "## GPU\n\nPending" in text and "**Time to accuracy**" in text
+    assert "compile=default vs eager, smallcnn 32: x1.03 after 42 s of compiling" in text
 
 
 @pytest.mark.slow

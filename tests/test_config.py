@@ -69,6 +69,7 @@ def test_used_by_command_composes():
         (["data.val_fraction=1.5"], "data.val_fraction=1.5 is invalid: must be in (0, 1)"),
         (["device=gpu"], "device='gpu' is invalid: must be one of auto, cpu, cuda, cuda:N or mps"),
         (["precision=8"], "precision='8' is invalid"),
+        (["compile_mode=fast"], "compile_mode='fast' is invalid: must be one of default, reduce-overhead, "),
         (["data=imagefolder"], "data.path is required for data=imagefolder"),
         (["model.fc=3"], "model.fc=3 is invalid"),
         (["oops"], "cannot parse override 'oops'"),

@@ -184,6 +184,6 @@ def test_run_directories_are_unique_within_a_second(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_model_trains(tmp_path):
-    s = train(smoke_cfg("compile=true", "epochs=1"), tmp_path / "run")
+def test_compiled_model_trains(tmp_path):  # reduce-overhead's CUDA graphs are skipped on a CPU: the mode passes
+    s = train(smoke_cfg("compile=true", "compile_mode=reduce-overhead", "epochs=1"), tmp_path / "run")
     assert s["status"] == "completed"
