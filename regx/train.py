@@ -20,6 +20,7 @@ from regx.console import EpochProgress, console, setup_logging
 from regx.data import iterate, load_data, stratified_split, to_device
 from regx.diagnose import remedies, verdict
 from regx.engine import (
+    EpochResult,
     NonFiniteLoss,
     Pipeline,
     Tally,
@@ -195,282 +196,328 @@ def _killsave_hook(step: int):
 
 
 def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0: float, stop: StopRequest) -> dict:
-    ckpt_dir = run_dir / "checkpoints"
-    main, rank, world = distributed.is_main(), distributed.rank(), distributed.size()
-    device = pick_device(distributed.device_for_rank(cfg.device))
-    if cfg.batch_size % world:
-        raise RunFailed(f"batch_size={cfg.batch_size} must divide by the {world} processes (each takes an equal part)")
-    batch = cfg.batch_size // world
-    precision = pick_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
+    run = _Run(cfg, run_dir, summary, log, t0, stop, resume)
+    tb = run.tensorboard()
+    try:
+        for epoch in range(run.state["epoch"] + 1, cfg.epochs + 1):
+            if run.state["stopped_early"]:
+                break
+            t_epoch = time.perf_counter()
+            trains = run.plan.apply(epoch)  # what trains this epoch (a resumed run restores it here)
+            tr, start_step, resumed_s = run.train_epoch(epoch, trains)
+            row = run.end_epoch(epoch, trains, tr, start_step, started=t_epoch - resumed_s)
+            if tb is not None:
+                tb.epoch(row, run.state["best_val_acc"])
+            if run.stop_all():
+                raise Interrupted(stop.signum or signal.SIGTERM)
+        run.finish()
+    finally:
+        if tb is not None:
+            tb.finish(summary)
+    if run.main:
+        _print_summary(summary, log)
+    return summary
 
-    ft = cfg.finetune
-    pretrained = None
-    if ft.weights:  # before the data: a missing file should not wait for a dataset to load
+
+class _Run:
+    """One run: what its config builds (data, model, optimizer, schedule, pipeline), its state (saved
+    in every checkpoint) and the steps of an epoch. `_train` drives it; under torchrun every rank
+    holds one and calls the same methods in the same order (some are collectives)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, summary: dict, log, t0: float, stop: StopRequest, resume: bool):
+        self.cfg, self.run_dir, self.summary, self.log, self.t0, self.stop = cfg, run_dir, summary, log, t0, stop
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.main, self.rank, self.world = distributed.is_main(), distributed.rank(), distributed.size()
+        main, rank, world = self.main, self.rank, self.world
+        self.device = device = pick_device(distributed.device_for_rank(cfg.device))
+        if cfg.batch_size % world:
+            raise RunFailed(f"batch_size={cfg.batch_size} must divide by the {world} processes (each takes an equal part)")
+        self.batch = cfg.batch_size // world
+        self.precision = precision = pick_precision(cfg.precision, device)
+        torch.manual_seed(cfg.seed)
+        self.data, self.model = self._data_and_model()
+        data, model, ft = self.data, self.model, cfg.finetune
         try:
-            pretrained = load_source(ft.weights, cfg.model.name, OmegaConf.to_container(cfg.model, resolve=True))
+            self.plan = FreezePlan(model, mode=ft.name, freeze=list(ft.freeze), bn=ft.bn, unfreeze_epoch=ft.unfreeze_epoch,
+                                   stages=ft.stages, stage_epochs=ft.stage_epochs)
         except FinetuneError as exc:
             raise RunFailed(str(exc)) from None
-    data_kwargs = OmegaConf.to_container(cfg.data, resolve=True)
-    if pretrained is not None and pretrained.image_size and data_kwargs["image_size"] is None:
-        data_kwargs["image_size"] = pretrained.image_size  # the size the weights were trained at
-    data = load_data(**data_kwargs)
-    if pretrained is not None and pretrained.mean and cfg.data.mean is None:
-        # the weights' input statistics; 3 values on grey data normalize it as grey RGB
-        if len(pretrained.mean) == data.channels or (data.channels == 1 and cfg.model.name not in MODELS):
-            data.mean, data.std = list(pretrained.mean), list(pretrained.std)
-    if not data.streaming:
-        data = to_device(data, device)
-    model_kwargs = dict(name=cfg.model.name, num_classes=data.num_classes, in_channels=data.channels,
-                        channels=cfg.model.channels, convs_per_block=cfg.model.convs_per_block, fc=cfg.model.fc,
-                        small_input=cfg.model.small_input, conv_dropout=cfg.dropout.conv_p,
-                        dropout_features=cfg.dropout.features)
-    if pretrained is None:
-        model = build_model(dropout=cfg.dropout.p, **model_kwargs)
-    else:
+        self.optimizer, decayed = build_optimizer(
+            model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name, exclude=list(cfg.decay.exclude),
+            momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, betas=list(cfg.optim.betas), eps=cfg.optim.eps,
+            lr_mult=lr_mult(model, ft.backbone_lr_mult) if ft.name != "scratch" else None)
+        self.loss_term = (lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None
+
+        self.n_train = n_train = len(data.train)
+        self.steps = steps_per_epoch(n_train // world, self.batch)
+        sched = OmegaConf.to_container(cfg.sched, resolve=True)
+        self.plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
+        self.lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=self.steps, plateau=self.plateau)
+
+        if main and (not resume or not (run_dir / "aug_preview.png").is_file()):
+            examples = data.train.subset(pick_examples(data.train.y.cpu(), 8).to(data.train.y.device))
+            save_aug_grid(run_dir / "aug_preview.png", next(iterate(examples, 8))[0], cfg.aug, seed=cfg.seed)
+        self.clean = None
+        if cfg.diagnose.clean_train:  # a fixed training subset, evaluated like validation data each epoch
+            pick, _ = stratified_split(data.train.y.cpu(), min(cfg.diagnose.clean_size, n_train),
+                                       torch.Generator().manual_seed(cfg.seed))
+            self.clean = data.train.subset(pick.to(data.train.y.device))
+        self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 1000 * rank)  # each rank its own draws
+        if world > 1:
+            torch.manual_seed(cfg.seed + 1000 * rank)  # dropout masks differ between ranks too
+        self.pipeline = Pipeline(mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
+                                 std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
+                                 channels_last=cfg.channels_last,
+                                 augment=Augment(cfg.aug, self.aug_gen) if Augment.active(cfg.aug) else None)
+        self.amp = autocast(device, precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
+        self.eval_net = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+        self.net, self.net_trains = self.eval_net, None  # the training module; DDP wraps it under torchrun
+        self.polls = 0
+        self.poll_every = 1 if device.type == "cpu" else cfg.progress_every  # on GPUs each poll is a host sync
+
+        # epoch: the last finished epoch; step: optimizer steps taken; batch/tally: the epoch in progress
+        self.state = {"epoch": 0, "step": 0, "batch": 0, "tally": None, "history": [], "best_val_acc": None,
+                      "best_epoch": None, "improved_epoch": 0, "stopped_early": None, "wall_s": 0.0}
+        if resume:
+            self._restore()
+        self.wall_before = self.state["wall_s"]
+        self.plan.apply(self.state["epoch"] + 1)
+        self.total, trainable = count_params(model)
+        summary.update(device=str(device), precision=precision, params=self.total, trainable_params=trainable,
+                       frozen_params=self.total - trainable, finetune=ft.name,
+                       decay=cfg.decay.name if cfg.wd > 0 else "off",
+                       decayed_params=sum(p.numel() for g in self.optimizer.param_groups if g["decayed"] for p in g["params"]),
+                       not_decayed_params=sum(p.numel() for g in self.optimizer.param_groups if not g["decayed"] for p in g["params"]),
+                       num_classes=data.num_classes, image_size=data.image_size,
+                       n_train=n_train, n_val=len(data.val), n_test=len(data.test) if data.test is not None else 0)
+        log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
+                 cfg.name, cfg.model.name, f"{self.total:,}", device, "fp32" if precision == "32" else precision, n_train,
+                 len(data.val), summary["n_test"], data.image_size, data.num_classes, run_dir)
+
+    def _data_and_model(self):
+        cfg, device, ft = self.cfg, self.device, self.cfg.finetune
+        pretrained = None
+        if ft.weights:  # before the data: a missing file should not wait for a dataset to load
+            try:
+                pretrained = load_source(ft.weights, cfg.model.name, OmegaConf.to_container(cfg.model, resolve=True))
+            except FinetuneError as exc:
+                raise RunFailed(str(exc)) from None
+        data_kwargs = OmegaConf.to_container(cfg.data, resolve=True)
+        if pretrained is not None and pretrained.image_size and data_kwargs["image_size"] is None:
+            data_kwargs["image_size"] = pretrained.image_size  # the size the weights were trained at
+        data = load_data(**data_kwargs)
+        if pretrained is not None and pretrained.mean and cfg.data.mean is None:
+            # the weights' input statistics; 3 values on grey data normalize it as grey RGB
+            if len(pretrained.mean) == data.channels or (data.channels == 1 and cfg.model.name not in MODELS):
+                data.mean, data.std = list(pretrained.mean), list(pretrained.std)
+        if not data.streaming:
+            data = to_device(data, device)
+        model_kwargs = dict(name=cfg.model.name, num_classes=data.num_classes, in_channels=data.channels,
+                            channels=cfg.model.channels, convs_per_block=cfg.model.convs_per_block, fc=cfg.model.fc,
+                            small_input=cfg.model.small_input, conv_dropout=cfg.dropout.conv_p,
+                            dropout_features=cfg.dropout.features)
+        if pretrained is None:
+            model = build_model(dropout=cfg.dropout.p, **model_kwargs)
+        else:
+            try:
+                model, dropped = build_pretrained(pretrained, dropout=cfg.dropout.p, **model_kwargs)
+            except FinetuneError as exc:
+                raise RunFailed(f"finetune.weights={ft.weights}: {exc}") from None
+            self.log.info("loaded %s; new head for %d classes (dropped %s)", pretrained.source, data.num_classes,
+                          ", ".join(dropped) or "nothing")
+            self.summary.update(weights=pretrained.source, dropped_keys=dropped)
+        model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        return data, model
+
+    def _restore(self) -> None:
+        """The newest intact checkpoint's weights, optimizer, RNG and state (mid-epoch: its tally)."""
+        state, device = self.state, self.device
         try:
-            model, dropped = build_pretrained(pretrained, dropout=cfg.dropout.p, **model_kwargs)
-        except FinetuneError as exc:
-            raise RunFailed(f"finetune.weights={ft.weights}: {exc}") from None
-        log.info("loaded %s; new head for %d classes (dropped %s)", pretrained.source, data.num_classes,
-                 ", ".join(dropped) or "nothing")
-        summary.update(weights=pretrained.source, dropped_keys=dropped)
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    try:
-        plan = FreezePlan(model, mode=ft.name, freeze=list(ft.freeze), bn=ft.bn, unfreeze_epoch=ft.unfreeze_epoch,
-                          stages=ft.stages, stage_epochs=ft.stage_epochs)
-    except FinetuneError as exc:
-        raise RunFailed(str(exc)) from None
-    optimizer, decayed = build_optimizer(model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name,
-                                         exclude=list(cfg.decay.exclude), momentum=cfg.optim.momentum,
-                                         nesterov=cfg.optim.nesterov, betas=list(cfg.optim.betas), eps=cfg.optim.eps,
-                                         lr_mult=lr_mult(model, ft.backbone_lr_mult) if ft.name != "scratch" else None)
-    loss_term = (lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None
-
-    n_train = len(data.train)
-    steps = steps_per_epoch(n_train // world, batch)
-    sched = OmegaConf.to_container(cfg.sched, resolve=True)
-    plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
-    lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau)
-
-    if main and (not resume or not (run_dir / "aug_preview.png").is_file()):
-        examples = data.train.subset(pick_examples(data.train.y.cpu(), 8).to(data.train.y.device))
-        save_aug_grid(run_dir / "aug_preview.png", next(iterate(examples, 8))[0], cfg.aug, seed=cfg.seed)
-    clean = None
-    if cfg.diagnose.clean_train:  # a fixed training subset, evaluated like validation data each epoch
-        pick, _ = stratified_split(data.train.y.cpu(), min(cfg.diagnose.clean_size, n_train), torch.Generator().manual_seed(cfg.seed))
-        clean = data.train.subset(pick.to(data.train.y.device))
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 1000 * rank)  # each rank its own draws
-    if world > 1:
-        torch.manual_seed(cfg.seed + 1000 * rank)  # dropout masks differ between ranks too
-    pipeline = Pipeline(mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
-                        std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
-                        channels_last=cfg.channels_last,
-                        augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None)
-    amp = autocast(device, precision)
-    scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
-    eval_net = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
-    net, net_trains = eval_net, None  # the training module; DDP wraps it under torchrun
-
-    # epoch: the last finished epoch; step: optimizer steps taken; batch/tally: the epoch in progress
-    state = {"epoch": 0, "step": 0, "batch": 0, "tally": None, "history": [], "best_val_acc": None,
-             "best_epoch": None, "improved_epoch": 0, "stopped_early": None, "wall_s": 0.0}
-    if resume:
-        try:
-            path, ckpt, problems = newest_intact(ckpt_dir, map_location=device)
+            path, ckpt, problems = newest_intact(self.ckpt_dir, map_location=device)
         except CorruptCheckpoint as exc:
             raise RunFailed(str(exc)) from None
         for problem in problems:
-            log.warning("%s", problem)
+            self.log.warning("%s", problem)
         if problems:
-            log.warning("falling back to %s (epoch %d, step %d)", path, ckpt["state"]["epoch"], ckpt["state"]["step"])
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if plateau is not None and ckpt.get("plateau"):
-            plateau.load_state_dict(ckpt["plateau"])
-        _restore_rng(ckpt["rng_ranks"][rank] if world > 1 else ckpt["rng"], aug_gen, device)
+            self.log.warning("falling back to %s (epoch %d, step %d)", path, ckpt["state"]["epoch"], ckpt["state"]["step"])
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.plateau is not None and ckpt.get("plateau"):
+            self.plateau.load_state_dict(ckpt["plateau"])
+        _restore_rng(ckpt["rng_ranks"][self.rank] if self.world > 1 else ckpt["rng"], self.aug_gen, device)
         state.update(ckpt["state"])
-        if world > 1 and state["batch"]:
-            state["tally"] = state["tally_ranks"][rank]
+        if self.world > 1 and state["batch"]:
+            state["tally"] = state["tally_ranks"][self.rank]
         state["stopped_early"] = None  # resuming a run that stopped early: its new patience decides again
-        if main:
-            write_metrics(run_dir / "metrics.csv", state["history"])  # drop rows written after that checkpoint
+        if self.main:
+            write_metrics(self.run_dir / "metrics.csv", state["history"])  # drop rows written after that checkpoint
         where = f"epoch {state['epoch'] + 1} batch {state['batch'] + 1}" if state["batch"] else f"epoch {state['epoch'] + 1}"
-        log.info("resuming %s at %s (step %d) from %s", run_dir, where, state["step"], path.name)
-    wall_before = state["wall_s"]
+        self.log.info("resuming %s at %s (step %d) from %s", self.run_dir, where, state["step"], path.name)
 
-    plan.apply(state["epoch"] + 1)
-    total, trainable = count_params(model)
-    summary.update(device=str(device), precision=precision, params=total, trainable_params=trainable,
-                   frozen_params=total - trainable, finetune=ft.name,
-                   decay=cfg.decay.name if cfg.wd > 0 else "off",
-                   decayed_params=sum(p.numel() for g in optimizer.param_groups if g["decayed"] for p in g["params"]),
-                   not_decayed_params=sum(p.numel() for g in optimizer.param_groups if not g["decayed"] for p in g["params"]),
-                   num_classes=data.num_classes, image_size=data.image_size,
-                   n_train=n_train, n_val=len(data.val), n_test=len(data.test) if data.test is not None else 0)
-    log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
-             cfg.name, cfg.model.name, f"{total:,}", device, "fp32" if precision == "32" else precision, n_train,
-             len(data.val), summary["n_test"], data.image_size, data.num_classes, run_dir)
-
-    def checkpoint(best: bool, tally: Tally | None = None) -> None:
-        state["wall_s"] = wall_before + time.perf_counter() - t0
-        state["batch"], state["tally"] = (tally.batches, tally.state_dict()) if tally is not None else (0, None)
-        ranks = distributed.gather({"rng": _rng_state(aug_gen, device), "tally": state["tally"]})  # a collective
-        state["tally_ranks"] = [r["tally"] for r in ranks] if world > 1 else None
-        if not main:
-            return
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "rng_ranks": [r["rng"] for r in ranks] if world > 1 else None,
-                         "scaler": scaler.state_dict() if scaler is not None else None,
-                         "plateau": plateau.state_dict() if plateau is not None else None,
-                         "rng": _rng_state(aug_gen, device), "state": state,
-                         "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
-                         "norm": {"mean": list(data.mean), "std": list(data.std)}, "in_channels": data.channels,
-                         "regx_version": __version__}, ckpt_dir, best=best, before_rename=_killsave_hook(state["step"]))
-
-    polls = {"n": 0}
-    poll_every = 1 if device.type == "cpu" else cfg.progress_every  # on GPUs each poll is a host sync
-
-    def stop_all() -> bool:  # under torchrun every rank must stop at the same step
-        if world == 1:
-            return stop()
-        polls["n"] += 1  # every rank calls this at the same points, so they poll together
-        return polls["n"] % poll_every == 0 and distributed.any_rank(stop(), device)
-
-    def evaluate_on(split) -> tuple[float, float]:
-        return evaluate(eval_net, iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
-                        pipeline=pipeline, amp=amp)
-
-    tb = None
-    if cfg.logger == "tensorboard" and main:
+    def tensorboard(self):
+        if self.cfg.logger != "tensorboard" or not self.main:
+            return None
         from regx.tblog import TensorBoardLogger, hparams_of
 
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides_file = self.run_dir / ".hydra" / "overrides.yaml"
         overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-        tb = TensorBoardLogger(run_dir, hparams_of(cfg, overrides), first_epoch=state["epoch"] + 1)
-        tb.image("augmentation", run_dir / "aug_preview.png")
-    try:
-        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-            if state["stopped_early"]:
-                break
-            t_epoch = time.perf_counter()
-            trains = plan.apply(epoch)  # what trains this epoch (a resumed run restores it here)
-            trainable = count_params(model)[1]
-            if world > 1 and trains != net_trains:  # DDP syncs the parameters that train when it is built
-                from torch.nn.parallel import DistributedDataParallel
+        tb = TensorBoardLogger(self.run_dir, hparams_of(self.cfg, overrides), first_epoch=self.state["epoch"] + 1)
+        tb.image("augmentation", self.run_dir / "aug_preview.png")
+        return tb
 
-                ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-                net, net_trains = (torch.compile(ddp, mode=cfg.compile_mode) if cfg.compile else ddp), trains
-            epoch_start_step = state["step"] - state["batch"]
-            tally = Tally.from_state(state["tally"], device) if state["batch"] else None
-            resumed_s = tally.seconds if tally is not None else 0.0  # the part of this epoch before a resume
-            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-            batches = iterate(data.train, batch, order=distributed.shard(order), device=device, workers=cfg.data.workers,
-                              start=state["batch"], drop_single=True)
+    def checkpoint(self, best: bool, tally: Tally | None = None) -> None:
+        state, device = self.state, self.device
+        state["wall_s"] = self.wall_before + time.perf_counter() - self.t0
+        state["batch"], state["tally"] = (tally.batches, tally.state_dict()) if tally is not None else (0, None)
+        ranks = distributed.gather({"rng": _rng_state(self.aug_gen, device), "tally": state["tally"]})  # a collective
+        state["tally_ranks"] = [r["tally"] for r in ranks] if self.world > 1 else None
+        if not self.main:
+            return
+        save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "rng_ranks": [r["rng"] for r in ranks] if self.world > 1 else None,
+                         "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                         "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+                         "rng": _rng_state(self.aug_gen, device), "state": state,
+                         "config": OmegaConf.to_container(self.cfg, resolve=True), "classes": self.data.classes,
+                         "norm": {"mean": list(self.data.mean), "std": list(self.data.std)},
+                         "in_channels": self.data.channels, "regx_version": __version__},
+                        self.ckpt_dir, best=best, before_rename=_killsave_hook(state["step"]))
 
-            def mid_epoch(t: Tally, epoch_start_step: int = epoch_start_step) -> None:
-                if t.batches == steps and not stop_all():
-                    return  # the end-of-epoch checkpoint follows at once
-                state["step"] = epoch_start_step + t.batches
-                checkpoint(best=False, tally=t)
+    def stop_all(self) -> bool:
+        """A stop was asked for (SIGTERM/SIGINT); under torchrun on any rank, so that all stop at the same step."""
+        if self.world == 1:
+            return self.stop()
+        self.polls += 1  # every rank calls this at the same points, so they poll together
+        return self.polls % self.poll_every == 0 and distributed.any_rank(self.stop(), self.device)
 
-            with EpochProgress(f"epoch {epoch}/{cfg.epochs}", steps, show=main) as bar:
-                try:
-                    tr = train_one_epoch(net, batches, optimizer, pipeline=pipeline, lr_at=lr_at, start_step=state["step"],
-                                         amp=amp, scaler=scaler, penalty=loss_term, label_smoothing=cfg.label_smoothing,
-                                         tally=tally, stop=stop_all, every=cfg.checkpoint.every_steps, on_every=mid_epoch,
-                                         progress=bar if bar.active else None,  # each refresh reads back from the device
-                                         progress_every=cfg.progress_every)
-                except NonFiniteLoss as exc:
-                    lr = lr_at(exc.step)
-                    summary.update(verdict="diverged", evidence={"step": exc.step, "epoch": epoch, "loss": str(exc.loss), "lr": lr})
-                    raise RunFailed(f"loss became {exc.loss} at step {exc.step} (epoch {epoch}, lr {lr:.4g}); checkpoints "
-                                    f"keep the last finite state: lower the learning rate (lr={cfg.lr / 10:g}) or add "
-                                    f"warmup (sched.warmup_epochs=1)") from None
-            if not tr.finished and tr.steps < steps:
-                raise Interrupted(stop.signum or signal.SIGTERM)
-            if world > 1:  # the epoch's metrics over all ranks; one set of weights to evaluate and save
-                distributed.sync_buffers(model)
-                sums = distributed.sum_over_ranks(torch.stack([tr.tally.loss_sum.float(), tr.tally.correct.float(),
-                                                               torch.tensor(float(tr.images), device=device)]))
-                tr.loss, tr.acc, tr.images = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), int(sums[2])
-            lr = lr_at(epoch_start_step + tr.steps - 1)
-            val_loss, val_acc = evaluate_on(data.val)
-            clean_loss, clean_acc = evaluate_on(clean) if clean is not None else (None, None)
-            gap = (clean_acc if clean_acc is not None else tr.acc) - val_acc
-            if plateau is not None:
-                plateau.update(val_loss)
-            best_before = state["best_val_acc"]
-            is_best = best_before is None or val_acc > best_before
-            if best_before is None or val_acc > best_before + cfg.early_stop.min_delta:
-                state["improved_epoch"] = epoch
-            if is_best:
-                state["best_val_acc"], state["best_epoch"] = val_acc, epoch
-            state["epoch"], state["step"] = epoch, epoch_start_step + tr.steps
-            row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc, gap=gap,
-                       lr=lr, epoch_s=time.perf_counter() - t_epoch + resumed_s,
-                       img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc,
-                       trainable=trains, trainable_params=trainable)
-            state["history"].append(row)
-            patience = cfg.early_stop.patience
-            by = f" by more than {100 * cfg.early_stop.min_delta:g} points" if cfg.early_stop.min_delta else ""
-            if patience and epoch - state["improved_epoch"] >= patience and epoch < cfg.epochs:
-                state["stopped_early"] = {
-                    "epoch": epoch, "best_epoch": state["best_epoch"],
-                    "reason": f"validation accuracy did not improve{by} for {patience} epoch{'s' * (patience > 1)} "
-                              f"(best {100 * state['best_val_acc']:.2f}% at epoch {state['best_epoch']})"}
-            checkpoint(best=is_best)
-            if main:
-                write_metrics(run_dir / "metrics.csv", state["history"])
-                curves_plot(run_dir / "curves.png", state["history"], f"{cfg.name}: {run_dir.name}")
-            if tb is not None:
-                tb.epoch(row, state["best_val_acc"])
-            summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
-                           final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2),
-                           stopped_early=state["stopped_early"], trainable_params=trainable,
-                           frozen_params=total - trainable)
-            if main:
-                write_json(run_dir / "summary.json", summary)
-            log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
-                     len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
-                     100 * gap, lr, row["epoch_s"], f"{row['img_per_s']:,.0f}",
-                     ("  *best*" if is_best else "") + (f"  trains: {trains}" if trains != "all" else ""))
-            if state["stopped_early"]:
-                log.info("early stop after epoch %d: %s", epoch, state["stopped_early"]["reason"])
-            if stop_all():
-                raise Interrupted(stop.signum or signal.SIGTERM)
+    def evaluate_on(self, split) -> tuple[float, float]:
+        return evaluate(self.eval_net, iterate(split, self.cfg.eval_batch_size, device=self.device, workers=self.cfg.data.workers),
+                        pipeline=self.pipeline, amp=self.amp)
 
-        if world > 1:  # the same weights and the same validation accuracy on every rank, checked
-            sums = distributed.gather((distributed.checksum(model), state["history"][-1]["val_acc"] if state["history"] else None))
-            summary["ddp"] = {"world_size": world, "backend": torch.distributed.get_backend(),
+    def train_epoch(self, epoch: int, trains: str) -> tuple[EpochResult, int, float]:
+        """Train one epoch (the rest of one, when resumed mid-epoch); metrics over all ranks. Returns
+        the result, the epoch's first step, and the seconds of it trained before a resume."""
+        cfg, state, device = self.cfg, self.state, self.device
+        if self.world > 1 and trains != self.net_trains:  # DDP syncs the parameters that train when it is built
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.net, self.net_trains = (torch.compile(ddp, mode=cfg.compile_mode) if cfg.compile else ddp), trains
+        epoch_start_step = state["step"] - state["batch"]
+        tally = Tally.from_state(state["tally"], device) if state["batch"] else None
+        resumed_s = tally.seconds if tally is not None else 0.0
+        order = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        batches = iterate(self.data.train, self.batch, order=distributed.shard(order), device=device,
+                          workers=cfg.data.workers, start=state["batch"], drop_single=True)
+
+        def mid_epoch(t: Tally) -> None:
+            if t.batches == self.steps and not self.stop_all():
+                return  # the end-of-epoch checkpoint follows at once
+            state["step"] = epoch_start_step + t.batches
+            self.checkpoint(best=False, tally=t)
+
+        with EpochProgress(f"epoch {epoch}/{cfg.epochs}", self.steps, show=self.main) as bar:
+            try:
+                tr = train_one_epoch(self.net, batches, self.optimizer, pipeline=self.pipeline, lr_at=self.lr_at,
+                                     start_step=state["step"], amp=self.amp, scaler=self.scaler, penalty=self.loss_term,
+                                     label_smoothing=cfg.label_smoothing, tally=tally, stop=self.stop_all,
+                                     every=cfg.checkpoint.every_steps, on_every=mid_epoch,
+                                     progress=bar if bar.active else None,  # each refresh reads back from the device
+                                     progress_every=cfg.progress_every)
+            except NonFiniteLoss as exc:
+                lr = self.lr_at(exc.step)
+                self.summary.update(verdict="diverged", evidence={"step": exc.step, "epoch": epoch, "loss": str(exc.loss), "lr": lr})
+                raise RunFailed(f"loss became {exc.loss} at step {exc.step} (epoch {epoch}, lr {lr:.4g}); checkpoints "
+                                f"keep the last finite state: lower the learning rate (lr={cfg.lr / 10:g}) or add "
+                                f"warmup (sched.warmup_epochs=1)") from None
+        if not tr.finished and tr.steps < self.steps:
+            raise Interrupted(self.stop.signum or signal.SIGTERM)
+        if self.world > 1:  # the epoch's metrics over all ranks; one set of weights to evaluate and save
+            distributed.sync_buffers(self.model)
+            sums = distributed.sum_over_ranks(torch.stack([tr.tally.loss_sum.float(), tr.tally.correct.float(),
+                                                           torch.tensor(float(tr.images), device=device)]))
+            tr.loss, tr.acc, tr.images = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), int(sums[2])
+        return tr, epoch_start_step, resumed_s
+
+    def end_epoch(self, epoch: int, trains: str, tr: EpochResult, start_step: int, started: float) -> dict:
+        """Evaluate, keep the best, decide early stopping, checkpoint, write metrics/curves/summary; the row.
+        `started`: the perf_counter time the epoch began (earlier by its part before a resume)."""
+        cfg, state, summary = self.cfg, self.state, self.summary
+        lr = self.lr_at(start_step + tr.steps - 1)
+        val_loss, val_acc = self.evaluate_on(self.data.val)
+        clean_loss, clean_acc = self.evaluate_on(self.clean) if self.clean is not None else (None, None)
+        gap = (clean_acc if clean_acc is not None else tr.acc) - val_acc
+        if self.plateau is not None:
+            self.plateau.update(val_loss)
+        best_before = state["best_val_acc"]
+        is_best = best_before is None or val_acc > best_before
+        if best_before is None or val_acc > best_before + cfg.early_stop.min_delta:
+            state["improved_epoch"] = epoch
+        if is_best:
+            state["best_val_acc"], state["best_epoch"] = val_acc, epoch
+        state["epoch"], state["step"] = epoch, start_step + tr.steps
+        trainable = count_params(self.model)[1]
+        row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc, gap=gap,
+                   lr=lr, epoch_s=time.perf_counter() - started,
+                   img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc,
+                   trainable=trains, trainable_params=trainable)
+        state["history"].append(row)
+        patience = cfg.early_stop.patience
+        by = f" by more than {100 * cfg.early_stop.min_delta:g} points" if cfg.early_stop.min_delta else ""
+        if patience and epoch - state["improved_epoch"] >= patience and epoch < cfg.epochs:
+            state["stopped_early"] = {
+                "epoch": epoch, "best_epoch": state["best_epoch"],
+                "reason": f"validation accuracy did not improve{by} for {patience} epoch{'s' * (patience > 1)} "
+                          f"(best {100 * state['best_val_acc']:.2f}% at epoch {state['best_epoch']})"}
+        self.checkpoint(best=is_best)
+        summary.update(epochs_done=epoch, best_epoch=state["best_epoch"], best_val_acc=state["best_val_acc"],
+                       final_train_acc=tr.acc, final_val_acc=val_acc, wall_s=round(state["wall_s"], 2),
+                       stopped_early=state["stopped_early"], trainable_params=trainable,
+                       frozen_params=self.total - trainable)
+        if self.main:
+            write_metrics(self.run_dir / "metrics.csv", state["history"])
+            curves_plot(self.run_dir / "curves.png", state["history"], f"{cfg.name}: {self.run_dir.name}")
+            write_json(self.run_dir / "summary.json", summary)
+        self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
+                      len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
+                      100 * gap, lr, row["epoch_s"], f"{row['img_per_s']:,.0f}",
+                      ("  *best*" if is_best else "") + (f"  trains: {trains}" if trains != "all" else ""))
+        if state["stopped_early"]:
+            self.log.info("early stop after epoch %d: %s", epoch, state["stopped_early"]["reason"])
+        return row
+
+    def finish(self) -> None:
+        """After the last epoch: the DDP agreement check, the test split on best.pt, the verdict."""
+        cfg, state, summary, device = self.cfg, self.state, self.summary, self.device
+        if self.world > 1:  # the same weights and the same validation accuracy on every rank, checked
+            sums = distributed.gather((distributed.checksum(self.model),
+                                       state["history"][-1]["val_acc"] if state["history"] else None))
+            summary["ddp"] = {"world_size": self.world, "backend": torch.distributed.get_backend(),
                               "weights_identical": len({c for c, _ in sums}) == 1,
                               "val_acc_by_rank": [v for _, v in sums]}
         test_loss = test_acc = None
-        if main and data.test is not None and len(data.test) and (ckpt_dir / "best.pt").is_file():
-            model.load_state_dict(load_verified(ckpt_dir / "best.pt", map_location=device)["model"])
-            test_loss, test_acc = evaluate_on(data.test)
+        test = self.data.test
+        if self.main and test is not None and len(test) and (self.ckpt_dir / "best.pt").is_file():
+            self.model.load_state_dict(load_verified(self.ckpt_dir / "best.pt", map_location=device)["model"])
+            test_loss, test_acc = self.evaluate_on(test)
             if cfg.dropout.mc_samples > 0:
-                mc_acc, mc_entropy = mc_dropout(eval_net, iterate(data.test, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
-                                                pipeline=pipeline, amp=amp, samples=cfg.dropout.mc_samples)
+                mc_acc, mc_entropy = mc_dropout(self.eval_net, iterate(test, cfg.eval_batch_size, device=device,
+                                                                       workers=cfg.data.workers),
+                                                pipeline=self.pipeline, amp=self.amp, samples=cfg.dropout.mc_samples)
                 summary.update(mc_test_acc=mc_acc, mc_entropy=mc_entropy)
-                log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
-                         cfg.dropout.mc_samples, 100 * mc_acc, mc_entropy)
+                self.log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
+                              cfg.dropout.mc_samples, 100 * mc_acc, mc_entropy)
         summary.update(status="completed", test_acc=test_acc, test_loss=test_loss,
-                       wall_s=round(wall_before + time.perf_counter() - t0, 2),
+                       wall_s=round(self.wall_before + time.perf_counter() - self.t0, 2),
                        finished=datetime.now().isoformat(timespec="seconds"))
         kind, evidence = verdict(state["history"])
         summary.update(verdict=kind, evidence=evidence,
                        remedies=[f"{what}: {how}" for what, how in remedies(kind, epochs=cfg.epochs, lr=cfg.lr)])
-        if main:
-            write_json(run_dir / "summary.json", summary)
-    finally:
-        if tb is not None:
-            tb.finish(summary)
-    if main:
-        _print_summary(summary, log)
-    return summary
+        if self.main:
+            write_json(self.run_dir / "summary.json", summary)
 
 
 def _print_summary(s: dict, log) -> None:
