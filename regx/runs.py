@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "img_per_s",
-                  "clean_train_loss", "clean_train_acc", "trainable", "trainable_params"]
-TIMING_COLUMNS = ("epoch_s", "img_per_s")
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "wall_s",
+                  "img_per_s", "clean_train_loss", "clean_train_acc", "trainable", "trainable_params"]
+TIMING_COLUMNS = ("epoch_s", "wall_s", "img_per_s")
 
 
 def _write_atomic(path: Path, write, *, before_rename=None) -> None:

@@ -212,6 +212,10 @@ def _train(cfg: DictConfig, run_dir: Path, summary: dict, resume: bool, log, t0:
                 raise Interrupted(stop.signum or signal.SIGTERM)
         run.finish()
     finally:
+        try:
+            run.draw_curves(final=True)  # every finished epoch, however the run ended
+        except Exception as exc:  # noqa: BLE001 - metrics.csv has it all; `regx plot` redraws
+            log.warning("curves.png was not redrawn: %s", exc)
         if tb is not None:
             tb.finish(summary)
     if run.main:
@@ -274,6 +278,7 @@ class _Run:
         self.eval_net = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
         self.net, self.net_trains = self.eval_net, None  # the training module; DDP wraps it under torchrun
         self.polls = 0
+        self.drawn, self.last_draw, self.draw_cost = 0, float("-inf"), 0.0  # curves.png
         self.poll_every = 1 if device.type == "cpu" else cfg.progress_every  # on GPUs each poll is a host sync
 
         # epoch: the last finished epoch; step: optimizer steps taken; batch/tally: the epoch in progress
@@ -461,7 +466,7 @@ class _Run:
         state["epoch"], state["step"] = epoch, start_step + tr.steps
         trainable = count_params(self.model)[1]
         row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc, gap=gap,
-                   lr=lr, epoch_s=time.perf_counter() - started,
+                   lr=lr, epoch_s=time.perf_counter() - started, wall_s=self.wall_before + time.perf_counter() - self.t0,
                    img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc,
                    trainable=trains, trainable_params=trainable)
         state["history"].append(row)
@@ -479,8 +484,8 @@ class _Run:
                        frozen_params=self.total - trainable)
         if self.main:
             write_metrics(self.run_dir / "metrics.csv", state["history"])
-            curves_plot(self.run_dir / "curves.png", state["history"], f"{cfg.name}: {self.run_dir.name}")
             write_json(self.run_dir / "summary.json", summary)
+        self.draw_curves()
         self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
                       len(str(cfg.epochs)), epoch, cfg.epochs, tr.loss, 100 * tr.acc, val_loss, 100 * val_acc,
                       100 * gap, lr, row["epoch_s"], f"{row['img_per_s']:,.0f}",
@@ -488,6 +493,18 @@ class _Run:
         if state["stopped_early"]:
             self.log.info("early stop after epoch %d: %s", epoch, state["stopped_early"]["reason"])
         return row
+
+    def draw_curves(self, final: bool = False) -> None:
+        """Redraw curves.png after an epoch when the last drawing took at most 5% of the time since it
+        began (short epochs would otherwise spend much of their time drawing), and at the end."""
+        history = self.state["history"]
+        if not self.main or not history or self.drawn == len(history):
+            return
+        now = time.perf_counter()
+        if not final and now - self.last_draw < 20 * self.draw_cost:
+            return
+        curves_plot(self.run_dir / "curves.png", history, f"{self.cfg.name}: {self.run_dir.name}")
+        self.drawn, self.last_draw, self.draw_cost = len(history), now, time.perf_counter() - now
 
     def finish(self) -> None:
         """After the last epoch: the DDP agreement check, the test split on best.pt, the verdict."""

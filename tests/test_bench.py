@@ -19,7 +19,9 @@ def test_benchmark_parts_run_and_write_their_report(tmp_path):
     assert all(v["median"] > 0 for v in aug.values())
     assert bench.tv_end_to_end("smallcnn", CPU, "32", 2, 16)() == 32
     t = bench.time_to_accuracy("cpu", target=0.0, extra=("debug=smoke", "epochs=1"))
-    assert t["reached"]["epoch"] == 1 and t["reached"]["seconds"] > 0 and t["epochs"] == 1
+    assert t["reached"]["epoch"] == 1 and 0 < t["reached"]["seconds"] <= t["reached"]["wall_s"] and t["epochs"] == 1
+    w = bench.whole_epochs("cpu", quick=True, epochs=3, extra=("debug=smoke",))
+    assert w["epochs"] == 3 and len(w["epoch_wall_s"]) == 3 and w["whole_epoch_img_per_s"] > 0 and w["ratio"] > 0
     stats = {"median": 10.0, "min": 9.0, "max": 11.0, "n": 3}
     result = {"machine": bench.machine(CPU), "command": "python -m regx.bench", "date": "2026-01-01",
               "engine": [{"model": "smallcnn", "precision": "32", "aug": "none", "batch": 128, "regx": stats,

@@ -51,6 +51,7 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
         assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["val_acc"]) <= 1
         assert float(r["gap"]) == pytest.approx(float(r["clean_train_acc"]) - float(r["val_acc"]), abs=1e-5)
         assert float(r["lr"]) > 0 and float(r["img_per_s"]) > 0
+    assert 0 < float(rows[0]["wall_s"]) < float(rows[1]["wall_s"]) <= json.loads((run / "summary.json").read_text())["wall_s"]
 
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "completed" and s["epochs_done"] == 2 and s["error"] is None
@@ -187,3 +188,17 @@ def test_run_directories_are_unique_within_a_second(tmp_path):
 def test_compiled_model_trains(tmp_path):  # reduce-overhead's CUDA graphs are skipped on a CPU: the mode passes
     s = train(smoke_cfg("compile=true", "compile_mode=reduce-overhead", "epochs=1"), tmp_path / "run")
     assert s["status"] == "completed"
+
+
+def test_curves_are_redrawn_only_when_drawing_is_cheap_next_to_the_epochs_and_always_at_the_end(tmp_path, monkeypatch):
+    """Short epochs would spend much of their time drawing: a drawing that took 0.3 s waits for
+    6 s of training before the next; the last one shows every epoch."""
+    drawn = []
+
+    def slow_plot(path, rows, title=""):
+        time.sleep(0.3)
+        drawn.append(len(rows))
+
+    monkeypatch.setattr("regx.train.curves_plot", slow_plot)
+    train(smoke_cfg("epochs=4"), tmp_path / "run")  # epochs of well under a second each
+    assert drawn[0] == 1 and drawn[-1] == 4 and len(drawn) < 4
