@@ -270,8 +270,9 @@ def whole_epochs(device: str, quick: bool, epochs: int = 4, extra: tuple[str, ..
             raise RuntimeError(res.stderr)
         rows = read_metrics(Path(tmp) / "r" / "metrics.csv")
         n_train = read_json(Path(tmp) / "r" / "summary.json")["n_train"]
-    steady = statistics.median(float(r["img_per_s"]) for r in rows[1:])
-    whole = (epochs - 1) * n_train / (float(rows[-1]["wall_s"]) - float(rows[0]["wall_s"]))
+    images = (epochs - 1) * n_train  # epochs 2..N: their training steps alone, and the whole of them
+    steady = images / sum(n_train / float(r["img_per_s"]) for r in rows[1:])
+    whole = images / (float(rows[-1]["wall_s"]) - float(rows[0]["wall_s"]))
     return {"n_train": n_train, "epochs": epochs, "steady_img_per_s": steady, "whole_epoch_img_per_s": whole,
             "ratio": whole / steady, "epoch_wall_s": [float(r["wall_s"]) for r in rows]}
 
