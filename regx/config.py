@@ -416,6 +416,8 @@ def validate(cfg: DictConfig) -> None:
     if d.name == "imagefolder":
         if not d.path:
             raise ConfigError("data.path is required for data=imagefolder: add data.path=/path/to/images")
+        if not Path(d.path).expanduser().is_dir():  # before a run directory is made for it
+            raise ConfigError(f"data.path={d.path}: no such directory")
         _check(d.image_size is not None, "data.image_size", d.image_size, "data=imagefolder needs an image size")
 
 
@@ -438,9 +440,7 @@ def explain(exc: BaseException, overrides: list[str]) -> str:
     text = " ".join(str(x) for x in chain)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
-    m = re.search(r"Could not find '([^/']+)/([^']+)'", text) or re.search(
-        r"In '[^']*': Could not find '([^/']+)/([^']+)'", text
-    )
+    m = re.search(r"Could not (?:find|load) '([^/']+)/([^']+)'", text)  # load: an option inside a list
     if m:
         group, option = m.groups()
         options = group_options(group)

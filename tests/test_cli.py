@@ -35,6 +35,12 @@ def test_unknown_command(regx):
     assert res.returncode == 2 and "did you mean 'train'" in res.stderr
 
 
+def test_a_missing_image_folder_is_bad_input_and_makes_no_run_directory(regx, tmp_path):
+    res = regx("train", "data=imagefolder", f"data.path={tmp_path / 'photos'}", "data.image_size=32")
+    assert res.returncode == 2 and res.stderr == f"regx: error: data.path={tmp_path / 'photos'}: no such directory\n"
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_show_aug_and_lr_plot_write_pngs(regx, tmp_path):
     from PIL import Image
 

@@ -1,5 +1,7 @@
 """Every option of every group composes, validates and builds; bad input fails with one line."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -11,7 +13,7 @@ from regx.regularize import build_optimizer, penalty
 from regx.schedules import lr_factor
 
 OPTIONS = [(g, o) for g in config.GROUPS for o in config.group_options(g)]
-EXTRA = {("data", "imagefolder"): ["data.path=/tmp/images"],
+EXTRA = {("data", "imagefolder"): [f"data.path={Path(__file__).parent}"],  # any folder that exists
          **{("finetune", o): ["model=resnet18"] for o in ("linear_probe", "full", "gradual")}}  # ImageNet weights
 
 
@@ -71,6 +73,8 @@ def test_used_by_command_composes():
         (["precision=8"], "precision='8' is invalid"),
         (["compile_mode=fast"], "compile_mode='fast' is invalid: must be one of default, reduce-overhead, "),
         (["data=imagefolder"], "data.path is required for data=imagefolder"),
+        (["data=imagefolder", "data.path=/no/such/folder", "data.image_size=32"], "data.path=/no/such/folder: no such directory"),
+        (["aug=[all,flipp]"], "unknown option aug=flipp; did you mean 'flip'? (valid options: "),
         (["model.fc=3"], "model.fc=3 is invalid"),
         (["oops"], "cannot parse override 'oops'"),
         (["wd=0,-1"], "wd=-1.0 is invalid: must be >= 0"),  # a bad value inside a sweep fails up front

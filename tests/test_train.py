@@ -125,8 +125,9 @@ def test_resume_can_extend_and_refuses_bad_targets(regx, tmp_path):
 
 
 def test_sweep_runs_every_job_and_reports_failures(regx, tmp_path):
+    (tmp_path / "empty").mkdir()  # a folder without class folders: those jobs fail when they load it
     res = regx("train", "-m", "debug=smoke", "epochs=1", "aug=none,flip_rotate", "data=shapes,imagefolder",
-               "data.path=/does/not/exist")
+               f"data.path={tmp_path / 'empty'}")
     assert res.returncode == 1
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1
@@ -135,7 +136,7 @@ def test_sweep_runs_every_job_and_reports_failures(regx, tmp_path):
     status = {j.name: json.loads((j / "summary.json").read_text()) for j in jobs}
     failed = [n for n, s in status.items() if s["status"] == "failed"]
     assert sorted(failed) == sorted(n for n in status if "data=imagefolder" in n)
-    assert all("/does/not/exist" in status[n]["error"] for n in failed)
+    assert all(str(tmp_path / "empty") in status[n]["error"] for n in failed)
     assert all(s["status"] == "completed" for n, s in status.items() if n not in failed)
     assert "2 of 4 jobs failed" in res.stderr
 
