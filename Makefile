@@ -30,13 +30,13 @@ test-all: install ## every test, slow ones included
 	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
 lint: install ## ruff
-	$(BIN)/ruff check regx tests
+	$(BIN)/ruff check regx tests benchmarks
 
 bench: install ## benchmarks (not tests): regx vs a hand-written loop and torchvision; writes BENCHMARKS.md
-	$(BIN)/python -m regx.bench
+	$(BIN)/python -m benchmarks.bench
 
 bench-gpu: install ## the same on a CUDA GPU; fills BENCHMARKS.md's GPU section
-	$(BIN)/python -m regx.bench --device cuda
+	$(BIN)/python -m benchmarks.bench --device cuda
 
 gpu-check: install ## on a CUDA machine: tests/test_gpu.py and the GPU benchmark, into gpu-out/
 	PATH=$(BIN):$$PATH OUT=gpu-out bash cli/gpu_check.sh

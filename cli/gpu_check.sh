@@ -8,9 +8,9 @@
 #   tests.log        tests/test_gpu.py: a CUDA run end to end, the sync-free augmentation against the
 #                    CPU path, NaN and SIGTERM on the GPU, compile with CUDA graphs
 #   ddp.log          2-process nccl DDP (only with two GPUs)
-#   bench.log, bench-cuda.json, BENCHMARKS.md   python -m regx.bench --device cuda
+#   bench.log, bench-cuda.json, BENCHMARKS.md   python -m benchmarks.bench --device cuda
 # Then commit bench-cuda.json and BENCHMARKS.md (or regenerate it: python -c "from pathlib import Path;
-# from regx.bench import write_markdown; write_markdown(Path('.'))").
+# from benchmarks.bench import write_markdown; write_markdown(Path('.'))").
 # Every step runs even if one before it failed; the exit status is the number of failed steps.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -23,6 +23,6 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   python -m torch.distributed.run --standalone --nproc_per_node=2 -m regx train debug=smoke device=auto \
     hydra.run.dir=/tmp/regx-ddp 2>&1 | tee "$OUT/ddp.log" || failed=$((failed + 1))
 fi
-python -m regx.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
+python -m benchmarks.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"

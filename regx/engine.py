@@ -1,13 +1,11 @@
-"""One training epoch and one evaluation pass. Metrics are summed on the device and read back once
-per epoch (and every `progress_every` steps for the progress bar), never once per step."""
+"""One training epoch, its step hooks, and one evaluation pass. Metrics are summed on the device and
+read back once per epoch (and when a hook asks: the progress bar, the NaN check), never once per step."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from regx.augment import Augment, Mix, mixed_cross_entropy
-from regx.distributed import max_over_ranks
 
 
 @dataclass
@@ -44,18 +41,6 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def fault_at() -> tuple[str, int] | None:
-    """Test-only fault injection, REGX_FAULT=KIND@STEP (global optimizer step, counted from 0):
-    kill@N (SIGKILL before step N's update), nan@N (step N's loss becomes NaN), killsave@N (SIGKILL
-    after the first checkpoint at or after step N is written to its temporary file, before the rename),
-    term@N / int@N (SIGTERM / SIGINT during step N), int2@N (two SIGINTs: a user pressing Ctrl-C twice)."""
-    spec = os.environ.get("REGX_FAULT", "")
-    if "@" not in spec:
-        return None
-    kind, step = spec.split("@", 1)
-    return kind, int(step)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -96,110 +81,144 @@ class EpochResult:
     images: int
     steps: int  # optimizer steps in the whole epoch so far (a resumed epoch counts the earlier ones)
     seconds: float
-    finished: bool  # False: stopped early on request (a signal); the tally holds the partial epoch
+    finished: bool  # False: a hook ended the epoch early (a stop signal); the tally holds the part done
     tally: Tally
 
 
+@dataclass
+class StepInfo:
+    """What the hooks see after each optimizer step. A hook sets `stop` to end the epoch after it."""
+
+    step: int  # the global optimizer step just taken, counted from 0
+    loss: torch.Tensor  # its loss, detached, on the device (reading it is a host sync)
+    lr: float
+    tally: Tally  # the epoch's sums so far; tally.batches is this step's number within the epoch
+    elapsed: float  # seconds of this epoch so far (a resumed epoch counts its part before the resume)
+    stop: bool = False
+
+
+class Hook:
+    """Something done around each training step without a branch in the step loop: progress, stop
+    polling, mid-epoch checkpoints, the NaN check (regx's own), and whatever a user or a test adds.
+    Override what you need; hooks run in the order given."""
+
+    def start(self, parts) -> None:
+        """Once, when a run's parts are built (train.Parts: the model, the optimizer, the data)."""
+
+    def before_step(self, step: int) -> None:
+        """Before the optimizer step `step` (counted from 0 over the whole run)."""
+
+    def after_step(self, info: StepInfo) -> None:
+        """After the step's update."""
+
+    def after_epoch(self, info: StepInfo) -> None:
+        """After the epoch's last step (or the step a hook stopped it at)."""
+
+    def checkpoint_written(self, tmp: str) -> None:
+        """A checkpoint's bytes are on disk under `tmp`, not yet renamed into place."""
+
+
+@dataclass
+class StepParts:
+    """What one optimizer step needs, built once per run."""
+
+    optimizer: torch.optim.Optimizer
+    pipeline: Pipeline
+    lr_at: Callable[[int], float]
+    amp: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler | None = None
+    penalty: Callable[[], torch.Tensor] | None = None  # the L2/L1 term added to the loss
+    label_smoothing: float = 0.0
+
+
 def train_one_epoch(
-    model: nn.Module,
+    net: nn.Module,
+    parts: StepParts,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
     *,
-    pipeline: Pipeline,
-    lr_at: Callable[[int], float],
-    start_step: int,
-    amp,
-    scaler: torch.amp.GradScaler | None = None,
-    penalty: Callable[[], torch.Tensor] | None = None,
-    label_smoothing: float = 0.0,
-    tally: Tally | None = None,
-    stop: Callable[[], bool] | None = None,
-    every: int = 0,
-    on_every: Callable[[Tally], None] | None = None,
-    progress=None,
-    progress_every: int = 25,
+    first_step: int,
+    tally: Tally,
+    hooks: Sequence[Hook] = (),
 ) -> EpochResult:
-    """Train over `batches` (which start after `tally.batches` batches when resuming mid-epoch).
-
-    `stop()` is polled after every step: True ends the epoch early (finished=False). Every `every`
-    steps `on_every(tally)` runs (mid-epoch checkpoints). A NaN/inf loss raises NonFiniteLoss naming
-    its step: checked every step on CPU (free there) and at each progress/checkpoint point and the
-    epoch's end on accelerators, where each check is a host sync.
-    """
-    model.train()
-    device = pipeline.mean.device
-    tally = tally if tally is not None else Tally.zero(device)
-    first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    bad_loss = torch.zeros((), device=device)
-    check_every = 1 if device.type == "cpu" else progress_every
-    fault = fault_at()
-    t0, seconds_before, step = time.perf_counter(), tally.seconds, start_step - 1
-
-    def check() -> None:  # under torchrun every rank checks at the same steps: all stop together
-        bad = int(max_over_ranks(first_bad))
-        if bad >= 0:
-            raise NonFiniteLoss(bad, float(bad_loss) if int(first_bad) >= 0 else float("nan"))
-
+    """Train over `batches`, the first of which is optimizer step `first_step` (after
+    `tally.batches` batches of this epoch when resumed mid-epoch). Metrics stay on the device."""
+    net.train()
+    t0, seconds_before, step = time.perf_counter(), tally.seconds, first_step - 1
+    info = None
     for xb, yb in batches:
         step += 1
-        lr = lr_at(step)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_mult", 1.0)
-        x, mixed = pipeline.train(xb)
-        with amp:
-            out = model(x)
-            if mixed is None:
-                loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-            else:
-                loss = mixed_cross_entropy(out.float(), yb, mixed, label_smoothing)
-        if fault is not None and fault[1] == step:
-            if fault[0] == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            elif fault[0] == "nan":
-                loss = loss * float("nan")
-            elif fault[0] in ("term", "int", "int2"):  # as if SLURM or a user sent it during this step
-                for _ in range(2 if fault[0] == "int2" else 1):
-                    os.kill(os.getpid(), signal.SIGTERM if fault[0] == "term" else signal.SIGINT)
-        total = loss + penalty() if penalty is not None else loss
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            total.backward()
-            optimizer.step()
-        loss = loss.detach().float()
-        nonfinite = ~torch.isfinite(loss) & (first_bad < 0)
-        first_bad = torch.where(nonfinite, step, first_bad)
-        bad_loss = torch.where(nonfinite, loss, bad_loss)
+        for h in hooks:
+            h.before_step(step)
+        lr = parts.lr_at(step)
+        loss, correct = _step(net, parts, xb, yb, lr)
         tally.loss_sum += loss * len(yb)
-        tally.correct += (out.argmax(1) == yb).sum()
+        tally.correct += correct
         tally.images += len(yb)
         tally.batches += 1
-        i = tally.batches
-        if i % check_every == 0:
-            check()
-        if progress is not None and i % progress_every == 0:
-            elapsed = seconds_before + time.perf_counter() - t0
-            n = tally.images
-            progress.update(i, tally.loss_sum.item() / n, tally.correct.item() / n, lr, n / max(elapsed, 1e-9))
-        requested = stop is not None and stop()
-        if on_every is not None and ((every and i % every == 0) or requested):
-            check()
-            tally.seconds = seconds_before + time.perf_counter() - t0
-            on_every(tally)
-        if requested:
+        info = StepInfo(step, loss, lr, tally, seconds_before + time.perf_counter() - t0)
+        for h in hooks:
+            h.after_step(info)
+        if info.stop:
             break
-    else:
-        requested = False
-    check()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if info is not None:
+        for h in hooks:
+            h.after_epoch(info)
+    if tally.loss_sum.device.type == "cuda":
+        torch.cuda.synchronize(tally.loss_sum.device)
     tally.seconds = seconds_before + time.perf_counter() - t0
     n = max(tally.images, 1)
     return EpochResult(tally.loss_sum.item() / n, tally.correct.item() / n, tally.images, tally.batches,
-                       tally.seconds, not requested, tally)
+                       tally.seconds, info is None or not info.stop, tally)
+
+
+def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: float):
+    """One optimizer step; (detached loss, correct predictions), both on the device."""
+    for g in p.optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+    x, mixed = p.pipeline.train(xb)
+    with p.amp:
+        out = net(x)
+        if mixed is None:
+            loss = F.cross_entropy(out, yb, label_smoothing=p.label_smoothing)
+        else:
+            loss = mixed_cross_entropy(out.float(), yb, mixed, p.label_smoothing)
+    total = loss + p.penalty() if p.penalty is not None else loss
+    p.optimizer.zero_grad(set_to_none=True)
+    if p.scaler is not None:
+        p.scaler.scale(total).backward()
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+    else:
+        total.backward()
+        p.optimizer.step()
+    return loss.detach().float(), (out.argmax(1) == yb).sum()
+
+
+class NanCheck(Hook):
+    """Raise NonFiniteLoss naming the first step whose loss was NaN or infinite. The first bad step is
+    recorded on the device every step; it is read back every `every` steps, at the epoch's end and
+    before each checkpoint (`check()`): on CPU every step is free, on accelerators each read is a
+    host sync. `any_max` takes the maximum over ranks, so under torchrun all ranks stop together."""
+
+    def __init__(self, device: torch.device, every: int, any_max: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.bad_loss = torch.zeros((), device=device)
+        self.every, self.any_max = every, any_max
+
+    def after_step(self, info: StepInfo) -> None:
+        nonfinite = ~torch.isfinite(info.loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(nonfinite, info.step, self.first_bad)
+        self.bad_loss = torch.where(nonfinite, info.loss, self.bad_loss)
+        if info.tally.batches % self.every == 0:
+            self.check()
+
+    def after_epoch(self, info: StepInfo) -> None:
+        self.check()
+
+    def check(self) -> None:
+        bad = int(self.any_max(self.first_bad))
+        if bad >= 0:
+            raise NonFiniteLoss(bad, float(self.bad_loss) if int(self.first_bad) >= 0 else float("nan"))
 
 
 @torch.inference_mode()
@@ -209,44 +228,28 @@ def evaluate(
     *,
     pipeline: Pipeline,
     amp,
-) -> tuple[float, float]:
-    """(mean loss, accuracy) in eval mode: dropout off, BatchNorm on its running statistics."""
+    num_classes: int | None = None,
+) -> tuple[float, float, torch.Tensor | None]:
+    """(mean loss, accuracy, confusion matrix) in eval mode: dropout off, BatchNorm on its running
+    statistics. The matrix (CPU, int64, [true, predicted]) only when `num_classes` is given."""
     model.eval()
     device = pipeline.mean.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    k = num_classes or 0
+    counts = torch.zeros(k * k, device=device, dtype=torch.long)
     n = 0
     for xb, yb in batches:
         with amp:
             out = model(pipeline.eval(xb))
         loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-        correct += (out.argmax(1) == yb).sum()
+        pred = out.argmax(1)
+        correct += (pred == yb).sum()
+        if k:
+            counts += torch.bincount(yb * k + pred, minlength=k * k)
         n += len(yb)
-    return loss_sum.item() / max(n, 1), correct.item() / max(n, 1)
-
-
-@torch.inference_mode()
-def confusion(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    pipeline: Pipeline,
-    amp,
-    num_classes: int,
-) -> tuple[float, torch.Tensor]:
-    """(mean loss, confusion matrix) in eval mode; matrix[true, predicted] counts images (CPU, int64)."""
-    model.eval()
-    device = pipeline.mean.device
-    loss_sum = torch.zeros((), device=device)
-    counts = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
-    n = 0
-    for xb, yb in batches:
-        with amp:
-            out = model(pipeline.eval(xb))
-        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-        counts += torch.bincount(yb * num_classes + out.argmax(1), minlength=num_classes * num_classes)
-        n += len(yb)
-    return loss_sum.item() / max(n, 1), counts.view(num_classes, num_classes).cpu()
+    matrix = counts.view(k, k).cpu() if k else None
+    return loss_sum.item() / max(n, 1), correct.item() / max(n, 1), matrix
 
 
 @torch.inference_mode()

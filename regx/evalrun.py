@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from regx import config
-from regx.runs import CorruptCheckpoint, load_verified, write_json
+from regx.runs import CorruptCheckpoint, load_verified, slug, write_json
 
 
 class EvalError(ValueError):
@@ -35,34 +35,65 @@ def eval_config(saved: dict, overrides: list[str]):
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if not o.startswith("data=")]))
     except Exception as exc:
-        raise EvalError(config.explain(exc, overrides)) from exc
+        from regx.errors import explain
+
+        raise EvalError(explain(exc, overrides)) from exc
     config.validate(cfg)
     return cfg
 
 
-def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Path | None = None) -> dict:
-    """Evaluate, print the tables, write eval.json and confusion.png; return the result dict."""
-    from regx.console import console
-    from regx.data import iterate, load_data, to_device
-    from regx.engine import Pipeline, autocast, confusion
-    from regx.finetune import unwrap
-    from regx.models import build_model
-    from regx.train import pick_device, pick_precision
-
-    run_dir = Path(run_dir)
+def _checkpoint(run_dir: Path, last: bool) -> tuple[Path, dict]:
     if not run_dir.is_dir():
         raise EvalError(f"no such run directory: {run_dir}")
     path = run_dir / "checkpoints" / ("last.pt" if last else "best.pt")
     if not path.is_file():
         raise EvalError(f"{path} not found: {run_dir} is not a regx run directory, or no epoch has finished yet")
     try:
-        ckpt = load_verified(path)
+        return path, load_verified(path)
     except CorruptCheckpoint as exc:
         raise EvalError(str(exc)) from None
+
+
+def _model(ckpt: dict, cfg, num_classes: int, in_channels: int, device: torch.device):
+    """The checkpoint's model, as it trained (transform_input of googlenet/inception's ImageNet weights)."""
+    from regx.finetune import unwrap
+    from regx.models import build_model, model_kwargs
+
+    model = build_model(**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels))
+    model.load_state_dict(ckpt["model"])
+    net, _ = unwrap(model)
+    if ckpt["config"].get("finetune", {}).get("weights") == "imagenet" and hasattr(net, "transform_input"):
+        net.transform_input = True
+    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+
+
+def per_class(cm: torch.Tensor, classes: list[str]) -> list[dict]:
+    """Each class's images, correct ones, accuracy, and the class it is most often taken for."""
+    rows = []
+    for i, name in enumerate(classes):
+        n, right = int(cm[i].sum()), int(cm[i, i])
+        wrong = cm[i].clone()
+        wrong[i] = -1
+        j = int(wrong.argmax())
+        rows.append({"class": name, "n": n, "correct": right, "accuracy": right / n if n else None,
+                     "most_confused_with": classes[j] if int(cm[i, j]) > 0 else None,
+                     "confused_count": int(cm[i, j]) if int(cm[i, j]) > 0 else 0})
+    return rows
+
+
+def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Path | None = None) -> dict:
+    """Evaluate, print the tables, write eval.json and confusion.png; return the result dict."""
+    from regx.console import console
+    from regx.data import iterate, load_config, to_device
+    from regx.engine import Pipeline, autocast, evaluate
+    from regx.plots import confusion_plot
+    from regx.train import pick_device, pick_precision
+
+    run_dir = Path(run_dir)
+    path, ckpt = _checkpoint(run_dir, last)
     cfg = eval_config(ckpt["config"], overrides)
     device = pick_device(cfg.device)
-    amp = autocast(device, pick_precision(cfg.precision, device))
-    data = load_data(**OmegaConf.to_container(cfg.data, resolve=True))
+    data = load_config(cfg.data)
     classes = list(ckpt["classes"])
     if data.num_classes != len(classes):
         raise EvalError(f"the model predicts {len(classes)} classes but data={cfg.data.name} has {data.num_classes}")
@@ -70,41 +101,21 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
     in_channels = ckpt.get("in_channels", len(norm["mean"]))
     if in_channels != data.channels:
         raise EvalError(f"the model takes {in_channels}-channel images but data={cfg.data.name} has {data.channels}")
+    data = data if data.streaming else to_device(data, device)
     split_name = "test" if data.test is not None and len(data.test) else "val"
     split = data.test if split_name == "test" else data.val
-    if not data.streaming:
-        data = to_device(data, device)
-        split = data.test if split_name == "test" else data.val
-    m = ckpt["config"]["model"]
-    model = build_model(name=m["name"], num_classes=len(classes), in_channels=in_channels, channels=m["channels"],
-                        convs_per_block=m["convs_per_block"], fc=m["fc"], small_input=m["small_input"],
-                        dropout=ckpt["config"]["dropout"]["p"], conv_dropout=ckpt["config"]["dropout"]["conv_p"],
-                        dropout_features=ckpt["config"]["dropout"].get("features", False))
-    model.load_state_dict(ckpt["model"])
-    net, _ = unwrap(model)
-    if ckpt["config"].get("finetune", {}).get("weights") == "imagenet" and hasattr(net, "transform_input"):
-        net.transform_input = True  # as in training (googlenet, inception)
-    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     pipeline = Pipeline(mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
                         std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last)
-    loss, cm = confusion(model, iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
-                         pipeline=pipeline, amp=amp, num_classes=len(classes))
-    per_class = []
-    for i, name in enumerate(classes):
-        n, right = int(cm[i].sum()), int(cm[i, i])
-        wrong = cm[i].clone()
-        wrong[i] = -1
-        j = int(wrong.argmax())
-        per_class.append({"class": name, "n": n, "correct": right, "accuracy": right / n if n else None,
-                          "most_confused_with": classes[j] if int(cm[i, j]) > 0 else None,
-                          "confused_count": int(cm[i, j]) if int(cm[i, j]) > 0 else 0})
+    loss, _, cm = evaluate(_model(ckpt, cfg, len(classes), in_channels, device),
+                           iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                           pipeline=pipeline, amp=autocast(device, pick_precision(cfg.precision, device)),
+                           num_classes=len(classes))
     total = int(cm.sum())
     result = {"run_dir": str(run_dir), "checkpoint": str(path), "epoch": ckpt["state"]["epoch"],
               "data": cfg.data.name, "overrides": overrides, "split": split_name, "n": total,
               "accuracy": int(cm.diag().sum()) / max(total, 1), "loss": loss, "classes": classes,
-              "per_class": per_class, "confusion": cm.tolist()}
-
-    suffix = "" if not overrides else "_" + config._slug(",".join(overrides), 60)
+              "per_class": per_class(cm, classes), "confusion": cm.tolist()}
+    suffix = "" if not overrides else "_" + slug(",".join(overrides), 60)
     out = Path(out) if out is not None else run_dir
     json_path, png_path = out / f"eval{suffix}.json", out / f"confusion{suffix}.png"
     write_json(json_path, result)
@@ -137,34 +148,3 @@ def _print(result: dict, con) -> None:
         for i, (name, row) in enumerate(zip(result["classes"], result["confusion"])):
             cm.add_row(f"{i} {name}", *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
         con.print(cm)
-
-
-def confusion_plot(path: Path, cm: torch.Tensor, classes: list[str], title: str) -> Path:
-    """The confusion matrix, coloured by the row-normalized rate, counts written in when it fits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from regx.report import save_figure
-
-    k = len(classes)
-    rates = (cm.float() / cm.sum(1, keepdim=True).clamp_min(1)).numpy()
-    side = min(max(5.0, 0.45 * k + 2), 30)
-    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                            color="white" if rates[i, j] > 0.5 else "black")
-    ticks = range(k)
-    labels = classes if k <= 40 else [str(i) for i in ticks]
-    ax.set_xticks(ticks, labels, rotation=45 if k > 5 else 0, ha="right" if k > 5 else "center", fontsize=8)
-    ax.set_yticks(ticks, labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)

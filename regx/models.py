@@ -28,12 +28,12 @@ def smallcnn(
     *,
     num_classes: int,
     in_channels: int,
-    channels=(32, 64, 128),
-    convs_per_block: int = 2,
-    fc=(256,),
-    dropout: float = 0.0,
-    conv_dropout: float = 0.0,
-    dropout_features: bool = False,
+    channels,
+    convs_per_block: int,
+    fc,
+    dropout: float,
+    conv_dropout: float,
+    dropout_features: bool,
     **_,
 ) -> nn.Module:
     """conv-BN-ReLU blocks, each ending in a 2x2 max-pool; global average pool; an MLP classifier.
@@ -120,19 +120,29 @@ class _GrayToRGB(nn.Module):
         return self.model(x.expand(-1, 3, -1, -1))
 
 
+def model_kwargs(cfg, *, num_classes: int, in_channels: int) -> dict:
+    """The one adapter from a run's config (its model and dropout groups) to build_model's keywords."""
+    m, d = cfg.model, cfg.dropout
+    return dict(name=m.name, num_classes=num_classes, in_channels=in_channels, channels=list(m.channels),
+                convs_per_block=m.convs_per_block, fc=list(m.fc), small_input=m.small_input, dropout=d.p,
+                conv_dropout=d.conv_p, dropout_features=d.features)
+
+
 def build_model(
     *,
     name: str,
     num_classes: int,
     in_channels: int,
-    channels=(32, 64, 128),
-    convs_per_block: int = 2,
-    fc=(256,),
-    small_input: bool = False,
-    dropout: float = 0.0,
-    conv_dropout: float = 0.0,
-    dropout_features: bool = False,
+    channels,
+    convs_per_block: int,
+    fc,
+    small_input: bool,
+    dropout: float,
+    conv_dropout: float,
+    dropout_features: bool,
 ) -> nn.Module:
+    """A model by name for `num_classes` classes of `in_channels`-channel images; every keyword is a
+    `model`/`dropout` config key (config.py holds the defaults, `model_kwargs` maps them)."""
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, channels=list(channels),
                   convs_per_block=convs_per_block, fc=list(fc), small_input=small_input,
                   dropout=dropout, conv_dropout=conv_dropout, dropout_features=dropout_features)

@@ -42,14 +42,17 @@ def build_optimizer(
     lr: float,
     wd: float,
     decay: str,
-    exclude=("bias", "norm"),
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    betas=(0.9, 0.999),
-    eps: float = 1e-8,
+    exclude,
+    momentum: float,
+    nesterov: bool,
+    betas,
+    eps: float,
     lr_mult=None,
 ) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
-    """The optimizer over parameter groups (decayed or not, times each learning-rate multiplier
+    """`exclude`, `momentum`, `nesterov`, `betas`, `eps`: the `decay` and `optim` groups' keys
+    (config.py holds their defaults).
+
+    The optimizer over parameter groups (decayed or not, times each learning-rate multiplier
     that `lr_mult(name)` gives, e.g. a fine-tuned backbone's), and the parameters the loss penalty
     covers. The engine sets each group's lr to the schedule's value times its `lr_mult`."""
     decayed, kept = split_decay(model, exclude)

@@ -1,127 +1,11 @@
-"""Pictures a user looks at: augmentation grids and learning-rate plots."""
+"""`regx report`: many runs and sweeps as one table, one plot and three files (report.csv/md/png)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from regx.augment import Augment
-
-
-def pick_examples(y: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of up to n examples, one per class first (so every class shows), in class order."""
-    firsts = [int(torch.nonzero(y == c)[0]) for c in torch.unique(y).tolist()]
-    rest = [i for i in range(len(y)) if i not in set(firsts)]
-    return torch.tensor((firsts + rest)[:n])
-
-
-def aug_grid(images: torch.Tensor, augment: Augment | None, rows: int = 4, cell: int = 64):
-    """A PIL image: the originals in the first row, then `rows` rows of augmented copies of them.
-
-    images: uint8 N,C,H,W. Mixup and cutmix mix within each row, as they do within a batch.
-    """
-    from PIL import Image
-
-    x = images.float() / 255
-    grid = [x]
-    if augment is not None:
-        for _ in range(rows):
-            grid.append(augment(x.clone())[0])
-    n, c, h, w = x.shape
-    scale = max(1, cell // max(h, w))
-    pad, gap = 2, 6  # white lines between cells; a wider one under the originals
-    height = len(grid) * (h * scale + pad) + pad + (gap if len(grid) > 1 else 0)
-    canvas = torch.ones(3, height, n * (w * scale + pad) + pad)
-    for r, row in enumerate(grid):
-        row = row.clamp(0, 1).expand(-1, 3, -1, -1) if c == 1 else row.clamp(0, 1)
-        row = torch.nn.functional.interpolate(row, scale_factor=scale, mode="nearest") if scale > 1 else row
-        top = pad + r * (h * scale + pad) + (gap if r > 0 else 0)
-        for i in range(n):
-            left = pad + i * (w * scale + pad)
-            canvas[:, top : top + h * scale, left : left + w * scale] = row[i]
-    array = (canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    return Image.fromarray(array)
-
-
-def save_aug_grid(path: Path, images: torch.Tensor, aug_cfg, seed: int = 0, rows: int = 4) -> Path:
-    """Write the augmentation preview PNG; uses its own generator, so it never shifts a run's draws."""
-    augment = Augment(aug_cfg, torch.Generator().manual_seed(seed)) if Augment.active(aug_cfg) else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    aug_grid(images.cpu(), augment, rows=rows).save(path)
-    return path
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write through a temporary file and a rename (a viewer never sees half a picture), close."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-def lr_plot(path: Path, lrs: list[float], steps_per_epoch: int, title: str) -> Path:
-    """Plot the learning rate against epochs (one point per optimizer step)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
-    ax.plot([s / steps_per_epoch for s in range(len(lrs))], lrs, lw=1.8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.set_xlim(0, len(lrs) / steps_per_epoch)
-    ax.set_ylim(bottom=0)
-    return save_figure(fig, path)
-
-
-def curves_plot(path: Path, rows: list[dict], title: str = "") -> Path:
-    """Loss and accuracy, training vs validation, per epoch; the best epoch marked; LR on a 2nd axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def col(key):
-        return [float(r[key]) for r in rows]
-
-    epochs = [int(r["epoch"]) for r in rows]
-    best = epochs[max(range(len(rows)), key=lambda i: float(rows[i]["val_acc"]))] if rows else None
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    ax_loss.plot(epochs, col("train_loss"), "o-", ms=3, label="train loss")
-    ax_loss.plot(epochs, col("val_loss"), "o-", ms=3, label="validation loss")
-    ax_loss.set_ylabel("cross-entropy loss")
-    ax_lr = ax_loss.twinx()
-    ax_lr.plot(epochs, col("lr"), color="gray", ls=":", label="learning rate")
-    ax_lr.set_ylabel("learning rate (end of epoch)", color="gray")
-    ax_lr.set_ylim(bottom=0)
-    ax_acc.plot(epochs, [100 * v for v in col("train_acc")], "o-", ms=3, label="train accuracy")
-    ax_acc.plot(epochs, [100 * v for v in col("val_acc")], "o-", ms=3, label="validation accuracy")
-    ax_acc.set_ylabel("accuracy (%)")
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if best is not None:
-            ax.axvline(best, color="green", alpha=0.4, lw=2, label=f"best epoch ({best})")
-    lines = ax_loss.get_legend_handles_labels()
-    extra = ax_lr.get_legend_handles_labels()
-    ax_loss.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8)
-    ax_acc.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# `regx report`: many runs as one table, one plot and three files.
+from regx.plots import save_figure
 
 COLUMNS = ("status", "best_val", "final_val", "test", "gap", "verdict", "epochs", "wall_s")
 METRICS = ("best_val", "final_val", "test", "gap", "wall_s")  # numeric: averaged by --group-by
@@ -399,3 +283,61 @@ def report_plot(path: Path, records: list[dict], keys: list[str], metric: str, g
     ax_b.grid(alpha=0.3, axis="x")
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+@dataclass
+class Report:
+    """What `regx report` shows and where it wrote it."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    caption: str
+    notes: list[str]  # lines printed under the table
+    files: list[Path]
+    out: Path
+
+
+def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | None = None,
+          metric: str = "best_val", out: str | Path | None = None) -> Report:
+    """Find the runs under `paths` (run or sweep directories, globs), tabulate them, and write
+    report.csv, report.md and report.png into `out` (default: the sweep directory, when all runs
+    are of one sweep, else outputs/reports/<stamp>). ReportError on bad input."""
+    if not paths:
+        raise ReportError("name at least one run or sweep directory")
+    records = [run_record(r) for r in find_runs(paths)]
+    keys = varying_keys(records)
+    if metric not in METRICS:
+        raise ReportError(f"--metric {metric}: must be one of {', '.join(METRICS)}")
+    sortable = ["run", *COLUMNS, *keys]
+    if sort is not None and sort not in sortable:
+        raise ReportError(f"--sort {sort}: must be one of {', '.join(sortable)}")
+    for key in group_by or []:
+        if all(_value(r, key) == "-" for r in records):
+            raise ReportError(f"--group-by {key}: no run has this key (varying keys: {', '.join(keys) or 'none'})")
+    if sort:
+        records = sort_records(records, sort)
+    out = Path(out) if out is not None else _default_out(paths, records)
+    title = f"{len(records)} run{'s' * (len(records) != 1)}" + (f", grouped by {','.join(group_by)}" if group_by else "")
+    header, shown, raw = report_table(records, keys, group_by)
+    notes = []
+    if group_by:
+        averaged = [k for k in keys if k not in group_by]
+        notes.append(f"averaged over: {', '.join(averaged) or 'nothing (each group is one run)'}")
+    notes += [f"{r['status']}: {r['path']}{': ' + r['error'] if r['error'] else ''}" for r in records
+              if r["status"] != "completed"]
+    files = write_report(out, header, shown, raw, records, keys, metric, group_by, title)
+    caption = "accuracies and gap in %; " + ("mean ± sample std over each group's completed runs" if group_by
+                                             else "gap: clean train minus val")
+    return Report(title, header, shown, caption, notes, files, out)
+
+
+def _default_out(paths: list[str], records: list[dict]) -> Path:
+    from datetime import datetime
+
+    if len(paths) == 1 and Path(paths[0]).is_dir() and not _is_run(Path(paths[0])):
+        return Path(paths[0])
+    parents = {Path(r["path"]).parent for r in records}
+    if len(parents) == 1 and (next(iter(parents)) / "multirun.yaml").is_file():
+        return next(iter(parents))
+    return Path("outputs") / "reports" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

@@ -20,7 +20,9 @@ import io
 import json
 import math
 import os
+import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ga
 TIMING_COLUMNS = ("epoch_s", "wall_s", "img_per_s")
 
 
-def _write_atomic(path: Path, write, *, before_rename=None) -> None:
+def write_atomic(path: Path, write, *, before_rename=None) -> None:
     """Write through `.NAME.tmp-PID` and a rename; on any error (a full disk included) the old file
     stays as it was, the temporary file is removed, and the OSError names the path."""
     path = Path(path)
@@ -52,10 +54,32 @@ def _write_atomic(path: Path, write, *, before_rename=None) -> None:
         raise
 
 
+def slug(text: str, limit: int = 120) -> str:
+    """`text` as a file-name part: runs of other characters become one underscore."""
+    text = re.sub(r"[^A-Za-z0-9=,.+_-]+", "_", str(text)).strip("_")
+    return text[:limit] or "run"
+
+
+def claim_dir(root: str, name: str) -> str:
+    """Create `root/<stamp>_<name>` atomically and return it; a suffix keeps two runs started in the
+    same second apart."""
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    base = Path(root) / f"{stamp}_{slug(name)}" if name else Path(root) / stamp
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            path.mkdir()
+            return str(path)
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a unique directory under {root}")
+
+
 def clean_temporary(run_dir: Path) -> list[Path]:
     """Remove temporary files a killed run left behind (its writes never got renamed into place)."""
     gone = []
-    for pattern in (".*.tmp-*", "checkpoints/.*.tmp-*", ".*.tmp.png"):
+    for pattern in (".*.tmp-*", "checkpoints/.*.tmp-*"):
         for tmp in Path(run_dir).glob(pattern):
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
@@ -64,11 +88,11 @@ def clean_temporary(run_dir: Path) -> list[Path]:
 
 def atomic_save(obj: Any, path: Path | str) -> None:
     """torch.save through a temporary file and a rename."""
-    _write_atomic(Path(path), lambda f: torch.save(obj, f))
+    write_atomic(Path(path), lambda f: torch.save(obj, f))
 
 
 def write_text(path: Path | str, text: str) -> None:
-    _write_atomic(Path(path), lambda f: f.write(text.encode()))
+    write_atomic(Path(path), lambda f: f.write(text.encode()))
 
 
 def _clean(value):
@@ -121,7 +145,7 @@ def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool, before_rename=No
         _link(last, ckpt_dir / "prev.pt")
         if _manifest_path(last).is_file():
             _link(_manifest_path(last), _manifest_path(ckpt_dir / "prev.pt"))
-    _write_atomic(last, lambda f: f.write(payload), before_rename=before_rename)
+    write_atomic(last, lambda f: f.write(payload), before_rename=before_rename)
     write_json(_manifest_path(last), manifest)
     if best:
         _link(last, ckpt_dir / "best.pt")
@@ -205,3 +229,66 @@ def newest_intact(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict, list[
 def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     """Load a checkpoint without running any code from it (weights_only=True)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming a run
+
+
+# Top-level keys that decide what a run is: resuming with one of them changed would not continue it.
+RESUME_FIXED = ("data", "model", "seed", "batch_size", "optim", "decay", "dropout", "aug")
+
+
+class NothingToDo(Exception):
+    """The run has finished what its config asks for; the message says how to ask for more."""
+
+
+def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
+    """The saved config with `overrides` applied, checked; ConfigError (one line) for bad input,
+    NothingToDo when the run already did what the config asks."""
+    from omegaconf import OmegaConf
+
+    from regx import config
+    from regx.errors import explain
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise config.ConfigError(f"no such run directory: {run_dir}")
+    if not (run_dir / "config.yaml").is_file():
+        raise config.ConfigError(f"{run_dir} is not a regx run directory (no config.yaml)")
+    if not any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt")):
+        raise config.ConfigError(f"{run_dir} has no checkpoint (it stopped before its first one): start it again with regx train")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise config.ConfigError(f"cannot parse override '{bad[0]}': expected key=value")
+    try:
+        base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), OmegaConf.load(run_dir / "config.yaml"))
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+    except Exception as exc:
+        raise config.ConfigError(explain(exc, overrides)) from exc
+    config.validate(cfg)
+    changed = [k for k in config.flat_keys(cfg) if OmegaConf.select(cfg, k) != OmegaConf.select(base, k)
+               and not OmegaConf.is_dict(OmegaConf.select(cfg, k))]
+    fixed = [k for k in changed if k.split(".")[0] in RESUME_FIXED]
+    if fixed and not force:
+        raise config.ConfigError(f"resuming with changed {', '.join(fixed)} would not continue the same run; "
+                                 "pass --force to do it anyway")
+    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+    if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
+        raise NothingToDo(f"{run_dir} already completed {summary['epochs_done']} epochs; nothing to do "
+                          f"(pass epochs=N with N > {summary['epochs_done']} to train further)")
+    stopped = summary.get("stopped_early")
+    if summary.get("status") == "completed" and stopped and cfg.early_stop.patience == base.early_stop.patience:
+        raise NothingToDo(f"{run_dir} stopped early after epoch {stopped['epoch']} ({stopped['reason']}); nothing to do "
+                          "(pass early_stop.patience=0, or a larger patience, to train on)")
+    return cfg
+
+
+def resume(run_dir: Path | str, overrides: list[str] = (), *, force: bool = False, hooks=()) -> dict:
+    """Continue a run from its newest intact checkpoint (mid-epoch if it was killed mid-epoch), with
+    `overrides` applied (epochs=N to train further); return its summary. Under torchrun every rank
+    calls it and resumes from the same checkpoint."""
+    from regx import train
+
+    cfg = resume_config(Path(run_dir), list(overrides), force=force)
+    return train.train(cfg, Path(run_dir), resume=True, hooks=hooks)

@@ -18,16 +18,18 @@ def lr_factor(
     name: str,
     total_steps: int,
     steps_per_epoch: int,
-    base_lr: float = 1.0,
-    warmup_epochs: float = 0.0,
-    min_lr: float = 0.0,
-    step_epochs: float = 30.0,
-    gamma: float = 0.1,
-    milestones=(),
-    max_lr_mult: float = 10.0,
-    pct_start: float = 0.3,
+    base_lr: float,
+    warmup_epochs: float,
+    min_lr: float,
+    step_epochs: float,
+    gamma: float,
+    milestones,
+    max_lr_mult: float,
+    pct_start: float,
     **_,
 ) -> float:
+    """The multiplier on the base learning rate at optimizer `step`; every keyword but the first
+    three is the `sched` group's key of the same name (config.SchedConfig holds the defaults)."""
     epoch = step / steps_per_epoch
     total = max(total_steps, 1)
     if name in ("constant", "plateau"):
@@ -60,7 +62,7 @@ def lr_factor(
 class Plateau:
     """Multiply the LR by `factor` after `patience` epochs without a lower validation loss."""
 
-    def __init__(self, factor: float = 0.1, patience: int = 5):
+    def __init__(self, factor: float, patience: int):
         self.factor, self.patience = factor, patience
         self.best, self.bad, self.scale = math.inf, 0, 1.0
 
@@ -78,6 +80,25 @@ class Plateau:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad, self.scale = state["best"], state["bad"], state["scale"]
+
+
+class EarlyStop:
+    """Stop after `patience` epochs without a validation accuracy above the best by more than
+    `min_delta`; patience 0 never stops. Its only state is the last improving epoch (in RunState)."""
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+
+    def improves(self, val_acc: float, best: float | None) -> bool:
+        return best is None or val_acc > best + self.min_delta
+
+    def reason(self, epoch: int, improved_epoch: int, best_val_acc: float, best_epoch: int) -> str | None:
+        """Why to stop after `epoch`, or None to go on."""
+        if not self.patience or epoch - improved_epoch < self.patience:
+            return None
+        by = f" by more than {100 * self.min_delta:g} points" if self.min_delta else ""
+        return (f"validation accuracy did not improve{by} for {self.patience} epoch{'s' * (self.patience > 1)} "
+                f"(best {100 * best_val_acc:.2f}% at epoch {best_epoch})")
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

@@ -1,20 +1,33 @@
+"""Helpers every test module may use (test modules never import from each other)."""
+
+import contextlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from regx import config
+from regx.runs import TIMING_COLUMNS, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 REGX = [sys.executable, "-m", "regx"]
+FAULTY = [sys.executable, str(REPO / "tests" / "fault_main.py")]
 
 
-def run_regx(args, cwd, env=None, timeout=300):
-    """Run `regx ARGS` in a subprocess, as a user would; returns CompletedProcess (text)."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("REGX_DEBUG", "REGX_FAULT")}
+def run_regx(args, cwd, env=None, timeout=300, fault=None):
+    """Run `regx ARGS` in a subprocess, as a user would; with `fault` (tests/fault_main.py's KIND@STEP)
+    a fault hook is installed in that process first. Returns CompletedProcess (text)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "REGX_DEBUG"}
     full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
-    return subprocess.run([*REGX, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    cmd = [*FAULTY, fault] if fault else REGX
+    return subprocess.run([*cmd, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
@@ -25,6 +38,94 @@ def regx(tmp_path):
     return call
 
 
+class Result(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def regx_here(cwd, *args) -> Result:
+    """`regx ARGS` in this process, as regx.cli.main runs it, from `cwd`: for everything a new process
+    proves nothing more about."""
+    from regx.cli import main
+
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.chdir(before)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """regx_here from tmp_path."""
+    return lambda *args: regx_here(tmp_path, *args)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+def smoke_cfg(*overrides):
+    return config.compose(["debug=smoke", *overrides])
+
+
+def only_run(root):
+    runs = sorted((root / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def metric_rows(run):
+    """metrics.csv without its timing columns: what two equal runs must share exactly."""
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in read_metrics(run / "metrics.csv")]
+
+
+def assert_same_state(a, b):
+    """Two checkpoints hold the same weights and optimizer state, bit for bit."""
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name, value in sa[k].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[k][name])), (k, name)
+
+
+def write_images(folder: Path, classes=("cat", "dog", "emu"), per_class=6, size=(40, 30)):
+    """A folder of class subfolders holding small JPEG and PNG files (PIL writes the real formats)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, c in enumerate(classes):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            arr = (rng.random((size[1], size[0], 3)) * 60 + 60 * i).astype(np.uint8)
+            ext = ".png" if j % 2 else ".jpg"
+            Image.fromarray(arr).save(folder / c / f"{j}{ext}")
+
+
+def load(name, **kw):
+    """regx.data.load_data with the schema's defaults for every key not given."""
+    from regx.data import load_data
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(config.DataConfig(name=name)))
+    return load_data(**{**defaults, **kw})
+
+
+def model_args(name="smallcnn", *, num_classes=5, in_channels=3, **kw) -> dict:
+    """build_model's keywords: the schema's defaults for every key not given."""
+    from regx.models import model_kwargs
+
+    cfg = OmegaConf.structured({"model": config.ModelConfig(name=name), "dropout": config.DropoutConfig(name="none")})
+    return {**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels), **kw}
+
+
+def make_model(name="smallcnn", **kw):
+    from regx.models import build_model
+
+    return build_model(**model_args(name, **kw))

@@ -6,7 +6,7 @@ import torchvision.transforms.v2.functional as TF
 
 from regx import config
 from regx.augment import Augment, AugParams, apply
-from regx.data import make_shapes
+from regx.data.synthetic import make_shapes
 
 BILINEAR = TF.InterpolationMode.BILINEAR
 

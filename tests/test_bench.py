@@ -1,12 +1,11 @@
-"""The benchmark's parts run (fast, tiny sizes), and the engine keeps up with a hand-written loop (slow)."""
+"""The benchmark's parts run (fast, tiny sizes). The speed figures themselves are `make bench`'s."""
 
 import json
 
 import pytest
 import torch
 
-from regx import bench
-from regx.train import pick_precision
+from benchmarks import bench
 
 CPU = torch.device("cpu")
 
@@ -18,12 +17,10 @@ def test_benchmark_parts_run_and_write_their_report(tmp_path):
     aug = bench.alternate(bench.aug_alone(CPU, 2, 16), repeats=1, warmup=0)
     assert all(v["median"] > 0 for v in aug.values())
     assert bench.tv_end_to_end("smallcnn", CPU, "32", 2, 16)() == 32
-    t = bench.time_to_accuracy("cpu", target=0.0, extra=("debug=smoke", "epochs=1"))
-    assert t["reached"]["epoch"] == 1 and 0 < t["reached"]["seconds"] <= t["reached"]["wall_s"] and t["epochs"] == 1
-    w = bench.whole_epochs("cpu", quick=True, epochs=3, extra=("debug=smoke",))
-    assert w["epochs"] == 3 and len(w["epoch_wall_s"]) == 3 and w["whole_epoch_img_per_s"] > 0 and w["ratio"] > 0
+    t = {"target": 0.99, "reached": {"epoch": 1, "seconds": 2.0, "wall_s": 3.0}, "epochs": 1, "best_val_acc": 0.995,
+         "test_acc": 0.99, "wall_s": 4.0}
     stats = {"median": 10.0, "min": 9.0, "max": 11.0, "n": 3}
-    result = {"machine": bench.machine(CPU), "command": "python -m regx.bench", "date": "2026-01-01",
+    result = {"machine": bench.machine(CPU), "command": "python -m benchmarks.bench", "date": "2026-01-01",
               "engine": [{"model": "smallcnn", "precision": "32", "aug": "none", "batch": 128, "regx": stats,
                           "hand": stats, "ratio": 1.0}],
               "defaults": [{"what": "channels_last vs contiguous, smallcnn 32", "ratio": 1.1},
@@ -38,9 +35,8 @@ def test_benchmark_parts_run_and_write_their_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_engine_keeps_up_with_a_hand_written_loop():
-    precision = pick_precision("auto", CPU)
-    r = bench.alternate({"regx": bench.regx_loop("smallcnn", CPU, precision, 8, 128),
-                         "hand": bench.hand_loop("smallcnn", CPU, precision, 8, 128)}, repeats=5)
-    ratio = bench.paired_ratio(r["regx"], r["hand"])
-    assert ratio >= 0.90, f"regx reached {ratio:.3f} of a hand-written loop's images/s"
+def test_whole_run_benchmarks_run():
+    t = bench.time_to_accuracy("cpu", target=0.0, extra=("debug=smoke", "epochs=1"))
+    assert t["reached"]["epoch"] == 1 and 0 < t["reached"]["seconds"] <= t["reached"]["wall_s"] and t["epochs"] == 1
+    w = bench.whole_epochs("cpu", quick=True, epochs=3, extra=("debug=smoke",))
+    assert w["epochs"] == 3 and len(w["epoch_wall_s"]) == 3 and w["whole_epoch_img_per_s"] > 0 and w["ratio"] > 0

@@ -1,16 +1,16 @@
 """Every option of every group composes, validates and builds; bad input fails with one line."""
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from regx import config
-from regx.augment import Augment
-from regx.models import build_model
-from regx.regularize import build_optimizer, penalty
-from regx.schedules import lr_factor
+from regx import config, errors
+from regx.data import iterate
+from regx.distributed import Ranks
+from regx.engine import Tally, train_one_epoch
+from regx.train import build
 
 OPTIONS = [(g, o) for g in config.GROUPS for o in config.group_options(g)]
 EXTRA = {("data", "imagefolder"): [f"data.path={Path(__file__).parent}"],  # any folder that exists
@@ -23,30 +23,21 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_builds(group, option):
+def test_option_composes_builds_and_trains_a_step(group, option):
     if group == "hparams_search":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'regx[sweeps]'")
-    cfg = config.compose([f"{group}={option}", *EXTRA.get((group, option), [])])
+    cfg = config.compose(["debug=smoke", "data.image_size=32", "data.n_train=800", "batch_size=8", f"{group}={option}", *EXTRA.get((group, option), [])])
     config.validate(cfg)
-    if group == "data":  # loaders are tested on real files in test_data.py
+    if group == "data" or cfg.finetune.weights:  # loaders are tested on real files in test_data.py, weights in test_finetune.py
         return
-    model = build_model(name=cfg.model.name, num_classes=7, in_channels=3, channels=cfg.model.channels,
-                        convs_per_block=cfg.model.convs_per_block, fc=cfg.model.fc,
-                        small_input=cfg.model.small_input, dropout=cfg.dropout.p, conv_dropout=cfg.dropout.conv_p)
-    opt, decayed = build_optimizer(model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name,
-                                   exclude=list(cfg.decay.exclude))
-    x = torch.rand(2, 3, 32, 32)
-    if Augment.active(cfg.aug):
-        x, _ = Augment(cfg.aug, torch.Generator().manual_seed(0))(x)
-    loss = model(x).logsumexp(1).mean()
-    if decayed:
-        loss = loss + penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)
-    loss.backward()
-    opt.step()
-    assert model(x).shape == (2, 7)
-    sched = OmegaConf.to_container(cfg.sched)
-    lrs = [lr_factor(s, total_steps=100, steps_per_epoch=10, base_lr=cfg.lr, **sched) for s in range(100)]
-    assert all(0 <= f < 100 for f in lrs)
+    parts = build(cfg, torch.device("cpu"), Ranks())  # what a run builds from this option
+    before = [p.detach().clone() for p in parts.model.parameters()]
+    batches = iterate(parts.data.train, cfg.batch_size, device="cpu")
+    r = train_one_epoch(parts.model, parts.step, [next(batches)], first_step=0, tally=Tally.zero(torch.device("cpu")))
+    assert r.steps == 1 and math.isfinite(r.loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, parts.model.parameters()))  # it trained
+    lrs = [parts.step.lr_at(s) for s in range(parts.steps * cfg.epochs)]
+    assert all(0 <= lr <= cfg.lr * cfg.sched.max_lr_mult for lr in lrs)
 
 
 def test_used_by_command_composes():
@@ -82,14 +73,14 @@ def test_used_by_command_composes():
 )
 def test_bad_config_is_one_line(overrides, message):
     with pytest.raises(config.ConfigError) as err:
-        config.preflight(overrides)
+        errors.preflight(overrides)
     text = str(err.value)
     assert message in text
     assert "\n" not in text
 
 
 def test_sweep_preview_covers_every_value():
-    variants = config.expand_sweep(["aug=none,flip", "wd=0,1e-4,1e-3", "epochs=2"])
+    variants = errors.expand_sweep(["aug=none,flip", "wd=0,1e-4,1e-3", "epochs=2"])
     assert len(variants) == 4  # first combination + one per further value, not the 6 of the product
     flat = {o for v in variants for o in v}
     assert {"aug=none", "aug=flip", "wd=0", "wd=0.0001", "wd=0.001", "epochs=2"} <= flat

@@ -9,23 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from regx import data as D
+from regx.data import folders, tvsets
+from regx.data.synthetic import make_shapes
+from tests.conftest import load, write_images
 
 # --- shapes ---------------------------------------------------------------------------------------
 
 
 def test_shapes_are_seeded_balanced_and_varied():
-    x1, y1 = D.make_shapes(500, 32, 10, 3, seed=3)
-    x2, y2 = D.make_shapes(500, 32, 10, 3, seed=3)
-    x3, _ = D.make_shapes(500, 32, 10, 3, seed=4)
+    x1, y1 = make_shapes(500, 32, 10, 3, seed=3)
+    x2, y2 = make_shapes(500, 32, 10, 3, seed=3)
+    x3, _ = make_shapes(500, 32, 10, 3, seed=4)
     assert x1.dtype == torch.uint8 and x1.shape == (500, 3, 32, 32)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert not torch.equal(x1, x3)
     assert set(y1.tolist()) == set(range(10))
     assert len({tuple(img.flatten()[:64].tolist()) for img in x1}) == 500  # no two images alike
-    gray, _ = D.make_shapes(10, 16, 4, 1, seed=0)
+    gray, _ = make_shapes(10, 16, 4, 1, seed=0)
     assert gray.shape == (10, 1, 16, 16)
 
 
@@ -41,7 +43,7 @@ def test_stratified_split_keeps_class_proportions():
 
 
 def test_load_shapes_carves_validation_and_subsets():
-    d = D.load_data(name="shapes", image_size=16, n_train=400, n_test=50, val_fraction=0.25, train_size=100, seed=1)
+    d = load("shapes", image_size=16, n_train=400, n_test=50, val_fraction=0.25, train_size=100, seed=1)
     assert (len(d.train), len(d.val), len(d.test)) == (100, 100, 50)
     assert d.num_classes == 10 and d.channels == 3 and d.image_size == 16
     assert len(d.mean) == len(d.std) == 3 and all(0 < s < 1 for s in d.std)
@@ -84,16 +86,16 @@ def write_mnist_family(folder: Path, compress=False, n_train=60, n_test=20):
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw")])
 def test_mnist_family_through_torchvision(tmp_path, name, folder):
     write_mnist_family(tmp_path / folder)
-    d = D.load_data(name=name, root=str(tmp_path), download=False, val_fraction=0.1)
+    d = load(name, root=str(tmp_path), download=False, val_fraction=0.1)
     assert (len(d.train), len(d.val), len(d.test)) == (54, 6, 20)
     assert d.train.x.shape[1:] == (1, 28, 28) and d.channels == 1 and d.num_classes == 10
-    d32 = D.load_data(name=name, root=str(tmp_path), download=False, image_size=32)
+    d32 = load(name, root=str(tmp_path), download=False, image_size=32)
     assert d32.train.x.shape[1:] == (1, 32, 32) and d32.image_size == 32
 
 
 def test_fashion_mnist_reads_gzipped_idx_files_debian_style(tmp_path):
     write_mnist_family(tmp_path, compress=True)  # as Debian's dataset-fashion-mnist lays them out
-    d = D.load_data(name="fashion_mnist", root=str(tmp_path), download=False)
+    d = load("fashion_mnist", root=str(tmp_path), download=False)
     assert len(d.train) + len(d.val) == 60 and len(d.test) == 20
     assert d.classes[0] == "T-shirt/top"
 
@@ -104,7 +106,7 @@ def test_truncated_idx_is_reported(tmp_path):
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
         f.write(raw[:-100])
     with pytest.raises(D.DataError, match="truncated"):
-        D.load_data(name="fashion_mnist", root=str(tmp_path), download=False)
+        load("fashion_mnist", root=str(tmp_path), download=False)
 
 
 def write_cifar(folder: Path, kind: str, per_file=10):
@@ -130,7 +132,7 @@ def test_cifar_through_torchvision(tmp_path, monkeypatch, name, folder, cls):
     monkeypatch.setattr(getattr(tvd, cls), "_check_integrity", lambda self: True)
     monkeypatch.setattr(tvd.cifar, "check_integrity", lambda *a, **k: True)
     write_cifar(tmp_path / folder, name)
-    d = D.load_data(name=name, root=str(tmp_path), download=False, val_fraction=0.2)
+    d = load(name, root=str(tmp_path), download=False, val_fraction=0.2)
     n_train = 50 if name == "cifar10" else 10
     assert len(d.train) + len(d.val) == n_train and len(d.test) == 10
     assert d.train.x.shape[1:] == (3, 32, 32) and d.channels == 3
@@ -139,9 +141,9 @@ def test_cifar_through_torchvision(tmp_path, monkeypatch, name, folder, cls):
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
 def test_missing_files_say_where_to_put_which(tmp_path, monkeypatch, name):
-    monkeypatch.setitem(D._TV, name, (*D._TV[name][:3], []))  # not the system-wide Debian copy
+    monkeypatch.setitem(tvsets._TV, name, (*tvsets._TV[name][:3], []))  # not the system-wide Debian copy
     with pytest.raises(D.DataError) as err:
-        D.load_data(name=name, root=str(tmp_path), download=False)
+        load(name, root=str(tmp_path), download=False)
     text = str(err.value)
     assert str(tmp_path.resolve()) in text and "data.download=false" in text
     assert ("train-images-idx3-ubyte" in text) or ("data_batch_1" in text) or ("train, test, meta" in text)
@@ -152,7 +154,7 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.mark.skipif(not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_debian(tmp_path):
-    d = D.load_data(name="fashion_mnist", root=str(tmp_path), download=False)
+    d = load("fashion_mnist", root=str(tmp_path), download=False)
     assert len(d.train) + len(d.val) == 60000 and len(d.test) == 10000
     assert torch.bincount(d.test.y).tolist() == [1000] * 10
 
@@ -160,39 +162,29 @@ def test_real_fashion_mnist_from_debian(tmp_path):
 # --- image folders --------------------------------------------------------------------------------
 
 
-def write_images(folder: Path, classes=("cat", "dog", "emu"), per_class=6, size=(40, 30)):
-    rng = np.random.default_rng(0)
-    for i, c in enumerate(classes):
-        (folder / c).mkdir(parents=True, exist_ok=True)
-        for j in range(per_class):
-            arr = (rng.random((size[1], size[0], 3)) * 60 + 60 * i).astype(np.uint8)
-            ext = ".png" if j % 2 else ".jpg"
-            Image.fromarray(arr).save(folder / c / f"{j}{ext}")
-
-
 def test_imagefolder_with_splits_and_cache(tmp_path, monkeypatch):
     for split in ("train", "val", "test"):
         write_images(tmp_path / "imgs" / split, per_class=4 if split == "train" else 2)
     kw = dict(name="imagefolder", root=str(tmp_path / "cache"), path=str(tmp_path / "imgs"), image_size=24, workers=0)
-    d = D.load_data(**kw)
+    d = load(**kw)
     assert (len(d.train), len(d.val), len(d.test)) == (12, 6, 6)
     assert d.classes == ["cat", "dog", "emu"] and d.train.x.shape[1:] == (3, 24, 24)
     assert len(list((tmp_path / "cache" / "cache").glob("imagefolder-*.pt"))) == 1
-    monkeypatch.setattr(D, "decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
-    again = D.load_data(**kw)  # from the cache: nothing decoded
+    monkeypatch.setattr(folders, "decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = load(**kw)  # from the cache: nothing decoded
     assert torch.equal(again.train.x, d.train.x)
 
 
 def test_flat_imagefolder_carves_validation(tmp_path):
     write_images(tmp_path / "imgs", per_class=10)
-    d = D.load_data(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, val_fraction=0.2, workers=0)
+    d = load("imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, val_fraction=0.2, workers=0)
     assert (len(d.train), len(d.val), d.test) == (24, 6, None)
 
 
 def test_streaming_gives_the_same_batches(tmp_path):
     write_images(tmp_path / "imgs", per_class=5)
     kw = dict(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, workers=0)
-    mem, streamed = D.load_data(**kw), D.load_data(stream=True, **kw)
+    mem, streamed = load(**kw), load(stream=True, **kw)
     assert mem.train.x is not None and streamed.streaming
     order = torch.randperm(len(mem.train), generator=torch.Generator().manual_seed(0))
     for (xa, ya), (xb, yb) in zip(D.iterate(mem.train, 4, order=order), D.iterate(streamed.train, 4, order=order)):
@@ -207,8 +199,8 @@ def test_bad_images_are_named_all_at_once_or_skipped(tmp_path):
     (tmp_path / "imgs" / "emu" / "text.png").write_text("not an image")
     kw = dict(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, workers=0)
     with pytest.raises(D.DataError) as err:
-        D.load_data(**kw)
+        load(**kw)
     for bad in ("trunc.jpg", "empty.png", "text.png"):
         assert bad in str(err.value)
-    d = D.load_data(on_bad_image="skip", **kw)
+    d = load(on_bad_image="skip", **kw)
     assert len(d.train) + len(d.val) == 12

@@ -1,5 +1,8 @@
 """Verdict rules on synthetic curves, and on real runs."""
 
+import pytest
+from omegaconf import OmegaConf
+
 from regx import config
 from regx.diagnose import remedies, verdict
 from regx.train import train
@@ -50,11 +53,17 @@ def test_clean_training_accuracy_decides_the_gap():
     assert kind == "overfitting" and ev["train_acc_is_clean"] and ev["gap"] == 0.35
 
 
-def test_remedies_are_overrides_that_compose():
-    for kind in ("overfitting", "underfitting", "diverged"):
-        for _, override in remedies(kind, epochs=10, lr=0.1):
-            if "=" in override and " " not in override.split("=", 1)[0]:
-                config.compose(override.split())
+@pytest.mark.parametrize(("kind", "run"), [
+    ("overfitting", ["aug=none", "dropout=none", "wd=0", "data.train_size=500"]),  # unregularized, little data
+    ("underfitting", ["aug=all", "dropout=fc", "wd=5e-4", "epochs=10"]),  # heavily regularized, short
+    ("diverged", ["lr=0.1"]),
+])
+def test_remedies_are_overrides_that_compose_and_change_such_a_run(kind, run):
+    before = config.compose(run)
+    for what, override in remedies(kind, epochs=10, lr=0.1):
+        after = config.compose([*run, *override.split()])
+        changed = [k for k in config.flat_keys(after) if OmegaConf.select(after, k) != OmegaConf.select(before, k)]
+        assert changed, (what, override)
 
 
 def test_a_short_run_underfits_and_a_tiny_subset_overfits(tmp_path):

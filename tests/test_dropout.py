@@ -1,25 +1,26 @@
-"""Dropout as nn.Dropout defines it: p is the probability of dropping; eval mode is the identity."""
+"""Dropout where the course puts it: dropout.p is the probability of dropping, in train mode only."""
 
 import pytest
 import torch
 from torch import nn
 
 from regx.engine import Pipeline, evaluate
-from regx.models import build_model
+from tests.conftest import make_model, smoke_cfg
 
 
-def test_train_mode_drops_p_and_rescales_the_rest():
+def test_dropout_p_is_the_probability_of_dropping_in_the_models_regx_builds():
+    """dropout.p reaches the model as the drop probability (not the keep probability) of its layers."""
     torch.manual_seed(0)
-    p = 0.3
-    drop = nn.Dropout(p).train()
+    model = make_model("smallcnn", fc=[512], dropout=0.3).train()
+    (drop,) = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     out = drop(torch.ones(200_000))
-    assert (out == 0).float().mean().item() == pytest.approx(p, abs=0.005)
-    assert torch.allclose(out[out != 0], torch.tensor(1 / (1 - p)))
+    assert (out == 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
+    assert torch.allclose(out[out != 0], torch.tensor(1 / 0.7))
 
 
 @pytest.mark.parametrize("name", ["smallcnn", "resnet18", "mobilenet_v3_small"])
 def test_dropout_sits_before_the_classifier_and_eval_is_deterministic(name):
-    model = build_model(name=name, num_classes=5, in_channels=3, dropout=0.5)
+    model = make_model(name, dropout=0.5)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     order = [m for m in model.modules() if isinstance(m, nn.Dropout | nn.Linear)]
     assert isinstance(order[order.index(linears[-1]) - 1], nn.Dropout)
@@ -31,7 +32,7 @@ def test_dropout_sits_before_the_classifier_and_eval_is_deterministic(name):
 
 
 def test_smallcnn_fc_dropout_before_every_linear_and_conv_dropout_after_blocks():
-    model = build_model(name="smallcnn", num_classes=5, in_channels=3, fc=[64, 32], dropout=0.5, conv_dropout=0.1)
+    model = make_model("smallcnn", num_classes=5, in_channels=3, fc=[64, 32], dropout=0.5, conv_dropout=0.1)
     mods = list(model.modules())
     linears = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
     assert not isinstance(mods[linears[0] - 1], nn.Dropout)  # the pooled conv features are not dropped
@@ -56,15 +57,14 @@ def test_evaluation_runs_in_eval_mode():
 
 
 def test_mc_dropout_reports_accuracy_and_entropy(tmp_path):
-    from regx import config
     from regx.train import train
 
-    s = train(config.compose(["debug=smoke", "epochs=1", "dropout=fc", "dropout.mc_samples=4"]), tmp_path / "r")
+    s = train(smoke_cfg("epochs=1", "dropout=fc", "dropout.mc_samples=4"), tmp_path / "r")
     assert 0 <= s["mc_test_acc"] <= 1
     assert 0 < s["mc_entropy"] <= torch.log(torch.tensor(10.0)).item() + 1e-6
 
 
 def test_dropping_the_pooled_features_is_opt_in():
-    model = build_model(name="smallcnn", num_classes=5, in_channels=3, fc=[64], dropout=0.5, dropout_features=True)
+    model = make_model("smallcnn", num_classes=5, in_channels=3, fc=[64], dropout=0.5, dropout_features=True)
     mods = list(model.modules())
     assert all(isinstance(mods[i - 1], nn.Dropout) for i, m in enumerate(mods) if isinstance(m, nn.Linear))

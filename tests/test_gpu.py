@@ -43,13 +43,13 @@ def test_the_sync_free_path_on_cuda_matches_the_cpu_index_path(option):
 
 
 def test_nan_is_caught_on_cuda_and_named_by_its_step(tmp_path):
-    res = run_regx(["train", *SMOKE, f"hydra.run.dir={tmp_path / 'n'}"], tmp_path, env={"REGX_FAULT": "nan@9"})
+    res = run_regx(["train", *SMOKE, f"hydra.run.dir={tmp_path / 'n'}"], tmp_path, fault="nan@9")
     assert res.returncode == 1
     assert "loss became nan at step 9 (epoch 2, lr " in res.stderr  # read back late on a GPU, still exact
 
 
 def test_sigterm_checkpoints_and_resume_finishes_on_cuda(tmp_path):
-    stopped = run_regx(["train", *SMOKE, f"hydra.run.dir={tmp_path / 's'}"], tmp_path, env={"REGX_FAULT": "term@9"})
+    stopped = run_regx(["train", *SMOKE, f"hydra.run.dir={tmp_path / 's'}"], tmp_path, fault="term@9")
     assert stopped.returncode == 143, stopped.stderr
     resumed = run_regx(["resume", str(tmp_path / "s")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr

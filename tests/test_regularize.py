@@ -5,6 +5,8 @@ from torch import nn
 
 from regx.regularize import build_optimizer, penalty, split_decay
 
+OPTIM = dict(exclude=["bias", "norm"], momentum=0.9, nesterov=True, betas=[0.9, 0.999], eps=1e-8)
+
 
 def model():
     torch.manual_seed(0)
@@ -29,7 +31,7 @@ def test_bias_and_norm_parameters_are_excluded():
 
 def test_l2_gradient_is_plain_gradient_plus_2_wd_p():
     m, wd = model(), 1e-2
-    _, decayed = build_optimizer(m, name="sgd", lr=0.1, wd=wd, decay="l2")
+    _, decayed = build_optimizer(m, name="sgd", lr=0.1, wd=wd, decay="l2", **OPTIM)
     plain = grads(m)
     with_l2 = grads(m, lambda: penalty(decayed, decay="l2", wd=wd))
     ids = {id(p) for p in decayed}
@@ -40,7 +42,7 @@ def test_l2_gradient_is_plain_gradient_plus_2_wd_p():
 
 def test_l1_gradient_adds_wd_sign_p():
     m, wd = model(), 1e-2
-    _, decayed = build_optimizer(m, name="sgd", lr=0.1, wd=wd, decay="l1")
+    _, decayed = build_optimizer(m, name="sgd", lr=0.1, wd=wd, decay="l1", **OPTIM)
     plain = grads(m)
     with_l1 = grads(m, lambda: penalty(decayed, decay="l1", wd=wd))
     torch.testing.assert_close(with_l1["0.weight"], plain["0.weight"] + wd * m[0].weight.detach().sign())
@@ -48,7 +50,7 @@ def test_l1_gradient_adds_wd_sign_p():
 
 def test_one_sgd_step_is_the_course_update():
     m, wd, lr = model(), 1e-2, 0.1
-    opt, decayed = build_optimizer(m, name="sgd", lr=lr, wd=wd, decay="l2", momentum=0.0)
+    opt, decayed = build_optimizer(m, name="sgd", lr=lr, wd=wd, decay="l2", **{**OPTIM, "momentum": 0.0})
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     plain = grads(m)
     opt.zero_grad()
@@ -60,7 +62,7 @@ def test_one_sgd_step_is_the_course_update():
 
 def test_decoupled_uses_the_optimizer_and_wd_zero_adds_nothing():
     m = model()
-    opt, decayed = build_optimizer(m, name="adamw", lr=0.1, wd=0.05, decay="decoupled")
+    opt, decayed = build_optimizer(m, name="adamw", lr=0.1, wd=0.05, decay="decoupled", **OPTIM)
     assert decayed == [] and [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
-    _, none = build_optimizer(m, name="sgd", lr=0.1, wd=0.0, decay="l2")
+    _, none = build_optimizer(m, name="sgd", lr=0.1, wd=0.0, decay="l2", **OPTIM)
     assert none == []

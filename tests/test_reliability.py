@@ -1,8 +1,9 @@
 """Killed, corrupted, poisoned or malformed: a run loses nothing and says what went wrong.
 
-Every case runs the real CLI in a subprocess where a real signal or a real kill is involved. The smoke
-preset has 360 training images in batches of 64: 6 steps per epoch, steps 0-17 over 3 epochs, so
-step 9 is the fourth batch of epoch 2.
+A SIGKILL runs in a subprocess (tests/fault_main.py installs the fault hook there); signals that the
+run handles (SIGTERM, SIGINT) are real signals sent to this process. The smoke preset has 360
+training images in batches of 64: 6 steps per epoch, steps 0-17 over 3 epochs, so step 9 is the
+fourth batch of epoch 2.
 """
 
 import errno
@@ -22,9 +23,9 @@ from regx.runs import (
     save_checkpoint,
     verify_checkpoint,
 )
-from regx.train import RunFailed, train
-from tests.conftest import run_regx
-from tests.test_train import assert_same_state, metric_rows, smoke_cfg
+from regx.train import Interrupted, RunFailed, train
+from tests.conftest import assert_same_state, metric_rows, run_regx, smoke_cfg, write_images
+from tests.fault_main import Fault
 
 COMMON = ["debug=smoke", "epochs=3", "aug=flip_rotate", "dropout=fc", "checkpoint.every_steps=2"]
 
@@ -33,14 +34,13 @@ COMMON = ["debug=smoke", "epochs=3", "aug=flip_rotate", "dropout=fc", "checkpoin
 def reference(tmp_path_factory):
     """An uninterrupted run of COMMON: what every interrupted-and-resumed run must equal."""
     root = tmp_path_factory.mktemp("ref")
-    res = run_regx(["train", *COMMON, f"hydra.run.dir={root / 'full'}"], root)
-    assert res.returncode == 0, res.stderr
+    assert train(smoke_cfg(*COMMON[1:]), root / "full")["status"] == "completed"
     return root / "full"
 
 
-def start(tmp_path, name, fault=None, *extra):
-    env = {"REGX_FAULT": fault} if fault else None
-    return run_regx(["train", *COMMON, *extra, f"hydra.run.dir={tmp_path / name}"], tmp_path, env=env)
+def start(tmp_path, name, fault):
+    """COMMON in a subprocess that the fault kills."""
+    return run_regx(["train", *COMMON, f"hydra.run.dir={tmp_path / name}"], tmp_path, fault=fault)
 
 
 def assert_equal_runs(a, b):
@@ -52,21 +52,21 @@ def summary(run):
     return json.loads((run / "summary.json").read_text())
 
 
-def test_killed_mid_epoch_resumes_at_the_next_unseen_batch(tmp_path, reference):
+def test_killed_mid_epoch_resumes_at_the_next_unseen_batch(tmp_path, reference, cli):
     killed = start(tmp_path, "k", "kill@9")
     assert killed.returncode == -9
     state = load_checkpoint(tmp_path / "k/checkpoints/last.pt")["state"]
     assert (state["epoch"], state["batch"], state["step"]) == (1, 2, 8)  # mid-epoch 2, after its 2nd batch
-    resumed = run_regx(["resume", str(tmp_path / "k")], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "at epoch 2 batch 3 (step 8)" in resumed.stdout
+    code, out, err = cli("resume", str(tmp_path / "k"))
+    assert code == 0, err
+    assert "at epoch 2 batch 3 (step 8)" in out
     assert_equal_runs(reference, tmp_path / "k")
     assert summary(tmp_path / "k")["status"] == "completed"
-    again = run_regx(["resume", str(tmp_path / "k")], tmp_path)
-    assert again.returncode == 0 and "already completed 3 epochs; nothing to do" in again.stdout
+    code, out, _ = cli("resume", str(tmp_path / "k"))
+    assert code == 0 and "already completed 3 epochs; nothing to do" in out
 
 
-def test_killed_while_writing_a_checkpoint(tmp_path, reference):
+def test_killed_while_writing_a_checkpoint(tmp_path, reference, cli):
     killed = start(tmp_path, "w", "killsave@9")  # the checkpoint after step 9 dies before its rename
     assert killed.returncode == -9
     ckpt = tmp_path / "w/checkpoints"
@@ -74,9 +74,9 @@ def test_killed_while_writing_a_checkpoint(tmp_path, reference):
     assert len(leftovers) == 1
     verify_checkpoint(ckpt / "last.pt")
     assert load_checkpoint(ckpt / "last.pt")["state"]["step"] == 8  # still the previous checkpoint
-    resumed = run_regx(["resume", str(tmp_path / "w")], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "removed" in resumed.stdout and not list(ckpt.glob(".*tmp*"))
+    code, out, err = cli("resume", str(tmp_path / "w"))
+    assert code == 0, err
+    assert "removed" in out and not list(ckpt.glob(".*tmp*"))
     assert_equal_runs(reference, tmp_path / "w")
 
 
@@ -139,23 +139,23 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_intact_one(tmp_path,
     assert path.name == "prev.pt" and len(problems) == 2
 
 
-def test_resume_says_which_checkpoint_it_fell_back_to_and_fails_when_none_is_intact(tmp_path, reference):
+def test_resume_says_which_checkpoint_it_fell_back_to_and_fails_when_none_is_intact(tmp_path, reference, cli):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     (run / "checkpoints/last.pt").write_bytes(b"")
-    res = run_regx(["resume", str(run), "epochs=4"], tmp_path)
+    res = cli("resume", str(run), "epochs=4")
     assert res.returncode == 0, res.stderr
     assert "last.pt is corrupt" in res.stdout and "falling back to" in res.stdout
     assert summary(run)["epochs_done"] == 4
     for name in ("last.pt", "prev.pt", "best.pt"):
         (run / "checkpoints" / name).write_bytes(b"not a checkpoint")
-    res = run_regx(["resume", str(run), "epochs=5"], tmp_path)
+    res = cli("resume", str(run), "epochs=5")
     assert res.returncode == 1
     assert "last.pt is corrupt" in res.stderr and "no intact checkpoint remains" in res.stderr
     assert "Traceback" not in res.stderr
 
 
-def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, reference):
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, reference, cli):
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -169,41 +169,52 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, reference)
         (run / "checkpoints" / f"{name}.json").unlink()  # no manifest: loading is the only check left
     with pytest.raises(Exception, match="[Ww]eights only"):
         load_checkpoint(run / "checkpoints/last.pt")
-    res = run_regx(["resume", str(run), "epochs=4"], tmp_path)
+    res = cli("resume", str(run), "epochs=4")
     assert res.returncode == 1 and "last.pt does not load" in res.stderr
-    res = run_regx(["eval", str(run)], tmp_path)
+    res = cli("eval", str(run))
     assert res.returncode == 2 and "best.pt does not load" in res.stderr
     assert not marker.exists()
     # regx's own checkpoints load under the same rule
     assert load_checkpoint(reference / "checkpoints/last.pt")["state"]["epoch"] == 3
 
 
+def run_with(tmp_path, name, fault):
+    """COMMON in this process with the fault hook: real signals reach this process's handlers."""
+    return train(smoke_cfg(*COMMON[1:]), tmp_path / name, hooks=[Fault(fault)])
+
+
 @pytest.mark.parametrize(("fault", "code"), [("term@9", 143), ("int@9", 130)])
-def test_sigterm_or_sigint_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, reference, fault, code):
-    stopped = start(tmp_path, "s", fault)
-    assert stopped.returncode == code, stopped.stderr
-    assert "stopping after this step" in stopped.stderr
+def test_sigterm_or_sigint_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, reference, fault, code, capfd):
+    with pytest.raises(Interrupted) as stopped:
+        run_with(tmp_path, "s", fault)
+    assert stopped.value.code == code
+    assert "stopping after this step" in capfd.readouterr().err
     run = tmp_path / "s"
     assert summary(run)["status"] == "interrupted"
     state = load_checkpoint(run / "checkpoints/last.pt")["state"]
     assert (state["epoch"], state["batch"], state["step"]) == (1, 4, 10)  # step 9 finished, then saved
-    resumed = run_regx(["resume", str(run)], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    train(smoke_cfg(*COMMON[1:]), run, resume=True)
     assert_equal_runs(reference, run)
 
 
+def test_a_signal_reaches_the_cli_as_its_exit_status(tmp_path):
+    stopped = start(tmp_path, "t", "term@3")
+    assert stopped.returncode == 143 and "stopping after this step" in stopped.stderr
+    assert "interrupted; resume with: regx resume" in stopped.stdout
+
+
 def test_a_second_ctrl_c_stops_at_once(tmp_path):
-    stopped = start(tmp_path, "c", "int2@9")
-    assert stopped.returncode == 130
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_with(tmp_path, "c", "int2@9")
+    assert not isinstance(stopped.value, Interrupted)
     run = tmp_path / "c"
     assert summary(run)["status"] == "interrupted"
     assert load_checkpoint(run / "checkpoints/last.pt")["state"]["step"] == 8  # no checkpoint for step 9
 
 
 def test_nan_loss_stops_with_step_loss_and_lr_and_keeps_checkpoints_finite(tmp_path):
-    res = start(tmp_path, "n", "nan@9")
-    assert res.returncode == 1
-    assert "loss became nan at step 9 (epoch 2, lr " in res.stderr
+    with pytest.raises(RunFailed, match=r"loss became nan at step 9 \(epoch 2, lr "):
+        run_with(tmp_path, "n", "nan@9")
     run = tmp_path / "n"
     s = summary(run)
     assert s["status"] == "failed" and s["verdict"] == "diverged" and s["evidence"]["step"] == 9
@@ -220,8 +231,6 @@ def test_a_diverging_learning_rate_fails_the_same_way(tmp_path):
 
 
 def bad_folder(root):
-    from tests.test_data import write_images
-
     write_images(root, per_class=4)
     good = (root / "cat" / "0.jpg").read_bytes()
     (root / "cat" / "trunc.jpg").write_bytes(good[: len(good) // 3])
@@ -230,23 +239,23 @@ def bad_folder(root):
     return root
 
 
-def test_check_data_names_every_bad_image_without_training(tmp_path):
+def test_check_data_names_every_bad_image_without_training(tmp_path, cli):
     root = bad_folder(tmp_path / "imgs")
-    res = run_regx(["check-data", "data=imagefolder", f"data.path={root}", "data.image_size=16"], tmp_path)
+    res = cli("check-data", "data=imagefolder", f"data.path={root}", "data.image_size=16")
     assert res.returncode == 1
     for name in ("cat/trunc.jpg", "dog/empty.png", "emu/text.png"):
         assert f"unreadable: {root / name}" in res.stdout
     assert "3 unreadable image(s)" in res.stderr and not (tmp_path / "outputs").exists()
-    ok = run_regx(["check-data", "debug=smoke"], tmp_path)
+    ok = cli("check-data", "debug=smoke")
     assert ok.returncode == 0 and "every image decodes" in ok.stdout
 
 
-def test_training_on_bad_images_names_them_or_skips_and_counts(tmp_path):
+def test_training_on_bad_images_names_them_or_skips_and_counts(tmp_path, cli):
     root = bad_folder(tmp_path / "imgs")
     args = ["train", "debug=smoke", "data=imagefolder", f"data.path={root}", "data.image_size=16", "epochs=1"]
-    res = run_regx([*args, "hydra.run.dir=err"], tmp_path)
+    res = cli(*[*args, "hydra.run.dir=err"])
     assert res.returncode == 1 and "3 unreadable image(s)" in res.stderr and "trunc.jpg" in res.stderr
-    res = run_regx([*args, "data.on_bad_image=skip", "hydra.run.dir=skip"], tmp_path)
+    res = cli(*[*args, "data.on_bad_image=skip", "hydra.run.dir=skip"])
     assert res.returncode == 0, res.stderr
     assert "skipped 3 unreadable image(s)" in (tmp_path / "skip" / "train.log").read_text() + res.stdout
 
@@ -255,15 +264,13 @@ def test_training_on_bad_images_names_them_or_skips_and_counts(tmp_path):
     ("one_class", "found 1 class folder(s); need at least 2"),
     ("empty_class", "zebra: class folder has no images"),
 ])
-def test_bad_folders_stop_before_training_naming_the_path(tmp_path, layout, message):
-    from tests.test_data import write_images
-
+def test_bad_folders_stop_before_training_naming_the_path(tmp_path, layout, message, cli):
     root = tmp_path / "imgs"
     if layout == "one_class":
         write_images(root, classes=("only",))
     elif layout == "empty_class":
         write_images(root)
         (root / "zebra").mkdir()
-    res = run_regx(["train", "debug=smoke", "data=imagefolder", f"data.path={root}", "hydra.run.dir=r"], tmp_path)
+    res = cli("train", "debug=smoke", "data=imagefolder", f"data.path={root}", "hydra.run.dir=r")
     assert res.returncode == 1 and message in res.stderr and str(root) in res.stderr
     assert not (tmp_path / "r" / "metrics.csv").exists()

@@ -3,14 +3,18 @@
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
+from regx.config import SchedConfig
 from regx.schedules import Plateau, lr_factor
 
 SPE, TOTAL = 10, 100  # 10 steps per epoch, 10 epochs
 
 
 def f(step, name, **kw):
-    return lr_factor(step, name=name, total_steps=TOTAL, steps_per_epoch=SPE, **kw)
+    """lr_factor with the schema's defaults for every key not given, base lr 1."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(SchedConfig(name=name)))
+    return lr_factor(step, total_steps=TOTAL, steps_per_epoch=SPE, **{**defaults, "base_lr": 1.0, **kw})
 
 
 def test_constant():
@@ -61,6 +65,6 @@ def test_plateau_cuts_after_patience():
     for loss in [1.0, 0.9, 0.95, 0.95]:
         p.update(loss)
     assert p.scale == 0.5
-    q = Plateau()
+    q = Plateau(factor=0.1, patience=5)
     q.load_state_dict(p.state_dict())
     assert q.scale == 0.5

@@ -6,13 +6,13 @@ import os
 import pytest
 import yaml
 
-from tests.conftest import run_regx
-from tests.test_train import metric_rows
+from regx.train import train
+from tests.conftest import metric_rows, run_regx, smoke_cfg
 
 
-def test_a_killed_sweep_resumes_in_place(tmp_path):
+def test_a_killed_sweep_resumes_in_place(tmp_path, cli):
     # kill@8: job 0 (1 epoch, 6 steps) finishes; job 1 dies in its second epoch; job 2 never starts
-    killed = run_regx(["train", "-m", "debug=smoke", "epochs=1,2,3"], tmp_path, env={"REGX_FAULT": "kill@8"})
+    killed = run_regx(["train", "-m", "debug=smoke", "epochs=1,2,3"], tmp_path, fault="kill@8")
     assert killed.returncode == -9
     (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
@@ -20,7 +20,7 @@ def test_a_killed_sweep_resumes_in_place(tmp_path):
     done = sweep / jobs[0] / "checkpoints" / "last.pt"
     before = done.stat().st_mtime_ns
 
-    res = run_regx(["sweep-resume", str(sweep)], tmp_path)
+    res = cli("sweep-resume", sweep)
     assert res.returncode == 0, res.stderr
     assert f"{jobs[0]}: completed already, skipped" in res.stdout
     assert f"{jobs[1]}: resuming (running)" in res.stdout and "2_debug=smoke,epochs=3: starting" in res.stdout
@@ -28,16 +28,15 @@ def test_a_killed_sweep_resumes_in_place(tmp_path):
     for job in sweep.iterdir():
         if job.is_dir():
             assert json.loads((job / "summary.json").read_text())["status"] == "completed"
-    reference = run_regx(["train", "debug=smoke", "epochs=2", "hydra.run.dir=ref"], tmp_path)
-    assert reference.returncode == 0
+    train(smoke_cfg("epochs=2"), tmp_path / "ref")
     assert metric_rows(tmp_path / "ref") == metric_rows(sweep / jobs[1])  # resumed exactly
 
-    again = run_regx(["sweep-resume", str(sweep)], tmp_path)
+    again = cli("sweep-resume", sweep)
     assert again.returncode == 0 and again.stdout.count("completed already, skipped") == 3
 
 
-def test_sweep_resume_bad_input(tmp_path):
-    res = run_regx(["sweep-resume", str(tmp_path)], tmp_path)
+def test_sweep_resume_bad_input(tmp_path, cli):
+    res = cli("sweep-resume", tmp_path)
     assert res.returncode == 2 and "not a regx sweep directory (no multirun.yaml)" in res.stderr
 
 
@@ -72,18 +71,18 @@ def test_submitit_local_sweep(tmp_path):
     assert (sweep / ".submitit").is_dir()
 
 
-def test_slurm_preset_composes_with_settable_resources(tmp_path):
+def test_slurm_preset_composes_with_settable_resources(tmp_path, cli):
     plugin("hydra_submitit_launcher")
-    res = run_regx(["train", "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                    "hydra.launcher.timeout_min=30"], tmp_path)
+    res = cli("train", "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+              "hydra.launcher.timeout_min=30")
     assert res.returncode == 0, res.stderr
     assert "SlurmLauncher" in res.stdout and "partition: gpu" in res.stdout and "timeout_min: 30" in res.stdout
     assert "gpus_per_node: 1" in res.stdout
 
 
-def test_optuna_search_maximizes_validation_accuracy(tmp_path):
+def test_optuna_search_maximizes_validation_accuracy(tmp_path, cli):
     plugin("hydra_optuna_sweeper")
-    res = run_regx(["train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=smoke", "epochs=1"], tmp_path)
+    res = cli("train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=smoke", "epochs=1")
     assert res.returncode == 0, res.stderr
     sweep, s = summaries(tmp_path)
     assert len(s) == 3 and all(v["status"] == "completed" for v in s.values())
@@ -93,8 +92,8 @@ def test_optuna_search_maximizes_validation_accuracy(tmp_path):
 
 
 def test_a_missing_plugin_is_one_clear_line(monkeypatch):
-    from regx import config
+    from regx import config, errors
 
-    monkeypatch.setattr(config, "_installed", lambda module: False)
+    monkeypatch.setattr(errors, "_installed", lambda module: False)
     with pytest.raises(config.ConfigError, match=r"hydra/launcher=joblib needs the hydra-joblib-launcher plugin: pip install 'regx\[sweeps\]'"):
-        config.preflight(["hydra/launcher=joblib"])
+        errors.preflight(["hydra/launcher=joblib"])

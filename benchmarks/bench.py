@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): `python -m regx.bench [--device cuda] [--quick]` (`make bench`, `make bench-gpu`).
+"""Benchmarks (not tests): `python -m benchmarks.bench [--device cuda] [--quick]` (`make bench`, `make bench-gpu`).
 
 Holds regx to the speed of a hand-written PyTorch loop, in one process, alternating the contenders so
 machine drift cancels; medians over repeats after warm-up, with the spread (min-max):
@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from benchmarks.reference import MEAN, STD, reference_epoch
 
 BATCH = 128
 SIZE = 32
@@ -64,10 +65,15 @@ def _sync(device: torch.device) -> None:
 
 
 def _model(name: str, device: torch.device, channels_last: bool, compile_mode: str | None = None):
-    from regx.models import build_model
+    from omegaconf import OmegaConf
+
+    from regx import config
+    from regx.models import build_model, model_kwargs
 
     torch.manual_seed(0)
-    model = build_model(name=name, num_classes=CLASSES, in_channels=3, small_input=name != "smallcnn")
+    cfg = OmegaConf.structured({"model": config.ModelConfig(name=name, small_input=name != "smallcnn"),
+                                "dropout": config.DropoutConfig(name="none")})
+    model = build_model(**model_kwargs(cfg, num_classes=CLASSES, in_channels=3))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return model if compile_mode is None else torch.compile(model, mode=compile_mode)
 
@@ -80,33 +86,16 @@ def _data(n: int, device: torch.device):
                  x=torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=g).to(device))
 
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-
-
 def hand_loop(model_name: str, device, precision: str, steps: int, batch: int, channels_last: bool = True):
     """The loop a user would write: data in memory, shuffled slices, normalize, autocast, SGD."""
     model = _model(model_name, device, channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     data = _data(steps * batch, device)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    dtype = torch.bfloat16 if precision == "bf16" else None
 
     def chunk() -> int:
-        model.train()
         perm = torch.randperm(len(data.y), device=device)
-        for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
-            x = (data.x[idx].float() / 255 - mean) / std
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(model(x), data.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        _sync(device)
-        return len(perm)
+        slices = ((data.x[perm[i:i + batch]], data.y[perm[i:i + batch]]) for i in range(0, len(perm), batch))
+        return reference_epoch(model, opt, slices, device=device, precision=precision, channels_last=channels_last)
 
     return chunk
 
@@ -118,23 +107,25 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     from regx import config
     from regx.augment import Augment
     from regx.data import iterate
-    from regx.engine import Pipeline, autocast, train_one_epoch
+    from regx.engine import NanCheck, Pipeline, StepParts, Tally, autocast, train_one_epoch
     from regx.regularize import build_optimizer
 
     cfg = config.compose([f"aug={aug}"])
     model = _model(model_name, device, channels_last, compile_mode)
-    opt, _ = build_optimizer(model, name="sgd", lr=0.01, wd=0.0, decay="l2")
+    opt, _ = build_optimizer(model, name="sgd", lr=0.01, wd=0.0, decay="l2", exclude=["bias", "norm"],  # as hand_loop
+                             momentum=0.9, nesterov=True, betas=[0.9, 0.999], eps=1e-8)
     data = _data(steps * batch, device)
     gen = torch.Generator(device=device).manual_seed(1)
     pipe = Pipeline(torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1),
                     channels_last, Augment(cfg.aug, gen) if Augment.active(cfg.aug) else None)
-    amp = autocast(device, precision)
+    parts = StepParts(optimizer=opt, pipeline=pipe, lr_at=lambda s: 0.01, amp=autocast(device, precision))
+    nan = NanCheck(device, 1 if device.type == "cpu" else 25)  # what a run checks, as often
     state = {"step": 0}
 
     def chunk() -> int:
         order = torch.randperm(len(data.y), device=device)
-        r = train_one_epoch(model, iterate(data, batch, order=order, device=device), opt, pipeline=pipe,
-                            lr_at=lambda s: 0.01, start_step=state["step"], amp=amp)
+        r = train_one_epoch(model, parts, iterate(data, batch, order=order, device=device), first_step=state["step"],
+                            tally=Tally.zero(device), hooks=[nan])
         state["step"] += r.steps
         return r.images
 
@@ -201,29 +192,11 @@ def aug_alone(device, steps: int, batch: int):
 
 
 def tv_end_to_end(model_name: str, device, precision: str, steps: int, batch: int):
-    """A hand-written loop fed by the torchvision DataLoader (augmentation in its workers)."""
+    """The same hand-written loop fed by the torchvision DataLoader (augmentation in its workers)."""
     model = _model(model_name, device, True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     loader = _tv_loader(steps * batch, batch, workers=2)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    dtype = torch.bfloat16 if precision == "bf16" else None
-
-    def chunk() -> int:
-        model.train()
-        n = 0
-        for xb, yb in loader:
-            x = ((xb.to(device, non_blocking=True) - mean) / std).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(model(x), yb.to(device, non_blocking=True))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n += len(xb)
-        _sync(device)
-        return n
-
-    return chunk
+    return lambda: reference_epoch(model, opt, loader, device=device, precision=precision, scaled=True)
 
 
 def compile_effect(device, precision: str, steps: int, batch: int, repeats: int, modes: tuple[str, ...]) -> list[dict]:
@@ -355,7 +328,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
 
     device = torch.device(device_name)
     gpu = device.type == "cuda"
-    result = {"machine": machine(device), "command": "python -m regx.bench " + " ".join(sys.argv[1:]),
+    result = {"machine": machine(device), "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "engine": [], "defaults": []}
     repeats = 3 if quick else 9
     precisions = ["32", "bf16"] if pick_precision("auto", device) == "bf16" else ["32"]
@@ -472,8 +445,8 @@ def section(r: dict) -> str:
 
 HEADER = """# Benchmarks
 
-Generated by `make bench` (CPU) and `make bench-gpu` (`python -m regx.bench --device cuda`) from
-`bench.json` and `bench-cuda.json`; see `regx/bench.py` for what each number measures. The defaults
+Generated by `make bench` (CPU) and `make bench-gpu` (`python -m benchmarks.bench --device cuda`) from
+`bench.json` and `bench-cuda.json`; see `benchmarks/bench.py` for what each number measures. The defaults
 that follow from them:
 
 - `precision=auto` picks bf16 autocast on CUDA with bf16 and on CPUs with AVX-512 bf16 or AMX, fp32
@@ -503,7 +476,7 @@ def write_markdown(root: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regx.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller whole-epoch run")
     parser.add_argument("--tta", action="store_true", help="also time-to-accuracy on the embedded data (always on GPU)")

@@ -1,0 +1,228 @@
+"""Datasets as uint8 tensors, and batches of them on the training device.
+
+Every dataset is decoded once into a uint8 NCHW tensor (DESIGN.md: "the data path"); shuffling,
+batching, augmentation and normalization then happen on the training device with no per-image Python
+work per step. A set too large for memory keeps file paths instead and streams through a DataLoader
+whose workers only decode and resize; its batches then join the same path.
+
+This module: the containers, the loader registry, `load_data`, splits and batching. Loaders live in
+synthetic.py (the embedded shapes), tvsets.py (MNIST, Fashion-MNIST, CIFAR) and folders.py (images).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger("regx")
+
+class DataError(RuntimeError):
+    """Data that cannot be loaded: the message names the path and what to do."""
+
+
+@dataclass
+class Split:
+    """One split: images as a uint8 tensor (x) or, when streaming, as file paths."""
+
+    y: torch.Tensor  # int64 labels
+    x: torch.Tensor | None = None  # uint8 N,C,H,W
+    paths: list[str] | None = None
+    image_size: int = 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        if self.x is not None:
+            return Split(y=self.y[idx], x=self.x[idx])
+        return Split(y=self.y[idx], paths=[self.paths[i] for i in idx.tolist()], image_size=self.image_size)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split | None
+    classes: list[str]
+    channels: int
+    image_size: int
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def streaming(self) -> bool:
+        return self.train.x is None
+
+
+LOADERS = {}
+
+
+def register_loader(name):
+    def deco(fn):
+        LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def load_config(data_cfg, **override) -> Data:
+    """The one adapter from the `data` group of a config to `load_data` (`override`: keys set here
+    instead, e.g. a pretrained model's image size)."""
+    from omegaconf import OmegaConf
+
+    kwargs = OmegaConf.to_container(data_cfg, resolve=True)
+    kwargs.update({k: v for k, v in override.items() if v is not None})
+    return load_data(**kwargs)
+
+
+def load_data(
+    *,
+    name: str,
+    root: str,
+    download: bool,
+    path: str | None,
+    image_size: int | None,
+    channels: int,
+    num_classes: int,
+    n_train: int,
+    n_test: int,
+    val_fraction: float,
+    train_size: int | None,
+    seed: int,
+    mean: list[float] | None,
+    std: list[float] | None,
+    stream: bool | None,
+    max_memory_gb: float,
+    workers: int,
+    on_bad_image: str,
+) -> Data:
+    """Load a dataset by name, carve a seeded validation split, and take a training subset. Every
+    argument is the `data` group's key of the same name (config.DataConfig holds the defaults)."""
+    _register_builtin()
+    if name not in LOADERS:
+        raise DataError(f"unknown dataset '{name}' (known: {', '.join(sorted(LOADERS))})")
+    kwargs = dict(root=root, download=download, path=path, image_size=image_size, channels=channels,
+                  num_classes=num_classes, n_train=n_train, n_test=n_test, seed=seed, stream=stream,
+                  max_memory_gb=max_memory_gb, workers=workers, on_bad_image=on_bad_image)
+    train, val, test, classes, channels = LOADERS[name](**kwargs)
+    g = torch.Generator().manual_seed(seed)
+    if val is None:
+        n_val = max(1, round(len(train) * val_fraction))
+        val_idx, train_idx = stratified_split(train.y, n_val, g)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    if train_size is not None:
+        if train_size > len(train):
+            raise DataError(f"data.train_size={train_size} exceeds the {len(train)} training images available")
+        train = train.subset(stratified_split(train.y, train_size, g)[0])
+    size = train.x.shape[-1] if train.x is not None else train.image_size
+    if mean is None or std is None:
+        m, s = channel_stats(train, workers)
+        mean, std = mean or m, std or s
+    data = Data(train=train, val=val, test=test, classes=list(classes), channels=channels, image_size=size,
+                mean=list(mean), std=list(std))
+    if len(data.mean) != channels or len(data.std) != channels:
+        data.mean, data.std = data.mean[:1] * channels, data.std[:1] * channels
+    return data
+
+
+def stratified_split(y: torch.Tensor, count: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick `count` indices with class proportions kept (seeded); return (picked, rest), each sorted."""
+    n = len(y)
+    perm = torch.randperm(n, generator=g)
+    order = perm[torch.argsort(y[perm], stable=True)]  # shuffled within each class, classes in order
+    classes, counts = torch.unique(y, return_counts=True)
+    quota = counts.double() * count / n
+    take = quota.floor().long()
+    short = count - int(take.sum())
+    if short > 0:
+        take[torch.argsort(quota - take, descending=True)[:short]] += 1
+    picked, start = [], 0
+    for c_count, k in zip(counts.tolist(), take.tolist()):
+        picked.append(order[start : start + k])
+        start += c_count
+    chosen = torch.cat(picked)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[chosen] = False
+    return chosen.sort().values, torch.nonzero(mask).flatten()
+
+
+def channel_stats(split: Split, workers: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a split, in [0, 1] units."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for xb, _ in iterate(split, batch_size=1024, workers=workers):
+        f = xb.double() / 255
+        total = total + f.sum(dim=(0, 2, 3))
+        total_sq = total_sq + (f * f).sum(dim=(0, 2, 3))
+        count += f.numel() // f.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return [round(v, 4) for v in mean.tolist()], [round(max(v, 1e-3), 4) for v in std.tolist()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+def iterate(
+    split: Split,
+    batch_size: int,
+    *,
+    order: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    start: int = 0,
+    drop_single: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 images, labels) batches on `device`, in `order` (default: as stored).
+
+    `start` skips that many batches (to resume mid-epoch). `drop_single` drops a final batch of one
+    image, which BatchNorm cannot train on.
+    """
+    idx = order if order is not None else torch.arange(len(split))
+    n = len(idx)  # an order may cover part of the split (a rank's shard)
+    stops = list(range(0, n, batch_size))
+    if drop_single and batch_size > 1 and len(stops) > 1 and n - stops[-1] == 1:
+        stops.pop()
+    if split.x is not None:
+        idx = idx.to(split.x.device)
+        for s in stops[start:]:
+            b = idx[s : s + batch_size]
+            yield split.x.index_select(0, b), split.y.index_select(0, b)
+        return
+    from regx.data.folders import FileDataset
+
+    first = stops[start] if start < len(stops) else n
+    last = min(stops[-1] + batch_size, n) if stops else 0
+    loader = torch.utils.data.DataLoader(
+        FileDataset(split.paths, split.y, split.image_size),
+        batch_size=batch_size,
+        sampler=idx[first:last].tolist(),
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    for xb, yb, ok in loader:
+        if not bool(ok.all()):
+            raise DataError(f"cannot decode {int((~ok).sum())} image(s) in this batch; run `regx check-data`")
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def to_device(data: Data, device: torch.device) -> Data:
+    """Move the in-memory splits to the training device (once)."""
+
+    def move(s: Split | None) -> Split | None:
+        if s is None or s.x is None:
+            return s
+        return Split(y=s.y.to(device), x=s.x.to(device))
+
+    data.train, data.val, data.test = move(data.train), move(data.val), move(data.test)
+    return data
+
+
+def _register_builtin() -> None:
+    """Import the built-in loaders (each registers itself); cheap after the first call."""
+    from regx.data import folders, synthetic, tvsets  # noqa: F401

@@ -1,0 +1,162 @@
+"""A user's own images: a folder of class subfolders (optionally under train/, val/, test/), decoded
+once and cached, or streamed through DataLoader workers when too large for memory; `regx check-data`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from regx.data.core import DataError, Split, log, register_loader
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def scan_folder(path: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
+    """Find split folders and class subfolders; return ({split: [(file, label)]}, classes)."""
+    base = Path(path)
+    if not base.is_dir():
+        raise DataError(f"data.path={path}: no such directory")
+    splits = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()}
+    if not splits:
+        splits = {"train": base}
+    elif "train" not in splits:
+        raise DataError(f"data.path={path}: has {', '.join(splits)}/ but no train/ folder")
+    classes = sorted(p.name for p in splits["train"].iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{splits['train']}: found {len(classes)} class folder(s); need at least 2 (one subfolder per class)")
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for split, folder in splits.items():
+        items = []
+        for c in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if c not in index:
+                raise DataError(f"{folder / c}: class '{c}' is not among train/'s classes")
+            files = sorted(f for f in (folder / c).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not files and split == "train":
+                raise DataError(f"{folder / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            items.extend((str(f), index[c]) for f in files)
+        out[split] = items
+    return out, classes
+
+
+def decode(path: str, size: int) -> torch.Tensor:
+    """Decode an image file to uint8 RGB CHW, resized (shorter side) and center-cropped to size."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
+        im = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class FileDataset(torch.utils.data.Dataset):
+    def __init__(self, paths, labels, size):
+        self.paths, self.labels, self.size = paths, labels, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return decode(self.paths[i], self.size), self.labels[i], True
+        except Exception:  # truncated, empty, or not an image: reported by the caller with its path
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], False
+
+
+def check_images(items: list[tuple[str, int]], size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode every file; return (images, labels, bad paths)."""
+    ds = FileDataset([p for p, _ in items], torch.tensor([lab for _, lab in items], dtype=torch.long), size)
+    xs, ys, oks = [], [], []
+    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers)
+    for xb, yb, ok in loader:
+        xs.append(xb)
+        ys.append(yb)
+        oks.append(ok)
+    if not xs:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long), []
+    ok = torch.cat(oks)
+    bad = [items[i][0] for i in torch.nonzero(~ok).flatten().tolist()]
+    return torch.cat(xs)[ok], torch.cat(ys)[ok], bad
+
+
+def _folder_key(items: dict, size: int) -> str:
+    h = hashlib.sha256(f"v1 size={size}".encode())
+    for split in sorted(items):
+        for p, label in items[split]:
+            st = os.stat(p)
+            h.update(f"{split}|{p}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+@register_loader("imagefolder")
+def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers, on_bad_image, **_):
+    items, classes = scan_folder(path)
+    n_total = sum(len(v) for v in items.values())
+    decoded_gb = n_total * 3 * image_size * image_size / 1e9
+    if stream or (stream is None and decoded_gb > max_memory_gb):
+        log.info("imagefolder: streaming %d images (%.1f GB decoded > data.max_memory_gb)", n_total, decoded_gb)
+
+        def as_split(v):
+            return Split(y=torch.tensor([lab for _, lab in v], dtype=torch.long), paths=[p for p, _ in v], image_size=image_size) if v else None
+
+        return as_split(items["train"]), as_split(items.get("val")), as_split(items.get("test")), classes, 3
+    cache = Path(root) / "cache" / f"imagefolder-{_folder_key(items, image_size)}.pt"
+    if cache.is_file():
+        try:
+            blob = torch.load(cache, weights_only=True)
+            log.info("imagefolder: %d images from cache %s", n_total, cache)
+            splits = {k: Split(y=blob[f"{k}_y"], x=blob[f"{k}_x"]) if f"{k}_x" in blob else None for k in ("train", "val", "test")}
+            return splits["train"], splits["val"], splits["test"], list(blob["classes"]), 3
+        except Exception as exc:
+            log.warning("imagefolder: ignoring unreadable cache %s (%s)", cache, exc)
+    log.info("imagefolder: decoding %d images from %s to %dx%d", n_total, path, image_size, image_size)
+    splits, all_bad = {}, []
+    for k in ("train", "val", "test"):
+        if items.get(k):
+            x, y, bad = check_images(items[k], image_size, workers)
+            all_bad.extend(bad)
+            splits[k] = Split(y=y, x=x)
+    if all_bad:
+        if on_bad_image != "skip":
+            shown = ", ".join(all_bad[:20]) + (f" and {len(all_bad) - 20} more" if len(all_bad) > 20 else "")
+            raise DataError(f"{len(all_bad)} unreadable image(s): {shown} (data.on_bad_image=skip skips them)")
+        log.warning("imagefolder: skipped %d unreadable image(s): %s%s", len(all_bad), ", ".join(all_bad[:20]),
+                    f" and {len(all_bad) - 20} more" if len(all_bad) > 20 else "")
+    blob = {"classes": classes}
+    for k, s in splits.items():
+        blob[f"{k}_x"], blob[f"{k}_y"] = s.x, s.y
+    from regx.runs import atomic_save
+
+    atomic_save(blob, cache)
+    return splits["train"], splits.get("val"), splits.get("test"), classes, 3
+
+
+def check_data(data_cfg) -> tuple[list[str], list[str]]:
+    """`regx check-data`: (report lines, unreadable files) without training. An image folder is
+    scanned and every file decoded; other sets are loaded as a run would load them."""
+    from regx.data.core import load_config
+
+    if data_cfg.name != "imagefolder":
+        data = load_config(data_cfg)
+        lines = [f"{data_cfg.name}: {data.num_classes} classes, {data.channels} channel(s), {data.image_size}px"]
+        for split in ("train", "val", "test"):
+            part = getattr(data, split)
+            if part is not None:
+                counts = torch.bincount(part.y.cpu(), minlength=data.num_classes).tolist()
+                lines.append(f"  {split}: {len(part)} images, per class {min(counts)}-{max(counts)}")
+        return lines, []
+    items, classes = scan_folder(data_cfg.path)
+    lines, bad = [f"{data_cfg.path}: {len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"], []
+    for split, split_items in items.items():
+        _, _, split_bad = check_images(split_items, data_cfg.image_size or 32, data_cfg.workers)
+        bad.extend(split_bad)
+        counts = [0] * len(classes)
+        for _, label in split_items:
+            counts[label] += 1
+        lines.append(f"  {split}: {len(split_items)} files, per class {min(counts)}-{max(counts)}, "
+                     f"{len(split_bad)} unreadable")
+    return lines, bad

@@ -1,0 +1,140 @@
+"""Bad input as one line: Hydra's and OmegaConf's failures explained, and a sweep checked up front.
+
+`preflight(overrides)` composes and validates every value a command line names (each value of a
+sweep at least once) before any run directory is made, so `regx train` with a typo exits 2 at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import re
+
+from regx.config import ConfigError, compose, flat_keys, group_options, validate
+
+# Optional Hydra plugins (pip install 'regx[sweeps]'): an override naming one -> the module it needs.
+PLUGINS = {"hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+           "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
+           "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+           "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+           "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper"}
+
+
+def _closest(word: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def explain(exc: BaseException, overrides: list[str]) -> str:
+    """One line for a composition error: the key, the value given, and what would be valid."""
+    chain = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in chain)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+    m = re.search(r"Could not (?:find|load) '([^/']+)/([^']+)'", text)  # load: an option inside a list
+    if m:
+        group, option = m.groups()
+        options = group_options(group)
+        if options:
+            return f"unknown option {group}={option}{_closest(option, options)} (valid options: {', '.join(options)})"
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in", text)
+    if m and re.search(r"not in struct|not in '|Could not append", text):
+        key = m.group(1)
+        full = re.search(r"full_key: (\S+)", text)
+        key = full.group(1) if full else key
+        rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        try:
+            known = flat_keys(compose(rest))
+        except Exception:
+            known = flat_keys(compose())
+        return f"unknown config key '{key}'{_closest(key, known)}"
+    m = re.search(r"Value '([^']*)' (?:of type '[^']*' )?(?:could not be converted to|is not a valid) (\w+)", text)
+    if m:
+        full = re.search(r"full_key: (\S+)", text)
+        key = full.group(1) if full else "?"
+        return f"{key}={m.group(1)!r} is invalid: must be of type {m.group(2).lower()}"
+    m = re.search(r"Error merging override (\S+)", text)
+    if m and len(chain) > 1:
+        detail = str(chain[1]).strip().splitlines()[0].replace("Invalid value assigned: ", "")
+        return f"{m.group(1)} is invalid: {detail}"
+    m = re.search(r"Error parsing override '([^']+)'", text)
+    if m:
+        return f"cannot parse override '{m.group(1)}': expected key=value (see `regx train --help`)"
+    return first
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Override lists that together use every value of every sweep: a fail-fast preview of a sweep.
+
+    The first variant takes each sweep's first value; each further variant changes one sweep to one
+    other value, so N sweep values cost about N compositions rather than their product.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(explain(exc, overrides)) from exc
+    fixed, sweeps = [], []
+    for o in parsed:
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # intervals and globs are the sweeper's business
+                continue
+            sweeps.append((o.get_key_element(), values))
+        else:
+            fixed.append(o.input_line)
+    first = [f"{k}={v[0]}" for k, v in sweeps]
+    variants = [fixed + first]
+    for i, (k, values) in enumerate(sweeps):
+        for v in values[1:]:
+            variant = list(first)
+            variant[i] = f"{k}={v}"
+            variants.append(fixed + variant)
+    return variants
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def check_plugins(overrides: list[str]) -> None:
+    """A clear line when an override names a Hydra plugin that is not installed."""
+    for o in overrides:
+        for prefix, module in PLUGINS.items():
+            if o.lstrip("+~").startswith(prefix) and not _installed(module):
+                plugin = module.split(".")[-1].replace("_", "-")
+                raise ConfigError(f"{o} needs the {plugin} plugin: pip install 'regx[sweeps]'")
+
+
+def preflight(overrides: list[str], config_dir: str | None = None) -> None:
+    """Compose and check every value the overrides name; raise ConfigError with one line."""
+    check_plugins(overrides)
+    for variant in expand_sweep(overrides):
+        try:
+            cfg = compose(variant, config_dir)
+        except ConfigError:
+            raise
+        except Exception as exc:  # Hydra and OmegaConf raise many kinds; all mean bad input here
+            raise ConfigError(explain(exc, variant)) from exc
+        try:
+            validate(cfg)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(explain(exc, variant)) from exc
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("REGX_DEBUG", "") not in ("", "0")
+

@@ -1,0 +1,201 @@
+"""The Recorder: the only writer of a run directory besides the checkpoints.
+
+It owns train.log and the terminal, config.yaml, summary.json, metrics.csv, curves.png,
+aug_preview.png and the loggers (TensorBoard). Under torchrun every rank holds one; only rank 0's
+writes anything, the others log warnings and errors only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from regx import __version__
+from regx.console import console, setup_logging
+from regx.runs import clean_temporary, read_json, write_json, write_metrics, write_text
+
+
+class Recorder:
+    def __init__(self, cfg: DictConfig, run_dir: Path, *, main: bool, resume: bool):
+        self.cfg, self.run_dir, self.main = cfg, Path(run_dir), main
+        self.log = setup_logging(self.run_dir / "train.log" if main else None, quiet=not main)
+        for tmp in clean_temporary(self.run_dir) if main else []:
+            self.log.warning("removed %s, left by a run that was killed while writing it", tmp)
+        summary_path = self.run_dir / "summary.json"
+        self.summary = read_json(summary_path) if resume and summary_path.is_file() else {}
+        self.summary.update(status="running", name=cfg.name, run_dir=str(self.run_dir), regx_version=__version__,
+                            torch_version=torch.__version__, host=platform.node(), pid=os.getpid(), error=None,
+                            threads=torch.get_num_threads(),
+                            started=self.summary.get("started") or datetime.now().isoformat(timespec="seconds"))
+        self.t0 = time.perf_counter()
+        self.wall_before = 0.0  # seconds the run trained before a resume
+        self.drawn, self.last_draw, self.draw_cost = 0, float("-inf"), 0.0  # curves.png
+        self.loggers: list = []
+        if main:
+            write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            self._write_summary()
+
+    def wall_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def _write_summary(self) -> None:
+        if self.main:
+            write_json(self.run_dir / "summary.json", self.summary)
+
+    # --- the run's start -----------------------------------------------------------------------
+
+    def weights(self, source: str, dropped: list[str], num_classes: int) -> None:
+        self.log.info("loaded %s; new head for %d classes (dropped %s)", source, num_classes, ", ".join(dropped) or "nothing")
+        self.summary.update(weights=source, dropped_keys=dropped)
+
+    def aug_preview(self, images: torch.Tensor, resume: bool) -> None:
+        """aug_preview.png: what the augmentation does to a few training images (kept on resume)."""
+        from regx.plots import save_aug_grid
+
+        path = self.run_dir / "aug_preview.png"
+        if self.main and not (resume and path.is_file()):
+            save_aug_grid(path, images, self.cfg.aug, seed=self.cfg.seed)
+
+    def start(self, facts: dict, wall_before: float, first_epoch: int) -> None:
+        """`facts`: what build() made (device, precision, parameter counts, split sizes)."""
+        self.wall_before = wall_before
+        self.summary.update(facts)
+        s, cfg = self.summary, self.cfg
+        self.log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
+                      cfg.name, cfg.model.name, f"{s['params']:,}", s["device"],
+                      "fp32" if s["precision"] == "32" else s["precision"], s["n_train"], s["n_val"], s["n_test"],
+                      s["image_size"], s["num_classes"], self.run_dir)
+        if cfg.logger == "tensorboard" and self.main:
+            self.loggers.append(_tensorboard(cfg, self.run_dir, first_epoch))
+
+    # --- each epoch ----------------------------------------------------------------------------
+
+    def epoch(self, row: dict, state, *, is_best: bool, trainable: int) -> None:
+        """After an epoch's checkpoint: metrics.csv, summary.json, curves.png, loggers, one log line."""
+        cfg = self.cfg
+        self.summary.update(epochs_done=row["epoch"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
+                            final_train_acc=row["train_acc"], final_val_acc=row["val_acc"],
+                            wall_s=round(state.wall_s, 2), stopped_early=state.stopped_early,
+                            trainable_params=trainable, frozen_params=self.summary["params"] - trainable)
+        if self.main:
+            write_metrics(self.run_dir / "metrics.csv", state.history)
+            self._write_summary()
+        self.draw_curves(state.history)
+        for logger in self.loggers:
+            logger.epoch(row, state.best_val_acc)
+        self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
+                      len(str(cfg.epochs)), row["epoch"], cfg.epochs, row["train_loss"], 100 * row["train_acc"],
+                      row["val_loss"], 100 * row["val_acc"], 100 * row["gap"], row["lr"], row["epoch_s"],
+                      f"{row['img_per_s']:,.0f}",
+                      ("  *best*" if is_best else "") + (f"  trains: {row['trainable']}" if row["trainable"] != "all" else ""))
+        if state.stopped_early:
+            self.log.info("early stop after epoch %d: %s", row["epoch"], state.stopped_early["reason"])
+
+    def metrics(self, history: list[dict]) -> None:
+        """Rewrite metrics.csv (a resumed run drops the rows written after its checkpoint)."""
+        if self.main:
+            write_metrics(self.run_dir / "metrics.csv", history)
+
+    def draw_curves(self, history: list[dict], final: bool = False) -> None:
+        """Redraw curves.png after an epoch when the last drawing took at most 5% of the time since it
+        began (short epochs would otherwise spend much of their time drawing), and at the end."""
+        from regx.plots import curves_plot
+
+        if not self.main or not history or self.drawn == len(history):
+            return
+        now = time.perf_counter()
+        if not final and now - self.last_draw < 20 * self.draw_cost:
+            return
+        curves_plot(self.run_dir / "curves.png", history, f"{self.cfg.name}: {self.run_dir.name}")
+        self.drawn, self.last_draw, self.draw_cost = len(history), now, time.perf_counter() - now
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def diverged(self, evidence: dict) -> None:
+        self.summary.update(verdict="diverged", evidence=evidence)
+
+    def finish(self, results: dict) -> None:
+        """After the last epoch: test metrics, the verdict and its remedies, status completed."""
+        self.summary.update(results, status="completed", wall_s=round(self.wall_s(), 2),
+                            finished=datetime.now().isoformat(timespec="seconds"))
+        self._write_summary()
+
+    def interrupted(self) -> None:
+        self.summary.update(status="interrupted")
+        self._write_summary()
+        if (self.run_dir / "checkpoints" / "last.pt").is_file():
+            self.log.warning("interrupted; resume with: regx resume %s", self.run_dir)
+        else:
+            self.log.warning("interrupted before the first checkpoint: nothing to resume")
+
+    def failed(self, message: str) -> None:
+        self.summary.update(status="failed", error=message)
+        self._write_summary()
+        self.log.error("run failed: %s", message)
+
+    def close(self, history: list[dict]) -> None:
+        """However the run ended: the last curves, the loggers closed, the closing table."""
+        try:
+            self.draw_curves(history, final=True)  # every finished epoch
+        except Exception as exc:  # noqa: BLE001 - metrics.csv has it all; `regx plot` redraws
+            self.log.warning("curves.png was not redrawn: %s", exc)
+        for logger in self.loggers:
+            logger.finish(self.summary)
+        if self.main and self.summary["status"] == "completed":
+            print_summary(self.summary, self.log)
+
+
+def _tensorboard(cfg: DictConfig, run_dir: Path, first_epoch: int):
+    from regx.tblog import TensorBoardLogger, hparams_of
+
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    tb = TensorBoardLogger(run_dir, hparams_of(cfg, overrides), first_epoch=first_epoch)
+    tb.image("augmentation", run_dir / "aug_preview.png")
+    return tb
+
+
+def print_summary(s: dict, log) -> None:
+    """The closing table on the terminal (train.log gets it as plain lines), then the verdict."""
+    from rich.table import Table
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    rows = [
+        ("status", s["status"]),
+        ("epochs", str(s.get("epochs_done"))),
+        ("best val acc", f"{pct(s.get('best_val_acc'))} (epoch {s.get('best_epoch')})"),
+        ("final train / val acc", f"{pct(s.get('final_train_acc'))} / {pct(s.get('final_val_acc'))}"),
+        ("test acc (best ckpt)", pct(s.get("test_acc"))),
+        ("verdict", s.get("verdict", "-")),
+        *([("stopped early", f"after epoch {s['stopped_early']['epoch']}: {s['stopped_early']['reason']}")]
+          if s.get("stopped_early") else []),
+        ("params (trainable / frozen)", f"{s['params']:,} ({s['trainable_params']:,} / {s['frozen_params']:,})"),
+        *([("weights", f"{s['weights']} (finetune={s['finetune']})")] if s.get("weights") else []),
+        ("device", f"{s['device']} {s['precision']}"),
+        ("wall time", f"{s['wall_s']:.1f}s"),
+        ("run dir", s["run_dir"]),
+    ]
+    table = Table(title=f"regx run: {s['name']}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for k, v in rows:
+        table.add_row(k, v)
+    console().print(table)
+    file_only = logging.getLogger("regx.file")
+    for k, v in rows:
+        file_only.info("%-22s %s", k, v)
+    ev = s.get("evidence") or {}
+    if s.get("verdict") in ("overfitting", "underfitting", "diverged"):
+        facts = f"train acc {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}" if "gap" in ev else str(ev)
+        log.info("verdict: %s (%s). Remedies from the course:", s["verdict"], facts)
+        for line in s.get("remedies", []):
+            log.info("  - %s", line)

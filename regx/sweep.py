@@ -1,0 +1,103 @@
+"""Sweeps: the job function Hydra's launchers call, machine sharing between parallel jobs, failures
+read back from the jobs' summaries, and `regx sweep-resume`.
+
+A sweep directory holds multirun.yaml and one directory per job, named from the job's overrides, so
+running the same command into the same directory again finds each job's own directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+class Jobs:
+    """One `regx train` invocation's jobs (one for a single run). `task` is what hydra.main wraps;
+    with `resume`, completed jobs are skipped and stopped ones resumed."""
+
+    def __init__(self, *, resume: bool = False):
+        self.resume = resume
+        self.count = 0
+        self.failed: list[tuple[str, str]] = []  # (run directory, error)
+
+    def task(self, cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        from regx import train
+        from regx.runs import read_json
+
+        self.count += 1
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
+        share_machine(cfg, hc)
+        resume = False
+        if self.resume:
+            summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+            if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
+                print(f"regx: {run_dir.name}: completed already, skipped")
+                return summary
+            resume = any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt"))
+            print(f"regx: {run_dir.name}: " + (f"resuming ({summary.get('status', 'unknown')})" if resume else "starting"))
+        optuna = "optuna" in str(hc.sweeper.get("_target_", "")).lower()
+        try:
+            summary = train.train(cfg, run_dir, resume=resume)
+        except train.RunFailed as exc:  # recorded in the run's summary.json; the sweep goes on
+            self.failed.append((str(run_dir), str(exc)))
+            return float("nan") if optuna else None  # a NaN objective marks the trial failed
+        return summary["best_val_acc"] if optuna else summary  # an optimizing sweeper needs the objective
+
+    def collect(self, sweep_dir: str | Path) -> None:
+        """Jobs may have run in other processes (joblib, submitit): their summaries say how they ended."""
+        jobs = job_dirs(sweep_dir)
+        self.failed = failed_jobs(jobs)
+        self.count = max(self.count, len(jobs))
+
+
+def share_machine(cfg, hc) -> None:
+    """Parallel jobs on one machine (joblib launcher): split the cores between them so N jobs do not
+    oversubscribe, and give CUDA jobs one visible GPU each, round robin."""
+    import torch
+    from omegaconf import open_dict
+
+    if "joblib" not in str(hc.launcher.get("_target_", "")).lower():
+        return
+    n_jobs = hc.launcher.get("n_jobs", -1) or 1
+    cores = os.cpu_count() or 1
+    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+    torch.set_num_threads(max(1, cores // max(1, parallel)))
+    if cfg.device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        with open_dict(cfg):
+            cfg.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    root = Path(sweep_dir)
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / ".hydra").is_dir()) if root.is_dir() else []
+
+
+def failed_jobs(jobs: list[Path]) -> list[tuple[str, str]]:
+    failed = []
+    for job in jobs:
+        try:
+            s = json.loads((job / "summary.json").read_text())
+        except (OSError, ValueError):
+            failed.append((str(job), "no summary.json: the job died before training"))
+            continue
+        if s.get("status") == "failed":
+            failed.append((str(job), s.get("error") or "failed"))
+    return failed
+
+
+def resume_args(sweep_dir: str | Path) -> list[str]:
+    """The `regx train` arguments that rerun a sweep in place (ValueError: not a sweep directory)."""
+    sweep = Path(sweep_dir)
+    if not (sweep / "multirun.yaml").is_file():
+        raise ValueError(f"{sweep} is not a regx sweep directory (no multirun.yaml)")
+    recorded = OmegaConf.load(sweep / "multirun.yaml")
+    overrides = [str(o) for o in OmegaConf.select(recorded, "hydra.overrides.task", default=[])]
+    hydra_overrides = [str(o) for o in OmegaConf.select(recorded, "hydra.overrides.hydra", default=[])
+                       if not str(o).startswith(("hydra.mode", "hydra.sweep.dir"))]
+    return ["-m", *overrides, *hydra_overrides, f"hydra.sweep.dir={sweep}"]
