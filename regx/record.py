@@ -77,9 +77,9 @@ class Recorder:
 
     # --- each epoch ----------------------------------------------------------------------------
 
-    def epoch(self, row: dict, state, *, is_best: bool, trainable: int) -> None:
+    def epoch(self, row: dict, state, *, is_best: bool) -> None:
         """After an epoch's checkpoint: metrics.csv, summary.json, curves.png, loggers, one log line."""
-        cfg = self.cfg
+        cfg, trainable = self.cfg, row["trainable_params"]
         self.summary.update(epochs_done=row["epoch"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
                             final_train_acc=row["train_acc"], final_val_acc=row["val_acc"],
                             wall_s=round(state.wall_s, 2), stopped_early=state.stopped_early,

@@ -146,7 +146,8 @@ class RunState:
 
 @dataclass(frozen=True)
 class Parts:
-    """What a run's config builds, once: nothing here changes while it trains (the tensors inside do)."""
+    """What a run's config builds, once. The fields never change; the objects keep their own state
+    (weights, optimizer moments, the plateau's counter, the augmentation RNG), which checkpoints save."""
 
     cfg: DictConfig
     device: torch.device
@@ -345,7 +346,7 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
             tr = _train_epoch(parts, state, ranks, rec, epoch, trains, poll, hooks)
             row, is_best = _end_epoch(parts, state, rec, epoch, trains, tr, started)
             save(parts, state, ranks, ckpt_dir, hooks, best=is_best)
-            rec.epoch(row, state, is_best=is_best, trainable=row["trainable_params"])
+            rec.epoch(row, state, is_best=is_best)
             if poll.requested():
                 raise Interrupted(stop.signum or signal.SIGTERM)
         rec.finish(_results(parts, state, ranks, rec))
