@@ -51,6 +51,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (BadInput) instead of a usage block and exit(2)."""
 
     def error(self, message):
+        message = message.replace(", KEY=VALUE", "")  # intermixed parsing lists the optional overrides too
         raise BadInput(f"{message} (see {self.prog} --help)")
 
     def parse_args(self, args=None, namespace=None):  # options may come between key=value overrides

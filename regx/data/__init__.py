@@ -1,4 +1,4 @@
-"""Data: containers, loaders and batching (see core.py)."""
+"""Data: containers, loaders and batching (see core.py). Importing it registers the built-in loaders."""
 
 from regx.data.core import (
     LOADERS,
@@ -16,3 +16,5 @@ from regx.data.core import (
 
 __all__ = ["LOADERS", "Data", "DataError", "Split", "channel_stats", "iterate", "load_config", "load_data",
            "register_loader", "stratified_split", "to_device"]
+
+from regx.data import folders, synthetic, tvsets  # noqa: E402, F401 - each registers its loaders

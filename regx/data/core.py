@@ -105,7 +105,6 @@ def load_data(
 ) -> Data:
     """Load a dataset by name, carve a seeded validation split, and take a training subset. Every
     argument is the `data` group's key of the same name (config.DataConfig holds the defaults)."""
-    _register_builtin()
     if name not in LOADERS:
         raise DataError(f"unknown dataset '{name}' (known: {', '.join(sorted(LOADERS))})")
     kwargs = dict(root=root, download=download, path=path, image_size=image_size, channels=channels,
@@ -221,8 +220,3 @@ def to_device(data: Data, device: torch.device) -> Data:
 
     data.train, data.val, data.test = move(data.train), move(data.val), move(data.test)
     return data
-
-
-def _register_builtin() -> None:
-    """Import the built-in loaders (each registers itself); cheap after the first call."""
-    from regx.data import folders, synthetic, tvsets  # noqa: F401
