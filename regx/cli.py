@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 USAGE = """\
 usage: regx <command> [args]      (regx <command> --help for its own)
@@ -79,52 +80,67 @@ _HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-
 _INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
-def _split_args(args: list[str]) -> tuple[list[str], bool, bool, str | None]:
-    """(overrides, info_only, multirun, --config-dir) from `regx train` arguments."""
-    overrides, info, multirun, config_dir = [], False, False, None
+def _split_args(args: list[str]) -> tuple[list[str], bool, bool, dict[str, str]]:
+    """(overrides, info_only, multirun, {"-cd"/"-cp"/"-cn": value}) from `regx train` arguments."""
+    overrides, info, multirun, where = [], False, False, {}
+    long = {"--config-dir": "-cd", "--config-path": "-cp", "--config-name": "-cn"}
     i = 0
     while i < len(args):
         a = args[i]
         info = info or a in _HYDRA_INFO_FLAGS
         multirun = multirun or a in ("-m", "--multirun")
-        if a in ("--config-dir", "-cd") and i + 1 < len(args):
-            config_dir = args[i + 1]
+        if long.get(a, a) in ("-cd", "-cp", "-cn") and i + 1 < len(args):
+            where[long.get(a, a)] = args[i + 1]
         if a in _HYDRA_FLAGS_WITH_VALUE or (a in ("--info", "-i") and i + 1 < len(args) and args[i + 1] in _INFO_VALUES):
             i += 2
             continue
         if not a.startswith("-"):
             overrides.append(a)
         i += 1
-    return overrides, info, multirun, config_dir
+    return overrides, info, multirun, where
+
+
+def _absolute_config_path(args: list[str]) -> list[str]:
+    """-cp/--config-path relative to where the user is (Hydra would take it relative to cli.py)."""
+    out = list(args)
+    for i, a in enumerate(out[:-1]):
+        if a in ("-cp", "--config-path"):
+            out[i + 1] = str(Path(out[i + 1]).expanduser().resolve())
+    return out
+
+
+def _refuse_existing(args: list[str], multirun: bool, resume_jobs: bool) -> None:
+    """A run or sweep directory named on the command line that holds a run already is never overwritten."""
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    named = next((a.split("=", 1)[1] for a in args if a.startswith(key)), None)
+    if named is None or resume_jobs:
+        return
+    if not multirun and (Path(named) / "summary.json").is_file():
+        raise BadInput(f"{named} holds a run already; continue it with: regx resume {named} "
+                       "(or pick another hydra.run.dir)")
+    if multirun and (Path(named) / "multirun.yaml").is_file():
+        raise BadInput(f"{named} holds a sweep already; finish it with: regx sweep-resume {named} "
+                       "(or pick another hydra.sweep.dir)")
 
 
 def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     from regx import config, errors
 
-    overrides, info_only, multirun, config_dir = _split_args(args)
+    if "--version" in args:
+        return _version()
+    overrides, info_only, multirun, where = _split_args(args)
     multirun = multirun or any(o.startswith(("hparams_search=", "hydra.mode=MULTIRUN")) for o in overrides)
+    args = _absolute_config_path(args)
+    primary = str(Path(where["-cp"]).expanduser().resolve()) if "-cp" in where else None
     config.register()
     if not info_only:
-        errors.preflight(overrides, config_dir)
+        _refuse_existing(args, multirun, resume_jobs)
+        errors.preflight(overrides, where.get("-cd"), primary, where.get("-cn", "train"))
     import hydra
 
-    from regx import distributed, sweep
-    from regx.runs import claim_dir
+    from regx import sweep
 
-    args = list(args)
-    if distributed.requested() and not info_only:
-        if multirun:
-            raise BadInput("under torchrun regx trains one run; sweep DDP runs with a launcher instead")
-        distributed.setup()
-        if not any(a.startswith("hydra.run.dir=") for a in args):  # one run directory, picked by rank 0
-            name = str(config.compose(overrides, config_dir).name) if distributed.is_main() else ""
-            args.append(f"hydra.run.dir={distributed.broadcast(claim_dir('outputs/runs', name) if name else None)}")
-        if not distributed.is_main():
-            args.append("hydra.output_subdir=null")  # rank 0 writes .hydra/
-    sweep_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")), None)
-    if multirun and not info_only and sweep_dir is None:
-        sweep_dir = claim_dir("outputs/sweeps", "")
-        args.append(f"hydra.sweep.dir={sweep_dir}")
+    args, sweep_dir = _directories(args, overrides, info_only, multirun, where)
     jobs = sweep.Jobs(resume=resume_jobs)
     main = hydra.main(config_path=str(config.conf_dir()), config_name="train", version_base="1.3")(jobs.task)
     argv = sys.argv
@@ -133,17 +149,56 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
         main()
     finally:
         sys.argv = argv
-    if multirun and sweep_dir:
-        jobs.collect(sweep_dir)
-    if not jobs.failed:
-        return 0
-    if multirun:
+    if not multirun or sweep_dir is None:
+        if jobs.failed:
+            print(f"regx: error: {jobs.failed[0][1]} (run dir {jobs.failed[0][0]})", file=sys.stderr)
+        return 1 if jobs.failed else 0
+    return _sweep_summary(jobs, sweep_dir)
+
+
+def _directories(args: list[str], overrides: list[str], info_only: bool, multirun: bool, where: dict):
+    """Claim the run or sweep directory before Hydra starts: one for all ranks under torchrun, one
+    per sweep (so regx knows where the jobs went, whatever the launcher)."""
+    from regx import config
+    from regx.runs import claim_dir
+
+    if info_only:
+        return args, None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun
+        from regx import distributed
+
+        if multirun:
+            raise BadInput("under torchrun regx trains one run; sweep DDP runs with a launcher instead")
+        distributed.setup()
+        if not any(a.startswith("hydra.run.dir=") for a in args):  # one run directory, picked by rank 0
+            name = str(config.compose(overrides, where.get("-cd")).name) if distributed.is_main() else ""
+            args.append(f"hydra.run.dir={distributed.broadcast(claim_dir('outputs/runs', name) if name else None)}")
+        if not distributed.is_main():
+            args.append("hydra.output_subdir=null")  # rank 0 writes .hydra/
+    sweep_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")), None)
+    if multirun and sweep_dir is None:
+        sweep_dir = claim_dir("outputs/sweeps", "")
+        args.append(f"hydra.sweep.dir={sweep_dir}")
+    return args, sweep_dir
+
+
+def _sweep_summary(jobs, sweep_dir: str) -> int:
+    """A sweep's end: one line per job, how many failed, and the command that tabulates them."""
+    jobs.collect(sweep_dir)
+    if jobs.count == 0:  # the directory holds at most Hydra's multirun.yaml: nothing to keep
+        for f in Path(sweep_dir).glob("multirun.yaml"):
+            f.unlink()
+        if Path(sweep_dir).is_dir() and not any(Path(sweep_dir).iterdir()):
+            Path(sweep_dir).rmdir()
+        raise BadInput("the sweep ran no job: a sweep value matched nothing (a glob, a range or a choice)")
+    for job, status, best in jobs.table():
+        print(f"  {job}  {status}" + (f"  best val {100 * best:.2f}%" if best is not None else ""))
+    if jobs.failed:
         print(f"regx: {len(jobs.failed)} of {jobs.count} jobs failed:", file=sys.stderr)
         for run_dir, message in jobs.failed:
             print(f"  {run_dir}: {message}", file=sys.stderr)
-    else:
-        print(f"regx: error: {jobs.failed[0][1]} (run dir {jobs.failed[0][0]})", file=sys.stderr)
-    return 1
+    print(f"{jobs.count} jobs in {sweep_dir}; compare them with: regx report {sweep_dir}")
+    return 1 if jobs.failed else 0
 
 
 def cmd_sweep_resume(args: list[str]) -> int:
@@ -331,16 +386,32 @@ COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, 
             "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume}
 
 
+def _version() -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from regx import __version__
+
+    def of(package):
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    print(f"regx {__version__} (torch {of('torch')}, torchvision {of('torchvision')}, hydra-core {of('hydra-core')}, "
+          f"Python {sys.version.split()[0]})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
     if args[0] in ("-V", "--version"):
-        from regx import __version__
-
-        print(f"regx {__version__}")
-        return 0
+        return _version()
     command = COMMANDS.get(args[0])
     if command is None:
         import difflib
@@ -358,6 +429,9 @@ def _guarded(command, args: list[str]) -> int:
         return command(args)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:  # `regx report ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as exc:  # Interrupted carries 143 for SIGTERM
         print("regx: interrupted", file=sys.stderr)
         return getattr(exc, "code", 130)

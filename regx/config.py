@@ -251,6 +251,7 @@ class TrainConfig:
     name: str = "${model.name}_${data.name}"
     progress_every: int = num(25, ">= 1")  # steps between progress-bar refreshes (each one reads metrics back)
     logger: str = choice("none", "none|tensorboard")  # tensorboard: event files in <run>/tensorboard/
+    notes: dict[str, Any] = field(default_factory=dict)  # free-form, kept with the run: +notes.why=baseline
 
 
 AUG_OPS = tuple(f.name for f in dataclasses.fields(AugConfig) if f.name != "name")
@@ -290,16 +291,23 @@ def register() -> None:
     _registered = True
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | None = None) -> DictConfig:
-    """Compose train.yaml with overrides, as `regx train` would (no run directory is made).
-    `config_dir`: a user's own config folder searched before regx's (`--config-dir`)."""
+def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | None = None, primary: str | None = None,
+            name: str = "train") -> DictConfig:
+    """Compose the primary config with overrides, as `regx train` would (no run directory is made).
+    `config_dir` (-cd): a user's folder searched before the primary one; `primary` (-cp): a folder
+    that replaces regx's conf/; `name` (-cn): the primary config's name."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register()
-    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=[*list(overrides), *extra])
+    primary, searched = primary or str(conf_dir()), []
+    if config_dir:
+        config_dir = str(Path(config_dir).expanduser().resolve())
+        if not (Path(primary) / f"{name}.yaml").is_file() and (Path(config_dir) / f"{name}.yaml").is_file():
+            primary, config_dir = config_dir, primary  # -cn names a config in the -cd folder
+        searched = [f"hydra.searchpath=[file://{config_dir}]"]
+    with initialize_config_dir(config_dir=primary, version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=[*list(overrides), *searched])
 
 
 def flat_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -376,9 +384,27 @@ def _check_between(c: DictConfig) -> None:
                           "and pass its directory (finetune.weights=outputs/runs/<run>), or pick a torchvision model")
     if f.weights and f.weights != "imagenet" and not Path(f.weights).expanduser().exists():
         raise ConfigError(f"finetune.weights={f.weights}: no such file or directory")
+    _check_model_name(c.model.name)
     if d.name == "imagefolder":
         if not d.path:
             raise ConfigError("data.path is required for data=imagefolder: add data.path=/path/to/images")
         if not Path(d.path).expanduser().is_dir():  # before a run directory is made for it
             raise ConfigError(f"data.path={d.path}: no such directory")
         _check(d.image_size is not None, "data.image_size", d.image_size, "data=imagefolder needs an image size")
+
+
+def _check_model_name(name: str) -> None:
+    """A model name regx builds: its own, or a torchvision classification model (importing torchvision
+    only for a name that is not regx's)."""
+    from regx.models import MODELS, torchvision_names
+
+    if name in MODELS:
+        return
+    names = torchvision_names()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, [*MODELS, *names], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"model.name={name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
+                          f"classification model{hint}")

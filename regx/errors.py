@@ -11,7 +11,7 @@ import importlib.util
 import os
 import re
 
-from regx.config import ConfigError, compose, flat_keys, group_options, validate
+from regx.config import GROUPS, ConfigError, compose, flat_keys, group_options, validate
 
 # Optional Hydra plugins (pip install 'regx[sweeps]'): an override naming one -> the module it needs.
 PLUGINS = {"hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
@@ -101,6 +101,36 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
+def check_keys(overrides: list[str], config_dir: str | None = None, primary: str | None = None,
+               name: str = "train") -> None:
+    """`+key`, `++key` and `~key` name keys of the schema: a typo added with + is an error with
+    did-you-mean, not a silent new key (`+notes.KEY=VALUE` is the place for free-form notes)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(explain(exc, overrides)) from exc
+    special = [o for o in parsed if (o.is_add() or o.is_force_add() or o.is_delete())
+               and not o.key_or_group.startswith(("hydra.", "hydra/", "notes.")) and "/" not in o.key_or_group
+               and o.key_or_group not in GROUPS]
+    if not special:
+        return
+    rest = [o.input_line for o in parsed if o not in special and not o.is_sweep_override()]
+    known = flat_keys(compose(rest, config_dir, primary, name))
+    for o in special:
+        key, value = o.key_or_group, o.input_line.split("=", 1)[-1]
+        if o.is_delete() and key in known:
+            raise ConfigError(f"~{key}: regx's config needs every key of its schema; set a value instead "
+                              f"(regx train --cfg job shows them)")
+        if o.is_add() and key in known:
+            raise ConfigError(f"+{key}: {key} is already in the config; set it with {key}={value}")
+        if key not in known:
+            raise ConfigError(f"unknown config key '{key}'{_closest(key, known)} (free-form notes go under "
+                              f"+notes.KEY=VALUE)")
+
+
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -117,16 +147,23 @@ def check_plugins(overrides: list[str]) -> None:
                 raise ConfigError(f"{o} needs the {plugin} plugin: pip install 'regx[sweeps]'")
 
 
-def preflight(overrides: list[str], config_dir: str | None = None) -> None:
-    """Compose and check every value the overrides name; raise ConfigError with one line."""
+def preflight(overrides: list[str], config_dir: str | None = None, primary: str | None = None,
+              name: str = "train") -> None:
+    """Compose and check every value the overrides name, as Hydra will compose them (`config_dir`,
+    `primary`, `name`: regx train's -cd, -cp, -cn); raise ConfigError with one line."""
     check_plugins(overrides)
+    check_keys(overrides, config_dir, primary, name)
+    sweeps_data = any(o.split("=", 1)[0] == "data" and "," in o for o in overrides)
     for variant in expand_sweep(overrides):
         try:
-            cfg = compose(variant, config_dir)
+            cfg = compose(variant, config_dir, primary, name)
         except ConfigError:
             raise
         except Exception as exc:  # Hydra and OmegaConf raise many kinds; all mean bad input here
             raise ConfigError(explain(exc, variant)) from exc
+        if cfg.data.path and cfg.data.name != "imagefolder" and not sweeps_data:  # a sweep may set it for some jobs
+            raise ConfigError(f"data.path={cfg.data.path} is set but data={cfg.data.name} does not read a folder: "
+                              "add data=imagefolder")
         try:
             validate(cfg)
         except ConfigError:

@@ -10,6 +10,8 @@ leaves a half-written checkpoint, summary or metrics file.
     <run>/checkpoints/best.pt  the best epoch (a hard link to what was last.pt then)
     <run>/checkpoints/*.pt.json  each checkpoint's manifest: size and sha256
     <run>/train.log
+
+torch is imported only where a checkpoint is read or written: `regx train --help` stays fast.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import torch
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "wall_s",
                   "img_per_s", "clean_train_loss", "clean_train_acc", "trainable", "trainable_params"]
@@ -88,6 +88,8 @@ def clean_temporary(run_dir: Path) -> list[Path]:
 
 def atomic_save(obj: Any, path: Path | str) -> None:
     """torch.save through a temporary file and a rename."""
+    import torch
+
     write_atomic(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -134,6 +136,8 @@ def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool, before_rename=No
     Every step is a rename, so a kill at any point leaves at least one checkpoint whose manifest
     matches it; `newest_intact` finds it.
     """
+    import torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getbuffer()
@@ -228,6 +232,8 @@ def newest_intact(ckpt_dir: Path, map_location="cpu") -> tuple[Path, dict, list[
 
 def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     """Load a checkpoint without running any code from it (weights_only=True)."""
+    import torch
+
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

@@ -22,6 +22,7 @@ class Jobs:
         self.resume = resume
         self.count = 0
         self.failed: list[tuple[str, str]] = []  # (run directory, error)
+        self.jobs: list[Path] = []
 
     def task(self, cfg):
         from hydra.core.hydra_config import HydraConfig
@@ -33,6 +34,7 @@ class Jobs:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         share_machine(cfg, hc)
+        absolute_paths(cfg)
         resume = False
         if self.resume:
             summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
@@ -40,6 +42,8 @@ class Jobs:
                 print(f"regx: {run_dir.name}: completed already, skipped")
                 return summary
             resume = any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt"))
+            if not resume:  # it died before its first checkpoint: nothing in it to keep
+                (run_dir / "summary.json").unlink(missing_ok=True)
             print(f"regx: {run_dir.name}: " + (f"resuming ({summary.get('status', 'unknown')})" if resume else "starting"))
         optuna = "optuna" in str(hc.sweeper.get("_target_", "")).lower()
         try:
@@ -51,9 +55,20 @@ class Jobs:
 
     def collect(self, sweep_dir: str | Path) -> None:
         """Jobs may have run in other processes (joblib, submitit): their summaries say how they ended."""
-        jobs = job_dirs(sweep_dir)
-        self.failed = failed_jobs(jobs)
-        self.count = max(self.count, len(jobs))
+        self.jobs = job_dirs(sweep_dir)
+        self.failed = failed_jobs(self.jobs)
+        self.count = max(self.count, len(self.jobs))
+
+    def table(self) -> list[tuple[str, str, float | None]]:
+        """(job directory name, status, best validation accuracy) of each collected job."""
+        rows = []
+        for job in self.jobs:
+            try:
+                s = json.loads((job / "summary.json").read_text())
+            except (OSError, ValueError):
+                s = {"status": "no summary"}
+            rows.append((job.name, s.get("status", "?"), s.get("best_val_acc")))
+        return rows
 
 
 def share_machine(cfg, hc) -> None:
@@ -71,6 +86,20 @@ def share_machine(cfg, hc) -> None:
     if cfg.device == "auto" and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         with open_dict(cfg):
             cfg.device = f"cuda:{hc.job.num % torch.cuda.device_count()}"
+
+
+def absolute_paths(cfg) -> None:
+    """Paths the user typed are relative to where they typed them, also when Hydra changes into the
+    run directory (hydra.job.chdir=true)."""
+    from hydra.utils import to_absolute_path
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.data.root = to_absolute_path(cfg.data.root)  # downloads and caches
+        if cfg.data.path:
+            cfg.data.path = to_absolute_path(cfg.data.path)
+        if cfg.finetune.weights and cfg.finetune.weights != "imagenet":
+            cfg.finetune.weights = to_absolute_path(cfg.finetune.weights)
 
 
 def job_dirs(sweep_dir: str | Path) -> list[Path]:

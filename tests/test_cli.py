@@ -40,13 +40,36 @@ def test_cfg_job_prints_the_composed_config(cli, tmp_path):
     assert not (tmp_path / "outputs").exists()  # printing a config makes no run directory
 
 
-def test_a_users_own_config_folder_trains(cli, tmp_path):
-    mine = tmp_path / "myconf" / "experiment"
-    mine.mkdir(parents=True)
-    (mine / "mine.yaml").write_text("# @package _global_\nepochs: 1\nname: mine\n")
-    res = cli("train", "--config-dir", tmp_path / "myconf", "experiment=mine", "debug=smoke", "hydra.run.dir=r")
-    assert res.returncode == 0, res.stderr
-    assert "name: mine" in (tmp_path / "r" / "config.yaml").read_text()
+def test_a_users_own_config_folder_trains_with_every_hydra_flag(cli, tmp_path):
+    import shutil
+
+    mine = tmp_path / "myconf"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "mine.yaml").write_text("# @package _global_\nepochs: 1\nname: mine\n")
+    shutil.copytree(config.conf_dir(), tmp_path / "full", ignore=shutil.ignore_patterns("__init__.py"))
+    shutil.copy(mine / "experiment" / "mine.yaml", tmp_path / "full" / "experiment")
+    shutil.copy(config.conf_dir() / "train.yaml", mine / "mytrain.yaml")
+    for flags in (["--config-dir", "myconf"], ["-cd", "myconf"], ["-cp", "full"], ["-cd", "myconf", "-cn", "mytrain"]):
+        run = "r" + "".join(flags)
+        res = cli("train", *flags, "experiment=mine", "debug=smoke", f"hydra.run.dir={run}")
+        assert res.returncode == 0, (flags, res.stderr)
+        assert "name: mine" in (tmp_path / run / "config.yaml").read_text()
+
+
+def test_regx_alone_lists_the_commands_and_exits_2_and_version_names_the_stack(cli):
+    res = cli()
+    assert res.returncode == 2 and "commands:" in res.stderr
+    for args in (["--version"], ["train", "--version"]):
+        res = cli(*args)
+        assert res.returncode == 0 and res.stdout.startswith("regx 0.") and "torch " in res.stdout, args
+        assert "torchvision " in res.stdout and "Hydra" not in res.stdout
+
+
+def test_train_help_is_quick_because_it_imports_no_torch():
+    code = ("import sys; from regx.cli import main; rc = main(['train', '--help']); "
+            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-500:]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -55,10 +78,50 @@ def test_a_users_own_config_folder_trains(cli, tmp_path):
     (["plot", "a", "b"], "unrecognized arguments: b"),
     (["eval", "run", "--bogus"], "unrecognized arguments: --bogus"),
     (["show-aug", "--out", "x.jpg"], "--out x.jpg: the file name must end in .png"),
+    (["train", "+lrr=0.1"], "unknown config key 'lrr'; did you mean 'lr'? (free-form notes go under +notes.KEY=VALUE)"),
+    (["train", "++lrr=0.1"], "unknown config key 'lrr'; did you mean 'lr'?"),
+    (["train", "+epochs=3"], "+epochs: epochs is already in the config; set it with epochs=3"),
+    (["train", "~early_stop"], "~early_stop: regx's config needs every key of its schema; set a value instead"),
+    (["train", "model.name=resnet1"], "model.name='resnet1' is neither regx's (smallcnn) nor a torchvision "
+                                      "classification model; did you mean resnet18"),
+    (["train", "data.path=/tmp"], "data.path=/tmp is set but data=shapes does not read a folder: add data=imagefolder"),
+    (["check-data", "data.path=/tmp"], "add data=imagefolder"),
+    (["train", "-m", "debug=smoke", "aug=glob(zzz*)"], "the sweep ran no job: a sweep value matched nothing"),
 ])
-def test_bad_arguments_are_one_line(cli, args, message):
+def test_bad_arguments_are_one_line(cli, tmp_path, args, message):
     res = cli(*args)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not list(tmp_path.glob("outputs/*/*"))  # no run or sweep directory left behind
+
+
+def test_notes_are_the_place_for_free_form_keys(cli, tmp_path):
+    res = cli("train", "debug=smoke", "epochs=1", "+notes.why=baseline", "hydra.run.dir=r")
+    assert res.returncode == 0, res.stderr
+    assert "notes:\n  why: baseline" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_a_directory_that_holds_a_run_or_a_sweep_is_never_overwritten(cli, tmp_path):
+    assert cli("train", "debug=smoke", "epochs=1", "hydra.run.dir=r").returncode == 0
+    before = (tmp_path / "r" / "summary.json").read_text()
+    res = cli("train", "debug=smoke", "epochs=2", "hydra.run.dir=r")
+    assert res.returncode == 2 and "r holds a run already; continue it with: regx resume r" in res.stderr
+    assert (tmp_path / "r" / "summary.json").read_text() == before
+    assert cli("train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=s").returncode == 0
+    res = cli("train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=s")
+    assert res.returncode == 2 and "regx sweep-resume s" in res.stderr
+
+
+def test_a_sweep_ends_with_its_jobs_and_the_report_command(cli, tmp_path):
+    res = cli("train", "-m", "debug=smoke", "epochs=1", "seed=0,1", "hydra.sweep.dir=s")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert any(line.strip().startswith("0_") and "completed  best val" in line for line in lines)
+    assert lines[-1] == "2 jobs in s; compare them with: regx report s"
+
+
+def test_a_closed_pipe_ends_quietly():
+    res = subprocess.run(f"{sys.executable} -m regx --help | head -1", shell=True, capture_output=True, text=True)
+    assert res.returncode == 0 and "Error" not in res.stderr
 
 
 def test_a_missing_image_folder_is_bad_input_and_makes_no_run_directory(cli, tmp_path):
@@ -94,3 +157,13 @@ def test_plot_redraws_the_curves(cli, tmp_path):
         assert im.width >= 800 and im.height >= 300
     missing = cli("plot", "nowhere")
     assert missing.returncode == 2 and "nowhere/metrics.csv not found" in missing.stderr
+
+
+def test_relative_paths_hold_when_hydra_changes_into_the_run_directory(cli, tmp_path):
+    from tests.conftest import write_images
+
+    write_images(tmp_path / "imgs", per_class=6)
+    res = cli("train", "debug=smoke", "epochs=1", "data=imagefolder", "data.path=imgs", "data.image_size=16",
+              "data.workers=0", "hydra.job.chdir=true", "hydra.run.dir=r")
+    assert res.returncode == 0, res.stderr
+    assert f"path: {tmp_path / 'imgs'}" in (tmp_path / "r" / "config.yaml").read_text()
