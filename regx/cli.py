@@ -335,7 +335,7 @@ def cmd_plot(args: list[str]) -> int:
 
 def cmd_report(args: list[str]) -> int:
     from regx import report
-    from regx.console import console
+    from regx.console import print_table
 
     p = _parser("report", "Runs and sweeps as one table, and report.csv, report.md and report.png.")
     p.add_argument("paths", nargs="+", metavar="DIR|GLOB", help="run directories, sweep directories or globs")
@@ -349,14 +349,7 @@ def cmd_report(args: list[str]) -> int:
         r = report.build(a.paths, sort=a.sort, group_by=group_by, metric=a.metric, out=a.out)
     except report.ReportError as exc:
         raise BadInput(str(exc)) from None
-    from rich.table import Table
-
-    table = Table(title=f"regx report: {r.title}", caption=r.caption)
-    for h in r.header:
-        table.add_column(h, overflow="fold", justify="right" if h in report.METRICS else "left")
-    for row in r.rows:
-        table.add_row(*row)
-    console().print(table)
+    print_table(f"regx report: {r.title}", r.header, r.rows, caption=r.caption, right=set(report.METRICS))
     for line in r.notes:
         print(line)
     print(f"wrote {', '.join(f.name for f in r.files)} in {r.out}")

@@ -89,3 +89,35 @@ class EpochProgress:
         if self._progress is not None:
             self._progress.stop()
         return False
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]], *, caption: str = "",
+                right: set[str] = frozenset()) -> None:
+    """A table that survives any width: columns are never wrapped (a number or a path split over two
+    lines reads wrong); when it does not fit the terminal (80 columns in a log), each row becomes a
+    block of `key value` fields packed into lines instead."""
+    con = console()
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    if sum(widths) + 3 * len(widths) + 1 <= con.width:
+        from rich.table import Table
+
+        table = Table(title=title, caption=caption or None)
+        for h in header:
+            table.add_column(h, no_wrap=True, justify="right" if h in right else "left")
+        for row in rows:
+            table.add_row(*row)
+        con.print(table)
+        return
+    print(title)
+    for row in rows:
+        print(f"{header[0]} {row[0]}")
+        line = " "
+        for h, v in zip(header[1:], row[1:]):
+            field = f" {h}={v}"
+            if len(line) + len(field) > con.width and line.strip():
+                print(line)
+                line = " "
+            line += field
+        print(line)
+    if caption:
+        print(caption)

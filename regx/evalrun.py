@@ -115,7 +115,7 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
               "data": cfg.data.name, "overrides": overrides, "split": split_name, "n": total,
               "accuracy": int(cm.diag().sum()) / max(total, 1), "loss": loss, "classes": classes,
               "per_class": per_class(cm, classes), "confusion": cm.tolist()}
-    suffix = "" if not overrides else "_" + slug(",".join(overrides), 60)
+    suffix = ("_last" if last else "") + ("_" + slug(",".join(overrides), 60) if overrides else "")
     out = Path(out) if out is not None else run_dir
     json_path, png_path = out / f"eval{suffix}.json", out / f"confusion{suffix}.png"
     write_json(json_path, result)

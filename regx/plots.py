@@ -88,30 +88,43 @@ def lr_plot(path: Path, lrs: list[float], steps_per_epoch: int, title: str) -> P
 
 
 def curves_plot(path: Path, rows: list[dict], title: str = "") -> Path:
-    """Loss and accuracy, training vs validation, per epoch; the best epoch marked; LR on a 2nd axis."""
+    """Loss and accuracy per epoch: training as trained (augmentation, dropout), clean training (eval
+    mode, no augmentation: what the gap uses) and validation; the best epoch marked; LR on a 2nd axis."""
+    return save_figure(curves_figure(rows, title), path)
+
+
+def curves_figure(rows: list[dict], title: str = ""):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    def col(key):
-        return [float(r[key]) for r in rows]
+    def col(key, scale=1.0):
+        return [scale * float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
 
     epochs = [int(r["epoch"]) for r in rows]
+    clean = any(r.get("clean_train_acc") not in (None, "") for r in rows)
     best = epochs[max(range(len(rows)), key=lambda i: float(rows[i]["val_acc"]))] if rows else None
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    ax_loss.plot(epochs, col("train_loss"), "o-", ms=3, label="train loss")
-    ax_loss.plot(epochs, col("val_loss"), "o-", ms=3, label="validation loss")
+    ax_loss.plot(epochs, col("train_loss"), "o-", ms=3, label="train loss (as trained)")
+    if clean:
+        ax_loss.plot(epochs, col("clean_train_loss"), "o--", ms=3, color="C2", label="clean train loss")
+    ax_loss.plot(epochs, col("val_loss"), "o-", ms=3, color="C1", label="validation loss")
     ax_loss.set_ylabel("cross-entropy loss")
     ax_lr = ax_loss.twinx()
     ax_lr.plot(epochs, col("lr"), color="gray", ls=":", label="learning rate")
     ax_lr.set_ylabel("learning rate (end of epoch)", color="gray")
     ax_lr.set_ylim(bottom=0)
-    ax_acc.plot(epochs, [100 * v for v in col("train_acc")], "o-", ms=3, label="train accuracy")
-    ax_acc.plot(epochs, [100 * v for v in col("val_acc")], "o-", ms=3, label="validation accuracy")
+    ax_acc.plot(epochs, col("train_acc", 100), "o-", ms=3, label="train accuracy (as trained)")
+    if clean:
+        ax_acc.plot(epochs, col("clean_train_acc", 100), "o--", ms=3, color="C2",
+                    label="clean train accuracy (eval mode, no augmentation)")
+    ax_acc.plot(epochs, col("val_acc", 100), "o-", ms=3, color="C1", label="validation accuracy")
     ax_acc.set_ylabel("accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if best is not None:
             ax.axvline(best, color="green", alpha=0.4, lw=2, label=f"best epoch ({best})")
@@ -120,7 +133,7 @@ def curves_plot(path: Path, rows: list[dict], title: str = "") -> Path:
     ax_loss.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8)
     ax_acc.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
 def confusion_plot(path: Path, cm: torch.Tensor, classes: list[str], title: str) -> Path:

@@ -30,6 +30,8 @@ class Recorder:
             self.log.warning("removed %s, left by a run that was killed while writing it", tmp)
         summary_path = self.run_dir / "summary.json"
         self.summary = read_json(summary_path) if resume and summary_path.is_file() else {}
+        if resume:
+            self.summary["resumes"] = [*self.summary.get("resumes", []), _resume_record(self.run_dir, cfg)]
         self.summary.update(status="running", name=cfg.name, run_dir=str(self.run_dir), regx_version=__version__,
                             torch_version=torch.__version__, host=platform.node(), pid=os.getpid(), error=None,
                             threads=torch.get_num_threads(),
@@ -81,7 +83,8 @@ class Recorder:
         """After an epoch's checkpoint: metrics.csv, summary.json, curves.png, loggers, one log line."""
         cfg, trainable = self.cfg, row["trainable_params"]
         self.summary.update(epochs_done=row["epoch"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
-                            final_train_acc=row["train_acc"], final_val_acc=row["val_acc"],
+                            final_train_acc=row["train_acc"], final_clean_train_acc=row["clean_train_acc"],
+                            final_val_acc=row["val_acc"],
                             wall_s=round(state.wall_s, 2), stopped_early=state.stopped_early,
                             trainable_params=trainable, frozen_params=self.summary["params"] - trainable)
         if self.main:
@@ -90,10 +93,11 @@ class Recorder:
         self.draw_curves(state.history)
         for logger in self.loggers:
             logger.epoch(row, state.best_val_acc)
-        self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%%  val loss %.4f acc %6.2f%%  gap %+5.1fpp  lr %.3g  %.1fs  %s img/s%s",
-                      len(str(cfg.epochs)), row["epoch"], cfg.epochs, row["train_loss"], 100 * row["train_acc"],
-                      row["val_loss"], 100 * row["val_acc"], 100 * row["gap"], row["lr"], row["epoch_s"],
-                      f"{row['img_per_s']:,.0f}",
+        clean = "" if row["clean_train_acc"] is None else f"  clean train acc {100 * row['clean_train_acc']:6.2f}%"
+        self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%% (as trained)%s  val loss %.4f acc %6.2f%%  gap %+5.1fpp  "
+                      "lr %.3g  %.1fs  %s img/s%s", len(str(cfg.epochs)), row["epoch"], cfg.epochs, row["train_loss"],
+                      100 * row["train_acc"], clean, row["val_loss"], 100 * row["val_acc"], 100 * row["gap"], row["lr"],
+                      row["epoch_s"], f"{row['img_per_s']:,.0f}",
                       ("  *best*" if is_best else "") + (f"  trains: {row['trainable']}" if row["trainable"] != "all" else ""))
         if state.stopped_early:
             self.log.info("early stop after epoch %d: %s", row["epoch"], state.stopped_early["reason"])
@@ -152,6 +156,21 @@ class Recorder:
             print_summary(self.summary, self.log)
 
 
+def _resume_record(run_dir: Path, cfg: DictConfig) -> dict:
+    """When a run was resumed and what it was resumed with: every key whose value changed."""
+    from regx.config import flat_keys
+
+    saved = run_dir / "config.yaml"
+    changed = {}
+    if saved.is_file():
+        before, after = OmegaConf.load(saved), OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        for key in flat_keys(after):
+            old, new = OmegaConf.select(before, key), OmegaConf.select(after, key)
+            if old != new and not OmegaConf.is_dict(new):
+                changed[key] = OmegaConf.to_container(new) if OmegaConf.is_list(new) else new
+    return {"at": datetime.now().isoformat(timespec="seconds"), "changed": changed}
+
+
 def _tensorboard(cfg: DictConfig, run_dir: Path, first_epoch: int):
     from regx.tblog import TensorBoardLogger, hparams_of
 
@@ -163,7 +182,8 @@ def _tensorboard(cfg: DictConfig, run_dir: Path, first_epoch: int):
 
 
 def print_summary(s: dict, log) -> None:
-    """The closing table on the terminal (train.log gets it as plain lines), then the verdict."""
+    """The closing table on the terminal (train.log gets it as plain lines), the run directory on a
+    line of its own (never wrapped: it is copied), then the verdict."""
     from rich.table import Table
 
     def pct(v):
@@ -173,7 +193,9 @@ def print_summary(s: dict, log) -> None:
         ("status", s["status"]),
         ("epochs", str(s.get("epochs_done"))),
         ("best val acc", f"{pct(s.get('best_val_acc'))} (epoch {s.get('best_epoch')})"),
-        ("final train / val acc", f"{pct(s.get('final_train_acc'))} / {pct(s.get('final_val_acc'))}"),
+        ("train acc (as trained)", pct(s.get("final_train_acc"))),
+        *([("clean train acc", pct(s["final_clean_train_acc"]))] if s.get("final_clean_train_acc") is not None else []),
+        ("val acc", pct(s.get("final_val_acc"))),
         ("test acc (best ckpt)", pct(s.get("test_acc"))),
         ("verdict", s.get("verdict", "-")),
         *([("stopped early", f"after epoch {s['stopped_early']['epoch']}: {s['stopped_early']['reason']}")]
@@ -182,7 +204,6 @@ def print_summary(s: dict, log) -> None:
         *([("weights", f"{s['weights']} (finetune={s['finetune']})")] if s.get("weights") else []),
         ("device", f"{s['device']} {s['precision']}"),
         ("wall time", f"{s['wall_s']:.1f}s"),
-        ("run dir", s["run_dir"]),
     ]
     table = Table(title=f"regx run: {s['name']}", show_header=False)
     table.add_column(no_wrap=True)
@@ -190,12 +211,15 @@ def print_summary(s: dict, log) -> None:
     for k, v in rows:
         table.add_row(k, v)
     console().print(table)
+    log.info("run dir: %s", s["run_dir"])
     file_only = logging.getLogger("regx.file")
     for k, v in rows:
         file_only.info("%-22s %s", k, v)
     ev = s.get("evidence") or {}
     if s.get("verdict") in ("overfitting", "underfitting", "diverged"):
-        facts = f"train acc {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}" if "gap" in ev else str(ev)
+        train = "clean train acc" if ev.get("train_acc_is_clean") else "train acc (as trained)"
+        facts = (f"{train} {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}"
+                 if "gap" in ev else str(ev))
         log.info("verdict: %s (%s). Remedies from the course:", s["verdict"], facts)
         for line in s.get("remedies", []):
             log.info("  - %s", line)

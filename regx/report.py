@@ -7,7 +7,7 @@ from pathlib import Path
 
 from regx.plots import save_figure
 
-COLUMNS = ("status", "best_val", "final_val", "test", "gap", "verdict", "epochs", "wall_s")
+COLUMNS = ("status", "best_val", "final_val", "test", "gap", "verdict", "done", "wall_s")  # done: epochs done/planned
 METRICS = ("best_val", "final_val", "test", "gap", "wall_s")  # numeric: averaged by --group-by
 HIGHER_IS_BETTER = {"best_val", "final_val", "test"}
 
@@ -104,7 +104,7 @@ def run_record(run: Path) -> dict:
         "best_val": num("best_val_acc"), "final_val": num("final_val_acc"), "test": num("test_acc"),
         "gap": float(metrics[-1]["gap"]) if metrics and metrics[-1].get("gap") not in (None, "") else None,
         "verdict": summary.get("verdict") or "-",
-        "epochs": f"{summary.get('epochs_done', len(metrics))}/{epochs if epochs is not None else '?'}",
+        "done": f"{summary.get('epochs_done', len(metrics))}/{epochs if epochs is not None else '?'}",
         "wall_s": num("wall_s"),
     }
 
@@ -130,9 +130,21 @@ def _value(record: dict, key: str) -> str:
 
 
 def varying_keys(records: list[dict]) -> list[str]:
-    """The overridden keys whose values differ between the runs, in first-seen order."""
-    keys = list(dict.fromkeys(k for r in records for o in r["overrides"] if (k := _key_of(o))))
-    return [k for k in keys if len({_value(r, k) for r in records}) > 1]
+    """Every config value that differs between the runs, wherever it was set (the command line, an
+    experiment file, a resume): overridden keys first, in first-seen order, then groups, then other
+    keys. A key inside a group whose option differs, and the derived `name`, are that group's."""
+    from omegaconf import OmegaConf
+
+    from regx.config import GROUPS, flat_keys
+
+    overridden = list(dict.fromkeys(k for r in records for o in r["overrides"] if (k := _key_of(o))))
+    groups = [g for g in GROUPS if any(OmegaConf.select(r["config"], f"{g}.name") is not None for r in records)]
+    leaves = dict.fromkeys(k for r in records for k in flat_keys(r["config"])
+                           if not OmegaConf.is_dict(OmegaConf.select(r["config"], k)))
+    found = [k for k in [*groups, *leaves] if k not in overridden and k != "name"]
+    varying = [k for k in [*overridden, *found] if len({_value(r, k) for r in records}) > 1]
+    changed_groups = [g for g in varying if g in GROUPS]
+    return [k for k in varying if k in overridden or not any(k.startswith(g + ".") for g in changed_groups)]
 
 
 def sort_records(records: list[dict], column: str) -> list[dict]:
@@ -201,36 +213,40 @@ def report_table(records: list[dict], keys: list[str], group_by: list[str] | Non
     return header, shown, raw
 
 
-def write_report(out: Path, header: list[str], shown: list[list[str]], raw: list[dict], records: list[dict],
-                 keys: list[str], metric: str, group_by: list[str] | None, title: str) -> list[Path]:
-    """report.csv (raw numbers), report.md (the table as shown) and report.png into `out`."""
+def write_report(out: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None,
+                 title: str) -> list[Path]:
+    """report.csv (raw numbers), report.md (the table as shown) and report.png: every run; with
+    `group_by` also report_by_<keys>.csv/.md/.png: one row per group. Nothing overwrites the other."""
+    runs_title = title.split(",")[0]
+    files = _write_tables(out, "report", records, keys, None, metric, runs_title)
+    if group_by:
+        files += _write_tables(out, "report_by_" + "_".join(group_by), records, keys, group_by, metric, title)
+    return files
+
+
+def _write_tables(out: Path, stem: str, records: list[dict], keys: list[str], group_by: list[str] | None,
+                  metric: str, title: str) -> list[Path]:
     import csv
     import io
 
     from regx.runs import write_text
 
+    header, shown, raw = report_table(records, keys, group_by)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(raw[0]) if raw else header, lineterminator="\n")
     writer.writeheader()
     writer.writerows(raw)
-    write_text(out / "report.csv", buf.getvalue())
-
-    def md(head, body):
-        esc = [[str(c).replace("|", "\\|") for c in row] for row in [head, *body]]
-        lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in esc[1:]]) + "\n"
-
-    text = f"# {title}\n\n" + md(header, shown)
-    if group_by:
-        h, s, _ = report_table(records, keys, None)
-        text += "\nAll runs:\n\n" + md(h, s)
-    failed = [r for r in records if r["status"] not in ("completed",)]
+    write_text(out / f"{stem}.csv", buf.getvalue())
+    esc = [[str(c).replace("|", "\\|") for c in row] for row in [header, *shown]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    text = f"# {title}\n\n" + "\n".join(lines) + "\n"
+    failed = [r for r in records if r["status"] != "completed"]
     if failed:
         text += "\nNot completed:\n\n" + "".join(f"- {r['run']}: {r['status']}{': ' + r['error'] if r['error'] else ''}\n"
-                                                  for r in failed)
-    write_text(out / "report.md", text)
-    report_plot(out / "report.png", records, keys, metric, group_by, title)
-    return [out / "report.csv", out / "report.md", out / "report.png"]
+                                                   for r in failed)
+    write_text(out / f"{stem}.md", text)
+    report_plot(out / f"{stem}.png", records, keys, metric, group_by, title)
+    return [out / f"{stem}.csv", out / f"{stem}.md", out / f"{stem}.png"]
 
 
 def report_plot(path: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None,
@@ -319,14 +335,15 @@ def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | No
         records = sort_records(records, sort)
     out = Path(out) if out is not None else _default_out(paths, records)
     title = f"{len(records)} run{'s' * (len(records) != 1)}" + (f", grouped by {','.join(group_by)}" if group_by else "")
-    header, shown, raw = report_table(records, keys, group_by)
+    header, shown, _ = report_table(records, keys, group_by)
     notes = []
     if group_by:
         averaged = [k for k in keys if k not in group_by]
         notes.append(f"averaged over: {', '.join(averaged) or 'nothing (each group is one run)'}")
-    notes += [f"{r['status']}: {r['path']}{': ' + r['error'] if r['error'] else ''}" for r in records
-              if r["status"] != "completed"]
-    files = write_report(out, header, shown, raw, records, keys, metric, group_by, title)
+    for r in records:  # the path alone on its line (it is copied), the error under it
+        if r["status"] != "completed":
+            notes += [f"{r['status']}: {r['path']}", *([f"  {r['error']}"] if r["error"] else [])]
+    files = write_report(out, records, keys, metric, group_by, title)
     caption = "accuracies and gap in %; " + ("mean ± sample std over each group's completed runs" if group_by
                                              else "gap: clean train minus val")
     return Report(title, header, shown, caption, notes, files, out)

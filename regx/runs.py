@@ -148,12 +148,12 @@ def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool, before_rename=No
     if last.is_file():
         _link(last, ckpt_dir / "prev.pt")
         if _manifest_path(last).is_file():
-            _link(_manifest_path(last), _manifest_path(ckpt_dir / "prev.pt"))
+            write_json(_manifest_path(ckpt_dir / "prev.pt"), {**read_json(_manifest_path(last)), "file": "prev.pt"})
     write_atomic(last, lambda f: f.write(payload), before_rename=before_rename)
     write_json(_manifest_path(last), manifest)
     if best:
         _link(last, ckpt_dir / "best.pt")
-        _link(_manifest_path(last), _manifest_path(ckpt_dir / "best.pt"))
+        write_json(_manifest_path(ckpt_dir / "best.pt"), {**manifest, "file": "best.pt"})
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -260,6 +260,8 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise config.ConfigError(f"no such run directory: {run_dir}")
+    if (run_dir / "multirun.yaml").is_file():
+        raise config.ConfigError(f"{run_dir} is a sweep directory: finish it with regx sweep-resume {run_dir}")
     if not (run_dir / "config.yaml").is_file():
         raise config.ConfigError(f"{run_dir} is not a regx run directory (no config.yaml)")
     if not any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt")):

@@ -39,7 +39,7 @@ def test_report_lists_every_run_and_writes_three_files(sweep):
     assert res.stdout.count("failed: ") == 2 and "loss became" in res.stdout
     rows = read_csv(sweep / "report.csv")
     assert len(rows) == 4
-    assert {"run", "lr", "seed", "status", "best_val", "final_val", "test", "gap", "verdict", "epochs", "wall_s"} <= rows[0].keys()
+    assert {"run", "lr", "seed", "status", "best_val", "final_val", "test", "gap", "verdict", "done", "wall_s"} <= rows[0].keys()
     assert "debug" not in rows[0]  # same in every run: not a column
     s = summaries(sweep)
     by_path = {r["path"].rsplit("/", 1)[1]: r for r in rows}
@@ -67,7 +67,9 @@ def test_report_sorts_and_groups_with_mean_and_std(sweep, tmp_path):
     res = regx_here(sweep, "report", str(sweep), "--group-by", "lr", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     assert "averaged over: seed" in res.stdout
-    groups = {r["lr"]: r for r in read_csv(tmp_path / "report.csv")}
+    assert len(read_csv(tmp_path / "report.csv")) == 4  # every run, still
+    assert (tmp_path / "report_by_lr.md").is_file() and (tmp_path / "report_by_lr.png").is_file()
+    groups = {r["lr"]: r for r in read_csv(tmp_path / "report_by_lr.csv")}
     done = [v for v in summaries(sweep).values() if v["status"] == "completed"]
     accs = [v["best_val_acc"] for v in done]
     assert (groups["0.05"]["completed"], groups["0.05"]["runs"]) == ("2", "2")
@@ -132,10 +134,15 @@ def test_eval_gives_per_class_accuracy_and_a_confusion_matrix(finished):
 def test_eval_last_checkpoint_and_other_data(finished):
     res = regx_here(finished, "eval", str(finished), "--last", "data.n_test=50", "data.seed=7")
     assert res.returncode == 0, res.stderr
-    (path,) = finished.glob("eval_data.n_test=50*.json")
+    (path,) = finished.glob("eval_last_data.n_test=50*.json")
     e = json.loads(path.read_text())
     assert e["n"] == 50 and e["checkpoint"].endswith("last.pt") and e["epoch"] == 3
-    assert list(finished.glob("confusion_data.n_test=50*.png"))
+    assert list(finished.glob("confusion_last_data.n_test=50*.png"))
+    best = json.loads((finished / "eval.json").read_text()) if (finished / "eval.json").is_file() else None
+    res = regx_here(finished, "eval", str(finished), "--last")
+    assert res.returncode == 0 and (finished / "eval_last.json").is_file()
+    if best is not None:  # the best checkpoint's evaluation is still there, untouched
+        assert json.loads((finished / "eval.json").read_text()) == best
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -195,3 +202,36 @@ def test_tensorboard_logger_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(config.ConfigError, match=r"pip install 'regx\[tensorboard\]'"):
         errors.preflight(["logger=tensorboard"])
+
+
+def test_report_shows_what_differs_wherever_it_was_set(tmp_path):
+    """lr set by a resume with --force, and through an experiment file: both are columns."""
+    train(smoke_cfg("epochs=1"), tmp_path / "a")
+    train(smoke_cfg("epochs=1", "experiment=overfit", "data.n_train=800", "epochs=1"), tmp_path / "b")
+    train(smoke_cfg("epochs=1"), tmp_path / "c")
+    res = regx_here(tmp_path, "resume", "c", "epochs=2", "lr=0.01", "--force")
+    assert res.returncode == 0, res.stderr
+    res = regx_here(tmp_path, "report", "a", "b", "c", "--out", "r")
+    assert res.returncode == 0, res.stderr
+    rows = {r["run"]: r for r in read_csv(tmp_path / "r" / "report.csv")}
+    assert rows["c"]["lr"] == "0.01" and rows["a"]["lr"] == "0.05"
+    assert "aug" not in rows["a"] and rows["b"]["sched"] == "constant" and rows["b"]["wd"] == "0.0"
+    assert rows["b"]["data.train_size"] == "500" and rows["c"]["done"] == "2/2"
+    header = next(line for line in (tmp_path / "r" / "report.md").read_text().splitlines() if line.startswith("| run"))
+    assert header.count("epochs") == 1  # the config key; epochs done/planned is "done"
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_report_tables_survive_80_columns(sweep, tmp_path, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    monkeypatch.setattr("regx.console._console", None)  # a console of that width
+    res = regx_here(tmp_path, "report", sweep, "--out", tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    table = lines[: next(i for i, line in enumerate(lines) if "accuracies and gap in %" in line) + 1]
+    assert all(len(line) <= columns for line in table), max(table, key=len)  # paths and errors follow, whole
+    for row in read_csv(tmp_path / "report.csv"):  # every number whole, on one line
+        if row["best_val"]:
+            assert f"{100 * float(row['best_val']):.2f}" in res.stdout
+        assert row["lr"] in res.stdout
+    assert ("┃ run" in res.stdout) == (columns == 200)  # wide: a table; narrow: one block per run

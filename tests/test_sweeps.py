@@ -36,6 +36,9 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, cli):
 
 
 def test_sweep_resume_bad_input(tmp_path, cli):
+    assert cli("train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=s").returncode == 0
+    res = cli("resume", "s")
+    assert res.returncode == 2 and "s is a sweep directory: finish it with regx sweep-resume s" in res.stderr
     res = cli("sweep-resume", tmp_path)
     assert res.returncode == 2 and "not a regx sweep directory (no multirun.yaml)" in res.stderr
 

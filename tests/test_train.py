@@ -17,7 +17,7 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
     assert res.returncode == 0, res.stderr
     run = only_run(tmp_path)
     assert run.name.endswith("_smallcnn_shapes")
-    assert str(run) in res.stdout  # the user is told where the run went
+    assert f"run dir: {run}" in res.stdout.splitlines()  # where the run went, on one line (80 columns here)
     for f in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv", "summary.json",
               "checkpoints/last.pt", "checkpoints/best.pt", "train.log", "aug_preview.png", "curves.png"):
         assert (run / f).is_file(), f
@@ -45,6 +45,8 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
     assert last["state"]["epoch"] == 2 and last["config"]["epochs"] == 2
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["state"]["epoch"] == s["best_epoch"]
+    for name in ("last.pt", "prev.pt", "best.pt"):  # each manifest names its own file
+        assert json.loads((run / "checkpoints" / f"{name}.json").read_text())["file"] == name
 
     saved = (run / "config.yaml").read_text()
     assert "epochs: 2" in saved and "${" not in saved  # resolved
@@ -93,6 +95,8 @@ def test_resume_can_extend_and_refuses_bad_targets(cli, tmp_path):
     code, _, err = cli("resume", "r", "epochs=2")
     assert code == 0, err
     assert [int(r["epoch"]) for r in read_metrics(tmp_path / "r" / "metrics.csv")] == [1, 2]
+    resumes = json.loads((tmp_path / "r" / "summary.json").read_text())["resumes"]
+    assert len(resumes) == 1 and resumes[0]["changed"] == {"epochs": 2}  # what it was resumed with
     with pytest.raises(RunFailed, match="crashed"):  # before the first checkpoint
         train(smoke_cfg(), tmp_path / "early", hooks=[Crash()])
     for args, message in [(["early"], "has no checkpoint"), (["nowhere"], "no such run directory: nowhere"),
