@@ -36,6 +36,7 @@ examples:
   regx lr-plot sched=onecycle epochs=30
 
 Bad input exits with status 2 and one line; REGX_DEBUG=1 shows tracebacks.
+Shell completion: eval "$(regx -sc install=bash)" (or install=zsh).
 """
 
 
@@ -59,9 +60,27 @@ class _Parser(argparse.ArgumentParser):
         return self.parse_intermixed_args(args, namespace)
 
 
+EXAMPLES = {
+    "resume": ["regx resume outputs/runs/<run>                 # continue a stopped run where it stopped",
+               "regx resume outputs/runs/<run> epochs=20       # train a finished run further",
+               "regx resume outputs/runs/<run> epochs=20 sched.restart=true   # ... with a new LR cycle"],
+    "sweep-resume": ["regx sweep-resume outputs/sweeps/<time>"],
+    "show-aug": ["regx show-aug aug=all aug.rotate.degrees=30", "regx show-aug aug=crop_flip --out grid.png"],
+    "lr-plot": ["regx lr-plot sched=onecycle epochs=30", "regx lr-plot sched=cosine sched.warmup_epochs=2"],
+    "check-data": ["regx check-data data=imagefolder data.path=~/photos data.image_size=96"],
+    "plot": ["regx plot outputs/runs/<run>"],
+    "report": ["regx report outputs/sweeps/<time> --sort best_val",
+               "regx report outputs/sweeps/<time> --group-by aug     # mean ± std over seeds",
+               "regx report 'outputs/runs/*'"],
+    "eval": ["regx eval outputs/runs/<run>                   # best.pt on the test split",
+             "regx eval outputs/runs/<run> --last data.n_test=5000 data.seed=7"],
+}
+
+
 def _parser(command: str, description: str, *positionals: str, overrides: str | None = None) -> _Parser:
     """A subcommand's parser: its positional arguments, then key=value overrides when it takes them."""
-    p = _Parser(prog=f"regx {command}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=f"regx {command}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[command]))
     for name in positionals:
         p.add_argument(name.lower(), metavar=name)
     if overrides:
@@ -128,6 +147,9 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
 
     if "--version" in args:
         return _version()
+    for flag in ("-sc", "--shell-completion"):  # what Hydra users type: regx's completion, not Hydra's
+        if flag in args and args.index(flag) + 1 < len(args):
+            return _shell_completion(args[args.index(flag) + 1:args.index(flag) + 2])
     overrides, info_only, multirun, where = _split_args(args)
     multirun = multirun or any(o.startswith(("hparams_search=", "hydra.mode=MULTIRUN")) for o in overrides)
     args = _absolute_config_path(args)
@@ -276,13 +298,13 @@ def cmd_show_aug(args: list[str]) -> int:
 def cmd_lr_plot(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from regx.data import load_config
+    from regx.data import train_count
     from regx.plots import lr_plot
     from regx.schedules import lr_schedule, steps_per_epoch
 
     a, cfg = _composed(args, "lr-plot", "A PNG of the learning rate at every optimizer step of the run.")
     out = _picture_path(a, "lr-plot")
-    steps = steps_per_epoch(len(load_config(cfg.data).train), cfg.batch_size)  # the training split's size decides
+    steps = steps_per_epoch(train_count(cfg.data), cfg.batch_size)  # the training split's size, not its images
     sched = OmegaConf.to_container(cfg.sched, resolve=True)
     lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps)
     title = f"sched={sched['name']} lr={cfg.lr:g} epochs={cfg.epochs} ({steps} steps/epoch)"
@@ -379,6 +401,22 @@ COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, 
             "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume}
 
 
+def _shell_completion(args: list[str]) -> int:
+    """-sc install=bash|zsh, uninstall=..., or query=bash (the installed function's question)."""
+    from regx import completion
+
+    if len(args) != 1:
+        raise BadInput("-sc takes one of install=bash, install=zsh, uninstall=bash, uninstall=zsh")
+    if args[0].startswith("query="):
+        print(" ".join(completion.complete(os.environ.get("COMP_LINE", "regx "), list(COMMANDS))))
+        return 0
+    try:
+        print(completion.script(args[0]), end="")
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    return 0
+
+
 def _version() -> int:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -405,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[0] in ("-V", "--version"):
         return _version()
+    if args[0] in ("-sc", "--shell-completion"):
+        return _guarded(_shell_completion, args[1:])
     command = COMMANDS.get(args[0])
     if command is None:
         import difflib

@@ -191,6 +191,9 @@ class SchedConfig:
     pct_start: float = num(0.3, "(0, 1)")  # onecycle
     factor: float = num(0.1, "(0, 1)")  # plateau
     patience: int = num(5, ">= 0")  # plateau
+    # resuming with more epochs than the schedule was planned for: a new cycle over the added epochs
+    # (true), or the rate the schedule ended with (false)
+    restart: bool = False
 
 
 @dataclass

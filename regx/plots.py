@@ -22,7 +22,7 @@ def aug_grid(images: torch.Tensor, augment: Augment | None, rows: int = 4, cell:
 
     images: uint8 N,C,H,W. Mixup and cutmix mix within each row, as they do within a batch.
     """
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     x = images.float() / 255
     grid = [x]
@@ -31,18 +31,22 @@ def aug_grid(images: torch.Tensor, augment: Augment | None, rows: int = 4, cell:
             grid.append(augment(x.clone())[0])
     n, c, h, w = x.shape
     scale = max(1, cell // max(h, w))
-    pad, gap = 2, 6  # white lines between cells; a wider one under the originals
+    pad, gap, label = 2, 6, 64  # white lines between cells, a wider one under the originals; row labels
     height = len(grid) * (h * scale + pad) + pad + (gap if len(grid) > 1 else 0)
-    canvas = torch.ones(3, height, n * (w * scale + pad) + pad)
+    canvas = torch.ones(3, height, label + n * (w * scale + pad) + pad)
+    tops = []
     for r, row in enumerate(grid):
         row = row.clamp(0, 1).expand(-1, 3, -1, -1) if c == 1 else row.clamp(0, 1)
         row = torch.nn.functional.interpolate(row, scale_factor=scale, mode="nearest") if scale > 1 else row
-        top = pad + r * (h * scale + pad) + (gap if r > 0 else 0)
+        tops.append(pad + r * (h * scale + pad) + (gap if r > 0 else 0))
         for i in range(n):
-            left = pad + i * (w * scale + pad)
-            canvas[:, top : top + h * scale, left : left + w * scale] = row[i]
-    array = (canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    return Image.fromarray(array)
+            left = label + pad + i * (w * scale + pad)
+            canvas[:, tops[-1] : tops[-1] + h * scale, left : left + w * scale] = row[i]
+    image = Image.fromarray((canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+    draw = ImageDraw.Draw(image)
+    for r, top in enumerate(tops):
+        draw.text((4, top + h * scale // 2 - 6), "original" if r == 0 else f"aug {r}", fill=(0, 0, 0))
+    return image
 
 
 def save_aug_grid(path: Path, images: torch.Tensor, aug_cfg, seed: int = 0, rows: int = 4) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
 
 
 def lr_factor(
@@ -107,11 +106,25 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return math.ceil(n_train / batch_size) - int(single)
 
 
-def lr_schedule(sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None) -> Callable[[int], float]:
+class Schedule:
+    """The learning rate at each optimizer step: the `sched` group's shape over `epochs` epochs of
+    `steps` steps, starting at step `start`. Past its end a schedule keeps its final value, so a run
+    extended with more epochs goes on at the rate it ended with; `restart` begins a new cycle (a warm
+    restart) over the epochs added."""
+
+    def __init__(self, sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None):
+        self.sched, self.lr, self.epochs, self.steps, self.plateau = sched, lr, epochs, steps, plateau
+        self.start = 0
+
+    def __call__(self, step: int) -> float:
+        scale = self.plateau.scale if self.plateau is not None else 1.0
+        return self.lr * scale * lr_factor(step - self.start, total_steps=self.steps * self.epochs,
+                                           steps_per_epoch=self.steps, base_lr=self.lr, **self.sched)
+
+    def restart(self, start: int, epochs: int) -> None:
+        self.start, self.epochs = start, epochs
+
+
+def lr_schedule(sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None) -> Schedule:
     """The learning rate at each optimizer step for a run of `epochs` epochs of `steps` steps."""
-
-    def lr_at(step: int) -> float:
-        scale = plateau.scale if plateau is not None else 1.0
-        return lr * scale * lr_factor(step, total_steps=steps * epochs, steps_per_epoch=steps, base_lr=lr, **sched)
-
-    return lr_at
+    return Schedule(sched, lr=lr, epochs=epochs, steps=steps, plateau=plateau)

@@ -142,6 +142,8 @@ class RunState:
     improved_epoch: int = 0  # the last epoch that beat the best by more than early_stop.min_delta
     stopped_early: dict | None = None
     wall_s: float = 0.0
+    sched_start: int = 0  # the step the learning-rate schedule's cycle began at (a warm restart moves it)
+    sched_epochs: int | None = None  # the epochs that cycle spans (the run's epochs when it began)
 
 
 @dataclass(frozen=True)
@@ -292,9 +294,27 @@ def restore(parts: Parts, ranks: Ranks, ckpt_dir: Path, log) -> RunState:
     if ranks.world > 1 and state.batch:
         state.tally = state.tally_ranks[ranks.rank]
     state.stopped_early = None  # resuming a run that stopped early: its new patience decides again
+    _continue_schedule(parts, state, state.sched_epochs or ckpt["config"]["epochs"], log)
     where = f"epoch {state.epoch + 1} batch {state.batch + 1}" if state.batch else f"epoch {state.epoch + 1}"
     log.info("resuming %s at %s (step %d) from %s", ckpt_dir.parent, where, state.step, path.name)
     return state
+
+
+def _continue_schedule(parts: Parts, state: RunState, planned: int, log) -> None:
+    """A resumed run goes on with the schedule it ran. Given more epochs than that schedule spans, it
+    keeps the rate the schedule ends with, or, with sched.restart=true, begins a new cycle there."""
+    cfg, schedule = parts.cfg, parts.step.lr_at
+    end = state.sched_start // parts.steps + planned  # the epoch the schedule's cycle ends with
+    state.sched_epochs = planned
+    if cfg.epochs > end and cfg.sched.restart:
+        state.sched_start, state.sched_epochs = state.step, cfg.epochs - state.epoch
+        log.info("sched.restart=true: a new %s cycle over epochs %d-%d", cfg.sched.name, state.epoch + 1, cfg.epochs)
+    schedule.restart(state.sched_start, state.sched_epochs)
+    if cfg.epochs > end and not cfg.sched.restart:
+        final = schedule(state.sched_start + planned * parts.steps)
+        log.warning("the %s schedule ran over %d epochs; epochs %d-%d go on at its final lr %.3g%s (sched.restart=true "
+                    "starts a new cycle instead)", cfg.sched.name, planned, end + 1, cfg.epochs, final,
+                    ": the weights stay as they are (BatchNorm statistics still move)" if final == 0 else "")
 
 
 def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: tuple[Hook, ...] = ()) -> dict:
@@ -331,7 +351,7 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
         rec.weights(*parts.weights, num_classes=parts.data.num_classes)
     rec.aug_preview(_examples(parts.data.train), resume)
     ckpt_dir = rec.run_dir / "checkpoints"
-    state = restore(parts, ranks, ckpt_dir, rec.log) if resume else RunState()
+    state = restore(parts, ranks, ckpt_dir, rec.log) if resume else RunState(sched_epochs=cfg.epochs)
     if resume:
         rec.metrics(state.history)  # drop the rows written after that checkpoint
     parts.plan.apply(state.epoch + 1)
@@ -390,17 +410,27 @@ class StopPoll(Hook):
         info.stop = info.stop or self.requested()
 
 
+def refresh_every(progress_every: int, steps: int) -> int:
+    """Steps between progress-bar refreshes: progress_every, or often enough to move about 20 times
+    in a short epoch."""
+    return max(1, min(progress_every, steps // 20))
+
+
 class Progress(Hook):
-    """The terminal's progress bar, refreshed every `every` steps (each refresh reads the device)."""
+    """The terminal's progress bar, refreshed every `every` steps and at the epoch's end (each refresh
+    reads the device)."""
 
     def __init__(self, bar: EpochProgress, every: int):
         self.bar, self.every = bar, every
 
     def after_step(self, info: StepInfo) -> None:
+        if info.tally.batches % self.every == 0:
+            self.after_epoch(info)
+
+    def after_epoch(self, info: StepInfo) -> None:
         t = info.tally
-        if t.batches % self.every == 0:
-            n = t.images
-            self.bar.update(t.batches, t.loss_sum.item() / n, t.correct.item() / n, info.lr, n / max(info.elapsed, 1e-9))
+        n = t.images
+        self.bar.update(t.batches, t.loss_sum.item() / n, t.correct.item() / n, info.lr, n / max(info.elapsed, 1e-9))
 
 
 class MidEpochCheckpoint(Hook):
@@ -438,7 +468,7 @@ def _train_epoch(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, epo
     nan = NanCheck(device, 1 if device.type == "cpu" else cfg.progress_every, ranks.max)
     net = ranks.net(parts.model, trains, device, cfg.compile_mode if cfg.compile else None) or parts.eval_net
     with EpochProgress(f"epoch {epoch}/{cfg.epochs}", parts.steps, show=ranks.main) as bar:
-        progress = [Progress(bar, cfg.progress_every)] if bar.active else []
+        progress = [Progress(bar, refresh_every(cfg.progress_every, parts.steps))] if bar.active else []
         every = MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, nan, save_at)
         try:
             tr = train_one_epoch(net, parts.step, batches, first_step=state.step, tally=tally,

@@ -17,6 +17,8 @@ from regx import config
 from regx.runs import TIMING_COLUMNS, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
+# Under pytest-xdist the workers share the cores: one thread each on two cores, not two that fight.
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 REGX = [sys.executable, "-m", "regx"]
 FAULTY = [sys.executable, str(REPO / "tests" / "fault_main.py")]
 
@@ -25,7 +27,7 @@ def run_regx(args, cwd, env=None, timeout=300, fault=None):
     """Run `regx ARGS` in a subprocess, as a user would; with `fault` (tests/fault_main.py's KIND@STEP)
     a fault hook is installed in that process first. Returns CompletedProcess (text)."""
     full_env = {k: v for k, v in os.environ.items() if k != "REGX_DEBUG"}
-    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
+    full_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(THREADS), **(env or {}))
     cmd = [*FAULTY, fault] if fault else REGX
     return subprocess.run([*cmd, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
@@ -67,7 +69,7 @@ def cli(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 def smoke_cfg(*overrides):

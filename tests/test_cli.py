@@ -23,6 +23,7 @@ def test_every_subcommand_has_help(cli, command):
     res = cli(command, "--help")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(f"usage: regx {command}") and "--help" in res.stdout and not res.stderr
+    assert f"examples:\n  regx {command}" in res.stdout
 
 
 def test_train_help_lists_every_group_and_option(cli):
@@ -130,7 +131,7 @@ def test_a_missing_image_folder_is_bad_input_and_makes_no_run_directory(cli, tmp
     assert not (tmp_path / "outputs").exists()
 
 
-def test_show_aug_and_lr_plot_write_pngs(cli, tmp_path):
+def test_show_aug_and_lr_plot_write_pngs(cli, tmp_path, monkeypatch):
     from PIL import Image
 
     res = cli("show-aug", "aug=all", "data.n_train=200", "data.image_size=16", "--out", "grid.png")
@@ -138,6 +139,9 @@ def test_show_aug_and_lr_plot_write_pngs(cli, tmp_path):
     assert res.stdout.strip() == "grid.png"
     with Image.open(tmp_path / "grid.png") as im:
         assert im.width > 8 * 16 and im.height > 5 * 16  # originals + 4 augmented rows of 8
+        labels = im.convert("L").crop((0, 0, 60, im.height))
+        assert labels.getextrema()[0] < 128  # each row says what it is: text in the white margin
+    monkeypatch.setattr("regx.data.core.load_data", lambda **kw: pytest.fail("lr-plot loaded the data"))
     res = cli("lr-plot", "sched=step", "data.n_train=200")
     assert res.returncode == 0, res.stderr
     path = tmp_path / res.stdout.strip()
@@ -167,3 +171,44 @@ def test_relative_paths_hold_when_hydra_changes_into_the_run_directory(cli, tmp_
               "data.workers=0", "hydra.job.chdir=true", "hydra.run.dir=r")
     assert res.returncode == 0, res.stderr
     assert f"path: {tmp_path / 'imgs'}" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("regx tr", {"train"}), ("regx ", {"train", "resume", "report", "eval"}),
+    ("regx train aug=fl", {"aug=flip", "aug=flip_rotate"}), ("regx train op", {"optim=", "optim."}),
+    ("regx train debug=smoke optim.mo", {"optim.momentum="}), ("regx show-aug aug.rotate.deg", {"aug.rotate.degrees="}),
+    ("regx resume --f", {"--force"}), ("regx report --gr", {"--group-by"}), ("regx train --cf", {"--cfg"}),
+])
+def test_completion_answers_what_the_line_asks(line, expected, monkeypatch, capsys):
+    from regx.cli import main
+
+    monkeypatch.setenv("COMP_LINE", line)
+    assert main(["-sc", "query=bash"]) == 0
+    assert expected <= set(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_installs_as_hydra_users_type_it(cli, shell):
+    for args in (["-sc", f"install={shell}"], ["train", "-sc", f"install={shell}"]):
+        res = cli(*args)
+        assert res.returncode == 0 and "complete -o nospace -o default -F _regx_completion regx" in res.stdout
+        assert ("bashcompinit" in res.stdout) == (shell == "zsh")
+    assert cli("-sc", "install=fish").returncode == 2
+
+
+def test_completion_works_in_a_real_bash(tmp_path):
+    import os
+    import shutil
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    script = subprocess.run([sys.executable, "-m", "regx", "-sc", "install=bash"], capture_output=True, text=True).stdout
+    (tmp_path / "regx").write_text(f"#!/bin/sh\nexec {sys.executable} -m regx \"$@\"\n")
+    (tmp_path / "regx").chmod(0o755)
+    probe = script + """
+COMP_LINE="regx train aug=flip_r"; COMP_POINT=${#COMP_LINE}; COMP_WORDS=(regx train aug=flip_r); COMP_CWORD=2
+_regx_completion; echo "${COMPREPLY[@]}"
+"""
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    res = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env)
+    assert res.stdout.split() == ["aug=flip_rotate"], res.stderr

@@ -204,3 +204,21 @@ def test_bad_images_are_named_all_at_once_or_skipped(tmp_path):
         assert bad in str(err.value)
     d = load(on_bad_image="skip", **kw)
     assert len(d.train) + len(d.val) == 12
+
+
+def test_the_training_split_is_counted_without_loading_it(tmp_path, monkeypatch):
+    from regx import config
+    from regx.data import load_config, train_count
+
+    write_images(tmp_path / "flat", per_class=10)
+    for split in ("train", "val"):
+        write_images(tmp_path / "split" / split, per_class=4)
+    cases = [["data.n_train=500"], ["data.n_train=500", "data.train_size=100"], ["data.val_fraction=0.3"],
+             ["data=imagefolder", f"data.path={tmp_path / 'flat'}", "data.image_size=16", "data.workers=0"],
+             ["data=imagefolder", f"data.path={tmp_path / 'split'}", "data.image_size=16", "data.workers=0"]]
+    for overrides in cases:
+        cfg = config.compose([*overrides, f"data.root={tmp_path}"])
+        assert train_count(cfg.data) == len(load_config(cfg.data).train), overrides
+    assert train_count(config.compose(["data=cifar10"]).data) == 45000
+    monkeypatch.setattr("regx.data.core.load_data", lambda **kw: pytest.fail("loaded the data"))
+    assert train_count(config.compose(["data=fashion_mnist", "data.train_size=1000"]).data) == 1000

@@ -195,3 +195,52 @@ def test_curves_are_redrawn_only_when_drawing_is_cheap_next_to_the_epochs_and_al
     monkeypatch.setattr("regx.plots.curves_plot", plot)
     train(smoke_cfg("epochs=4"), tmp_path / "run")
     assert drawn == expected
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_extending_a_finished_run_keeps_its_schedule_or_restarts_it(tmp_path, restart):
+    from regx.runs import resume
+
+    train(smoke_cfg("epochs=2", "sched=cosine"), tmp_path / "r")
+    resume(tmp_path / "r", ["epochs=4", f"sched.restart={str(restart).lower()}"])
+    lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "r" / "metrics.csv")]
+    log = (tmp_path / "r" / "train.log").read_text()
+    if restart:  # a new cosine cycle over the two added epochs: the same rates again
+        assert lrs[2:] == lrs[:2] and "a new cosine cycle over epochs 3-4" in log
+    else:  # no sawtooth: the rate the schedule ended with
+        assert lrs[2] == lrs[3] <= lrs[1] and "sched.restart=true starts a new cycle instead" in log
+
+
+def test_the_progress_bar_moves_in_short_epochs_and_ends_full():
+    from regx.engine import StepInfo, Tally
+    from regx.train import Progress, refresh_every
+
+    assert refresh_every(25, 6) == 1 and refresh_every(25, 100) == 5 and refresh_every(25, 10_000) == 25
+    shown = []
+
+    class Bar:
+        def update(self, done, loss, acc, lr, rate):
+            shown.append(done)
+
+    hook, tally = Progress(Bar(), refresh_every(25, 7)), Tally.zero(torch.device("cpu"))
+    for step in range(7):
+        tally.batches, tally.images = step + 1, 8 * (step + 1)
+        hook.after_step(StepInfo(step, torch.zeros(()), 0.1, tally, 1.0))
+    hook.after_epoch(StepInfo(6, torch.zeros(()), 0.1, tally, 1.0))
+    assert shown[0] == 1 and shown[-1] == 7
+
+
+def test_each_training_accuracy_has_one_name_everywhere(tmp_path):
+    from regx.plots import curves_figure
+
+    s = train(smoke_cfg("epochs=3", "aug=flip"), tmp_path / "r")
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "(as trained)  clean train acc" in log  # the epoch line tells the two apart
+    assert "train acc (as trained)" in log and "clean train acc" in log  # the closing table
+    verdict = next(line for line in log.splitlines() if "verdict:" in line)
+    assert "clean train acc" in verdict and round(s["final_clean_train_acc"], 4) == s["evidence"]["train_acc"]
+    rows = read_metrics(tmp_path / "r" / "metrics.csv")
+    fig = curves_figure(rows)
+    labels = [t.get_text() for ax in fig.axes for legend in [ax.get_legend()] if legend for t in legend.get_texts()]
+    assert "train accuracy (as trained)" in labels and "clean train accuracy (eval mode, no augmentation)" in labels
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())  # whole epochs on the axis

@@ -64,12 +64,36 @@ class Data:
 LOADERS = {}
 
 
-def register_loader(name):
+SIZES = {}  # name -> fn(**data keys) -> (training pool size, whether the set has its own validation split)
+
+
+def register_loader(name, size=None):
+    """Register a loader; `size` tells how many training images it has without loading them."""
     def deco(fn):
         LOADERS[name] = fn
+        if size is not None:
+            SIZES[name] = size
         return fn
 
     return deco
+
+
+def train_count(data_cfg) -> int:
+    """How many images the training split of this `data` config holds, found without loading the
+    data (what `regx lr-plot` needs to count steps): the pool, less the validation part carved from
+    it, or `train_size`."""
+    from omegaconf import OmegaConf
+
+    kw = OmegaConf.to_container(data_cfg, resolve=True)
+    if kw["name"] not in SIZES:
+        return len(load_data(**kw).train)
+    pool, has_val = SIZES[kw["name"]](**kw)
+    n = pool if has_val else pool - max(1, round(pool * kw["val_fraction"]))
+    if kw["train_size"] is not None:
+        if kw["train_size"] > n:
+            raise DataError(f"data.train_size={kw['train_size']} exceeds the {n} training images available")
+        return kw["train_size"]
+    return n
 
 
 def load_config(data_cfg, **override) -> Data:

@@ -92,7 +92,12 @@ def _folder_key(items: dict, size: int) -> str:
     return h.hexdigest()[:20]
 
 
-@register_loader("imagefolder")
+def _folder_size(*, path, **_) -> tuple[int, bool]:
+    items, _ = scan_folder(path)
+    return len(items["train"]), "val" in items
+
+
+@register_loader("imagefolder", size=_folder_size)
 def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers, on_bad_image, **_):
     items, classes = scan_folder(path)
     n_total = sum(len(v) for v in items.values())

@@ -10,6 +10,7 @@ import torch
 
 from regx.data.core import DataError, Split, log, register_loader
 
+_TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 _TV = {  # name: (torchvision class, its folder under root, raw file names, other places to look)
     "mnist": ("MNIST", "MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"], ["/usr/share/datasets/mnist"]),
     "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"], ["/usr/share/datasets/fashion-mnist"]),
@@ -97,4 +98,5 @@ def _resize(split: Split, image_size: int | None) -> Split:
 
 
 for _name in _TV:
-    register_loader(_name)(lambda *, _n=_name, root, download, image_size, **_: _load_tv(_n, root, download, image_size))
+    register_loader(_name, size=lambda *, _n=_name, **_: (_TRAIN_SIZE[_n], False))(
+        lambda *, _n=_name, root, download, image_size, **_: _load_tv(_n, root, download, image_size))

@@ -1,0 +1,67 @@
+"""Shell completion for bash and zsh: commands, their flags, and (through Hydra's own completion) the
+config groups, options and keys of `regx train`, `show-aug`, `lr-plot` and `check-data`.
+
+    eval "$(regx -sc install=bash)"        # or: regx train -sc install=bash, as Hydra users type it
+    eval "$(regx -sc install=zsh)"
+
+The installed function asks `regx -sc query=bash` with the line typed so far in COMP_LINE.
+"""
+
+from __future__ import annotations
+
+SCRIPT = """_regx_completion()
+{
+    local choices
+    choices=$(COMP_LINE="$COMP_LINE" COMP_POINT="$COMP_POINT" regx -sc query=bash 2>/dev/null)
+    COMPREPLY=($(compgen -o nospace -o default -W "$choices" -- "${COMP_WORDS[COMP_CWORD]}"))
+}
+COMP_WORDBREAKS=${COMP_WORDBREAKS//=}
+complete -o nospace -o default -F _regx_completion regx
+"""
+
+CONFIG_COMMANDS = ("train", "show-aug", "lr-plot", "check-data")
+FLAGS = {"train": ["-m", "--multirun", "--cfg", "--help", "--info", "--config-dir", "--config-path", "--config-name"],
+         "resume": ["--force", "--help"], "eval": ["--last", "--out", "--help"], "plot": ["--help"],
+         "report": ["--sort", "--group-by", "--metric", "--out", "--help"], "sweep-resume": ["--help"],
+         "show-aug": ["--out", "--help"], "lr-plot": ["--out", "--help"], "check-data": ["--help"]}
+
+
+def script(action: str) -> str:
+    """What `-sc install=SHELL` / `-sc uninstall=SHELL` prints for the shell to eval."""
+    verb, _, shell = action.partition("=")
+    if verb not in ("install", "uninstall") or shell not in ("bash", "zsh"):
+        raise ValueError(f"-sc {action}: use install=bash, install=zsh, uninstall=bash or uninstall=zsh")
+    if verb == "uninstall":
+        return "complete -r regx 2>/dev/null; unset -f _regx_completion\n"
+    return ("autoload -Uz bashcompinit && bashcompinit\n" if shell == "zsh" else "") + SCRIPT
+
+
+def complete(line: str, commands: list[str]) -> list[str]:
+    """The words that may come next after `line` (COMP_LINE: what is typed, `regx` first)."""
+    words = line.split()[1:]
+    current = "" if line.endswith(" ") or not words else words[-1]
+    done = words if line.endswith(" ") else words[:-1]
+    if not done:
+        return [c for c in commands if c.startswith(current)]
+    command = done[0]
+    if current.startswith("-"):
+        return [f for f in FLAGS.get(command, []) if f.startswith(current)]
+    if command not in CONFIG_COMMANDS:
+        return []  # run and sweep directories: the shell completes paths
+    return _config_words(" ".join([*done[1:], current]))
+
+
+def _config_words(line: str) -> list[str]:
+    """Hydra's completion of groups, options and keys over regx's config tree."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.bash_completion import BashCompletion
+    from hydra._internal.utils import create_config_search_path
+
+    from regx import config
+
+    config.register()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config.conf_dir())))
+    try:
+        return BashCompletion(loader)._query(config_name="train", line=line)
+    except Exception:  # a half-typed line Hydra cannot parse: nothing to offer
+        return []
