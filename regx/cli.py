@@ -457,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guarded(command, args: list[str]) -> int:
     """Run a subcommand; turn what goes wrong into an exit status and, for bad input, one line."""
-    debug = os.environ.get("REGX_DEBUG", "") not in ("", "0")
+    debug, code = os.environ.get("REGX_DEBUG", "") not in ("", "0"), None
     try:
-        return command(args)
+        code = command(args)
+        return code
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except BrokenPipeError:  # `regx report ... | head`: the reader has what it wanted
@@ -479,3 +480,6 @@ def _guarded(command, args: list[str]) -> int:
         if type(exc).__name__ == "DataError":  # data that cannot be loaded: a failure, not a typo
             return _error(first, 1)
         return _error(f"{type(exc).__name__}: {first}", 1)
+    finally:
+        if "regx.distributed" in sys.modules:  # under torchrun: leave the process group together
+            sys.modules["regx.distributed"].teardown(succeeded=code == 0)

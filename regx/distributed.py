@@ -37,6 +37,17 @@ def setup() -> None:
         dist.init_process_group("gloo")
 
 
+def teardown(succeeded: bool) -> None:
+    """Leave torchrun's process group together: a rank that exits while another still talks to it
+    aborts inside gloo ("terminate called without an active exception"), and torchrun then stops
+    the rest. So every rank waits for the others (when all went well), then the group is destroyed."""
+    if not active():
+        return
+    if succeeded:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if active() else 0
 

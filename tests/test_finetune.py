@@ -196,7 +196,12 @@ def test_a_connection_that_never_answers_is_given_up(monkeypatch):
     from regx.finetune import _reachable
 
     never = threading.Event()
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: never.wait())
+
+    def hang(*args, **kwargs):
+        never.wait()
+        raise OSError("gave up")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
     assert _reachable("https://download.pytorch.org/models/x.pth", timeout=0.2) is False
     never.set()
 
