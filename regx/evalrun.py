@@ -127,24 +127,17 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
 
 
 def _print(result: dict, con) -> None:
-    from rich.table import Table
+    from regx.console import print_table
 
     con.print(f"{result['data']} {result['split']} split, {result['n']} images: accuracy "
               f"{100 * result['accuracy']:.2f}%, loss {result['loss']:.4f} ({Path(result['checkpoint']).name}, "
               f"epoch {result['epoch']})")
-    table = Table(title="per-class accuracy")
-    for h in ("class", "images", "accuracy", "most confused with"):
-        table.add_column(h, justify="right" if h in ("images", "accuracy") else "left")
-    for c in result["per_class"]:
-        acc = "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
-        confused = f"{c['most_confused_with']} ({c['confused_count']})" if c["most_confused_with"] else "-"
-        table.add_row(c["class"], str(c["n"]), acc, confused)
-    con.print(table)
+    rows = [[c["class"], str(c["n"]), "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%",
+             f"{c['most_confused_with']} ({c['confused_count']})" if c["most_confused_with"] else "-"]
+            for c in result["per_class"]]
+    print_table("per-class accuracy", ["class", "images", "accuracy", "most confused with"], rows,
+                right={"images", "accuracy"})
     if len(result["classes"]) <= 12:
-        cm = Table(title="confusion matrix (rows: true class, columns: predicted)")
-        cm.add_column("")
-        for i in range(len(result["classes"])):
-            cm.add_column(str(i), justify="right")
-        for i, (name, row) in enumerate(zip(result["classes"], result["confusion"])):
-            cm.add_row(f"{i} {name}", *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
-        con.print(cm)
+        header = ["true \\ predicted", *map(str, range(len(result["classes"])))]
+        rows = [[f"{i} {name}", *map(str, row)] for i, (name, row) in enumerate(zip(result["classes"], result["confusion"]))]
+        print_table("confusion matrix (rows: true class, columns: predicted)", header, rows, right=set(header[1:]))
