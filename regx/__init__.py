@@ -1,3 +1,11 @@
 """regx: a command-line experiment runner for training image-classification CNNs."""
 
 __version__ = "0.1.0"
+
+
+def load(run_dir, checkpoint: str = "best", device: str = "auto"):
+    """A run's model (eval mode), class names and preprocessing: `.predict(images)`, `.model`,
+    `.preprocess`, `.classes` (see regx.predict). Imports torch only when called."""
+    from regx.predict import load as _load
+
+    return _load(run_dir, checkpoint=checkpoint, device=device)

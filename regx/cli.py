@@ -22,6 +22,7 @@ commands:
   plot     RUN_DIR                redraw RUN_DIR/curves.png from its metrics.csv
   report   DIR... [--group-by K]  runs and sweeps as one table: report.csv, report.md, report.png
   eval     RUN_DIR [--last] [data=...]  per-class accuracy and confusion matrix: eval.json, confusion.png
+  predict  RUN_DIR PATH...        label new images (files, folders, globs): CSV or JSONL, top-k
   check-data [overrides]          decode every image of the data without training; list unreadable files
 
 examples:
@@ -72,6 +73,9 @@ EXAMPLES = {
     "report": ["regx report outputs/sweeps/<time> --sort best_val",
                "regx report outputs/sweeps/<time> --group-by aug     # mean ± std over seeds",
                "regx report 'outputs/runs/*'"],
+    "predict": ["regx predict outputs/runs/<run> photos/ --out labels.csv",
+                "regx predict outputs/runs/<run> 'new/*.jpg' --top-k 3 --out labels.jsonl",
+                "regx predict outputs/runs/<run> cat.png               # CSV on stdout"],
     "eval": ["regx eval outputs/runs/<run>                   # best.pt on the test split",
              "regx eval outputs/runs/<run> --last data.n_test=5000 data.seed=7"],
 }
@@ -396,9 +400,52 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
+def cmd_predict(args: list[str]) -> int:
+    from regx.console import interactive
+    from regx.predict import LoadError, run_predict
+
+    p = _parser("predict", "Label new images with a run's model, preprocessed exactly as the run trained: one row "
+                           "per image (path, top-k classes with probabilities); unreadable images are listed at the "
+                           "end and skipped.", "RUN_DIR")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
+    p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
+    p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch on the device (default 256)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="best.pt (default) or last.pt")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (default 2; 0: in this process)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    a = p.parse_args(args)
+    bar = _ProgressLine() if interactive() and a.out else None
+    try:
+        r = run_predict(a.run_dir, a.paths, out=a.out, top_k=a.top_k, batch_size=a.batch_size, checkpoint=a.checkpoint,
+                        workers=a.workers, device=a.device, progress=bar)
+    except LoadError as exc:
+        raise BadInput(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    report = sys.stderr if a.out is None else sys.stdout  # stdout carries the rows when there is no --out
+    for path in r.unreadable:
+        print(f"unreadable: {path}", file=report)
+    counts = ", ".join(f"{label} {n}" for label, n in r.histogram.most_common())
+    print(f"{r.count} image{'s' * (r.count != 1)}{' -> ' + a.out if a.out else ''}" + (f"; {len(r.unreadable)} unreadable, skipped"
+          if r.unreadable else "") + (f"; predicted: {counts}" if counts else ""), file=report)
+    return 0
+
+
+class _ProgressLine:
+    """A one-line counter on a terminal's stderr."""
+
+    def __call__(self, done: int) -> None:
+        print(f"\rpredicted {done} images", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        print(file=sys.stderr)
+
+
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
             "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval,
-            "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume}
+            "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume, "predict": cmd_predict}
 
 
 def _shell_completion(args: list[str]) -> int:

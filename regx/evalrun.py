@@ -54,7 +54,7 @@ def _checkpoint(run_dir: Path, last: bool) -> tuple[Path, dict]:
         raise EvalError(str(exc)) from None
 
 
-def _model(ckpt: dict, cfg, num_classes: int, in_channels: int, device: torch.device):
+def build_from_checkpoint(ckpt: dict, cfg, num_classes: int, in_channels: int, device: torch.device):
     """The checkpoint's model, as it trained (transform_input of googlenet/inception's ImageNet weights)."""
     from regx.finetune import unwrap
     from regx.models import build_model, model_kwargs
@@ -106,7 +106,7 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
     split = data.test if split_name == "test" else data.val
     pipeline = Pipeline(mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
                         std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last)
-    loss, _, cm = evaluate(_model(ckpt, cfg, len(classes), in_channels, device),
+    loss, _, cm = evaluate(build_from_checkpoint(ckpt, cfg, len(classes), in_channels, device),
                            iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
                            pipeline=pipeline, amp=autocast(device, pick_precision(cfg.precision, device)),
                            num_classes=len(classes))

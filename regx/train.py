@@ -265,7 +265,7 @@ def save(parts: Parts, state: RunState, ranks: Ranks, ckpt_dir: Path, hooks=(), 
                      "rng": _rng_state(parts), "state": asdict(state),
                      "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
                      "norm": {"mean": list(data.mean), "std": list(data.std)},
-                     "in_channels": data.channels, "regx_version": __version__},
+                     "in_channels": data.channels, "image_size": data.image_size, "regx_version": __version__},
                     ckpt_dir, best=best, before_rename=lambda tmp: [h.checkpoint_written(str(tmp)) for h in hooks])
 
 

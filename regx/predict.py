@@ -1,0 +1,269 @@
+"""Use what a run trained: `regx.load(run_dir)` and `regx predict RUN_DIR PATH...`.
+
+    import regx
+    clf = regx.load("outputs/runs/<run>")            # best.pt, on the best device
+    clf.predict("cat.jpg")                            # {"label": "cat", "prob": 0.93, "top": [...]}
+    clf.predict(["a.png", "b.png"], top_k=3)          # one dict per image
+
+The preprocessing is the run's own: the image converted to the run's channels, fitted to its size
+(shorter side resized, center crop, as image folders are decoded for training), scaled to [0, 1] and
+normalized with the run's statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regx.data.folders import IMAGE_EXTENSIONS
+
+
+class LoadError(ValueError):
+    """A run that cannot be loaded, or input that cannot be predicted on: one line."""
+
+
+@dataclass
+class Preprocess:
+    """What the run did to an image before its network saw it."""
+
+    size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+    def uint8(self, item) -> torch.Tensor:
+        """One image (a path, a PIL image, or a uint8 C,H,W tensor) as uint8 channels x size x size."""
+        from PIL import Image
+
+        if isinstance(item, str | Path):
+            with Image.open(item) as im:
+                return self.uint8(im.copy())
+        if isinstance(item, Image.Image):
+            import numpy as np
+            from PIL import ImageOps
+
+            im = ImageOps.fit(item.convert("L" if self.channels == 1 else "RGB"), (self.size, self.size),
+                              Image.Resampling.BILINEAR)
+            array = np.asarray(im, dtype=np.uint8)
+            return torch.from_numpy(array.copy()).view(self.size, self.size, -1).permute(2, 0, 1)
+        if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.ndim == 3:
+            return self._fit(self._channels(item))
+        raise LoadError(f"cannot predict on {type(item).__name__}: give file paths, PIL images or uint8 C,H,W tensors")
+
+    def _channels(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == self.channels:
+            return x
+        if x.shape[0] == 1:
+            return x.expand(self.channels, -1, -1)
+        if x.shape[0] == 3 and self.channels == 1:  # as PIL's convert("L")
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+            return (x.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        raise LoadError(f"an image with {x.shape[0]} channels; the model takes {self.channels}")
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if (h, w) == (self.size, self.size):
+            return x
+        scale = self.size / min(h, w)
+        f = F.interpolate(x[None].float(), size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+                          mode="bilinear", antialias=True, align_corners=False)[0]
+        top, left = (f.shape[-2] - self.size) // 2, (f.shape[-1] - self.size) // 2
+        return f[:, top:top + self.size, left:left + self.size].round().clamp(0, 255).to(torch.uint8)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 N,C,S,S -> the float batch the network takes."""
+        mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1)
+        return (batch.float() / 255 - mean) / std
+
+
+@dataclass
+class Predictor:
+    """A run's model in eval mode, its class names and its preprocessing."""
+
+    model: nn.Module
+    classes: list[str]
+    preprocess: Preprocess
+    device: torch.device
+    source: str = ""  # the checkpoint it came from
+    amp: object = field(default=None, repr=False)
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 N,C,S,S (already fitted) -> class probabilities N,K (float32, on the CPU)."""
+        import contextlib
+
+        x = self.preprocess(batch.to(self.device))
+        with self.amp or contextlib.nullcontext():
+            return self.model(x).float().softmax(1).cpu()
+
+    def predict(self, x, top_k: int = 1):
+        """Class names and probabilities for one image (a dict) or a batch (a list of dicts): paths,
+        PIL images, uint8 C,H,W tensors, a list of those, or a uint8 N,C,H,W tensor."""
+        single = not isinstance(x, list | tuple) and not (isinstance(x, torch.Tensor) and x.ndim == 4)
+        items = [x] if single else list(x)
+        if not items:
+            return []
+        probs = self.probabilities(torch.stack([self.preprocess.uint8(i) for i in items]))
+        rows = [self._row(p, top_k) for p in probs]
+        return rows[0] if single else rows
+
+    def _row(self, p: torch.Tensor, top_k: int) -> dict:
+        values, index = p.topk(min(top_k, len(self.classes)))
+        top = [(self.classes[i], round(float(v), 6)) for v, i in zip(values.tolist(), index.tolist())]
+        return {"label": top[0][0], "prob": top[0][1], "top": top}
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
+    """A run's model, classes and preprocessing from its checkpoint (`best` or `last`), verified
+    against its manifest as `regx resume` verifies it."""
+    from omegaconf import OmegaConf
+
+    from regx.config import TrainConfig
+    from regx.engine import autocast
+    from regx.evalrun import build_from_checkpoint
+    from regx.runs import CorruptCheckpoint, load_verified, read_json
+    from regx.train import RunFailed, pick_device, pick_precision
+
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise LoadError(f"--checkpoint {checkpoint}: must be best or last")
+    if not run_dir.is_dir():
+        raise LoadError(f"no such run directory: {run_dir}")
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise LoadError(f"{path} not found: {run_dir} is not a regx run directory, or no epoch has finished yet")
+    try:
+        ckpt = load_verified(path)
+        dev = pick_device(device)
+    except (CorruptCheckpoint, RunFailed) as exc:
+        raise LoadError(str(exc)) from None
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
+    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+    size = ckpt.get("image_size") or summary.get("image_size") or cfg.data.image_size
+    if not size:
+        raise LoadError(f"{path} does not say which image size the run trained at")
+    norm = ckpt["norm"]
+    channels = ckpt.get("in_channels", len(norm["mean"]))
+    model = build_from_checkpoint(ckpt, cfg, len(ckpt["classes"]), channels, dev).eval()
+    return Predictor(model, list(ckpt["classes"]), Preprocess(int(size), channels, list(norm["mean"]), list(norm["std"])),
+                     dev, str(path), autocast(dev, pick_precision(cfg.precision, dev)))
+
+
+# ---------------------------------------------------------------------------------------------
+# `regx predict`: many files, decoded in worker processes, batches on the device
+
+
+def find_images(specs: list[str]) -> list[str]:
+    """Files, folders (recursively, by image extension) and globs, in order, each once."""
+    import glob
+
+    out: list[str] = []
+    for spec in specs:
+        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
+        if not matches:
+            raise LoadError(f"{spec}: matches nothing")
+        for m in map(Path, matches):
+            if m.is_dir():
+                found = sorted(str(f) for f in m.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+                if not found:
+                    raise LoadError(f"{m}: no images in it ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                out.extend(found)
+            elif m.is_file():
+                out.append(str(m))
+            else:
+                raise LoadError(f"{m}: no such file or directory")
+    return list(dict.fromkeys(out))
+
+
+class _Files(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str], preprocess: Preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.preprocess.uint8(self.paths[i]), i, True
+        except Exception:  # truncated, empty, not an image: listed at the end, never fatal
+            p = self.preprocess
+            return torch.zeros(p.channels, p.size, p.size, dtype=torch.uint8), i, False
+
+
+@dataclass
+class Prediction:
+    """What `predict_files` did: images predicted, unreadable ones, and how many got each class."""
+
+    count: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    histogram: Counter = field(default_factory=Counter)
+
+
+def predict_files(clf: Predictor, paths: list[str], out, *, fmt: str, top_k: int, batch_size: int, workers: int,
+                  progress=None) -> Prediction:
+    """Write one row per image to the text stream `out` (csv or jsonl): its path and top-k classes."""
+    loader = torch.utils.data.DataLoader(_Files(paths, clf.preprocess), batch_size=batch_size, num_workers=workers,
+                                         pin_memory=clf.device.type == "cuda")
+    k = min(top_k, len(clf.classes))
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(["path", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "prob")]])
+    result = Prediction()
+    for xb, index, ok in loader:
+        result.unreadable += [paths[i] for i in index[~ok].tolist()]
+        good = index[ok].tolist()
+        if good:
+            for i, p in zip(good, clf.probabilities(xb[ok])):
+                row = clf._row(p, k)
+                result.histogram[row["label"]] += 1
+                if writer is not None:
+                    writer.writerow([paths[i], *[v for pair in row["top"] for v in pair]])
+                else:
+                    out.write(json.dumps({"path": paths[i], "top": [{"label": c, "prob": q} for c, q in row["top"]]}) + "\n")
+        result.count += len(good)
+        if progress is not None:
+            progress(result.count + len(result.unreadable))
+    return result
+
+
+def run_predict(run_dir: str, specs: list[str], *, out: str | None, top_k: int, batch_size: int, checkpoint: str,
+                workers: int, device: str = "auto", progress=None) -> Prediction:
+    """`regx predict`: check everything first (nothing is written for bad input), then predict into
+    `out` through a temporary file and a rename, or to stdout as CSV."""
+    import sys
+
+    from regx.runs import write_atomic
+
+    fmt = "csv"
+    if out is not None:
+        fmt = {".csv": "csv", ".jsonl": "jsonl"}.get(Path(out).suffix.lower(), "")
+        if not fmt:
+            raise LoadError(f"--out {out}: the file name must end in .csv or .jsonl")
+        if not Path(out).parent.is_dir():
+            raise LoadError(f"--out {out}: no such directory {Path(out).parent}")
+    if top_k < 1 or batch_size < 1 or workers < 0:
+        raise LoadError("--top-k and --batch-size must be >= 1, --workers >= 0")
+    clf = load(run_dir, checkpoint, device)
+    paths = find_images(specs)
+    kw = dict(fmt=fmt, top_k=top_k, batch_size=batch_size, workers=workers, progress=progress)
+    if out is None:
+        return predict_files(clf, paths, sys.stdout, **kw)
+    box = []
+
+    def write(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        box.append(predict_files(clf, paths, text, **kw))
+        text.flush()
+        text.detach()
+
+    write_atomic(Path(out), write)
+    return box[0]
