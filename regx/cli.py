@@ -77,6 +77,7 @@ EXAMPLES = {
                 "regx predict outputs/runs/<run> 'new/*.jpg' --top-k 3 --out labels.jsonl",
                 "regx predict outputs/runs/<run> cat.png               # CSV on stdout"],
     "eval": ["regx eval outputs/runs/<run>                   # best.pt on the test split",
+             "regx eval outputs/runs/<run> data=imagefolder data.path=new_photos --split all   # classes by name",
              "regx eval outputs/runs/<run> --last data.n_test=5000 data.seed=7"],
 }
 
@@ -391,10 +392,14 @@ def cmd_eval(args: list[str]) -> int:
                         "accuracy and the confusion matrix, into eval.json and confusion.png.", "RUN_DIR",
                 overrides="data=OPTION, data.KEY=VALUE, device, precision or eval_batch_size")
     p.add_argument("--last", action="store_true", help="last.pt instead of best.pt")
+    p.add_argument("--split", choices=["test", "val", "train", "all"],
+                   help="which images: all scores every image (a flat folder, a test-only folder); default test, else val")
+    p.add_argument("--unknown", action="store_true",
+                   help="count images of classes the model does not know apart from the accuracy, instead of refusing")
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and confusion.png (default: RUN_DIR)")
     a = p.parse_args(args)
     try:
-        eval_run(Path(a.run_dir), a.overrides, last=a.last, out=a.out)
+        eval_run(Path(a.run_dir), a.overrides, last=a.last, out=a.out, split=a.split, unknown=a.unknown)
     except EvalError as exc:
         raise BadInput(str(exc)) from None
     return 0

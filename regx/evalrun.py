@@ -81,10 +81,58 @@ def per_class(cm: torch.Tensor, classes: list[str]) -> list[dict]:
     return rows
 
 
-def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Path | None = None) -> dict:
+def labelled_images(cfg, split: str | None):
+    """(images as a Split, the class name of each label index, the split scored, a note) for eval:
+    `split` train, val, test or all; by default test, else val (as the run was tested)."""
+    from regx.data import Split, load_config
+
+    if cfg.data.name == "imagefolder":
+        from regx.data.folders import scan_labelled
+
+        found = scan_labelled(cfg.data.path)
+        if split == "all" or list(found) == ["all"] and split is None:
+            name, items = "all", [i for v in found.values() for i in v]
+        else:
+            name = split or next((s for s in ("test", "val") if found.get(s)), None)
+            if name is None or name not in found:
+                raise EvalError(f"data.path={cfg.data.path} has no {split or 'test/ or val/'} folder "
+                                f"(it has {', '.join(found)}): --split all scores every image")
+            items = found[name]
+        names = sorted({c for _, c in items})
+        labels = torch.tensor([names.index(c) for _, c in items], dtype=torch.long)
+        return Split(y=labels, paths=[f for f, _ in items], image_size=cfg.data.image_size), names, name, 3
+    data = load_config(cfg.data)
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    if split == "all":
+        present = [p for p in parts.values() if p is not None and len(p)]
+        if data.streaming:
+            joined = Split(y=torch.cat([p.y for p in present]), paths=[f for p in present for f in p.paths],
+                           image_size=data.image_size)
+        else:
+            joined = Split(y=torch.cat([p.y for p in present]), x=torch.cat([p.x for p in present]))
+        return joined, data.classes, "all", data.channels
+    name = split or ("test" if data.test is not None and len(data.test) else "val")
+    if parts[name] is None or not len(parts[name]):
+        raise EvalError(f"data={cfg.data.name} has no {name} split")
+    return parts[name], data.classes, name, data.channels
+
+
+def match_classes(names: list[str], classes: list[str], unknown: bool) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Data labels to the model's class indices by name (-1: a class the model does not know); the
+    data's unknown classes and the model's classes the data lacks."""
+    strangers = [n for n in names if n not in classes]
+    if strangers and not unknown:
+        raise EvalError(f"the data has class{'es' * (len(strangers) > 1)} {', '.join(strangers)} that the model does "
+                        f"not know (it knows {', '.join(classes)}); --unknown scores them apart from the accuracy")
+    remap = torch.tensor([classes.index(n) if n in classes else -1 for n in names], dtype=torch.long)
+    return remap, strangers, [c for c in classes if c not in names]
+
+
+def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Path | None = None,
+             split: str | None = None, unknown: bool = False) -> dict:
     """Evaluate, print the tables, write eval.json and confusion.png; return the result dict."""
     from regx.console import console
-    from regx.data import iterate, load_config, to_device
+    from regx.data import iterate
     from regx.engine import Pipeline, autocast, evaluate
     from regx.plots import confusion_plot
     from regx.train import pick_device, pick_precision
@@ -93,29 +141,34 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
     path, ckpt = _checkpoint(run_dir, last)
     cfg = eval_config(ckpt["config"], overrides)
     device = pick_device(cfg.device)
-    data = load_config(cfg.data)
+    images, names, split_name, channels = labelled_images(cfg, split)
     classes = list(ckpt["classes"])
-    if data.num_classes != len(classes):
-        raise EvalError(f"the model predicts {len(classes)} classes but data={cfg.data.name} has {data.num_classes}")
-    norm = ckpt.get("norm") or {"mean": data.mean, "std": data.std}
+    remap, strangers, absent = match_classes(names, classes, unknown)
+    norm = ckpt["norm"]
     in_channels = ckpt.get("in_channels", len(norm["mean"]))
-    if in_channels != data.channels:
-        raise EvalError(f"the model takes {in_channels}-channel images but data={cfg.data.name} has {data.channels}")
-    data = data if data.streaming else to_device(data, device)
-    split_name = "test" if data.test is not None and len(data.test) else "val"
-    split = data.test if split_name == "test" else data.val
+    if in_channels != channels:
+        raise EvalError(f"the model takes {in_channels}-channel images but data={cfg.data.name} has {channels}")
+    skipped = [0]
+
+    def known(batches):  # labels by name; images of classes the model does not know are counted apart
+        for xb, yb in batches:
+            y = remap.to(yb.device)[yb]
+            skipped[0] += int((y < 0).sum())
+            yield xb[y >= 0], y[y >= 0]
+
     pipeline = Pipeline(mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
                         std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last)
     loss, _, cm = evaluate(build_from_checkpoint(ckpt, cfg, len(classes), in_channels, device),
-                           iterate(split, cfg.eval_batch_size, device=device, workers=cfg.data.workers),
+                           known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
                            pipeline=pipeline, amp=autocast(device, pick_precision(cfg.precision, device)),
                            num_classes=len(classes))
     total = int(cm.sum())
     result = {"run_dir": str(run_dir), "checkpoint": str(path), "epoch": ckpt["state"]["epoch"],
               "data": cfg.data.name, "overrides": overrides, "split": split_name, "n": total,
               "accuracy": int(cm.diag().sum()) / max(total, 1), "loss": loss, "classes": classes,
-              "per_class": per_class(cm, classes), "confusion": cm.tolist()}
-    suffix = ("_last" if last else "") + ("_" + slug(",".join(overrides), 60) if overrides else "")
+              "per_class": per_class(cm, classes), "confusion": cm.tolist(),
+              "unknown": {"classes": strangers, "n": skipped[0]}, "absent_classes": absent}
+    suffix = ("_last" if last else "") + (f"_{split}" if split else "") + ("_" + slug(",".join(overrides), 60) if overrides else "")
     out = Path(out) if out is not None else run_dir
     json_path, png_path = out / f"eval{suffix}.json", out / f"confusion{suffix}.png"
     write_json(json_path, result)
@@ -137,6 +190,11 @@ def _print(result: dict, con) -> None:
             for c in result["per_class"]]
     print_table("per-class accuracy", ["class", "images", "accuracy", "most confused with"], rows,
                 right={"images", "accuracy"})
+    if result["unknown"]["n"]:
+        print(f"{result['unknown']['n']} images of classes the model does not know ({', '.join(result['unknown']['classes'])}): "
+              "not in the accuracy")
+    if result["absent_classes"]:
+        print(f"classes the model knows that the data does not have: {', '.join(result['absent_classes'])}")
     if len(result["classes"]) <= 12:
         header = ["true \\ predicted", *map(str, range(len(result["classes"])))]
         rows = [[f"{i} {name}", *map(str, row)] for i, (name, row) in enumerate(zip(result["classes"], result["confusion"]))]

@@ -146,7 +146,8 @@ def test_eval_last_checkpoint_and_other_data(finished):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["data.num_classes=5"], "the model predicts 10 classes but data=shapes has 5"),
+    (["data.channels=1"], "the model takes 3-channel images but data=shapes has 1"),
+    (["--split", "everything"], "invalid choice: 'everything'"),
     (["lr=1"], "regx eval takes data="),
     (["data=nope"], "unknown option data=nope"),
 ])
@@ -235,3 +236,46 @@ def test_report_tables_survive_80_columns(sweep, tmp_path, monkeypatch, columns)
             assert f"{100 * float(row['best_val']):.2f}" in res.stdout
         assert row["lr"] in res.stdout
     assert ("┃ run" in res.stdout) == (columns == 200)  # wide: a table; narrow: one block per run
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A run trained on an image folder of cat, dog and emu."""
+    from tests.conftest import write_images
+
+    root = tmp_path_factory.mktemp("folder")
+    write_images(root / "imgs", per_class=10)
+    train(smoke_cfg("epochs=1", "data=imagefolder", f"data.path={root / 'imgs'}", "data.image_size=16",
+                    "data.workers=0", f"data.root={root}"), root / "run")
+    return root
+
+
+def test_eval_matches_classes_by_name_on_new_data(folder_run, tmp_path):
+    from tests.conftest import write_images
+
+    run = folder_run / "run"
+    write_images(tmp_path / "new", classes=("zebra", "dog"), per_class=4)  # dog is the model's 2nd class, zebra unknown
+    args = ["eval", run, "data.path=new", "--split", "all", "--out", "."]
+    res = regx_here(tmp_path, *args)
+    assert res.returncode == 2 and "the data has class zebra that the model does not know" in res.stderr
+    res = regx_here(tmp_path, *args, "--unknown")
+    assert res.returncode == 0, res.stderr
+    e = json.loads(next(tmp_path.glob("eval_all_*.json")).read_text())
+    assert e["n"] == 4 and e["unknown"] == {"classes": ["zebra"], "n": 4} and e["absent_classes"] == ["cat", "emu"]
+    rows = {c["class"]: c for c in e["per_class"]}
+    assert rows["dog"]["n"] == 4 and rows["cat"]["n"] == rows["emu"]["n"] == 0  # by name, not by position
+    assert "not in the accuracy" in res.stdout and "does not have: cat, emu" in res.stdout
+
+
+def test_eval_scores_a_test_only_folder_and_every_image_of_a_flat_one(folder_run, tmp_path):
+    from tests.conftest import write_images
+
+    run = folder_run / "run"
+    write_images(tmp_path / "held_out" / "test", per_class=3)
+    res = regx_here(tmp_path, "eval", run, "data.path=held_out", "--out", ".")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(next(tmp_path.glob("eval_data.path=held_out*.json")).read_text())["n"] == 9
+    res = regx_here(tmp_path, "eval", run, f"data.path={folder_run / 'imgs'}", "--split", "all", "--out", ".")
+    assert res.returncode == 0, res.stderr
+    e = json.loads(next(tmp_path.glob("eval_all_*.json")).read_text())
+    assert e["split"] == "all" and e["n"] == 30  # every image, not the validation tenth

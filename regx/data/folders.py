@@ -42,6 +42,22 @@ def scan_folder(path: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]
     return out, classes
 
 
+def scan_labelled(path: str) -> dict[str, list[tuple[str, str]]]:
+    """Every image under `path` by split with its class name, for evaluation: split folders (train/,
+    val/, test/, any of them) of class folders, or class folders directly (the split `all`)."""
+    base = Path(path)
+    if not base.is_dir():
+        raise DataError(f"data.path={path}: no such directory")
+    splits = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()} or {"all": base}
+    out = {}
+    for split, folder in splits.items():
+        out[split] = [(str(f), c.name) for c in sorted(folder.iterdir()) if c.is_dir() and not c.name.startswith(".")
+                      for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
+    if not any(out.values()):
+        raise DataError(f"data.path={path}: no images in class folders under it")
+    return out
+
+
 def decode(path: str, size: int) -> torch.Tensor:
     """Decode an image file to uint8 RGB CHW, resized (shorter side) and center-cropped to size."""
     import numpy as np
