@@ -23,6 +23,7 @@ commands:
   report   DIR... [--group-by K]  runs and sweeps as one table: report.csv, report.md, report.png
   eval     RUN_DIR [--last] [data=...]  per-class accuracy and confusion matrix: eval.json, confusion.png
   predict  RUN_DIR PATH...        label new images (files, folders, globs): CSV or JSONL, top-k
+  export   RUN_DIR --format F     TorchScript or ONNX, checked against the PyTorch model
   check-data [overrides]          decode every image of the data without training; list unreadable files
 
 examples:
@@ -76,6 +77,8 @@ EXAMPLES = {
     "predict": ["regx predict outputs/runs/<run> photos/ --out labels.csv",
                 "regx predict outputs/runs/<run> 'new/*.jpg' --top-k 3 --out labels.jsonl",
                 "regx predict outputs/runs/<run> cat.png               # CSV on stdout"],
+    "export": ["regx export outputs/runs/<run> --format onnx          # -> RUN_DIR/export/model.onnx",
+               "regx export outputs/runs/<run> --format torchscript --out model.pt"],
     "eval": ["regx eval outputs/runs/<run>                   # best.pt on the test split",
              "regx eval outputs/runs/<run> data=imagefolder data.path=new_photos --split all   # classes by name",
              "regx eval outputs/runs/<run> --last data.n_test=5000 data.seed=7"],
@@ -438,6 +441,28 @@ def cmd_predict(args: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: list[str]) -> int:
+    from regx.predict import LoadError, export
+
+    p = _parser("export", "Write a run's model as TorchScript or ONNX: uint8 images in (normalization inside), logits "
+                          "out, a dynamic batch axis, class names and input size in the file's metadata. The file is "
+                          "then checked against the PyTorch model on the run's own validation images.", "RUN_DIR")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"], help="onnx needs pip install 'regx[export]'")
+    p.add_argument("--out", metavar="FILE", help="default: RUN_DIR/export/model.pt or model.onnx")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="best.pt (default) or last.pt")
+    a = p.parse_args(args)
+    try:
+        check = export(a.run_dir, a.format, a.out, a.checkpoint)
+    except LoadError as exc:
+        raise BadInput(str(exc)) from None
+    print(f"wrote {check.path}; on {check.images} validation images: max |logit difference| {check.max_abs_diff:.2g}, "
+          f"top-1 agreement {100 * check.top1_agreement:.2f}%")
+    if check.top1_agreement < 0.99:
+        return _error(f"the export disagrees with the PyTorch model on {100 * (1 - check.top1_agreement):.1f}% of the "
+                      "images; do not use it", 1)
+    return 0
+
+
 class _ProgressLine:
     """A one-line counter on a terminal's stderr."""
 
@@ -450,7 +475,8 @@ class _ProgressLine:
 
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
             "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval,
-            "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume, "predict": cmd_predict}
+            "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume, "predict": cmd_predict,
+            "export": cmd_export}
 
 
 def _shell_completion(args: list[str]) -> int:

@@ -267,3 +267,126 @@ def run_predict(run_dir: str, specs: list[str], *, out: str | None, top_k: int, 
 
     write_atomic(Path(out), write)
     return box[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# `regx export`: TorchScript or ONNX, normalization inside, checked against the PyTorch model
+
+
+class Exported(nn.Module):
+    """uint8 images N,C,H,W (0-255, the run's channels and size) -> logits: the run's normalization
+    inside the graph, so the file needs no preprocessing code beside it but resizing."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images.float() / 255 - self.mean) / self.std)
+
+
+@dataclass
+class ExportCheck:
+    path: Path
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+
+
+def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, checkpoint: str = "best") -> ExportCheck:
+    """Write the run's model as TorchScript (`torchscript`, a .pt for torch.jit.load) or ONNX (`onnx`),
+    with a dynamic batch axis and the class names, image size and channels in its metadata; then run
+    the file on the run's own validation images and compare its logits with the PyTorch model's."""
+    import os
+
+    if fmt not in ("torchscript", "onnx"):
+        raise LoadError(f"--format {fmt}: must be torchscript or onnx")
+    out = Path(out) if out else Path(run_dir) / "export" / ("model.onnx" if fmt == "onnx" else "model.pt")
+    if not out.parent.is_dir() and out.parent != Path(run_dir) / "export":
+        raise LoadError(f"--out {out}: no such directory {out.parent}")
+    if fmt == "onnx":
+        _need("onnx", "onnxruntime", "onnxscript")
+    clf = load(run_dir, checkpoint, device="cpu")
+    wrapped = Exported(clf.model.float(), clf.preprocess.mean, clf.preprocess.std).eval()
+    images = _validation_images(run_dir, clf)
+    meta = {"classes": clf.classes, "image_size": clf.preprocess.size, "channels": clf.preprocess.channels,
+            "input": "uint8 N,C,H,W in 0-255 (normalization is inside)", "source": clf.source}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        (_onnx if fmt == "onnx" else _torchscript)(wrapped, images[:2], tmp, meta)
+        with torch.inference_mode():
+            expected = wrapped(images)
+        got = _run_export(fmt, tmp, images)
+        os.replace(tmp, out)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
+            leftover.unlink(missing_ok=True)
+    agree = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+    return ExportCheck(out, len(images), (got - expected).abs().max().item(), agree)
+
+
+def _need(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LoadError(f"--format onnx needs {', '.join(missing)}: pip install 'regx[export]'")
+
+
+def _validation_images(run_dir, clf: Predictor, n: int = 64) -> torch.Tensor:
+    """Up to n of the run's own validation images, as the run saw them (uint8, fitted)."""
+    from omegaconf import OmegaConf
+
+    from regx.config import TrainConfig
+    from regx.data import load_config
+    from regx.runs import load_checkpoint
+
+    ckpt = load_checkpoint(Path(clf.source))
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
+    val = load_config(cfg.data).val
+    if val.x is not None:
+        return torch.stack([clf.preprocess.uint8(x) for x in val.x[:n]])
+    return torch.stack([clf.preprocess.uint8(p) for p in val.paths[:n]])
+
+
+def _torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # torch marks TorchScript deprecated; torch.jit.load still reads it
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, example, check_trace=False)  # the parity check below is the check
+        torch.jit.save(traced, str(path), _extra_files={"regx.json": json.dumps(meta)})
+
+
+def _onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+    import warnings
+
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=65536)}}, verbose=False)
+    proto = onnx.load(str(path))  # with the weights the exporter put beside it
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save_model(proto, str(path), save_as_external_data=False)  # one self-contained file
+    for extra in path.parent.glob(f"{path.name}.data"):
+        extra.unlink()
+
+
+def _run_export(fmt: str, path: Path, images: torch.Tensor) -> torch.Tensor:
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(str(path))(images)
