@@ -199,6 +199,120 @@ def tv_end_to_end(model_name: str, device, precision: str, steps: int, batch: in
     return lambda: reference_epoch(model, opt, loader, device=device, precision=precision, scaled=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# 5. Using a trained model: regx predict vs a hand-written inference loop; ONNX Runtime vs eager
+
+
+def _trained_run(root: Path, model: str, size: int) -> Path:
+    from regx import config
+    from regx.train import train
+
+    run = root / f"run-{model}"
+    train(config.compose(["debug=smoke", "epochs=1", "device=cpu", f"data.image_size={size}",
+                          *(["model=tv", f"model.name={model}"] if model != "smallcnn" else [])]), run)
+    return run
+
+
+def _hand_inference(model, files: list[str], size: int, mean, std, batch: int, workers: int) -> int:
+    """What a user would write: PIL decode in DataLoader workers, batches, normalize, softmax, argmax."""
+    from regx.predict import Preprocess
+
+    prep = Preprocess(size, 3, list(mean), list(std))
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            return prep.uint8(files[i])
+
+    n = 0
+    with torch.inference_mode():
+        for xb in torch.utils.data.DataLoader(Files(), batch_size=batch, num_workers=workers):
+            model(prep(xb)).softmax(1).argmax(1)
+            n += len(xb)
+    return n
+
+
+def predict_speed(repeats: int, n: int = 2000, size: int = 32) -> dict:
+    """`regx predict` over n image files (decoding in 2 workers, batches of 256) against the hand loop
+    over the same files; decoding alone and the model alone, in images/s."""
+    import io as _io
+
+    from PIL import Image
+
+    import regx
+    from regx.predict import predict_files
+
+    tmp = Path(tempfile.mkdtemp(prefix="regx-bench-predict-"))
+    run = _trained_run(tmp, "smallcnn", size)
+    clf = regx.load(run, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    files = []
+    for i in range(n):
+        files.append(str(tmp / f"{i}.png"))
+        Image.fromarray(torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()).save(files[-1])
+    decoded = torch.stack([clf.preprocess.uint8(f) for f in files[:512]])
+
+    def regx_chunk() -> int:
+        return predict_files(clf, files, _io.StringIO(), fmt="csv", top_k=1, batch_size=256, workers=2).count
+
+    def hand_chunk() -> int:
+        return _hand_inference(clf.model, files, size, clf.preprocess.mean, clf.preprocess.std, 256, 2)
+
+    def decode_chunk() -> int:
+        for f in files[:500]:
+            clf.preprocess.uint8(f)
+        return 500
+
+    def model_chunk() -> int:
+        for i in range(0, len(decoded), 256):
+            clf.probabilities(decoded[i:i + 256])
+        return len(decoded)
+
+    r = alternate({"regx predict": regx_chunk, "hand loop": hand_chunk}, repeats)
+    parts = alternate({"decode": decode_chunk, "model": model_chunk}, repeats)
+    return {"images": n, "size": size, "regx": r["regx predict"], "hand": r["hand loop"],
+            "ratio": paired_ratio(r["regx predict"], r["hand loop"]), "decode_1_process": parts["decode"],
+            "model": parts["model"]}
+
+
+def onnx_vs_eager(repeats: int, size: int = 32, batch: int = 256) -> list[dict]:
+    """An exported ONNX model in ONNX Runtime (CPU) against the same model in eager PyTorch."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime
+
+    import regx
+    from regx.predict import Exported, export
+
+    tmp = Path(tempfile.mkdtemp(prefix="regx-bench-onnx-"))
+    rows = []
+    for name in ("smallcnn", "resnet18"):
+        run = _trained_run(tmp, name, size)
+        path = export(run, "onnx", tmp / f"{name}.onnx").path
+        clf = regx.load(run, device="cpu")
+        eager = Exported(clf.model.float(), clf.preprocess.mean, clf.preprocess.std).eval()
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+
+        def ort_chunk(session=session, x=x) -> int:
+            session.run(None, {"images": x.numpy()})
+            return batch
+
+        def eager_chunk(eager=eager, x=x) -> int:
+            with torch.inference_mode():
+                eager(x)
+            return batch
+
+        r = alternate({"onnxruntime": ort_chunk, "eager": eager_chunk}, repeats)
+        rows.append({"model": name, "batch": batch, "size": size, "onnxruntime": r["onnxruntime"], "eager": r["eager"],
+                     "ratio": paired_ratio(r["onnxruntime"], r["eager"])})
+    return rows
+
+
 def compile_effect(device, precision: str, steps: int, batch: int, repeats: int, modes: tuple[str, ...]) -> list[dict]:
     """`compile=true` against eager, smallcnn through regx's loop: the seconds the first chunk spends
     compiling with an empty inductor cache (a user's first run), then the steady-state ratio. On CUDA,
@@ -378,6 +492,14 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                                 "ratio": paired_ratio(r["regx aug=all"], r["torchvision DataLoader"])}
     log(f"  2. end to end (smallcnn {best}): regx {r['regx aug=all']['median']:,.0f} img/s, torchvision "
         f"{r['torchvision DataLoader']['median']:,.0f} img/s, x{result['aug_end_to_end']['ratio']:.2f}")
+    if not gpu:
+        result["predict"] = p = predict_speed(repeats)
+        log(f"  5. regx predict {p['regx']['median']:,.0f} img/s vs hand loop {p['hand']['median']:,.0f}: ratio "
+            f"{p['ratio']:.3f}; decoding {p['decode_1_process']['median']:,.0f} img/s in one process, model "
+            f"{p['model']['median']:,.0f} img/s")
+        result["onnx"] = onnx_vs_eager(repeats)
+        for o in result["onnx"]:
+            log(f"  5. onnxruntime/eager {o['model']}: x{o['ratio']:.2f}")
     if not skip_runs:
         result["whole_epoch"] = whole_epochs(device_name, quick)
         w = result["whole_epoch"]
@@ -428,6 +550,16 @@ def section(r: dict) -> str:
                   f"after launch. Importing torch alone takes {s['import_torch_s']:.2f} s; torchvision would add "
                   f"{s['import_torch_torchvision_s'] - s['import_torch_s']:.2f} s, so regx imports it only for "
                   "torchvision models and datasets."]
+    if r.get("predict"):
+        p = r["predict"]
+        lines += ["", f"**5. Using a trained model** ({p['images']:,} PNG files of {p['size']} px, smallcnn, batches of "
+                  "256, decoding in 2 DataLoader workers; target >= 0.9): `regx predict` "
+                  f"{_fmt(p['regx'])} img/s vs a hand-written inference loop over the same files {_fmt(p['hand'])}, "
+                  f"ratio **{p['ratio']:.3f}**. Apart: decoding {_fmt(p['decode_1_process'])} img/s in one process, "
+                  f"the model {_fmt(p['model'])} img/s."]
+        for o in r.get("onnx", []):
+            lines.append(f"ONNX Runtime vs eager PyTorch, {o['model']} at {o['size']} px, batch {o['batch']}: "
+                         f"{_fmt(o['onnxruntime'])} vs {_fmt(o['eager'])} img/s, x{o['ratio']:.2f}.")
     if r.get("time_to_accuracy"):
         t = r["time_to_accuracy"]
         reached = (f"{t['reached']['seconds']:.1f} s of training and evaluation (epoch {t['reached']['epoch']}; "

@@ -40,3 +40,11 @@ def test_whole_run_benchmarks_run():
     assert t["reached"]["epoch"] == 1 and 0 < t["reached"]["seconds"] <= t["reached"]["wall_s"] and t["epochs"] == 1
     w = bench.whole_epochs("cpu", quick=True, epochs=3, extra=("debug=smoke",))
     assert w["epochs"] == 3 and len(w["epoch_wall_s"]) == 3 and w["whole_epoch_img_per_s"] > 0 and w["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_predict_and_onnx_benchmarks_run():
+    p = bench.predict_speed(repeats=1, n=64, size=16)
+    assert p["regx"]["median"] > 0 and p["hand"]["median"] > 0 and p["ratio"] > 0 and p["model"]["median"] > 0
+    for o in bench.onnx_vs_eager(repeats=1, size=16, batch=8):
+        assert o["ratio"] > 0 and o["model"] in ("smallcnn", "resnet18")
