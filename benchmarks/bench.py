@@ -73,7 +73,7 @@ def _model(name: str, device: torch.device, channels_last: bool, compile_mode: s
     torch.manual_seed(0)
     cfg = OmegaConf.structured({"model": config.ModelConfig(name=name, small_input=name != "smallcnn"),
                                 "dropout": config.DropoutConfig(name="none")})
-    model = build_model(**model_kwargs(cfg, num_classes=CLASSES, in_channels=3))
+    model = build_model(**model_kwargs(cfg, num_classes=CLASSES, in_channels=3, image_size=SIZE))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return model if compile_mode is None else torch.compile(model, mode=compile_mode)
 

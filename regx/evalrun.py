@@ -59,7 +59,8 @@ def build_from_checkpoint(ckpt: dict, cfg, num_classes: int, in_channels: int, d
     from regx.finetune import unwrap
     from regx.models import build_model, model_kwargs
 
-    model = build_model(**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels))
+    size = ckpt.get("image_size") or cfg.data.image_size
+    model = build_model(**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels, image_size=size))
     model.load_state_dict(ckpt["model"])
     net, _ = unwrap(model)
     if ckpt["config"].get("finetune", {}).get("weights") == "imagenet" and hasattr(net, "transform_input"):

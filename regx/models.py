@@ -74,7 +74,8 @@ def torchvision_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
-def _torchvision(name: str, *, num_classes: int, in_channels: int, small_input: bool, dropout: float, **_) -> nn.Module:
+def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: int | None, small_input: bool,
+                 dropout: float, **_) -> nn.Module:
     import torchvision.models as tvm
 
     names = torchvision_names()
@@ -85,6 +86,8 @@ def _torchvision(name: str, *, num_classes: int, in_channels: int, small_input: 
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"model.name={name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision classification model{hint}")
     extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    if name.startswith("vit_") and image_size:  # its position embeddings are sized for the images
+        extra["image_size"] = image_size
     model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
     if small_input:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
@@ -120,10 +123,10 @@ class _GrayToRGB(nn.Module):
         return self.model(x.expand(-1, 3, -1, -1))
 
 
-def model_kwargs(cfg, *, num_classes: int, in_channels: int) -> dict:
+def model_kwargs(cfg, *, num_classes: int, in_channels: int, image_size: int | None) -> dict:
     """The one adapter from a run's config (its model and dropout groups) to build_model's keywords."""
     m, d = cfg.model, cfg.dropout
-    return dict(name=m.name, num_classes=num_classes, in_channels=in_channels, channels=list(m.channels),
+    return dict(name=m.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=list(m.channels),
                 convs_per_block=m.convs_per_block, fc=list(m.fc), small_input=m.small_input, dropout=d.p,
                 conv_dropout=d.conv_p, dropout_features=d.features)
 
@@ -133,6 +136,7 @@ def build_model(
     name: str,
     num_classes: int,
     in_channels: int,
+    image_size: int | None,
     channels,
     convs_per_block: int,
     fc,
@@ -141,9 +145,10 @@ def build_model(
     conv_dropout: float,
     dropout_features: bool,
 ) -> nn.Module:
-    """A model by name for `num_classes` classes of `in_channels`-channel images; every keyword is a
+    """A model by name for `num_classes` classes of `in_channels`-channel images of `image_size` px
+    (vision transformers are built for it; CNNs do not need it); every other keyword is a
     `model`/`dropout` config key (config.py holds the defaults, `model_kwargs` maps them)."""
-    kwargs = dict(num_classes=num_classes, in_channels=in_channels, channels=list(channels),
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=list(channels),
                   convs_per_block=convs_per_block, fc=list(fc), small_input=small_input,
                   dropout=dropout, conv_dropout=conv_dropout, dropout_features=dropout_features)
     if name in MODELS:

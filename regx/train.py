@@ -227,7 +227,7 @@ def _data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Data, nn.Mod
             data.mean, data.std = list(pretrained.mean), list(pretrained.std)
     if not data.streaming:
         data = to_device(data, device)
-    kwargs = model_kwargs(cfg, num_classes=data.num_classes, in_channels=data.channels)
+    kwargs = model_kwargs(cfg, num_classes=data.num_classes, in_channels=data.channels, image_size=data.image_size)
     weights = None
     if pretrained is None:
         model = build_model(**kwargs)

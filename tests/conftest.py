@@ -119,12 +119,12 @@ def load(name, **kw):
     return load_data(**{**defaults, **kw})
 
 
-def model_args(name="smallcnn", *, num_classes=5, in_channels=3, **kw) -> dict:
+def model_args(name="smallcnn", *, num_classes=5, in_channels=3, image_size=32, **kw) -> dict:
     """build_model's keywords: the schema's defaults for every key not given."""
     from regx.models import model_kwargs
 
     cfg = OmegaConf.structured({"model": config.ModelConfig(name=name), "dropout": config.DropoutConfig(name="none")})
-    return {**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels), **kw}
+    return {**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels, image_size=image_size), **kw}
 
 
 def make_model(name="smallcnn", **kw):

@@ -60,7 +60,8 @@ def test_smallcnn_exports_with_its_normalization_inside(run, tmp_path):
 @pytest.mark.parametrize("name", ["resnet18",
                                   pytest.param("mobilenet_v3_small", marks=pytest.mark.slow),
                                   pytest.param("efficientnet_b0", marks=pytest.mark.slow),
-                                  pytest.param("convnext_tiny", marks=pytest.mark.slow)])
+                                  pytest.param("convnext_tiny", marks=pytest.mark.slow),
+                                  pytest.param("vit_b_16", marks=pytest.mark.slow)])
 def test_torchvision_models_export_at_small_image_size(tmp_path, name):
     pytest.importorskip("onnxruntime", reason="pip install 'regx[export]'")
     import regx

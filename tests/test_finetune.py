@@ -43,11 +43,11 @@ FAMILIES = [
 @pytest.mark.parametrize(("name", "size", "head"), FAMILIES)
 def test_the_head_is_replaced_for_every_family(name, size, head):
     torch.manual_seed(0)
-    source = make_model(name, num_classes=1000, in_channels=3)
+    source = make_model(name, num_classes=1000, in_channels=3, image_size=size)
     assert head_path(source) == head
     p = 0.0 if name == "squeezenet1_0" else 0.3  # squeezenet's head is a conv: no linear layer to drop into
     model, dropped = build_pretrained(Pretrained(source.state_dict(), "test"),
-                                      **model_args(name, num_classes=7, dropout=p))
+                                      **model_args(name, num_classes=7, dropout=p, image_size=size))
     assert dropped and all(d.startswith(head + ".") for d in dropped)
     assert any("1000" in d for d in dropped)
     own = model.state_dict()
