@@ -12,7 +12,9 @@ from regx.distributed import Ranks
 from regx.engine import Tally, train_one_epoch
 from regx.train import build
 
-OPTIONS = [(g, o) for g in config.GROUPS for o in config.group_options(g)]
+HEAVY = {("model", "vgg11_bn")}  # 130M parameters to initialize: the slow suite builds it
+OPTIONS = [pytest.param(g, o, marks=pytest.mark.slow) if (g, o) in HEAVY else (g, o)
+           for g in config.GROUPS for o in config.group_options(g)]
 EXTRA = {("data", "imagefolder"): [f"data.path={Path(__file__).parent}"],  # any folder that exists
          **{("finetune", o): ["model=resnet18"] for o in ("linear_probe", "full", "gradual")}}  # ImageNet weights
 
@@ -22,7 +24,8 @@ def test_every_group_has_options():
         assert config.group_options(group), f"conf/{group}/ has no options"
 
 
-@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in
+                                                     (x.values if hasattr(x, "values") else x for x in OPTIONS)])
 def test_option_composes_builds_and_trains_a_step(group, option):
     if group == "hparams_search":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'regx[sweeps]'")

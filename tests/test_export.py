@@ -57,7 +57,7 @@ def test_smallcnn_exports_with_its_normalization_inside(run, tmp_path):
     assert res.returncode == 0 and (run / "export" / "model.onnx").is_file()
 
 
-@pytest.mark.parametrize("name", ["resnet18",
+@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow),
                                   pytest.param("mobilenet_v3_small", marks=pytest.mark.slow),
                                   pytest.param("efficientnet_b0", marks=pytest.mark.slow),
                                   pytest.param("convnext_tiny", marks=pytest.mark.slow),

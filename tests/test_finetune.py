@@ -32,7 +32,7 @@ from tests.conftest import (
 FAMILIES = [
     ("resnet18", 64, "fc"), ("regnet_y_400mf", 64, "fc"), ("googlenet", 64, "fc"),
     ("shufflenet_v2_x0_5", 64, "fc"), ("mobilenet_v3_small", 64, "classifier.3"),
-    ("efficientnet_b0", 64, "classifier.1"), ("mnasnet0_5", 64, "classifier.1"), ("vgg11", 64, "classifier.6"),
+    ("efficientnet_b0", 64, "classifier.1"), ("mnasnet0_5", 64, "classifier.1"), pytest.param("vgg11", 64, "classifier.6", marks=pytest.mark.slow),
     ("alexnet", 64, "classifier.6"), ("convnext_tiny", 64, "classifier.2"), ("densenet121", 64, "classifier"),
     ("squeezenet1_0", 64, "classifier.1"), ("swin_t", 64, "head"), ("smallcnn", 32, "head.out"),
     pytest.param("vit_b_16", 224, "heads.head", marks=pytest.mark.slow),
