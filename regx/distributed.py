@@ -45,6 +45,9 @@ def teardown(succeeded: bool) -> None:
         return
     if succeeded:
         dist.barrier()
+    import gc
+
+    gc.collect()  # DDP's reducer (held in reference cycles) goes now, not in interpreter shutdown, where it aborts
     dist.destroy_process_group()
 
 
@@ -109,6 +112,10 @@ class Ranks:
             self._net = torch.compile(ddp, mode=compile_mode) if compile_mode else ddp
             self._trains = trains
         return self._net
+
+    def release(self) -> None:
+        """Drop the DDP wrapper (its reducer holds the process group) once training is over."""
+        self._net, self._trains = None, None
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when any rank says True (collective)."""

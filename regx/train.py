@@ -371,6 +371,7 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
                 raise Interrupted(stop.signum or signal.SIGTERM)
         rec.finish(_results(parts, state, ranks, rec))
     finally:
+        ranks.release()
         rec.close(state.history)
     return rec.summary
 
