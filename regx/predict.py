@@ -43,17 +43,13 @@ class Preprocess:
         """One image (a path, a PIL image, or a uint8 C,H,W tensor) as uint8 channels x size x size."""
         from PIL import Image
 
-        if isinstance(item, str | Path):
-            with Image.open(item) as im:
-                return self.uint8(im.copy())
-        if isinstance(item, Image.Image):
-            import numpy as np
-            from PIL import ImageOps
+        from regx.data.folders import decode, fit_image
 
-            im = ImageOps.fit(item.convert("L" if self.channels == 1 else "RGB"), (self.size, self.size),
-                              Image.Resampling.BILINEAR)
-            array = np.asarray(im, dtype=np.uint8)
-            return torch.from_numpy(array.copy()).view(self.size, self.size, -1).permute(2, 0, 1)
+        mode = "L" if self.channels == 1 else "RGB"
+        if isinstance(item, str | Path):
+            return decode(str(item), self.size, mode)
+        if isinstance(item, Image.Image):
+            return fit_image(item, self.size, mode)
         if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.ndim == 3:
             return self._fit(self._channels(item))
         raise LoadError(f"cannot predict on {type(item).__name__}: give file paths, PIL images or uint8 C,H,W tensors")

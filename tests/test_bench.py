@@ -46,5 +46,6 @@ def test_whole_run_benchmarks_run():
 def test_predict_and_onnx_benchmarks_run():
     p = bench.predict_speed(repeats=1, n=64, size=16)
     assert p["regx"]["median"] > 0 and p["hand"]["median"] > 0 and p["ratio"] > 0 and p["model"]["median"] > 0
-    for o in bench.onnx_vs_eager(repeats=1, size=16, batch=8):
-        assert o["ratio"] > 0 and o["model"] in ("smallcnn", "resnet18")
+    pytest.importorskip("onnxruntime", reason="pip install 'regx[export]'")
+    rows = bench.onnx_vs_eager(repeats=1, size=16, batch=8)
+    assert [o["model"] for o in rows] == ["smallcnn", "resnet18"] and all(o["ratio"] > 0 for o in rows)

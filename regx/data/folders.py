@@ -58,15 +58,23 @@ def scan_labelled(path: str) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def decode(path: str, size: int) -> torch.Tensor:
-    """Decode an image file to uint8 RGB CHW, resized (shorter side) and center-cropped to size."""
+def fit_image(im, size: int, mode: str = "RGB") -> torch.Tensor:
+    """A PIL image in `mode` (RGB or L), its shorter side resized to size and center-cropped: uint8 C,H,W."""
     import numpy as np
     from PIL import Image, ImageOps
 
+    im = ImageOps.fit(im.convert(mode), (size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).view(size, size, -1).permute(2, 0, 1)
+
+
+def decode(path: str, size: int, mode: str = "RGB") -> torch.Tensor:
+    """Decode an image file as training decodes image folders: fit_image, reading large JPEGs at a
+    reduced scale."""
+    from PIL import Image
+
     with Image.open(path) as im:
-        im.draft("RGB", (size, size))  # JPEG: decode at reduced scale when much larger
-        im = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        im.draft(mode, (size, size))  # JPEG: decode at reduced scale when much larger
+        return fit_image(im, size, mode)
 
 
 class FileDataset(torch.utils.data.Dataset):
