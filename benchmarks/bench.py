@@ -107,7 +107,7 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     from regx import config
     from regx.augment import Augment
     from regx.data import iterate
-    from regx.engine import NanCheck, Pipeline, StepParts, Tally, autocast, train_one_epoch
+    from regx.engine import LossCheck, Pipeline, StepParts, Tally, autocast, train_one_epoch
     from regx.regularize import build_optimizer
 
     cfg = config.compose([f"aug={aug}"])
@@ -119,7 +119,7 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     pipe = Pipeline(torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1),
                     channels_last, Augment(cfg.aug, gen) if Augment.active(cfg.aug) else None)
     parts = StepParts(optimizer=opt, pipeline=pipe, lr_at=lambda s: 0.01, amp=autocast(device, precision))
-    nan = NanCheck(device, 1 if device.type == "cpu" else 25)  # what a run checks, as often
+    nan = LossCheck(device, 1 if device.type == "cpu" else 25)  # what a run checks, as often
     state = {"step": 0}
 
     def chunk() -> int:

@@ -150,8 +150,40 @@ def _refuse_existing(args: list[str], multirun: bool, resume_jobs: bool) -> None
                        "(or pick another hydra.sweep.dir)")
 
 
+MIN_FREE = 1 << 20  # bytes: less free space where runs go, and a run could not write its first files
+
+
+def _check_output(args: list[str], multirun: bool) -> None:
+    """Where the run or sweep directory will go: names the file system takes, a folder this process
+    can write in, with room for a run's first files. One line (exit 2 or 1) instead of a traceback."""
+    import shutil
+    import tempfile
+
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    target = Path(next((a.split("=", 1)[1] for a in args if a.startswith(key)), "outputs")).expanduser()
+    for part in target.parts:
+        if len(part.encode()) > 255:
+            raise BadInput(f"{key[:-1]}: the name '{part[:30]}...' is {len(part.encode())} bytes long; a file name "
+                           "can have at most 255")
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".regx-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create {target}: {existing} is not writable ({exc.strerror}); "
+                                 f"pick another place with {key}DIR") from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE:
+        raise OSError(28, f"cannot start a run in {target}: {free // 1024} KiB free on its file system "
+                          f"(at least {MIN_FREE >> 20} MiB needed)")
+
+
 def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     from regx import config, errors
+    from regx.runs import owner
 
     if "--version" in args:
         return _version()
@@ -166,6 +198,8 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     if not info_only:
         _refuse_existing(args, multirun, resume_jobs)
         errors.preflight(overrides, where.get("-cd"), primary, where.get("-cn", "train"))
+        _check_output(args, multirun)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors reach _guarded: one line, not Hydra's traceback
     import hydra
 
     from regx import sweep
@@ -176,14 +210,18 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     argv = sys.argv
     sys.argv = ["regx train", *args]
     try:
-        main()
+        if not multirun or sweep_dir is None:
+            main()
+        else:  # the sweep directory is this process's while the sweep runs; a stop reaches every job
+            Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+            with owner(sweep_dir), sweep.SweepStop(sweep_dir) as stop:
+                main()
+                return _sweep_summary(jobs, sweep_dir, stop.signum or jobs.stopped)
     finally:
         sys.argv = argv
-    if not multirun or sweep_dir is None:
-        if jobs.failed:
-            print(f"regx: error: {jobs.failed[0][1]} (run dir {jobs.failed[0][0]})", file=sys.stderr)
-        return 1 if jobs.failed else 0
-    return _sweep_summary(jobs, sweep_dir)
+    if jobs.failed:
+        print(f"regx: error: {jobs.failed[0][1]} (run dir {jobs.failed[0][0]})", file=sys.stderr)
+    return 1 if jobs.failed else 0
 
 
 def _directories(args: list[str], overrides: list[str], info_only: bool, multirun: bool, where: dict):
@@ -212,11 +250,12 @@ def _directories(args: list[str], overrides: list[str], info_only: bool, multiru
     return args, sweep_dir
 
 
-def _sweep_summary(jobs, sweep_dir: str) -> int:
-    """A sweep's end: one line per job, how many failed, and the command that tabulates them."""
+def _sweep_summary(jobs, sweep_dir: str, stopped: int | None) -> int:
+    """A sweep's end: one line per job, how many failed, and the command that tabulates them (or,
+    when a signal stopped it, the command that finishes it)."""
     jobs.collect(sweep_dir)
     if jobs.count == 0:  # the directory holds at most Hydra's multirun.yaml: nothing to keep
-        for f in Path(sweep_dir).glob("multirun.yaml"):
+        for f in [*Path(sweep_dir).glob("multirun.yaml"), *Path(sweep_dir).glob(".lock")]:
             f.unlink()
         if Path(sweep_dir).is_dir() and not any(Path(sweep_dir).iterdir()):
             Path(sweep_dir).rmdir()
@@ -227,6 +266,12 @@ def _sweep_summary(jobs, sweep_dir: str) -> int:
         print(f"regx: {len(jobs.failed)} of {jobs.count} jobs failed:", file=sys.stderr)
         for run_dir, message in jobs.failed:
             print(f"  {run_dir}: {message}", file=sys.stderr)
+    if stopped:
+        import signal
+
+        print(f"regx: {signal.Signals(stopped).name} stopped the sweep; finish it with: regx sweep-resume {sweep_dir}",
+              file=sys.stderr)
+        return 128 + stopped
     print(f"{jobs.count} jobs in {sweep_dir}; compare them with: regx report {sweep_dir}")
     return 1 if jobs.failed else 0
 
@@ -246,7 +291,7 @@ def cmd_sweep_resume(args: list[str]) -> int:
 
 
 def cmd_resume(args: list[str]) -> int:
-    from regx.runs import NothingToDo, resume
+    from regx.runs import NothingToDo, RunBusy, resume
     from regx.train import RunFailed
 
     p = _parser("resume", "Continue a run from its newest intact checkpoint (mid-epoch if it was stopped "
@@ -258,7 +303,7 @@ def cmd_resume(args: list[str]) -> int:
         resume(a.run_dir, a.overrides, force=a.force)  # under torchrun: every rank, from the same checkpoint
     except NothingToDo as exc:
         print(f"regx: {exc}")
-    except RunFailed as exc:
+    except (RunFailed, RunBusy) as exc:
         return _error(str(exc), 1)
     return 0
 
@@ -329,8 +374,8 @@ def cmd_check_data(args: list[str]) -> int:
                                            "list the unreadable files (exit 1 if there are any).", out=False)
     lines, bad = check_data(cfg.data)
     print("\n".join(lines))
-    for path in bad:
-        print(f"unreadable: {path}")
+    for path, why in bad:
+        print(f"unreadable: {path} ({why})")
     if bad:
         print(f"regx: {len(bad)} unreadable image(s); fix or remove them, or train with data.on_bad_image=skip",
               file=sys.stderr)
@@ -382,6 +427,8 @@ def cmd_report(args: list[str]) -> int:
     print_table(f"regx report: {r.title}", r.header, r.rows, caption=r.caption, right=set(report.METRICS))
     for line in r.notes:
         print(line)
+    for line in r.skipped:
+        print(f"regx: warning: left out a run: {line}", file=sys.stderr)
     print(f"wrote {', '.join(f.name for f in r.files)} in {r.out}")
     return 0
 
@@ -557,6 +604,13 @@ def _guarded(command, args: list[str]) -> int:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         if type(exc).__name__ == "DataError":  # data that cannot be loaded: a failure, not a typo
             return _error(first, 1)
+        if isinstance(exc, OSError):  # a full disk, a read-only folder, a name too long: the file and why
+            from regx.runs import WriteFailed
+
+            text = first if isinstance(exc, WriteFailed) else (exc.strerror or first)
+            if exc.filename and str(exc.filename) not in text:
+                text += f": {exc.filename}"
+            return _error(text, 1)
         return _error(f"{type(exc).__name__}: {first}", 1)
     finally:
         if "regx.distributed" in sys.modules:  # under torchrun: leave the process group together

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,6 +342,8 @@ def _check_fields(node: DictConfig, schema: type, prefix: str = "") -> None:
                    f"must be one of {f.metadata['shown']}")
         elif "interval" in f.metadata:
             values = list(value) if OmegaConf.is_list(value) else [value]
+            _check(all(math.isfinite(v) for v in values), key, list(value) if OmegaConf.is_list(value) else value,
+                   "must be a finite number")
             rule = " ".join(filter(None, [_rule(f.metadata["interval"]), f.metadata["note"]]))
             shown = list(value) if OmegaConf.is_list(value) else value
             _check(all(_within(v, f.metadata["interval"]) for v in values) and len(values) >= f.metadata["min_items"],
@@ -375,6 +378,8 @@ def _check_between(c: DictConfig) -> None:
     _check(c.dropout.mc_samples == 0 or c.dropout.p > 0 or c.dropout.conv_p > 0, "dropout.mc_samples",
            c.dropout.mc_samples, "needs dropout in the model (dropout=fc, conv or both)")
     _check(c.sched.min_lr <= c.lr, "sched.min_lr", c.sched.min_lr, f"must be in [0, lr={c.lr}]")
+    _check_decay_stable(c)
+    check_device(c.device)
     if c.logger == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'regx[tensorboard]'")
     if f.name == "scratch" and f.weights:
@@ -394,6 +399,41 @@ def _check_between(c: DictConfig) -> None:
         if not Path(d.path).expanduser().is_dir():  # before a run directory is made for it
             raise ConfigError(f"data.path={d.path}: no such directory")
         _check(d.image_size is not None, "data.image_size", d.image_size, "data=imagefolder needs an image size")
+
+
+def _check_decay_stable(c: DictConfig) -> None:
+    """Weight decay alone must not blow the weights up. Its step is p <- p - lr*h*p with h = 2*wd
+    (decay=l2, the gradient of wd*sum(p^2)) or wd (decoupled); with SGD's momentum m that iteration
+    grows without bound once lr*h >= 2*(1+m), and AdamW's p <- (1 - lr*wd)*p flips every weight's sign
+    once lr*wd >= 1. Adam with l2 or l1 normalizes the step, and l1's step does not grow with p."""
+    peak = c.lr * (c.sched.max_lr_mult if c.sched.name == "onecycle" else 1.0)
+    if c.optim.name == "sgd" and c.decay.name in ("l2", "decoupled"):
+        h = (2 if c.decay.name == "l2" else 1) * c.wd
+        limit = 2 * (1 + c.optim.momentum)
+    elif c.optim.name == "adamw" and c.decay.name == "decoupled":
+        h, limit = c.wd, 1.0
+    else:
+        return
+    if peak * h >= limit:
+        product = f"lr*{'2*' if c.decay.name == 'l2' and c.optim.name == 'sgd' else ''}wd"
+        raise ConfigError(f"lr={peak:g}{' (peak)' if peak != c.lr else ''} with wd={c.wd:g} (decay={c.decay.name}, "
+                          f"optim={c.optim.name}): weight decay alone makes the weights diverge ({product} = "
+                          f"{peak * h:.3g}, must be < {limit:g}); lower lr or wd (usual wd: 1e-5 to 1e-2)")
+
+
+def check_device(spec: str) -> None:
+    """The device exists on this machine (auto and cpu always do); torch is imported only to look."""
+    if spec in ("auto", "cpu"):
+        return
+    import torch
+
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={spec}: CUDA is not available on this machine (use device=cpu or device=auto)")
+    if spec.startswith("cuda:") and int(spec[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1})")
+    if spec == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps: MPS (Apple's GPU) is not available on this machine (use device=cpu or device=auto)")
 
 
 def _check_model_name(name: str) -> None:

@@ -22,6 +22,20 @@ def interactive() -> bool:
     return sys.stdout.isatty()
 
 
+class _LogFile(logging.FileHandler):
+    """train.log. A line that cannot be written (a full disk) is lost with one note on stderr, the
+    first time, instead of logging's traceback per line; the terminal still shows every line."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            exc = sys.exc_info()[1]
+            sys.stderr.write(f"regx: warning: cannot write {self.baseFilename} ({getattr(exc, 'strerror', None) or exc}); "
+                             "its lines go to the terminal only\n")
+
+
 def setup_logging(log_file: Path | None = None, quiet: bool = False) -> logging.Logger:
     """The `regx` logger: to the terminal (rich or plain) and, when given, appended to log_file.
     quiet: warnings and errors only (the other ranks of a torchrun job)."""
@@ -50,7 +64,7 @@ def setup_logging(log_file: Path | None = None, quiet: bool = False) -> logging.
         file_only.removeHandler(h)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        fh = _LogFile(log_file, mode="a", encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(fh)
         file_only.addHandler(fh)

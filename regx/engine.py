@@ -4,6 +4,7 @@ read back once per epoch (and when a hook asks: the progress bar, the NaN check)
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,10 +44,14 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class NonFiniteLoss(RuntimeError):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}")
-        self.step, self.loss = step, loss
+class Diverged(RuntimeError):
+    """A training loss that is NaN, infinite or above the run's limit, at optimizer step `step`."""
+
+    def __init__(self, step: int, loss: float, limit: float):
+        finite = math.isfinite(loss)
+        super().__init__(f"loss reached {loss:.3g} at step {step}, above the limit {limit:.3g}" if finite
+                         else f"loss became {loss} at step {step}")
+        self.step, self.loss, self.limit = step, loss, limit
 
 
 @dataclass
@@ -194,21 +199,23 @@ def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: 
     return loss.detach().float(), (out.argmax(1) == yb).sum()
 
 
-class NanCheck(Hook):
-    """Raise NonFiniteLoss naming the first step whose loss was NaN or infinite. The first bad step is
-    recorded on the device every step; it is read back every `every` steps, at the epoch's end and
-    before each checkpoint (`check()`): on CPU every step is free, on accelerators each read is a
-    host sync. `any_max` takes the maximum over ranks, so under torchrun all ranks stop together."""
+class LossCheck(Hook):
+    """Raise Diverged naming the first step whose loss was NaN, infinite or above `limit` (a run's
+    limit: train.loss_limit). The first
+    bad step is recorded on the device every step; it is read back every `every` steps, at the epoch's
+    end and before each checkpoint (`check()`): on CPU every step is free, on accelerators each read
+    is a host sync. `any_max` takes the maximum over ranks, so under torchrun all ranks stop together."""
 
-    def __init__(self, device: torch.device, every: int, any_max: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+    def __init__(self, device: torch.device, every: int, limit: float = math.inf,
+                 any_max: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
         self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
         self.bad_loss = torch.zeros((), device=device)
-        self.every, self.any_max = every, any_max
+        self.every, self.limit, self.any_max = every, limit, any_max
 
     def after_step(self, info: StepInfo) -> None:
-        nonfinite = ~torch.isfinite(info.loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(nonfinite, info.step, self.first_bad)
-        self.bad_loss = torch.where(nonfinite, info.loss, self.bad_loss)
+        bad = ~(torch.isfinite(info.loss) & (info.loss <= self.limit)) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, info.step, self.first_bad)
+        self.bad_loss = torch.where(bad, info.loss, self.bad_loss)
         if info.tally.batches % self.every == 0:
             self.check()
 
@@ -218,7 +225,7 @@ class NanCheck(Hook):
     def check(self) -> None:
         bad = int(self.any_max(self.first_bad))
         if bad >= 0:
-            raise NonFiniteLoss(bad, float(self.bad_loss) if int(self.first_bad) >= 0 else float("nan"))
+            raise Diverged(bad, float(self.bad_loss) if int(self.first_bad) >= 0 else float("nan"), self.limit)
 
 
 @torch.inference_mode()

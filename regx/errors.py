@@ -170,6 +170,18 @@ def preflight(overrides: list[str], config_dir: str | None = None, primary: str 
             raise
         except Exception as exc:
             raise ConfigError(explain(exc, variant)) from exc
+        if cfg.data.train_size is not None:
+            _check_train_size(cfg)
+
+
+def _check_train_size(cfg) -> None:
+    """data.train_size within the training images the data has (counted without loading them)."""
+    from regx.data import DataError, train_count
+
+    try:
+        train_count(cfg.data)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def debug_enabled() -> bool:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regx.data.core import data_loader
 from regx.data.folders import IMAGE_EXTENSIONS
 
 
@@ -207,8 +208,8 @@ class Prediction:
 def predict_files(clf: Predictor, paths: list[str], out, *, fmt: str, top_k: int, batch_size: int, workers: int,
                   progress=None) -> Prediction:
     """Write one row per image to the text stream `out` (csv or jsonl): its path and top-k classes."""
-    loader = torch.utils.data.DataLoader(_Files(paths, clf.preprocess), batch_size=batch_size, num_workers=workers,
-                                         pin_memory=clf.device.type == "cuda")
+    loader = data_loader(_Files(paths, clf.preprocess), batch_size=batch_size, num_workers=workers,
+                         pin_memory=clf.device.type == "cuda")
     k = min(top_k, len(clf.classes))
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from regx import __version__
 from regx.console import console, setup_logging
-from regx.runs import clean_temporary, read_json, write_json, write_metrics, write_text
+from regx.runs import (
+    DamagedFile,
+    clean_temporary,
+    read_summary,
+    write_atomic,
+    write_json,
+    write_metrics,
+    write_text,
+)
+
+RESERVE = 64 * 1024  # bytes kept free for the run's last words on a full disk
 
 
 class Recorder:
@@ -28,8 +39,11 @@ class Recorder:
         self.log = setup_logging(self.run_dir / "train.log" if main else None, quiet=not main)
         for tmp in clean_temporary(self.run_dir) if main else []:
             self.log.warning("removed %s, left by a run that was killed while writing it", tmp)
-        summary_path = self.run_dir / "summary.json"
-        self.summary = read_json(summary_path) if resume and summary_path.is_file() else {}
+        try:
+            self.summary = read_summary(self.run_dir) if resume else {}
+        except DamagedFile as exc:
+            self.log.warning("%s: rebuilding it from the newest checkpoint", exc)
+            self.summary = {}
         if resume:
             self.summary["resumes"] = [*self.summary.get("resumes", []), _resume_record(self.run_dir, cfg)]
         self.summary.update(status="running", name=cfg.name, run_dir=str(self.run_dir), regx_version=__version__,
@@ -43,6 +57,7 @@ class Recorder:
         if main:
             write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             self._write_summary()
+            self._reserve(True)
 
     def wall_s(self) -> float:
         return self.wall_before + time.perf_counter() - self.t0
@@ -50,6 +65,26 @@ class Recorder:
     def _write_summary(self) -> None:
         if self.main:
             write_json(self.run_dir / "summary.json", self.summary)
+
+    def _reserve(self, keep: bool) -> None:
+        """`.reserve`, 64 KiB held for the run's last words: on a full disk, deleting it leaves room
+        to record how the run ended (summary.json, train.log). Removed when the run ends."""
+        path = self.run_dir / ".reserve"
+        if not keep:
+            path.unlink(missing_ok=True)
+            return
+        try:
+            write_atomic(path, lambda f: f.write(bytes(RESERVE)))
+        except OSError:
+            pass  # no room even for this: the first checkpoint will say so
+
+    def _last_words(self) -> None:
+        """summary.json as the run ends badly; a summary that cannot be written is one line on stderr."""
+        self._reserve(False)
+        try:
+            self._write_summary()
+        except OSError as exc:
+            sys.stderr.write(f"regx: warning: {exc}; the run's status ({self.summary['status']}) is not recorded\n")
 
     # --- the run's start -----------------------------------------------------------------------
 
@@ -79,14 +114,23 @@ class Recorder:
 
     # --- each epoch ----------------------------------------------------------------------------
 
-    def epoch(self, row: dict, state, *, is_best: bool) -> None:
-        """After an epoch's checkpoint: metrics.csv, summary.json, curves.png, loggers, one log line."""
-        cfg, trainable = self.cfg, row["trainable_params"]
+    def progress(self, state) -> None:
+        """The summary's account of the epochs done, from the run's state (after each epoch, and after
+        a resume, which so rebuilds a damaged summary.json from its checkpoint)."""
+        if not state.history:
+            return
+        row = state.history[-1]
+        trainable = row["trainable_params"]
         self.summary.update(epochs_done=row["epoch"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
                             final_train_acc=row["train_acc"], final_clean_train_acc=row["clean_train_acc"],
                             final_val_acc=row["val_acc"],
                             wall_s=round(state.wall_s, 2), stopped_early=state.stopped_early,
                             trainable_params=trainable, frozen_params=self.summary["params"] - trainable)
+
+    def epoch(self, row: dict, state, *, is_best: bool) -> None:
+        """After an epoch's checkpoint: metrics.csv, summary.json, curves.png, loggers, one log line."""
+        cfg = self.cfg
+        self.progress(state)
         if self.main:
             write_metrics(self.run_dir / "metrics.csv", state.history)
             self._write_summary()
@@ -117,7 +161,10 @@ class Recorder:
         now = time.perf_counter()
         if not final and now - self.last_draw < 20 * self.draw_cost:
             return
-        curves_plot(self.run_dir / "curves.png", history, f"{self.cfg.name}: {self.run_dir.name}")
+        try:
+            curves_plot(self.run_dir / "curves.png", history, f"{self.cfg.name}: {self.run_dir.name}")
+        except Exception as exc:  # noqa: BLE001 - metrics.csv has it all; `regx plot` redraws
+            self.log.warning("curves.png was not redrawn: %s", exc)
         self.drawn, self.last_draw, self.draw_cost = len(history), now, time.perf_counter() - now
 
     # --- the end -------------------------------------------------------------------------------
@@ -133,7 +180,7 @@ class Recorder:
 
     def interrupted(self) -> None:
         self.summary.update(status="interrupted")
-        self._write_summary()
+        self._last_words()
         if (self.run_dir / "checkpoints" / "last.pt").is_file():
             self.log.warning("interrupted; resume with: regx resume %s", self.run_dir)
         else:
@@ -141,17 +188,16 @@ class Recorder:
 
     def failed(self, message: str) -> None:
         self.summary.update(status="failed", error=message)
-        self._write_summary()
+        self._last_words()
         self.log.error("run failed: %s", message)
 
     def close(self, history: list[dict]) -> None:
         """However the run ended: the last curves, the loggers closed, the closing table."""
-        try:
-            self.draw_curves(history, final=True)  # every finished epoch
-        except Exception as exc:  # noqa: BLE001 - metrics.csv has it all; `regx plot` redraws
-            self.log.warning("curves.png was not redrawn: %s", exc)
+        self.draw_curves(history, final=True)  # every finished epoch
         for logger in self.loggers:
             logger.finish(self.summary)
+        if self.main:
+            self._reserve(False)
         if self.main and self.summary["status"] == "completed":
             print_summary(self.summary, self.log)
 

@@ -70,18 +70,16 @@ def run_record(run: Path) -> dict:
 
     from omegaconf import OmegaConf
 
-    from regx.runs import read_json, read_metrics
+    from regx.runs import DamagedFile, read_config, read_metrics, read_summary
 
-    summary = {}
-    if (run / "summary.json").is_file():
-        try:
-            summary = read_json(run / "summary.json")
-        except ValueError:
-            summary = {"status": "unreadable"}
-    cfg = OmegaConf.load(run / "config.yaml") if (run / "config.yaml").is_file() else OmegaConf.create()
+    summary = read_summary(run)  # DamagedFile: build() skips the run with a warning
+    cfg = read_config(run) if (run / "config.yaml").is_file() else OmegaConf.create()
     overrides = []
     if (run / ".hydra" / "overrides.yaml").is_file():
-        overrides = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
+        try:
+            overrides = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
+        except Exception as exc:
+            raise DamagedFile(f"{run / '.hydra' / 'overrides.yaml'} is damaged ({' '.join(str(exc).split())[:200]})") from None
     metrics = []
     if (run / "metrics.csv").is_file():
         try:
@@ -312,6 +310,7 @@ class Report:
     notes: list[str]  # lines printed under the table
     files: list[Path]
     out: Path
+    skipped: list[str]  # runs left out, each with why (a damaged summary.json or config.yaml)
 
 
 def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | None = None,
@@ -321,7 +320,16 @@ def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | No
     are of one sweep, else outputs/reports/<stamp>). ReportError on bad input."""
     if not paths:
         raise ReportError("name at least one run or sweep directory")
-    records = [run_record(r) for r in find_runs(paths)]
+    from regx.runs import DamagedFile
+
+    records, skipped = [], []
+    for run in find_runs(paths):
+        try:
+            records.append(run_record(run))
+        except DamagedFile as exc:
+            skipped.append(str(exc))
+    if not records:
+        raise ReportError(f"no readable run: {'; '.join(skipped)}")
     keys = varying_keys(records)
     if metric not in METRICS:
         raise ReportError(f"--metric {metric}: must be one of {', '.join(METRICS)}")
@@ -346,7 +354,7 @@ def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | No
     files = write_report(out, records, keys, metric, group_by, title)
     caption = "accuracies and gap in %; " + ("mean ± sample std over each group's completed runs" if group_by
                                              else "gap: clean train minus val")
-    return Report(title, header, shown, caption, notes, files, out)
+    return Report(title, header, shown, caption, notes, files, out, skipped)
 
 
 def _default_out(paths: list[str], records: list[dict]) -> Path:

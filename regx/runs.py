@@ -24,22 +24,35 @@ import math
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "wall_s",
                   "img_per_s", "clean_train_loss", "clean_train_acc", "trainable", "trainable_params"]
 TIMING_COLUMNS = ("epoch_s", "wall_s", "img_per_s")
 
 
+class WriteFailed(OSError):
+    """A file regx could not write (a full disk, a read-only folder); the message names it."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def write_atomic(path: Path, write, *, before_rename=None) -> None:
     """Write through `.NAME.tmp-PID` and a rename; on any error (a full disk included) the old file
     stays as it was, the temporary file is removed, and the OSError names the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
@@ -49,8 +62,8 @@ def write_atomic(path: Path, write, *, before_rename=None) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:
-            raise OSError(exc.errno, f"could not write {path}: {exc.strerror or exc}", str(path)) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, WriteFailed):
+            raise WriteFailed(exc.errno, f"could not write {path}: {exc.strerror or exc}", str(path)) from None
         raise
 
 
@@ -74,6 +87,51 @@ def claim_dir(root: str, name: str) -> str:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a unique directory under {root}")
+
+
+class RunBusy(RuntimeError):
+    """Another live process owns the run or sweep directory; the message names it."""
+
+
+_held: dict[Path, int] = {}  # directories this process owns: their lock files' descriptors
+
+
+@contextmanager
+def owner(directory: Path | str, *, enabled: bool = True):
+    """Own `directory` for the block: an advisory POSIX lock on `directory/.lock`, which holds this
+    process's pid and host. The kernel drops the lock when the process ends however it ends (kill -9
+    included), and forked children (DataLoader workers) do not inherit it. A second owner, in another
+    process or this one, gets RunBusy naming the first. Where fcntl does not exist, nothing is locked."""
+    path = Path(directory).resolve()
+    if not enabled or fcntl is None:
+        yield
+        return
+    if path in _held:
+        raise RunBusy(f"{directory} is in use by this process already")
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+        try:
+            who = json.loads(holder)
+            named, stop = f"pid {who['pid']} on {who['host']} (since {who['since']})", f"kill -TERM {who['pid']}"
+        except (ValueError, KeyError, TypeError):
+            named, stop = f"another process ({exc.strerror})", "stop it"
+        raise RunBusy(f"{directory} is in use by {named}: wait for it to finish, or {stop} first") from None
+    import platform
+
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
+                              "since": datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+    _held[path] = fd
+    try:
+        yield
+    finally:
+        del _held[path]
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a new owner)
 
 
 def clean_temporary(run_dir: Path) -> list[Path]:
@@ -109,6 +167,43 @@ def write_json(path: Path | str, data: dict) -> None:
 
 def read_json(path: Path | str) -> dict:
     return json.loads(Path(path).read_text())
+
+
+class DamagedFile(ValueError):
+    """A run's file that does not parse; the message names it and says what is wrong in one line."""
+
+
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
+
+
+def read_summary(run_dir: Path | str) -> dict:
+    """A run's summary.json; {} when it is missing, and DamagedFile when it does not parse."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DamagedFile(f"{path} is damaged ({_first_line(exc)})") from None
+    if not isinstance(summary, dict):
+        raise DamagedFile(f"{path} is damaged (not a JSON object)")
+    return summary
+
+
+def read_config(run_dir: Path | str):
+    """A run's config.yaml as an OmegaConf node; DamagedFile when it does not parse."""
+    from omegaconf import DictConfig, OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml's scanner and parser errors, OmegaConf's, a directory in its place
+        raise DamagedFile(f"{path} is damaged ({_first_line(exc)})") from None
+    if not isinstance(cfg, DictConfig):
+        raise DamagedFile(f"{path} is damaged (not a mapping of keys)")
+    return cfg
 
 
 def write_metrics(path: Path | str, rows: list[dict]) -> None:
@@ -270,7 +365,12 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     if bad:
         raise config.ConfigError(f"cannot parse override '{bad[0]}': expected key=value")
     try:
-        base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), OmegaConf.load(run_dir / "config.yaml"))
+        saved = read_config(run_dir)
+    except DamagedFile as exc:
+        raise config.ConfigError(f"{exc}; the checkpoints still hold the run: repair the file or copy it from "
+                                 ".hydra/config.yaml") from None
+    try:
+        base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
     except Exception as exc:
         raise config.ConfigError(explain(exc, overrides)) from exc
@@ -281,7 +381,14 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     if fixed and not force:
         raise config.ConfigError(f"resuming with changed {', '.join(fixed)} would not continue the same run; "
                                  "pass --force to do it anyway")
-    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+    try:
+        summary = read_summary(run_dir)
+    except DamagedFile:
+        summary = {}  # train() rebuilds it from the newest checkpoint
+    done = _epochs_done(run_dir, summary)
+    if cfg.epochs < done:
+        raise config.ConfigError(f"epochs={cfg.epochs} is below the {done} epochs {run_dir} has trained already; "
+                                 f"a resume only trains further (epochs > {done})")
     if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
         raise NothingToDo(f"{run_dir} already completed {summary['epochs_done']} epochs; nothing to do "
                           f"(pass epochs=N with N > {summary['epochs_done']} to train further)")
@@ -290,6 +397,18 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
         raise NothingToDo(f"{run_dir} stopped early after epoch {stopped['epoch']} ({stopped['reason']}); nothing to do "
                           "(pass early_stop.patience=0, or a larger patience, to train on)")
     return cfg
+
+
+def _epochs_done(run_dir: Path, summary: dict) -> int:
+    """The epochs a run has finished: its summary's count or its newest checkpoint's (from the
+    manifests, without loading a checkpoint), whichever is larger."""
+    done = [summary.get("epochs_done") or 0]
+    for manifest in (run_dir / "checkpoints").glob("*.pt.json"):
+        try:
+            done.append(int(read_json(manifest).get("epoch") or 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    return max(done)
 
 
 def resume(run_dir: Path | str, overrides: list[str] = (), *, force: bool = False, hooks=()) -> dict:

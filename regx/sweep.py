@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -23,21 +26,29 @@ class Jobs:
         self.count = 0
         self.failed: list[tuple[str, str]] = []  # (run directory, error)
         self.jobs: list[Path] = []
+        self.stopped: int | None = None  # the signal that stopped a job of this process
 
     def task(self, cfg):
         from hydra.core.hydra_config import HydraConfig
 
         from regx import train
-        from regx.runs import read_json
+        from regx.runs import DamagedFile, RunBusy, read_summary
 
         self.count += 1
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
+        multirun = str(hc.mode) == "RunMode.MULTIRUN"
+        if multirun and (self.stopped or (run_dir.parent / STOPPING).exists()):
+            print(f"regx: {run_dir.name}: not started (the sweep is stopping)")
+            return None
         share_machine(cfg, hc)
         absolute_paths(cfg)
         resume = False
         if self.resume:
-            summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+            try:
+                summary = read_summary(run_dir)
+            except DamagedFile:
+                summary = {}  # train() rebuilds it from the checkpoint
             if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
                 print(f"regx: {run_dir.name}: completed already, skipped")
                 return summary
@@ -48,9 +59,14 @@ class Jobs:
         optuna = "optuna" in str(hc.sweeper.get("_target_", "")).lower()
         try:
             summary = train.train(cfg, run_dir, resume=resume)
-        except train.RunFailed as exc:  # recorded in the run's summary.json; the sweep goes on
+        except (train.RunFailed, RunBusy) as exc:  # recorded in the run's summary.json; the sweep goes on
             self.failed.append((str(run_dir), str(exc)))
             return float("nan") if optuna else None  # a NaN objective marks the trial failed
+        except train.Interrupted as exc:  # checkpointed; in a sweep no further job starts
+            if not multirun:
+                raise
+            self.stopped = exc.code - 128  # the signal's number
+            return float("nan") if optuna else None
         return summary["best_val_acc"] if optuna else summary  # an optimizing sweeper needs the objective
 
     def collect(self, sweep_dir: str | Path) -> None:
@@ -66,9 +82,69 @@ class Jobs:
             try:
                 s = json.loads((job / "summary.json").read_text())
             except (OSError, ValueError):
-                s = {"status": "no summary"}
+                s = {"status": "not started" if (job.parent / STOPPING).exists() else "no summary"}
             rows.append((job.name, s.get("status", "?"), s.get("best_val_acc")))
         return rows
+
+
+STOPPING = ".stopping"  # in a sweep directory: a stop was asked for; no job starts (sweep-resume clears it)
+
+
+class SweepStop:
+    """A sweep's parent process, for the life of the sweep. The first SIGTERM or SIGINT marks the sweep
+    as stopping (no job starts after it) and passes SIGTERM on to the job processes (joblib's
+    workers), which checkpoint and stop while this process waits for them; a second SIGINT passes
+    SIGINT on, which stops them at once. Jobs that run in this process (the basic launcher) get the
+    signal themselves. `signum`: the first signal, or None."""
+
+    def __init__(self, sweep_dir: str | Path):
+        self.sweep_dir, self.signum, self._saved = Path(sweep_dir), None, {}
+
+    def __enter__(self):
+        (self.sweep_dir / STOPPING).unlink(missing_ok=True)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        if self.signum is not None and "joblib.externals.loky" in sys.modules:
+            from joblib.externals.loky import get_reusable_executor
+
+            get_reusable_executor().shutdown(wait=True)  # its workers end before this process does
+        return False
+
+    def _handle(self, signum, frame):
+        first = self.signum is None
+        if first:
+            self.signum = signum
+            (self.sweep_dir / STOPPING).touch()
+            os.write(2, f"regx: {signal.Signals(signum).name}: stopping the sweep: running jobs checkpoint and stop, "
+                        "no new job starts\n".encode())
+        for pid in job_processes():
+            try:
+                os.kill(pid, signal.SIGTERM if first else signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+
+def job_processes() -> list[int]:
+    """This process's children that may run jobs (not multiprocessing's resource tracker), from /proc
+    (Linux; elsewhere none are found and only the jobs in this process hear a stop)."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            if text[text.rindex(")") + 2:].split()[1] != me:
+                continue
+            if b"resource_tracker" in (stat.parent / "cmdline").read_bytes():
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append(int(stat.parent.name))
+    return found
 
 
 def share_machine(cfg, hc) -> None:
@@ -113,7 +189,8 @@ def failed_jobs(jobs: list[Path]) -> list[tuple[str, str]]:
         try:
             s = json.loads((job / "summary.json").read_text())
         except (OSError, ValueError):
-            failed.append((str(job), "no summary.json: the job died before training"))
+            if not (job.parent / STOPPING).exists():  # else the stop came before it started
+                failed.append((str(job), "no summary.json: the job died before training"))
             continue
         if s.get("status") == "failed":
             failed.append((str(job), s.get("error") or "failed"))

@@ -4,11 +4,12 @@
     RunState                             what changes as it trains; exactly a checkpoint's `state`
     Recorder (record.py)                 everything written to the run directory but checkpoints
     Ranks (distributed.py)               torchrun's processes; a no-op for one
-    hooks (engine.py)                    progress, stop polling, mid-epoch checkpoints, the NaN check
+    hooks (engine.py)                    progress, stop polling, mid-epoch checkpoints, the loss check (divergence)
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -27,10 +28,10 @@ from regx.data import Data, Split, iterate, load_config, stratified_split, to_de
 from regx.diagnose import remedies, verdict
 from regx.distributed import Ranks
 from regx.engine import (
+    Diverged,
     EpochResult,
     Hook,
-    NanCheck,
-    NonFiniteLoss,
+    LossCheck,
     Pipeline,
     StepInfo,
     StepParts,
@@ -45,7 +46,7 @@ from regx.models import MODELS, build_model, count_params, model_kwargs
 from regx.plots import pick_examples
 from regx.record import Recorder
 from regx.regularize import build_optimizer, penalty
-from regx.runs import CorruptCheckpoint, load_verified, newest_intact, save_checkpoint
+from regx.runs import CorruptCheckpoint, load_verified, newest_intact, owner, read_json, save_checkpoint
 from regx.schedules import EarlyStop, Plateau, lr_schedule, steps_per_epoch
 
 
@@ -54,20 +55,17 @@ class RunFailed(RuntimeError):
 
 
 def pick_device(spec: str) -> torch.device:
+    """auto: CUDA, else MPS, else the CPU; anything else is checked to exist (config.check_device)."""
+    from regx.config import check_device
+
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunFailed(f"device={spec}: CUDA is not available on this machine (use device=cpu or device=auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RunFailed(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RunFailed("device=mps: MPS is not available on this machine")
-    return device
+    check_device(spec)
+    return torch.device(spec)
 
 
 def cpu_has_bf16() -> bool:
@@ -108,8 +106,10 @@ class StopRequest:
         return self.signum is not None
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return  # a second SIGTERM (a sweep's parent passes a group's signal on): the first one counts
         self.signum = signum
         # no logging here: a handler can run while the logging lock is held
         os.write(2, f"regx: {signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
@@ -322,24 +322,26 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: 
 
     With resume=True, continue from the newest intact checkpoint in `run_dir/checkpoints`, mid-epoch
     if it was written mid-epoch: on CPU the result equals an uninterrupted run bit for bit (timing
-    aside). `hooks` run around every training step (engine.Hook). Raises RunFailed (summary status
+    aside). `hooks` run around every training step (engine.Hook). The process owns `run_dir` while it
+    trains (runs.owner): RunBusy, and nothing touched, when another process does. Raises RunFailed (summary status
     `failed`) on error, Interrupted after a SIGTERM/SIGINT (status `interrupted`, a checkpoint
     written) and KeyboardInterrupt on a second Ctrl-C.
     """
     ranks = Ranks()
-    rec = Recorder(cfg, Path(run_dir), main=ranks.main, resume=resume)
-    try:
-        with StopRequest() as stop:
-            return _run(cfg, rec, ranks, stop, resume, tuple(hooks))
-    except KeyboardInterrupt:
-        rec.interrupted()
-        raise
-    except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not isinstance(exc, RunFailed | ValueError | RuntimeError | OSError):
-            message = f"{type(exc).__name__}: {message}"
-        rec.failed(message)
-        raise RunFailed(message) from exc
+    with owner(run_dir, enabled=ranks.main):  # RunBusy while another process trains in run_dir
+        rec = Recorder(cfg, Path(run_dir), main=ranks.main, resume=resume)
+        try:
+            with StopRequest() as stop:
+                return _run(cfg, rec, ranks, stop, resume, tuple(hooks))
+        except KeyboardInterrupt:
+            rec.interrupted()
+            raise
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, RunFailed | ValueError | RuntimeError | OSError):
+                message = f"{type(exc).__name__}: {message}"
+            rec.failed(message)
+            raise RunFailed(message) from exc
 
 
 def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume: bool, hooks: tuple[Hook, ...]) -> dict:
@@ -356,6 +358,7 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
         rec.metrics(state.history)  # drop the rows written after that checkpoint
     parts.plan.apply(state.epoch + 1)
     rec.start(_facts(parts), state.wall_s, state.epoch + 1)
+    rec.progress(state)
     poll = StopPoll(stop, ranks, parts.device, 1 if parts.device.type == "cpu" else cfg.progress_every)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -369,7 +372,10 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
             rec.epoch(row, state, is_best=is_best)
             if poll.requested():
                 raise Interrupted(stop.signum or signal.SIGTERM)
-        rec.finish(_results(parts, state, ranks, rec))
+        results = _results(parts, state, ranks, rec, stop)
+        if stop():  # asked during the test evaluation's last moments: a resume redoes it
+            raise Interrupted(stop.signum)
+        rec.finish(results)
     finally:
         ranks.release()
         rec.close(state.history)
@@ -438,8 +444,8 @@ class MidEpochCheckpoint(Hook):
     """A checkpoint every `every` steps within an epoch, and at the step a stop was asked for; the NaN
     check first, so a checkpoint never holds a diverged state."""
 
-    def __init__(self, every: int, steps: int, nan: NanCheck, save_at):
-        self.every, self.steps, self.nan, self.save_at = every, steps, nan, save_at
+    def __init__(self, every: int, steps: int, loss_check: LossCheck, save_at):
+        self.every, self.steps, self.loss_check, self.save_at = every, steps, loss_check, save_at
 
     def after_step(self, info: StepInfo) -> None:
         i = info.tally.batches
@@ -447,7 +453,7 @@ class MidEpochCheckpoint(Hook):
             return
         if i == self.steps and not info.stop:
             return  # the end-of-epoch checkpoint follows at once
-        self.nan.check()
+        self.loss_check.check()
         info.tally.seconds = info.elapsed
         self.save_at(info)
 
@@ -466,20 +472,16 @@ def _train_epoch(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, epo
         state.step, state.wall_s = info.step + 1, rec.wall_s()
         save(parts, state, ranks, rec.run_dir / "checkpoints", hooks, best=False, tally=info.tally)
 
-    nan = NanCheck(device, 1 if device.type == "cpu" else cfg.progress_every, ranks.max)
+    loss_check = LossCheck(device, 1 if device.type == "cpu" else cfg.progress_every, loss_limit(parts, state), ranks.max)
     net = ranks.net(parts.model, trains, device, cfg.compile_mode if cfg.compile else None) or parts.eval_net
     with EpochProgress(f"epoch {epoch}/{cfg.epochs}", parts.steps, show=ranks.main) as bar:
         progress = [Progress(bar, refresh_every(cfg.progress_every, parts.steps))] if bar.active else []
-        every = MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, nan, save_at)
+        every = MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, loss_check, save_at)
         try:
             tr = train_one_epoch(net, parts.step, batches, first_step=state.step, tally=tally,
-                                 hooks=[nan, *progress, *hooks, poll, every])
-        except NonFiniteLoss as exc:
-            lr = parts.step.lr_at(exc.step)
-            rec.diverged({"step": exc.step, "epoch": epoch, "loss": str(exc.loss), "lr": lr})
-            raise RunFailed(f"loss became {exc.loss} at step {exc.step} (epoch {epoch}, lr {lr:.4g}); checkpoints "
-                            f"keep the last finite state: lower the learning rate (lr={cfg.lr / 10:g}) or add "
-                            f"warmup (sched.warmup_epochs=1)") from None
+                                 hooks=[loss_check, *progress, *hooks, poll, every])
+        except Diverged as exc:
+            raise _diverged(parts, rec, epoch, exc) from None
     if not tr.finished and tr.steps < parts.steps:
         raise Interrupted(poll.stop.signum or signal.SIGTERM)
     state.step = epoch_start + tr.steps
@@ -491,9 +493,30 @@ def _train_epoch(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, epo
     return tr
 
 
-def _evaluate(parts: Parts, split: Split) -> tuple[float, float]:
-    loss, acc, _ = evaluate(parts.eval_net, iterate(split, parts.cfg.eval_batch_size, device=parts.device,
-                                                    workers=parts.cfg.data.workers),
+def loss_limit(parts: Parts, state: RunState) -> float:
+    """The training loss above which a run has diverged: 100 times the larger of ln(classes) (what
+    a uniform guess scores) and the first epoch's mean loss."""
+    first = state.history[0]["train_loss"] if state.history else 0.0
+    return 100 * max(math.log(parts.data.num_classes), first)
+
+
+def _diverged(parts: Parts, rec: Recorder, epoch: int, exc: Diverged) -> RunFailed:
+    """The run's end when its loss diverged: the step, the loss, the lr, and what is on disk."""
+    lr = parts.step.lr_at(exc.step)
+    rec.diverged({"step": exc.step, "epoch": epoch, "loss": str(exc.loss), "limit": exc.limit, "lr": lr})
+    last = rec.run_dir / "checkpoints" / "last.pt.json"
+    try:
+        m = read_json(last)
+        kept = f"the newest checkpoint (epoch {m['epoch']}, step {m['step']}) is from before it"
+    except (OSError, ValueError, KeyError):
+        kept = "no checkpoint was written before it"
+    return RunFailed(f"{exc} (epoch {epoch}, lr {lr:.4g}): the run diverged; {kept}. Lower the learning rate "
+                     f"(lr={parts.cfg.lr / 10:g}) or add warmup (sched.warmup_epochs=1)")
+
+
+def _evaluate(parts: Parts, split: Split, stop: StopRequest | None = None) -> tuple[float, float]:
+    batches = iterate(split, parts.cfg.eval_batch_size, device=parts.device, workers=parts.cfg.data.workers)
+    loss, acc, _ = evaluate(parts.eval_net, batches if stop is None else _until_stopped(batches, stop),
                             pipeline=parts.step.pipeline, amp=parts.step.amp)
     return loss, acc
 
@@ -525,20 +548,45 @@ def _end_epoch(parts: Parts, state: RunState, rec: Recorder, epoch: int, trains:
     return row, is_best
 
 
-def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder) -> dict:
-    """After the last epoch: the DDP agreement check, the test split on best.pt, the verdict."""
+def _best_weights(rec: Recorder, device: torch.device) -> dict:
+    """best.pt's weights for the test evaluation; when best.pt is missing or fails to verify or load,
+    the newest intact checkpoint's, saying so (summary.json's `test_checkpoint` names the file)."""
+    ckpt_dir = rec.run_dir / "checkpoints"
+    try:
+        ckpt = load_verified(ckpt_dir / "best.pt", map_location=device)
+        rec.summary["test_checkpoint"] = "best.pt"
+    except CorruptCheckpoint as exc:
+        try:
+            path, ckpt, _ = newest_intact(ckpt_dir, map_location=device)
+        except CorruptCheckpoint as none:
+            raise RunFailed(f"no checkpoint to test: {none}") from None
+        rec.log.warning("%s; the test evaluation uses %s (epoch %d) instead", exc, path.name, ckpt["state"]["epoch"])
+        rec.summary["test_checkpoint"] = path.name
+    return ckpt["model"]
+
+
+def _until_stopped(batches, stop: StopRequest):
+    """`batches`, ending with Interrupted when a stop is asked for."""
+    for batch in batches:
+        if stop():
+            raise Interrupted(stop.signum)
+        yield batch
+
+
+def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: StopRequest) -> dict:
+    """After the last epoch: the DDP agreement check, the test split on best.pt, the verdict. A stop
+    asked for during the test evaluation ends it (Interrupted): `regx resume` evaluates again."""
     cfg, device, test = parts.cfg, parts.device, parts.data.test
     out = {}
     agreement = ranks.agreement(parts.model, state.history[-1]["val_acc"] if state.history else None)
     if agreement:
         out["ddp"] = agreement
     out.update(test_acc=None, test_loss=None)
-    best = rec.run_dir / "checkpoints" / "best.pt"
-    if ranks.main and test is not None and len(test) and best.is_file():
-        parts.model.load_state_dict(load_verified(best, map_location=device)["model"])
-        out["test_loss"], out["test_acc"] = _evaluate(parts, test)
+    if ranks.main and test is not None and len(test):
+        parts.model.load_state_dict(_best_weights(rec, device))
+        out["test_loss"], out["test_acc"] = _evaluate(parts, test, stop)
         if cfg.dropout.mc_samples > 0:
-            batches = iterate(test, cfg.eval_batch_size, device=device, workers=cfg.data.workers)
+            batches = _until_stopped(iterate(test, cfg.eval_batch_size, device=device, workers=cfg.data.workers), stop)
             out["mc_test_acc"], out["mc_entropy"] = mc_dropout(parts.eval_net, batches, pipeline=parts.step.pipeline,
                                                                amp=parts.step.amp, samples=cfg.dropout.mc_samples)
             rec.log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",

@@ -23,13 +23,27 @@ REGX = [sys.executable, "-m", "regx"]
 FAULTY = [sys.executable, str(REPO / "tests" / "fault_main.py")]
 
 
-def run_regx(args, cwd, env=None, timeout=300, fault=None):
-    """Run `regx ARGS` in a subprocess, as a user would; with `fault` (tests/fault_main.py's KIND@STEP)
-    a fault hook is installed in that process first. Returns CompletedProcess (text)."""
+def _command(args, env, fault):
     full_env = {k: v for k, v in os.environ.items() if k != "REGX_DEBUG"}
     full_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(THREADS), **(env or {}))
-    cmd = [*FAULTY, fault] if fault else REGX
-    return subprocess.run([*cmd, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return [*([*FAULTY, fault] if fault else REGX), *[str(a) for a in args]], full_env
+
+
+def run_regx(args, cwd, env=None, timeout=300, fault=None, new_session=False):
+    """Run `regx ARGS` in a subprocess, as a user would; with `fault` (tests/fault_main.py's KIND@STEP)
+    a fault hook is installed in that process first; with `new_session` it leads its own process
+    group (a signal to the group reaches nothing else). Returns CompletedProcess (text)."""
+    cmd, full_env = _command(args, env, fault)
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=new_session)
+
+
+def start_regx(args, cwd, fault=None) -> subprocess.Popen:
+    """run_regx without waiting: a Popen leading its own process group, output to cwd/out.txt."""
+    cmd, full_env = _command(args, None, fault)
+    out = open(Path(cwd) / "out.txt", "w")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ STEP is the global optimizer step, counted from 0. KIND:
   int2      two SIGINTs during step STEP (a user pressing Ctrl-C twice)
   killsave  SIGKILL after the first checkpoint at or after step STEP is written to its temporary file,
             before the rename that would publish it
+  termgroup SIGTERM to the whole process group during step STEP (SLURM, docker stop, systemd)
+  wait      before step STEP, create ./waiting and wait until ./go exists (a run kept alive while a
+            test does something beside it)
 In-process tests pass `Fault(...)` to `train(..., hooks=[...])` directly.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +32,7 @@ from regx.engine import Hook
 class Fault(Hook):
     def __init__(self, spec: str):
         kind, _, step = spec.partition("@")
-        if kind not in ("kill", "nan", "term", "int", "int2", "killsave") or not step.isdigit():
+        if kind not in ("kill", "nan", "term", "int", "int2", "killsave", "termgroup", "wait") or not step.isdigit():
             raise ValueError(f"bad fault {spec!r}: KIND@STEP")
         self.kind, self.at, self.step, self.model = kind, int(step), -1, None
 
@@ -44,6 +48,14 @@ class Fault(Hook):
         elif self.kind in ("term", "int", "int2"):
             for _ in range(2 if self.kind == "int2" else 1):
                 os.kill(os.getpid(), signal.SIGTERM if self.kind == "term" else signal.SIGINT)
+        elif self.kind == "termgroup":
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+        elif self.kind == "wait":
+            Path("waiting").touch()
+            for _ in range(6000):
+                if Path("go").exists():
+                    break
+                time.sleep(0.02)
         elif self.kind == "nan":
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("nan"))

@@ -8,6 +8,7 @@ fourth batch of epoch 2.
 
 import errno
 import json
+import math
 import os
 import pickle
 import shutil
@@ -224,10 +225,24 @@ def test_nan_loss_stops_with_step_loss_and_lr_and_keeps_checkpoints_finite(tmp_p
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def test_a_diverging_learning_rate_fails_the_same_way(tmp_path):
-    with pytest.raises(RunFailed, match=r"loss became (nan|inf) at step \d+ \(epoch 1, lr 1000\)"):
-        train(smoke_cfg("lr=1e3", "sched=constant", "optim=sgd"), tmp_path / "d")
-    assert summary(tmp_path / "d")["status"] == "failed"
+@pytest.mark.parametrize("overrides", [("lr=50", "optim=sgd", "wd=0"), ("lr=1e6", "optim=adamw", "decay=l2")])
+def test_a_loss_far_above_its_start_is_divergence_not_underfitting(tmp_path, overrides):
+    """Finite but exploding losses (1e19 and more on main, which called it underfitting and said
+    "train longer") stop the run at the first step above 100 x ln(classes)."""
+    with pytest.raises(RunFailed, match=r"loss (reached \S+|became \S+) at step \d+.* \(epoch 1, lr [\d.e+]+\): the run "
+                                        r"diverged; no checkpoint was written before it\. Lower the learning rate"):
+        train(smoke_cfg(*overrides, "sched=constant"), tmp_path / "d")
+    s = summary(tmp_path / "d")
+    assert s["status"] == "failed" and s["verdict"] == "diverged"
+    assert s["evidence"]["limit"] == pytest.approx(100 * math.log(10))
+    assert not (tmp_path / "d" / "checkpoints" / "last.pt").exists()
+
+
+def test_the_divergence_message_names_the_checkpoint_that_exists(tmp_path):
+    with pytest.raises(RunFailed, match=r"the newest checkpoint \(epoch 1, step 8\) is from before it"):
+        run_with(tmp_path, "n", "nan@9")
+    manifest = json.loads((tmp_path / "n" / "checkpoints" / "last.pt.json").read_text())
+    assert (manifest["epoch"], manifest["step"]) == (1, 8)
 
 
 def bad_folder(root):

@@ -221,17 +221,37 @@ def iterate(
 
     first = stops[start] if start < len(stops) else n
     last = min(stops[-1] + batch_size, n) if stops else 0
-    loader = torch.utils.data.DataLoader(
+    sampler = idx[first:last].tolist()
+    loader = data_loader(
         FileDataset(split.paths, split.y, split.image_size),
         batch_size=batch_size,
-        sampler=idx[first:last].tolist(),
+        sampler=sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
     )
-    for xb, yb, ok in loader:
-        if not bool(ok.all()):
-            raise DataError(f"cannot decode {int((~ok).sum())} image(s) in this batch; run `regx check-data`")
+    done = 0
+    for xb, yb, why in loader:
+        bad = [f"{split.paths[sampler[done + i]]} ({w})" for i, w in enumerate(why) if w]
+        if bad:  # it decoded when the run began: changed or removed since
+            raise DataError(f"cannot decode {'; '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}; "
+                            "run `regx check-data`")
+        done += len(why)
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def _worker_init(_: int) -> None:
+    """A decoding worker leaves SIGINT and SIGTERM to the main process: a signal to the whole process
+    group (Ctrl-C, SLURM, docker stop) then stops the run after a step, with a checkpoint, instead of
+    killing the workers under it. The main process ends its workers itself."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
+    """torch's DataLoader, with workers that ignore stop signals (every DataLoader of regx)."""
+    return torch.utils.data.DataLoader(dataset, worker_init_fn=_worker_init, **kwargs)
 
 
 def to_device(data: Data, device: torch.device) -> Data:

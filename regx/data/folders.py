@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from regx.data.core import DataError, Split, log, register_loader
+from regx.data.core import DataError, Split, data_loader, log, register_loader
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -59,10 +59,17 @@ def scan_labelled(path: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def fit_image(im, size: int, mode: str = "RGB") -> torch.Tensor:
-    """A PIL image in `mode` (RGB or L), its shorter side resized to size and center-cropped: uint8 C,H,W."""
+    """A PIL image in `mode` (RGB or L), turned upright as its EXIF orientation says, 16-bit and float
+    pixels scaled (not clipped) to 8 bits, its shorter side resized to size and center-cropped:
+    uint8 C,H,W."""
     import numpy as np
     from PIL import Image, ImageOps
 
+    im = ImageOps.exif_transpose(im)  # a phone's portrait photo is stored sideways with a tag
+    if im.mode.startswith("I") or im.mode == "F":  # 16-bit PNG/TIFF ("I;16", "I") or 32-bit float
+        a = np.asarray(im, dtype=np.float64)
+        top = 1.0 if im.mode == "F" and a.max(initial=0) <= 1 else (65535.0 if a.max(initial=0) > 255 or "16" in im.mode else 255.0)
+        im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
     im = ImageOps.fit(im.convert(mode), (size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).view(size, size, -1).permute(2, 0, 1)
 
@@ -77,7 +84,24 @@ def decode(path: str, size: int, mode: str = "RGB") -> torch.Tensor:
         return fit_image(im, size, mode)
 
 
+def why_unreadable(exc: BaseException) -> str:
+    """What is wrong with an image file, in a few words, from the exception decoding it raised."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"over Pillow's size limit of {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can identify"
+    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
+        return "truncated"
+    text = " ".join(str(exc).split())[:120]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class FileDataset(torch.utils.data.Dataset):
+    """(uint8 image, label, why unreadable) per file; a file that does not decode gives a blank image
+    and the reason (an empty string when it decoded)."""
+
     def __init__(self, paths, labels, size):
         self.paths, self.labels, self.size = paths, labels, size
 
@@ -86,25 +110,41 @@ class FileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            return decode(self.paths[i], self.size), self.labels[i], True
-        except Exception:  # truncated, empty, or not an image: reported by the caller with its path
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], False
+            return decode(self.paths[i], self.size), self.labels[i], ""
+        except Exception as exc:  # truncated, empty, too large, or not an image: the caller names it
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], why_unreadable(exc)
 
 
-def check_images(items: list[tuple[str, int]], size: int, workers: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode every file; return (images, labels, bad paths)."""
+def check_images(items: list[tuple[str, int]], size: int, workers: int, *, keep: bool = True
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[str, str]]]:
+    """Decode every file; return (images, labels, bad files as (path, why)). keep=False checks
+    without keeping the pixels (a streamed folder): (None, None, bad)."""
     ds = FileDataset([p for p, _ in items], torch.tensor([lab for _, lab in items], dtype=torch.long), size)
-    xs, ys, oks = [], [], []
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers)
-    for xb, yb, ok in loader:
-        xs.append(xb)
-        ys.append(yb)
-        oks.append(ok)
+    xs, ys, oks, bad = [], [], [], []
+    loader = data_loader(ds, batch_size=256, num_workers=workers)
+    start = 0
+    for xb, yb, why in loader:
+        ok = torch.tensor([not w for w in why], dtype=torch.bool)
+        bad += [(items[start + i][0], w) for i, w in enumerate(why) if w]
+        start += len(why)
+        if keep:
+            xs.append(xb)
+            ys.append(yb)
+            oks.append(ok)
+    if not keep:
+        return None, None, bad
     if not xs:
         return torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.long), []
     ok = torch.cat(oks)
-    bad = [items[i][0] for i in torch.nonzero(~ok).flatten().tolist()]
     return torch.cat(xs)[ok], torch.cat(ys)[ok], bad
+
+
+def _bad_images(bad: list[tuple[str, str]], on_bad_image: str) -> None:
+    """Unreadable images: a DataError naming each (with why), or with on_bad_image=skip a warning."""
+    shown = "; ".join(f"{path} ({why})" for path, why in bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20 else "")
+    if on_bad_image != "skip":
+        raise DataError(f"{len(bad)} unreadable image(s): {shown} (data.on_bad_image=skip skips them)")
+    log.warning("imagefolder: skipped %d unreadable image(s): %s", len(bad), shown)
 
 
 def _folder_key(items: dict, size: int) -> str:
@@ -127,7 +167,13 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     n_total = sum(len(v) for v in items.values())
     decoded_gb = n_total * 3 * image_size * image_size / 1e9
     if stream or (stream is None and decoded_gb > max_memory_gb):
-        log.info("imagefolder: streaming %d images (%.1f GB decoded > data.max_memory_gb)", n_total, decoded_gb)
+        log.info("imagefolder: streaming %d images (%.1f GB decoded > data.max_memory_gb); checking that each decodes",
+                 n_total, decoded_gb)
+        bad = [b for k in items for b in check_images(items[k], image_size, workers, keep=False)[2]]
+        if bad:
+            _bad_images(bad, on_bad_image)
+            gone = {path for path, _ in bad}
+            items = {k: [(p, lab) for p, lab in v if p not in gone] for k, v in items.items()}
 
         def as_split(v):
             return Split(y=torch.tensor([lab for _, lab in v], dtype=torch.long), paths=[p for p, _ in v], image_size=image_size) if v else None
@@ -150,11 +196,7 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
             all_bad.extend(bad)
             splits[k] = Split(y=y, x=x)
     if all_bad:
-        if on_bad_image != "skip":
-            shown = ", ".join(all_bad[:20]) + (f" and {len(all_bad) - 20} more" if len(all_bad) > 20 else "")
-            raise DataError(f"{len(all_bad)} unreadable image(s): {shown} (data.on_bad_image=skip skips them)")
-        log.warning("imagefolder: skipped %d unreadable image(s): %s%s", len(all_bad), ", ".join(all_bad[:20]),
-                    f" and {len(all_bad) - 20} more" if len(all_bad) > 20 else "")
+        _bad_images(all_bad, on_bad_image)
     blob = {"classes": classes}
     for k, s in splits.items():
         blob[f"{k}_x"], blob[f"{k}_y"] = s.x, s.y
@@ -164,8 +206,8 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     return splits["train"], splits.get("val"), splits.get("test"), classes, 3
 
 
-def check_data(data_cfg) -> tuple[list[str], list[str]]:
-    """`regx check-data`: (report lines, unreadable files) without training. An image folder is
+def check_data(data_cfg) -> tuple[list[str], list[tuple[str, str]]]:
+    """`regx check-data`: (report lines, unreadable files with why) without training. An image folder is
     scanned and every file decoded; other sets are loaded as a run would load them."""
     from regx.data.core import load_config
 
@@ -181,7 +223,7 @@ def check_data(data_cfg) -> tuple[list[str], list[str]]:
     items, classes = scan_folder(data_cfg.path)
     lines, bad = [f"{data_cfg.path}: {len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"], []
     for split, split_items in items.items():
-        _, _, split_bad = check_images(split_items, data_cfg.image_size or 32, data_cfg.workers)
+        _, _, split_bad = check_images(split_items, data_cfg.image_size or 32, data_cfg.workers, keep=False)
         bad.extend(split_bad)
         counts = [0] * len(classes)
         for _, label in split_items:

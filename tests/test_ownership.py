@@ -1,0 +1,123 @@
+"""One owner per run directory, and stop signals that reach every process of a run or a sweep.
+
+Each test here runs real processes: a run kept alive by tests/fault_main.py's `wait` fault while a
+second process tries to take its directory, a group SIGTERM to a run whose DataLoader workers
+decode a streamed folder, and a SIGTERM to a joblib sweep's parent.
+"""
+
+import importlib.util
+import json
+import os
+import platform
+import signal
+import time
+
+import pytest
+
+from regx.runs import RunBusy, owner, read_metrics, verify_checkpoint
+from tests.conftest import run_regx, start_regx, write_images
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("waited too long")
+        time.sleep(0.02)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_live_run_keeps_its_directory_from_a_second_owner(tmp_path, cli):
+    run = tmp_path / "run"
+    live = start_regx(["train", "debug=smoke", "epochs=2", "checkpoint.every_steps=1", f"hydra.run.dir={run}"],
+                      tmp_path, fault="wait@3")
+    try:
+        wait_for(lambda: (tmp_path / "waiting").exists())
+        stray = run / "checkpoints" / ".last.pt.tmp-999999"  # what a killed writer leaves; the owner's to clean
+        stray.write_bytes(b"x")
+        before = sorted(p.name for p in run.rglob("*"))
+        for attempt in (["resume", str(run)], ["resume", str(run), "epochs=4"]):
+            res = cli(*attempt)
+            assert res.returncode == 1, res.stderr
+            line = res.stderr.strip()
+            assert "\n" not in line and f"in use by pid {live.pid} on {platform.node()}" in line
+        assert sorted(p.name for p in run.rglob("*")) == before  # nothing removed, nothing written
+        (tmp_path / "go").touch()
+        assert live.wait(timeout=120) == 0, (tmp_path / "out.txt").read_text()
+    finally:
+        live.kill()
+    s = summary(run)
+    assert s["status"] == "completed" and s["epochs_done"] == 2 and s["pid"] == live.pid
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == ["1", "2"]
+    log = (run / "train.log").read_text()
+    assert log.count("epoch 1/2") == 1 and log.count("epoch 2/2") == 1
+    res = cli("resume", str(run))  # the owner is gone: the lock went with it
+    assert res.returncode == 0 and "nothing to do" in res.stdout
+
+
+def test_the_lock_is_per_directory_and_released_on_exit(tmp_path):
+    with owner(tmp_path / "a"):
+        with pytest.raises(RunBusy, match="in use by this process"):
+            with owner(tmp_path / "a"):
+                pass
+        with owner(tmp_path / "b"):  # another directory: another owner
+            pass
+    with owner(tmp_path / "a"):  # released
+        pass
+
+
+def test_a_group_sigterm_stops_a_streaming_run_with_a_checkpoint(tmp_path, cli):
+    """SLURM, docker and systemd signal the whole group: the DataLoader workers must leave the stop
+    to the main process (on main before this, they died and the run failed with no checkpoint)."""
+    root = tmp_path / "imgs"
+    write_images(root, per_class=12)
+    run = tmp_path / "run"
+    args = ["train", "debug=smoke", "data=imagefolder", f"data.path={root}", "data.image_size=16", "data.stream=true",
+            "data.workers=2", "batch_size=8", "epochs=3", f"hydra.run.dir={run}"]
+    stopped = run_regx(args, tmp_path, fault="termgroup@5", new_session=True)
+    assert stopped.returncode == 143, stopped.stdout + stopped.stderr
+    assert summary(run)["status"] == "interrupted"
+    verify_checkpoint(run / "checkpoints" / "last.pt")
+    res = cli("resume", str(run))
+    assert res.returncode == 0, res.stderr
+    assert summary(run)["status"] == "completed"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+                    reason="needs hydra-joblib-launcher (pip install 'regx[sweeps]')")
+def test_sigterm_to_a_joblib_sweep_stops_every_job_and_sweep_resume_finishes_them(tmp_path, cli):
+    sweeps = tmp_path / "outputs" / "sweeps"
+    parent = start_regx(["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke",
+                         "epochs=40", "seed=0,1,2"], tmp_path)
+    try:
+        def running():
+            jobs = [j for j in sweeps.glob("*/*") if (j / "checkpoints" / "last.pt").is_file()]
+            return len(jobs) >= 2
+        wait_for(running)
+        os.kill(parent.pid, signal.SIGTERM)
+        assert parent.wait(timeout=120) == 143
+    finally:
+        parent.kill()
+    out = (tmp_path / "out.txt").read_text()
+    (sweep,) = sweeps.iterdir()
+    assert f"finish it with: regx sweep-resume {sweep.relative_to(tmp_path)}" in out
+    wait_for(lambda: not group_alive(parent.pid), timeout=15)  # no job process is left training as an orphan
+    statuses = {j.name: summary(j)["status"] for j in sweep.iterdir() if (j / "summary.json").is_file()}
+    assert list(statuses.values()).count("interrupted") >= 2 and "running" not in statuses.values()
+    res = cli("sweep-resume", str(sweep))
+    assert res.returncode == 0, res.stderr
+    jobs = [j for j in sweep.iterdir() if j.is_dir()]
+    assert len(jobs) == 3 and all(summary(j)["status"] == "completed" and summary(j)["epochs_done"] == 40 for j in jobs)
+    for job in jobs:
+        assert [int(r["epoch"]) for r in read_metrics(job / "metrics.csv")] == list(range(1, 41))
