@@ -196,9 +196,9 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     primary = str(Path(where["-cp"]).expanduser().resolve()) if "-cp" in where else None
     config.register()
     if not info_only:
+        _check_output(args, multirun)
         _refuse_existing(args, multirun, resume_jobs)
         errors.preflight(overrides, where.get("-cd"), primary, where.get("-cn", "train"))
-        _check_output(args, multirun)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors reach _guarded: one line, not Hydra's traceback
     import hydra
 

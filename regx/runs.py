@@ -228,27 +228,52 @@ def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool, before_rename=No
     """Write last.pt atomically with its manifest (last.pt.json: size and sha256), keeping the one
     before it as prev.pt; when best, make best.pt the same file (a hard link, else a copy).
 
-    Every step is a rename, so a kill at any point leaves at least one checkpoint whose manifest
-    matches it; `newest_intact` finds it.
+    Each file is published by a rename, after its manifest, which also lists the file it replaces:
+    a kill or a full disk at any point leaves every checkpoint matching its manifest (the new entry
+    or the one before), and `newest_intact` finds the newest.
     """
     import torch
 
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getbuffer()
-    manifest = {"file": "last.pt", "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
-                "epoch": state.get("state", {}).get("epoch"), "step": state.get("state", {}).get("step")}
+    entry = {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+             "epoch": state.get("state", {}).get("epoch"), "step": state.get("state", {}).get("step")}
     last = ckpt_dir / "last.pt"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if last.is_file():
+        old = _entries(last)
+        if old:
+            _write_manifest(ckpt_dir / "prev.pt", old[0])
         _link(last, ckpt_dir / "prev.pt")
-        if _manifest_path(last).is_file():
-            write_json(_manifest_path(ckpt_dir / "prev.pt"), {**read_json(_manifest_path(last)), "file": "prev.pt"})
-    write_atomic(last, lambda f: f.write(payload), before_rename=before_rename)
-    write_json(_manifest_path(last), manifest)
+
+    def publish(tmp):
+        _write_manifest(last, entry)
+        if before_rename is not None:
+            before_rename(tmp)
+
+    write_atomic(last, lambda f: f.write(payload), before_rename=publish)
     if best:
+        _write_manifest(ckpt_dir / "best.pt", entry)
         _link(last, ckpt_dir / "best.pt")
-        write_json(_manifest_path(ckpt_dir / "best.pt"), {**manifest, "file": "best.pt"})
+
+
+def _entries(ckpt: Path) -> list[dict]:
+    """What a checkpoint's manifest says it may hold: the newest entry first, then the one (or two) it
+    replaced, in case the file was not published after its manifest was."""
+    try:
+        m = read_json(_manifest_path(ckpt))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(m, dict) or "sha256" not in m:
+        return []
+    return [{k: m.get(k) for k in ("size", "sha256", "epoch", "step")}, *m.get("before", [])]
+
+
+def _write_manifest(ckpt: Path, entry: dict) -> None:
+    """Before `ckpt` is replaced by the file `entry` describes: its manifest, keeping the entry of the
+    file it replaces (and that one's predecessor)."""
+    write_json(_manifest_path(ckpt), {"file": ckpt.name, **entry, "before": _entries(ckpt)[:2]})
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -280,13 +305,14 @@ def verify_checkpoint(path: Path) -> None:
     except ValueError as exc:
         raise CorruptCheckpoint(f"{manifest_file} is unreadable ({exc})") from exc
     size = path.stat().st_size
-    if size != manifest.get("size"):
+    allowed = [e for e in _entries(path) if e.get("size") == size]
+    if not allowed:
         raise CorruptCheckpoint(f"{path} is corrupt: {size} bytes, its manifest says {manifest.get('size')}")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    if digest.hexdigest() != manifest.get("sha256"):
+    if all(digest.hexdigest() != e.get("sha256") for e in allowed):
         raise CorruptCheckpoint(f"{path} is corrupt: its sha256 does not match its manifest")
 
 
