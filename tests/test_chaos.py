@@ -1,0 +1,49 @@
+"""Chaos: a streamed-folder run with a checkpoint after every step, stopped 20 times at random steps
+by SIGKILL (also while a checkpoint is being written), SIGTERM to the process and SIGTERM to its whole
+process group, each time resumed. It must end exactly where an uninterrupted run ends."""
+
+import json
+import random
+
+import pytest
+
+from regx.runs import load_checkpoint, newest_intact, read_metrics, verify_checkpoint
+from tests.conftest import assert_same_state, metric_rows, run_regx, write_images
+
+KINDS = ("kill", "killsave", "term", "termgroup")
+EXIT = {"kill": -9, "killsave": -9, "term": 143, "termgroup": 143}
+
+
+@pytest.mark.slow
+def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_path):
+    root = tmp_path / "imgs"
+    write_images(root, per_class=10, size=(24, 20))
+    args = ["debug=smoke", "data=imagefolder", f"data.path={root}", "data.image_size=16", "data.stream=true",
+            "data.workers=2", "batch_size=4", "epochs=5", "checkpoint.every_steps=1", "aug=flip_rotate"]
+    ref = run_regx(["train", *args, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    total = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["state"]["step"]
+    run, rng, step, log = tmp_path / "run", random.Random(2026), 0, []
+    for i in range(20):
+        kind = rng.choice(KINDS)
+        at = max(2, step + rng.randint(0, 2))  # the first stop comes after a checkpoint exists
+        cmd = ["train", *args, f"hydra.run.dir={run}"] if i == 0 else ["resume", str(run)]
+        res = run_regx(cmd, tmp_path, fault=f"{kind}@{at}", new_session=True)
+        log.append((kind, at, res.returncode))
+        if at < total:
+            assert res.returncode == EXIT[kind], (log, res.stdout[-2000:], res.stderr[-2000:])
+        step = newest_intact(run / "checkpoints")[1]["state"]["step"]
+        if step >= total:
+            break
+    res = run_regx(["resume", str(run)], tmp_path)
+    assert res.returncode == 0, (log, res.stderr)
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [str(e) for e in range(1, 6)]
+    assert metric_rows(run) == metric_rows(tmp_path / "ref")
+    assert_same_state(load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt"))
+    for ckpt in (run / "checkpoints").glob("*.pt"):
+        verify_checkpoint(ckpt)
+    json.loads((run / "summary.json").read_text())
+    assert not list(run.rglob(".*.tmp-*")) and not (run / ".reserve").exists()
+    assert len(log) == 20 and all(code == EXIT[kind] for kind, _, code in log), log  # every round stopped it
+    assert {kind for kind, _, _ in log} == set(KINDS), log
