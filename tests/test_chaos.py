@@ -24,8 +24,9 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
     assert ref.returncode == 0, ref.stderr
     total = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["state"]["step"]
     run, rng, step, log = tmp_path / "run", random.Random(2026), 0, []
-    for i in range(20):
-        kind = rng.choice(KINDS)
+    kinds = list(KINDS) * 5  # 20 stops, five of each kind, in a random order
+    rng.shuffle(kinds)
+    for i, kind in enumerate(kinds):
         at = max(2, step + rng.randint(0, 2))  # the first stop comes after a checkpoint exists
         cmd = ["train", *args, f"hydra.run.dir={run}"] if i == 0 else ["resume", str(run)]
         res = run_regx(cmd, tmp_path, fault=f"{kind}@{at}", new_session=True)
