@@ -8,8 +8,9 @@ leaves a half-written checkpoint, summary or metrics file.
     <run>/checkpoints/last.pt  plain dicts that load with torch.load(..., weights_only=True)
     <run>/checkpoints/prev.pt  the checkpoint before last.pt: the fallback when last.pt is damaged
     <run>/checkpoints/best.pt  the best epoch (a hard link to what was last.pt then)
-    <run>/checkpoints/*.pt.json  each checkpoint's manifest: size and sha256
+    <run>/checkpoints/*.pt.json  each checkpoint's manifest: size and sha256 (and the file it replaced)
     <run>/train.log
+    <run>/.lock                its owner while it trains (runs.owner); .reserve: room for its last words
 
 torch is imported only where a checkpoint is read or written: `regx train --help` stays fast.
 """
