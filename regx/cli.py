@@ -602,7 +602,7 @@ def _guarded(command, args: list[str]) -> int:
         if isinstance(exc, BadInput | ConfigError):
             return _error(str(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if type(exc).__name__ == "DataError":  # data that cannot be loaded: a failure, not a typo
+        if type(exc).__name__ in ("DataError", "RunBusy"):  # a failure, not a typo; the line says it all
             return _error(first, 1)
         if isinstance(exc, OSError):  # a full disk, a read-only folder, a name too long: the file and why
             from regx.runs import WriteFailed

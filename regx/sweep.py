@@ -66,6 +66,7 @@ class Jobs:
             if not multirun:
                 raise
             self.stopped = exc.code - 128  # the signal's number
+            (run_dir.parent / STOPPING).touch()
             return float("nan") if optuna else None
         return summary["best_val_acc"] if optuna else summary  # an optimizing sweeper needs the objective
 

@@ -121,3 +121,29 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_sweep_resume_finishes_the
     assert len(jobs) == 3 and all(summary(j)["status"] == "completed" and summary(j)["epochs_done"] == 12 for j in jobs)
     for job in jobs:
         assert [int(r["epoch"]) for r in read_metrics(job / "metrics.csv")] == list(range(1, 13))
+
+
+def test_a_stopped_sweep_in_one_process_starts_no_further_job(tmp_path, monkeypatch, cli):
+    """The basic launcher runs jobs in this process: the job that hears SIGTERM checkpoints, the rest
+    do not start, and sweep-resume finishes both."""
+    import regx.train
+    from tests.fault_main import Fault
+
+    original, calls = regx.train.train, []
+
+    def first_is_stopped(cfg, run_dir, **kw):
+        calls.append(run_dir)
+        return original(cfg, run_dir, hooks=[Fault("term@3")] if len(calls) == 1 else [], **kw)
+
+    monkeypatch.setattr(regx.train, "train", first_is_stopped)
+    res = cli("train", "-m", "debug=smoke", "epochs=2", "seed=0,1")
+    assert res.returncode == 143, res.stderr
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    assert f"finish it with: regx sweep-resume {sweep.relative_to(tmp_path)}" in res.stderr
+    assert "jobs failed" not in res.stderr and len(calls) == 1
+    jobs = sorted(j for j in sweep.iterdir() if j.is_dir())
+    assert summary(jobs[0])["status"] == "interrupted" and not (jobs[1] / "summary.json").exists()
+    monkeypatch.undo()
+    res = cli("sweep-resume", str(sweep))
+    assert res.returncode == 0, res.stderr
+    assert all(summary(j)["status"] == "completed" for j in jobs)
