@@ -11,10 +11,11 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from regx.signals import StopSignals
 
 
 class Jobs:
@@ -91,7 +92,7 @@ class Jobs:
 STOPPING = ".stopping"  # in a sweep directory: a stop was asked for; no job starts (sweep-resume clears it)
 
 
-class SweepStop:
+class SweepStop(StopSignals):
     """A sweep's parent process, for the life of the sweep. The first SIGTERM or SIGINT marks the sweep
     as stopping (no job starts after it) and passes SIGTERM on to the job processes (joblib's
     workers), which checkpoint and stop while this process waits for them; a second SIGINT passes
@@ -99,18 +100,15 @@ class SweepStop:
     signal themselves. `signum`: the first signal, or None."""
 
     def __init__(self, sweep_dir: str | Path):
-        self.sweep_dir, self.signum, self._saved = Path(sweep_dir), None, {}
+        super().__init__()
+        self.sweep_dir = Path(sweep_dir)
 
     def __enter__(self):
         (self.sweep_dir / STOPPING).unlink(missing_ok=True)
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc):
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
+        super().__exit__(*exc)
         if self.signum is not None and "joblib.externals.loky" in sys.modules:
             from joblib.externals.loky import get_reusable_executor
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from regx.record import Recorder
 from regx.regularize import build_optimizer, penalty
 from regx.runs import CorruptCheckpoint, load_verified, newest_intact, owner, read_json, save_checkpoint
 from regx.schedules import EarlyStop, Plateau, lr_schedule, steps_per_epoch
+from regx.signals import StopSignals
 
 
 class RunFailed(RuntimeError):
@@ -94,16 +94,9 @@ class Interrupted(KeyboardInterrupt):
         self.code = 128 + signum
 
 
-class StopRequest:
+class StopRequest(StopSignals):
     """The first SIGTERM/SIGINT asks the run to stop after the current step (what SLURM sends
-    before preemption); a second SIGINT stops at once. Handlers are installed only in the main thread."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._saved: dict = {}
-
-    def __call__(self) -> bool:
-        return self.signum is not None
+    before preemption); a second SIGINT stops at once."""
 
     def _handle(self, signum, frame):
         if self.signum is not None:
@@ -114,17 +107,6 @@ class StopRequest:
         # no logging here: a handler can run while the logging lock is held
         os.write(2, f"regx: {signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
                     f"{' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else ''}\n".encode())
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-        return False
 
 
 @dataclass
