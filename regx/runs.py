@@ -244,8 +244,8 @@ def save_checkpoint(state: dict, ckpt_dir: Path, *, best: bool, before_rename=No
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if last.is_file():
         old = _entries(last)
-        if old:
-            _write_manifest(ckpt_dir / "prev.pt", old[0])
+        if old:  # what last.pt holds, and what it may hold if its last publication was cut short
+            _write_manifest(ckpt_dir / "prev.pt", old[0], also=old[1:])
         _link(last, ckpt_dir / "prev.pt")
 
     def publish(tmp):
@@ -271,10 +271,10 @@ def _entries(ckpt: Path) -> list[dict]:
     return [{k: m.get(k) for k in ("size", "sha256", "epoch", "step")}, *m.get("before", [])]
 
 
-def _write_manifest(ckpt: Path, entry: dict) -> None:
-    """Before `ckpt` is replaced by the file `entry` describes: its manifest, keeping the entry of the
-    file it replaces (and that one's predecessor)."""
-    write_json(_manifest_path(ckpt), {"file": ckpt.name, **entry, "before": _entries(ckpt)[:2]})
+def _write_manifest(ckpt: Path, entry: dict, also: list[dict] = ()) -> None:
+    """Before `ckpt` is replaced by the file `entry` describes: its manifest, keeping the entries of
+    the file it replaces (`also`: other contents the new file may have)."""
+    write_json(_manifest_path(ckpt), {"file": ckpt.name, **entry, "before": [*also, *_entries(ckpt)][:3]})
 
 
 def _link(src: Path, dst: Path) -> None:

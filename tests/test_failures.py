@@ -374,3 +374,29 @@ def test_a_streamed_folder_is_checked_before_training(tmp_path, cli):
     res = cli("check-data", "data=imagefolder", f"data.path={root}", "data.image_size=16")
     assert res.returncode == 1 and f"unreadable: {root}/test/cat/trunc.jpg (truncated)" in res.stdout
 
+
+
+def test_a_checkpoint_cut_short_between_manifest_and_file_still_verifies(tmp_path):
+    """Each manifest is written before its file is published: a failure between the two (twice in a
+    row, even) leaves the old file matching the manifest's earlier entries."""
+    from regx.runs import newest_intact, save_checkpoint
+
+    def state(step):
+        return {"model": {"w": torch.full((3,), float(step))}, "state": {"epoch": step, "step": step}}
+
+    def cut(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ckpt = tmp_path / "checkpoints"
+    save_checkpoint(state(1), ckpt, best=True)
+    save_checkpoint(state(2), ckpt, best=False)
+    for step in (3, 4):
+        with pytest.raises(OSError):
+            save_checkpoint(state(step), ckpt, best=False, before_rename=cut)
+        for name in ("last.pt", "prev.pt", "best.pt"):
+            verify_checkpoint(ckpt / name)
+        assert newest_intact(ckpt)[1]["state"]["step"] == 2
+    save_checkpoint(state(5), ckpt, best=True)
+    for name in ("last.pt", "prev.pt", "best.pt"):
+        verify_checkpoint(ckpt / name)
+    assert newest_intact(ckpt)[1]["state"]["step"] == 5
