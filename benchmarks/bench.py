@@ -437,6 +437,41 @@ def machine(device: torch.device) -> dict:
     return out
 
 
+def tracker_cost(repeats: int = 20) -> dict:
+    """Seconds one epoch's logging takes in each installed tracker, on its embedded store (TensorBoard
+    files, MLflow's SQLite, W&B offline): what `logger=...` adds to every epoch."""
+    import importlib.util
+    import logging
+
+    from regx import config
+    from regx.trackers import make_trackers
+
+    row = {"epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.78, "gap": 0.02, "lr": 0.05,
+           "epoch_s": 10.0, "wall_s": 10.0, "img_per_s": 1000.0, "clean_train_loss": 0.5, "clean_train_acc": 0.8,
+           "trainable": "all", "trainable_params": 1000}
+    out, before = {}, os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # the embedded stores go under outputs/ here
+        try:
+            for name in ("tensorboard", "mlflow", "wandb"):
+                if importlib.util.find_spec(name) is None:
+                    continue
+                cfg = config.compose(["debug=smoke", f"logger={name}", "logger.mode=offline"])
+                run_dir = Path(tmp) / name
+                run_dir.mkdir()
+                (tracker,) = make_trackers(cfg, run_dir, 1, logging.getLogger("regx.bench"))
+                times = []
+                for epoch in range(1, repeats + 1):
+                    t0 = time.perf_counter()
+                    tracker.epoch({**row, "epoch": epoch})
+                    times.append(time.perf_counter() - t0)
+                tracker.finish({"status": "completed", "epochs_done": repeats, "test_acc": 0.7})
+                out[name] = {**_median_spread(times), "status": tracker.status}
+        finally:
+            os.chdir(before)
+    return out
+
+
 def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, tta: bool = False, log=print) -> dict:
     from regx.train import pick_precision
 
@@ -509,6 +544,11 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
             result["time_to_accuracy"] = t = time_to_accuracy(device_name)
             log(f"  time to {100 * t['target']:.0f}% val: " + (f"{t['reached']['seconds']:.1f}s (epoch {t['reached']['epoch']})"
                 if t["reached"] else "not reached") + f"; run {t['wall_s']:.1f}s, test {100 * t['test_acc']:.2f}%")
+        epoch_s = statistics.median(b - a for a, b in zip(w["epoch_wall_s"], w["epoch_wall_s"][1:]))
+        result["trackers"] = {"epoch_s": epoch_s, "per_epoch": tracker_cost()}
+        for name, t in result["trackers"]["per_epoch"].items():
+            log(f"  6. logger={name}: {1000 * t['median']:.1f} ms per epoch, {100 * t['median'] / epoch_s:.2f}% of an "
+                f"epoch ({epoch_s:.1f} s)")
         result["startup"] = startup(3 if quick else 5)
         s = result["startup"]
         log(f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
@@ -560,6 +600,12 @@ def section(r: dict) -> str:
         for o in r.get("onnx", []):
             lines.append(f"ONNX Runtime vs eager PyTorch, {o['model']} at {o['size']} px, batch {o['batch']}: "
                          f"{_fmt(o['onnxruntime'])} vs {_fmt(o['eager'])} img/s, x{o['ratio']:.2f}.")
+    if r.get("trackers"):
+        t = r["trackers"]
+        lines += ["", f"**6. Experiment trackers** (one epoch's logging: metrics.csv's row to the tracker's embedded "
+                  f"store; target under 1% of an epoch of section 3's run, {t['epoch_s']:.1f} s): " + "; ".join(
+                      f"`logger={name}` {1000 * c['median']:.1f} ms ({1000 * c['min']:.1f}-{1000 * c['max']:.1f}), "
+                      f"{100 * c['median'] / t['epoch_s']:.2f}%" for name, c in t["per_epoch"].items()) + "."]
     if r.get("time_to_accuracy"):
         t = r["time_to_accuracy"]
         reached = (f"{t['reached']['seconds']:.1f} s of training and evaluation (epoch {t['reached']['epoch']}; "

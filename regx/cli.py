@@ -254,6 +254,10 @@ def _sweep_summary(jobs, sweep_dir: str, stopped: int | None) -> int:
     """A sweep's end: one line per job, how many failed, and the command that tabulates them (or,
     when a signal stopped it, the command that finishes it)."""
     jobs.collect(sweep_dir)
+    if not stopped:
+        from regx.trackers import end_sweep
+
+        end_sweep(Path(sweep_dir), failed=bool(jobs.failed))
     if jobs.count == 0:  # the directory holds at most Hydra's multirun.yaml: nothing to keep
         for f in [*Path(sweep_dir).glob("multirun.yaml"), *Path(sweep_dir).glob(".lock")]:
             f.unlink()

@@ -227,6 +227,20 @@ class EarlyStopConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment trackers, as the `logger` group's options select them: one (`logger=mlflow`) or
+    several (`logger=[tensorboard,mlflow]`); each option sets its own flag."""
+
+    tensorboard: bool = False  # event files in <run>/tensorboard/
+    mlflow: bool = False
+    wandb: bool = False
+    tracking_uri: str | None = None  # mlflow: null is sqlite:///<cwd>/outputs/mlflow.db
+    experiment: str | None = None  # mlflow experiment / W&B project; null: the run's name (mlflow), regx (W&B)
+    log_model: bool = False  # mlflow, wandb: also upload best.pt as an artifact
+    mode: str = choice("online", "online|offline|disabled")  # wandb
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -254,12 +268,12 @@ class TrainConfig:
     compile_mode: str = choice("default", "default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs")
     name: str = "${model.name}_${data.name}"
     progress_every: int = num(25, ">= 1")  # steps between progress-bar refreshes (each one reads metrics back)
-    logger: str = choice("none", "none|tensorboard")  # tensorboard: event files in <run>/tensorboard/
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     notes: dict[str, Any] = field(default_factory=dict)  # free-form, kept with the run: +notes.why=baseline
 
 
 AUG_OPS = tuple(f.name for f in dataclasses.fields(AugConfig) if f.name != "name")
-GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "experiment", "debug",
+GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "logger", "experiment", "debug",
           "hparams_search")
 
 
@@ -380,8 +394,9 @@ def _check_between(c: DictConfig) -> None:
     _check(c.sched.min_lr <= c.lr, "sched.min_lr", c.sched.min_lr, f"must be in [0, lr={c.lr}]")
     _check_decay_stable(c)
     check_device(c.device)
-    if c.logger == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("logger=tensorboard needs the tensorboard package: pip install 'regx[tensorboard]'")
+    for tracker, module in (("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")):
+        if c.logger[tracker] and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"logger={tracker} needs the {module} package: pip install 'regx[{tracker}]'")
     if f.name == "scratch" and f.weights:
         raise ConfigError(f"finetune.weights={f.weights} is set but finetune=scratch starts from random weights: "
                           "use finetune=full, linear_probe or gradual")

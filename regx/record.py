@@ -1,7 +1,7 @@
 """The Recorder: the only writer of a run directory besides the checkpoints.
 
 It owns train.log and the terminal, config.yaml, summary.json, metrics.csv, curves.png,
-aug_preview.png and the loggers (TensorBoard). Under torchrun every rank holds one; only rank 0's
+aug_preview.png and the experiment trackers (regx.trackers). Under torchrun every rank holds one; only rank 0's
 writes anything, the others log warnings and errors only.
 """
 
@@ -53,7 +53,7 @@ class Recorder:
         self.t0 = time.perf_counter()
         self.wall_before = 0.0  # seconds the run trained before a resume
         self.drawn, self.last_draw, self.draw_cost = 0, float("-inf"), 0.0  # curves.png
-        self.loggers: list = []
+        self.trackers: list = []  # regx.trackers.Guarded, rank 0 only
         if main:
             write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             self._write_summary()
@@ -100,17 +100,23 @@ class Recorder:
         if self.main and not (resume and path.is_file()):
             save_aug_grid(path, images, self.cfg.aug, seed=self.cfg.seed)
 
-    def start(self, facts: dict, wall_before: float, first_epoch: int) -> None:
-        """`facts`: what build() made (device, precision, parameter counts, split sizes)."""
-        self.wall_before = wall_before
+    def start(self, facts: dict, state) -> None:
+        """`facts`: what build() made (device, precision, parameter counts, split sizes); `state`: where
+        the run starts (a resumed run's finished epochs)."""
+        from regx.trackers import make_trackers
+
+        self.wall_before = state.wall_s
         self.summary.update(facts)
         s, cfg = self.summary, self.cfg
         self.log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
                       cfg.name, cfg.model.name, f"{s['params']:,}", s["device"],
                       "fp32" if s["precision"] == "32" else s["precision"], s["n_train"], s["n_val"], s["n_test"],
                       s["image_size"], s["num_classes"], self.run_dir)
-        if cfg.logger == "tensorboard" and self.main:
-            self.loggers.append(_tensorboard(cfg, self.run_dir, first_epoch))
+        self.progress(state)
+        if self.main:
+            self.trackers = make_trackers(cfg, self.run_dir, state.epoch + 1, self.log)
+            for tracker in self.trackers:
+                tracker.start(state.history)
 
     # --- each epoch ----------------------------------------------------------------------------
 
@@ -135,8 +141,8 @@ class Recorder:
             write_metrics(self.run_dir / "metrics.csv", state.history)
             self._write_summary()
         self.draw_curves(state.history)
-        for logger in self.loggers:
-            logger.epoch(row, state.best_val_acc)
+        for tracker in self.trackers:
+            tracker.epoch(row)
         clean = "" if row["clean_train_acc"] is None else f"  clean train acc {100 * row['clean_train_acc']:6.2f}%"
         self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%% (as trained)%s  val loss %.4f acc %6.2f%%  gap %+5.1fpp  "
                       "lr %.3g  %.1fs  %s img/s%s", len(str(cfg.epochs)), row["epoch"], cfg.epochs, row["train_loss"],
@@ -194,12 +200,26 @@ class Recorder:
     def close(self, history: list[dict]) -> None:
         """However the run ended: the last curves, the loggers closed, the closing table."""
         self.draw_curves(history, final=True)  # every finished epoch
-        for logger in self.loggers:
-            logger.finish(self.summary)
         if self.main:
             self._reserve(False)
         if self.main and self.summary["status"] == "completed":
             print_summary(self.summary, self.log)
+
+
+    def end(self) -> None:
+        """The very end, once the run's status is final: the trackers' last words, and summary.json's
+        `loggers` (how each tracker fared)."""
+        if not self.trackers:
+            return
+        for tracker in self.trackers:
+            tracker.finish(self.summary)
+        from regx.trackers import status_of
+
+        self.summary["loggers"] = status_of(self.trackers)
+        try:
+            self._write_summary()
+        except OSError as exc:
+            sys.stderr.write(f"regx: warning: {exc}\n")
 
 
 def _resume_record(run_dir: Path, cfg: DictConfig) -> dict:
@@ -215,16 +235,6 @@ def _resume_record(run_dir: Path, cfg: DictConfig) -> dict:
             if old != new and not OmegaConf.is_dict(new):
                 changed[key] = OmegaConf.to_container(new) if OmegaConf.is_list(new) else new
     return {"at": datetime.now().isoformat(timespec="seconds"), "changed": changed}
-
-
-def _tensorboard(cfg: DictConfig, run_dir: Path, first_epoch: int):
-    from regx.tblog import TensorBoardLogger, hparams_of
-
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    tb = TensorBoardLogger(run_dir, hparams_of(cfg, overrides), first_epoch=first_epoch)
-    tb.image("augmentation", run_dir / "aug_preview.png")
-    return tb
 
 
 def print_summary(s: dict, log) -> None:

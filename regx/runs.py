@@ -396,6 +396,8 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     except DamagedFile as exc:
         raise config.ConfigError(f"{exc}; the checkpoints still hold the run: repair the file or copy it from "
                                  ".hydra/config.yaml") from None
+    if isinstance(saved.get("logger"), str):  # before the logger group (regx 0.1 runs): logger: none|tensorboard
+        saved.logger = {"tensorboard": saved.logger == "tensorboard"}
     try:
         base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))

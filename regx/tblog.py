@@ -40,23 +40,35 @@ def hparams_of(cfg: DictConfig, overrides: list[str]) -> dict:
 
 
 class TensorBoardLogger:
+    """A tracker (regx.trackers): scalars per epoch, the HParams session, the augmentation grid."""
+
     def __init__(self, run_dir: Path, hparams: dict, *, first_epoch: int):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        # purge_step: a resumed run drops the events a killed run wrote after its last checkpoint.
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch if first_epoch > 1 else None)
+        # purge_step: a resumed run drops what a killed run wrote from its last finished epoch on,
+        # and start() writes that epoch again (it may have been killed before writing it).
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch - 1 if first_epoch > 1 else None)
+        self.first_epoch, self.best = first_epoch, None
         experiment, start, _ = hparams_summary(hparams, {f"hparam/{m}": 0.0 for m in HPARAM_METRICS})
         fw = self.writer._get_file_writer()
         fw.add_summary(experiment)
         fw.add_summary(start)
 
-    def epoch(self, row: dict, best_val_acc: float) -> None:
+    def start(self, history: list[dict]) -> None:
+        for row in history:
+            if int(row["epoch"]) >= self.first_epoch - 1:
+                self.epoch(row)
+            else:
+                self.best = max(self.best or 0.0, float(row["val_acc"]))
+
+    def epoch(self, row: dict) -> None:
         step = int(row["epoch"])
+        self.best = max(self.best or 0.0, float(row["val_acc"]))
         for column, tag in SCALARS.items():
             if row.get(column) is not None:
                 self.writer.add_scalar(tag, float(row[column]), step)
-        self.writer.add_scalar("hparam/best_val_acc", best_val_acc, step)
+        self.writer.add_scalar("hparam/best_val_acc", self.best, step)
         self.writer.add_scalar("hparam/final_val_acc", float(row["val_acc"]), step)
         self.writer.add_scalar("hparam/gap", float(row["gap"]), step)
         self.writer.flush()
@@ -71,9 +83,6 @@ class TensorBoardLogger:
         if summary.get("test_acc") is not None:
             self.writer.add_scalar("hparam/test_acc", summary["test_acc"], summary.get("epochs_done") or 0)
         self.writer._get_file_writer().add_summary(_session_end(summary.get("status") == "completed"))
-        self.close()
-
-    def close(self) -> None:
         self.writer.close()
 
 

@@ -324,6 +324,8 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: 
                 message = f"{type(exc).__name__}: {message}"
             rec.failed(message)
             raise RunFailed(message) from exc
+        finally:
+            rec.end()
 
 
 def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume: bool, hooks: tuple[Hook, ...]) -> dict:
@@ -339,8 +341,7 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
     if resume:
         rec.metrics(state.history)  # drop the rows written after that checkpoint
     parts.plan.apply(state.epoch + 1)
-    rec.start(_facts(parts), state.wall_s, state.epoch + 1)
-    rec.progress(state)
+    rec.start(_facts(parts), state)
     poll = StopPoll(stop, ranks, parts.device, 1 if parts.device.type == "cpu" else cfg.progress_every)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
