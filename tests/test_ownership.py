@@ -94,6 +94,7 @@ def test_a_group_sigterm_stops_a_streaming_run_with_a_checkpoint(tmp_path, cli):
     assert summary(run)["status"] == "completed"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
                     reason="needs hydra-joblib-launcher (pip install 'regx[sweeps]')")
 def test_sigterm_to_a_joblib_sweep_stops_every_job_and_sweep_resume_finishes_them(tmp_path, cli):
