@@ -17,6 +17,7 @@ commands:
   train   [overrides]             train one run; -m for a sweep (regx train --help lists the groups)
   resume  RUN_DIR [key=value]     continue a run from its last checkpoint (e.g. epochs=20)
   sweep-resume SWEEP_DIR          rerun a sweep in place: skip completed jobs, resume stopped ones
+  ablate  [overrides] --seeds N   baseline, each technique alone, all together: a table with paired 95% CIs
   show-aug [overrides] [--out F]  a PNG grid: originals, then rows of augmented copies
   lr-plot  [overrides] [--out F]  a PNG of the learning rate over the whole run
   plot     RUN_DIR                redraw RUN_DIR/curves.png from its metrics.csv
@@ -67,6 +68,10 @@ EXAMPLES = {
                "regx resume outputs/runs/<run> epochs=20       # train a finished run further",
                "regx resume outputs/runs/<run> epochs=20 sched.restart=true   # ... with a new LR cycle"],
     "sweep-resume": ["regx sweep-resume outputs/sweeps/<time>"],
+    "ablate": ["regx ablate data=fashion_mnist data.train_size=2000 epochs=15 --seeds 3",
+               "regx ablate experiment=overfit --seeds 3 --jobs 2",
+               "regx ablate debug=smoke 'ablate.arms.mixup=[\"aug=mixup\"]' --seeds 2   # a technique of your own",
+               "regx ablate --resume outputs/ablations/<time>      # finish a stopped one, then tabulate it"],
     "show-aug": ["regx show-aug aug=all aug.rotate.degrees=30", "regx show-aug aug=crop_flip --out grid.png"],
     "lr-plot": ["regx lr-plot sched=onecycle epochs=30", "regx lr-plot sched=cosine sched.warmup_epochs=2"],
     "check-data": ["regx check-data data=imagefolder data.path=~/photos data.image_size=96"],
@@ -292,6 +297,56 @@ def cmd_sweep_resume(args: list[str]) -> int:
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     return cmd_train(again, resume_jobs=True)
+
+
+def cmd_ablate(args: list[str]) -> int:
+    from regx import ablate, config, errors
+    from regx.console import print_table
+    from regx.runs import claim_dir
+
+    p = _parser("ablate", "The baseline, each technique alone (added to the baseline) and all together, over "
+                          "--seeds seeds paired across arms, as one sweep under outputs/ablations/; then one table "
+                          "and one chart: mean ± std per arm, the paired difference against the baseline with a 95% "
+                          "confidence interval, the verdicts. The arms are the config's ablate.baseline and "
+                          "ablate.arms (the course's four by default).",
+                overrides="overrides every arm shares: the data, the model, epochs, ...")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0..N-1 (default 3)")
+    p.add_argument("--jobs", type=int, help="jobs in parallel with the joblib launcher (default: one per 4 cores)")
+    p.add_argument("--metric", choices=list(ablate.METRICS), default="test", help="what the table compares (default test)")
+    p.add_argument("--resume", metavar="DIR", help="finish an ablation a stop interrupted, then tabulate it")
+    a = p.parse_args(args)
+    if a.resume:
+        if a.overrides:
+            raise BadInput("--resume takes no overrides: the ablation keeps the ones it began with")
+        sweep, code = Path(a.resume), cmd_sweep_resume([a.resume])
+    else:
+        if a.seeds < 1 or (a.jobs is not None and a.jobs < 1):
+            raise BadInput("--seeds and --jobs must be at least 1")
+        errors.preflight(a.overrides)
+        arms = ablate.arms_of(config.compose(a.overrides))
+        varied = ablate.varied_keys(arms) | {"seed"}
+        clash = next((o for o in a.overrides if o.split("=", 1)[0].lstrip("+~") in varied), None)
+        if clash:
+            raise BadInput(f"{clash}: the arms set {clash.split('=', 1)[0].lstrip('+~')} (ablate.baseline, ablate.arms; "
+                           "seeds with --seeds); an override here would make every arm the same")
+        for name, overrides in arms.items():
+            try:
+                errors.preflight([*a.overrides, *overrides])
+            except config.ConfigError as exc:
+                raise BadInput(f"ablation arm {name} ({' '.join(overrides)}): {exc}") from None
+        jobs = a.jobs or max(1, min(len(arms) * a.seeds, (os.cpu_count() or 1) // 4))
+        sweep = Path(claim_dir("outputs/ablations", ""))
+        ablate.write_arms(sweep, arms)
+        print(f"regx ablate: {len(arms)} arms x {a.seeds} seeds = {len(arms) * a.seeds} runs in {sweep}"
+              + (f", {jobs} at a time" if jobs > 1 else ""))
+        code = cmd_train(ablate.sweep_args(arms, a.seeds, a.overrides, sweep, jobs))
+    if code in (130, 143):
+        return code
+    header, rows, files = ablate.report(sweep, a.metric)
+    print_table(f"regx ablate: {sweep}", header, rows, caption=f"{a.metric} accuracy in %; differences paired by seed, "
+                "± the 95% confidence interval", right={header[3], header[4], header[5]})
+    print(f"wrote {', '.join(f.name for f in files)} in {sweep}; every run: regx report {sweep}")
+    return code
 
 
 def cmd_resume(args: list[str]) -> int:
@@ -524,7 +579,7 @@ class _ProgressLine:
         print(file=sys.stderr)
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "ablate": cmd_ablate, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
             "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval,
             "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume, "predict": cmd_predict,
             "export": cmd_export}

@@ -241,6 +241,17 @@ class LoggerConfig:
 
 
 @dataclass
+class AblateConfig:
+    """`regx ablate`: every arm is the baseline plus one technique's overrides; `all` adds them all.
+    The default is the course's four, each against a run with none of them."""
+
+    baseline: list[str] = field(default_factory=lambda: ["aug=none", "dropout=none", "wd=0", "sched=constant"])
+    arms: dict[str, list[str]] = field(default_factory=lambda: {
+        "augmentation": ["aug=crop_flip"], "dropout": ["dropout=fc"], "weight_decay": ["decay=l2", "wd=5e-4"],
+        "lr_decay": ["sched=cosine"]})
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -269,6 +280,7 @@ class TrainConfig:
     name: str = "${model.name}_${data.name}"
     progress_every: int = num(25, ">= 1")  # steps between progress-bar refreshes (each one reads metrics back)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)  # read by regx ablate only
     notes: dict[str, Any] = field(default_factory=dict)  # free-form, kept with the run: +notes.why=baseline
 
 

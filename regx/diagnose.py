@@ -70,22 +70,67 @@ def _train_acc(row: dict) -> float:
     return clean if clean is not None else _f(row, "train_acc")
 
 
-def remedies(kind: str, *, epochs: int, lr: float) -> list[tuple[str, str]]:
-    """The course's remedies as (what, regx override) pairs."""
+FEW_STEPS = 200  # optimizer steps in all below which a run is too short to judge its regularization
+
+
+def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, str]]:
+    """The course's remedies for `kind`, computed against the run's own config `cfg`: only what would
+    change it, strongest evidence first, as (what, overrides) pairs. `evidence["optimizer_steps"]`:
+    the steps the run took in all (few of them come first)."""
+    out: list[tuple[str, str]] = []
+    steps = evidence.get("optimizer_steps", FEW_STEPS)
+    if steps < FEW_STEPS and kind in ("underfitting", "overfitting"):
+        batch = few_steps_batch(n_train * cfg.epochs, cfg.batch_size)
+        if batch < cfg.batch_size:
+            out.append((f"more optimizer steps (this run took {steps})", f"batch_size={batch}"))
     if kind == "overfitting":
-        return [
-            ("augment the data", "aug=all"),
-            ("dropout in the classifier", "dropout=fc"),
-            ("weight decay", "decay=l2 wd=5e-4"),
-            ("more training data", "data.train_size=null"),
-            ("stop at the best epoch (checkpoints/best.pt holds it)", "early_stop.patience=5"),
+        aug, rising = cfg.aug, evidence.get("val_loss_rising")
+        candidates = [
+            ("stop at the best epoch (checkpoints/best.pt holds it)", "early_stop.patience=5"
+             if cfg.early_stop.patience == 0 else None),
+            ("augment the data", "aug=crop_flip" if aug.name == "none" else
+             "aug.erasing.p=0.25" if aug.erasing.p == 0 else None),
+            ("weight decay", "decay=l2 wd=5e-4" if cfg.wd == 0 else f"wd={cfg.wd * 4:g}" if cfg.wd < 5e-3 else None),
+            ("dropout in the classifier", "dropout=fc" if cfg.dropout.p == 0 else
+             f"dropout.p={min(0.7, cfg.dropout.p + 0.2):g}" if cfg.dropout.p < 0.5 else None),
+            ("more training data", "data.train_size=null" if cfg.data.train_size is not None else None),
         ]
-    if kind == "underfitting":
-        return [
-            ("train longer", f"epochs={2 * epochs}"),
-            ("a larger model", "model.channels=[64,128,256]"),
-            ("less regularization", "aug=none dropout=none wd=0"),
+        if not rising:  # validation loss is not turning up: stopping early would gain little
+            candidates.append(candidates.pop(0))
+        out += [(what, how) for what, how in candidates if how]
+    elif kind == "underfitting":
+        climbing = evidence.get("train_acc_gain_last_2_epochs", 0) > 0.01
+        lighter = [
+            ("lighter augmentation", "aug=none" if cfg.aug.name != "none" else None),
+            ("less dropout", "dropout=none" if cfg.dropout.p > 0 or cfg.dropout.conv_p > 0 else None),
+            ("less weight decay", f"wd={cfg.wd / 5:g}" if cfg.wd > 1e-5 else None),
         ]
-    if kind == "diverged":
-        return [("a lower learning rate", f"lr={lr / 10:g}"), ("a warmup", "sched.warmup_epochs=1")]
-    return []
+        longer = ("train longer (training accuracy is still climbing)" if climbing else "train longer",
+                  f"epochs={2 * cfg.epochs}")
+        candidates = [longer, *lighter] if climbing else [*lighter, longer]
+        candidates.append(("a higher learning rate", f"lr={cfg.lr * 2:g}"))
+        if cfg.model.name == "smallcnn":
+            candidates.append(("a larger model", f"model.channels=[{','.join(str(2 * c) for c in cfg.model.channels)}]"))
+        out += [(what, how) for what, how in candidates if how]
+    elif kind == "diverged":
+        out.append(("a lower learning rate", f"lr={cfg.lr / 10:g}"))
+        if cfg.sched.warmup_epochs == 0:
+            out.append(("a warmup", "sched.warmup_epochs=1"))
+    return out
+
+
+def few_steps_batch(images: int, batch_size: int) -> int:
+    """A batch size (a power of two, from 8, below batch_size) giving about FEW_STEPS steps over `images`."""
+    batch = 8
+    while batch * 2 <= images // FEW_STEPS and batch * 2 < batch_size:
+        batch *= 2
+    return batch
+
+
+def command(overrides: list[str], remedy: str) -> str:
+    """`regx train` with the run's own overrides and the remedy's (the remedy's keys replace them)."""
+    import shlex
+
+    keys = {o.split("=", 1)[0] for o in remedy.split()}
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in keys and not o.startswith("hydra.")]
+    return "regx train " + " ".join(shlex.quote(o) for o in [*kept, *remedy.split()])

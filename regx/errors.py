@@ -112,9 +112,10 @@ def check_keys(overrides: list[str], config_dir: str | None = None, primary: str
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as exc:
         raise ConfigError(explain(exc, overrides)) from exc
+    own_groups = _searched_groups(overrides, config_dir)
     special = [o for o in parsed if (o.is_add() or o.is_force_add() or o.is_delete())
                and not o.key_or_group.startswith(("hydra.", "hydra/", "notes.")) and "/" not in o.key_or_group
-               and o.key_or_group not in GROUPS]
+               and o.key_or_group not in GROUPS and o.key_or_group not in own_groups]
     if not special:
         return
     rest = [o.input_line for o in parsed if o not in special and not o.is_sweep_override()]
@@ -129,6 +130,16 @@ def check_keys(overrides: list[str], config_dir: str | None = None, primary: str
         if key not in known:
             raise ConfigError(f"unknown config key '{key}'{_closest(key, known)} (free-form notes go under "
                               f"+notes.KEY=VALUE)")
+
+
+def _searched_groups(overrides: list[str], config_dir: str | None) -> set[str]:
+    """Config groups of a user's own config folders (-cd, hydra.searchpath=[file://...]): `+GROUP=X`
+    adds one of them (regx ablate's arms are such a group)."""
+    folders = [config_dir] if config_dir else []
+    for o in overrides:
+        if o.startswith("hydra.searchpath="):
+            folders += [p.strip().removeprefix("file://") for p in o.split("=", 1)[1].strip("[]").split(",")]
+    return {d.name for f in folders if f and os.path.isdir(f) for d in os.scandir(f) if d.is_dir()}
 
 
 def _installed(module: str) -> bool:

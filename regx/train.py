@@ -24,7 +24,7 @@ from regx import __version__
 from regx.augment import Augment
 from regx.console import EpochProgress
 from regx.data import Data, Split, iterate, load_config, stratified_split, to_device
-from regx.diagnose import remedies, verdict
+from regx.diagnose import FEW_STEPS, command, few_steps_batch, remedies, verdict
 from regx.distributed import Ranks
 from regx.engine import (
     Diverged,
@@ -342,6 +342,8 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
         rec.metrics(state.history)  # drop the rows written after that checkpoint
     parts.plan.apply(state.epoch + 1)
     rec.start(_facts(parts), state)
+    if not resume:
+        _warn_few_steps(parts, rec.log)
     poll = StopPoll(stop, ranks, parts.device, 1 if parts.device.type == "cpu" else cfg.progress_every)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -548,6 +550,25 @@ def _best_weights(rec: Recorder, device: torch.device) -> dict:
     return ckpt["model"]
 
 
+def _overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides the run was started with (Hydra's record of them)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    except Exception:  # noqa: BLE001 - a damaged record: remedies without the run's overrides
+        return []
+
+
+def _warn_few_steps(parts: Parts, log) -> None:
+    """A run with too few optimizer steps to learn much says so before it trains."""
+    cfg, total, n = parts.cfg, parts.steps * parts.cfg.epochs, len(parts.data.train)
+    if total < FEW_STEPS:
+        batch = few_steps_batch(n * cfg.epochs, cfg.batch_size)
+        log.warning("only %d optimizer steps in all (%d per epoch x %d epochs: %d training images in batches of %d); "
+                    "too few to judge a regularizer by%s", total, parts.steps, cfg.epochs, n, cfg.batch_size,
+                    f": batch_size={batch} gives {parts.steps and -(-n // batch) * cfg.epochs}" if batch < cfg.batch_size else "")
+
+
 def _until_stopped(batches, stop: StopRequest):
     """`batches`, ending with Interrupted when a stop is asked for."""
     for batch in batches:
@@ -575,6 +596,8 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
             rec.log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
                          cfg.dropout.mc_samples, 100 * out["mc_test_acc"], out["mc_entropy"])
     kind, evidence = verdict(state.history)
-    out.update(verdict=kind, evidence=evidence,
-               remedies=[f"{what}: {how}" for what, how in remedies(kind, epochs=cfg.epochs, lr=cfg.lr)])
+    evidence["optimizer_steps"] = state.step
+    overrides = _overrides(rec.run_dir)
+    out.update(verdict=kind, evidence=evidence, remedies=[
+        f"{what}: {command(overrides, how)}" for what, how in remedies(kind, cfg, evidence, len(parts.data.train))])
     return out

@@ -1,10 +1,12 @@
 """Verdict rules on synthetic curves, and on real runs."""
 
+import json
+
 import pytest
 from omegaconf import OmegaConf
 
 from regx import config
-from regx.diagnose import remedies, verdict
+from regx.diagnose import command, remedies, verdict
 from regx.train import train
 
 
@@ -53,17 +55,62 @@ def test_clean_training_accuracy_decides_the_gap():
     assert kind == "overfitting" and ev["train_acc_is_clean"] and ev["gap"] == 0.35
 
 
+EVIDENCE = {"overfitting": {"val_loss_rising": True}, "underfitting": {"train_acc_gain_last_2_epochs": 0.05},
+            "diverged": {}}
+
+
+def suggested(kind, run, **evidence):
+    cfg = config.compose(run)
+    return cfg, remedies(kind, cfg, {**EVIDENCE[kind], "optimizer_steps": 1000, **evidence}, 10_000)
+
+
 @pytest.mark.parametrize(("kind", "run"), [
     ("overfitting", ["aug=none", "dropout=none", "wd=0", "data.train_size=500"]),  # unregularized, little data
+    ("overfitting", ["aug=crop_flip", "dropout=fc", "wd=5e-4"]),  # regularized some: stronger
     ("underfitting", ["aug=all", "dropout=fc", "wd=5e-4", "epochs=10"]),  # heavily regularized, short
+    ("underfitting", ["aug=none", "dropout=none", "wd=0"]),
     ("diverged", ["lr=0.1"]),
 ])
-def test_remedies_are_overrides_that_compose_and_change_such_a_run(kind, run):
-    before = config.compose(run)
-    for what, override in remedies(kind, epochs=10, lr=0.1):
+def test_every_remedy_composes_and_changes_the_run(kind, run):
+    before, pairs = suggested(kind, run)
+    assert pairs
+    for what, override in pairs:
         after = config.compose([*run, *override.split()])
         changed = [k for k in config.flat_keys(after) if OmegaConf.select(after, k) != OmegaConf.select(before, k)]
         assert changed, (what, override)
+
+
+def test_remedies_suggest_nothing_the_run_already_has():
+    """Main suggested wd=5e-4 to a run at 5e-4, and aug=none dropout=none to a run with neither."""
+    _, pairs = suggested("overfitting", ["aug=crop_flip", "aug.erasing.p=0.25", "dropout=fc", "dropout.p=0.5",
+                                         "wd=5e-3", "early_stop.patience=5"])
+    assert pairs == []  # every regularizer is there, strong, and all the data is used
+    _, pairs = suggested("underfitting", ["aug=none", "dropout=none", "wd=0"])
+    shown = " ".join(how for _, how in pairs)
+    assert "aug=" not in shown and "dropout" not in shown and "wd=" not in shown
+    assert [what.split(" (")[0] for what, _ in pairs] == ["train longer", "a higher learning rate", "a larger model"]
+    _, pairs = suggested("overfitting", ["aug=none", "dropout=none", "wd=0"], val_loss_rising=False)
+    assert [how for _, how in pairs] == ["aug=crop_flip", "decay=l2 wd=5e-4", "dropout=fc", "early_stop.patience=5"]
+
+
+def test_remedies_rank_by_the_evidence():
+    _, rising = suggested("overfitting", ["aug=none", "wd=0"], val_loss_rising=True)
+    assert rising[0][1] == "early_stop.patience=5"
+    _, still = suggested("underfitting", ["aug=all", "dropout=fc"], train_acc_gain_last_2_epochs=0.05)
+    assert still[0][1] == "epochs=24"  # still climbing: time first
+    _, flat = suggested("underfitting", ["aug=all", "dropout=fc"], train_acc_gain_last_2_epochs=0.0)
+    assert [how for _, how in flat][:3] == ["aug=none", "dropout=none", "wd=0.0001"]
+
+
+def test_few_steps_come_first_with_a_batch_size():
+    cfg = config.compose(["batch_size=128", "epochs=30"])
+    pairs = remedies("underfitting", cfg, {"optimizer_steps": 30}, 90)
+    assert pairs[0] == ("more optimizer steps (this run took 30)", "batch_size=8")
+
+
+def test_a_remedy_is_a_command_to_paste():
+    assert command(["data.train_size=500", "wd=0", "hydra.run.dir=x"], "decay=l2 wd=5e-4") == \
+        "regx train data.train_size=500 decay=l2 wd=5e-4"
 
 
 def test_a_short_run_underfits_and_a_tiny_subset_overfits(tmp_path):
@@ -74,3 +121,15 @@ def test_a_short_run_underfits_and_a_tiny_subset_overfits(tmp_path):
                                  "model.fc=[64]"]), tmp_path / "over")
     assert over["verdict"] == "overfitting", over["evidence"]
     assert over["evidence"]["train_acc_is_clean"]
+
+
+def test_a_run_with_few_steps_says_so_before_training_and_in_its_remedies(tmp_path, cli):
+    res = cli("train", "debug=smoke", "data.train_size=90", "epochs=3", "batch_size=64", "hydra.run.dir=r")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    warn = "only 6 optimizer steps in all (2 per epoch x 3 epochs: 90 training images in batches of 64)"
+    assert warn in out and out.index(warn) < out.index("epoch 1/3")
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["evidence"]["optimizer_steps"] == 6
+    assert s["remedies"][0] == ("more optimizer steps (this run took 6): regx train debug=smoke data.train_size=90 "
+                                "epochs=3 batch_size=8")

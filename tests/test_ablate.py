@@ -1,0 +1,66 @@
+"""`regx ablate`: arms as configs, paired statistics, one sweep that resumes."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from regx import ablate, config
+from regx.ablate import paired_ci
+
+
+def test_the_arms_are_the_baseline_plus_each_technique_then_all():
+    arms = ablate.arms_of(config.compose([]))
+    assert list(arms) == ["baseline", "augmentation", "dropout", "weight_decay", "lr_decay", "all"]
+    assert arms["baseline"] == ["aug=none", "dropout=none", "wd=0", "sched=constant"]
+    assert arms["dropout"] == [*arms["baseline"], "dropout=fc"]
+    assert arms["all"][-5:] == ["aug=crop_flip", "dropout=fc", "decay=l2", "wd=5e-4", "sched=cosine"]
+
+
+def test_an_arm_composes_as_its_overrides_do(tmp_path):
+    arms = ablate.arms_of(config.compose([]))
+    ablate.write_arms(tmp_path, arms)
+    for name in ("baseline", "weight_decay", "all"):
+        got = config.compose(["debug=smoke", f"+ablate_arm={name}", f"hydra.searchpath=[file://{tmp_path / 'arms'}]"])
+        want = config.compose(["debug=smoke", *arms[name]])
+        assert got == want, name
+
+
+def test_the_paired_interval_is_students_t():
+    mean, half = paired_ci([0.01, 0.03, 0.02])
+    assert mean == pytest.approx(0.02)
+    assert half == pytest.approx(4.303 * 0.01 / math.sqrt(3), rel=1e-3)
+    assert paired_ci([0.05]) == (0.05, None)
+
+
+def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_path, cli):
+    res = cli("ablate", "debug=smoke", "epochs=2", "--seeds", "2")
+    assert res.returncode == 0, res.stderr
+    (sweep,) = (tmp_path / "outputs" / "ablations").iterdir()
+    rows = {r["arm"]: r for r in csv.DictReader(open(sweep / "ablation.csv"))}
+    assert list(rows) == ["baseline", "augmentation", "dropout", "weight_decay", "lr_decay", "all"]
+    assert all(r["seeds"] == "2" for r in rows.values())
+    acc = {}  # arm -> seed -> test accuracy, read from the jobs themselves
+    for job in sweep.iterdir():
+        if (job / "summary.json").is_file():
+            overrides = dict(o.lstrip("- ").split("=", 1) for o in (job / ".hydra" / "overrides.yaml").read_text().splitlines())
+            acc.setdefault(overrides["+ablate_arm"], {})[overrides["seed"]] = json.loads((job / "summary.json").read_text())["test_acc"]
+    diffs = [acc["dropout"][seed] - acc["baseline"][seed] for seed in ("0", "1")]
+    assert float(rows["dropout"]["diff"]) == pytest.approx(sum(diffs) / 2)
+    assert float(rows["dropout"]["ci95"]) == pytest.approx(12.706 * abs(diffs[0] - diffs[1]) / 2, abs=1e-9)
+    assert (sweep / "ablation.png").stat().st_size > 0 and "| baseline |" in (sweep / "ablation.md").read_text()
+    again = cli("ablate", "--resume", str(sweep))  # nothing left to run: the same table
+    assert again.returncode == 0 and "completed already, skipped" in again.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["aug=all"], "aug=all: the arms set aug"),
+    (["seed=3"], "seed=3: the arms set seed"),
+    (["--seeds", "0"], "--seeds and --jobs must be at least 1"),
+    (["ablate.arms.bad=[\"aug=nope\"]"], "ablation arm bad"),
+])
+def test_bad_ablations_are_one_line(tmp_path, cli, args, message):
+    res = cli("ablate", "debug=smoke", *args)
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "outputs").exists()
