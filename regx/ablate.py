@@ -38,7 +38,7 @@ def arms_of(cfg) -> dict[str, list[str]]:
     baseline = [str(o) for o in cfg.ablate.baseline]
     techniques = {str(k): [str(o) for o in v] for k, v in cfg.ablate.arms.items()}
     if not techniques:
-        raise ConfigError("ablate.arms is empty: name at least one technique, e.g. 'ablate.arms.flip=[\"aug=flip\"]'")
+        raise ConfigError("ablate.arms is empty: name at least one technique, e.g. '+ablate.arms.flip=[\"aug=flip\"]'")
     for name in techniques:
         if name in ("baseline", "all") or not name.replace("_", "").isalnum():
             raise ConfigError(f"ablate.arms.{name}: an arm's name is letters, digits and _, and not baseline or all")

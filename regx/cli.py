@@ -70,7 +70,7 @@ EXAMPLES = {
     "sweep-resume": ["regx sweep-resume outputs/sweeps/<time>"],
     "ablate": ["regx ablate data=fashion_mnist data.train_size=2000 epochs=15 --seeds 3",
                "regx ablate experiment=overfit --seeds 3 --jobs 2",
-               "regx ablate debug=smoke 'ablate.arms.mixup=[\"aug=mixup\"]' --seeds 2   # a technique of your own",
+               "regx ablate debug=smoke '+ablate.arms.mixup=[\"aug=mixup\"]' --seeds 2   # a technique of your own",
                "regx ablate --resume outputs/ablations/<time>      # finish a stopped one, then tabulate it"],
     "show-aug": ["regx show-aug aug=all aug.rotate.degrees=30", "regx show-aug aug=crop_flip --out grid.png"],
     "lr-plot": ["regx lr-plot sched=onecycle epochs=30", "regx lr-plot sched=cosine sched.warmup_epochs=2"],

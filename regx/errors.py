@@ -114,7 +114,7 @@ def check_keys(overrides: list[str], config_dir: str | None = None, primary: str
         raise ConfigError(explain(exc, overrides)) from exc
     own_groups = _searched_groups(overrides, config_dir)
     special = [o for o in parsed if (o.is_add() or o.is_force_add() or o.is_delete())
-               and not o.key_or_group.startswith(("hydra.", "hydra/", "notes.")) and "/" not in o.key_or_group
+               and not o.key_or_group.startswith(("hydra.", "hydra/", "notes.", "ablate.arms.")) and "/" not in o.key_or_group
                and o.key_or_group not in GROUPS and o.key_or_group not in own_groups]
     if not special:
         return

@@ -176,3 +176,12 @@ def test_the_sync_free_path_matches_the_cpu_path(option):
     still = ~(moved | p.hflip | p.vflip | (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0))
     if p.erase is None:
         assert torch.equal(b[still], x[still])  # untouched images stay exact
+
+
+def test_no_preset_flips_vertically_unless_its_name_says_so_and_each_says_what_it_suits():
+    from pathlib import Path
+
+    for name in config.group_options("aug"):
+        assert config.compose([f"aug={name}"]).aug.vflip.p == 0 or "vflip" in name, name
+        text = (Path(config.conf_dir()) / "aug" / f"{name}.yaml").read_text()
+        assert text.startswith("#"), f"conf/aug/{name}.yaml has no comment saying what data it suits"
