@@ -146,7 +146,7 @@ def collect(sweep_dir: Path, metric: str) -> list[Arm]:
 def table(arms: list[Arm], metric: str) -> tuple[list[str], list[list[str]], list[dict]]:
     """(header, rows shown, rows as data) with the paired differences against the baseline."""
     base = next((a for a in arms if a.name == "baseline"), None)
-    header = ["arm", "overrides", "seeds", f"{metric} acc (mean ± std)", "vs baseline (95% CI)", "gap", "verdicts"]
+    header = ["arm", "overrides", "seeds", f"{metric} acc (mean ± std)", "vs baseline (95% CI)", "clean gap", "verdicts"]
     shown, data = [], []
     for a in arms:
         values = [a.scores[s] for s in sorted(a.scores)]
