@@ -276,6 +276,10 @@ def print_summary(s: dict, log) -> None:
         train = "clean train acc" if ev.get("train_acc_is_clean") else "train acc (as trained)"
         facts = (f"{train} {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}"
                  if "gap" in ev else str(ev))
+        from regx.diagnose import FEW_STEPS
+
+        if ev.get("optimizer_steps", FEW_STEPS) < FEW_STEPS:
+            facts += f"; only {ev['optimizer_steps']} optimizer steps, too few to judge by"
         log.info("verdict: %s (%s). Remedies from the course:", s["verdict"], facts)
         for line in s.get("remedies", []):
             log.info("  - %s", line)
