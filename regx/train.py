@@ -566,7 +566,7 @@ def _warn_few_steps(parts: Parts, log) -> None:
         batch = few_steps_batch(n * cfg.epochs, cfg.batch_size)
         log.warning("only %d optimizer steps in all (%d per epoch x %d epochs: %d training images in batches of %d); "
                     "too few to judge a regularizer by%s", total, parts.steps, cfg.epochs, n, cfg.batch_size,
-                    f": batch_size={batch} gives {parts.steps and -(-n // batch) * cfg.epochs}" if batch < cfg.batch_size else "")
+                    f": batch_size={batch} gives about {-(-n // batch) * cfg.epochs}" if batch < cfg.batch_size else "")
 
 
 def _until_stopped(batches, stop: StopRequest):

@@ -129,6 +129,7 @@ def test_a_run_with_few_steps_says_so_before_training_and_in_its_remedies(tmp_pa
     out = res.stdout
     warn = "only 6 optimizer steps in all (2 per epoch x 3 epochs: 90 training images in batches of 64)"
     assert warn in out and out.index(warn) < out.index("epoch 1/3")
+    assert "too few to judge a regularizer by: batch_size=8 gives about 36" in out
     assert "only 6 optimizer steps, too few to judge by" in out  # the verdict's line says so too
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["evidence"]["optimizer_steps"] == 6
