@@ -15,14 +15,17 @@
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=".:${PYTHONPATH:-}"
+# An absolute path: the tests and the benchmark start regx in other working directories.
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
+# A GPU image may have python3 and no python (or a python without torch).
+PY=$(command -v python3 || command -v python)
 failed=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt" || failed=$((failed + 1))
-python -m pytest -q -p no:cacheprovider tests/test_gpu.py -rA 2>&1 | tee "$OUT/tests.log" || failed=$((failed + 1))
+"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rA 2>&1 | tee "$OUT/tests.log" || failed=$((failed + 1))
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-  python -m torch.distributed.run --standalone --nproc_per_node=2 -m regx train debug=smoke device=auto \
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m regx train debug=smoke device=auto \
     hydra.run.dir=/tmp/regx-ddp 2>&1 | tee "$OUT/ddp.log" || failed=$((failed + 1))
 fi
-python -m benchmarks.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
+"$PY" -m benchmarks.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"

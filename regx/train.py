@@ -268,10 +268,11 @@ def restore(parts: Parts, ranks: Ranks, ckpt_dir: Path, log) -> RunState:
     if parts.plateau is not None and ckpt.get("plateau"):
         parts.plateau.load_state_dict(ckpt["plateau"])
     rng = ckpt["rng_ranks"][ranks.rank] if ranks.world > 1 else ckpt["rng"]
-    torch.set_rng_state(rng["torch"])
-    parts.aug_gen.set_state(rng["aug"])
+    # Generator states are CPU byte tensors; a checkpoint loaded onto the GPU has moved them there.
+    torch.set_rng_state(rng["torch"].cpu())
+    parts.aug_gen.set_state(rng["aug"].cpu())
     if parts.device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], parts.device)
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), parts.device)
     state = RunState(**ckpt["state"])
     if ranks.world > 1 and state.batch:
         state.tally = state.tally_ranks[ranks.rank]
