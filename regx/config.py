@@ -85,6 +85,10 @@ class ModelConfig:
     convs_per_block: int = num(2, ">= 1")
     fc: list[int] = num([256], ">= 1", "(positive widths)")  # smallcnn hidden fully connected layers
     small_input: bool = False  # torchvision ResNets: 3x3 stride-1 stem, no max-pool (CIFAR style)
+    zoo: str = choice("torchvision", "torchvision|timm")  # where model.name is found (smallcnn is regx's own)
+    # Stochastic depth: the rate of dropping a residual branch, rising linearly with depth to this value
+    # (timm's drop_path_rate; torchvision's stochastic_depth_prob). null: the model's own default.
+    drop_path: float | None = num(None, "[0, 1)", "or null")
 
 
 @dataclass
@@ -416,10 +420,11 @@ def _check_between(c: DictConfig) -> None:
         raise ConfigError(f"finetune={f.name} needs finetune.weights: imagenet, a regx run directory or a weights file")
     if f.weights == "imagenet" and c.model.name == "smallcnn":
         raise ConfigError("finetune.weights=imagenet: smallcnn has no ImageNet weights; pretrain it with a regx run "
-                          "and pass its directory (finetune.weights=outputs/runs/<run>), or pick a torchvision model")
+                          "and pass its directory (finetune.weights=outputs/runs/<run>), or pick a torchvision or "
+                          "timm model")
     if f.weights and f.weights != "imagenet" and not Path(f.weights).expanduser().exists():
         raise ConfigError(f"finetune.weights={f.weights}: no such file or directory")
-    _check_model_name(c.model.name)
+    _check_model(c.model)
     if d.name == "imagefolder":
         if not d.path:
             raise ConfigError("data.path is required for data=imagefolder: add data.path=/path/to/images")
@@ -463,18 +468,44 @@ def check_device(spec: str) -> None:
         raise ConfigError("device=mps: MPS (Apple's GPU) is not available on this machine (use device=cpu or device=auto)")
 
 
-def _check_model_name(name: str) -> None:
-    """A model name regx builds: its own, or a torchvision classification model (importing torchvision
-    only for a name that is not regx's)."""
-    from regx.models import MODELS, torchvision_names
+def _check_model(m: DictConfig) -> None:
+    """A model regx builds: its own, a torchvision classification model, or (model.zoo=timm) a timm
+    model, with drop path only where the model has residual branches to drop. torchvision and timm
+    are imported only for a name that is not regx's."""
+    from regx.models import MODELS, TV_DROP_PATH, ModelError, check_timm_name, torchvision_names
 
-    if name in MODELS:
+    if m.name in MODELS:
+        if m.drop_path:
+            raise ConfigError(f"model.drop_path={m.drop_path}: {m.name} is a plain stack with no residual branches, so "
+                              "there is no path to drop (use dropout, or a residual model)")
+        return
+    if m.zoo == "timm":
+        try:
+            check_timm_name(m.name)
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
+        if m.small_input:
+            raise ConfigError(f"model.small_input=true swaps a torchvision ResNet stem; timm's {m.name} has its own: "
+                              "set model.small_input=false")
         return
     names = torchvision_names()
-    if name not in names:
+    if m.name not in names:
         import difflib
 
-        close = difflib.get_close_matches(name, [*MODELS, *names], n=3)
+        close = difflib.get_close_matches(m.name, [*MODELS, *names], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"model.name={name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
+        if _timm_has(m.name):
+            hint = f"; timm has it: model=timm model.name={m.name}"
+        raise ConfigError(f"model.name={m.name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
                           f"classification model{hint}")
+    if m.drop_path is not None and not m.name.startswith(TV_DROP_PATH):
+        raise ConfigError(f"model.drop_path={m.drop_path}: torchvision's {m.name} has no drop path (its "
+                          f"{', '.join(TV_DROP_PATH)} models do; timm's take it: model=timm model.name=...)")
+
+
+def _timm_has(name: str) -> bool:
+    if importlib.util.find_spec("timm") is None:
+        return False
+    import timm
+
+    return timm.is_model(name)

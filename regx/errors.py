@@ -183,6 +183,32 @@ def preflight(overrides: list[str], config_dir: str | None = None, primary: str 
             raise ConfigError(explain(exc, variant)) from exc
         if cfg.data.train_size is not None:
             _check_train_size(cfg)
+        if cfg.model.zoo == "timm" and cfg.model.name != "smallcnn":
+            _check_timm_input(cfg)
+
+
+NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}  # data.image_size=null
+
+
+def _check_timm_input(cfg) -> None:
+    """A timm model built as the run will build it takes the run's image size: checked with a
+    forward pass on the meta device (shapes only), so a model too deep for small images stops here."""
+    import torch
+
+    from regx.models import ModelError, build_model, model_kwargs, probe, timm_pretrained_cfg
+
+    size = cfg.data.image_size
+    if size is None and cfg.finetune.weights == "imagenet":
+        size = timm_pretrained_cfg(cfg.model.name).get("input_size", (3, None, None))[-1]
+    size = size or NATIVE_SIZE.get(cfg.data.name)
+    channels = 1 if cfg.data.name in ("mnist", "fashion_mnist") else cfg.data.channels if cfg.data.name == "shapes" else 3
+    try:
+        with torch.device("meta"):
+            model = build_model(**model_kwargs(cfg, num_classes=2, in_channels=channels, image_size=size))
+        if size:
+            probe(model, size)
+    except ModelError as exc:
+        raise ConfigError(f"model.name={cfg.model.name} (timm): {exc}") from None
 
 
 def _check_train_size(cfg) -> None:

@@ -17,6 +17,7 @@ tensor except the old head's: anything else that does not fit is an error naming
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import threading
 import types
@@ -47,6 +48,9 @@ def head_path(model: nn.Module) -> str:
     `classifier.N` (mobilenet, efficientnet, vgg, alexnet, convnext, maxvit; squeezenet's final
     conv), `classifier` (densenet), `heads.head` (vit), `head` (swin), `head.out` (smallcnn)."""
     net, _ = unwrap(model)
+    if is_timm(net):  # timm says which module classifies
+        classifier = net.get_classifier()
+        return next(name for name, module in net.named_modules() if module is classifier)
     for path in (*HEAD_PATHS, "head.out"):
         try:
             module = net.get_submodule(path)
@@ -65,6 +69,10 @@ def head_path(model: nn.Module) -> str:
     if not linears:
         raise FinetuneError(f"cannot find the classification layer of {type(net).__name__}")
     return linears[-1]
+
+
+def is_timm(net: nn.Module) -> bool:
+    return hasattr(net, "pretrained_cfg") and hasattr(net, "reset_classifier") and hasattr(net, "group_matcher")
 
 
 def head_prefix(model: nn.Module) -> str:
@@ -151,13 +159,61 @@ def load_imagenet(model_name: str) -> Pretrained:
     return Pretrained(sd, f"ImageNet weights {weights} ({file})", list(t.mean), list(t.std), int(t.crop_size[0]))
 
 
+def _timm_cached(pc: dict) -> str | None:
+    """The file timm would load an architecture's weights from, if it is already on this machine:
+    the Hugging Face cache (HF_HOME), or torch's hub cache for weights with only a URL."""
+    if pc.get("hf_hub_id"):
+        from huggingface_hub import try_to_load_from_cache
+
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(pc["hf_hub_id"], name)
+            if isinstance(found, str):
+                return found
+    if pc.get("url"):
+        from urllib.parse import urlparse
+
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(pc["url"]).path).name
+        if file.is_file():
+            return str(file)
+    return None
+
+
+def load_timm_imagenet(model_name: str) -> Pretrained:
+    """timm's pretrained weights for `model_name` through timm's own loader: from its cache when there,
+    else downloaded (when the host answers); the preprocessing from its pretrained_cfg."""
+    from regx.models import timm_module, timm_pretrained_cfg
+
+    timm, pc = timm_module(), timm_pretrained_cfg(model_name)
+    hub, url = pc.get("hf_hub_id"), pc.get("url")
+    if not hub and not url:
+        raise FinetuneError(f"finetune.weights=imagenet: timm has no pretrained weights for model.name={model_name}")
+    cached = _timm_cached(pc)
+    where = f"https://huggingface.co/{hub}" if hub else url
+    if cached is None and not _reachable(where):
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise FinetuneError(f"finetune.weights=imagenet: timm's weights for {model_name} are not cached and {where} "
+                            f"cannot be reached; download {'model.safetensors from ' + where if hub else where} and pass "
+                            f"finetune.weights=FILE, or fill the Hugging Face cache ({HF_HUB_CACHE}) on a machine online")
+    try:
+        overlay = {"pretrained_cfg_overlay": {"file": cached}} if cached else {}
+        net = timm.create_model(model_name, pretrained=True, **overlay)
+    except Exception as exc:
+        raise FinetuneError(f"finetune.weights=imagenet: timm could not load {model_name}'s weights from "
+                            f"{cached or where} ({str(exc).splitlines()[0][:160]})") from None
+    return Pretrained(net.state_dict(), f"ImageNet weights timm/{model_name} ({cached or where})",
+                      list(pc["mean"]), list(pc["std"]), int(pc["input_size"][-1]))
+
+
 def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pretrained:
     """finetune.weights: `imagenet`, a regx run directory (its best.pt), a regx checkpoint, or a
-    state-dict file ({name: tensor}, or {"state_dict": ...})."""
+    state-dict file ({name: tensor}, or {"state_dict": ...}). For a timm model a state-dict file is
+    taken to be trained as timm's pretrained_cfg says: its mean and std normalize the data."""
     from regx.runs import CorruptCheckpoint, load_checkpoint, verify_checkpoint
 
+    timm_model = (model_cfg or {}).get("zoo") == "timm" and model_name != "smallcnn"
     if spec == "imagenet":
-        return load_imagenet(model_name)
+        return load_timm_imagenet(model_name) if timm_model else load_imagenet(model_name)
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "best.pt"
@@ -175,8 +231,9 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
                             f"({str(exc).splitlines()[0][:160]})") from exc
     if isinstance(blob, dict) and "model" in blob and "config" in blob:  # a regx checkpoint
         src = blob["config"]["model"]
-        if src["name"] != model_name:
-            raise FinetuneError(f"finetune.weights={spec}: the weights are for model {src['name']}, not {model_name}")
+        if src["name"] != model_name or src.get("zoo", "torchvision") != (model_cfg or {}).get("zoo", src.get("zoo", "torchvision")):
+            theirs, ours = f"{src.get('zoo', 'torchvision')}'s {src['name']}", f"{(model_cfg or {}).get('zoo')}'s {model_name}"
+            raise FinetuneError(f"finetune.weights={spec}: the weights are for {theirs}, not {ours}")
         if model_cfg is not None:
             differ = [k for k in ("channels", "convs_per_block", "fc", "small_input") if _as_list(src.get(k)) != _as_list(model_cfg.get(k))]
             if differ and model_name == "smallcnn":
@@ -190,6 +247,13 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
         blob = blob["state_dict"]
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
         raise FinetuneError(f"finetune.weights={spec}: {path} holds no state dict (name -> tensor)")
+    if timm_model:
+        from regx.models import timm_pretrained_cfg
+
+        pc = timm_pretrained_cfg(model_name)
+        if pc.get("mean"):
+            return Pretrained(blob, f"state dict {path} (normalized as timm's {model_name} weights: mean "
+                              f"{list(pc['mean'])}, std {list(pc['std'])})", list(pc["mean"]), list(pc["std"]))
     return Pretrained(blob, f"state dict {path}")
 
 
@@ -199,6 +263,8 @@ def build_pretrained(pretrained: Pretrained, *, dropout: float, **model_kwargs) 
     after loading, so the pretrained names line up; smallcnn's layer names do not depend on it."""
     from regx.models import MODELS, _dropout_before_last_linear, build_model
 
+    if model_kwargs.get("zoo") == "timm" and model_kwargs["name"] not in MODELS:
+        return _build_timm_pretrained(pretrained, dropout=dropout, **model_kwargs)
     ours = model_kwargs["name"] in MODELS
     model = build_model(dropout=dropout if ours else 0.0, **model_kwargs)
     dropped = load_pretrained(model, pretrained.state_dict)
@@ -207,6 +273,39 @@ def build_pretrained(pretrained: Pretrained, *, dropout: float, **model_kwargs) 
         net.transform_input = True  # googlenet/inception: what torchvision sets with its weights
     if dropout > 0 and not ours:
         _dropout_before_last_linear(net, dropout)
+    return model, dropped
+
+
+def _build_timm_pretrained(pretrained: Pretrained, **model_kwargs) -> tuple[nn.Module, list[str]]:
+    """A timm model the size of the weights' own head with every tensor loaded (the first that does not
+    fit is named), then its head replaced for the data's classes by timm's reset_classifier."""
+    from regx.models import build_model
+
+    sd = pretrained.state_dict
+    sketch = build_model(**{**model_kwargs, "num_classes": 2})
+    net, outer = unwrap(sketch)
+    if outer and sd and all(k.startswith(outer) for k in sd):  # saved from a grey-input regx run
+        sd = OrderedDict((k[len(outer):], v) for k, v in sd.items())
+    head = head_path(sketch)
+    if f"{head}.weight" not in sd:
+        raise FinetuneError(f"no {head}.weight (timm's {model_kwargs['name']} classifier) among the weights' tensors "
+                            f"(first: {', '.join(list(sd)[:3])})")
+    model = build_model(**{**model_kwargs, "num_classes": sd[f"{head}.weight"].shape[0]})
+    net, _ = unwrap(model)
+    own = net.state_dict()
+    for k, v in sd.items():
+        if k not in own:
+            raise FinetuneError(f"the weights do not fit timm's {model_kwargs['name']}: {k} {list(v.shape)} is not one of its tensors")
+        if own[k].shape != v.shape:
+            raise FinetuneError(f"the weights do not fit timm's {model_kwargs['name']}: {k} is {list(v.shape)} there, "
+                                f"{list(own[k].shape)} here")
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise FinetuneError(f"the weights do not fit timm's {model_kwargs['name']}: they lack {', '.join(missing[:3])}"
+                            f"{' ...' if len(missing) > 3 else ''}")
+    net.load_state_dict(sd, strict=False)
+    dropped = [f"{k} {list(v.shape)}" for k, v in sd.items() if k.startswith(head + ".")]
+    net.reset_classifier(model_kwargs["num_classes"])
     return model, dropped
 
 
@@ -290,6 +389,9 @@ class FreezePlan:
         """The backbone as (module name, parameter names) units in forward order; the biggest unit is
         split into its children until there are at least `want` (for stage-by-stage unfreezing)."""
         backbone = [n for n in self.params if n not in self.head]
+        net, outer = unwrap(self.model)
+        if is_timm(net):
+            return self._timm_units(net, outer, backbone, want)
 
         def group(unit_names):
             out: dict[str, list[str]] = {}
@@ -322,6 +424,39 @@ class FreezePlan:
             i = names.index(biggest)
             names[i:i + 1] = children
         return [(u, units[u]) for u in names if u in units]
+
+    @staticmethod
+    def _timm_units(net: nn.Module, outer: str, backbone: list[str], want: int) -> list[tuple[str, list[str]]]:
+        """timm's own stages (its group_matcher: stem, each stage, the pre-head norm), in forward order;
+        its finer blocks when `want` is more than the stages. Named by the parameters' common prefix."""
+        from timm.models import group_parameters
+
+        on = set(backbone)
+        for coarse in (True, False):
+            groups = group_parameters(net, net.group_matcher(coarse=coarse))
+            units = [[outer + n for n in names if outer + n in on] for names in groups.values()]
+            units = [u for u in units if u]
+            if len(units) >= want:
+                break
+
+        def name(unit: list[str]) -> str:  # the shortest module paths that hold this unit and no other's
+            mine = set(unit)
+            others = [n for n, _ in net.named_parameters() if outer + n not in mine]
+            by_top: dict[str, list[list[str]]] = {}
+            for p in unit:
+                rel = p[len(outer):].split(".")
+                by_top.setdefault(rel[0], []).append(rel)
+            names = []
+            for top, rels in by_top.items():
+                common = os.path.commonprefix(rels)
+                if len(common) == len(rels[0]):  # one parameter: its module
+                    common = common[:-1]
+                while len(common) > 1 and not any(o.startswith(".".join(common[:-1]) + ".") for o in others):
+                    common = common[:-1]
+                names.append(outer + (".".join(common) or top))
+            return "+".join(names)
+
+        return [(name(u), u) for u in units]
 
     def trainable_at(self, epoch: int) -> set[str]:
         everything = set(self.params)

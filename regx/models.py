@@ -1,4 +1,4 @@
-"""Model registry: regx's smallcnn plus any torchvision classification model by name."""
+"""Model registry: regx's smallcnn, any torchvision classification model, and any timm model by name."""
 
 from __future__ import annotations
 
@@ -74,8 +74,12 @@ def torchvision_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
+# torchvision's classes that take stochastic_depth_prob (drop path), by model-name prefix.
+TV_DROP_PATH = ("convnext", "efficientnet", "swin", "maxvit")
+
+
 def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: int | None, small_input: bool,
-                 dropout: float, **_) -> nn.Module:
+                 dropout: float, drop_path: float | None, **_) -> nn.Module:
     import torchvision.models as tvm
 
     names = torchvision_names()
@@ -88,6 +92,11 @@ def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: i
     extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     if name.startswith("vit_") and image_size:  # its position embeddings are sized for the images
         extra["image_size"] = image_size
+    if drop_path is not None:
+        if not name.startswith(TV_DROP_PATH):
+            raise ModelError(f"model.drop_path: torchvision's {name} has no drop path (its {', '.join(TV_DROP_PATH)} "
+                             "models do; timm's take it as drop_path_rate: model=timm)")
+        extra["stochastic_depth_prob"] = drop_path
     model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
     if small_input:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
@@ -97,6 +106,71 @@ def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: i
     if dropout > 0:
         _dropout_before_last_linear(model, dropout)
     return _GrayToRGB(model) if in_channels == 1 else model
+
+
+def timm_module():
+    """timm, or a ModelError naming the extra that installs it."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("model.zoo=timm needs timm: pip install 'regx[timm]'") from None
+    return timm
+
+
+def check_timm_name(name: str) -> None:
+    timm = timm_module()
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (timm.list_models() lists them)"
+        raise ModelError(f"model.name={name!r} is not a timm model{hint}")
+
+
+def timm_pretrained_cfg(name: str) -> dict:
+    """timm's default pretrained configuration of an architecture: mean, std, input_size, interpolation,
+    hf_hub_id, classifier ... (what its weights were trained with)."""
+    timm = timm_module()
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def _timm(name: str, *, num_classes: int, in_channels: int, image_size: int | None, small_input: bool,
+          dropout: float, drop_path: float | None, **_) -> nn.Module:
+    """timm's create_model for the data's classes. Grey images go in as grey RGB, as for torchvision's
+    models (so ImageNet weights load unchanged); `dropout` is timm's drop_rate (before the classifier),
+    `drop_path` its drop_path_rate; a model with a fixed input size (ViT and kin) is built for the images."""
+    timm = timm_module()
+    check_timm_name(name)
+    if small_input:
+        raise ModelError(f"model.small_input=true swaps a torchvision ResNet stem; for timm's {name} set it false "
+                         "(timm has models made for small images, e.g. resnet18d at data.image_size=64)")
+    kwargs: dict = {"num_classes": num_classes, "drop_rate": dropout}
+    if drop_path is not None:
+        kwargs["drop_path_rate"] = drop_path
+    if image_size and timm_pretrained_cfg(name).get("fixed_input_size"):
+        kwargs["img_size"] = image_size
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:  # an architecture that does not take one of these
+        bad = "model.drop_path" if "drop_path" in str(exc) else "dropout.p" if "drop_rate" in str(exc) else "a keyword"
+        raise ModelError(f"timm's {name} does not take {bad} ({str(exc).splitlines()[0]})") from None
+    return _GrayToRGB(model) if in_channels == 1 else model
+
+
+def probe(model: nn.Module, image_size: int) -> None:
+    """A forward pass on the meta device (shapes only, no compute): a model that cannot take
+    `image_size` px images fails here, before a run starts, with its own message."""
+    import copy
+
+    meta = copy.deepcopy(model).to("meta").eval()
+    channels = 1 if isinstance(meta, _GrayToRGB) else 3
+    try:
+        with torch.no_grad():
+            meta(torch.zeros(1, channels, image_size, image_size, device="meta"))
+    except Exception as exc:
+        raise ModelError(f"cannot take {image_size} px images: {str(exc).splitlines()[0][:200]} "
+                         "(set data.image_size larger, or pick another model)") from None
 
 
 def _dropout_before_last_linear(model: nn.Module, p: float) -> None:
@@ -126,14 +200,15 @@ class _GrayToRGB(nn.Module):
 def model_kwargs(cfg, *, num_classes: int, in_channels: int, image_size: int | None) -> dict:
     """The one adapter from a run's config (its model and dropout groups) to build_model's keywords."""
     m, d = cfg.model, cfg.dropout
-    return dict(name=m.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=list(m.channels),
-                convs_per_block=m.convs_per_block, fc=list(m.fc), small_input=m.small_input, dropout=d.p,
-                conv_dropout=d.conv_p, dropout_features=d.features)
+    return dict(name=m.name, zoo=m.zoo, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                channels=list(m.channels), convs_per_block=m.convs_per_block, fc=list(m.fc), small_input=m.small_input,
+                drop_path=m.drop_path, dropout=d.p, conv_dropout=d.conv_p, dropout_features=d.features)
 
 
 def build_model(
     *,
     name: str,
+    zoo: str = "torchvision",
     num_classes: int,
     in_channels: int,
     image_size: int | None,
@@ -144,18 +219,23 @@ def build_model(
     dropout: float,
     conv_dropout: float,
     dropout_features: bool,
+    drop_path: float | None = None,
 ) -> nn.Module:
     """A model by name for `num_classes` classes of `in_channels`-channel images of `image_size` px
-    (vision transformers are built for it; CNNs do not need it); every other keyword is a
-    `model`/`dropout` config key (config.py holds the defaults, `model_kwargs` maps them)."""
+    (vision transformers are built for it; CNNs do not need it): regx's own (smallcnn), else from
+    `zoo` (torchvision or timm); every other keyword is a `model`/`dropout` config key (config.py
+    holds the defaults, `model_kwargs` maps them)."""
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=list(channels),
-                  convs_per_block=convs_per_block, fc=list(fc), small_input=small_input,
+                  convs_per_block=convs_per_block, fc=list(fc), small_input=small_input, drop_path=drop_path,
                   dropout=dropout, conv_dropout=conv_dropout, dropout_features=dropout_features)
     if name in MODELS:
+        if drop_path:
+            raise ModelError(f"model.drop_path: {name} is a plain stack with no residual branches, so there is no path "
+                             "to drop (use dropout, or a residual model: resnet18, or timm's)")
         return MODELS[name](**kwargs)
     if conv_dropout > 0:
-        raise ModelError("dropout.conv_p applies to smallcnn only; set dropout.conv_p=0 for torchvision models")
-    return _torchvision(name, **kwargs)
+        raise ModelError(f"dropout.conv_p applies to smallcnn only; set dropout.conv_p=0 for {zoo} models")
+    return _timm(name, **kwargs) if zoo == "timm" else _torchvision(name, **kwargs)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
