@@ -274,6 +274,10 @@ class TrainConfig:
     lr: float = num(0.05, "> 0")
     wd: float = num(5e-4, ">= 0")
     label_smoothing: float = num(0.0, "[0, 1)")
+    # Gradient clipping before each optimizer step: rescale the gradients to this total L2 norm at most
+    # (clip_mode=norm), or clamp every element to [-clip_grad, clip_grad] (value). 0: off.
+    clip_grad: float = num(0.0, ">= 0", "(0: off)")
+    clip_mode: str = choice("norm", "norm|value")
     seed: int = 0
     device: str = choice("auto", r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps")
     precision: str = choice("auto", "auto|32|bf16|16")

@@ -61,22 +61,25 @@ class Tally:
 
     loss_sum: torch.Tensor
     correct: torch.Tensor
+    clipped: torch.Tensor  # steps whose gradients clip_grad clipped
     images: int = 0
     batches: int = 0
     seconds: float = 0.0
 
     @classmethod
     def zero(cls, device: torch.device) -> Tally:
-        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long),
+                   torch.zeros((), device=device, dtype=torch.long))
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "images": self.images,
-                "batches": self.batches, "seconds": self.seconds}
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "clipped": self.clipped.cpu(),
+                "images": self.images, "batches": self.batches, "seconds": self.seconds}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> Tally:
-        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["images"], state["batches"],
-                   state["seconds"])
+        clipped = state.get("clipped", torch.zeros((), dtype=torch.long))  # absent from checkpoints before clip_grad
+        return cls(state["loss_sum"].to(device), state["correct"].to(device), clipped.to(device), state["images"],
+                   state["batches"], state["seconds"])
 
 
 @dataclass
@@ -134,6 +137,22 @@ class StepParts:
     scaler: torch.amp.GradScaler | None = None
     penalty: Callable[[], torch.Tensor] | None = None  # the L2/L1 term added to the loss
     label_smoothing: float = 0.0
+    clip: Callable[[], torch.Tensor] | None = None  # clip_grad: clips the gradients, says whether it did
+
+
+def gradient_clipper(mode: str, limit: float, params: list[nn.Parameter]) -> Callable[[], torch.Tensor]:
+    """clip_grad: `norm` rescales all gradients together to a total L2 norm of at most `limit` (torch's
+    clip_grad_norm_, as timm's --clip-mode norm); `value` clamps each element to [-limit, limit]. The
+    returned function clips and says, on the device (no host sync), whether anything was over the limit."""
+    def clip() -> torch.Tensor:
+        if mode == "norm":
+            return torch.nn.utils.clip_grad_norm_(params, limit) > limit  # the norm before clipping
+        grads = [p.grad for p in params if p.grad is not None]
+        over = torch.stack(torch._foreach_norm(grads, float("inf"))).max() > limit
+        torch.nn.utils.clip_grad_value_(params, limit)
+        return over
+
+    return clip
 
 
 def train_one_epoch(
@@ -155,9 +174,11 @@ def train_one_epoch(
         for h in hooks:
             h.before_step(step)
         lr = parts.lr_at(step)
-        loss, correct = _step(net, parts, xb, yb, lr)
+        loss, correct, clipped = _step(net, parts, xb, yb, lr)
         tally.loss_sum += loss * len(yb)
         tally.correct += correct
+        if clipped is not None:
+            tally.clipped += clipped
         tally.images += len(yb)
         tally.batches += 1
         info = StepInfo(step, loss, lr, tally, seconds_before + time.perf_counter() - t0)
@@ -177,7 +198,8 @@ def train_one_epoch(
 
 
 def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: float):
-    """One optimizer step; (detached loss, correct predictions), both on the device."""
+    """One optimizer step; (detached loss, correct predictions, whether clip_grad clipped or None), on
+    the device."""
     for g in p.optimizer.param_groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)
     x, mixed = p.pipeline.train(xb)
@@ -189,14 +211,20 @@ def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: 
             loss = mixed_cross_entropy(out.float(), yb, mixed, p.label_smoothing)
     total = loss + p.penalty() if p.penalty is not None else loss
     p.optimizer.zero_grad(set_to_none=True)
+    clipped = None
     if p.scaler is not None:
         p.scaler.scale(total).backward()
+        if p.clip is not None:
+            p.scaler.unscale_(p.optimizer)  # clip the true gradients, not the scaled ones
+            clipped = p.clip()
         p.scaler.step(p.optimizer)
         p.scaler.update()
     else:
         total.backward()
+        if p.clip is not None:
+            clipped = p.clip()
         p.optimizer.step()
-    return loss.detach().float(), (out.argmax(1) == yb).sum()
+    return loss.detach().float(), (out.argmax(1) == yb).sum(), clipped
 
 
 class LossCheck(Hook):

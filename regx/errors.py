@@ -202,13 +202,26 @@ def _check_timm_input(cfg) -> None:
         size = timm_pretrained_cfg(cfg.model.name).get("input_size", (3, None, None))[-1]
     size = size or NATIVE_SIZE.get(cfg.data.name)
     channels = 1 if cfg.data.name in ("mnist", "fashion_mnist") else cfg.data.channels if cfg.data.name == "shapes" else 3
+    kwargs = model_kwargs(cfg, num_classes=2, in_channels=channels, image_size=size)
     try:
         with torch.device("meta"):
-            model = build_model(**model_kwargs(cfg, num_classes=2, in_channels=channels, image_size=size))
+            model = build_model(**kwargs)
         if size:
             probe(model, size)
     except ModelError as exc:
         raise ConfigError(f"model.name={cfg.model.name} (timm): {exc}") from None
+    weights = cfg.finetune.weights
+    if weights and weights != "imagenet":  # a file or run: its tensors must fit (imagenet's come from timm)
+        from omegaconf import OmegaConf
+
+        from regx.finetune import FinetuneError, load_source, timm_weights_fit
+
+        try:
+            timm_weights_fit(load_source(weights, cfg.model.name, OmegaConf.to_container(cfg.model)).state_dict, kwargs)
+        except FinetuneError as exc:
+            message = str(exc)
+            raise ConfigError(message if message.startswith("finetune.weights=") else
+                              f"finetune.weights={weights}: {message}") from None
 
 
 def _check_train_size(cfg) -> None:

@@ -276,36 +276,48 @@ def build_pretrained(pretrained: Pretrained, *, dropout: float, **model_kwargs) 
     return model, dropped
 
 
-def _build_timm_pretrained(pretrained: Pretrained, **model_kwargs) -> tuple[nn.Module, list[str]]:
-    """A timm model the size of the weights' own head with every tensor loaded (the first that does not
-    fit is named), then its head replaced for the data's classes by timm's reset_classifier."""
+def timm_weights_fit(sd: dict, model_kwargs: dict) -> tuple[dict, str, int]:
+    """Whether a state dict is a whole timm `model_kwargs["name"]` (checked on the meta device: shapes
+    only): the weights (a grey-input regx run's prefix removed), the classifier's path and the weights'
+    class count, or a FinetuneError naming the first tensor that does not fit."""
     from regx.models import build_model
 
-    sd = pretrained.state_dict
-    sketch = build_model(**{**model_kwargs, "num_classes": 2})
+    name = model_kwargs["name"]
+    with torch.device("meta"):
+        sketch = build_model(**{**model_kwargs, "num_classes": 2})
     net, outer = unwrap(sketch)
     if outer and sd and all(k.startswith(outer) for k in sd):  # saved from a grey-input regx run
         sd = OrderedDict((k[len(outer):], v) for k, v in sd.items())
     head = head_path(sketch)
     if f"{head}.weight" not in sd:
-        raise FinetuneError(f"no {head}.weight (timm's {model_kwargs['name']} classifier) among the weights' tensors "
+        raise FinetuneError(f"no {head}.weight (timm's {name} classifier) among the weights' tensors "
                             f"(first: {', '.join(list(sd)[:3])})")
-    model = build_model(**{**model_kwargs, "num_classes": sd[f"{head}.weight"].shape[0]})
-    net, _ = unwrap(model)
-    own = net.state_dict()
+    classes = sd[f"{head}.weight"].shape[0]
+    with torch.device("meta"):
+        own = unwrap(build_model(**{**model_kwargs, "num_classes": classes}))[0].state_dict()
     for k, v in sd.items():
         if k not in own:
-            raise FinetuneError(f"the weights do not fit timm's {model_kwargs['name']}: {k} {list(v.shape)} is not one of its tensors")
+            raise FinetuneError(f"the weights do not fit timm's {name}: {k} {list(v.shape)} is not one of its tensors")
         if own[k].shape != v.shape:
-            raise FinetuneError(f"the weights do not fit timm's {model_kwargs['name']}: {k} is {list(v.shape)} there, "
+            raise FinetuneError(f"the weights do not fit timm's {name}: {k} is {list(v.shape)} there, "
                                 f"{list(own[k].shape)} here")
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     if missing:
-        raise FinetuneError(f"the weights do not fit timm's {model_kwargs['name']}: they lack {', '.join(missing[:3])}"
+        raise FinetuneError(f"the weights do not fit timm's {name}: they lack {', '.join(missing[:3])}"
                             f"{' ...' if len(missing) > 3 else ''}")
-    net.load_state_dict(sd, strict=False)
+    return sd, head, classes
+
+
+def _build_timm_pretrained(pretrained: Pretrained, **model_kwargs) -> tuple[nn.Module, list[str]]:
+    """A timm model the size of the weights' own head with every tensor loaded, then its head replaced
+    for the data's classes by timm's reset_classifier."""
+    from regx.models import build_model
+
+    sd, head, classes = timm_weights_fit(pretrained.state_dict, model_kwargs)
+    model = build_model(**{**model_kwargs, "num_classes": classes})
+    unwrap(model)[0].load_state_dict(sd, strict=False)
     dropped = [f"{k} {list(v.shape)}" for k, v in sd.items() if k.startswith(head + ".")]
-    net.reset_classifier(model_kwargs["num_classes"])
+    unwrap(model)[0].reset_classifier(model_kwargs["num_classes"])
     return model, dropped
 
 

@@ -37,6 +37,7 @@ from regx.engine import (
     Tally,
     autocast,
     evaluate,
+    gradient_clipper,
     mc_dropout,
     train_one_epoch,
 )
@@ -186,7 +187,8 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
                      lr_at=lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau),
                      scaler=torch.amp.GradScaler(device.type) if precision == "16" else None,
                      penalty=(lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None,
-                     label_smoothing=cfg.label_smoothing)
+                     label_smoothing=cfg.label_smoothing,
+                     clip=gradient_clipper(cfg.clip_mode, cfg.clip_grad, list(model.parameters())) if cfg.clip_grad else None)
     return Parts(cfg=cfg, device=device, precision=precision, data=data, clean=clean, model=model,
                  eval_net=torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model, step=step, plan=plan,
                  plateau=plateau, early=EarlyStop(cfg.early_stop.patience, cfg.early_stop.min_delta),
@@ -525,7 +527,8 @@ def _end_epoch(parts: Parts, state: RunState, rec: Recorder, epoch: int, trains:
                gap=(clean_acc if clean_acc is not None else tr.acc) - val_acc, lr=lr,
                epoch_s=time.perf_counter() - started, wall_s=rec.wall_s(), img_per_s=tr.images / tr.seconds,
                clean_train_loss=clean_loss, clean_train_acc=clean_acc, trainable=trains,
-               trainable_params=count_params(parts.model)[1])
+               trainable_params=count_params(parts.model)[1],
+               clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None)
     state.history.append(row)
     state.wall_s = rec.wall_s()
     reason = parts.early.reason(epoch, state.improved_epoch, state.best_val_acc, state.best_epoch)

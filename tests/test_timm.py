@@ -93,6 +93,8 @@ def test_a_timm_run_trains_resumes_predicts_and_exports(tmp_path):
     assert res.returncode == 0 and "3 images" in res.stderr + res.stdout, res.stderr
     res = regx_here(tmp_path, "export", "r", "--format", "onnx")
     assert res.returncode == 0 and "top-1 agreement 100.00%" in res.stdout + res.stderr, res.stderr
+    res = regx_here(tmp_path, "eval", "r")
+    assert res.returncode == 0 and (run / "eval.json").is_file(), res.stderr
 
 
 def test_fine_tuning_from_a_timm_weights_file_uses_timms_preprocessing(tmp_path):
@@ -112,8 +114,15 @@ def test_fine_tuning_from_a_timm_weights_file_uses_timms_preprocessing(tmp_path)
         train(smoke_cfg("model=timm", "model.name=resnet18", "finetune=full", f"finetune.weights={file}"), tmp_path / "x")
     source["layer3.0.conv2.weight"] = torch.zeros(3, 3)
     torch.save(source, file)
-    with pytest.raises(RunFailed, match=r"resnet10t: layer3\.0\.conv2\.weight is \[3, 3\] there, \[256, 256, 3, 3\] here"):
+    misfit = r"resnet10t: layer3\.0\.conv2\.weight is \[3, 3\] there, \[256, 256, 3, 3\] here"
+    with pytest.raises(RunFailed, match=misfit):
         train(smoke_cfg("model=timm", "model.name=resnet10t", "finetune=full", f"finetune.weights={file}"), tmp_path / "y")
+    # from the command line it is bad input: caught before any run directory
+    with pytest.raises(config.ConfigError, match=f"finetune.weights={file}: the weights do not fit timm's {misfit}"):
+        errors.preflight(["debug=smoke", "model=timm", "model.name=resnet10t", "finetune=full", f"finetune.weights={file}"])
+    res = regx_here(tmp_path, "train", "debug=smoke", "model=timm", "model.name=resnet10t", "finetune=full",
+                    f"finetune.weights={file}", "hydra.run.dir=z")
+    assert res.returncode == 2 and "layer3.0.conv2.weight" in res.stderr and not (tmp_path / "z").exists()
 
 
 def fake_hub_cache(root: Path, repo: str) -> Path:

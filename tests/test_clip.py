@@ -1,0 +1,71 @@
+"""clip_grad: gradient clipping by total norm or by value, and the fraction of steps it clipped."""
+
+import pytest
+import torch
+from torch import nn
+
+from regx import config, errors
+from regx.engine import gradient_clipper
+from regx.runs import load_checkpoint, read_metrics
+from regx.train import train
+from tests.conftest import assert_same_state, metric_rows, regx_here, run_regx, smoke_cfg
+
+
+def params_with_grads(*grads):
+    ps = [nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    return ps
+
+
+def test_norm_clipping_rescales_all_gradients_together_and_says_when():
+    ps = params_with_grads(torch.tensor([3.0, 0.0]), torch.tensor([[4.0]]))  # total norm 5
+    assert bool(gradient_clipper("norm", 1.0, ps)())
+    assert torch.cat([p.grad.flatten() for p in ps]).norm() == pytest.approx(1.0, rel=1e-4)
+    assert ps[0].grad[0] / ps[1].grad[0, 0] == pytest.approx(3 / 4)  # the direction is kept
+    ps = params_with_grads(torch.tensor([0.3, 0.4]))
+    assert not bool(gradient_clipper("norm", 1.0, ps)()) and torch.equal(ps[0].grad, torch.tensor([0.3, 0.4]))
+
+
+def test_value_clipping_clamps_each_element_and_says_when():
+    ps = params_with_grads(torch.tensor([-3.0, 0.5]), torch.tensor([2.0]))
+    ps.append(nn.Parameter(torch.zeros(2)))  # a frozen one: no gradient
+    assert bool(gradient_clipper("value", 1.0, ps)())
+    assert torch.equal(ps[0].grad, torch.tensor([-1.0, 0.5])) and torch.equal(ps[1].grad, torch.tensor([1.0]))
+    assert not bool(gradient_clipper("value", 5.0, params_with_grads(torch.tensor([-3.0])))())
+
+
+def test_metrics_record_the_fraction_of_steps_clipped(tmp_path):
+    train(smoke_cfg("clip_grad=1e-4"), tmp_path / "tight")
+    train(smoke_cfg("clip_grad=1e6", "clip_mode=value"), tmp_path / "loose")
+    train(smoke_cfg(), tmp_path / "off")
+    assert [float(r["clipped"]) for r in read_metrics(tmp_path / "tight/metrics.csv")] == [1.0, 1.0]
+    assert [float(r["clipped"]) for r in read_metrics(tmp_path / "loose/metrics.csv")] == [0.0, 0.0]
+    assert [r["clipped"] for r in read_metrics(tmp_path / "off/metrics.csv")] == ["", ""]
+    # clipping the gradients to almost nothing leaves the weights almost where they started
+    tight = load_checkpoint(tmp_path / "tight/checkpoints/last.pt")["model"]
+    off = load_checkpoint(tmp_path / "off/checkpoints/last.pt")["model"]
+    assert not torch.equal(tight["head.out.weight"], off["head.out.weight"])
+
+
+def test_a_run_killed_mid_epoch_with_clipping_resumes_to_the_same_end(tmp_path):
+    common = ["debug=smoke", "epochs=2", "clip_grad=0.3", "checkpoint.every_steps=2"]
+    assert regx_here(tmp_path, "train", *common, "hydra.run.dir=full").returncode == 0
+    killed = run_regx(["train", *common, "hydra.run.dir=k"], tmp_path, fault="kill@9")
+    assert killed.returncode == -9
+    resumed = regx_here(tmp_path, "resume", "k")
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "k")
+    fractions = [float(r["clipped"]) for r in read_metrics(tmp_path / "k/metrics.csv")]
+    assert all(0 < f <= 1 for f in fractions)  # clipping was at work across the kill
+    assert_same_state(load_checkpoint(tmp_path / "full/checkpoints/last.pt"),
+                      load_checkpoint(tmp_path / "k/checkpoints/last.pt"))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("clip_grad=-1", "clip_grad=-1.0 is invalid: must be >= 0"),
+    ("clip_mode=agc", "clip_mode='agc' is invalid"),
+])
+def test_bad_clipping_is_one_line(override, message):
+    with pytest.raises(config.ConfigError, match=message):
+        errors.preflight([override])
