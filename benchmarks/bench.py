@@ -101,13 +101,15 @@ def hand_loop(model_name: str, device, precision: str, steps: int, batch: int, c
 
 
 def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, aug: str = "none",
-              channels_last: bool = True, compile_mode: str | None = None):
+              channels_last: bool = True, compile_mode: str | None = None, ema: bool = False, clip: float = 0.0):
     """regx's own path: iterate() -> Pipeline (augmentation) -> train_one_epoch with its metrics
-    (`compile_mode`: the model under torch.compile in that mode, as `compile=true` does)."""
+    (`compile_mode`: the model under torch.compile in that mode, as `compile=true` does; `ema`:
+    average=ema's update after every step; `clip`: clip_grad's norm clipping)."""
     from regx import config
     from regx.augment import Augment
+    from regx.average import Ema
     from regx.data import iterate
-    from regx.engine import LossCheck, Pipeline, StepParts, Tally, autocast, train_one_epoch
+    from regx.engine import LossCheck, Pipeline, StepParts, Tally, autocast, gradient_clipper, train_one_epoch
     from regx.regularize import build_optimizer
 
     cfg = config.compose([f"aug={aug}"])
@@ -118,14 +120,16 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     gen = torch.Generator(device=device).manual_seed(1)
     pipe = Pipeline(torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1),
                     channels_last, Augment(cfg.aug, gen) if Augment.active(cfg.aug) else None)
-    parts = StepParts(optimizer=opt, pipeline=pipe, lr_at=lambda s: 0.01, amp=autocast(device, precision))
+    parts = StepParts(optimizer=opt, pipeline=pipe, lr_at=lambda s: 0.01, amp=autocast(device, precision),
+                      clip=gradient_clipper("norm", clip, list(model.parameters())) if clip else None)
     nan = LossCheck(device, 1 if device.type == "cpu" else 25)  # what a run checks, as often
+    hooks = [nan, Ema(model, decay=0.999, warmup=True, every=1)] if ema else [nan]
     state = {"step": 0}
 
     def chunk() -> int:
         order = torch.randperm(len(data.y), device=device)
         r = train_one_epoch(model, parts, iterate(data, batch, order=order, device=device), first_step=state["step"],
-                            tally=Tally.zero(device), hooks=[nan])
+                            tally=Tally.zero(device), hooks=hooks)
         state["step"] += r.steps
         return r.images
 
@@ -517,6 +521,17 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                                    "a": r["bf16"], "b": r["32"]})
         log(f"  defaults: bf16/fp32 {model_name} batch 1024: x{ratio:.3f}")
 
+    for model_name in ("smallcnn", "resnet18"):  # what average=ema and clip_grad add to a step
+        small = model_name == "smallcnn"
+        steps, batch = ((40, 256) if gpu else (8, BATCH)) if small else ((20, 256) if gpu else (2, 64))
+        r = alternate({"plain": regx_loop(model_name, device, best, steps, batch),
+                       "ema": regx_loop(model_name, device, best, steps, batch, ema=True),
+                       "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0)}, repeats)
+        for what, key in (("average=ema", "ema"), ("clip_grad=1 (norm)", "clip")):
+            ratio = paired_ratio(r[key], r["plain"])
+            result["defaults"].append({"what": f"{what} vs off, {model_name} {best}", "ratio": ratio,
+                                       "a": r[key], "b": r["plain"]})
+            log(f"  defaults: {what}/off {model_name} {best}: x{ratio:.3f}")
     steps, batch = (40, 256) if gpu else (8, BATCH)
     for row in compile_effect(device, best, steps, batch, repeats, ("default", "reduce-overhead") if gpu else ("default",)):
         result["defaults"].append(row)

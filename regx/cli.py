@@ -418,7 +418,7 @@ def cmd_lr_plot(args: list[str]) -> int:
     out = _picture_path(a, "lr-plot")
     steps = steps_per_epoch(train_count(cfg.data), cfg.batch_size)  # the training split's size, not its images
     sched = OmegaConf.to_container(cfg.sched, resolve=True)
-    lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps)
+    lr_at = lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, average=OmegaConf.to_container(cfg.average))
     title = f"sched={sched['name']} lr={cfg.lr:g} epochs={cfg.epochs} ({steps} steps/epoch)"
     if sched["name"] == "plateau":
         title += ": plateau cuts depend on validation loss and are not shown"

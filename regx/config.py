@@ -231,6 +231,25 @@ class EarlyStopConfig:
 
 
 @dataclass
+class AverageConfig:
+    """Weight averaging (the `average` group), evaluated and checkpointed beside the trained weights:
+    an exponential moving average updated every `every` optimizer steps (ema), or the equal average of
+    the weights at the end of each epoch from `start_epoch` on, BatchNorm recomputed at the end (swa)."""
+
+    name: str = choice("none", "none|ema|swa")  # a default, not MISSING: runs made before this group resume
+    decay: float = num(0.999, "(0, 1)")  # ema <- decay * ema + (1 - decay) * weights
+    # timm's EMA warmup: the decay used at update t is min(decay, (1 + t) / (10 + t)), so early
+    # updates follow the weights closely instead of averaging in the random start
+    warmup: bool = True
+    every: int = num(1, ">= 1")  # optimizer steps between updates
+    # which weights count: the best epoch, early stopping, best.pt's test evaluation, predict and export
+    select: str = choice("averaged", "averaged|raw")
+    start_epoch: int | None = num(None, ">= 1", "or null")  # swa: the first epoch averaged; null: 75% into the run
+    swa_lr: float | None = num(None, "> 0", "or null")  # swa: the learning rate from start_epoch on; null: the schedule's
+    anneal_epochs: int = num(1, ">= 0")  # swa: epochs to move linearly from the schedule's rate to swa_lr
+
+
+@dataclass
 class LoggerConfig:
     """Experiment trackers, as the `logger` group's options select them: one (`logger=mlflow`) or
     several (`logger=[tensorboard,mlflow]`); each option sets its own flag."""
@@ -265,6 +284,7 @@ class TrainConfig:
     decay: DecayConfig = MISSING
     sched: SchedConfig = MISSING
     finetune: FinetuneConfig = MISSING
+    average: AverageConfig = field(default_factory=AverageConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -293,7 +313,7 @@ class TrainConfig:
 
 
 AUG_OPS = tuple(f.name for f in dataclasses.fields(AugConfig) if f.name != "name")
-GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "logger", "experiment", "debug",
+GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "average", "logger", "experiment", "debug",
           "hparams_search")
 
 
@@ -413,6 +433,8 @@ def _check_between(c: DictConfig) -> None:
            c.dropout.mc_samples, "needs dropout in the model (dropout=fc, conv or both)")
     _check(c.sched.min_lr <= c.lr, "sched.min_lr", c.sched.min_lr, f"must be in [0, lr={c.lr}]")
     _check_decay_stable(c)
+    _check(c.average.name != "swa" or c.average.start_epoch is None or c.average.start_epoch <= c.epochs,
+           "average.start_epoch", c.average.start_epoch, f"must be <= epochs ({c.epochs}); a later start averages nothing")
     check_device(c.device)
     for tracker, module in (("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")):
         if c.logger[tracker] and importlib.util.find_spec(module) is None:

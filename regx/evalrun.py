@@ -56,12 +56,13 @@ def _checkpoint(run_dir: Path, last: bool) -> tuple[Path, dict]:
 
 def build_from_checkpoint(ckpt: dict, cfg, num_classes: int, in_channels: int, device: torch.device):
     """The checkpoint's model, as it trained (transform_input of googlenet/inception's ImageNet weights)."""
+    from regx.average import selected_weights
     from regx.finetune import unwrap
     from regx.models import build_model, model_kwargs
 
     size = ckpt.get("image_size") or cfg.data.image_size
     model = build_model(**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels, image_size=size))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(selected_weights(ckpt))
     net, _ = unwrap(model)
     if ckpt["config"].get("finetune", {}).get("weights") == "imagenet" and hasattr(net, "transform_input"):
         net.transform_input = True

@@ -241,7 +241,9 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
                                     f"{model_cfg.get(differ[0])} here; set model.{differ[0]} to match")
         norm = blob.get("norm") or {}
         size = blob["config"].get("data", {}).get("image_size")
-        return Pretrained(blob["model"], f"regx checkpoint {path} (epoch {blob['state']['epoch']})",
+        from regx.average import selected_weights
+
+        return Pretrained(selected_weights(blob), f"regx checkpoint {path} (epoch {blob['state']['epoch']})",
                           norm.get("mean"), norm.get("std"), size)
     if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
         blob = blob["state_dict"]

@@ -144,6 +144,8 @@ class Recorder:
         for tracker in self.trackers:
             tracker.epoch(row)
         clean = "" if row["clean_train_acc"] is None else f"  clean train acc {100 * row['clean_train_acc']:6.2f}%"
+        if row.get("avg_val_acc") is not None:
+            clean += f"  val acc (averaged) {100 * row['avg_val_acc']:6.2f}%"
         self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%% (as trained)%s  val loss %.4f acc %6.2f%%  gap %+5.1fpp  "
                       "lr %.3g  %.1fs  %s img/s%s", len(str(cfg.epochs)), row["epoch"], cfg.epochs, row["train_loss"],
                       100 * row["train_acc"], clean, row["val_loss"], 100 * row["val_acc"], 100 * row["gap"], row["lr"],

@@ -36,7 +36,8 @@ except ImportError:  # Windows
     fcntl = None
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "gap", "lr", "epoch_s", "wall_s",
-                  "img_per_s", "clean_train_loss", "clean_train_acc", "trainable", "trainable_params", "clipped"]
+                  "img_per_s", "clean_train_loss", "clean_train_acc", "trainable", "trainable_params", "clipped",
+                  "avg_val_loss", "avg_val_acc"]
 TIMING_COLUMNS = ("epoch_s", "wall_s", "img_per_s")
 
 

@@ -112,19 +112,42 @@ class Schedule:
     extended with more epochs goes on at the rate it ended with; `restart` begins a new cycle (a warm
     restart) over the epochs added."""
 
-    def __init__(self, sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None):
+    def __init__(self, sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None,
+                 swa: tuple[int, int, float] | None = None):
         self.sched, self.lr, self.epochs, self.steps, self.plateau = sched, lr, epochs, steps, plateau
         self.start = 0
+        self.swa = swa  # average=swa with average.swa_lr: (first SWA step, anneal steps, swa_lr)
 
-    def __call__(self, step: int) -> float:
+    def _scheduled(self, step: int) -> float:
         scale = self.plateau.scale if self.plateau is not None else 1.0
         return self.lr * scale * lr_factor(step - self.start, total_steps=self.steps * self.epochs,
                                            steps_per_epoch=self.steps, base_lr=self.lr, **self.sched)
+
+    def __call__(self, step: int) -> float:
+        if self.swa is None or step < self.swa[0]:
+            return self._scheduled(step)
+        start, anneal, swa_lr = self.swa  # from the schedule's rate at SWA's start, linearly to swa_lr
+        if step < start + anneal:
+            f = (step - start + 1) / anneal
+            return (1 - f) * self._scheduled(start) + f * swa_lr
+        return swa_lr
 
     def restart(self, start: int, epochs: int) -> None:
         self.start, self.epochs = start, epochs
 
 
-def lr_schedule(sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None) -> Schedule:
-    """The learning rate at each optimizer step for a run of `epochs` epochs of `steps` steps."""
-    return Schedule(sched, lr=lr, epochs=epochs, steps=steps, plateau=plateau)
+def lr_schedule(sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None,
+                average: dict | None = None) -> Schedule:
+    """The learning rate at each optimizer step for a run of `epochs` epochs of `steps` steps; with
+    average=swa and an average.swa_lr, that rate from SWA's first epoch on (reached linearly over
+    average.anneal_epochs)."""
+    swa = None
+    if average and average["name"] == "swa" and average.get("swa_lr") is not None:
+        start = swa_start(average, epochs)
+        swa = ((start - 1) * steps, average["anneal_epochs"] * steps, average["swa_lr"])
+    return Schedule(sched, lr=lr, epochs=epochs, steps=steps, plateau=plateau, swa=swa)
+
+
+def swa_start(average: dict, epochs: int) -> int:
+    """SWA's first averaged epoch: average.start_epoch, or the epoch 75% into the run."""
+    return average.get("start_epoch") or max(1, math.ceil(0.75 * epochs))

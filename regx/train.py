@@ -22,6 +22,7 @@ from torch import nn
 
 from regx import __version__
 from regx.augment import Augment
+from regx.average import Average, Swa, make_average, selected_weights
 from regx.console import EpochProgress
 from regx.data import Data, Split, iterate, load_config, stratified_split, to_device
 from regx.diagnose import FEW_STEPS, command, few_steps_batch, remedies, verdict
@@ -149,6 +150,7 @@ class Parts:
     steps: int  # optimizer steps per epoch
     batch: int  # this rank's part of batch_size
     weights: tuple[str, list[str]] | None  # pretrained weights: (source, dropped keys)
+    average: Average | None = None  # the average group's averaged copy of the model
 
 
 def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
@@ -184,7 +186,8 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
                         std=torch.tensor(data.std, device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last,
                         augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None)
     step = StepParts(optimizer=optimizer, pipeline=pipeline, amp=autocast(device, precision),
-                     lr_at=lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau),
+                     lr_at=lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau,
+                                       average=OmegaConf.to_container(cfg.average)),
                      scaler=torch.amp.GradScaler(device.type) if precision == "16" else None,
                      penalty=(lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None,
                      label_smoothing=cfg.label_smoothing,
@@ -192,7 +195,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
     return Parts(cfg=cfg, device=device, precision=precision, data=data, clean=clean, model=model,
                  eval_net=torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model, step=step, plan=plan,
                  plateau=plateau, early=EarlyStop(cfg.early_stop.patience, cfg.early_stop.min_delta),
-                 aug_gen=aug_gen, steps=steps, batch=batch, weights=weights)
+                 aug_gen=aug_gen, steps=steps, batch=batch, weights=weights, average=make_average(cfg, model))
 
 
 def _data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Data, nn.Module, tuple[str, list[str]] | None]:
@@ -246,6 +249,7 @@ def save(parts: Parts, state: RunState, ranks: Ranks, ckpt_dir: Path, hooks=(), 
                      "rng_ranks": [r["rng"] for r in ranks_rng] if ranks.world > 1 else None,
                      "scaler": parts.step.scaler.state_dict() if parts.step.scaler is not None else None,
                      "plateau": parts.plateau.state_dict() if parts.plateau is not None else None,
+                     "average": parts.average.state_dict() if parts.average is not None else None,
                      "rng": _rng_state(parts), "state": asdict(state),
                      "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
                      "norm": {"mean": list(data.mean), "std": list(data.std)},
@@ -269,6 +273,8 @@ def restore(parts: Parts, ranks: Ranks, ckpt_dir: Path, log) -> RunState:
         parts.step.scaler.load_state_dict(ckpt["scaler"])
     if parts.plateau is not None and ckpt.get("plateau"):
         parts.plateau.load_state_dict(ckpt["plateau"])
+    if parts.average is not None:  # averaging switched on at a resume starts from the weights as they are
+        parts.average.load_state_dict(ckpt.get("average") or {"model": ckpt["model"], "updates": 0})
     rng = ckpt["rng_ranks"][ranks.rank] if ranks.world > 1 else ckpt["rng"]
     # Generator states are CPU byte tensors; a checkpoint loaded onto the GPU has moved them there.
     torch.set_rng_state(rng["torch"].cpu())
@@ -360,6 +366,8 @@ def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume
             rec.epoch(row, state, is_best=is_best)
             if poll.requested():
                 raise Interrupted(stop.signum or signal.SIGTERM)
+        if isinstance(parts.average, Swa):
+            _finish_swa(parts, state, ranks, rec, hooks)
         results = _results(parts, state, ranks, rec, stop)
         if stop():  # asked during the test evaluation's last moments: a resume redoes it
             raise Interrupted(stop.signum)
@@ -381,7 +389,7 @@ def _facts(parts: Parts) -> dict:
     cfg, data, groups = parts.cfg, parts.data, parts.step.optimizer.param_groups
     total, trainable = count_params(parts.model)
     return dict(device=str(parts.device), precision=parts.precision, params=total, trainable_params=trainable,
-                frozen_params=total - trainable, finetune=cfg.finetune.name, decay=cfg.decay.name if cfg.wd > 0 else "off",
+                frozen_params=total - trainable, finetune=cfg.finetune.name, average=cfg.average.name, decay=cfg.decay.name if cfg.wd > 0 else "off",
                 decayed_params=sum(p.numel() for g in groups if g["decayed"] for p in g["params"]),
                 not_decayed_params=sum(p.numel() for g in groups if not g["decayed"] for p in g["params"]),
                 num_classes=data.num_classes, image_size=data.image_size, n_train=len(data.train),
@@ -465,9 +473,10 @@ def _train_epoch(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, epo
     with EpochProgress(f"epoch {epoch}/{cfg.epochs}", parts.steps, show=ranks.main) as bar:
         progress = [Progress(bar, refresh_every(cfg.progress_every, parts.steps))] if bar.active else []
         every = MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, loss_check, save_at)
+        average = [parts.average] if parts.average is not None else []  # updated before a checkpoint saves it
         try:
             tr = train_one_epoch(net, parts.step, batches, first_step=state.step, tally=tally,
-                                 hooks=[loss_check, *progress, *hooks, poll, every])
+                                 hooks=[loss_check, *progress, *hooks, poll, *average, every])
         except Diverged as exc:
             raise _diverged(parts, rec, epoch, exc) from None
     if not tr.finished and tr.steps < parts.steps:
@@ -502,9 +511,10 @@ def _diverged(parts: Parts, rec: Recorder, epoch: int, exc: Diverged) -> RunFail
                      f"(lr={parts.cfg.lr / 10:g}) or add warmup (sched.warmup_epochs=1)")
 
 
-def _evaluate(parts: Parts, split: Split, stop: StopRequest | None = None) -> tuple[float, float]:
+def _evaluate(parts: Parts, split: Split, stop: StopRequest | None = None, net: nn.Module | None = None
+              ) -> tuple[float, float]:
     batches = iterate(split, parts.cfg.eval_batch_size, device=parts.device, workers=parts.cfg.data.workers)
-    loss, acc, _ = evaluate(parts.eval_net, batches if stop is None else _until_stopped(batches, stop),
+    loss, acc, _ = evaluate(net or parts.eval_net, batches if stop is None else _until_stopped(batches, stop),
                             pipeline=parts.step.pipeline, amp=parts.step.amp)
     return loss, acc
 
@@ -515,26 +525,58 @@ def _end_epoch(parts: Parts, state: RunState, rec: Recorder, epoch: int, trains:
     lr = parts.step.lr_at(state.step - 1)
     val_loss, val_acc = _evaluate(parts, parts.data.val)
     clean_loss, clean_acc = _evaluate(parts, parts.clean) if parts.clean is not None else (None, None)
+    average = parts.average
+    if average is not None:
+        average.end_epoch(epoch)  # swa: this epoch's weights join the average
+    averaged = average is not None and average.updates > 0
+    avg_loss, avg_acc = _evaluate(parts, parts.data.val, net=average.module) if averaged else (None, None)
+    # the validation accuracy that picks the best epoch and stops early: the averaged weights' when selected
+    score = avg_acc if averaged and parts.cfg.average.select == "averaged" else val_acc
     if parts.plateau is not None:
         parts.plateau.update(val_loss)
-    is_best = state.best_val_acc is None or val_acc > state.best_val_acc
-    if parts.early.improves(val_acc, state.best_val_acc):
+    is_best = state.best_val_acc is None or score > state.best_val_acc
+    if parts.early.improves(score, state.best_val_acc):
         state.improved_epoch = epoch
     if is_best:
-        state.best_val_acc, state.best_epoch = val_acc, epoch
+        state.best_val_acc, state.best_epoch = score, epoch
     state.epoch = epoch
     row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc,
                gap=(clean_acc if clean_acc is not None else tr.acc) - val_acc, lr=lr,
                epoch_s=time.perf_counter() - started, wall_s=rec.wall_s(), img_per_s=tr.images / tr.seconds,
                clean_train_loss=clean_loss, clean_train_acc=clean_acc, trainable=trains,
                trainable_params=count_params(parts.model)[1],
-               clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None)
+               clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None,
+               avg_val_loss=avg_loss, avg_val_acc=avg_acc)
     state.history.append(row)
     state.wall_s = rec.wall_s()
     reason = parts.early.reason(epoch, state.improved_epoch, state.best_val_acc, state.best_epoch)
     if reason and epoch < parts.cfg.epochs:
         state.stopped_early = {"epoch": epoch, "best_epoch": state.best_epoch, "reason": reason}
     return row, is_best
+
+
+def _finish_swa(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, hooks) -> None:
+    """average=swa after the last epoch: BatchNorm's statistics recomputed for the averaged weights over
+    the training data (no augmentation), then their validation; with select=averaged they are the run's
+    result (best.pt). Again on a resume after it: the statistics come out the same."""
+    cfg, swa = parts.cfg, parts.average
+    if not swa.updates:
+        rec.log.warning("average=swa averaged nothing: the run ended at epoch %d, before average.start_epoch=%d",
+                        state.epoch, swa.start_epoch)
+        return
+    batches = iterate(parts.data.train, cfg.eval_batch_size, device=parts.device, workers=cfg.data.workers)
+    seen = swa.update_bn((parts.step.pipeline.eval(x) for x, _ in batches), parts.step.amp)
+    loss, acc = _evaluate(parts, parts.data.val, net=swa.module)
+    state.history[-1].update(avg_val_loss=loss, avg_val_acc=acc)
+    rec.log.info("average=swa: the weights of %d epochs (%d-%d) averaged; BatchNorm statistics recomputed over %d "
+                 "training images; val loss %.4f acc %.2f%%", swa.updates, swa.start_epoch, state.epoch, seen, loss,
+                 100 * acc)
+    selected = cfg.average.select == "averaged"
+    if selected:
+        state.best_val_acc, state.best_epoch = acc, state.epoch
+    save(parts, state, ranks, rec.run_dir / "checkpoints", hooks, best=selected)
+    rec.metrics(state.history)
+    rec.progress(state)
 
 
 def _best_weights(rec: Recorder, device: torch.device) -> dict:
@@ -551,7 +593,7 @@ def _best_weights(rec: Recorder, device: torch.device) -> dict:
             raise RunFailed(f"no checkpoint to test: {none}") from None
         rec.log.warning("%s; the test evaluation uses %s (epoch %d) instead", exc, path.name, ckpt["state"]["epoch"])
         rec.summary["test_checkpoint"] = path.name
-    return ckpt["model"]
+    return selected_weights(ckpt)
 
 
 def _overrides(run_dir: Path) -> list[str]:

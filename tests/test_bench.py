@@ -17,6 +17,8 @@ def test_benchmark_parts_run_and_write_their_report(tmp_path):
     aug = bench.alternate(bench.aug_alone(CPU, 2, 16), repeats=1, warmup=0)
     assert all(v["median"] > 0 for v in aug.values())
     assert bench.tv_end_to_end("smallcnn", CPU, "32", 2, 16)() == 32
+    assert bench.regx_loop("smallcnn", CPU, "32", 2, 16, ema=True)() == 32
+    assert bench.regx_loop("smallcnn", CPU, "32", 2, 16, clip=1.0)() == 32
     costs = bench.tracker_cost(repeats=2)
     assert all(c["status"] == "ok" and c["n"] == 2 and c["median"] > 0 for c in costs.values())
     t = {"target": 0.99, "reached": {"epoch": 1, "seconds": 2.0, "wall_s": 3.0}, "epochs": 1, "best_val_acc": 0.995,

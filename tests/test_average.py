@@ -1,0 +1,148 @@
+"""average=ema and average=swa: averaged weights, evaluated, checkpointed, resumed and selected."""
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from regx import config, errors
+from regx.average import Ema, Swa, selected_weights
+from regx.engine import StepInfo, Tally
+from regx.runs import load_checkpoint, read_metrics
+from regx.schedules import lr_schedule
+from regx.train import train
+from tests.conftest import assert_same_state, metric_rows, regx_here, run_regx, smoke_cfg
+
+
+def step(ema: Ema, i: int) -> None:
+    ema.after_step(StepInfo(i, torch.zeros(()), 0.1, Tally.zero(torch.device("cpu")), 0.0))
+
+
+def test_the_average_moves_toward_the_weights_with_timms_warmup_and_copies_buffers():
+    model = nn.Sequential(nn.Linear(2, 1, bias=False), nn.BatchNorm1d(1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    ema = Ema(model, decay=0.99, warmup=True, every=1)
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+        model[1].running_mean.fill_(5.0)
+    step(ema, 0)  # update 0: d = min(0.99, 1/10)
+    assert ema.module[0].weight[0, 0].item() == pytest.approx(0.1 * 1 + 0.9 * 3)
+    assert ema.module[1].running_mean.item() == 5.0  # buffers are copied, not averaged
+    assert ema.decay_at(10_000) == 0.99 and ema.decay_at(1) == pytest.approx(2 / 11)
+    plain = Ema(model, decay=0.5, warmup=False, every=2)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    step(plain, 0)  # not an update step (every=2)
+    assert plain.module[0].weight[0, 0].item() == 3.0 and plain.updates == 0
+    step(plain, 1)
+    assert plain.module[0].weight[0, 0].item() == pytest.approx(2.0) and plain.updates == 1
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weights(tmp_path):
+    s = train(smoke_cfg("average=ema", "average.decay=0.9"), tmp_path / "ema")
+    rows = read_metrics(tmp_path / "ema/metrics.csv")
+    assert all(r["avg_val_acc"] and r["avg_val_loss"] for r in rows) and s["average"] == "ema"
+    best = load_checkpoint(tmp_path / "ema/checkpoints/best.pt")
+    assert best["average"]["updates"] == s["evidence"]["optimizer_steps"]
+    assert not torch.equal(best["average"]["model"]["head.out.weight"], best["model"]["head.out.weight"])
+    assert selected_weights(best) is best["average"]["model"]
+    assert s["best_val_acc"] == max(float(r["avg_val_acc"]) for r in rows)  # the averaged weights pick the best
+    raw = train(smoke_cfg("average=ema", "average.decay=0.9", "average.select=raw"), tmp_path / "raw")
+    ckpt = load_checkpoint(tmp_path / "raw/checkpoints/best.pt")
+    assert selected_weights(ckpt) is ckpt["model"]
+    assert raw["best_val_acc"] == max(float(r["val_acc"]) for r in read_metrics(tmp_path / "raw/metrics.csv"))
+    # what regx eval, predict and export build: the averaged weights
+    from regx.evalrun import build_from_checkpoint
+
+    cfg = config.compose(["debug=smoke"])
+    model = build_from_checkpoint(best, cfg, num_classes=10, in_channels=3, device=torch.device("cpu"))
+    assert torch.equal(model.state_dict()["head.out.weight"], best["average"]["model"]["head.out.weight"])
+    assert regx_here(tmp_path, "eval", "ema").returncode == 0
+
+
+def test_a_run_killed_mid_epoch_resumes_its_average_exactly(tmp_path):
+    common = ["debug=smoke", "epochs=2", "average=ema", "average.decay=0.8", "checkpoint.every_steps=2"]
+    assert regx_here(tmp_path, "train", *common, "hydra.run.dir=full").returncode == 0
+    killed = run_regx(["train", *common, "hydra.run.dir=k"], tmp_path, fault="kill@9")
+    assert killed.returncode == -9
+    resumed = regx_here(tmp_path, "resume", "k")
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "k")
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints/last.pt") for d in ("full", "k"))
+    assert_same_state(a, b)
+    assert a["average"]["updates"] == b["average"]["updates"]
+    for key, value in a["average"]["model"].items():
+        assert torch.equal(value, b["average"]["model"][key]), key
+
+
+def test_averaging_switched_on_at_a_resume_starts_from_the_weights_then(tmp_path):
+    assert regx_here(tmp_path, "train", "debug=smoke", "epochs=1", "hydra.run.dir=r").returncode == 0
+    res = regx_here(tmp_path, "resume", "r", "epochs=2", "average.name=ema")  # resume takes keys, not groups
+    assert res.returncode == 0, res.stderr
+    rows = read_metrics(tmp_path / "r/metrics.csv")
+    assert rows[0]["avg_val_acc"] == "" and rows[1]["avg_val_acc"] != ""
+
+
+def test_swa_averages_the_epochs_from_its_start_and_recomputes_batchnorm():
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    swa = Swa(model, start_epoch=2)
+    for epoch, w in ((1, 100.0), (2, 1.0), (3, 2.0), (4, 6.0)):
+        with torch.no_grad():
+            model[0].weight.fill_(w)
+        swa.end_epoch(epoch)
+    assert swa.updates == 3 and swa.module[0].weight.item() == pytest.approx(3.0)  # (1 + 2 + 6) / 3
+    with torch.no_grad():
+        swa.module[0].weight.fill_(1.0)
+    batches = [torch.full((4, 1), 2.0), torch.full((2, 1), 8.0)]
+    assert swa.update_bn(iter(batches), torch.autocast("cpu", enabled=False)) == 6
+    assert swa.module[1].running_mean.item() == pytest.approx(5.0)  # the two batches' means, averaged
+    assert not swa.module.training and swa.module[1].momentum == 0.1
+
+
+def test_swa_lr_takes_over_from_the_schedule_at_its_start():
+    from omegaconf import OmegaConf
+
+    sched = OmegaConf.to_container(config.compose(["sched=cosine"]).sched)
+    plain = lr_schedule(sched, lr=0.1, epochs=4, steps=10)
+    swa = lr_schedule(sched, lr=0.1, epochs=4, steps=10,
+                      average={"name": "swa", "start_epoch": 3, "swa_lr": 0.01, "anneal_epochs": 1})
+    assert [swa(s) for s in range(20)] == [plain(s) for s in range(20)]
+    assert swa(20 + 4) == pytest.approx(0.5 * plain(20) + 0.5 * 0.01)  # halfway through the anneal
+    assert swa(30) == swa(39) == 0.01
+
+
+def test_an_swa_run_ends_with_the_averaged_weights_and_resumes_exactly(tmp_path):
+    common = ["debug=smoke", "epochs=4", "average=swa", "average.swa_lr=0.01", "checkpoint.every_steps=2"]
+    res = regx_here(tmp_path, "train", *common, "hydra.run.dir=full")
+    assert res.returncode == 0, res.stderr
+    rows = read_metrics(tmp_path / "full/metrics.csv")
+    assert [r["avg_val_acc"] != "" for r in rows] == [False, False, True, True]  # from epoch ceil(0.75 * 4)
+    assert float(rows[3]["lr"]) == pytest.approx(0.01)
+    s = regx_here(tmp_path, "eval", "full")
+    best = load_checkpoint(tmp_path / "full/checkpoints/best.pt")
+    assert best["state"]["best_epoch"] == 4 and best["average"]["updates"] == 2 and s.returncode == 0
+    assert selected_weights(best) is best["average"]["model"]
+    assert "BatchNorm statistics recomputed over 360 training images" in (tmp_path / "full/train.log").read_text()
+    killed = run_regx(["train", *common, "hydra.run.dir=k"], tmp_path, fault="kill@15")  # epoch 3, averaging
+    assert killed.returncode == -9
+    resumed = regx_here(tmp_path, "resume", "k")
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "k")
+    a, b = (load_checkpoint(tmp_path / d / "checkpoints/best.pt") for d in ("full", "k"))
+    for key, value in a["average"]["model"].items():
+        assert torch.equal(value, b["average"]["model"][key]), key
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("average.start_epoch=9", "average.start_epoch=9 is invalid: must be <= epochs (4)"),
+    ("average.decay=1", "average.decay=1.0 is invalid"),
+    ("average.every=0", "average.every=0 is invalid"),
+    ("average=sma", "unknown option average=sma"),
+])
+def test_bad_averaging_is_one_line(override, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        errors.preflight(["average=swa", "epochs=4", override] if "start_epoch" in override else
+                         ["average=ema", override] if override != "average=sma" else [override])
