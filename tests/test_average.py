@@ -63,14 +63,15 @@ def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weig
     assert regx_here(tmp_path, "eval", "ema").returncode == 0
 
 
-def test_a_run_killed_mid_epoch_resumes_its_average_exactly(tmp_path):
-    common = ["debug=smoke", "epochs=2", "average=ema", "average.decay=0.8", "checkpoint.every_steps=2"]
+def test_a_run_killed_mid_epoch_resumes_its_average_and_clipping_exactly(tmp_path):
+    common = ["debug=smoke", "epochs=2", "average=ema", "average.decay=0.8", "clip_grad=0.3", "checkpoint.every_steps=2"]
     assert regx_here(tmp_path, "train", *common, "hydra.run.dir=full").returncode == 0
     killed = run_regx(["train", *common, "hydra.run.dir=k"], tmp_path, fault="kill@9")
     assert killed.returncode == -9
     resumed = regx_here(tmp_path, "resume", "k")
     assert resumed.returncode == 0, resumed.stderr
-    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "k")
+    assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "k")  # clipped and avg_val_* included
+    assert all(float(r["clipped"]) > 0 for r in read_metrics(tmp_path / "k/metrics.csv"))  # clipping at work
     a, b = (load_checkpoint(tmp_path / d / "checkpoints/last.pt") for d in ("full", "k"))
     assert_same_state(a, b)
     assert a["average"]["updates"] == b["average"]["updates"]
