@@ -30,13 +30,17 @@ class Average(Hook):
         self.model = model
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.updates = 0
+        # the tensors, listed once: an update is then two fused foreach calls, not one kernel per tensor
+        self._mine = list(self.module.parameters())
+        self._theirs = [p.detach() for p in model.parameters()]
+        self._my_buffers, self._their_buffers = list(self.module.buffers()), list(model.buffers())
 
     @torch.no_grad()
     def _move(self, weight: float) -> None:
         """module <- module + weight * (model - module), for every parameter; buffers copied."""
-        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in self.model.parameters()], weight)
-        for mine, theirs in zip(self.module.buffers(), self.model.buffers()):
-            mine.copy_(theirs)
+        torch._foreach_lerp_(self._mine, self._theirs, weight)
+        if self._my_buffers:
+            torch._foreach_copy_(self._my_buffers, self._their_buffers)
         self.updates += 1
 
     def end_epoch(self, epoch: int) -> None:
