@@ -498,7 +498,7 @@ def _check_model(m: DictConfig) -> None:
     """A model regx builds: its own, a torchvision classification model, or (model.zoo=timm) a timm
     model, with drop path only where the model has residual branches to drop. torchvision and timm
     are imported only for a name that is not regx's."""
-    from regx.models import MODELS, TV_DROP_PATH, ModelError, check_timm_name, torchvision_names
+    from regx.models import MODELS, TV_DROP_PATH, TV_RESNETS, ModelError, check_timm_name, torchvision_names
 
     if m.name in MODELS:
         if m.drop_path:
@@ -524,8 +524,8 @@ def _check_model(m: DictConfig) -> None:
             hint = f"; timm has it: model=timm model.name={m.name}"
         raise ConfigError(f"model.name={m.name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
                           f"classification model{hint}")
-    if m.drop_path is not None and not m.name.startswith(TV_DROP_PATH):
-        raise ConfigError(f"model.drop_path={m.drop_path}: torchvision's {m.name} has no drop path (its "
+    if m.drop_path is not None and not m.name.startswith(TV_DROP_PATH + TV_RESNETS):
+        raise ConfigError(f"model.drop_path={m.drop_path}: torchvision's {m.name} has no drop path (its ResNets and "
                           f"{', '.join(TV_DROP_PATH)} models do; timm's take it: model=timm model.name=...)")
 
 

@@ -74,8 +74,10 @@ def torchvision_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
-# torchvision's classes that take stochastic_depth_prob (drop path), by model-name prefix.
+# torchvision's classes that take stochastic_depth_prob (drop path), by model-name prefix; its ResNets
+# (resnet, resnext, wide_resnet) get it from regx (_resnet_drop_path).
 TV_DROP_PATH = ("convnext", "efficientnet", "swin", "maxvit")
+TV_RESNETS = ("resnet", "resnext", "wide_resnet")
 
 
 def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: int | None, small_input: bool,
@@ -92,12 +94,14 @@ def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: i
     extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     if name.startswith("vit_") and image_size:  # its position embeddings are sized for the images
         extra["image_size"] = image_size
-    if drop_path is not None:
+    if drop_path is not None and not name.startswith(TV_RESNETS):
         if not name.startswith(TV_DROP_PATH):
-            raise ModelError(f"model.drop_path: torchvision's {name} has no drop path (its {', '.join(TV_DROP_PATH)} "
-                             "models do; timm's take it as drop_path_rate: model=timm)")
+            raise ModelError(f"model.drop_path: torchvision's {name} has no drop path (its ResNets and "
+                             f"{', '.join(TV_DROP_PATH)} models do; timm's take it as drop_path_rate: model=timm)")
         extra["stochastic_depth_prob"] = drop_path
     model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
+    if drop_path and name.startswith(TV_RESNETS):
+        _resnet_drop_path(model, drop_path)
     if small_input:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
             raise ModelError(f"model.small_input=true swaps a ResNet-style stem; {name} has none (set model.small_input=false)")
@@ -171,6 +175,32 @@ def probe(model: nn.Module, image_size: int) -> None:
     except Exception as exc:
         raise ModelError(f"cannot take {image_size} px images: {str(exc).splitlines()[0][:200]} "
                          "(set data.image_size larger, or pick another model)") from None
+
+
+class _DropPath:
+    """A forward hook on a residual block's last BatchNorm: its output is the residual branch, which
+    the block adds to the shortcut next, so zeroing it per sample (scaled by 1/(1-p) for the rest)
+    skips the block for that sample. A hook, not a wrapper, so parameter names stay torchvision's and
+    pretrained weights load."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import stochastic_depth
+
+        return stochastic_depth(out, self.p, "row", module.training)
+
+
+def _resnet_drop_path(model: nn.Module, rate: float) -> None:
+    """Stochastic depth for torchvision's ResNets, rising linearly with depth from 0 at the first
+    block to `rate` at the last (as torchvision's ConvNeXt and timm's ResNets do)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock | Bottleneck)]
+    for i, block in enumerate(blocks):
+        last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+        last_bn.register_forward_hook(_DropPath(rate * i / max(1, len(blocks) - 1)))
 
 
 def _dropout_before_last_linear(model: nn.Module, p: float) -> None:

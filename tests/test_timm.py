@@ -66,13 +66,31 @@ def test_a_timm_family_takes_weights_gets_a_new_head_and_unfreezes_by_timms_stag
     assert not all(q.requires_grad for q in model.parameters())  # the stem waits for the last stage
 
 
-def test_grey_images_go_through_an_rgb_timm_model_and_drop_path_reaches_it():
+def test_grey_images_go_through_an_rgb_timm_model_and_drop_path_reaches_timm_and_torchvision():
     model = make_model("convnext_atto", zoo="timm", num_classes=4, in_channels=1, image_size=32, drop_path=0.2)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 4)
     rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
     assert rates and max(rates) == pytest.approx(0.2) and min(rates) < 0.2  # rising with depth to model.drop_path
     tv = make_model("convnext_tiny", num_classes=4, image_size=32, drop_path=0.3)
     assert max(m.p for m in tv.modules() if type(m).__name__ == "StochasticDepth") == pytest.approx(0.3)
+
+
+def test_torchvision_resnets_get_drop_path_on_each_residual_branch_with_their_names_unchanged():
+    from regx.models import _DropPath
+
+    plain = make_model("resnet18", num_classes=4, image_size=32)
+    model = make_model("resnet18", num_classes=4, image_size=32, drop_path=0.4)
+    rates = [h.p for m in model.modules() for h in m._forward_hooks.values() if isinstance(h, _DropPath)]
+    assert len(rates) == 8 and rates[0] == 0 and rates[-1] == pytest.approx(0.4) and rates == sorted(rates)
+    assert list(model.state_dict()) == list(plain.state_dict())  # pretrained weights still load
+    x = torch.randn(16, 3, 32, 32)
+    model.eval()
+    assert torch.equal(model(x), model(x))  # evaluation keeps every block
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.equal(a, model(x))
 
 
 def test_a_timm_run_trains_resumes_predicts_and_exports(tmp_path):
@@ -174,7 +192,7 @@ def test_imagenet_weights_offline_and_not_cached_say_where_to_get_them(tmp_path,
     (["model=timm", "model.name=convnext_atto", "debug=smoke"], "cannot take 16 px images"),
     (["model=timm", "model.small_input=true"], "model.small_input=true swaps a torchvision ResNet stem"),
     (["model.drop_path=0.1"], "smallcnn is a plain stack with no residual branches"),
-    (["model=resnet18", "model.drop_path=0.1"], "torchvision's resnet18 has no drop path"),
+    (["model=vgg11_bn", "model.drop_path=0.1"], "torchvision's vgg11_bn has no drop path (its ResNets and"),
     (["model=timm", "model.drop_path=1.5"], "model.drop_path=1.5"),
     (["model=tv", "model.name=convnext_atto"], "timm has it: model=timm model.name=convnext_atto"),
 ])
