@@ -521,13 +521,16 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                                    "a": r["bf16"], "b": r["32"]})
         log(f"  defaults: bf16/fp32 {model_name} batch 1024: x{ratio:.3f}")
 
-    for model_name in ("smallcnn", "resnet18"):  # what average=ema and clip_grad add to a step
+    for model_name in ("smallcnn", "resnet18"):  # what average=ema, clip_grad and the policies add to a step
         small = model_name == "smallcnn"
         steps, batch = ((40, 256) if gpu else (8, BATCH)) if small else ((20, 256) if gpu else (2, 64))
         r = alternate({"plain": regx_loop(model_name, device, best, steps, batch),
                        "ema": regx_loop(model_name, device, best, steps, batch, ema=True),
-                       "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0)}, repeats)
-        for what, key in (("average=ema", "ema"), ("clip_grad=1 (norm)", "clip")):
+                       "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0),
+                       "trivial": regx_loop(model_name, device, best, steps, batch, "trivialaugment"),
+                       "rand": regx_loop(model_name, device, best, steps, batch, "randaugment")}, repeats)
+        for what, key in (("average=ema", "ema"), ("clip_grad=1 (norm)", "clip"), ("aug=trivialaugment", "trivial"),
+                          ("aug=randaugment", "rand")):
             ratio = paired_ratio(r[key], r["plain"])
             result["defaults"].append({"what": f"{what} vs off, {model_name} {best}", "ratio": ratio,
                                        "a": r[key], "b": r["plain"]})

@@ -126,8 +126,20 @@ class Augment:
         box = torch.where(cutmix.view(-1, 1), box, torch.zeros_like(box))
         return Mix(perm=perm, lam=lam, cut=cutmix, box=box)
 
+    def policies(self, x: torch.Tensor) -> torch.Tensor:
+        """TrivialAugment and RandAugment (regx/policies.py), first, on the image as it came."""
+        from regx.policies import Policy
+
+        t, r = self.cfg.trivialaugment, self.cfg.randaugment
+        if t.p > 0:
+            x = Policy("trivialaugment", p=t.p, bins=t.bins, generator=self.g)(x)
+        if r.p > 0:
+            x = Policy("randaugment", p=r.p, bins=r.bins, generator=self.g, num_ops=r.num_ops, magnitude=r.magnitude)(x)
+        return x
+
     def images(self, x: torch.Tensor) -> torch.Tensor:
-        """Flips, affine, colour and erasing, each sample with its own parameters."""
+        """Policies, then flips, affine, colour and erasing, each sample with its own parameters."""
+        x = self.policies(x)
         noise = torch.rand(x.shape, generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
         geometric = any(self.cfg[k].p > 0 for k in ("rotate", "scale", "translate", "crop"))
         return apply(x, self.sample(x.shape[0], x.shape[-2:], x.device), noise, geometric=geometric)

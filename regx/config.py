@@ -154,6 +154,26 @@ class MixConfig:
 
 
 @dataclass
+class TrivialAugmentConfig:
+    """TrivialAugment (Müller & Hutter 2021; torchvision's TrivialAugmentWide): one operation of 14 per
+    image, its magnitude bin drawn uniformly."""
+
+    p: float = num(0.0, "[0, 1]")  # the chance an image gets the policy (torchvision's transform: always)
+    bins: int = num(31, ">= 2")  # magnitude bins (torchvision's num_magnitude_bins)
+
+
+@dataclass
+class RandAugmentConfig:
+    """RandAugment (Cubuk et al. 2020; torchvision's RandAugment): `num_ops` operations per image, each
+    at magnitude bin `magnitude` of `bins`."""
+
+    p: float = num(0.0, "[0, 1]")
+    num_ops: int = num(2, ">= 1")
+    magnitude: int = num(9, ">= 0", "(a bin: below aug.randaugment.bins)")
+    bins: int = num(31, ">= 2")
+
+
+@dataclass
 class AugConfig:
     name: str = MISSING
     hflip: FlipConfig = field(default_factory=FlipConfig)
@@ -166,6 +186,8 @@ class AugConfig:
     erasing: ErasingConfig = field(default_factory=ErasingConfig)
     mixup: MixConfig = field(default_factory=MixConfig)
     cutmix: MixConfig = field(default_factory=MixConfig)
+    trivialaugment: TrivialAugmentConfig = field(default_factory=TrivialAugmentConfig)
+    randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
 
 
 @dataclass
@@ -429,6 +451,8 @@ def _check_between(c: DictConfig) -> None:
            f"must be <= aug.erasing.area_max ({a.erasing.area_max})")
     _check(a.scale.min <= a.scale.max, "aug.scale.min", a.scale.min, f"must be <= aug.scale.max ({a.scale.max})")
     _check(a.mixup.p + a.cutmix.p <= 1, "aug.cutmix.p", a.cutmix.p, f"aug.mixup.p + aug.cutmix.p must be <= 1 (mixup.p={a.mixup.p})")
+    _check(a.randaugment.magnitude < a.randaugment.bins, "aug.randaugment.magnitude", a.randaugment.magnitude,
+           f"must be a bin below aug.randaugment.bins ({a.randaugment.bins})")
     _check(c.dropout.mc_samples == 0 or c.dropout.p > 0 or c.dropout.conv_p > 0, "dropout.mc_samples",
            c.dropout.mc_samples, "needs dropout in the model (dropout=fc, conv or both)")
     _check(c.sched.min_lr <= c.lr, "sched.min_lr", c.sched.min_lr, f"must be in [0, lr={c.lr}]")
