@@ -65,6 +65,7 @@ def test_joblib_runs_jobs_in_parallel_without_oversubscribing_and_reports_failur
     assert len({v["pid"] for v in s.values()} - {os.getpid()}) >= 2  # worker processes, not this one
 
 
+@pytest.mark.slow  # ten seconds for a plugin's launcher; make test-all runs it
 def test_submitit_local_sweep(tmp_path):
     plugin("hydra_submitit_launcher")
     res = run_regx(["train", "-m", "hydra/launcher=submitit_local", "debug=smoke", "epochs=1", "seed=0,1"], tmp_path)
