@@ -528,9 +528,10 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                        "ema": regx_loop(model_name, device, best, steps, batch, ema=True),
                        "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0),
                        "trivial": regx_loop(model_name, device, best, steps, batch, "trivialaugment"),
-                       "rand": regx_loop(model_name, device, best, steps, batch, "randaugment")}, repeats)
+                       "rand": regx_loop(model_name, device, best, steps, batch, "randaugment"),
+                       "auto": regx_loop(model_name, device, best, steps, batch, "autoaugment")}, repeats)
         for what, key in (("average=ema", "ema"), ("clip_grad=1 (norm)", "clip"), ("aug=trivialaugment", "trivial"),
-                          ("aug=randaugment", "rand")):
+                          ("aug=randaugment", "rand"), ("aug=autoaugment", "auto")):
             ratio = paired_ratio(r[key], r["plain"])
             result["defaults"].append({"what": f"{what} vs off, {model_name} {best}", "ratio": ratio,
                                        "a": r[key], "b": r["plain"]})

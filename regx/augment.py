@@ -127,14 +127,16 @@ class Augment:
         return Mix(perm=perm, lam=lam, cut=cutmix, box=box)
 
     def policies(self, x: torch.Tensor) -> torch.Tensor:
-        """TrivialAugment and RandAugment (regx/policies.py), first, on the image as it came."""
+        """TrivialAugment, RandAugment and AutoAugment (regx/policies.py), first, on the image as it came."""
         from regx.policies import Policy
 
-        t, r = self.cfg.trivialaugment, self.cfg.randaugment
+        t, r, a = self.cfg.trivialaugment, self.cfg.randaugment, self.cfg.autoaugment
         if t.p > 0:
             x = Policy("trivialaugment", p=t.p, bins=t.bins, generator=self.g)(x)
         if r.p > 0:
             x = Policy("randaugment", p=r.p, bins=r.bins, generator=self.g, num_ops=r.num_ops, magnitude=r.magnitude)(x)
+        if a.p > 0:
+            x = Policy("autoaugment", p=a.p, bins=10, generator=self.g, policy=a.policy)(x)
         return x
 
     def images(self, x: torch.Tensor) -> torch.Tensor:

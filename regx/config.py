@@ -174,6 +174,15 @@ class RandAugmentConfig:
 
 
 @dataclass
+class AutoAugmentConfig:
+    """AutoAugment (Cubuk et al. 2019; torchvision's AutoAugment): one of the policy's 25 learned
+    sub-policies per image, two operations each with its own probability and magnitude."""
+
+    p: float = num(0.0, "[0, 1]")
+    policy: str = choice("imagenet", "imagenet|cifar10|svhn")
+
+
+@dataclass
 class AugConfig:
     name: str = MISSING
     hflip: FlipConfig = field(default_factory=FlipConfig)
@@ -188,6 +197,7 @@ class AugConfig:
     cutmix: MixConfig = field(default_factory=MixConfig)
     trivialaugment: TrivialAugmentConfig = field(default_factory=TrivialAugmentConfig)
     randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
+    autoaugment: AutoAugmentConfig = field(default_factory=AutoAugmentConfig)
 
 
 @dataclass

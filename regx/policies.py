@@ -1,7 +1,8 @@
-"""Policy augmentation per sample on whole batches: TrivialAugment (wide) and RandAugment.
+"""Policy augmentation per sample on whole batches: TrivialAugment (wide), RandAugment, AutoAugment.
 
-torchvision's per-image transforms (`TrivialAugmentWide`, `RandAugment`) are the reference: the same
-14 operations, magnitude tables, signs and nearest-neighbour geometry with a zero fill, computed on
+torchvision's per-image transforms (`TrivialAugmentWide`, `RandAugment`, `AutoAugment`) are the
+reference: the same operations, magnitude tables, signs, AutoAugment's published sub-policies (read
+from torchvision) and nearest-neighbour geometry with a zero fill, computed on
 uint8 values. Here every image of a batch draws its own operations and magnitudes from the run's
 generator, on the training device; each operation is one batched pass over the images that drew it
 (a loop over the 14 operations, never over images). The geometric ones build the same inverse affine
@@ -16,14 +17,16 @@ import torch
 import torch.nn.functional as F
 
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
-       "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
+       "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+DRAWN = len(OPS) - 1  # TrivialAugment and RandAugment draw from all but Invert (AutoAugment's alone)
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
 
 def space(kind: str, bins: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """torchvision's augmentation space for `kind` (trivialaugment: TrivialAugmentWide's; randaugment:
-    RandAugment's): the magnitude table [ops, bins] (0 for operations without one) and whether each
-    operation's magnitude takes a random sign."""
+    """torchvision's augmentation space for `kind` (trivialaugment: TrivialAugmentWide's; randaugment
+    and autoaugment: RandAugment's, which AutoAugment shares at 10 bins): the magnitude table
+    [ops, bins] (0 for operations without one) and whether each operation's magnitude takes a random
+    sign."""
     wide = kind == "trivialaugment"
     lin = lambda hi: torch.linspace(0.0, hi, bins)  # noqa: E731
     shear, rotate, colour = (0.99, 135.0, 0.99) if wide else (0.3, 30.0, 0.9)
@@ -39,19 +42,22 @@ def space(kind: str, bins: int, height: int, width: int) -> tuple[torch.Tensor, 
 
 class Policy:
     """Draws and applies a policy: `kind` trivialaugment (one operation per image, its magnitude bin
-    drawn uniformly) or randaugment (`num_ops` operations per image at bin `magnitude`); each image
-    gets the policy with probability `p`."""
+    drawn uniformly), randaugment (`num_ops` operations per image at bin `magnitude`) or autoaugment
+    (one of `policy`'s sub-policies per image: imagenet, cifar10 or svhn; 10 bins); each image gets the
+    policy with probability `p`."""
 
     def __init__(self, kind: str, *, p: float, bins: int, generator: torch.Generator, num_ops: int = 1,
-                 magnitude: int | None = None):
-        self.kind, self.p, self.bins, self.g = kind, p, bins, generator
+                 magnitude: int | None = None, policy: str = "imagenet"):
+        self.kind, self.p, self.bins, self.g, self.policy = kind, p, bins, generator, policy
         self.num_ops, self.magnitude = (1, None) if kind == "trivialaugment" else (num_ops, magnitude)
 
     def draw(self, n: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(operation index [num_ops, n], signed magnitude [num_ops, n]); Identity where not applied."""
         mags, signed = (t.to(device) for t in space(self.kind, self.bins, height, width))
         g = self.g
-        op = torch.randint(len(OPS), (self.num_ops, n), generator=g, device=device)
+        if self.kind == "autoaugment":
+            return self._draw_sub_policies(n, mags, signed, device)
+        op = torch.randint(DRAWN, (self.num_ops, n), generator=g, device=device)
         if self.magnitude is None:
             level = torch.randint(self.bins, (self.num_ops, n), generator=g, device=device)
         else:
@@ -60,6 +66,25 @@ class Policy:
         apply = (torch.rand(n, generator=g, device=device) < self.p).expand(self.num_ops, n)
         mag = mags[op, level] * torch.where(signed[op] & flip, -1.0, 1.0)
         return torch.where(apply, op, 0), torch.where(apply, mag, 0.0)
+
+    def _draw_sub_policies(self, n: int, mags, signed, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """AutoAugment: each image one of the policy's sub-policies at random, whose two operations
+        apply each with its own probability, at its own magnitude bin, with a random sign."""
+        from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+        table = AutoAugment(AutoAugmentPolicy(self.policy)).policies  # [((op, p, bin), (op, p, bin)), ...]
+        ops = torch.tensor([[OPS.index(o) for o, _, _ in sub] for sub in table], device=device)
+        probs = torch.tensor([[q for _, q, _ in sub] for sub in table], device=device)
+        bins = torch.tensor([[b or 0 for _, _, b in sub] for sub in table], device=device)
+        g = self.g
+        pick = torch.randint(len(table), (n,), generator=g, device=device)
+        draw = torch.rand(2, n, generator=g, device=device)
+        flip = torch.randint(2, (2, n), generator=g, device=device) == 0
+        apply = (torch.rand(n, generator=g, device=device) < self.p).expand(2, n)
+        op, level = ops[pick].T, bins[pick].T
+        on = apply & (draw <= probs[pick].T)
+        mag = mags[op, level] * torch.where(signed[op] & flip, -1.0, 1.0)
+        return torch.where(on, op, 0), torch.where(on, mag, 0.0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] (N,C,H,W), each with its own draw; the result is on the uint8 grid."""
@@ -175,6 +200,10 @@ def _solarize(v, mag, op):
     return torch.where(v >= mag.view(-1, 1, 1, 1), 255.0 - v, v)
 
 
+def _invert(v, mag, op):
+    return 255.0 - v
+
+
 def _autocontrast(v, mag, op):
     lo, hi = v.amin(dim=(2, 3), keepdim=True), v.amax(dim=(2, 3), keepdim=True)
     flat = hi == lo
@@ -198,4 +227,5 @@ def _equalize(v, mag, op):
 
 
 _COLOUR = {"Brightness": _brightness, "Color": _color, "Contrast": _contrast, "Sharpness": _sharpness,
-           "Posterize": _posterize, "Solarize": _solarize, "AutoContrast": _autocontrast, "Equalize": _equalize}
+           "Posterize": _posterize, "Solarize": _solarize, "AutoContrast": _autocontrast, "Equalize": _equalize,
+           "Invert": _invert}

@@ -7,7 +7,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op
 
 from regx import config, errors
-from regx.policies import OPS, Policy, apply_ops, space
+from regx.policies import DRAWN, OPS, Policy, apply_ops, space
 from regx.train import train
 from tests.conftest import smoke_cfg
 
@@ -20,15 +20,15 @@ def image(c: int, seed: int) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("kind", ["trivialaugment", "randaugment"])
+@pytest.mark.parametrize(("kind", "bins"), [("trivialaugment", 31), ("randaugment", 31), ("autoaugment", 10)])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_every_operation_matches_torchvision_exactly(kind, channels):
-    """Tolerance: none. Every operation at magnitude bins 0, 4, ..., 28 and both signs gives the
-    uint8 image torchvision's transform gives, pixel for pixel (nearest sampling, zero fill)."""
+def test_every_operation_matches_torchvision_exactly(kind, bins, channels):
+    """Tolerance: none. Every operation at every fourth magnitude bin and both signs gives the uint8
+    image torchvision's transform gives, pixel for pixel (nearest sampling, zero fill)."""
     x = image(channels, 0)
-    mags, signed = space(kind, 31, 24, 28)
+    mags, signed = space(kind, bins, 24, 28)
     for k, name in enumerate(OPS):
-        for level in range(0, 31, 4):
+        for level in range(0, bins, 3):
             for sign in (1, -1) if signed[k] else (1,):
                 m = float(mags[k, level]) * sign
                 ref = _apply_op(x, name, m, InterpolationMode.NEAREST, None)
@@ -58,7 +58,7 @@ def test_the_draws_follow_torchvisions_distribution():
     ops, mags = Policy("trivialaugment", p=1.0, bins=31, generator=torch.Generator().manual_seed(0)).draw(n, 32, 32, "cpu")
     assert ops.shape == (1, n)
     # operations uniform over 14 (chi-square, 13 degrees of freedom: 0.999 quantile 34.5)
-    assert chi_square(torch.bincount(ops[0], minlength=len(OPS)).float()) < 34.5
+    assert chi_square(torch.bincount(ops[0], minlength=DRAWN).float()) < 34.5 and DRAWN == 14
     rot = mags[0][ops[0] == OPS.index("Rotate")]
     assert (rot < 0).float().mean() == pytest.approx(0.5, abs=0.03)  # signed: either way half the time
     levels = torch.round(rot.abs() / (135.0 / 30)).long()  # magnitude bins uniform over 31 (30 dof: 59.7)
@@ -72,10 +72,33 @@ def test_the_draws_follow_torchvisions_distribution():
     assert untouched == pytest.approx(0.5 + 0.5 / 14 ** 2, abs=0.02)
 
 
+def test_autoaugment_draws_torchvisions_sub_policies_with_their_probabilities():
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+    n = 50_000
+    table = AutoAugment(AutoAugmentPolicy.SVHN).policies
+    ops, mags = Policy("autoaugment", p=1.0, bins=10, policy="svhn",
+                       generator=torch.Generator().manual_seed(2)).draw(n, 32, 32, "cpu")
+    mags_table = space("autoaugment", 10, 32, 32)[0]
+    for slot in (0, 1):
+        # each operation of this slot is drawn as often as its sub-policies (1/25 each) times their probability
+        for name in {sub[slot][0] for sub in table}:
+            k = OPS.index(name)
+            expected = sum(q for sub in table for o, q, _ in [sub[slot]] if o == name) / len(table)
+            assert float((ops[slot] == k).float().mean()) == pytest.approx(expected, abs=0.01), (slot, name)
+            allowed = {round(float(mags_table[k, b or 0]), 4) for sub in table for o, _, b in [sub[slot]] if o == name}
+            assert {round(float(m), 4) for m in mags[slot][ops[slot] == k].abs().unique()} <= allowed
+    # every operation the policy names appears, and none it does not
+    named = {OPS.index(o) for sub in table for o, _, _ in sub} | {0}
+    assert set(ops.unique().tolist()) == named
+
+
 def test_a_run_with_a_policy_composes_with_other_options(tmp_path):
     s = train(smoke_cfg("aug=[crop_flip,trivialaugment]"), tmp_path / "ta")
     assert s["status"] == "completed"
     s = train(smoke_cfg("aug=randaugment", "aug.randaugment.num_ops=3", "aug.randaugment.magnitude=20"), tmp_path / "ra")
+    assert s["status"] == "completed"
+    s = train(smoke_cfg("aug=autoaugment", "aug.autoaugment.policy=svhn", "epochs=1"), tmp_path / "aa")
     assert s["status"] == "completed"
 
 
@@ -83,6 +106,7 @@ def test_a_run_with_a_policy_composes_with_other_options(tmp_path):
     ("aug.randaugment.magnitude=31", "aug.randaugment.magnitude=31 is invalid: must be a bin below aug.randaugment.bins"),
     ("aug.randaugment.num_ops=0", "aug.randaugment.num_ops=0 is invalid"),
     ("aug.trivialaugment.p=2", "aug.trivialaugment.p=2.0 is invalid"),
+    ("aug.autoaugment.policy=mnist", "aug.autoaugment.policy='mnist' is invalid"),
 ])
 def test_bad_policy_settings_are_one_line(override, message):
     with pytest.raises(config.ConfigError, match=message):
