@@ -141,11 +141,14 @@ def lr_schedule(sched: dict, *, lr: float, epochs: int, steps: int, plateau: Pla
     """The learning rate at each optimizer step for a run of `epochs` epochs of `steps` steps; with
     average=swa and an average.swa_lr, that rate from SWA's first epoch on (reached linearly over
     average.anneal_epochs)."""
-    swa = None
-    if average and average["name"] == "swa" and average.get("swa_lr") is not None:
-        start = swa_start(average, epochs)
-        swa = ((start - 1) * steps, average["anneal_epochs"] * steps, average["swa_lr"])
-    return Schedule(sched, lr=lr, epochs=epochs, steps=steps, plateau=plateau, swa=swa)
+    return Schedule(sched, lr=lr, epochs=epochs, steps=steps, plateau=plateau, swa=swa_window(average, epochs, steps))
+
+
+def swa_window(average: dict | None, epochs: int, steps: int) -> tuple[int, int, float] | None:
+    """Schedule.swa for a run of `epochs` planned epochs: (first SWA step, anneal steps, swa_lr), or None."""
+    if not average or average["name"] != "swa" or average.get("swa_lr") is None:
+        return None
+    return (swa_start(average, epochs) - 1) * steps, average["anneal_epochs"] * steps, average["swa_lr"]
 
 
 def swa_start(average: dict, epochs: int) -> int:

@@ -48,7 +48,7 @@ from regx.plots import pick_examples
 from regx.record import Recorder
 from regx.regularize import build_optimizer, penalty
 from regx.runs import CorruptCheckpoint, load_verified, newest_intact, owner, read_json, save_checkpoint
-from regx.schedules import EarlyStop, Plateau, lr_schedule, steps_per_epoch
+from regx.schedules import EarlyStop, Plateau, lr_schedule, steps_per_epoch, swa_start, swa_window
 from regx.signals import StopSignals
 
 
@@ -301,6 +301,10 @@ def _continue_schedule(parts: Parts, state: RunState, planned: int, log) -> None
         state.sched_start, state.sched_epochs = state.step, cfg.epochs - state.epoch
         log.info("sched.restart=true: a new %s cycle over epochs %d-%d", cfg.sched.name, state.epoch + 1, cfg.epochs)
     schedule.restart(state.sched_start, state.sched_epochs)
+    if isinstance(parts.average, Swa):  # SWA's start (null: 75% in) stays where the planned run put it
+        average = OmegaConf.to_container(cfg.average)
+        parts.average.start_epoch = swa_start(average, planned)
+        schedule.swa = swa_window(average, planned, parts.steps)
     if cfg.epochs > end and not cfg.sched.restart:
         final = schedule(state.sched_start + planned * parts.steps)
         log.warning("the %s schedule ran over %d epochs; epochs %d-%d go on at its final lr %.3g%s (sched.restart=true "

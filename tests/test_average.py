@@ -135,6 +135,11 @@ def test_an_swa_run_ends_with_the_averaged_weights_and_resumes_exactly(tmp_path)
     a, b = (load_checkpoint(tmp_path / d / "checkpoints/best.pt") for d in ("full", "k"))
     for key, value in a["average"]["model"].items():
         assert torch.equal(value, b["average"]["model"][key]), key
+    # extended by a resume: the average started where the planned 4 epochs put it, and goes on at swa_lr
+    assert regx_here(tmp_path, "resume", "full", "epochs=8").returncode == 0
+    rows = read_metrics(tmp_path / "full/metrics.csv")
+    assert [float(r["lr"]) for r in rows[3:]] == pytest.approx([0.01] * 5)
+    assert load_checkpoint(tmp_path / "full/checkpoints/last.pt")["average"]["updates"] == 6  # epochs 3-8
 
 
 @pytest.mark.parametrize(("override", "message"), [
