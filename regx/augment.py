@@ -56,6 +56,7 @@ class Augment:
 
     def __init__(self, cfg, generator: torch.Generator):
         self.cfg, self.g = cfg, generator
+        self._policies = None
 
     @staticmethod
     def active(cfg) -> bool:
@@ -128,15 +129,17 @@ class Augment:
 
     def policies(self, x: torch.Tensor) -> torch.Tensor:
         """TrivialAugment, RandAugment and AutoAugment (regx/policies.py), first, on the image as it came."""
-        from regx.policies import Policy
+        if self._policies is None:  # made once: each keeps its tables on the device
+            from regx.policies import Policy
 
-        t, r, a = self.cfg.trivialaugment, self.cfg.randaugment, self.cfg.autoaugment
-        if t.p > 0:
-            x = Policy("trivialaugment", p=t.p, bins=t.bins, generator=self.g)(x)
-        if r.p > 0:
-            x = Policy("randaugment", p=r.p, bins=r.bins, generator=self.g, num_ops=r.num_ops, magnitude=r.magnitude)(x)
-        if a.p > 0:
-            x = Policy("autoaugment", p=a.p, bins=10, generator=self.g, policy=a.policy)(x)
+            t, r, a = self.cfg.trivialaugment, self.cfg.randaugment, self.cfg.autoaugment
+            self._policies = [
+                *([Policy("trivialaugment", p=t.p, bins=t.bins, generator=self.g)] if t.p > 0 else []),
+                *([Policy("randaugment", p=r.p, bins=r.bins, generator=self.g, num_ops=r.num_ops,
+                          magnitude=r.magnitude)] if r.p > 0 else []),
+                *([Policy("autoaugment", p=a.p, bins=10, generator=self.g, policy=a.policy)] if a.p > 0 else [])]
+        for policy in self._policies:
+            x = policy(x)
         return x
 
     def images(self, x: torch.Tensor) -> torch.Tensor:

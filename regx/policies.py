@@ -50,13 +50,31 @@ class Policy:
                  magnitude: int | None = None, policy: str = "imagenet"):
         self.kind, self.p, self.bins, self.g, self.policy = kind, p, bins, generator, policy
         self.num_ops, self.magnitude = (1, None) if kind == "trivialaugment" else (num_ops, magnitude)
+        self._tables: dict = {}  # (height, width, device) -> the tables on the device, made once
+
+    def _on(self, height: int, width: int, device) -> tuple[torch.Tensor, ...]:
+        """The magnitude table, the signed flags and (autoaugment) the sub-policy tables, on `device`."""
+        key = (height, width, str(device))
+        if key not in self._tables:
+            mags, signed = space(self.kind, self.bins, height, width)
+            tables = [mags, signed]
+            if self.kind == "autoaugment":
+                from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+                table = AutoAugment(AutoAugmentPolicy(self.policy)).policies  # [((op, p, bin), (op, p, bin)), ...]
+                tables += [torch.tensor([[OPS.index(o) for o, _, _ in sub] for sub in table]),
+                           torch.tensor([[q for _, q, _ in sub] for sub in table]),
+                           torch.tensor([[b or 0 for _, _, b in sub] for sub in table])]
+            self._tables[key] = tuple(t.to(device) for t in tables)
+        return self._tables[key]
 
     def draw(self, n: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(operation index [num_ops, n], signed magnitude [num_ops, n]); Identity where not applied."""
-        mags, signed = (t.to(device) for t in space(self.kind, self.bins, height, width))
+        tables = self._on(height, width, device)
+        mags, signed = tables[:2]
         g = self.g
         if self.kind == "autoaugment":
-            return self._draw_sub_policies(n, mags, signed, device)
+            return self._draw_sub_policies(n, *tables, device)
         op = torch.randint(DRAWN, (self.num_ops, n), generator=g, device=device)
         if self.magnitude is None:
             level = torch.randint(self.bins, (self.num_ops, n), generator=g, device=device)
@@ -67,17 +85,11 @@ class Policy:
         mag = mags[op, level] * torch.where(signed[op] & flip, -1.0, 1.0)
         return torch.where(apply, op, 0), torch.where(apply, mag, 0.0)
 
-    def _draw_sub_policies(self, n: int, mags, signed, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw_sub_policies(self, n: int, mags, signed, ops, probs, bins, device) -> tuple[torch.Tensor, torch.Tensor]:
         """AutoAugment: each image one of the policy's sub-policies at random, whose two operations
         apply each with its own probability, at its own magnitude bin, with a random sign."""
-        from torchvision.transforms import AutoAugment, AutoAugmentPolicy
-
-        table = AutoAugment(AutoAugmentPolicy(self.policy)).policies  # [((op, p, bin), (op, p, bin)), ...]
-        ops = torch.tensor([[OPS.index(o) for o, _, _ in sub] for sub in table], device=device)
-        probs = torch.tensor([[q for _, q, _ in sub] for sub in table], device=device)
-        bins = torch.tensor([[b or 0 for _, _, b in sub] for sub in table], device=device)
         g = self.g
-        pick = torch.randint(len(table), (n,), generator=g, device=device)
+        pick = torch.randint(len(ops), (n,), generator=g, device=device)
         draw = torch.rand(2, n, generator=g, device=device)
         flip = torch.randint(2, (2, n), generator=g, device=device) == 0
         apply = (torch.rand(n, generator=g, device=device) < self.p).expand(2, n)
