@@ -101,10 +101,12 @@ def hand_loop(model_name: str, device, precision: str, steps: int, batch: int, c
 
 
 def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, aug: str = "none",
-              channels_last: bool = True, compile_mode: str | None = None, ema: bool = False, clip: float = 0.0):
+              channels_last: bool = True, compile_mode: str | None = None, ema: bool = False, clip: float = 0.0,
+              overrides: tuple[str, ...] = ()):
     """regx's own path: iterate() -> Pipeline (augmentation) -> train_one_epoch with its metrics
     (`compile_mode`: the model under torch.compile in that mode, as `compile=true` does; `ema`:
-    average=ema's update after every step; `clip`: clip_grad's norm clipping)."""
+    average=ema's update after every step; `clip`: clip_grad's norm clipping; `overrides`: more of
+    the aug group's keys, as aug.augmix.jsd=12)."""
     from regx import config
     from regx.augment import Augment
     from regx.average import Ema
@@ -112,7 +114,7 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     from regx.engine import LossCheck, Pipeline, StepParts, Tally, autocast, gradient_clipper, train_one_epoch
     from regx.regularize import build_optimizer
 
-    cfg = config.compose([f"aug={aug}"])
+    cfg = config.compose([f"aug={aug}", *overrides])
     model = _model(model_name, device, channels_last, compile_mode)
     opt, _ = build_optimizer(model, name="sgd", lr=0.01, wd=0.0, decay="l2", exclude=["bias", "norm"],  # as hand_loop
                              momentum=0.9, nesterov=True, betas=[0.9, 0.999], eps=1e-8)
@@ -121,6 +123,7 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     pipe = Pipeline(torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1),
                     channels_last, Augment(cfg.aug, gen) if Augment.active(cfg.aug) else None)
     parts = StepParts(optimizer=opt, pipeline=pipe, lr_at=lambda s: 0.01, amp=autocast(device, precision),
+                      jsd=cfg.aug.augmix.jsd if Augment.views(cfg.aug) == 3 else 0.0,
                       clip=gradient_clipper("norm", clip, list(model.parameters())) if clip else None)
     nan = LossCheck(device, 1 if device.type == "cpu" else 25)  # what a run checks, as often
     hooks = [nan, Ema(model, decay=0.999, warmup=True, every=1)] if ema else [nan]
@@ -529,9 +532,13 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                        "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0),
                        "trivial": regx_loop(model_name, device, best, steps, batch, "trivialaugment"),
                        "rand": regx_loop(model_name, device, best, steps, batch, "randaugment"),
-                       "auto": regx_loop(model_name, device, best, steps, batch, "autoaugment")}, repeats)
+                       "auto": regx_loop(model_name, device, best, steps, batch, "autoaugment"),
+                       "augmix": regx_loop(model_name, device, best, steps, batch, "augmix"),
+                       "augmix_jsd": regx_loop(model_name, device, best, steps, batch, "augmix",
+                                               overrides=("aug.augmix.jsd=12",))}, repeats)
         for what, key in (("average=ema", "ema"), ("clip_grad=1 (norm)", "clip"), ("aug=trivialaugment", "trivial"),
-                          ("aug=randaugment", "rand"), ("aug=autoaugment", "auto")):
+                          ("aug=randaugment", "rand"), ("aug=autoaugment", "auto"), ("aug=augmix", "augmix"),
+                          ("aug=augmix aug.augmix.jsd=12 (3 views)", "augmix_jsd")):
             ratio = paired_ratio(r[key], r["plain"])
             result["defaults"].append({"what": f"{what} vs off, {model_name} {best}", "ratio": ratio,
                                        "a": r[key], "b": r["plain"]})

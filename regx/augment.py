@@ -56,7 +56,7 @@ class Augment:
 
     def __init__(self, cfg, generator: torch.Generator):
         self.cfg, self.g = cfg, generator
-        self._policies = None
+        self._policies, self._augmix = None, None
 
     @staticmethod
     def active(cfg) -> bool:
@@ -127,27 +127,46 @@ class Augment:
         box = torch.where(cutmix.view(-1, 1), box, torch.zeros_like(box))
         return Mix(perm=perm, lam=lam, cut=cutmix, box=box)
 
-    def policies(self, x: torch.Tensor) -> torch.Tensor:
-        """TrivialAugment, RandAugment and AutoAugment (regx/policies.py), first, on the image as it came."""
-        if self._policies is None:  # made once: each keeps its tables on the device
-            from regx.policies import Policy
+    @staticmethod
+    def views(cfg) -> int:
+        """Images per input image: 3 (the clean one and two AugMix views) with AugMix's consistency loss."""
+        return 3 if cfg.augmix.p > 0 and cfg.augmix.jsd > 0 else 1
 
-            t, r, a = self.cfg.trivialaugment, self.cfg.randaugment, self.cfg.autoaugment
+    def policies(self, x: torch.Tensor) -> torch.Tensor:
+        """TrivialAugment, RandAugment and AutoAugment (regx/policies.py), first, on the image as it came
+        (AugMix, made here too, follows them in `images`)."""
+        if self._policies is None:  # made once: each keeps its tables on the device
+            from regx.policies import AugMix, Policy
+
+            t, r, a, m = self.cfg.trivialaugment, self.cfg.randaugment, self.cfg.autoaugment, self.cfg.augmix
             self._policies = [
                 *([Policy("trivialaugment", p=t.p, bins=t.bins, generator=self.g)] if t.p > 0 else []),
                 *([Policy("randaugment", p=r.p, bins=r.bins, generator=self.g, num_ops=r.num_ops,
                           magnitude=r.magnitude)] if r.p > 0 else []),
                 *([Policy("autoaugment", p=a.p, bins=10, generator=self.g, policy=a.policy)] if a.p > 0 else [])]
+            self._augmix = AugMix(p=m.p, severity=m.severity, width=m.width, depth=m.depth, alpha=m.alpha,
+                                  all_ops=m.all_ops, generator=self.g) if m.p > 0 else None
         for policy in self._policies:
             x = policy(x)
         return x
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
-        """Policies, then flips, affine, colour and erasing, each sample with its own parameters."""
+        """Policies, AugMix, then flips, affine, colour and erasing, each sample with its own parameters.
+        With AugMix's consistency loss (`views` 3) the result is [clean; AugMix; AugMix], 3N images,
+        the three views of an image sharing its flips, affine, colour and erasing."""
         x = self.policies(x)
-        noise = torch.rand(x.shape, generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
+        views = self.views(self.cfg)
+        if self._augmix is not None:
+            x = torch.cat([x, self._augmix(x), self._augmix(x)]) if views == 3 else self._augmix(x)
+        n = x.shape[0] // views
+        noise = torch.rand((n, *x.shape[1:]), generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
         geometric = any(self.cfg[k].p > 0 for k in ("rotate", "scale", "translate", "crop"))
-        return apply(x, self.sample(x.shape[0], x.shape[-2:], x.device), noise, geometric=geometric)
+        params = self.sample(n, x.shape[-2:], x.device)
+        if views > 1:
+            params = AugParams(*(None if v is None else v.repeat(views, *[1] * (v.dim() - 1))
+                                 for v in (getattr(params, f) for f in _PARAM_FIELDS)))
+            noise = None if noise is None else noise.repeat(views, 1, 1, 1)
+        return apply(x, params, noise, geometric=geometric)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
         """Augment a batch; with mixup/cutmix on, also mix it (the Mix says how, for the loss)."""
@@ -201,6 +220,19 @@ def mix(x: torch.Tensor, m: Mix) -> torch.Tensor:
         out = torch.where(m.cut.view(-1, 1, 1, 1), torch.where(mask, other, x), out)
         m.lam = torch.where(m.cut, 1 - mask.float().mean(dim=(1, 2, 3)), m.lam)
     return out
+
+
+def jsd_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """AugMix's loss on [clean; view 1; view 2] logits (3N rows for N labels), as timm's
+    JsdCrossEntropy: cross-entropy on the clean third, plus `weight` times the Jensen-Shannon divergence
+    of the three predictions (the mean KL divergence of each from their mixture, clamped at 1e-7)."""
+    logits = logits.float()
+    n = len(y)
+    loss = F.cross_entropy(logits[:n], y, label_smoothing=label_smoothing)
+    probs = logits.softmax(1).view(3, n, -1)
+    log_mixture = probs.mean(0).clamp(1e-7, 1).log()
+    js = sum(F.kl_div(log_mixture, p, reduction="batchmean") for p in probs) / 3
+    return loss + weight * js
 
 
 def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, m: Mix, label_smoothing: float = 0.0) -> torch.Tensor:

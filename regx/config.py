@@ -183,6 +183,23 @@ class AutoAugmentConfig:
 
 
 @dataclass
+class AugMixConfig:
+    """AugMix (Hendrycks et al. 2020; torchvision's AugMix): `width` chains of 1 to 3 operations
+    (`depth`, 0: drawn per chain and image) at a magnitude bin below `severity` of 10, mixed with
+    Dirichlet(`alpha`) weights and blended with the image by a Beta(`alpha`, `alpha`) weight."""
+
+    p: float = num(0.0, "[0, 1]")
+    severity: int = num(3, "[1, 10]")
+    width: int = num(3, "[1, 10]")
+    depth: int = num(0, "[0, 10]", "(0: 1 to 3 operations, drawn per chain)")
+    alpha: float = num(1.0, "> 0")
+    all_ops: bool = True  # False: no brightness, colour, contrast or sharpness (the paper's ImageNet-C-safe set)
+    # > 0: train on the clean image and two AugMix views (3x the forward pass) with this weight on the
+    # Jensen-Shannon consistency loss between their predictions (the paper's and timm's: 12)
+    jsd: float = num(0.0, ">= 0")
+
+
+@dataclass
 class AugConfig:
     name: str = MISSING
     hflip: FlipConfig = field(default_factory=FlipConfig)
@@ -198,6 +215,7 @@ class AugConfig:
     trivialaugment: TrivialAugmentConfig = field(default_factory=TrivialAugmentConfig)
     randaugment: RandAugmentConfig = field(default_factory=RandAugmentConfig)
     autoaugment: AutoAugmentConfig = field(default_factory=AutoAugmentConfig)
+    augmix: AugMixConfig = field(default_factory=AugMixConfig)
 
 
 @dataclass
@@ -463,6 +481,8 @@ def _check_between(c: DictConfig) -> None:
     _check(a.mixup.p + a.cutmix.p <= 1, "aug.cutmix.p", a.cutmix.p, f"aug.mixup.p + aug.cutmix.p must be <= 1 (mixup.p={a.mixup.p})")
     _check(a.randaugment.magnitude < a.randaugment.bins, "aug.randaugment.magnitude", a.randaugment.magnitude,
            f"must be a bin below aug.randaugment.bins ({a.randaugment.bins})")
+    _check(a.augmix.p == 0 or a.augmix.jsd == 0 or a.mixup.p + a.cutmix.p == 0, "aug.augmix.jsd", a.augmix.jsd,
+           "does not combine with mixup or cutmix (their mixed targets have no clean view); set aug.augmix.jsd=0")
     _check(c.dropout.mc_samples == 0 or c.dropout.p > 0 or c.dropout.conv_p > 0, "dropout.mc_samples",
            c.dropout.mc_samples, "needs dropout in the model (dropout=fc, conv or both)")
     _check(c.sched.min_lr <= c.lr, "sched.min_lr", c.sched.min_lr, f"must be in [0, lr={c.lr}]")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regx.augment import Augment, Mix, mixed_cross_entropy
+from regx.augment import Augment, Mix, jsd_cross_entropy, mixed_cross_entropy
 
 
 @dataclass
@@ -138,6 +138,7 @@ class StepParts:
     penalty: Callable[[], torch.Tensor] | None = None  # the L2/L1 term added to the loss
     label_smoothing: float = 0.0
     clip: Callable[[], torch.Tensor] | None = None  # clip_grad: clips the gradients, says whether it did
+    jsd: float = 0.0  # > 0: the pipeline gives 3 views per image; AugMix's consistency loss at this weight
 
 
 def gradient_clipper(mode: str, limit: float, params: list[nn.Parameter]) -> Callable[[], torch.Tensor]:
@@ -205,7 +206,10 @@ def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: 
     x, mixed = p.pipeline.train(xb)
     with p.amp:
         out = net(x)
-        if mixed is None:
+        if p.jsd:
+            loss = jsd_cross_entropy(out, yb, p.jsd, p.label_smoothing)
+            out = out[:len(yb)]  # accuracy on the clean view
+        elif mixed is None:
             loss = F.cross_entropy(out, yb, label_smoothing=p.label_smoothing)
         else:
             loss = mixed_cross_entropy(out.float(), yb, mixed, p.label_smoothing)

@@ -28,7 +28,7 @@ def aug_grid(images: torch.Tensor, augment: Augment | None, rows: int = 4, cell:
     grid = [x]
     if augment is not None:
         for _ in range(rows):
-            grid.append(augment(x.clone())[0])
+            grid.append(augment(x.clone())[0][-len(x):])  # with AugMix's consistency loss: an AugMix view
     n, c, h, w = x.shape
     scale = max(1, cell // max(h, w))
     pad, gap, label = 2, 6, 64  # white lines between cells, a wider one under the originals; row labels

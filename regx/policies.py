@@ -1,9 +1,10 @@
-"""Policy augmentation per sample on whole batches: TrivialAugment (wide), RandAugment, AutoAugment.
+"""Policy augmentation per sample on whole batches: TrivialAugment (wide), RandAugment, AutoAugment,
+AugMix.
 
-torchvision's per-image transforms (`TrivialAugmentWide`, `RandAugment`, `AutoAugment`) are the
-reference: the same operations, magnitude tables, signs, AutoAugment's published sub-policies (read
-from torchvision) and nearest-neighbour geometry with a zero fill, computed on
-uint8 values. Here every image of a batch draws its own operations and magnitudes from the run's
+torchvision's per-image transforms (`TrivialAugmentWide`, `RandAugment`, `AutoAugment`, `AugMix`) are
+the reference: the same operations, magnitude tables, signs, AutoAugment's published sub-policies (read
+from torchvision) and geometry with a zero fill (nearest-neighbour; bilinear for AugMix, as
+torchvision's defaults), computed on uint8 values. Here every image of a batch draws its own operations and magnitudes from the run's
 generator, on the training device; each operation is one batched pass over the images that drew it
 (a loop over the 14 operations, never over images). The geometric ones build the same inverse affine
 matrix (in double precision, rounded once, as torchvision's Python floats) and sampling grid as
@@ -20,18 +21,23 @@ OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Br
        "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
 DRAWN = len(OPS) - 1  # TrivialAugment and RandAugment draw from all but Invert (AutoAugment's alone)
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+# AugMix's operations, in torchvision's order: the last four only with all_ops
+AUGMIX_OPS = (*GEOMETRIC, "Posterize", "Solarize", "AutoContrast", "Equalize", "Brightness", "Color", "Contrast",
+              "Sharpness")
 
 
 def space(kind: str, bins: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's augmentation space for `kind` (trivialaugment: TrivialAugmentWide's; randaugment
-    and autoaugment: RandAugment's, which AutoAugment shares at 10 bins): the magnitude table
-    [ops, bins] (0 for operations without one) and whether each operation's magnitude takes a random
-    sign."""
-    wide = kind == "trivialaugment"
+    and autoaugment: RandAugment's, which AutoAugment shares at 10 bins; augmix: AugMix's, 10 bins):
+    the magnitude table [ops, bins] (0 for operations without one) and whether each operation's
+    magnitude takes a random sign."""
+    wide, augmix = kind == "trivialaugment", kind == "augmix"
     lin = lambda hi: torch.linspace(0.0, hi, bins)  # noqa: E731
     shear, rotate, colour = (0.99, 135.0, 0.99) if wide else (0.3, 30.0, 0.9)
-    tx, ty = (32.0, 32.0) if wide else (150.0 / 331.0 * width, 150.0 / 331.0 * height)
-    posterize = (8 - (torch.arange(bins) / ((bins - 1) / (6 if wide else 4))).round().int()).float()
+    tx, ty = (32.0, 32.0) if wide else (width / 3.0, height / 3.0) if augmix else (150.0 / 331.0 * width,
+                                                                                   150.0 / 331.0 * height)
+    top, steps = (4, 4) if augmix else (8, 6 if wide else 4)
+    posterize = (top - (torch.arange(bins) / ((bins - 1) / steps)).round().int()).float()
     table = {"ShearX": lin(shear), "ShearY": lin(shear), "TranslateX": lin(tx), "TranslateY": lin(ty),
              "Rotate": lin(rotate), "Brightness": lin(colour), "Color": lin(colour), "Contrast": lin(colour),
              "Sharpness": lin(colour), "Posterize": posterize, "Solarize": torch.linspace(255.0, 0.0, bins)}
@@ -107,28 +113,83 @@ class Policy:
         return v / 255
 
 
-def apply_ops(v: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, *, sync_free: bool | None = None) -> torch.Tensor:
-    """Each image's operation `op[i]` at magnitude `mag[i]`, on uint8 values held as floats. On CPU only
+class AugMix:
+    """AugMix per image: `width` chains of operations from AUGMIX_OPS (the first nine without
+    `all_ops`), each chain `depth` long (0: 1 to 3, drawn per chain and image), each operation at a
+    magnitude bin drawn below `severity` (of 10) with a random sign; the chains are mixed with
+    Dirichlet(alpha, ..., alpha) weights, and the mix blended with the image by a Beta(alpha, alpha)
+    weight, in float, then truncated to the uint8 grid as torchvision does. Each image gets it with
+    probability `p`; the others come back unchanged."""
+
+    def __init__(self, *, p: float, severity: int, width: int, depth: int, alpha: float, all_ops: bool,
+                 generator: torch.Generator):
+        self.p, self.severity, self.width, self.depth, self.alpha, self.g = p, severity, width, depth, alpha, generator
+        self.ops = torch.tensor([OPS.index(o) for o in AUGMIX_OPS[:None if all_ops else 9]])
+        self._tables: dict = {}  # (height, width, device) -> (magnitudes, signed, op indices) on the device
+
+    def draw(self, n: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(operation index [width, steps, n], signed magnitude [width, steps, n], weights [width + 1, n]
+        with the image's own first, applied [n]); Identity past each chain's depth and where not applied."""
+        from regx.augment import gamma
+
+        key = (height, width, str(device))
+        if key not in self._tables:
+            self._tables[key] = tuple(t.to(device) for t in (*space("augmix", 10, height, width), self.ops))
+        mags, signed, ops = self._tables[key]
+        g, steps = self.g, self.depth or 3
+        applied = torch.rand(n, generator=g, device=device) < self.p
+        op = ops[torch.randint(len(ops), (self.width, steps, n), generator=g, device=device)]
+        level = torch.randint(self.severity, (self.width, steps, n), generator=g, device=device)
+        flip = torch.rand(self.width, steps, n, generator=g, device=device) < 0.5
+        depth = (torch.randint(1, 4, (self.width, 1, n), generator=g, device=device) if not self.depth
+                 else torch.full((self.width, 1, n), self.depth, device=device))
+        on = (torch.arange(steps, device=device).view(1, -1, 1) < depth) & applied
+        mag = mags[op, level] * torch.where(signed[op] & flip, -1.0, 1.0)
+        blend = [gamma(self.alpha, n, g, device) for _ in range(2)]  # Beta(alpha, alpha) as a 2-part Dirichlet
+        chains = torch.stack([gamma(self.alpha, n, g, device) for _ in range(self.width)])
+        keep = blend[0] / (blend[0] + blend[1])
+        weights = torch.cat([keep[None], chains / chains.sum(0) * (1 - keep)])
+        return torch.where(on, op, 0), torch.where(on, mag, 0.0), weights, applied
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] (N,C,H,W), each with its own draw; the result is on the uint8 grid."""
+        ops, mags, weights, applied = self.draw(x.shape[0], x.shape[-2], x.shape[-1], x.device)
+        v = (x * 255).round()
+        # the chains side by side as one batch of width x N images: each step is one pass over all
+        chains = v.repeat(self.width, 1, 1, 1)
+        for op, mag in zip(ops.transpose(0, 1).flatten(1), mags.transpose(0, 1).flatten(1)):
+            chains = apply_ops(chains, op, mag, bilinear=True)
+        mixed = weights[0].view(-1, 1, 1, 1) * v
+        for weight, aug in zip(weights[1:], chains.view(self.width, *v.shape)):  # added in torchvision's order
+            mixed = mixed + weight.view(-1, 1, 1, 1) * aug
+        return torch.where(applied.view(-1, 1, 1, 1), torch.floor(mixed), v) / 255
+
+
+def apply_ops(v: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, *, sync_free: bool | None = None,
+              bilinear: bool = False) -> torch.Tensor:
+    """Each image's operation `op[i]` at magnitude `mag[i]`, on uint8 values held as floats; geometry
+    samples nearest (bilinear: interpolated, then rounded, as torchvision's uint8 path). On CPU only
     the images an operation applies to are computed; elsewhere (`sync_free`) every operation runs on
     the batch and a select keeps the right result, with no host sync."""
     cpu = v.device.type == "cpu" if sync_free is None else not sync_free
     out = v
     geometric = (op >= OPS.index("ShearX")) & (op <= OPS.index("Rotate"))
-    jobs = [(geometric, lambda t, m, o: _affine(t, o, m))]
+    jobs = [(geometric, lambda t, m, o: _affine(t, o, m, bilinear=bilinear))]
     jobs += [(op == OPS.index(name), fn) for name, fn in _COLOUR.items()]
     for chosen, fn in jobs:
         if cpu:
             idx = chosen.nonzero().flatten()
             if len(idx):
-                out = out.index_copy(0, idx, fn(v[idx], mag[idx], op[idx]))
+                out = v.clone() if out is v else out  # one copy, written in place: v stays the input
+                out.index_copy_(0, idx, fn(v[idx], mag[idx], op[idx]))
         else:
             out = torch.where(chosen.view(-1, 1, 1, 1), fn(v, mag, op), out)
     return out
 
 
-def _affine(v: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+def _affine(v: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, *, bilinear: bool = False) -> torch.Tensor:
     """Shear (about the top-left corner), translate (whole pixels, truncated) and rotate (about the
-    centre), as torchvision's F.affine/F.rotate with nearest sampling and a zero fill."""
+    centre), as torchvision's F.affine/F.rotate with nearest (or bilinear) sampling and a zero fill."""
     n, _, h, w = v.shape
     mag = _double(mag)  # the matrix in double precision, rounded once, as torchvision's Python floats
     zero = torch.zeros_like(mag)
@@ -158,6 +219,8 @@ def _affine(v: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tenso
     base[..., 2].fill_(1)
     scale = torch.tensor([0.5 * w, 0.5 * h], dtype=v.dtype, device=v.device)
     grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, h, w, 2)
+    if bilinear:
+        return torch.round(F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
     return F.grid_sample(v, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 

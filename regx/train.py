@@ -191,6 +191,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
                      scaler=torch.amp.GradScaler(device.type) if precision == "16" else None,
                      penalty=(lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None,
                      label_smoothing=cfg.label_smoothing,
+                     jsd=cfg.aug.augmix.jsd if Augment.views(cfg.aug) == 3 else 0.0,
                      clip=gradient_clipper(cfg.clip_mode, cfg.clip_grad, list(model.parameters())) if cfg.clip_grad else None)
     return Parts(cfg=cfg, device=device, precision=precision, data=data, clean=clean, model=model,
                  eval_net=torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model, step=step, plan=plan,

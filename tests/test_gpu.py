@@ -42,6 +42,29 @@ def test_the_sync_free_path_on_cuda_matches_the_cpu_index_path(option):
     assert (a - b.cpu()).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["trivialaugment", "autoaugment", "augmix"])
+def test_policies_run_sync_free_on_cuda_as_on_cpu(kind):
+    """The policies' operations on CUDA (every operation on the batch, then a select) give the CPU
+    path's uint8 images; a level's difference is allowed where float rounding on the two devices
+    lands on either side of .5 (bilinear, blends)."""
+    from regx.policies import AugMix, Policy, apply_ops
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.rand(512, 3, 32, 32, device="cuda", generator=g) * 255).round()
+    if kind == "augmix":
+        ops, mags, _, _ = AugMix(p=1.0, severity=10, width=1, depth=1, alpha=1.0, all_ops=True, generator=g).draw(
+            512, 32, 32, "cuda")
+        op, mag = ops[0, 0], mags[0, 0]
+    else:
+        ops, mags = Policy(kind, p=1.0, bins=31 if kind == "trivialaugment" else 10, generator=g).draw(512, 32, 32, "cuda")
+        op, mag = ops[0], mags[0]
+    bilinear = kind == "augmix"
+    a = apply_ops(x.cpu(), op.cpu(), mag.cpu(), bilinear=bilinear)
+    b = apply_ops(x, op, mag, bilinear=bilinear)  # the default on CUDA: sync-free
+    diff = (a - b.cpu()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
 def test_nan_is_caught_on_cuda_and_named_by_its_step(tmp_path):
     res = run_regx(["train", *SMOKE, f"hydra.run.dir={tmp_path / 'n'}"], tmp_path, fault="nan@9")
     assert res.returncode == 1

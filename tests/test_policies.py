@@ -1,5 +1,6 @@
-"""Policy augmentation (aug=trivialaugment, aug=randaugment): every operation against torchvision's own
-at fixed magnitudes, the draws' distribution, the batched paths, and a run."""
+"""Policy augmentation (aug=trivialaugment, randaugment, autoaugment, augmix): every operation against
+torchvision's own at fixed magnitudes, AugMix's mix against torchvision's arithmetic, the draws'
+distribution, the batched paths, AugMix's consistency loss against timm's, and runs."""
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op
 
 from regx import config, errors
-from regx.policies import DRAWN, OPS, Policy, apply_ops, space
+from regx.augment import Augment, jsd_cross_entropy
+from regx.policies import AUGMIX_OPS, DRAWN, OPS, AugMix, Policy, apply_ops, space
 from regx.train import train
 from tests.conftest import smoke_cfg
 
@@ -20,19 +22,23 @@ def image(c: int, seed: int) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize(("kind", "bins"), [("trivialaugment", 31), ("randaugment", 31), ("autoaugment", 10)])
+@pytest.mark.parametrize(("kind", "bins"), [("trivialaugment", 31), ("randaugment", 31), ("autoaugment", 10),
+                                             ("augmix", 10)])
 @pytest.mark.parametrize("channels", [3, 1])
 def test_every_operation_matches_torchvision_exactly(kind, bins, channels):
-    """Tolerance: none. Every operation at every fourth magnitude bin and both signs gives the uint8
-    image torchvision's transform gives, pixel for pixel (nearest sampling, zero fill)."""
+    """Tolerance: none. Every operation at every third magnitude bin and both signs gives the uint8
+    image torchvision's transform gives, pixel for pixel (zero fill; nearest sampling, bilinear for
+    AugMix as torchvision's AugMix defaults, rounded to uint8 as its tensor path)."""
     x = image(channels, 0)
     mags, signed = space(kind, bins, 24, 28)
-    for k, name in enumerate(OPS):
+    bilinear = kind == "augmix"
+    for k, name in enumerate(OPS if kind != "augmix" else AUGMIX_OPS):
+        k = OPS.index(name)
         for level in range(0, bins, 3):
             for sign in (1, -1) if signed[k] else (1,):
                 m = float(mags[k, level]) * sign
-                ref = _apply_op(x, name, m, InterpolationMode.NEAREST, None)
-                ours = apply_ops(x[None].float(), torch.tensor([k]), torch.tensor([m]))[0]
+                ref = _apply_op(x, name, m, InterpolationMode.BILINEAR if bilinear else InterpolationMode.NEAREST, None)
+                ours = apply_ops(x[None].float(), torch.tensor([k]), torch.tensor([m]), bilinear=bilinear)[0]
                 assert torch.equal(ours, ref.float()), (name, level, m)
 
 
@@ -93,6 +99,80 @@ def test_autoaugment_draws_torchvisions_sub_policies_with_their_probabilities():
     assert set(ops.unique().tolist()) == named
 
 
+def test_augmix_mixes_each_image_as_torchvision_does():
+    """Tolerance: none. For each image, its drawn chains replayed through torchvision's _apply_op and
+    mixed with AugMix.forward's arithmetic (float32 weights, truncation to uint8) give our image; the
+    images the policy skipped (p) come back unchanged."""
+    xs = torch.stack([image(3, i) for i in range(48)])
+    aug = AugMix(p=0.8, severity=3, width=3, depth=0, alpha=1.0, all_ops=True, generator=torch.Generator().manual_seed(5))
+    ops, mags, weights, applied = aug.draw(48, 24, 28, "cpu")
+    aug.g.manual_seed(5)  # the same draws again, applied
+    ours = (aug(xs.float() / 255) * 255).round()
+    assert 0 < int(applied.sum()) < 48
+    for i in range(48):
+        mix = weights[0, i] * xs[i] if applied[i] else xs[i]
+        for chain in range(3 if applied[i] else 0):
+            one = xs[i]
+            for step in range(3):
+                if ops[chain, step, i] != 0:
+                    one = _apply_op(one, OPS[ops[chain, step, i]], float(mags[chain, step, i]), InterpolationMode.BILINEAR, None)
+            mix.add_(weights[chain + 1, i] * one)
+        assert torch.equal(ours[i], mix.to(torch.uint8).float()), i
+
+
+def test_augmix_draws_follow_torchvisions_distribution():
+    from scipy import stats
+
+    n = 20_000
+    ops, mags, weights, applied = AugMix(p=1.0, severity=3, width=3, depth=0, alpha=1.0, all_ops=True,
+                                         generator=torch.Generator().manual_seed(0)).draw(n, 32, 32, "cpu")
+    assert applied.all() and ops.shape == (3, 3, n)
+    # chain depth uniform over 1..3 (2 dof: 0.999 quantile 13.8); steps past it are Identity
+    depth = (ops != 0).sum(1).flatten()
+    assert chi_square(torch.bincount(depth, minlength=4)[1:].float()) < 13.8
+    assert ((ops != 0).int().diff(dim=1) <= 0).all()  # an operation never follows an Identity
+    # operations uniform over AugMix's 13 (12 dof: 32.9)
+    drawn = ops[ops != 0]
+    counts = torch.stack([(drawn == OPS.index(o)).sum() for o in AUGMIX_OPS]).float()
+    assert chi_square(counts) < 32.9 and int(counts.sum()) == len(drawn)
+    # magnitude bins uniform below severity (3 bins, 2 dof): rotation's bins are 0, 10/3, 20/3 degrees
+    rot = mags[ops == OPS.index("Rotate")]
+    assert chi_square(torch.bincount(torch.round(rot.abs() / (30 / 9)).long(), minlength=3).float()) < 13.8
+    assert (rot[rot != 0] < 0).float().mean() == pytest.approx(0.5, abs=0.03)  # bin 0 is 0 degrees either way
+    # weights: the image's own ~ Beta(1, 1) = uniform (KS); the chains' share the rest, Dirichlet(1, 1, 1)
+    assert torch.allclose(weights.sum(0), torch.ones(n), atol=1e-5)
+    assert stats.kstest(weights[0].numpy(), "uniform").pvalue > 0.001
+    share = weights[1] / (1 - weights[0])  # a Dirichlet(1,1,1) margin: Beta(1, 2)
+    assert stats.kstest(share.numpy(), stats.beta(1, 2).cdf).pvalue > 0.001
+    ops, *_ = AugMix(p=1.0, severity=1, width=2, depth=2, alpha=1.0, all_ops=False,
+                     generator=torch.Generator().manual_seed(1)).draw(1000, 32, 32, "cpu")
+    assert (ops != 0).all() and set(ops.unique().tolist()) == {OPS.index(o) for o in AUGMIX_OPS[:9]}
+
+
+def test_augmix_consistency_loss_is_timms():
+    timm_loss = pytest.importorskip("timm.loss")
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(3 * 16, 10, generator=g) * 3, torch.randint(10, (16,), generator=g)
+    for smoothing in (0.0, 0.1):
+        ref = timm_loss.JsdCrossEntropy(num_splits=3, alpha=12, smoothing=smoothing)(logits, y.repeat(3))
+        assert float(jsd_cross_entropy(logits, y, 12.0, smoothing)) == pytest.approx(float(ref), rel=1e-5)
+    same = logits[:16].repeat(3, 1)  # three identical predictions: no divergence, plain cross-entropy
+    assert float(jsd_cross_entropy(same, y, 12.0)) == pytest.approx(float(torch.nn.functional.cross_entropy(same[:16], y)))
+
+
+def test_augmix_views_share_everything_but_augmix():
+    """With the consistency loss, [clean; AugMix; AugMix]: the three views of an image share its flips,
+    affine and erasing (here a noise-filled box, equal in all three), and differ elsewhere."""
+    cfg = config.compose(["aug=[flip_rotate,erasing,augmix]", "aug.erasing.p=1", "aug.augmix.jsd=12"]).aug
+    xs = torch.stack([image(3, i) for i in range(8)]).float() / 255
+    out = Augment(cfg, torch.Generator().manual_seed(0)).images(xs)
+    assert out.shape == (24, 3, 24, 28) and Augment.views(cfg) == 3
+    clean, a, b = out.view(3, 8, 3, 24, 28)
+    same = (clean == a) & (a == b)
+    assert same.float().mean() > 0.05  # the erased boxes
+    assert not torch.equal(clean, a) and not torch.equal(a, b)
+
+
 def test_a_run_with_a_policy_composes_with_other_options(tmp_path):
     s = train(smoke_cfg("aug=[crop_flip,trivialaugment]"), tmp_path / "ta")
     assert s["status"] == "completed"
@@ -100,6 +180,8 @@ def test_a_run_with_a_policy_composes_with_other_options(tmp_path):
     assert s["status"] == "completed"
     s = train(smoke_cfg("aug=autoaugment", "aug.autoaugment.policy=svhn", "epochs=1"), tmp_path / "aa")
     assert s["status"] == "completed"
+    s = train(smoke_cfg("aug=[crop_flip,augmix]", "aug.augmix.jsd=12", "epochs=1"), tmp_path / "am")
+    assert s["status"] == "completed" and 0 < s["final_train_acc"] <= 1
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -107,7 +189,12 @@ def test_a_run_with_a_policy_composes_with_other_options(tmp_path):
     ("aug.randaugment.num_ops=0", "aug.randaugment.num_ops=0 is invalid"),
     ("aug.trivialaugment.p=2", "aug.trivialaugment.p=2.0 is invalid"),
     ("aug.autoaugment.policy=mnist", "aug.autoaugment.policy='mnist' is invalid"),
+    ("aug.augmix.severity=11", r"aug.augmix.severity=11 is invalid: must be in \[1, 10\]"),
+    ("aug.augmix.alpha=0", "aug.augmix.alpha=0.0 is invalid: must be > 0"),
+    ("aug.augmix.width=0", "aug.augmix.width=0 is invalid"),
+    ("aug.augmix.jsd=-1", "aug.augmix.jsd=-1.0 is invalid"),
+    ("aug.augmix.p=1 aug.augmix.jsd=12 aug.mixup.p=0.5", "aug.augmix.jsd=12.0 is invalid: does not combine with mixup"),
 ])
 def test_bad_policy_settings_are_one_line(override, message):
     with pytest.raises(config.ConfigError, match=message):
-        errors.preflight(["aug=randaugment", override])
+        errors.preflight(["aug=randaugment", *override.split()])

@@ -93,6 +93,7 @@ def test_torchvision_resnets_get_drop_path_on_each_residual_branch_with_their_na
     assert not torch.equal(a, model(x))
 
 
+@pytest.mark.slow  # four regx commands on a timm model (9 s); make test-all runs it
 def test_a_timm_run_trains_resumes_predicts_and_exports(tmp_path):
     common = ["debug=smoke", "model=timm", "model.name=resnet10t", "data.channels=1"]
     res = regx_here(tmp_path, "train", *common, "hydra.run.dir=r")

@@ -58,6 +58,7 @@ def test_mlflow_holds_params_every_epoch_once_final_metrics_tags_and_artifacts(t
     assert (tmp_path / "outputs" / "mlartifacts").is_dir()
 
 
+@pytest.mark.slow  # a killed subprocess and a resume (8 s); make test-all runs it
 def test_mlflow_continues_the_same_run_after_a_kill_with_no_duplicate_step(tmp_path, mlflow_client, cli):
     args = ["train", "debug=smoke", "epochs=3", "checkpoint.every_steps=2", "logger=mlflow", f"hydra.run.dir={tmp_path / 'k'}"]
     assert run_regx(args, tmp_path, fault="kill@9").returncode == -9  # mid epoch 2
