@@ -77,6 +77,21 @@ def write_arms(sweep_dir: Path, arms: dict[str, list[str]]) -> Path:
     return sweep_dir / ARMS_DIR
 
 
+def as_plain_run(overrides: list[str], job_dir: Path) -> list[str]:
+    """A job's overrides as a plain `regx train` would take them: `+ablate_arm=NAME` becomes the arm's
+    own overrides (recorded in the sweep's arms folder), and the ablation's own keys go."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == f"+{GROUP}":
+            recorded = job_dir.parent / ARMS_DIR / GROUP / f"{value}.yaml"
+            lines = recorded.read_text().splitlines() if recorded.is_file() else []
+            out += lines[1].removeprefix("# written by regx ablate: ").split() if len(lines) > 1 else []
+        elif key.lstrip("+~").split(".", 1)[0] != "ablate":
+            out.append(o)
+    return out
+
+
 def sweep_args(arms: dict[str, list[str]], seeds: int, overrides: list[str], sweep_dir: Path, jobs: int) -> list[str]:
     """The `regx train` arguments of the ablation's sweep."""
     args = ["-m", f"+{GROUP}={','.join(arms)}", f"seed={','.join(str(s) for s in range(seeds))}", *overrides,

@@ -109,7 +109,8 @@ class Recorder:
         self.summary.update(facts)
         s, cfg = self.summary, self.cfg
         self.log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
-                      cfg.name, cfg.model.name, f"{s['params']:,}", s["device"],
+                      cfg.name, f"timm's {cfg.model.name}" if cfg.model.get("zoo") == "timm" else cfg.model.name,
+                      f"{s['params']:,}", s["device"],
                       "fp32" if s["precision"] == "32" else s["precision"], s["n_train"], s["n_val"], s["n_test"],
                       s["image_size"], s["num_classes"], self.run_dir)
         self.progress(state)

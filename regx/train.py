@@ -602,10 +602,13 @@ def _best_weights(rec: Recorder, device: torch.device) -> dict:
 
 
 def _overrides(run_dir: Path) -> list[str]:
-    """The command-line overrides the run was started with (Hydra's record of them)."""
+    """The command-line overrides the run was started with (Hydra's record of them), as a plain run's
+    (a `regx ablate` job's arm spelled out)."""
+    from regx.ablate import as_plain_run
+
     path = run_dir / ".hydra" / "overrides.yaml"
     try:
-        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+        return as_plain_run([str(o) for o in OmegaConf.load(path)], run_dir) if path.is_file() else []
     except Exception:  # noqa: BLE001 - a damaged record: remedies without the run's overrides
         return []
 

@@ -46,6 +46,10 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
         if (job / "summary.json").is_file():
             overrides = dict(o.lstrip("- ").split("=", 1) for o in (job / ".hydra" / "overrides.yaml").read_text().splitlines())
             acc.setdefault(overrides["+ablate_arm"], {})[overrides["seed"]] = json.loads((job / "summary.json").read_text())["test_acc"]
+            remedies = json.loads((job / "summary.json").read_text())["remedies"]
+            assert remedies and not any("ablate" in r for r in remedies)  # plain runs' commands, the arm spelled out
+            if overrides["+ablate_arm"] == "baseline":
+                assert all("aug=none dropout=none wd=0 sched=constant" in r for r in remedies), remedies
     diffs = [acc["dropout"][seed] - acc["baseline"][seed] for seed in ("0", "1")]
     assert float(rows["dropout"]["diff"]) == pytest.approx(sum(diffs) / 2)
     assert float(rows["dropout"]["ci95"]) == pytest.approx(12.706 * abs(diffs[0] - diffs[1]) / 2, abs=1e-9)

@@ -98,6 +98,7 @@ def test_a_timm_run_trains_resumes_predicts_and_exports(tmp_path):
     common = ["debug=smoke", "model=timm", "model.name=resnet10t", "data.channels=1"]
     res = regx_here(tmp_path, "train", *common, "hydra.run.dir=r")
     assert res.returncode == 0, res.stderr
+    assert "timm's resnet10t (" in res.stdout + res.stderr  # the header names the zoo
     run = tmp_path / "r"
     assert load_checkpoint(run / "checkpoints/last.pt")["config"]["model"]["zoo"] == "timm"
     res = regx_here(tmp_path, "resume", "r", "epochs=3")
