@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from regx import config
 from regx.train import train
@@ -21,3 +22,49 @@ def test_the_fashion_mnist_preset_learns_real_clothing(tmp_path):
     s = train(cfg, tmp_path / "run")
     assert s["status"] == "completed" and s["n_train"] == 2000 and s["n_test"] == 10_000
     assert s["test_acc"] > 0.70, s["test_acc"]
+
+
+PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_every_preset_says_what_it_was_measured_at_and_none_flips_vertically():
+    assert {"fashion_mnist", "mnist", "cifar10", "cifar100", "finetune_folder"} <= set(PRESETS)
+    for name in PRESETS:
+        cfg = config.compose([f"experiment={name}"])
+        text = (Path(__file__).parents[1] / "conf" / "experiment" / f"{name}.yaml").read_text()
+        assert cfg.aug.vflip.p == 0 or cfg.data.name == "shapes", name  # only the embedded shapes are upright either way
+        if cfg.data.name in ("mnist", "cifar10", "cifar100"):
+            assert "NOT MEASURED here" in text, name
+        if cfg.data.name in ("cifar10", "cifar100"):
+            assert "Published figure for this recipe" in text, name
+        if name in ("fashion_mnist", "finetune_folder"):
+            assert "Measured" in text and "%" in text, name
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "finetune_folder"])
+def test_each_dataset_preset_trains_on_files_in_its_official_format(tmp_path, monkeypatch, name):
+    """One short epoch of each preset on a few images written in the real formats (IDX, CIFAR's
+    pickles, a folder of JPEG and PNG files): the preset composes with its data and model."""
+    from tests.conftest import make_model, write_images
+    from tests.test_data import write_cifar, write_mnist_family
+
+    extra = []
+    if name == "mnist":
+        write_mnist_family(tmp_path / "MNIST" / "raw", n_train=100)
+    elif name.startswith("cifar"):
+        import torchvision.datasets as tvd
+
+        for cls in ("CIFAR10", "CIFAR100"):  # the files are in the real format, not the real bytes
+            monkeypatch.setattr(getattr(tvd, cls), "_check_integrity", lambda self: True)
+        monkeypatch.setattr(tvd.cifar, "check_integrity", lambda *a, **k: True)
+        write_cifar(tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"), name)
+        extra = ["data.image_size=16"]  # ResNet-18 at full CIFAR size is seconds per batch here
+    else:
+        pytest.importorskip("timm")
+        write_images(tmp_path / "images")
+        torch.save(make_model("tf_efficientnet_lite0", zoo="timm", num_classes=1000).state_dict(), tmp_path / "w.pt")
+        extra = [f"data.path={tmp_path / 'images'}", f"finetune.weights={tmp_path / 'w.pt'}", "data.image_size=32"]
+    cfg = config.compose([f"experiment={name}", f"data.root={tmp_path}", "data.download=false", "epochs=1",
+                          "batch_size=16", "diagnose.clean_train=false", *extra])
+    s = train(cfg, tmp_path / "run")
+    assert s["status"] == "completed" and s["name"] == name, s.get("error")
