@@ -79,7 +79,12 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
     the steps the run took in all (few of them come first)."""
     out: list[tuple[str, str]] = []
     steps = evidence.get("optimizer_steps", FEW_STEPS)
-    if steps < FEW_STEPS and kind in ("underfitting", "overfitting"):
+    few = steps < FEW_STEPS and kind in ("underfitting", "overfitting")
+    if few and kind == "underfitting":  # more epochs where the batch suits the data, else a smaller batch
+        how = more_steps(n_train, cfg.epochs, cfg.batch_size)[0]
+        if how:
+            out.append((f"more optimizer steps (this run took {steps})", how))
+    elif few:  # overfitting: more epochs would fit the training images harder; a smaller batch is noisier
         batch = few_steps_batch(n_train * cfg.epochs, cfg.batch_size)
         if batch < cfg.batch_size:
             out.append((f"more optimizer steps (this run took {steps})", f"batch_size={batch}"))
@@ -111,12 +116,25 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
         candidates.append(("a higher learning rate", f"lr={cfg.lr * 2:g}"))
         if cfg.model.name == "smallcnn":
             candidates.append(("a larger model", f"model.channels=[{','.join(str(2 * c) for c in cfg.model.channels)}]"))
-        out += [(what, how) for what, how in candidates if how]
+        out += [(what, how) for what, how in candidates if how and not (how.startswith("epochs=") and out
+                                                                       and out[0][1].startswith("epochs="))]
     elif kind == "diverged":
         out.append(("a lower learning rate", f"lr={cfg.lr / 10:g}"))
         if cfg.sched.warmup_epochs == 0:
             out.append(("a warmup", "sched.warmup_epochs=1"))
     return out
+
+
+def more_steps(n_train: int, epochs: int, batch_size: int) -> tuple[str | None, int]:
+    """(the override, the steps it gives) for a run with too few optimizer steps: more epochs where an
+    epoch already has 10 steps or more (the batch suits the data; the run is short), else a smaller
+    batch (a few steps per epoch: the batch is large for the data). None where neither helps."""
+    per_epoch = -(-n_train // batch_size)
+    if per_epoch >= 10:
+        more = max(2 * epochs, -(-FEW_STEPS // per_epoch))
+        return f"epochs={more}", per_epoch * more
+    batch = few_steps_batch(n_train * epochs, batch_size)
+    return (f"batch_size={batch}", -(-n_train // batch) * epochs) if batch < batch_size else (None, 0)
 
 
 def few_steps_batch(images: int, batch_size: int) -> int:

@@ -25,7 +25,7 @@ from regx.augment import Augment
 from regx.average import Average, Swa, make_average, selected_weights
 from regx.console import EpochProgress
 from regx.data import Data, Split, iterate, load_config, stratified_split, to_device
-from regx.diagnose import FEW_STEPS, command, few_steps_batch, remedies, verdict
+from regx.diagnose import FEW_STEPS, command, more_steps, remedies, verdict
 from regx.distributed import Ranks
 from regx.engine import (
     Diverged,
@@ -617,10 +617,10 @@ def _warn_few_steps(parts: Parts, log) -> None:
     """A run with too few optimizer steps to learn much says so before it trains."""
     cfg, total, n = parts.cfg, parts.steps * parts.cfg.epochs, len(parts.data.train)
     if total < FEW_STEPS:
-        batch = few_steps_batch(n * cfg.epochs, cfg.batch_size)
+        how, more = more_steps(n, cfg.epochs, cfg.batch_size)
         log.warning("only %d optimizer steps in all (%d per epoch x %d epochs: %d training images in batches of %d); "
                     "too few to judge a regularizer by%s", total, parts.steps, cfg.epochs, n, cfg.batch_size,
-                    f": batch_size={batch} gives about {-(-n // batch) * cfg.epochs}" if batch < cfg.batch_size else "")
+                    f": {how} gives about {more}" if how else "")
 
 
 def _until_stopped(batches, stop: StopRequest):

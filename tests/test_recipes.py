@@ -1,12 +1,13 @@
 """Experiment presets on real data (Debian's dataset-fashion-mnist; skipped where it is absent)."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from regx import config
-from regx.train import train
+from regx.train import RunFailed, train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -68,3 +69,50 @@ def test_each_dataset_preset_trains_on_files_in_its_official_format(tmp_path, mo
                           "batch_size=16", "diagnose.clean_train=false", *extra])
     s = train(cfg, tmp_path / "run")
     assert s["status"] == "completed" and s["name"] == name, s.get("error")
+
+
+def _first_remedy(s: dict, cfg) -> list[str]:
+    """The first remedy that changes the training (stopping at the best epoch only saves time: the
+    test split is scored on best.pt either way)."""
+    from regx.diagnose import remedies
+
+    pairs = [how for _, how in remedies(s["verdict"], cfg, s["evidence"], s["n_train"]) if "early_stop" not in how]
+    assert pairs, s["verdict"]
+    return pairs[0].split()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_on_real_clothes_each_verdicts_first_remedy_leads_somewhere(tmp_path):
+    """Each verdict on real Fashion-MNIST subsets, then the run again with the first remedy it
+    suggested: overfitting's shrinks the gap, underfitting's raises the clean training accuracy,
+    divergence's trains to the end, and a good fit suggests nothing."""
+    base = ["data=fashion_mnist", f"data.root={tmp_path}", "data.val_fraction=0.02"]
+    cases = {
+        "overfitting": ["data.train_size=500", "aug=none", "dropout=none", "wd=0", "sched=constant", "epochs=30",
+                        "batch_size=32"],
+        "underfitting": ["data.train_size=2000", "aug=all", "dropout=fc", "wd=5e-3", "epochs=3", "batch_size=32"],
+        "diverged": ["data.train_size=1000", "lr=5", "epochs=2", "batch_size=32"],
+    }
+    for kind, overrides in cases.items():
+        cfg = config.compose([*base, *overrides])
+        if kind == "diverged":
+            with pytest.raises(RunFailed, match="the run diverged"):
+                train(cfg, tmp_path / kind)
+            before = {**json.loads((tmp_path / kind / "summary.json").read_text()), "n_train": 1000}
+        else:
+            before = train(cfg, tmp_path / kind)
+        assert before["verdict"] == kind, (kind, before["evidence"])
+        remedy = _first_remedy(before, cfg)
+        after = train(config.compose([*base, *overrides, *remedy]), tmp_path / f"{kind}-remedied")
+        shown = (kind, remedy, before["evidence"], after["evidence"])
+        if kind == "overfitting":
+            assert after["evidence"]["gap"] < before["evidence"]["gap"], shown
+        elif kind == "underfitting":
+            assert after["evidence"]["train_acc"] > before["evidence"]["train_acc"], shown
+        else:
+            assert after["status"] == "completed" and after["verdict"] != "diverged", shown
+    good = train(config.compose([*base, "data.train_size=2000", "aug=trivialaugment", "epochs=30", "batch_size=64"]),
+                 tmp_path / "good")
+    assert good["verdict"] == "good_fit" and good["remedies"] == [], good["evidence"]
