@@ -56,3 +56,21 @@ def test_predict_and_onnx_benchmarks_run():
     pytest.importorskip("onnxruntime", reason="pip install 'regx[export]'")
     rows = bench.onnx_vs_eager(repeats=1, size=16, batch=8)
     assert [o["model"] for o in rows] == ["smallcnn", "resnet18"] and all(o["ratio"] > 0 for o in rows)
+
+
+def test_the_timm_comparison_times_each_epoch_and_tabulates_every_seed(tmp_path):
+    """benchmarks/vs_timm.py's parts (the comparison itself needs timm's train.py and the real data):
+    `watch` notes when each CSV row appears; the table lists every seed."""
+    import sys
+
+    from benchmarks import vs_timm
+
+    rows = tmp_path / "rows.csv"
+    script = (f"import time\nf = open({str(rows)!r}, 'w'); f.write('epoch\\n'); f.flush()\n"
+              "for i in range(3):\n    time.sleep(0.6); f.write(f'{i}\\n'); f.flush()\n")
+    code, wall, ends = vs_timm.watch([sys.executable, "-c", script], tmp_path / "log", rows)
+    assert code == 0 and len(ends) == 3 and ends == sorted(ends) and ends[-1] <= wall
+    runs = [{"tool": "timm train.py", "model": "resnet18", "seed": s, "exit": 0, "wall_s": 10.0 + s,
+             "test_acc": [0.5, 0.8 + s / 100]} for s in (0, 1)]
+    args = type("A", (), {"train_size": 1000, "epochs": 2, "seeds": [0, 1]})
+    assert "| timm train.py, resnet18 | 80.00, 81.00 | 80.50 | 10 s, 11 s |" in vs_timm.to_markdown(runs, args)

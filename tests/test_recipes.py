@@ -116,3 +116,22 @@ def test_on_real_clothes_each_verdicts_first_remedy_leads_somewhere(tmp_path):
     good = train(config.compose([*base, "data.train_size=2000", "aug=trivialaugment", "epochs=30", "batch_size=64"]),
                  tmp_path / "good")
     assert good["verdict"] == "good_fit" and good["remedies"] == [], good["evidence"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+def test_on_scarce_real_clothes_the_regularized_preset_beats_no_regularization(tmp_path):
+    """The course's lesson on real data: 1,000 Fashion-MNIST training images, 40 epochs, seeds 0 and 1
+    paired; experiment=fashion_mnist (crop, flips, dropout, L2, label smoothing, cosine) against
+    the same run with none of them. Measured when written: 84.05% and NN% against 83.20% and NN%."""
+    base = ["data=fashion_mnist", f"data.root={tmp_path}", "data.train_size=1000", "data.val_fraction=0.02",
+            "epochs=40"]
+    plain = ["aug=none", "dropout=none", "wd=0", "sched=constant"]
+    reg, unreg = [], []
+    for seed in (0, 1):
+        reg.append(train(config.compose(["experiment=fashion_mnist", *base, f"seed={seed}"]), tmp_path / f"reg{seed}"))
+        unreg.append(train(config.compose([*base, *plain, f"seed={seed}"]), tmp_path / f"plain{seed}"))
+    shown = [(r["test_acc"], u["test_acc"], r["evidence"]["gap"], u["evidence"]["gap"]) for r, u in zip(reg, unreg)]
+    assert sum(r["test_acc"] for r in reg) > sum(u["test_acc"] for u in unreg), shown
+    assert all(r["evidence"]["gap"] < u["evidence"]["gap"] for r, u in zip(reg, unreg)), shown

@@ -1,0 +1,155 @@
+"""regx's default recipe against timm's train.py defaults, on the same real images, at equal epochs.
+
+What a user would otherwise run: timm's train.py (from its repository; it is not in timm's wheel) with
+its defaults, given only what the data needs (--img-size, --num-classes, --epochs, --device cpu,
+--workers, --seed, the split names). regx runs with its defaults, given the same data, epochs and
+seed: `model=timm model.name=resnet18` (timm's own network, so only the recipe differs) and the
+default smallcnn. The images: a stratified subset of Debian's Fashion-MNIST training files, written
+as a PNG folder (train/<class>/), and the official 10,000 test images (test/<class>/, also regx's
+val/), which both tools evaluate after every epoch. Reported per run: the last epoch's test accuracy,
+the time each epoch ended (from the start of the process, start-up included) and the wall time.
+
+    python -m benchmarks.vs_timm --train-py PATH/train.py --train-size 10000 --epochs 10 --seeds 0 1
+
+Writes vs_timm.json and vs_timm.md under --out (default outputs/vs_timm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_folder(root: Path, train_size: int, seed: int = 0) -> Path:
+    """train/<class>/*.png (a stratified subset) and test/<class>/*.png (all 10,000), with val a link to
+    test; reused when already written for the same size."""
+    import torch
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from regx.config import DataConfig
+    from regx.data import load_data
+
+    folder = root / f"fashion_mnist_{train_size}"
+    if (folder / "done").is_file():
+        return folder
+    defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig(name="fashion_mnist")))
+    data = load_data(**{**defaults, "root": str(root / "cache"), "download": False, "train_size": train_size,
+                        "val_fraction": 0.02, "seed": seed})
+    classes = [c.replace("/", "-") for c in data.classes]
+    for split, images, labels in (("train", data.train.x, data.train.y), ("test", data.test.x, data.test.y)):
+        for i, (x, y) in enumerate(zip(images.cpu(), labels.cpu().tolist())):
+            path = folder / split / classes[y] / f"{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[0].to(torch.uint8).numpy(), mode="L").save(path)
+    (folder / "val").symlink_to("test", target_is_directory=True)
+    (folder / "done").write_text("")
+    return folder
+
+
+def watch(cmd: list[str], log: Path, rows: Path, env: dict | None = None) -> tuple[int, float, list[float]]:
+    """Run `cmd`, noting when each new data row appears in the CSV `rows`: (exit code, wall seconds,
+    seconds from the start to the end of each epoch)."""
+    start, seen, ends = time.perf_counter(), 0, []
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        while proc.poll() is None:
+            time.sleep(0.5)
+            n = _rows(rows)
+            ends += [time.perf_counter() - start] * (n - seen)
+            seen = n
+    n = _rows(rows)
+    ends += [time.perf_counter() - start] * (n - seen)
+    return proc.returncode, time.perf_counter() - start, ends
+
+
+def _rows(path: Path) -> int:
+    try:
+        with open(path) as f:
+            return max(0, sum(1 for _ in f) - 1)
+    except OSError:
+        return 0
+
+
+def run_timm(train_py: Path, folder: Path, out: Path, epochs: int, seed: int, workers: int) -> dict:
+    name = f"timm_resnet18_{seed}"
+    cmd = [sys.executable, str(train_py), str(folder), "--train-split", "train", "--val-split", "test",
+           "--model", "resnet18", "--num-classes", "10", "--img-size", "28", "--epochs", str(epochs),
+           "--device", "cpu", "--workers", str(workers), "--seed", str(seed), "--output", str(out),
+           "--experiment", name, "--log-interval", "1000"]
+    code, wall, ends = watch(cmd, out / f"{name}.log", out / name / "summary.csv")
+    rows = list(csv.DictReader(open(out / name / "summary.csv"))) if code == 0 else []
+    return {"tool": "timm train.py", "model": "resnet18", "seed": seed, "exit": code, "wall_s": round(wall, 1),
+            "epoch_end_s": [round(t, 1) for t in ends], "test_acc": [float(r["eval_top1"]) / 100 for r in rows]}
+
+
+def run_regx(folder: Path, out: Path, model: list[str], label: str, epochs: int, seed: int) -> dict:
+    name = f"regx_{label.split()[0]}_{seed}"
+    regx = Path(sys.executable).with_name("regx")
+    cmd = [str(regx), "train", "data=imagefolder", f"data.path={folder}", "data.image_size=28",
+           f"data.root={out / 'cache'}", *model, f"epochs={epochs}", f"seed={seed}", f"hydra.run.dir={out / name}"]
+    code, wall, ends = watch(cmd, out / f"{name}.log", out / name / "metrics.csv")
+    rows = list(csv.DictReader(open(out / name / "metrics.csv"))) if code == 0 else []
+    return {"tool": "regx", "model": label, "seed": seed, "exit": code, "wall_s": round(wall, 1),
+            "epoch_end_s": [round(t, 1) for t in ends], "test_acc": [float(r["val_acc"]) for r in rows]}
+
+
+def to_markdown(runs: list[dict], args) -> str:
+    lines = [f"{args.train_size:,} Fashion-MNIST training images, the 10,000 test images evaluated after each of "
+             f"{args.epochs} epochs, seeds {', '.join(map(str, args.seeds))}, {os.cpu_count()} CPU cores.", "",
+             "| tool, model | last-epoch test acc (each seed) | mean | wall time (each seed) |", "|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["tool"], r["model"]), []).append(r)
+    for (tool, model), rs in groups.items():
+        accs = [r["test_acc"][-1] for r in rs if r["test_acc"]]
+        mean = f"{100 * statistics.fmean(accs):.2f}" if accs else "-"
+        walls = ", ".join(f"{r['wall_s']:.0f} s" for r in rs)
+        shown = ", ".join(f"{100 * a:.2f}" for a in accs) or "failed"
+        lines.append(f"| {tool}, {model} | {shown} | {mean} | {walls} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train-py", type=Path, required=True, help="timm's train.py (from its repository)")
+    ap.add_argument("--train-size", type=int, default=10_000)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="timm's data loader workers")
+    ap.add_argument("--out", type=Path, default=Path("outputs/vs_timm"))
+    args = ap.parse_args(argv)
+    if not (FASHION / "train-images-idx3-ubyte.gz").is_file():
+        print(f"vs_timm: needs Debian's dataset-fashion-mnist ({FASHION})", file=sys.stderr)
+        return 2
+    if not args.train_py.is_file():
+        print(f"vs_timm: no timm train.py at {args.train_py}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    folder = write_folder(args.out, args.train_size)
+    runs = []
+    for seed in args.seeds:
+        runs.append(run_timm(args.train_py, folder, args.out, args.epochs, seed, args.workers))
+        runs.append(run_regx(folder, args.out, ["model=timm", "model.name=resnet18"], "resnet18 (timm's)", args.epochs, seed))
+        runs.append(run_regx(folder, args.out, [], "smallcnn", args.epochs, seed))
+        for r in runs[-3:]:
+            print(f"{r['tool']} {r['model']} seed {r['seed']}: exit {r['exit']}, test acc "
+                  f"{100 * r['test_acc'][-1] if r['test_acc'] else float('nan'):.2f}%, {r['wall_s']:.0f} s", flush=True)
+    (args.out / "vs_timm.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                        "runs": runs}, indent=1))
+    (args.out / "vs_timm.md").write_text(to_markdown(runs, args))
+    print((args.out / "vs_timm.md").read_text())
+    return 0 if all(r["exit"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
