@@ -124,7 +124,9 @@ def test_on_real_clothes_each_verdicts_first_remedy_leads_somewhere(tmp_path):
 def test_on_scarce_real_clothes_the_regularized_preset_beats_no_regularization(tmp_path):
     """The course's lesson on real data: 1,000 Fashion-MNIST training images, 40 epochs, seeds 0 and 1
     paired; experiment=fashion_mnist (crop, flips, dropout, L2, label smoothing, cosine) against
-    the same run with none of them. Measured when written: 84.05% and NN% against 83.20% and NN%."""
+    the same run with none of them. Measured when written (2 CPU cores, about 3 minutes a run): test
+    accuracy 84.05% and 84.80% against 83.20% and 83.62%; clean gap 12.9 and 12.2 points against 16.3
+    and 14.7. (On 2,000 images for 15 epochs the preset underfit and lost, 83.39% against 83.75%, seed 0.)"""
     base = ["data=fashion_mnist", f"data.root={tmp_path}", "data.train_size=1000", "data.val_fraction=0.02",
             "epochs=40"]
     plain = ["aug=none", "dropout=none", "wd=0", "sched=constant"]
