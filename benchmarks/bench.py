@@ -644,6 +644,15 @@ def section(r: dict) -> str:
         lines += ["", f"**Recipe on real data: {recipe['what']}** (`{recipe['command']}`, {recipe['machine']}): " +
                   "; ".join(f"seed {run['seed']}: test {run['test_acc']:.2f}%, best val {run['best_val_acc']:.2f}% in "
                             f"{run['wall_s']:.0f} s of wall time including start-up" for run in recipe["runs"]) + "."]
+    if r.get("vs_timm"):
+        from benchmarks.vs_timm import to_markdown
+
+        v = r["vs_timm"]
+        lines += ["", f"**regx's defaults against timm's train.py defaults** (`{v['command']}`, {v['date']}; timm's "
+                  "resnet18 under both, regx's smallcnn too; timm's train.py with its defaults, given only the data's "
+                  "size, classes, epochs and seed):", "", to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"],
+                                                                     v["cores"]).rstrip()]
+        lines += ["", v["note"]] if v.get("note") else []
     if r.get("time_to_accuracy"):
         t = r["time_to_accuracy"]
         reached = (f"after {t['reached']['seconds']:.1f} s of training and evaluation (epoch {t['reached']['epoch']}; "
@@ -705,8 +714,9 @@ def main(argv=None) -> int:
     result = run(args.device, args.quick, tta=args.tta)
     root = Path(args.out)
     name = "bench-cuda.json" if args.device.startswith("cuda") else "bench.json"
-    if (root / name).is_file():  # whole-run recipe measurements are taken apart from the benchmark: keep them
-        result["recipes"] = json.loads((root / name).read_text()).get("recipes", [])
+    if (root / name).is_file():  # whole-run measurements are taken apart from the benchmark: keep them
+        kept = json.loads((root / name).read_text())
+        result.update({k: kept[k] for k in ("recipes", "vs_timm") if k in kept})
     (root / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {root / name} and {write_markdown(root)}")
     return 0

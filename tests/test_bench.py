@@ -71,6 +71,10 @@ def test_the_timm_comparison_times_each_epoch_and_tabulates_every_seed(tmp_path)
     code, wall, ends = vs_timm.watch([sys.executable, "-c", script], tmp_path / "log", rows)
     assert code == 0 and len(ends) == 3 and ends == sorted(ends) and ends[-1] <= wall
     runs = [{"tool": "timm train.py", "model": "resnet18", "seed": s, "exit": 0, "wall_s": 10.0 + s,
-             "test_acc": [0.5, 0.8 + s / 100]} for s in (0, 1)]
-    args = type("A", (), {"train_size": 1000, "epochs": 2, "seeds": [0, 1]})
-    assert "| timm train.py, resnet18 | 80.00, 81.00 | 80.50 | 10 s, 11 s |" in vs_timm.to_markdown(runs, args)
+             "test_acc": [0.5, 0.8 + s / 100], "epoch_end_s": [4.0, 9.0]} for s in (0, 1)]
+    runs.append({"tool": "regx", "model": "smallcnn", "seed": 0, "exit": 0, "wall_s": 5.0, "test_acc": [0.81, 0.9],
+                 "epoch_end_s": [2.0, 4.0]})
+    table = vs_timm.to_markdown(runs, 1000, 2, [0, 1], 2)
+    assert "time to 80% test acc (each seed) |" in table  # the accuracy every tool reached on average
+    assert "| timm train.py, resnet18 | 80.00, 81.00 | 80.50 | 10 s, 11 s | 9 s, 9 s |" in table
+    assert "| regx, smallcnn | 90.00 | 90.00 | 5 s | 2 s |" in table
