@@ -185,3 +185,5 @@ def test_no_preset_flips_vertically_unless_its_name_says_so_and_each_says_what_i
         assert config.compose([f"aug={name}"]).aug.vflip.p == 0 or "vflip" in name, name
         text = (Path(config.conf_dir()) / "aug" / f"{name}.yaml").read_text()
         assert text.startswith("#"), f"conf/aug/{name}.yaml has no comment saying what data it suits"
+        words = ("suit", "made for", "tuned on", "learned for", "photos")  # the data it is for, in its words
+        assert name == "none" or any(w in text.lower() for w in words), f"conf/aug/{name}.yaml: what data does it suit?"
