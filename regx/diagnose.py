@@ -116,8 +116,8 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
         candidates.append(("a higher learning rate", f"lr={cfg.lr * 2:g}"))
         if cfg.model.name == "smallcnn":
             candidates.append(("a larger model", f"model.channels=[{','.join(str(2 * c) for c in cfg.model.channels)}]"))
-        out += [(what, how) for what, how in candidates if how and not (how.startswith("epochs=") and out
-                                                                       and out[0][1].startswith("epochs="))]
+        more_epochs_given = any(how.startswith("epochs=") for _, how in out)  # as "more optimizer steps"
+        out += [(what, how) for what, how in candidates if how and not (more_epochs_given and how.startswith("epochs="))]
     elif kind == "diverged":
         out.append(("a lower learning rate", f"lr={cfg.lr / 10:g}"))
         if cfg.sched.warmup_epochs == 0:
