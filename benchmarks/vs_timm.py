@@ -51,7 +51,8 @@ def write_folder(root: Path, train_size: int, seed: int = 0) -> Path:
             path = folder / split / classes[y] / f"{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(x[0].to(torch.uint8).numpy(), mode="L").save(path)
-    (folder / "val").symlink_to("test", target_is_directory=True)
+    if not (folder / "val").is_symlink():  # a write stopped before "done" is redone over what it left
+        (folder / "val").symlink_to("test", target_is_directory=True)
     (folder / "done").write_text("")
     return folder
 

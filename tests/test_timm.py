@@ -125,6 +125,7 @@ def test_fine_tuning_from_a_timm_weights_file_uses_timms_preprocessing(tmp_path)
     s = train(smoke_cfg("model=timm", "model.name=resnet10t", "finetune=linear_probe", f"finetune.weights={file}",
                         "epochs=1", "data.channels=1"), tmp_path / "ft")
     assert "normalized as timm's resnet10t weights" in s["weights"]
+    assert "timm's resnet10t (" in (tmp_path / "ft" / "train.log").read_text()  # the run header names the zoo
     assert s["dropped_keys"] == ["fc.weight [1000, 512]", "fc.bias [1000]"] and s["trainable_params"] == 512 * 10 + 10
     ckpt = load_checkpoint(tmp_path / "ft/checkpoints/last.pt")
     assert ckpt["norm"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
