@@ -5,8 +5,9 @@ torchvision's per-image transforms (`TrivialAugmentWide`, `RandAugment`, `AutoAu
 the reference: the same operations, magnitude tables, signs, AutoAugment's published sub-policies (read
 from torchvision) and geometry with a zero fill (nearest-neighbour; bilinear for AugMix, as
 torchvision's defaults), computed on uint8 values. Here every image of a batch draws its own
-operations and magnitudes from the run's generator, on the training device; each operation is one batched pass over the images that drew it
-(a loop over the 14 operations, never over images). The geometric ones build the same inverse affine
+operations and magnitudes from the run's generator, on the training device; each operation is one
+batched pass over the images that drew it (a loop over the 14 operations, never over images). AugMix
+runs its chains side by side as one batch. The geometric ones build the same inverse affine
 matrix (in double precision, rounded once, as torchvision's Python floats) and sampling grid as
 torchvision's tensor path; tests/test_policies.py finds every operation equal to torchvision's pixel
 for pixel.
