@@ -23,10 +23,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from regx.config import GROUPS, ConfigError
-from regx.runs import read_json, write_text
+from regx.runs import DamagedFile, read_json, read_overrides, write_text
 
 GROUP = "ablate_arm"
 ARMS_DIR = "arms"
+ARM_HEADER = "# written by regx ablate: "
 # Student's t, 97.5% quantile, for 1..30 degrees of freedom (scipy.stats.t.ppf(0.975, df)); 1.96 beyond
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131,
         2.12, 2.11, 2.101, 2.093, 2.086, 2.08, 2.074, 2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -63,7 +64,7 @@ def arm_yaml(overrides: list[str]) -> str:
             groups[key] = value
         else:
             values = OmegaConf.merge(values, OmegaConf.from_dotlist([f"{key}={value}"]))
-    lines = ["# @package _global_", "# written by regx ablate: " + " ".join(overrides)]
+    lines = ["# @package _global_", ARM_HEADER + " ".join(overrides)]
     if groups:
         lines += ["defaults:", *(f"  - override /{g}: {v}" for g, v in groups.items())]
     body = OmegaConf.to_yaml(values) if len(values) else ""
@@ -86,7 +87,7 @@ def as_plain_run(overrides: list[str], job_dir: Path) -> list[str]:
         if key == f"+{GROUP}":
             recorded = job_dir.parent / ARMS_DIR / GROUP / f"{value}.yaml"
             lines = recorded.read_text().splitlines() if recorded.is_file() else []
-            out += lines[1].removeprefix("# written by regx ablate: ").split() if len(lines) > 1 else []
+            out += lines[1].removeprefix(ARM_HEADER).split() if len(lines) > 1 else []
         elif key.lstrip("+~").split(".", 1)[0] != "ablate":
             out.append(o)
     return out
@@ -132,7 +133,10 @@ def collect(sweep_dir: Path, metric: str) -> list[Arm]:
     recorded = {p.stem: p for p in (sweep_dir / ARMS_DIR / GROUP).glob("*.yaml")}
     jobs = sorted(job_dirs(sweep_dir), key=lambda j: int(j.name.split("_", 1)[0]) if j.name.split("_", 1)[0].isdigit() else 0)
     for job in jobs:
-        overrides = [str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+        try:
+            overrides = read_overrides(job)
+        except DamagedFile:
+            continue  # counted as missing
         name = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"+{GROUP}=")), None)
         seed = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("seed=")), 0)
         if name is None:

@@ -67,7 +67,8 @@ EXAMPLES = {
     "resume": ["regx resume outputs/runs/<run>                 # continue a stopped run where it stopped",
                "regx resume outputs/runs/<run> epochs=20       # train a finished run further",
                "regx resume outputs/runs/<run> epochs=20 sched.restart=true   # ... with a new LR cycle"],
-    "sweep-resume": ["regx sweep-resume outputs/sweeps/<time>"],
+    "sweep-resume": ["regx sweep-resume outputs/sweeps/<time>",
+                     "regx sweep-resume outputs/sweeps/<time> hydra/launcher=slurm hydra.launcher.partition=gpu"],
     "ablate": ["regx ablate data=fashion_mnist data.train_size=2000 epochs=15 --seeds 3",
                "regx ablate experiment=overfit --seeds 3 --jobs 2",
                "regx ablate debug=smoke '+ablate.arms.mixup=[\"aug=mixup\"]' --seeds 2   # a technique of your own",
@@ -290,10 +291,13 @@ def cmd_sweep_resume(args: list[str]) -> int:
 
     p = _parser("sweep-resume", "Rerun a sweep's command into the same directory: job directories are named from "
                                 "their overrides, so each job finds its own; completed ones are skipped, stopped "
-                                "ones resumed.", "SWEEP_DIR")
+                                "ones resumed. Only the jobs' own overrides and the Hydra settings regx writes "
+                                "itself are replayed from the directory; give any other Hydra setting (a launcher) "
+                                "again on the command line.", "SWEEP_DIR",
+                overrides="Hydra settings: hydra/launcher=NAME, hydra.launcher.KEY=VALUE")
     a = p.parse_args(args)
     try:
-        again = sweep.resume_args(a.sweep_dir)
+        again = sweep.resume_args(a.sweep_dir, a.overrides)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     return cmd_train(again, resume_jobs=True)

@@ -23,6 +23,7 @@ from regx.console import console, setup_logging
 from regx.runs import (
     DamagedFile,
     clean_temporary,
+    read_config,
     read_summary,
     write_atomic,
     write_json,
@@ -229,10 +230,13 @@ def _resume_record(run_dir: Path, cfg: DictConfig) -> dict:
     """When a run was resumed and what it was resumed with: every key whose value changed."""
     from regx.config import flat_keys
 
-    saved = run_dir / "config.yaml"
     changed = {}
-    if saved.is_file():
-        before, after = OmegaConf.load(saved), OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        before = read_config(run_dir) if (run_dir / "config.yaml").is_file() else None
+    except DamagedFile:
+        before = None  # what changed is not known; nothing of the file is resolved
+    if before is not None:
+        after = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         for key in flat_keys(after):
             old, new = OmegaConf.select(before, key), OmegaConf.select(after, key)
             if old != new and not OmegaConf.is_dict(new):

@@ -70,16 +70,11 @@ def run_record(run: Path) -> dict:
 
     from omegaconf import OmegaConf
 
-    from regx.runs import DamagedFile, read_config, read_metrics, read_summary
+    from regx.runs import read_config, read_metrics, read_overrides, read_summary
 
     summary = read_summary(run)  # DamagedFile: build() skips the run with a warning
     cfg = read_config(run) if (run / "config.yaml").is_file() else OmegaConf.create()
-    overrides = []
-    if (run / ".hydra" / "overrides.yaml").is_file():
-        try:
-            overrides = [str(o) for o in OmegaConf.load(run / ".hydra" / "overrides.yaml")]
-        except Exception as exc:
-            raise DamagedFile(f"{run / '.hydra' / 'overrides.yaml'} is damaged ({' '.join(str(exc).split())[:200]})") from None
+    overrides = read_overrides(run)
     metrics = []
     if (run / "metrics.csv").is_file():
         try:

@@ -175,6 +175,10 @@ class DamagedFile(ValueError):
     """A run's file that does not parse; the message names it and says what is wrong in one line."""
 
 
+class Interpolated(DamagedFile):
+    """A stored config that holds an interpolation: regx never resolves what a run directory says."""
+
+
 def _first_line(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     return text[:200] or type(exc).__name__
@@ -205,7 +209,41 @@ def read_config(run_dir: Path | str):
         raise DamagedFile(f"{path} is damaged ({_first_line(exc)})") from None
     if not isinstance(cfg, DictConfig):
         raise DamagedFile(f"{path} is damaged (not a mapping of keys)")
+    key = _interpolated(OmegaConf.to_container(cfg, resolve=False))
+    if key is not None:  # regx writes it resolved: an interpolation was put there by hand (or by someone else)
+        raise Interpolated(f"{path}: {key} holds an interpolation; regx reads a stored config as it is, never "
+                          "resolving it: write the value itself")
     return cfg
+
+
+def _interpolated(node, prefix: str = "") -> str | None:
+    """The first key (dotted) of a plain container whose value holds `${`, else None."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, str) and "${" in v:
+            return key
+        found = _interpolated(v, key)
+        if found is not None:
+            return found
+    return None
+
+
+def read_overrides(run_dir: Path | str) -> list[str]:
+    """The command-line overrides a run was started with (Hydra's .hydra/overrides.yaml), as plain
+    strings, never resolved; [] when there is no record, DamagedFile when it does not parse."""
+    import yaml
+
+    path = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DamagedFile(f"{path} is damaged ({_first_line(exc)})") from None
+    if not isinstance(overrides, list):
+        raise DamagedFile(f"{path} is damaged (not a list of overrides)")
+    return [str(o) for o in overrides]
 
 
 def write_metrics(path: Path | str, rows: list[dict]) -> None:
@@ -394,6 +432,8 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
         raise config.ConfigError(f"cannot parse override '{bad[0]}': expected key=value")
     try:
         saved = read_config(run_dir)
+    except Interpolated as exc:
+        raise config.ConfigError(str(exc)) from None
     except DamagedFile as exc:
         raise config.ConfigError(f"{exc}; the checkpoints still hold the run: repair the file or copy it from "
                                  ".hydra/config.yaml") from None

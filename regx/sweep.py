@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from regx.ablate import ARM_HEADER, ARMS_DIR, GROUP, arm_yaml
 from regx.signals import StopSignals
 
 
@@ -196,13 +198,122 @@ def failed_jobs(jobs: list[Path]) -> list[tuple[str, str]]:
     return failed
 
 
-def resume_args(sweep_dir: str | Path) -> list[str]:
-    """The `regx train` arguments that rerun a sweep in place (ValueError: not a sweep directory)."""
+class Untrusted(ValueError):
+    """A sweep directory asks for something regx does not replay from a file; the message names the key."""
+
+
+# A sweep or run directory is input from whoever could write to it: regx replays from it only the jobs'
+# own overrides (keys of regx's schema and groups, values without interpolations) and the Hydra settings
+# regx writes itself. Anything else (callbacks, `_target_`, launchers, search paths) is refused by name;
+# the user may give a launcher's settings again on the command line, where they are the user's own.
+REPLAYED = {"hydra/launcher": r"joblib", "hydra.launcher.n_jobs": r"-?\d+"}  # what regx ablate --jobs writes
+RECOMPUTED = ("hydra.mode", "hydra.sweep.dir")  # regx sets them again for the directory as it is now
+OPTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a config group option's name: no path, no ..
+SUGGESTABLE = ("hydra/launcher", "hydra.launcher.", "hydra.sweeper.", "hydra.job.chdir", "hydra.searchpath")
+
+
+def resume_args(sweep_dir: str | Path, extra: list[str] = ()) -> list[str]:
+    """The `regx train` arguments that rerun a sweep in place: its recorded task overrides, checked, and
+    `extra` Hydra settings from the command line. ValueError: not a sweep directory; Untrusted: the
+    record asks for something regx does not replay (the line names it)."""
     sweep = Path(sweep_dir)
-    if not (sweep / "multirun.yaml").is_file():
+    record = sweep / "multirun.yaml"
+    if not record.is_file():
         raise ValueError(f"{sweep} is not a regx sweep directory (no multirun.yaml)")
-    recorded = OmegaConf.load(sweep / "multirun.yaml")
-    overrides = [str(o) for o in OmegaConf.select(recorded, "hydra.overrides.task", default=[])]
-    hydra_overrides = [str(o) for o in OmegaConf.select(recorded, "hydra.overrides.hydra", default=[])
-                       if not str(o).startswith(("hydra.mode", "hydra.sweep.dir"))]
-    return ["-m", *overrides, *hydra_overrides, f"hydra.sweep.dir={sweep}"]
+    not_hydra = [o for o in extra if not o.lstrip("+~").startswith("hydra")]
+    if not_hydra:
+        raise ValueError(f"{not_hydra[0]}: sweep-resume replays the jobs' own overrides from {record}; on the command "
+                         "line it takes only Hydra settings (hydra/launcher=..., hydra.launcher.KEY=...)")
+    try:
+        recorded = OmegaConf.to_container(OmegaConf.load(record), resolve=False)  # never resolved: see Untrusted
+        overrides = recorded["hydra"]["overrides"]
+        task, hydra = [str(o) for o in overrides.get("task") or []], [str(o) for o in overrides.get("hydra") or []]
+    except Exception as exc:  # yaml's and OmegaConf's errors, a record of another shape
+        raise ValueError(f"{record} is damaged ({' '.join(str(exc).split())[:200]})") from None
+    groups = {GROUP: check_arms(sweep)} if (sweep / ARMS_DIR).exists() else {}
+    for o in task:
+        check_task_override(o, record, groups)
+    given = {o.split("=", 1)[0].lstrip("+") for o in extra}
+    recomputed = (*RECOMPUTED, "hydra.searchpath=") if groups else RECOMPUTED  # an ablation's: its arms folder
+    refused = [o for o in hydra if not _replayed(o) and not o.startswith(recomputed)
+               and o.split("=", 1)[0].lstrip("+") not in given]
+    if refused:
+        key = refused[0].split("=", 1)[0].lstrip("+~")
+        unsafe = [o for o in refused if "_target_" in o or "@" in o.split("=", 1)[0]
+                  or not o.lstrip("+~").startswith(SUGGESTABLE)]
+        if unsafe:
+            raise Untrusted(f"{record} asks for {unsafe[0].split('=', 1)[0]}, which regx never replays from a file "
+                            "(a sweep directory must not run code): the sweep was not resumed")
+        raise Untrusted(f"{record} asks for {', '.join(refused)}: regx replays only the Hydra settings it writes "
+                        f"itself ({key} is not one); if you trust them, pass them again: regx sweep-resume {sweep} "
+                        + " ".join(refused))
+    searchpath = [f"hydra.searchpath=[file://{(sweep / ARMS_DIR).resolve()}]"] if groups else []
+    return ["-m", *task, *[o for o in hydra if _replayed(o)], *extra, *searchpath, f"hydra.sweep.dir={sweep}"]
+
+
+def _replayed(override: str) -> bool:
+    key, _, value = override.partition("=")
+    return key in REPLAYED and re.fullmatch(REPLAYED[key], value) is not None
+
+
+def check_task_override(text: str, where: Path, groups: dict[str, list[str]]) -> str:
+    """One recorded task override, checked as the Hydra grammar parses it: a key of regx's schema or
+    a group of regx's (or `groups`: the sweep's own, with their options), no package (`@`), no
+    `_target_`, no interpolation in any value, group options by name only. Returns the key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from regx.config import GROUPS, TrainConfig
+
+    try:
+        o = OverridesParser.create().parse_override(text)
+    except Exception:  # noqa: BLE001 - Hydra's grammar errors
+        raise Untrusted(f"{where}: the override '{text}' does not parse") from None
+    key = o.key_or_group
+    top = re.split(r"[./]", key, maxsplit=1)[0]
+    if o.package is not None or "_target_" in key.split(".") or top not in {*TrainConfig.__dataclass_fields__,
+                                                                          *GROUPS, *groups}:
+        raise Untrusted(f"{where} asks for {key}{'@' + o.package if o.package else ''}, which is not a regx setting: "
+                        "the sweep was not resumed")
+    values = _leaves(o.value()) if o.value_type is not None else []
+    interpolated = next((v for v in values if "${" in v), None)
+    if interpolated is not None:
+        raise Untrusted(f"{where}: {key}={interpolated} holds an interpolation; regx replays recorded values as they "
+                        "are, never resolved: write the value itself")
+    if key in GROUPS or key in groups:
+        bad = next((v for v in values if not OPTION.fullmatch(v) or (key in groups and v not in groups[key])), None)
+        if bad is not None and o.value_type.name != "GLOB_CHOICE_SWEEP":
+            raise Untrusted(f"{where}: {key}={bad} is not an option of the group {key}: the sweep was not resumed")
+    return key
+
+
+def _leaves(value) -> list[str]:
+    """Every string inside an override's parsed value (a sweep's choices, a glob's patterns, a list)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_leaves(k), *_leaves(v))]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _leaves(v)]
+    parts = [getattr(value, a) for a in ("list", "include", "exclude") if hasattr(value, a)]  # ChoiceSweep, Glob
+    return [s for part in parts for s in _leaves(part)]
+
+
+def check_arms(sweep: Path) -> list[str]:
+    """An ablation's arms folder (Hydra searches it for the group `ablate_arm`): every file is one regx ablate
+    wrote, unchanged, with overrides that pass check_task_override. Returns the arms' names."""
+    folder, names = sweep / ARMS_DIR, []
+    for path in sorted(folder.rglob("*")):
+        if path.is_dir() and path == folder / GROUP:
+            continue
+        if path.parent != folder / GROUP or path.suffix != ".yaml" or not OPTION.fullmatch(path.stem) or path.is_symlink():
+            raise Untrusted(f"{path} is not a file regx ablate writes: the ablation was not resumed")
+        lines = path.read_text(errors="replace").splitlines()
+        overrides = lines[1].removeprefix(ARM_HEADER).split() if len(lines) > 1 and lines[1].startswith(ARM_HEADER) else None
+        if overrides is None:
+            raise Untrusted(f"{path} was changed after regx ablate wrote it: the ablation was not resumed")
+        for o in overrides:
+            check_task_override(o, path, {})
+        if path.read_text(errors="replace") != arm_yaml(overrides):
+            raise Untrusted(f"{path} was changed after regx ablate wrote it: the ablation was not resumed")
+        names.append(path.stem)
+    return names

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from regx.runs import METRIC_COLUMNS, read_json, write_json
+from regx.runs import METRIC_COLUMNS, DamagedFile, read_json, read_overrides, write_json
 
 TRACKING = "tracking.json"  # in a run directory: the trackers' run ids; in a sweep directory: the parent's
 FINAL = ("best_val_acc", "best_epoch", "final_train_acc", "final_clean_train_acc", "final_val_acc", "test_acc",
@@ -127,8 +127,10 @@ def make_trackers(cfg: DictConfig, run_dir: Path, first_epoch: int, log) -> list
 def _tensorboard(cfg: DictConfig, run_dir: Path, first_epoch: int):
     from regx.tblog import TensorBoardLogger, hparams_of
 
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    try:
+        overrides = read_overrides(run_dir)
+    except DamagedFile:
+        overrides = []
     tb = TensorBoardLogger(run_dir, hparams_of(cfg, overrides), first_epoch=first_epoch)
     if (run_dir / "aug_preview.png").is_file():
         tb.image("augmentation", run_dir / "aug_preview.png")

@@ -47,7 +47,16 @@ from regx.models import MODELS, build_model, count_params, model_kwargs
 from regx.plots import pick_examples
 from regx.record import Recorder
 from regx.regularize import build_optimizer, penalty
-from regx.runs import CorruptCheckpoint, load_verified, newest_intact, owner, read_json, save_checkpoint
+from regx.runs import (
+    CorruptCheckpoint,
+    DamagedFile,
+    load_verified,
+    newest_intact,
+    owner,
+    read_json,
+    read_overrides,
+    save_checkpoint,
+)
 from regx.schedules import EarlyStop, Plateau, lr_schedule, steps_per_epoch, swa_start, swa_window
 from regx.signals import StopSignals
 
@@ -606,10 +615,9 @@ def _overrides(run_dir: Path) -> list[str]:
     (a `regx ablate` job's arm spelled out)."""
     from regx.ablate import as_plain_run
 
-    path = run_dir / ".hydra" / "overrides.yaml"
     try:
-        return as_plain_run([str(o) for o in OmegaConf.load(path)], run_dir) if path.is_file() else []
-    except Exception:  # noqa: BLE001 - a damaged record: remedies without the run's overrides
+        return as_plain_run(read_overrides(run_dir), run_dir)
+    except DamagedFile:  # remedies without the run's overrides
         return []
 
 

@@ -2,12 +2,15 @@
 
 import json
 import os
+import re
+import shutil
 
 import pytest
 import yaml
 
+from regx import sweep
 from regx.train import train
-from tests.conftest import metric_rows, run_regx, smoke_cfg
+from tests.conftest import metric_rows, regx_here, run_regx, smoke_cfg
 
 
 def test_a_killed_sweep_resumes_in_place(tmp_path, cli):
@@ -101,3 +104,96 @@ def test_a_missing_plugin_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(errors, "_installed", lambda module: False)
     with pytest.raises(config.ConfigError, match=r"hydra/launcher=joblib needs the hydra-joblib-launcher plugin: pip install 'regx\[sweeps\]'"):
         errors.preflight(["hydra/launcher=joblib"])
+
+
+class _Payload:
+    """Unpickling it creates a file: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _tamper(sweep, *, task=(), hydra=()):
+    """Add overrides to a sweep's record as someone with write access to the directory could."""
+    record = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    record["hydra"]["overrides"]["task"] += list(task)
+    record["hydra"]["overrides"]["hydra"] += list(hydra)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """A finished one-job smoke sweep, made once; each test works on its own copy."""
+    root = tmp_path_factory.mktemp("sweep")
+    assert regx_here(root, "train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=s").returncode == 0
+    return root / "s"
+
+
+@pytest.fixture
+def sweep_copy(finished_sweep, tmp_path):
+    shutil.copytree(finished_sweep, tmp_path / "s")
+    return tmp_path / "s"
+
+
+def test_sweep_resume_never_replays_hydra_callbacks_from_the_directory(tmp_path, cli, sweep_copy):
+    import torch
+
+    sweep, marker = sweep_copy, tmp_path / "pwned"
+    torch.save(_Payload(marker), sweep / "payload.pt")
+    _tamper(sweep, hydra=["+hydra.callbacks.pwn._target_=torch.load", f"+hydra.callbacks.pwn.f={sweep}/payload.pt",
+                          "+hydra.callbacks.pwn.weights_only=false"])
+    res = cli("sweep-resume", sweep)
+    assert res.returncode == 2 and not marker.exists()
+    assert "hydra.callbacks.pwn._target_" in res.stderr and "never replays" in res.stderr
+    assert "weights_only" not in res.stderr.split("never replays")[1]  # the unsafe step is never suggested
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("task", [["+hydra.callbacks.x._target_=os.system"], ["aug@hydra.callbacks.x=flip"],
+                                  ["name=${oc.env:HOME}"], ["aug=../../../tmp/evil"], ["+foo._target_=os.system"],
+                                  ["+nosuchkey=1"]])
+def test_sweep_resume_replays_only_regx_keys(sweep_copy, task):
+    _tamper(sweep_copy, task=task)
+    with pytest.raises(sweep.Untrusted, match=re.escape(task[0].split("=")[0].lstrip("+").split("@")[0])):
+        sweep.resume_args(sweep_copy)
+
+
+def test_a_launcher_is_replayed_only_when_given_again(cli, sweep_copy):
+    _tamper(sweep_copy, hydra=["hydra/launcher=basic", "hydra.job.chdir=false"])
+    res = cli("sweep-resume", "s")
+    assert res.returncode == 2
+    assert "if you trust them, pass them again: regx sweep-resume s hydra/launcher=basic hydra.job.chdir=false" in res.stderr
+    res = cli("sweep-resume", "s", "hydra/launcher=basic", "hydra.job.chdir=false")
+    assert res.returncode == 0 and "completed already, skipped" in res.stdout, res.stderr
+    res = cli("sweep-resume", "s", "seed=3")
+    assert res.returncode == 2 and "seed=3" in res.stderr
+
+
+def test_ablate_resume_refuses_an_arm_file_changed_after_regx_wrote_it(tmp_path, cli):
+    from regx import ablate
+
+    arms = {"baseline": ["dropout=none"], "flip": ["dropout=none", "aug=flip"]}
+    (tmp_path / "s").mkdir()
+    ablate.write_arms(tmp_path / "s", arms)
+    assert cli(*["train", *ablate.sweep_args(arms, 1, ["debug=smoke", "epochs=1"], tmp_path / "s", 1)]).returncode == 0
+    arm = tmp_path / "s" / "arms" / "ablate_arm" / "flip.yaml"
+    arm.write_text(arm.read_text() + "hydra:\n  callbacks:\n    x:\n      _target_: os.getcwd\n")
+    res = cli("ablate", "--resume", "s")
+    assert res.returncode == 2 and "flip.yaml" in res.stderr and "changed" in res.stderr
+    arm.write_text(ablate.arm_yaml(arms["flip"]))
+    (tmp_path / "s" / "arms" / "hydra").mkdir()
+    (tmp_path / "s" / "arms" / "hydra" / "evil.yaml").write_text("x: 1\n")
+    res = cli("ablate", "--resume", "s")
+    assert res.returncode == 2 and "arms/hydra is not a file regx ablate writes" in res.stderr
+
+
+def test_a_stored_config_is_read_without_resolvers(tmp_path, cli):
+    assert cli("train", "debug=smoke", "epochs=1", "hydra.run.dir=r").returncode == 0
+    config = tmp_path / "r" / "config.yaml"
+    config.write_text(config.read_text().replace("name: ", "name: ${oc.env:HOME}  # ", 1))
+    res = cli("resume", "r", "epochs=2")
+    assert res.returncode == 2 and "name" in res.stderr and "interpolation" in res.stderr
+    assert os.environ.get("HOME", "/") not in res.stderr
