@@ -29,8 +29,9 @@ test: install ## the fast test suite (CPU, no network; one worker per core)
 test-all: install ## every test, slow ones included
 	$(BIN)/python -m pytest -q -n auto $(ARGS)
 
-lint: install ## ruff
+lint: install ## ruff and the import layers (lint-imports)
 	$(BIN)/ruff check regx tests benchmarks
+	$(BIN)/lint-imports
 
 bench: install ## benchmarks (not tests): regx vs a hand-written loop and torchvision; writes BENCHMARKS.md
 	$(BIN)/python -m benchmarks.bench

@@ -111,7 +111,7 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     from regx.augment import Augment
     from regx.average import Ema
     from regx.data import iterate
-    from regx.engine import LossCheck, Pipeline, StepParts, Tally, autocast, gradient_clipper, train_one_epoch
+    from regx.engine import LoopSteps, LossCheck, Pipeline, StepParts, Tally, autocast, gradient_clipper, train_one_epoch
     from regx.regularize import build_optimizer
 
     cfg = config.compose([f"aug={aug}", *overrides])
@@ -125,14 +125,14 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     parts = StepParts(optimizer=opt, pipeline=pipe, lr_at=lambda s: 0.01, amp=autocast(device, precision),
                       jsd=cfg.aug.augmix.jsd if Augment.views(cfg.aug) == 3 else 0.0,
                       clip=gradient_clipper("norm", clip, list(model.parameters())) if clip else None)
-    nan = LossCheck(device, 1 if device.type == "cpu" else 25)  # what a run checks, as often
-    hooks = [nan, Ema(model, decay=0.999, warmup=True, every=1)] if ema else [nan]
+    loop = LoopSteps(LossCheck(device, 1 if device.type == "cpu" else 25),  # what a run checks, as often
+                     average=Ema(model, decay=0.999, warmup=True, every=1).update if ema else None)
     state = {"step": 0}
 
     def chunk() -> int:
         order = torch.randperm(len(data.y), device=device)
         r = train_one_epoch(model, parts, iterate(data, batch, order=order, device=device), first_step=state["step"],
-                            tally=Tally.zero(device), hooks=hooks)
+                            tally=Tally.zero(device), loop=loop)
         state["step"] += r.steps
         return r.images
 
@@ -354,7 +354,7 @@ def whole_epochs(device: str, quick: bool, epochs: int = 4, extra: tuple[str, ..
     """Whole epochs (training, evaluation, the clean-train evaluation, checkpoints, metrics, curves)
     against the steady-state training throughput of the same epochs, from one run: metrics.csv's
     wall_s is stamped at each epoch's end, so epochs 2..N took wall_s[N] - wall_s[1]."""
-    from regx.runs import read_json, read_metrics
+    from regx.files import read_json, read_metrics
 
     n = 4000 if quick else 10800
     args = ["data=shapes", f"data.n_train={round(n / 0.9)}", "aug=all", f"device={device}", f"epochs={epochs}"]
@@ -374,7 +374,7 @@ def whole_epochs(device: str, quick: bool, epochs: int = 4, extra: tuple[str, ..
 def time_to_accuracy(device: str, target: float = 0.99, extra: tuple[str, ...] = ()) -> dict:
     """`regx train` on the embedded shapes data (the default experiment): training seconds until the
     validation accuracy first reaches `target`, and the run's whole wall time."""
-    from regx.runs import read_json, read_metrics
+    from regx.files import read_json, read_metrics
 
     with tempfile.TemporaryDirectory() as tmp:
         res = _regx(["train", f"device={device}", *extra, "hydra.run.dir=tta"], tmp)
@@ -480,7 +480,7 @@ def tracker_cost(repeats: int = 20) -> dict:
 
 
 def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, tta: bool = False, log=print) -> dict:
-    from regx.train import pick_precision
+    from regx.device import pick_precision
 
     device = torch.device(device_name)
     gpu = device.type == "cuda"

@@ -1,6 +1,8 @@
 """regx: a command-line experiment runner for training image-classification CNNs."""
 
-__version__ = "0.1.0"
+from regx.__about__ import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir, checkpoint: str = "best", device: str = "auto"):

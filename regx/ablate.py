@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from regx.config import GROUPS, ConfigError
-from regx.runs import DamagedFile, read_json, read_overrides, write_text
+from regx.files import DamagedFile, job_dirs, read_json, read_overrides, write_text
 
 GROUP = "ablate_arm"
 ARMS_DIR = "arms"
@@ -127,7 +127,6 @@ class Arm:
 
 def collect(sweep_dir: Path, metric: str) -> list[Arm]:
     """Each arm's results, from the job directories' overrides and summaries."""
-    from regx.sweep import job_dirs
 
     arms: dict[str, Arm] = {}  # in the order the sweep ran them (ablate.arms' order)
     recorded = {p.stem: p for p in (sweep_dir / ARMS_DIR / GROUP).glob("*.yaml")}

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from regx.policies import AugMix, Policy, gamma
+
 
 @dataclass
 class AugParams:
@@ -136,8 +138,6 @@ class Augment:
         """TrivialAugment, RandAugment and AutoAugment (regx/policies.py), first, on the image as it came
         (AugMix, made here too, follows them in `images`)."""
         if self._policies is None:  # made once: each keeps its tables on the device
-            from regx.policies import AugMix, Policy
-
             t, r, a, m = self.cfg.trivialaugment, self.cfg.randaugment, self.cfg.autoaugment, self.cfg.augmix
             self._policies = [
                 *([Policy("trivialaugment", p=t.p, bins=t.bins, generator=self.g)] if t.p > 0 else []),
@@ -181,23 +181,6 @@ def beta(alpha: float, n: int, g: torch.Generator, device) -> torch.Tensor:
     """Beta(alpha, alpha) samples from `g` (torch.distributions takes no generator)."""
     a, b = gamma(alpha, n, g, device), gamma(alpha, n, g, device)
     return a / (a + b)
-
-
-def gamma(alpha: float, n: int, g: torch.Generator, device, tries: int = 12) -> torch.Tensor:
-    """Gamma(alpha, 1) by Marsaglia and Tsang's method, vectorized over `tries` candidates per sample."""
-    boost = alpha < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
-    a = alpha + 1 if boost else alpha
-    d = a - 1 / 3
-    c = 1 / math.sqrt(9 * d)
-    z = torch.randn(tries, n, generator=g, device=device)
-    u = torch.rand(tries, n, generator=g, device=device)
-    v = (1 + c * z) ** 3
-    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
-    first = torch.argmax(ok.int(), 0)  # each try accepts with p > 0.95: all failing is ~1e-16
-    out = d * v.gather(0, first.view(1, -1)).squeeze(0)
-    if boost:
-        out = out * torch.rand(n, generator=g, device=device) ** (1 / alpha)
-    return out
 
 
 def _box_mask(box: torch.Tensor, h: int, w: int) -> torch.Tensor:

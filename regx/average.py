@@ -20,10 +20,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from regx.engine import Hook, StepInfo
 
-
-class Average(Hook):
+class Average:
     """The averaged copy (`module`, in eval mode, no gradients) and how many updates it has had."""
 
     def __init__(self, model: nn.Module):
@@ -42,6 +40,9 @@ class Average(Hook):
         if self._my_buffers:
             torch._foreach_copy_(self._my_buffers, self._their_buffers)
         self.updates += 1
+
+    def update(self, step: int) -> None:
+        """After optimizer step `step` (counted from 0): the training loop's own step (engine.LoopSteps)."""
 
     def end_epoch(self, epoch: int) -> None:
         """After epoch `epoch`'s last step."""
@@ -62,8 +63,8 @@ class Ema(Average):
     def decay_at(self, t: int) -> float:
         return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
 
-    def after_step(self, info: StepInfo) -> None:
-        if (info.step + 1) % self.every == 0:
+    def update(self, step: int) -> None:
+        if (step + 1) % self.every == 0:
             self._move(1.0 - self.decay_at(self.updates))
 
 
@@ -109,11 +110,3 @@ def make_average(cfg, model: nn.Module) -> Average | None:
     if a.name == "swa":
         return Swa(model, start_epoch=swa_start(a, cfg.epochs))
     return None
-
-
-def selected_weights(ckpt: dict) -> dict:
-    """The weights a checkpoint stands for: the averaged ones when the run averaged and selected them
-    (average.select=averaged), else the trained ones."""
-    average = ckpt.get("average")
-    select = ckpt.get("config", {}).get("average", {}).get("select", "averaged")
-    return average["model"] if average and average["updates"] and select == "averaged" else ckpt["model"]

@@ -189,7 +189,7 @@ def _check_output(args: list[str], multirun: bool) -> None:
 
 def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     from regx import config, errors
-    from regx.runs import owner
+    from regx.files import owner
 
     if "--version" in args:
         return _version()
@@ -201,6 +201,7 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     args = _absolute_config_path(args)
     primary = str(Path(where["-cp"]).expanduser().resolve()) if "-cp" in where else None
     config.register()
+    _register_resolvers()
     if not info_only:
         _check_output(args, multirun)
         _refuse_existing(args, multirun, resume_jobs)
@@ -230,11 +231,24 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     return 1 if jobs.failed else 0
 
 
+def _register_resolvers() -> None:
+    """The resolvers conf/train.yaml's `hydra:` section names: run and sweep directories claimed
+    atomically (use_cache: Hydra copies the cache into each sweep job's config, so a directory is
+    claimed once), and job directory names made safe."""
+    from omegaconf import OmegaConf
+
+    from regx.files import claim_dir, slug
+
+    if not OmegaConf.has_resolver("regx_dir"):
+        OmegaConf.register_new_resolver("regx_dir", claim_dir, use_cache=True)
+        OmegaConf.register_new_resolver("regx_slug", slug)
+
+
 def _directories(args: list[str], overrides: list[str], info_only: bool, multirun: bool, where: dict):
     """Claim the run or sweep directory before Hydra starts: one for all ranks under torchrun, one
     per sweep (so regx knows where the jobs went, whatever the launcher)."""
     from regx import config
-    from regx.runs import claim_dir
+    from regx.files import claim_dir
 
     if info_only:
         return args, None
@@ -306,7 +320,7 @@ def cmd_sweep_resume(args: list[str]) -> int:
 def cmd_ablate(args: list[str]) -> int:
     from regx import ablate, config, errors
     from regx.console import print_table
-    from regx.runs import claim_dir
+    from regx.files import claim_dir
 
     p = _parser("ablate", "The baseline, each technique alone (added to the baseline) and all together, over "
                           "--seeds seeds paired across arms, as one sweep under outputs/ablations/; then one table "
@@ -354,8 +368,9 @@ def cmd_ablate(args: list[str]) -> int:
 
 
 def cmd_resume(args: list[str]) -> int:
-    from regx.runs import NothingToDo, RunBusy, resume
-    from regx.train import RunFailed
+    from regx.device import RunFailed
+    from regx.files import RunBusy
+    from regx.runs import NothingToDo, resume
 
     p = _parser("resume", "Continue a run from its newest intact checkpoint (mid-epoch if it was stopped "
                           "mid-epoch); key=value overrides such as epochs=20 train it further.", "RUN_DIR",
@@ -391,7 +406,7 @@ def _picture_path(a, what: str):
     from datetime import datetime
     from pathlib import Path
 
-    from regx.runs import slug
+    from regx.files import slug
 
     out = Path(a.out) if a.out else Path("outputs") / what / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{slug(','.join(a.overrides) or 'default')}.png"
     if out.suffix.lower() != ".png":
@@ -454,8 +469,8 @@ def cmd_check_data(args: list[str]) -> int:
 def cmd_plot(args: list[str]) -> int:
     from pathlib import Path
 
+    from regx.files import read_json, read_metrics
     from regx.plots import curves_plot
-    from regx.runs import read_json, read_metrics
 
     p = _parser("plot", "Redraw RUN_DIR/curves.png from its metrics.csv.", "RUN_DIR")
     run = Path(p.parse_args(args).run_dir)
@@ -608,7 +623,7 @@ def _shell_completion(args: list[str]) -> int:
 def _version() -> int:
     from importlib.metadata import PackageNotFoundError, version
 
-    from regx import __version__
+    from regx.__about__ import __version__
 
     def of(package):
         try:
@@ -668,7 +683,7 @@ def _guarded(command, args: list[str]) -> int:
         if type(exc).__name__ in ("DataError", "RunBusy"):  # a failure, not a typo; the line says it all
             return _error(first, 1)
         if isinstance(exc, OSError):  # a full disk, a read-only folder, a name too long: the file and why
-            from regx.runs import WriteFailed
+            from regx.files import WriteFailed
 
             text = first if isinstance(exc, WriteFailed) else (exc.strerror or first)
             if exc.filename and str(exc.filename) not in text:

@@ -384,18 +384,14 @@ _registered = False
 
 
 def register() -> None:
-    """Register the schema and regx's resolvers with Hydra/OmegaConf (idempotent)."""
+    """Register the schema with Hydra's ConfigStore (idempotent). The resolvers that conf/train.yaml's
+    `hydra:` section names (regx_dir, regx_slug) are the command line's: regx.cli registers them."""
     global _registered
     if _registered:
         return
     from hydra.core.config_store import ConfigStore
 
-    from regx.runs import claim_dir, slug
-
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    # use_cache: Hydra copies the cache into each sweep job's config, so a directory is claimed once.
-    OmegaConf.register_new_resolver("regx_dir", claim_dir, use_cache=True)
-    OmegaConf.register_new_resolver("regx_slug", slug)
     _registered = True
 
 
@@ -460,7 +456,8 @@ _SCHEMAS = {name: obj for name, obj in dict(globals()).items() if name.endswith(
 
 def validate(cfg: DictConfig) -> None:
     """Every value in its range, then the rules between keys; run after composition and before any
-    data is loaded. Raises ConfigError with one line."""
+    data is loaded. Raises ConfigError with one line. (Whether model.name names a model is the model
+    registry's to say: regx.errors.check does both.)"""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         key = missing[0]
@@ -504,7 +501,6 @@ def _check_between(c: DictConfig) -> None:
                           "timm model")
     if f.weights and f.weights != "imagenet" and not Path(f.weights).expanduser().exists():
         raise ConfigError(f"finetune.weights={f.weights}: no such file or directory")
-    _check_model(c.model)
     if d.name == "imagefolder":
         if not d.path:
             raise ConfigError("data.path is required for data=imagefolder: add data.path=/path/to/images")
@@ -546,46 +542,3 @@ def check_device(spec: str) -> None:
                           f"cuda:{torch.cuda.device_count() - 1})")
     if spec == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps: MPS (Apple's GPU) is not available on this machine (use device=cpu or device=auto)")
-
-
-def _check_model(m: DictConfig) -> None:
-    """A model regx builds: its own, a torchvision classification model, or (model.zoo=timm) a timm
-    model, with drop path only where the model has residual branches to drop. torchvision and timm
-    are imported only for a name that is not regx's."""
-    from regx.models import MODELS, TV_DROP_PATH, TV_RESNETS, ModelError, check_timm_name, torchvision_names
-
-    if m.name in MODELS:
-        if m.drop_path:
-            raise ConfigError(f"model.drop_path={m.drop_path}: {m.name} is a plain stack with no residual branches, so "
-                              "there is no path to drop (use dropout, or a residual model)")
-        return
-    if m.zoo == "timm":
-        try:
-            check_timm_name(m.name)
-        except ModelError as exc:
-            raise ConfigError(str(exc)) from None
-        if m.small_input:
-            raise ConfigError(f"model.small_input=true swaps a torchvision ResNet stem; timm's {m.name} has its own: "
-                              "set model.small_input=false")
-        return
-    names = torchvision_names()
-    if m.name not in names:
-        import difflib
-
-        close = difflib.get_close_matches(m.name, [*MODELS, *names], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        if _timm_has(m.name):
-            hint = f"; timm has it: model=timm model.name={m.name}"
-        raise ConfigError(f"model.name={m.name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
-                          f"classification model{hint}")
-    if m.drop_path is not None and not m.name.startswith(TV_DROP_PATH + TV_RESNETS):
-        raise ConfigError(f"model.drop_path={m.drop_path}: torchvision's {m.name} has no drop path (its ResNets and "
-                          f"{', '.join(TV_DROP_PATH)} models do; timm's take it: model=timm model.name=...)")
-
-
-def _timm_has(name: str) -> bool:
-    if importlib.util.find_spec("timm") is None:
-        return False
-    import timm
-
-    return timm.is_model(name)

@@ -77,9 +77,8 @@ class Tally:
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> Tally:
-        clipped = state.get("clipped", torch.zeros((), dtype=torch.long))  # absent from checkpoints before clip_grad
-        return cls(state["loss_sum"].to(device), state["correct"].to(device), clipped.to(device), state["images"],
-                   state["batches"], state["seconds"])
+        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["clipped"].to(device),
+                   state["images"], state["batches"], state["seconds"])
 
 
 @dataclass
@@ -106,9 +105,10 @@ class StepInfo:
 
 
 class Hook:
-    """Something done around each training step without a branch in the step loop: progress, stop
-    polling, mid-epoch checkpoints, the NaN check (regx's own), and whatever a user or a test adds.
-    Override what you need; hooks run in the order given."""
+    """Something done around each training step for progress and for users (a test's fault injection, a
+    custom log): override what you need. Hooks run in the order given, after the loop's own steps
+    (LoopSteps), so no hook's place in the list can change a checkpoint. A hook may end the epoch by
+    setting `info.stop` (the loop then checkpoints as for a stop signal)."""
 
     def start(self, parts) -> None:
         """Once, when a run's parts are built (train.Parts: the model, the optimizer, the data)."""
@@ -124,6 +124,18 @@ class Hook:
 
     def checkpoint_written(self, tmp: str) -> None:
         """A checkpoint's bytes are on disk under `tmp`, not yet renamed into place."""
+
+
+@dataclass
+class LoopSteps:
+    """What the training loop itself does after each optimizer step, in this fixed order around the
+    hooks: check the loss (so no checkpoint ever holds a diverged state), update the weight average,
+    [the hooks], poll for a stop request, write a mid-epoch checkpoint (every N steps, and at a stop)."""
+
+    loss_check: LossCheck | None = None
+    average: Callable[[int], None] | None = None  # the average group's update after optimizer step t
+    stop_requested: Callable[[], bool] | None = None  # SIGTERM/SIGINT (under torchrun: on any rank)
+    checkpoint: Callable[[StepInfo], None] | None = None  # a mid-epoch checkpoint when one is due
 
 
 @dataclass
@@ -163,10 +175,12 @@ def train_one_epoch(
     *,
     first_step: int,
     tally: Tally,
+    loop: LoopSteps | None = None,
     hooks: Sequence[Hook] = (),
 ) -> EpochResult:
     """Train over `batches`, the first of which is optimizer step `first_step` (after
     `tally.batches` batches of this epoch when resumed mid-epoch). Metrics stay on the device."""
+    loop = loop or LoopSteps()
     net.train()
     t0, seconds_before, step = time.perf_counter(), tally.seconds, first_step - 1
     info = None
@@ -183,11 +197,21 @@ def train_one_epoch(
         tally.images += len(yb)
         tally.batches += 1
         info = StepInfo(step, loss, lr, tally, seconds_before + time.perf_counter() - t0)
+        if loop.loss_check is not None:
+            loop.loss_check.after_step(info)
+        if loop.average is not None:
+            loop.average(step)
         for h in hooks:
             h.after_step(info)
+        if loop.stop_requested is not None:
+            info.stop = info.stop or loop.stop_requested()
+        if loop.checkpoint is not None:
+            loop.checkpoint(info)
         if info.stop:
             break
     if info is not None:
+        if loop.loss_check is not None:
+            loop.loss_check.check()
         for h in hooks:
             h.after_epoch(info)
     if tally.loss_sum.device.type == "cuda":
@@ -231,12 +255,12 @@ def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: 
     return loss.detach().float(), (out.argmax(1) == yb).sum(), clipped
 
 
-class LossCheck(Hook):
+class LossCheck:
     """Raise Diverged naming the first step whose loss was NaN, infinite or above `limit` (a run's
-    limit: train.loss_limit). The first
-    bad step is recorded on the device every step; it is read back every `every` steps, at the epoch's
-    end and before each checkpoint (`check()`): on CPU every step is free, on accelerators each read
-    is a host sync. `any_max` takes the maximum over ranks, so under torchrun all ranks stop together."""
+    limit: train.loss_limit). The first bad step is recorded on the device every step; it is read back
+    every `every` steps, at the epoch's end and before each checkpoint (`check()`): on CPU every step
+    is free, on accelerators each read is a host sync. `any_max` takes the maximum over ranks, so under
+    torchrun all ranks stop together."""
 
     def __init__(self, device: torch.device, every: int, limit: float = math.inf,
                  any_max: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
@@ -250,9 +274,6 @@ class LossCheck(Hook):
         self.bad_loss = torch.where(bad, info.loss, self.bad_loss)
         if info.tally.batches % self.every == 0:
             self.check()
-
-    def after_epoch(self, info: StepInfo) -> None:
-        self.check()
 
     def check(self) -> None:
         bad = int(self.any_max(self.first_bad))

@@ -176,7 +176,7 @@ def preflight(overrides: list[str], config_dir: str | None = None, primary: str 
             raise ConfigError(f"data.path={cfg.data.path} is set but data={cfg.data.name} does not read a folder: "
                               "add data=imagefolder")
         try:
-            validate(cfg)
+            check(cfg)
         except ConfigError:
             raise
         except Exception as exc:
@@ -237,3 +237,51 @@ def _check_train_size(cfg) -> None:
 def debug_enabled() -> bool:
     return os.environ.get("REGX_DEBUG", "") not in ("", "0")
 
+
+def check(cfg) -> None:
+    """A composed config, whole: every value in its range (config.validate), then the model it names."""
+    validate(cfg)
+    check_model(cfg.model)
+
+
+def check_model(m) -> None:
+    """A model regx builds: its own, a torchvision classification model, or (model.zoo=timm) a timm
+    model, with drop path only where the model has residual branches to drop. torchvision and timm
+    are imported only for a name that is not regx's."""
+    from regx.models import MODELS, TV_DROP_PATH, TV_RESNETS, ModelError, check_timm_name, torchvision_names
+
+    if m.name in MODELS:
+        if m.drop_path:
+            raise ConfigError(f"model.drop_path={m.drop_path}: {m.name} is a plain stack with no residual branches, so "
+                              "there is no path to drop (use dropout, or a residual model)")
+        return
+    if m.zoo == "timm":
+        try:
+            check_timm_name(m.name)
+        except ModelError as exc:
+            raise ConfigError(str(exc)) from None
+        if m.small_input:
+            raise ConfigError(f"model.small_input=true swaps a torchvision ResNet stem; timm's {m.name} has its own: "
+                              "set model.small_input=false")
+        return
+    names = torchvision_names()
+    if m.name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(m.name, [*MODELS, *names], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        if _timm_has(m.name):
+            hint = f"; timm has it: model=timm model.name={m.name}"
+        raise ConfigError(f"model.name={m.name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
+                          f"classification model{hint}")
+    if m.drop_path is not None and not m.name.startswith(TV_DROP_PATH + TV_RESNETS):
+        raise ConfigError(f"model.drop_path={m.drop_path}: torchvision's {m.name} has no drop path (its ResNets and "
+                          f"{', '.join(TV_DROP_PATH)} models do; timm's take it: model=timm model.name=...)")
+
+
+def _timm_has(name: str) -> bool:
+    if importlib.util.find_spec("timm") is None:
+        return False
+    import timm
+
+    return timm.is_model(name)

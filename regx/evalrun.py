@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from regx import config
-from regx.runs import CorruptCheckpoint, load_verified, slug, write_json
+from regx import checkpoint, config
+from regx.checkpoint import Checkpoint, CorruptCheckpoint
+from regx.errors import check, explain
+from regx.files import slug, write_json
 
 
 class EvalError(ValueError):
@@ -35,36 +37,33 @@ def eval_config(saved: dict, overrides: list[str]):
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if not o.startswith("data=")]))
     except Exception as exc:
-        from regx.errors import explain
-
         raise EvalError(explain(exc, overrides)) from exc
-    config.validate(cfg)
+    check(cfg)
     return cfg
 
 
-def _checkpoint(run_dir: Path, last: bool) -> tuple[Path, dict]:
+def _checkpoint(run_dir: Path, last: bool) -> tuple[Path, Checkpoint]:
     if not run_dir.is_dir():
         raise EvalError(f"no such run directory: {run_dir}")
     path = run_dir / "checkpoints" / ("last.pt" if last else "best.pt")
     if not path.is_file():
         raise EvalError(f"{path} not found: {run_dir} is not a regx run directory, or no epoch has finished yet")
     try:
-        return path, load_verified(path)
+        return path, checkpoint.read(path)
     except CorruptCheckpoint as exc:
         raise EvalError(str(exc)) from None
 
 
-def build_from_checkpoint(ckpt: dict, cfg, num_classes: int, in_channels: int, device: torch.device):
+def build_from_checkpoint(ckpt: Checkpoint, cfg, device: torch.device):
     """The checkpoint's model, as it trained (transform_input of googlenet/inception's ImageNet weights)."""
-    from regx.average import selected_weights
     from regx.finetune import unwrap
     from regx.models import build_model, model_kwargs
 
-    size = ckpt.get("image_size") or cfg.data.image_size
-    model = build_model(**model_kwargs(cfg, num_classes=num_classes, in_channels=in_channels, image_size=size))
-    model.load_state_dict(selected_weights(ckpt))
+    model = build_model(**model_kwargs(cfg, num_classes=len(ckpt.classes), in_channels=ckpt.in_channels,
+                                       image_size=ckpt.image_size))
+    model.load_state_dict(ckpt.weights())
     net, _ = unwrap(model)
-    if ckpt["config"].get("finetune", {}).get("weights") == "imagenet" and hasattr(net, "transform_input"):
+    if cfg.finetune.weights == "imagenet" and hasattr(net, "transform_input"):
         net.transform_input = True
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
 
@@ -87,10 +86,9 @@ def labelled_images(cfg, split: str | None):
     """(images as a Split, the class name of each label index, the split scored, a note) for eval:
     `split` train, val, test or all; by default test, else val (as the run was tested)."""
     from regx.data import Split, load_config
+    from regx.data.folders import file_split, scan_labelled
 
     if cfg.data.name == "imagefolder":
-        from regx.data.folders import scan_labelled
-
         found = scan_labelled(cfg.data.path)
         if split == "all" or list(found) == ["all"] and split is None:
             name, items = "all", [i for v in found.values() for i in v]
@@ -102,14 +100,14 @@ def labelled_images(cfg, split: str | None):
             items = found[name]
         names = sorted({c for _, c in items})
         labels = torch.tensor([names.index(c) for _, c in items], dtype=torch.long)
-        return Split(y=labels, paths=[f for f, _ in items], image_size=cfg.data.image_size), names, name, 3
+        return file_split([f for f, _ in items], labels, cfg.data.image_size), names, name, 3
     data = load_config(cfg.data)
     parts = {"train": data.train, "val": data.val, "test": data.test}
     if split == "all":
         present = [p for p in parts.values() if p is not None and len(p)]
         if data.streaming:
-            joined = Split(y=torch.cat([p.y for p in present]), paths=[f for p in present for f in p.paths],
-                           image_size=data.image_size)
+            y = torch.cat([p.y for p in present])
+            joined = file_split([f for p in present for f in p.paths], y, data.image_size)
         else:
             joined = Split(y=torch.cat([p.y for p in present]), x=torch.cat([p.x for p in present]))
         return joined, data.classes, "all", data.channels
@@ -135,21 +133,20 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
     """Evaluate, print the tables, write eval.json and confusion.png; return the result dict."""
     from regx.console import console
     from regx.data import iterate
+    from regx.device import pick_device, pick_precision
     from regx.engine import Pipeline, autocast, evaluate
     from regx.plots import confusion_plot
-    from regx.train import pick_device, pick_precision
 
     run_dir = Path(run_dir)
     path, ckpt = _checkpoint(run_dir, last)
-    cfg = eval_config(ckpt["config"], overrides)
+    cfg = eval_config(ckpt.config, overrides)
     device = pick_device(cfg.device)
     images, names, split_name, channels = labelled_images(cfg, split)
-    classes = list(ckpt["classes"])
+    classes = list(ckpt.classes)
     remap, strangers, absent = match_classes(names, classes, unknown)
-    norm = ckpt["norm"]
-    in_channels = ckpt.get("in_channels", len(norm["mean"]))
-    if in_channels != channels:
-        raise EvalError(f"the model takes {in_channels}-channel images but data={cfg.data.name} has {channels}")
+    norm = ckpt.norm
+    if ckpt.in_channels != channels:
+        raise EvalError(f"the model takes {ckpt.in_channels}-channel images but data={cfg.data.name} has {channels}")
     skipped = [0]
 
     def known(batches):  # labels by name; images of classes the model does not know are counted apart
@@ -160,12 +157,12 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
 
     pipeline = Pipeline(mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
                         std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last)
-    loss, _, cm = evaluate(build_from_checkpoint(ckpt, cfg, len(classes), in_channels, device),
+    loss, _, cm = evaluate(build_from_checkpoint(ckpt, cfg, device),
                            known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
                            pipeline=pipeline, amp=autocast(device, pick_precision(cfg.precision, device)),
                            num_classes=len(classes))
     total = int(cm.sum())
-    result = {"run_dir": str(run_dir), "checkpoint": str(path), "epoch": ckpt["state"]["epoch"],
+    result = {"run_dir": str(run_dir), "checkpoint": str(path), "epoch": ckpt.epoch,
               "data": cfg.data.name, "overrides": overrides, "split": split_name, "n": total,
               "accuracy": int(cm.diag().sum()) / max(total, 1), "loss": loss, "classes": classes,
               "per_class": per_class(cm, classes), "confusion": cm.tolist(),

@@ -209,7 +209,7 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
     """finetune.weights: `imagenet`, a regx run directory (its best.pt), a regx checkpoint, or a
     state-dict file ({name: tensor}, or {"state_dict": ...}). For a timm model a state-dict file is
     taken to be trained as timm's pretrained_cfg says: its mean and std normalize the data."""
-    from regx.runs import CorruptCheckpoint, load_checkpoint, verify_checkpoint
+    from regx.checkpoint import Checkpoint, CorruptCheckpoint, read_any
 
     timm_model = (model_cfg or {}).get("zoo") == "timm" and model_name != "smallcnn"
     if spec == "imagenet":
@@ -222,15 +222,11 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
     if not path.is_file():
         raise FinetuneError(f"finetune.weights={spec}: no such file or directory")
     try:
-        verify_checkpoint(path)  # against its manifest, when it has one (a regx checkpoint)
-        blob = load_checkpoint(path)
+        blob = read_any(path)  # verified against its manifest, when it has one (a regx checkpoint)
     except CorruptCheckpoint as exc:
-        raise FinetuneError(str(exc)) from None
-    except Exception as exc:
-        raise FinetuneError(f"finetune.weights={spec}: {path} does not load as weights "
-                            f"({str(exc).splitlines()[0][:160]})") from exc
-    if isinstance(blob, dict) and "model" in blob and "config" in blob:  # a regx checkpoint
-        src = blob["config"]["model"]
+        raise FinetuneError(f"finetune.weights={spec}: {exc}") from None
+    if isinstance(blob, Checkpoint):
+        src = blob.config["model"]
         if src["name"] != model_name or src.get("zoo", "torchvision") != (model_cfg or {}).get("zoo", src.get("zoo", "torchvision")):
             theirs, ours = f"{src.get('zoo', 'torchvision')}'s {src['name']}", f"{(model_cfg or {}).get('zoo')}'s {model_name}"
             raise FinetuneError(f"finetune.weights={spec}: the weights are for {theirs}, not {ours}")
@@ -239,12 +235,8 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
             if differ and model_name == "smallcnn":
                 raise FinetuneError(f"finetune.weights={spec}: model.{differ[0]}={src.get(differ[0])} in that run, "
                                     f"{model_cfg.get(differ[0])} here; set model.{differ[0]} to match")
-        norm = blob.get("norm") or {}
-        size = blob["config"].get("data", {}).get("image_size")
-        from regx.average import selected_weights
-
-        return Pretrained(selected_weights(blob), f"regx checkpoint {path} (epoch {blob['state']['epoch']})",
-                          norm.get("mean"), norm.get("std"), size)
+        return Pretrained(blob.weights(), f"regx checkpoint {path} (epoch {blob.epoch})", blob.norm["mean"],
+                          blob.norm["std"], blob.config["data"]["image_size"])
     if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
         blob = blob["state_dict"]
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):

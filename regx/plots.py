@@ -51,7 +51,7 @@ def aug_grid(images: torch.Tensor, augment: Augment | None, rows: int = 4, cell:
 
 def save_aug_grid(path: Path, images: torch.Tensor, aug_cfg, seed: int = 0, rows: int = 4) -> Path:
     """Write the augmentation preview PNG; uses its own generator, so it never shifts a run's draws."""
-    from regx.runs import write_atomic
+    from regx.files import write_atomic
 
     augment = Augment(aug_cfg, torch.Generator().manual_seed(seed)) if Augment.active(aug_cfg) else None
     grid = aug_grid(images.cpu(), augment, rows=rows)
@@ -63,7 +63,7 @@ def save_figure(fig, path: Path) -> Path:
     """Lay out, write through a temporary file and a rename (a viewer never sees half a picture), close."""
     import matplotlib.pyplot as plt
 
-    from regx.runs import write_atomic
+    from regx.files import write_atomic
 
     fig.tight_layout()
     try:

@@ -15,6 +15,8 @@ for pixel.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -131,8 +133,6 @@ class AugMix:
     def draw(self, n: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(operation index [width, steps, n], signed magnitude [width, steps, n], weights [width + 1, n]
         with the image's own first, applied [n]); Identity past each chain's depth and where not applied."""
-        from regx.augment import gamma
-
         key = (height, width, str(device))
         if key not in self._tables:
             self._tables[key] = tuple(t.to(device) for t in (*space("augmix", 10, height, width), self.ops))
@@ -305,3 +305,20 @@ def _equalize(v, mag, op):
 _COLOUR = {"Brightness": _brightness, "Color": _color, "Contrast": _contrast, "Sharpness": _sharpness,
            "Posterize": _posterize, "Solarize": _solarize, "AutoContrast": _autocontrast, "Equalize": _equalize,
            "Invert": _invert}
+
+
+def gamma(alpha: float, n: int, g: torch.Generator, device, tries: int = 12) -> torch.Tensor:
+    """Gamma(alpha, 1) by Marsaglia and Tsang's method, vectorized over `tries` candidates per sample."""
+    boost = alpha < 1  # Gamma(a) = Gamma(a + 1) * U^(1/a)
+    a = alpha + 1 if boost else alpha
+    d = a - 1 / 3
+    c = 1 / math.sqrt(9 * d)
+    z = torch.randn(tries, n, generator=g, device=device)
+    u = torch.rand(tries, n, generator=g, device=device)
+    v = (1 + c * z) ** 3
+    ok = (v > 0) & (torch.log(u) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-30)))
+    first = torch.argmax(ok.int(), 0)  # each try accepts with p > 0.95: all failing is ~1e-16
+    out = d * v.gather(0, first.view(1, -1)).squeeze(0)
+    if boost:
+        out = out * torch.rand(n, generator=g, device=device) ** (1 / alpha)
+    return out

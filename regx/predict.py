@@ -124,11 +124,11 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
     against its manifest as `regx resume` verifies it."""
     from omegaconf import OmegaConf
 
+    from regx.checkpoint import CorruptCheckpoint, read
     from regx.config import TrainConfig
+    from regx.device import RunFailed, pick_device, pick_precision
     from regx.engine import autocast
     from regx.evalrun import build_from_checkpoint
-    from regx.runs import CorruptCheckpoint, load_verified, read_json
-    from regx.train import RunFailed, pick_device, pick_precision
 
     run_dir = Path(run_dir)
     if checkpoint not in ("best", "last"):
@@ -139,19 +139,17 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
     if not path.is_file():
         raise LoadError(f"{path} not found: {run_dir} is not a regx run directory, or no epoch has finished yet")
     try:
-        ckpt = load_verified(path)
+        ckpt = read(path)
         dev = pick_device(device)
     except (CorruptCheckpoint, RunFailed) as exc:
         raise LoadError(str(exc)) from None
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
-    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
-    size = ckpt.get("image_size") or summary.get("image_size") or cfg.data.image_size
-    if not size:
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt.config)
+    if not ckpt.image_size:
         raise LoadError(f"{path} does not say which image size the run trained at")
-    norm = ckpt["norm"]
-    channels = ckpt.get("in_channels", len(norm["mean"]))
-    model = build_from_checkpoint(ckpt, cfg, len(ckpt["classes"]), channels, dev).eval()
-    return Predictor(model, list(ckpt["classes"]), Preprocess(int(size), channels, list(norm["mean"]), list(norm["std"])),
+    model = build_from_checkpoint(ckpt, cfg, dev).eval()
+    norm = ckpt.norm
+    return Predictor(model, list(ckpt.classes), Preprocess(int(ckpt.image_size), ckpt.in_channels, list(norm["mean"]),
+                                                           list(norm["std"])),
                      dev, str(path), autocast(dev, pick_precision(cfg.precision, dev)))
 
 
@@ -238,7 +236,7 @@ def run_predict(run_dir: str, specs: list[str], *, out: str | None, top_k: int, 
     `out` through a temporary file and a rename, or to stdout as CSV."""
     import sys
 
-    from regx.runs import write_atomic
+    from regx.files import write_atomic
 
     fmt = "csv"
     if out is not None:
@@ -337,12 +335,11 @@ def _validation_images(run_dir, clf: Predictor, n: int = 64) -> torch.Tensor:
     """Up to n of the run's own validation images, as the run saw them (uint8, fitted)."""
     from omegaconf import OmegaConf
 
+    from regx.checkpoint import read
     from regx.config import TrainConfig
     from regx.data import load_config
-    from regx.runs import load_checkpoint
 
-    ckpt = load_checkpoint(Path(clf.source))
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), ckpt["config"])
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), read(Path(clf.source)).config)
     val = load_config(cfg.data).val
     if val.x is not None:
         return torch.stack([clf.preprocess.uint8(x) for x in val.x[:n]])

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from regx import __version__
+from regx.__about__ import __version__
 from regx.console import console, setup_logging
-from regx.runs import (
+from regx.files import (
     DamagedFile,
     clean_temporary,
     read_config,
+    read_overrides,
     read_summary,
     write_atomic,
     write_json,
@@ -35,7 +36,7 @@ RESERVE = 64 * 1024  # bytes kept free for the run's last words on a full disk
 
 
 class Recorder:
-    def __init__(self, cfg: DictConfig, run_dir: Path, *, main: bool, resume: bool):
+    def __init__(self, cfg: DictConfig, run_dir: Path, *, main: bool, resume: bool, overrides: list[str] | None = None):
         self.cfg, self.run_dir, self.main = cfg, Path(run_dir), main
         self.log = setup_logging(self.run_dir / "train.log" if main else None, quiet=not main)
         for tmp in clean_temporary(self.run_dir) if main else []:
@@ -47,6 +48,13 @@ class Recorder:
             self.summary = {}
         if resume:
             self.summary["resumes"] = [*self.summary.get("resumes", []), _resume_record(self.run_dir, cfg)]
+        if overrides is not None:
+            self.summary["overrides"] = list(overrides)
+        elif "overrides" not in self.summary:  # a run of regx 0.1 (which kept them in .hydra/ only), or none
+            try:
+                self.summary["overrides"] = read_overrides(self.run_dir) if resume else []
+            except DamagedFile:
+                self.summary["overrides"] = []
         self.summary.update(status="running", name=cfg.name, run_dir=str(self.run_dir), regx_version=__version__,
                             torch_version=torch.__version__, host=platform.node(), pid=os.getpid(), error=None,
                             threads=torch.get_num_threads(),

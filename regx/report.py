@@ -70,7 +70,7 @@ def run_record(run: Path) -> dict:
 
     from omegaconf import OmegaConf
 
-    from regx.runs import read_config, read_metrics, read_overrides, read_summary
+    from regx.files import read_config, read_metrics, read_overrides, read_summary
 
     summary = read_summary(run)  # DamagedFile: build() skips the run with a warning
     cfg = read_config(run) if (run / "config.yaml").is_file() else OmegaConf.create()
@@ -222,7 +222,7 @@ def _write_tables(out: Path, stem: str, records: list[dict], keys: list[str], gr
     import csv
     import io
 
-    from regx.runs import write_text
+    from regx.files import write_text
 
     header, shown, raw = report_table(records, keys, group_by)
     buf = io.StringIO()
@@ -315,7 +315,7 @@ def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | No
     are of one sweep, else outputs/reports/<stamp>). ReportError on bad input."""
     if not paths:
         raise ReportError("name at least one run or sweep directory")
-    from regx.runs import DamagedFile
+    from regx.files import DamagedFile
 
     records, skipped = [], []
     for run in find_runs(paths):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from regx.ablate import ARM_HEADER, ARMS_DIR, GROUP, arm_yaml
+from regx.ablate import ARM_HEADER, ARMS_DIR, GROUP, arm_yaml, as_plain_run
+from regx.files import job_dirs
 from regx.signals import StopSignals
 
 
@@ -35,7 +36,7 @@ class Jobs:
         from hydra.core.hydra_config import HydraConfig
 
         from regx import train
-        from regx.runs import DamagedFile, RunBusy, read_summary
+        from regx.files import DamagedFile, RunBusy, read_summary
 
         self.count += 1
         hc = HydraConfig.get()
@@ -61,7 +62,7 @@ class Jobs:
             print(f"regx: {run_dir.name}: " + (f"resuming ({summary.get('status', 'unknown')})" if resume else "starting"))
         optuna = "optuna" in str(hc.sweeper.get("_target_", "")).lower()
         try:
-            summary = train.train(cfg, run_dir, resume=resume)
+            summary = train.train(cfg, run_dir, resume=resume, overrides=as_plain_run(list(hc.overrides.task), run_dir))
         except (train.RunFailed, RunBusy) as exc:  # recorded in the run's summary.json; the sweep goes on
             self.failed.append((str(run_dir), str(exc)))
             return float("nan") if optuna else None  # a NaN objective marks the trial failed
@@ -177,11 +178,6 @@ def absolute_paths(cfg) -> None:
             cfg.data.path = to_absolute_path(cfg.data.path)
         if cfg.finetune.weights and cfg.finetune.weights != "imagenet":
             cfg.finetune.weights = to_absolute_path(cfg.finetune.weights)
-
-
-def job_dirs(sweep_dir: str | Path) -> list[Path]:
-    root = Path(sweep_dir)
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / ".hydra").is_dir()) if root.is_dir() else []
 
 
 def failed_jobs(jobs: list[Path]) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from regx.runs import METRIC_COLUMNS, DamagedFile, read_json, read_overrides, write_json
+from regx.files import METRIC_COLUMNS, DamagedFile, read_json, read_overrides, write_json
 
 TRACKING = "tracking.json"  # in a run directory: the trackers' run ids; in a sweep directory: the parent's
 FINAL = ("best_val_acc", "best_epoch", "final_train_acc", "final_clean_train_acc", "final_val_acc", "test_acc",

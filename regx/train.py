@@ -20,17 +20,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from regx import __version__
+from regx import checkpoint
 from regx.augment import Augment
-from regx.average import Average, Swa, make_average, selected_weights
+from regx.average import Average, Swa, make_average
+from regx.checkpoint import CorruptCheckpoint, newest_intact
 from regx.console import EpochProgress
 from regx.data import Data, Split, iterate, load_config, stratified_split, to_device
+from regx.device import RunFailed, pick_device, pick_precision
 from regx.diagnose import FEW_STEPS, command, more_steps, remedies, verdict
 from regx.distributed import Ranks
 from regx.engine import (
     Diverged,
     EpochResult,
     Hook,
+    LoopSteps,
     LossCheck,
     Pipeline,
     StepInfo,
@@ -42,58 +45,14 @@ from regx.engine import (
     mc_dropout,
     train_one_epoch,
 )
+from regx.files import EpochMetrics, owner, read_json
 from regx.finetune import FinetuneError, FreezePlan, build_pretrained, load_source, lr_mult
 from regx.models import MODELS, build_model, count_params, model_kwargs
 from regx.plots import pick_examples
 from regx.record import Recorder
 from regx.regularize import build_optimizer, penalty
-from regx.runs import (
-    CorruptCheckpoint,
-    DamagedFile,
-    load_verified,
-    newest_intact,
-    owner,
-    read_json,
-    read_overrides,
-    save_checkpoint,
-)
 from regx.schedules import EarlyStop, Plateau, lr_schedule, steps_per_epoch, swa_start, swa_window
 from regx.signals import StopSignals
-
-
-class RunFailed(RuntimeError):
-    """The run stopped with an error; summary.json says `failed` and holds the message."""
-
-
-def pick_device(spec: str) -> torch.device:
-    """auto: CUDA, else MPS, else the CPU; anything else is checked to exist (config.check_device)."""
-    from regx.config import check_device
-
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    check_device(spec)
-    return torch.device(spec)
-
-
-def cpu_has_bf16() -> bool:
-    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(p() for p in probes if p is not None)
-
-
-def pick_precision(spec: str, device: torch.device) -> str:
-    """`auto`: bf16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512 bf16
-    or AMX), else fp32. fp16 needs a GradScaler and is used only when asked for."""
-    if spec != "auto":
-        return spec
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_bf16() else "32"
-    return "32"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -255,16 +214,15 @@ def save(parts: Parts, state: RunState, ranks: Ranks, ckpt_dir: Path, hooks=(), 
     if not ranks.main:
         return
     cfg, data = parts.cfg, parts.data
-    save_checkpoint({"model": parts.model.state_dict(), "optimizer": parts.step.optimizer.state_dict(),
-                     "rng_ranks": [r["rng"] for r in ranks_rng] if ranks.world > 1 else None,
-                     "scaler": parts.step.scaler.state_dict() if parts.step.scaler is not None else None,
-                     "plateau": parts.plateau.state_dict() if parts.plateau is not None else None,
-                     "average": parts.average.state_dict() if parts.average is not None else None,
-                     "rng": _rng_state(parts), "state": asdict(state),
-                     "config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes,
-                     "norm": {"mean": list(data.mean), "std": list(data.std)},
-                     "in_channels": data.channels, "image_size": data.image_size, "regx_version": __version__},
-                    ckpt_dir, best=best, before_rename=lambda tmp: [h.checkpoint_written(str(tmp)) for h in hooks])
+    ckpt = checkpoint.Checkpoint(
+        model=parts.model.state_dict(), config=OmegaConf.to_container(cfg, resolve=True), state=asdict(state),
+        classes=data.classes, norm={"mean": list(data.mean), "std": list(data.std)}, in_channels=data.channels,
+        image_size=data.image_size, optimizer=parts.step.optimizer.state_dict(), rng=_rng_state(parts),
+        rng_ranks=[r["rng"] for r in ranks_rng] if ranks.world > 1 else None,
+        scaler=parts.step.scaler.state_dict() if parts.step.scaler is not None else None,
+        plateau=parts.plateau.state_dict() if parts.plateau is not None else None,
+        average=parts.average.state_dict() if parts.average is not None else None)
+    checkpoint.save(ckpt, ckpt_dir, best=best, before_rename=lambda tmp: [h.checkpoint_written(str(tmp)) for h in hooks])
 
 
 def restore(parts: Parts, ranks: Ranks, ckpt_dir: Path, log) -> RunState:
@@ -276,26 +234,26 @@ def restore(parts: Parts, ranks: Ranks, ckpt_dir: Path, log) -> RunState:
     for problem in problems:
         log.warning("%s", problem)
     if problems:
-        log.warning("falling back to %s (epoch %d, step %d)", path, ckpt["state"]["epoch"], ckpt["state"]["step"])
-    parts.model.load_state_dict(ckpt["model"])
-    parts.step.optimizer.load_state_dict(ckpt["optimizer"])
-    if parts.step.scaler is not None and ckpt.get("scaler"):
-        parts.step.scaler.load_state_dict(ckpt["scaler"])
-    if parts.plateau is not None and ckpt.get("plateau"):
-        parts.plateau.load_state_dict(ckpt["plateau"])
+        log.warning("falling back to %s (epoch %d, step %d)", path, ckpt.epoch, ckpt.step)
+    parts.model.load_state_dict(ckpt.model)
+    parts.step.optimizer.load_state_dict(ckpt.optimizer)
+    if parts.step.scaler is not None and ckpt.scaler:
+        parts.step.scaler.load_state_dict(ckpt.scaler)
+    if parts.plateau is not None and ckpt.plateau:
+        parts.plateau.load_state_dict(ckpt.plateau)
     if parts.average is not None:  # averaging switched on at a resume starts from the weights as they are
-        parts.average.load_state_dict(ckpt.get("average") or {"model": ckpt["model"], "updates": 0})
-    rng = ckpt["rng_ranks"][ranks.rank] if ranks.world > 1 else ckpt["rng"]
+        parts.average.load_state_dict(ckpt.average or {"model": ckpt.model, "updates": 0})
+    rng = ckpt.rng_ranks[ranks.rank] if ranks.world > 1 else ckpt.rng
     # Generator states are CPU byte tensors; a checkpoint loaded onto the GPU has moved them there.
     torch.set_rng_state(rng["torch"].cpu())
     parts.aug_gen.set_state(rng["aug"].cpu())
     if parts.device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"].cpu(), parts.device)
-    state = RunState(**ckpt["state"])
+    state = RunState(**ckpt.state)
     if ranks.world > 1 and state.batch:
         state.tally = state.tally_ranks[ranks.rank]
     state.stopped_early = None  # resuming a run that stopped early: its new patience decides again
-    _continue_schedule(parts, state, state.sched_epochs or ckpt["config"]["epochs"], log)
+    _continue_schedule(parts, state, state.sched_epochs or ckpt.config["epochs"], log)
     where = f"epoch {state.epoch + 1} batch {state.batch + 1}" if state.batch else f"epoch {state.epoch + 1}"
     log.info("resuming %s at %s (step %d) from %s", ckpt_dir.parent, where, state.step, path.name)
     return state
@@ -322,8 +280,12 @@ def _continue_schedule(parts: Parts, state: RunState, planned: int, log) -> None
                     ": the weights stay as they are (BatchNorm statistics still move)" if final == 0 else "")
 
 
-def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: tuple[Hook, ...] = ()) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: tuple[Hook, ...] = (),
+          overrides: list[str] | None = None) -> dict:
     """Train as `cfg` says, writing everything into `run_dir`; return the summary.
+
+    `overrides`: the `regx train` arguments that make `cfg` (summary.json keeps them; the verdict's
+    remedies are commands built on them); None keeps the ones a resumed run recorded.
 
     With resume=True, continue from the newest intact checkpoint in `run_dir/checkpoints`, mid-epoch
     if it was written mid-epoch: on CPU the result equals an uninterrupted run bit for bit (timing
@@ -334,7 +296,7 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: 
     """
     ranks = Ranks()
     with owner(run_dir, enabled=ranks.main):  # RunBusy while another process trains in run_dir
-        rec = Recorder(cfg, Path(run_dir), main=ranks.main, resume=resume)
+        rec = Recorder(cfg, Path(run_dir), main=ranks.main, resume=resume, overrides=overrides)
         try:
             with StopRequest() as stop:
                 return _run(cfg, rec, ranks, stop, resume, tuple(hooks))
@@ -410,7 +372,7 @@ def _facts(parts: Parts) -> dict:
                 n_val=len(data.val), n_test=len(data.test) if data.test is not None else 0)
 
 
-class StopPoll(Hook):
+class StopPoll:
     """Ends the epoch after a step when a stop was asked for (SIGTERM/SIGINT); under torchrun when any
     rank was asked, polled by all ranks together every `every` calls (each poll is a collective)."""
 
@@ -422,9 +384,6 @@ class StopPoll(Hook):
             return self.stop()
         self.polls += 1
         return self.polls % self.every == 0 and self.ranks.any(self.stop(), self.device)
-
-    def after_step(self, info: StepInfo) -> None:
-        info.stop = info.stop or self.requested()
 
 
 def refresh_every(progress_every: int, steps: int) -> int:
@@ -450,14 +409,14 @@ class Progress(Hook):
         self.bar.update(t.batches, t.loss_sum.item() / n, t.correct.item() / n, info.lr, n / max(info.elapsed, 1e-9))
 
 
-class MidEpochCheckpoint(Hook):
+class MidEpochCheckpoint:
     """A checkpoint every `every` steps within an epoch, and at the step a stop was asked for; the NaN
     check first, so a checkpoint never holds a diverged state."""
 
     def __init__(self, every: int, steps: int, loss_check: LossCheck, save_at):
         self.every, self.steps, self.loss_check, self.save_at = every, steps, loss_check, save_at
 
-    def after_step(self, info: StepInfo) -> None:
+    def __call__(self, info: StepInfo) -> None:
         i = info.tally.batches
         if not ((self.every and i % self.every == 0) or info.stop):
             return
@@ -486,11 +445,12 @@ def _train_epoch(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, epo
     net = ranks.net(parts.model, trains, device, cfg.compile_mode if cfg.compile else None) or parts.eval_net
     with EpochProgress(f"epoch {epoch}/{cfg.epochs}", parts.steps, show=ranks.main) as bar:
         progress = [Progress(bar, refresh_every(cfg.progress_every, parts.steps))] if bar.active else []
-        every = MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, loss_check, save_at)
-        average = [parts.average] if parts.average is not None else []  # updated before a checkpoint saves it
+        loop = LoopSteps(loss_check, average=parts.average.update if parts.average is not None else None,
+                         stop_requested=poll.requested,
+                         checkpoint=MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, loss_check, save_at))
         try:
             tr = train_one_epoch(net, parts.step, batches, first_step=state.step, tally=tally,
-                                 hooks=[loss_check, *progress, *hooks, poll, *average, every])
+                                 loop=loop, hooks=[*progress, *hooks])
         except Diverged as exc:
             raise _diverged(parts, rec, epoch, exc) from None
     if not tr.finished and tr.steps < parts.steps:
@@ -554,13 +514,13 @@ def _end_epoch(parts: Parts, state: RunState, rec: Recorder, epoch: int, trains:
     if is_best:
         state.best_val_acc, state.best_epoch = score, epoch
     state.epoch = epoch
-    row = dict(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc,
-               gap=(clean_acc if clean_acc is not None else tr.acc) - val_acc, lr=lr,
-               epoch_s=time.perf_counter() - started, wall_s=rec.wall_s(), img_per_s=tr.images / tr.seconds,
-               clean_train_loss=clean_loss, clean_train_acc=clean_acc, trainable=trains,
-               trainable_params=count_params(parts.model)[1],
-               clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None,
-               avg_val_loss=avg_loss, avg_val_acc=avg_acc)
+    row = asdict(EpochMetrics(
+        epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc,
+        gap=(clean_acc if clean_acc is not None else tr.acc) - val_acc, lr=lr, epoch_s=time.perf_counter() - started,
+        wall_s=rec.wall_s(), img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc,
+        trainable=trains, trainable_params=count_params(parts.model)[1],
+        clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None,
+        avg_val_loss=avg_loss, avg_val_acc=avg_acc))
     state.history.append(row)
     state.wall_s = rec.wall_s()
     reason = parts.early.reason(epoch, state.improved_epoch, state.best_val_acc, state.best_epoch)
@@ -598,27 +558,16 @@ def _best_weights(rec: Recorder, device: torch.device) -> dict:
     the newest intact checkpoint's, saying so (summary.json's `test_checkpoint` names the file)."""
     ckpt_dir = rec.run_dir / "checkpoints"
     try:
-        ckpt = load_verified(ckpt_dir / "best.pt", map_location=device)
+        ckpt = checkpoint.read(ckpt_dir / "best.pt", map_location=device)
         rec.summary["test_checkpoint"] = "best.pt"
     except CorruptCheckpoint as exc:
         try:
             path, ckpt, _ = newest_intact(ckpt_dir, map_location=device)
         except CorruptCheckpoint as none:
             raise RunFailed(f"no checkpoint to test: {none}") from None
-        rec.log.warning("%s; the test evaluation uses %s (epoch %d) instead", exc, path.name, ckpt["state"]["epoch"])
+        rec.log.warning("%s; the test evaluation uses %s (epoch %d) instead", exc, path.name, ckpt.epoch)
         rec.summary["test_checkpoint"] = path.name
-    return selected_weights(ckpt)
-
-
-def _overrides(run_dir: Path) -> list[str]:
-    """The command-line overrides the run was started with (Hydra's record of them), as a plain run's
-    (a `regx ablate` job's arm spelled out)."""
-    from regx.ablate import as_plain_run
-
-    try:
-        return as_plain_run(read_overrides(run_dir), run_dir)
-    except DamagedFile:  # remedies without the run's overrides
-        return []
+    return ckpt.weights()
 
 
 def _warn_few_steps(parts: Parts, log) -> None:
@@ -659,7 +608,7 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
                          cfg.dropout.mc_samples, 100 * out["mc_test_acc"], out["mc_entropy"])
     kind, evidence = verdict(state.history)
     evidence["optimizer_steps"] = state.step
-    overrides = _overrides(rec.run_dir)
+    overrides = rec.summary["overrides"]
     out.update(verdict=kind, evidence=evidence, remedies=[
         f"{what}: {command(overrides, how)}" for what, how in remedies(kind, cfg, evidence, len(parts.data.train))])
     return out

@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from regx import config
-from regx.runs import TIMING_COLUMNS, read_metrics
+from regx import checkpoint, config
+from regx.files import TIMING_COLUMNS, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 # Under pytest-xdist the workers share the cores: one thread each on two cores, not two that fight.
@@ -145,3 +145,11 @@ def make_model(name="smallcnn", **kw):
     from regx.models import build_model
 
     return build_model(**model_args(name, **kw))
+
+
+def toy_checkpoint(step: int, w: torch.Tensor | None = None, **entries) -> checkpoint.Checkpoint:
+    """A small Checkpoint (one weight) for tests of how checkpoint files are written and read."""
+    return checkpoint.Checkpoint(model={"w": torch.full((3,), float(step)) if w is None else w},
+                                 config={"average": {"select": "averaged"}}, state={"epoch": step, "step": step},
+                                 classes=["a", "b"], norm={"mean": [0.5], "std": [0.5]}, in_channels=1, image_size=8,
+                                 **entries)

@@ -6,17 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from regx import config, errors
-from regx.average import Ema, Swa, selected_weights
-from regx.engine import StepInfo, Tally
-from regx.runs import load_checkpoint, read_metrics
+from regx import checkpoint, config, errors
+from regx.average import Ema, Swa
+from regx.files import read_metrics
 from regx.schedules import lr_schedule
 from regx.train import train
 from tests.conftest import assert_same_state, metric_rows, regx_here, run_regx, smoke_cfg
-
-
-def step(ema: Ema, i: int) -> None:
-    ema.after_step(StepInfo(i, torch.zeros(()), 0.1, Tally.zero(torch.device("cpu")), 0.0))
 
 
 def test_the_average_moves_toward_the_weights_with_timms_warmup_and_copies_buffers():
@@ -27,16 +22,16 @@ def test_the_average_moves_toward_the_weights_with_timms_warmup_and_copies_buffe
     with torch.no_grad():
         model[0].weight.fill_(3.0)
         model[1].running_mean.fill_(5.0)
-    step(ema, 0)  # update 0: d = min(0.99, 1/10)
+    ema.update(0)  # update 0: d = min(0.99, 1/10)
     assert ema.module[0].weight[0, 0].item() == pytest.approx(0.1 * 1 + 0.9 * 3)
     assert ema.module[1].running_mean.item() == 5.0  # buffers are copied, not averaged
     assert ema.decay_at(10_000) == 0.99 and ema.decay_at(1) == pytest.approx(2 / 11)
     plain = Ema(model, decay=0.5, warmup=False, every=2)
     with torch.no_grad():
         model[0].weight.fill_(1.0)
-    step(plain, 0)  # not an update step (every=2)
+    plain.update(0)  # not an update step (every=2)
     assert plain.module[0].weight[0, 0].item() == 3.0 and plain.updates == 0
-    step(plain, 1)
+    plain.update(1)
     assert plain.module[0].weight[0, 0].item() == pytest.approx(2.0) and plain.updates == 1
     assert not any(p.requires_grad for p in ema.module.parameters())
 
@@ -45,21 +40,20 @@ def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weig
     s = train(smoke_cfg("average=ema", "average.decay=0.9"), tmp_path / "ema")
     rows = read_metrics(tmp_path / "ema/metrics.csv")
     assert all(r["avg_val_acc"] and r["avg_val_loss"] for r in rows) and s["average"] == "ema"
-    best = load_checkpoint(tmp_path / "ema/checkpoints/best.pt")
-    assert best["average"]["updates"] == s["evidence"]["optimizer_steps"]
-    assert not torch.equal(best["average"]["model"]["head.out.weight"], best["model"]["head.out.weight"])
-    assert selected_weights(best) is best["average"]["model"]
+    best = checkpoint.read(tmp_path / "ema/checkpoints/best.pt")
+    assert best.average["updates"] == s["evidence"]["optimizer_steps"]
+    assert not torch.equal(best.average["model"]["head.out.weight"], best.model["head.out.weight"])
+    assert best.weights() is best.average["model"]
     assert s["best_val_acc"] == max(float(r["avg_val_acc"]) for r in rows)  # the averaged weights pick the best
     raw = train(smoke_cfg("average=ema", "average.decay=0.9", "average.select=raw"), tmp_path / "raw")
-    ckpt = load_checkpoint(tmp_path / "raw/checkpoints/best.pt")
-    assert selected_weights(ckpt) is ckpt["model"]
+    ckpt = checkpoint.read(tmp_path / "raw/checkpoints/best.pt")
+    assert ckpt.weights() is ckpt.model
     assert raw["best_val_acc"] == max(float(r["val_acc"]) for r in read_metrics(tmp_path / "raw/metrics.csv"))
     # what regx eval, predict and export build: the averaged weights
     from regx.evalrun import build_from_checkpoint
 
-    cfg = config.compose(["debug=smoke"])
-    model = build_from_checkpoint(best, cfg, num_classes=10, in_channels=3, device=torch.device("cpu"))
-    assert torch.equal(model.state_dict()["head.out.weight"], best["average"]["model"]["head.out.weight"])
+    model = build_from_checkpoint(best, config.compose(["debug=smoke"]), device=torch.device("cpu"))
+    assert torch.equal(model.state_dict()["head.out.weight"], best.average["model"]["head.out.weight"])
     assert regx_here(tmp_path, "eval", "ema").returncode == 0
 
 
@@ -72,7 +66,7 @@ def test_a_run_killed_mid_epoch_resumes_its_average_and_clipping_exactly(tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "k")  # clipped and avg_val_* included
     assert all(float(r["clipped"]) > 0 for r in read_metrics(tmp_path / "k/metrics.csv"))  # clipping at work
-    a, b = (load_checkpoint(tmp_path / d / "checkpoints/last.pt") for d in ("full", "k"))
+    a, b = (checkpoint.read(tmp_path / d / "checkpoints/last.pt").to_dict() for d in ("full", "k"))
     assert_same_state(a, b)
     assert a["average"]["updates"] == b["average"]["updates"]
     for key, value in a["average"]["model"].items():
@@ -123,23 +117,23 @@ def test_an_swa_run_ends_with_the_averaged_weights_and_resumes_exactly(tmp_path)
     assert [r["avg_val_acc"] != "" for r in rows] == [False, False, True, True]  # from epoch ceil(0.75 * 4)
     assert float(rows[3]["lr"]) == pytest.approx(0.01)
     s = regx_here(tmp_path, "eval", "full")
-    best = load_checkpoint(tmp_path / "full/checkpoints/best.pt")
+    best = checkpoint.read(tmp_path / "full/checkpoints/best.pt").to_dict()
     assert best["state"]["best_epoch"] == 4 and best["average"]["updates"] == 2 and s.returncode == 0
-    assert selected_weights(best) is best["average"]["model"]
+    assert checkpoint.Checkpoint(**best).weights() is best["average"]["model"]
     assert "BatchNorm statistics recomputed over 360 training images" in (tmp_path / "full/train.log").read_text()
     killed = run_regx(["train", *common, "hydra.run.dir=k"], tmp_path, fault="kill@15")  # epoch 3, averaging
     assert killed.returncode == -9
     resumed = regx_here(tmp_path, "resume", "k")
     assert resumed.returncode == 0, resumed.stderr
     assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / "k")
-    a, b = (load_checkpoint(tmp_path / d / "checkpoints/best.pt") for d in ("full", "k"))
+    a, b = (checkpoint.read(tmp_path / d / "checkpoints/best.pt").to_dict() for d in ("full", "k"))
     for key, value in a["average"]["model"].items():
         assert torch.equal(value, b["average"]["model"][key]), key
     # extended by a resume: the average started where the planned 4 epochs put it, and goes on at swa_lr
     assert regx_here(tmp_path, "resume", "full", "epochs=8").returncode == 0
     rows = read_metrics(tmp_path / "full/metrics.csv")
     assert [float(r["lr"]) for r in rows[3:]] == pytest.approx([0.01] * 5)
-    assert load_checkpoint(tmp_path / "full/checkpoints/last.pt")["average"]["updates"] == 6  # epochs 3-8
+    assert checkpoint.read(tmp_path / "full/checkpoints/last.pt").to_dict()["average"]["updates"] == 6  # epochs 3-8
 
 
 @pytest.mark.parametrize(("override", "message"), [

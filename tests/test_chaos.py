@@ -7,7 +7,9 @@ import random
 
 import pytest
 
-from regx.runs import load_checkpoint, newest_intact, read_metrics, verify_checkpoint
+from regx import checkpoint
+from regx.checkpoint import newest_intact
+from regx.files import read_metrics
 from tests.conftest import assert_same_state, metric_rows, run_regx, write_images
 
 KINDS = ("kill", "killsave", "term", "termgroup")
@@ -22,7 +24,7 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
             "data.workers=2", "batch_size=4", "epochs=5", "checkpoint.every_steps=1", "aug=flip_rotate"]
     ref = run_regx(["train", *args, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path)
     assert ref.returncode == 0, ref.stderr
-    total = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["state"]["step"]
+    total = checkpoint.read(tmp_path / "ref" / "checkpoints" / "last.pt").to_dict()["state"]["step"]
     run, rng, step, log = tmp_path / "run", random.Random(2026), 0, []
     kinds = list(KINDS) * 5  # 20 stops, five of each kind, in a random order
     rng.shuffle(kinds)
@@ -33,7 +35,7 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
         log.append((kind, at, res.returncode))
         if at < total:
             assert res.returncode == EXIT[kind], (log, res.stdout[-2000:], res.stderr[-2000:])
-        step = newest_intact(run / "checkpoints")[1]["state"]["step"]
+        step = newest_intact(run / "checkpoints")[1].step
         if step >= total:
             break
     res = run_regx(["resume", str(run)], tmp_path)
@@ -41,9 +43,9 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [str(e) for e in range(1, 6)]
     assert metric_rows(run) == metric_rows(tmp_path / "ref")
-    assert_same_state(load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt"))
+    assert_same_state(checkpoint.read(run / "checkpoints" / "last.pt").to_dict(), checkpoint.read(tmp_path / "ref" / "checkpoints" / "last.pt").to_dict())
     for ckpt in (run / "checkpoints").glob("*.pt"):
-        verify_checkpoint(ckpt)
+        checkpoint.verify(ckpt)
     json.loads((run / "summary.json").read_text())
     assert not list(run.rglob(".*.tmp-*")) and not (run / ".reserve").exists()
     assert len(log) == 20 and all(code == EXIT[kind] for kind, _, code in log), log  # every round stopped it

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from regx import config, errors
+from regx import checkpoint, config, errors
 from regx.engine import gradient_clipper
-from regx.runs import load_checkpoint, read_metrics
+from regx.files import read_metrics
 from regx.train import train
 from tests.conftest import smoke_cfg
 
@@ -43,8 +43,8 @@ def test_metrics_record_the_fraction_of_steps_clipped(tmp_path):
     assert [float(r["clipped"]) for r in read_metrics(tmp_path / "loose/metrics.csv")] == [0.0, 0.0]
     assert [r["clipped"] for r in read_metrics(tmp_path / "off/metrics.csv")] == ["", ""]
     # clipping the gradients to almost nothing leaves the weights almost where they started
-    tight = load_checkpoint(tmp_path / "tight/checkpoints/last.pt")["model"]
-    off = load_checkpoint(tmp_path / "off/checkpoints/last.pt")["model"]
+    tight = checkpoint.read(tmp_path / "tight/checkpoints/last.pt").to_dict()["model"]
+    off = checkpoint.read(tmp_path / "off/checkpoints/last.pt").to_dict()["model"]
     assert not torch.equal(tight["head.out.weight"], off["head.out.weight"])
 
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from regx.runs import load_checkpoint
+from regx import checkpoint
 from tests.conftest import FAULTY, assert_same_state, metric_rows
 
 COMMON = ["debug=smoke", "epochs=3", "aug=flip_rotate", "dropout=fc", "checkpoint.every_steps=2"]
@@ -33,9 +33,9 @@ def test_a_ddp_run_and_a_killed_one_resumed_end_bit_for_bit_the_same(tmp_path):
 
     killed = torchrun(["train", *COMMON, "hydra.run.dir=k"], tmp_path, fault="kill@8")
     assert killed.returncode != 0
-    state = load_checkpoint(tmp_path / "k/checkpoints/last.pt")["state"]
+    state = checkpoint.read(tmp_path / "k/checkpoints/last.pt").to_dict()["state"]
     assert (state["epoch"], state["batch"]) == (1, 2)  # mid-epoch, with each rank's tally and RNG
     resumed = torchrun(["resume", "k"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert metric_rows(run) == metric_rows(tmp_path / "k")
-    assert_same_state(load_checkpoint(run / "checkpoints/last.pt"), load_checkpoint(tmp_path / "k/checkpoints/last.pt"))
+    assert_same_state(checkpoint.read(run / "checkpoints/last.pt").to_dict(), checkpoint.read(tmp_path / "k/checkpoints/last.pt").to_dict())

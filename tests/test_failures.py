@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-import regx.runs
+import regx.files
 import regx.train
+from regx import checkpoint
 from regx.data.folders import check_images, decode
 from regx.engine import Hook
-from regx.runs import read_metrics, verify_checkpoint
+from regx.files import read_metrics
 from regx.train import RunFailed, train
-from tests.conftest import smoke_cfg, write_images
+from tests.conftest import smoke_cfg, toy_checkpoint, write_images
 
 
 def summary(run):
@@ -140,7 +141,7 @@ def test_a_disk_that_fills_during_a_run_ends_it_with_one_line_and_the_last_check
     assert "run failed: could not write" in (run / "train.log").read_text()
     for name in ("last.pt", "prev.pt", "best.pt"):
         if (run / "checkpoints" / name).exists():
-            verify_checkpoint(run / "checkpoints" / name)
+            checkpoint.verify(run / "checkpoints" / name)
     assert not list(run.rglob(".*.tmp-*"))
     (disk / "filler").unlink()  # space again: the run resumes from its last checkpoint
     monkeypatch.undo()
@@ -161,7 +162,7 @@ def test_a_run_does_not_start_on_a_full_disk(tmp_path, cli):
 
 
 class FailingOpen:
-    """`open` for regx.runs: the `nth` file opened for writing raises ENOSPC as it is written."""
+    """`open` for regx.files: the `nth` file opened for writing raises ENOSPC as it is written."""
 
     def __init__(self, nth: int):
         self.nth, self.count, self.failed = nth, 0, None
@@ -183,7 +184,7 @@ def test_each_write_site_fails_cleanly(tmp_path, monkeypatch, capfd, nth):
     manifests, metrics, curves): the run fails naming the file (or, for the reserve and the
     pictures, warns and goes on), and what was written before stays intact."""
     failing = FailingOpen(nth)
-    monkeypatch.setattr(regx.runs, "open", failing, raising=False)
+    monkeypatch.setattr(regx.files, "open", failing, raising=False)
     run = tmp_path / "r"
     try:
         train(smoke_cfg("epochs=2", "checkpoint.every_steps=3"), run)
@@ -201,7 +202,7 @@ def test_each_write_site_fails_cleanly(tmp_path, monkeypatch, capfd, nth):
             assert summary(run)["status"] == "failed"
     assert "Traceback" not in capfd.readouterr().err
     for ckpt in (run / "checkpoints").glob("*.pt"):
-        verify_checkpoint(ckpt)
+        checkpoint.verify(ckpt)
     assert not list(run.rglob(".*.tmp-*"))
 
 
@@ -367,24 +368,22 @@ def test_a_streamed_folder_is_checked_before_training(tmp_path, cli):
 def test_a_checkpoint_cut_short_between_manifest_and_file_still_verifies(tmp_path):
     """Each manifest is written before its file is published: a failure between the two (twice in a
     row, even) leaves the old file matching the manifest's earlier entries."""
-    from regx.runs import newest_intact, save_checkpoint
-
-    def state(step):
-        return {"model": {"w": torch.full((3,), float(step))}, "state": {"epoch": step, "step": step}}
+    from regx import checkpoint
+    from regx.checkpoint import newest_intact
 
     def cut(tmp):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     ckpt = tmp_path / "checkpoints"
-    save_checkpoint(state(1), ckpt, best=True)
-    save_checkpoint(state(2), ckpt, best=False)
+    checkpoint.save(toy_checkpoint(1), ckpt, best=True)
+    checkpoint.save(toy_checkpoint(2), ckpt, best=False)
     for step in (3, 4):
         with pytest.raises(OSError):
-            save_checkpoint(state(step), ckpt, best=False, before_rename=cut)
+            checkpoint.save(toy_checkpoint(step), ckpt, best=False, before_rename=cut)
         for name in ("last.pt", "prev.pt", "best.pt"):
-            verify_checkpoint(ckpt / name)
-        assert newest_intact(ckpt)[1]["state"]["step"] == 2
-    save_checkpoint(state(5), ckpt, best=True)
+            checkpoint.verify(ckpt / name)
+        assert newest_intact(ckpt)[1].step == 2
+    checkpoint.save(toy_checkpoint(5), ckpt, best=True)
     for name in ("last.pt", "prev.pt", "best.pt"):
-        verify_checkpoint(ckpt / name)
-    assert newest_intact(ckpt)[1]["state"]["step"] == 5
+        checkpoint.verify(ckpt / name)
+    assert newest_intact(ckpt)[1].step == 5

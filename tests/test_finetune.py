@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from regx import config, errors
+from regx import checkpoint, config, errors
+from regx.files import read_metrics
 from regx.finetune import (
     FinetuneError,
     FreezePlan,
@@ -16,7 +17,6 @@ from regx.finetune import (
     build_pretrained,
     head_path,
 )
-from regx.runs import load_checkpoint, read_metrics
 from regx.train import RunFailed, train
 from tests.conftest import (
     assert_same_state,
@@ -89,8 +89,8 @@ def pretrained_run(tmp_path_factory):
 def test_linear_probe_leaves_frozen_weights_and_bn_statistics_bitwise_unchanged(tmp_path, pretrained_run):
     s = train(smoke_cfg("finetune=linear_probe", f"finetune.weights={pretrained_run}", "data.num_classes=4",
                         "epochs=2"), tmp_path / "probe")
-    source = load_checkpoint(pretrained_run / "checkpoints/best.pt")["model"]
-    tuned = load_checkpoint(tmp_path / "probe/checkpoints/last.pt")["model"]
+    source = checkpoint.read(pretrained_run / "checkpoints/best.pt").to_dict()["model"]
+    tuned = checkpoint.read(tmp_path / "probe/checkpoints/last.pt").to_dict()["model"]
     for key, value in source.items():
         if key.startswith("head.out."):
             continue
@@ -103,7 +103,7 @@ def test_linear_probe_leaves_frozen_weights_and_bn_statistics_bitwise_unchanged(
     # bn=train: the same frozen parameters, but BatchNorm running statistics drift (the usual trap)
     train(smoke_cfg("finetune=linear_probe", f"finetune.weights={pretrained_run}", "data.num_classes=4",
                     "epochs=1", "finetune.bn=train"), tmp_path / "drift")
-    drift = load_checkpoint(tmp_path / "drift/checkpoints/last.pt")["model"]
+    drift = checkpoint.read(tmp_path / "drift/checkpoints/last.pt").to_dict()["model"]
     assert torch.equal(drift["features.0.weight"], source["features.0.weight"])
     assert not torch.equal(drift["features.1.running_mean"], source["features.1.running_mean"])
 
@@ -111,10 +111,10 @@ def test_linear_probe_leaves_frozen_weights_and_bn_statistics_bitwise_unchanged(
 def test_full_fine_tuning_trains_the_backbone_at_a_lower_learning_rate(tmp_path, pretrained_run):
     train(smoke_cfg("finetune=full", f"finetune.weights={pretrained_run}", "epochs=1", "sched=constant",
                     "finetune.backbone_lr_mult=0.25"), tmp_path / "full")
-    ckpt = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
+    ckpt = checkpoint.read(tmp_path / "full/checkpoints/last.pt").to_dict()
     lrs = {g["lr_mult"]: g["lr"] for g in ckpt["optimizer"]["param_groups"]}
     assert lrs[0.25] == pytest.approx(0.25 * lrs[1.0]) and lrs[1.0] == pytest.approx(0.05)
-    source = load_checkpoint(pretrained_run / "checkpoints/best.pt")["model"]
+    source = checkpoint.read(pretrained_run / "checkpoints/best.pt").to_dict()["model"]
     assert not torch.equal(ckpt["model"]["features.0.weight"], source["features.0.weight"])
 
 
@@ -134,15 +134,15 @@ def test_gradual_unfreezing_shows_in_metrics_and_survives_a_kill(tmp_path, pretr
         resumed = regx_here(tmp_path, "resume", f"k{step}")
         assert resumed.returncode == 0, resumed.stderr
         assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / f"k{step}")
-        assert_same_state(load_checkpoint(tmp_path / "full/checkpoints/last.pt"),
-                          load_checkpoint(tmp_path / f"k{step}/checkpoints/last.pt"))
+        assert_same_state(checkpoint.read(tmp_path / "full/checkpoints/last.pt").to_dict(),
+                          checkpoint.read(tmp_path / f"k{step}/checkpoints/last.pt").to_dict())
 
 
 def test_freeze_patterns_and_their_errors(tmp_path, pretrained_run):
     s = train(smoke_cfg("finetune=full", f"finetune.weights={pretrained_run}", "epochs=1",
                         "finetune.freeze=[features.0,features.1]"), tmp_path / "pat")
-    source = load_checkpoint(pretrained_run / "checkpoints/best.pt")["model"]
-    tuned = load_checkpoint(tmp_path / "pat/checkpoints/last.pt")["model"]
+    source = checkpoint.read(pretrained_run / "checkpoints/best.pt").to_dict()["model"]
+    tuned = checkpoint.read(tmp_path / "pat/checkpoints/last.pt").to_dict()["model"]
     assert torch.equal(tuned["features.0.weight"], source["features.0.weight"])
     assert not torch.equal(tuned["features.4.weight"], source["features.4.weight"])
     assert s["frozen_params"] == source["features.0.weight"].numel() + 2 * source["features.1.weight"].numel()
@@ -168,7 +168,7 @@ def test_imagenet_weights_from_torchvisions_cache_with_their_preprocessing(tmp_p
     monkeypatch.setattr(ft, "_reachable", lambda *a, **k: pytest.fail("tried the network with a cached file"))
     s = train(smoke_cfg("model=resnet18", "finetune=linear_probe", "epochs=1", "data.channels=1"), tmp_path / "in")
     assert str(file) in s["weights"] and s["dropped_keys"] == ["fc.weight [1000, 512]", "fc.bias [1000]"]
-    ckpt = load_checkpoint(tmp_path / "in/checkpoints/last.pt")
+    ckpt = checkpoint.read(tmp_path / "in/checkpoints/last.pt").to_dict()
     assert ckpt["norm"]["mean"] == pytest.approx([0.485, 0.456, 0.406])  # the weights' statistics
     assert ckpt["in_channels"] == 1 and ckpt["config"]["model"]["small_input"] is False
     source = torch.load(file, weights_only=True)
@@ -223,10 +223,10 @@ def test_weights_for_another_architecture_or_garbage_are_refused(tmp_path, pretr
         train(smoke_cfg("finetune=full", f"finetune.weights={pretrained_run}", "model.channels=[4,8]"), tmp_path / "a")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a tensor file")
-    with pytest.raises(RunFailed, match="does not load as weights"):
+    with pytest.raises(RunFailed, match=r"junk.pt does not load \(not a torch checkpoint"):
         train(smoke_cfg("finetune=full", f"finetune.weights={junk}"), tmp_path / "b")
     res = regx_here(tmp_path, "train", "debug=smoke", "finetune=full", f"finetune.weights={junk}", "hydra.run.dir=c")
-    assert res.returncode == 1 and "junk.pt does not load as weights" in res.stderr
+    assert res.returncode == 1 and "junk.pt does not load (not a torch checkpoint" in res.stderr
     assert json.loads((tmp_path / "c/summary.json").read_text())["status"] == "failed"
 
 

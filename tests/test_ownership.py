@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from regx.runs import RunBusy, owner, read_metrics, verify_checkpoint
+from regx import checkpoint
+from regx.files import RunBusy, owner, read_metrics
 from tests.conftest import run_regx, start_regx, write_images
 
 
@@ -88,7 +89,7 @@ def test_a_group_sigterm_stops_a_streaming_run_with_a_checkpoint(tmp_path, cli):
     stopped = run_regx(args, tmp_path, fault="termgroup@5", new_session=True)
     assert stopped.returncode == 143, stopped.stdout + stopped.stderr
     assert summary(run)["status"] == "interrupted"
-    verify_checkpoint(run / "checkpoints" / "last.pt")
+    checkpoint.verify(run / "checkpoints" / "last.pt")
     res = cli("resume", str(run))
     assert res.returncode == 0, res.stderr
     assert summary(run)["status"] == "completed"

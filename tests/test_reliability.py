@@ -16,16 +16,11 @@ import shutil
 import pytest
 import torch
 
-from regx.runs import (
-    CorruptCheckpoint,
-    load_checkpoint,
-    newest_intact,
-    read_metrics,
-    save_checkpoint,
-    verify_checkpoint,
-)
+from regx import checkpoint
+from regx.checkpoint import CorruptCheckpoint, newest_intact
+from regx.files import read_metrics
 from regx.train import Interrupted, RunFailed, train
-from tests.conftest import assert_same_state, metric_rows, run_regx, smoke_cfg, write_images
+from tests.conftest import assert_same_state, metric_rows, run_regx, smoke_cfg, toy_checkpoint, write_images
 from tests.fault_main import Fault
 
 COMMON = ["debug=smoke", "epochs=3", "aug=flip_rotate", "dropout=fc", "checkpoint.every_steps=2"]
@@ -46,7 +41,7 @@ def start(tmp_path, name, fault):
 
 def assert_equal_runs(a, b):
     assert metric_rows(a) == metric_rows(b)
-    assert_same_state(load_checkpoint(a / "checkpoints/last.pt"), load_checkpoint(b / "checkpoints/last.pt"))
+    assert_same_state(checkpoint.read(a / "checkpoints/last.pt").to_dict(), checkpoint.read(b / "checkpoints/last.pt").to_dict())
 
 
 def summary(run):
@@ -56,7 +51,7 @@ def summary(run):
 def test_killed_mid_epoch_resumes_at_the_next_unseen_batch(tmp_path, reference, cli):
     killed = start(tmp_path, "k", "kill@9")
     assert killed.returncode == -9
-    state = load_checkpoint(tmp_path / "k/checkpoints/last.pt")["state"]
+    state = checkpoint.read(tmp_path / "k/checkpoints/last.pt").to_dict()["state"]
     assert (state["epoch"], state["batch"], state["step"]) == (1, 2, 8)  # mid-epoch 2, after its 2nd batch
     code, out, err = cli("resume", str(tmp_path / "k"))
     assert code == 0, err
@@ -73,8 +68,8 @@ def test_killed_while_writing_a_checkpoint(tmp_path, reference, cli):
     ckpt = tmp_path / "w/checkpoints"
     leftovers = list(ckpt.glob(".last.pt.tmp-*"))
     assert len(leftovers) == 1
-    verify_checkpoint(ckpt / "last.pt")
-    assert load_checkpoint(ckpt / "last.pt")["state"]["step"] == 8  # still the previous checkpoint
+    checkpoint.verify(ckpt / "last.pt")
+    assert checkpoint.read(ckpt / "last.pt").to_dict()["state"]["step"] == 8  # still the previous checkpoint
     code, out, err = cli("resume", str(tmp_path / "w"))
     assert code == 0, err
     assert "removed" in out and not list(ckpt.glob(".*tmp*"))
@@ -82,21 +77,20 @@ def test_killed_while_writing_a_checkpoint(tmp_path, reference, cli):
 
 
 def test_an_error_while_pickling_or_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    good = {"model": {"w": torch.ones(3)}, "state": {"epoch": 1, "step": 6}}
-    save_checkpoint(good, tmp_path, best=True)
+    checkpoint.save(toy_checkpoint(6, w=torch.ones(3)), tmp_path, best=True)
     with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):  # a lambda does not pickle
-        save_checkpoint({"model": {"w": torch.zeros(3)}, "state": {"step": 7}, "bad": lambda: 0}, tmp_path, best=False)
+        checkpoint.save(toy_checkpoint(7, plateau={"bad": lambda: 0}), tmp_path, best=False)
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(OSError) as info:
-        save_checkpoint({"model": {"w": torch.zeros(3)}, "state": {"epoch": 2, "step": 12}}, tmp_path, best=False)
+        checkpoint.save(toy_checkpoint(12, w=torch.zeros(3)), tmp_path, best=False)
     assert f"could not write {tmp_path}/" in str(info.value) and "No space left" in str(info.value)  # names the file
     for name in ("last.pt", "best.pt"):
-        verify_checkpoint(tmp_path / name)
-        assert torch.equal(load_checkpoint(tmp_path / name)["model"]["w"], torch.ones(3))
+        checkpoint.verify(tmp_path / name)
+        assert torch.equal(checkpoint.read(tmp_path / name).to_dict()["model"]["w"], torch.ones(3))
     assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
 
 
@@ -116,7 +110,7 @@ def test_a_full_disk_during_training_fails_cleanly(tmp_path, monkeypatch):
         train(smoke_cfg("epochs=3"), run)
     s = summary(run)
     assert s["status"] == "failed" and str(run / "checkpoints" / "last.pt") in s["error"]
-    assert load_checkpoint(run / "checkpoints/last.pt")["state"]["epoch"] == 1
+    assert checkpoint.read(run / "checkpoints/last.pt").to_dict()["state"]["epoch"] == 1
     assert [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")] == [1]
     assert not [p for p in run.rglob("*") if "tmp" in p.name]
 
@@ -129,12 +123,12 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_newest_intact_one(tmp_path,
     data = last.read_bytes()
     last.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(len(data))}[damage])
     with pytest.raises(CorruptCheckpoint):
-        verify_checkpoint(last)
+        checkpoint.verify(last)
     path, ckpt, problems = newest_intact(run / "checkpoints")
     assert "last.pt is corrupt" in problems[0]
-    steps = {n: load_checkpoint(run / "checkpoints" / n)["state"]["step"] for n in ("prev.pt", "best.pt")}
+    steps = {n: checkpoint.read(run / "checkpoints" / n).to_dict()["state"]["step"] for n in ("prev.pt", "best.pt")}
     assert steps["prev.pt"] == 16  # the end of epoch 3's checkpoint came after mid-epoch step 16
-    assert ckpt["state"]["step"] == max(steps.values()) and path.name == max(steps, key=steps.get)
+    assert ckpt.step == max(steps.values()) and path.name == max(steps, key=steps.get)
     (run / "checkpoints/best.pt").write_bytes(b"")  # as when best.pt is a hard link to last.pt
     path, ckpt, problems = newest_intact(run / "checkpoints")
     assert path.name == "prev.pt" and len(problems) == 2
@@ -168,15 +162,16 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, reference,
     for name in ("last.pt", "prev.pt", "best.pt"):
         torch.save({"model": Evil(), "state": {"step": 99}}, run / "checkpoints" / name)
         (run / "checkpoints" / f"{name}.json").unlink()  # no manifest: loading is the only check left
-    with pytest.raises(Exception, match="[Ww]eights only"):
-        load_checkpoint(run / "checkpoints/last.pt")
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="holds posix.system, .* regx never unpickles code"):
+        checkpoint.read(run / "checkpoints/last.pt")
     res = cli("resume", str(run), "epochs=4")
-    assert res.returncode == 1 and "last.pt does not load" in res.stderr
+    assert res.returncode == 1 and "last.pt does not load (it holds posix.system" in res.stderr
+    assert "weights_only" not in res.stderr + res.stdout  # the unsafe way round is never suggested
     res = cli("eval", str(run))
-    assert res.returncode == 2 and "best.pt does not load" in res.stderr
+    assert res.returncode == 2 and "best.pt does not load (it holds posix.system" in res.stderr
     assert not marker.exists()
     # regx's own checkpoints load under the same rule
-    assert load_checkpoint(reference / "checkpoints/last.pt")["state"]["epoch"] == 3
+    assert checkpoint.read(reference / "checkpoints/last.pt").to_dict()["state"]["epoch"] == 3
 
 
 def run_with(tmp_path, name, fault):
@@ -192,7 +187,7 @@ def test_sigterm_or_sigint_finishes_the_step_checkpoints_and_resumes_exactly(tmp
     assert "stopping after this step" in capfd.readouterr().err
     run = tmp_path / "s"
     assert summary(run)["status"] == "interrupted"
-    state = load_checkpoint(run / "checkpoints/last.pt")["state"]
+    state = checkpoint.read(run / "checkpoints/last.pt").to_dict()["state"]
     assert (state["epoch"], state["batch"], state["step"]) == (1, 4, 10)  # step 9 finished, then saved
     train(smoke_cfg(*COMMON[1:]), run, resume=True)
     assert_equal_runs(reference, run)
@@ -210,7 +205,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert not isinstance(stopped.value, Interrupted)
     run = tmp_path / "c"
     assert summary(run)["status"] == "interrupted"
-    assert load_checkpoint(run / "checkpoints/last.pt")["state"]["step"] == 8  # no checkpoint for step 9
+    assert checkpoint.read(run / "checkpoints/last.pt").to_dict()["state"]["step"] == 8  # no checkpoint for step 9
 
 
 def test_nan_loss_stops_with_step_loss_and_lr_and_keeps_checkpoints_finite(tmp_path):
@@ -220,7 +215,7 @@ def test_nan_loss_stops_with_step_loss_and_lr_and_keeps_checkpoints_finite(tmp_p
     s = summary(run)
     assert s["status"] == "failed" and s["verdict"] == "diverged" and s["evidence"]["step"] == 9
     for name in ("last.pt", "best.pt"):
-        ckpt = load_checkpoint(run / "checkpoints" / name)
+        ckpt = checkpoint.read(run / "checkpoints" / name).to_dict()
         assert ckpt["state"]["step"] <= 8
         assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 

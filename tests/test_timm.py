@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from regx import config, errors
+from regx import checkpoint, config, errors
+from regx.files import read_metrics
 from regx.finetune import (
     FinetuneError,
     FreezePlan,
@@ -21,7 +22,6 @@ from regx.finetune import (
     head_path,
     load_timm_imagenet,
 )
-from regx.runs import load_checkpoint, read_metrics
 from regx.train import RunFailed, train
 from tests.conftest import REPO, make_model, model_args, regx_here, run_regx, smoke_cfg
 
@@ -100,7 +100,7 @@ def test_a_timm_run_trains_resumes_predicts_and_exports(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "timm's resnet10t (" in res.stdout + res.stderr  # the header names the zoo
     run = tmp_path / "r"
-    assert load_checkpoint(run / "checkpoints/last.pt")["config"]["model"]["zoo"] == "timm"
+    assert checkpoint.read(run / "checkpoints/last.pt").to_dict()["config"]["model"]["zoo"] == "timm"
     res = regx_here(tmp_path, "resume", "r", "epochs=3")
     assert res.returncode == 0, res.stderr
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == ["1", "2", "3"]
@@ -127,7 +127,7 @@ def test_fine_tuning_from_a_timm_weights_file_uses_timms_preprocessing(tmp_path)
     assert "normalized as timm's resnet10t weights" in s["weights"]
     assert "timm's resnet10t (" in (tmp_path / "ft" / "train.log").read_text()  # the run header names the zoo
     assert s["dropped_keys"] == ["fc.weight [1000, 512]", "fc.bias [1000]"] and s["trainable_params"] == 512 * 10 + 10
-    ckpt = load_checkpoint(tmp_path / "ft/checkpoints/last.pt")
+    ckpt = checkpoint.read(tmp_path / "ft/checkpoints/last.pt").to_dict()
     assert ckpt["norm"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert torch.equal(ckpt["model"]["model.layer4.0.conv2.weight"], source["layer4.0.conv2.weight"])
     # the weights of another architecture, or a tensor of another shape: the first that does not fit is named

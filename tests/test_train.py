@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from regx import config
+from regx import checkpoint, config
 from regx.engine import Hook
-from regx.runs import METRIC_COLUMNS, claim_dir, load_checkpoint, read_metrics
+from regx.files import METRIC_COLUMNS, claim_dir, read_metrics
 from regx.train import RunFailed, train
 from tests.conftest import assert_same_state, metric_rows, only_run, smoke_cfg, write_images
 
@@ -23,7 +23,7 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
         assert (run / f).is_file(), f
 
     rows = read_metrics(run / "metrics.csv")
-    assert list(rows[0].keys()) == METRIC_COLUMNS
+    assert tuple(rows[0].keys()) == METRIC_COLUMNS
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     for r in rows:
         assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["val_acc"]) <= 1
@@ -40,10 +40,10 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
     assert s["final_val_acc"] == pytest.approx(float(rows[-1]["val_acc"]), abs=1e-5)
     assert s["best_val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows), abs=1e-5)
 
-    last = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True
+    last = checkpoint.read(run / "checkpoints" / "last.pt").to_dict()  # weights_only=True
     assert {"model", "optimizer", "rng", "state", "config"} <= last.keys()
     assert last["state"]["epoch"] == 2 and last["config"]["epochs"] == 2
-    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    best = checkpoint.read(run / "checkpoints" / "best.pt").to_dict()
     assert best["state"]["epoch"] == s["best_epoch"]
     for name in ("last.pt", "prev.pt", "best.pt"):  # each manifest names its own file
         assert json.loads((run / "checkpoints" / f"{name}.json").read_text())["file"] == name
@@ -79,7 +79,7 @@ def test_same_seed_same_run_and_other_seed_differs(tmp_path):
     assert a["status"] == b["status"] == "completed"
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
     assert metric_rows(tmp_path / "a") != metric_rows(tmp_path / "c")
-    ka, kb, kc = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in "abc")
+    ka, kb, kc = (checkpoint.read(tmp_path / r / "checkpoints" / "last.pt").to_dict() for r in "abc")
     assert_same_state(ka, kb)
     assert not all(torch.equal(ka["model"][k], kc["model"][k]) for k in ka["model"])
 
@@ -245,3 +245,48 @@ def test_each_training_accuracy_has_one_name_everywhere(tmp_path):
     labels = [t.get_text() for ax in fig.axes for legend in [ax.get_legend()] if legend for t in legend.get_texts()]
     assert "train accuracy (as trained)" in labels and "clean train accuracy (eval mode, no augmentation)" in labels
     assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())  # whole epochs on the axis
+
+
+class _MaxNorm(Hook):
+    """A user's hook that changes the weights after each step (a max-norm constraint on the head)."""
+
+    def start(self, parts) -> None:
+        self.w = parts.model.head.out.weight
+
+    def after_step(self, info) -> None:
+        with torch.no_grad():
+            self.w.mul_(torch.clamp(0.5 / self.w.norm(dim=1, keepdim=True).clamp_min(1e-12), max=1.0))
+
+
+class _StopAt(Hook):
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, info) -> None:
+        info.stop = info.stop or info.step == self.step
+
+
+def test_a_users_hooks_in_any_order_give_the_same_checkpoint(tmp_path):
+    """The loop's own steps (loss check, averaging, stop poll, mid-epoch checkpoint) run in a fixed order
+    around the hooks: a hook's place in the list cannot change what a checkpoint holds."""
+    from regx.train import Interrupted
+
+    cfg = smoke_cfg("epochs=2", "average=ema", "average.decay=0.5", "checkpoint.every_steps=3", "dropout=fc")
+    for name, hooks in (("first", (_MaxNorm(), _StopAt(8))), ("last", (_StopAt(8), _MaxNorm()))):
+        with pytest.raises(Interrupted):
+            train(cfg, tmp_path / name, hooks=hooks)
+    a, b = (checkpoint.read(tmp_path / d / "checkpoints/last.pt") for d in ("first", "last"))
+    assert a.step == b.step == 9 and a.state["batch"] == 3  # step 8 is batch 3 of epoch 2
+    assert_same_state(a.to_dict(), b.to_dict())
+    for key, value in a.average["model"].items():
+        assert torch.equal(value, b.average["model"][key]), key
+    assert torch.equal(a.rng["torch"], b.rng["torch"]) and torch.equal(a.rng["aug"], b.rng["aug"])
+    assert metric_rows(tmp_path / "first") == metric_rows(tmp_path / "last")
+
+
+def test_a_metric_that_is_not_a_declared_column_is_an_error(tmp_path):
+    from regx.files import write_metrics
+
+    with pytest.raises(ValueError, match="not in fieldnames"):
+        write_metrics(tmp_path / "metrics.csv", [{"epoch": 1, "val_ece": 0.1}])
+    assert not (tmp_path / "metrics.csv").exists()

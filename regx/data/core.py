@@ -25,20 +25,25 @@ class DataError(RuntimeError):
 
 @dataclass
 class Split:
-    """One split: images as a uint8 tensor (x) or, when streaming, as file paths."""
+    """One split: images as a uint8 tensor (x) or, when streaming, as files its loader reads (`files`: a
+    Dataset of (uint8 image, label, why it did not decode) with `paths` and `subset(indices)`, such as
+    folders.FileDataset)."""
 
     y: torch.Tensor  # int64 labels
     x: torch.Tensor | None = None  # uint8 N,C,H,W
-    paths: list[str] | None = None
-    image_size: int = 0
+    files: torch.utils.data.Dataset | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def paths(self) -> list[str]:
+        return self.files.paths
+
     def subset(self, idx: torch.Tensor) -> Split:
         if self.x is not None:
             return Split(y=self.y[idx], x=self.x[idx])
-        return Split(y=self.y[idx], paths=[self.paths[i] for i in idx.tolist()], image_size=self.image_size)
+        return Split(y=self.y[idx], files=self.files.subset(idx))
 
 
 @dataclass
@@ -144,7 +149,7 @@ def load_data(
         if train_size > len(train):
             raise DataError(f"data.train_size={train_size} exceeds the {len(train)} training images available")
         train = train.subset(stratified_split(train.y, train_size, g)[0])
-    size = train.x.shape[-1] if train.x is not None else train.image_size
+    size = train.x.shape[-1] if train.x is not None else train.files.size
     if mean is None or std is None:
         m, s = channel_stats(train, workers)
         mean, std = mean or m, std or s
@@ -217,13 +222,11 @@ def iterate(
             b = idx[s : s + batch_size]
             yield split.x.index_select(0, b), split.y.index_select(0, b)
         return
-    from regx.data.folders import FileDataset
-
     first = stops[start] if start < len(stops) else n
     last = min(stops[-1] + batch_size, n) if stops else 0
     sampler = idx[first:last].tolist()
     loader = data_loader(
-        FileDataset(split.paths, split.y, split.image_size),
+        split.files,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

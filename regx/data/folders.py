@@ -108,11 +108,19 @@ class FileDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.paths)
 
+    def subset(self, idx: torch.Tensor) -> FileDataset:
+        return FileDataset([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size)
+
     def __getitem__(self, i):
         try:
             return decode(self.paths[i], self.size), self.labels[i], ""
         except Exception as exc:  # truncated, empty, too large, or not an image: the caller names it
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], why_unreadable(exc)
+
+
+def file_split(paths: list[str], labels: torch.Tensor, size: int) -> Split:
+    """A split streamed from image files, each decoded and fitted to `size` when its batch is drawn."""
+    return Split(y=labels, files=FileDataset(paths, labels, size))
 
 
 def check_images(items: list[tuple[str, int]], size: int, workers: int, *, keep: bool = True
@@ -176,7 +184,7 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
             items = {k: [(p, lab) for p, lab in v if p not in gone] for k, v in items.items()}
 
         def as_split(v):
-            return Split(y=torch.tensor([lab for _, lab in v], dtype=torch.long), paths=[p for p, _ in v], image_size=image_size) if v else None
+            return file_split([p for p, _ in v], torch.tensor([lab for _, lab in v], dtype=torch.long), image_size) if v else None
 
         return as_split(items["train"]), as_split(items.get("val")), as_split(items.get("test")), classes, 3
     cache = Path(root) / "cache" / f"imagefolder-{_folder_key(items, image_size)}.pt"
@@ -200,7 +208,7 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     blob = {"classes": classes}
     for k, s in splits.items():
         blob[f"{k}_x"], blob[f"{k}_y"] = s.x, s.y
-    from regx.runs import atomic_save
+    from regx.files import atomic_save
 
     atomic_save(blob, cache)
     return splits["train"], splits.get("val"), splits.get("test"), classes, 3
