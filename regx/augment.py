@@ -8,12 +8,16 @@ come from the run's seeded generator, so a run and its resume draw the same augm
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from regx.config import AUG_OPS
 from regx.policies import AugMix, Policy, gamma
 
 
@@ -40,7 +44,127 @@ class AugParams:
         return AugParams(f, f.clone(), z, o, z.clone(), z.clone(), o.clone(), o.clone(), o.clone(), z.clone())
 
 
-_PARAM_FIELDS = ("hflip", "vflip", "angle", "scale", "tx", "ty", "brightness", "contrast", "saturation", "hue", "erase")
+_PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(AugParams))
+# How the ops' parts of one field combine (each starts at the identity): shifts and angles add, factors
+# multiply, flips toggle, an erasing box is set.
+_COMBINE = {"hflip": torch.logical_xor, "vflip": torch.logical_xor, "angle": torch.add, "tx": torch.add,
+            "ty": torch.add, "hue": torch.add, "scale": torch.mul, "brightness": torch.mul, "contrast": torch.mul,
+            "saturation": torch.mul, "erase": lambda old, new: new}
+
+
+@dataclass(frozen=True)
+class Draws:
+    """What an op's `params` gets: its uniform draws in [0, 1) by name ([N] each), and the batch."""
+
+    u: dict[str, torch.Tensor]
+    n: int
+    height: int
+    width: int
+    generator: torch.Generator  # for draws of other shapes (erasing's boxes), after every op's uniforms
+
+
+@dataclass(frozen=True)
+class Op:
+    """A per-image option of the `aug` group: `name` is its AugConfig field (and YAML key), `draws` the
+    uniforms it takes per image, by name, and `params(cfg, draws)` its part of each image's AugParams."""
+
+    name: str
+    draws: tuple[str, ...]
+    params: Callable[[Any, Draws], dict[str, torch.Tensor]]
+
+
+OPS: dict[str, Op] = {}  # in the order their parts combine and their own extra draws are made
+
+
+def op(name: str, *draws: str):
+    """Register an op's `params` function: adding an op is this entry plus its AugConfig field and YAML."""
+
+    def register(params):
+        OPS[name] = Op(name, draws, params)
+        return params
+
+    return register
+
+
+# The uniforms of every batch come in one [rows, N] draw. These rows are laid out as regx 0.1 drew them,
+# so a run keeps its random stream; an op's draws that are not here come in a second draw after it,
+# made only when such an op is on (so adding one changes no existing run).
+FIRST_DRAW = ("hflip.on", "vflip.on", "rotate.on", "scale.on", "translate.on", "erasing.on", "color.on",
+              "rotate.angle", "scale.factor", "translate.x", "translate.y", "color.brightness", "color.contrast",
+              "color.saturation", "color.hue", "crop.on", "crop.x", "crop.y", "", "")
+
+
+def _between(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
+    return lo + (hi - lo) * u
+
+
+@op("hflip", "on")
+def _hflip(c, d: Draws) -> dict[str, torch.Tensor]:
+    return {"hflip": d.u["on"] < c.p}
+
+
+@op("vflip", "on")
+def _vflip(c, d: Draws) -> dict[str, torch.Tensor]:
+    return {"vflip": d.u["on"] < c.p}
+
+
+@op("rotate", "on", "angle")
+def _rotate(c, d: Draws) -> dict[str, torch.Tensor]:  # degrees uniform in [-degrees, degrees]
+    return {"angle": torch.where(d.u["on"] < c.p, _between(-c.degrees, c.degrees, d.u["angle"]), 0.0)}
+
+
+@op("scale", "on", "factor")
+def _scale(c, d: Draws) -> dict[str, torch.Tensor]:
+    return {"scale": torch.where(d.u["on"] < c.p, _between(c.min, c.max, d.u["factor"]), 1.0)}
+
+
+@op("translate", "on", "x", "y")
+def _translate(c, d: Draws) -> dict[str, torch.Tensor]:  # one draw decides both axes
+    on, f = d.u["on"] < c.p, c.fraction
+    return {"tx": torch.where(on, _between(-f, f, d.u["x"]), 0.0), "ty": torch.where(on, _between(-f, f, d.u["y"]), 0.0)}
+
+
+@op("crop", "on", "x", "y")
+def _crop(c, d: Draws) -> dict[str, torch.Tensor]:
+    """Pad-and-crop as a whole-pixel shift in [-pad, pad]: exact under bilinear sampling."""
+    on, span = d.u["on"] < c.p, 2 * c.pad + 1
+    return {"tx": torch.where(on, torch.floor(d.u["x"] * span) - c.pad, 0.0) / d.width,
+            "ty": torch.where(on, torch.floor(d.u["y"] * span) - c.pad, 0.0) / d.height}
+
+
+@op("color", "on", "brightness", "contrast", "saturation", "hue")
+def _color(c, d: Draws) -> dict[str, torch.Tensor]:  # factors in [1-b, 1+b], a hue shift in [-hue, hue]
+    on, u = d.u["on"] < c.p, d.u
+    return {"brightness": torch.where(on, _between(1 - c.brightness, 1 + c.brightness, u["brightness"]), 1.0),
+            "contrast": torch.where(on, _between(1 - c.contrast, 1 + c.contrast, u["contrast"]), 1.0),
+            "saturation": torch.where(on, _between(1 - c.saturation, 1 + c.saturation, u["saturation"]), 1.0),
+            "hue": torch.where(on, _between(-c.hue, c.hue, u["hue"]), 0.0)}
+
+
+@op("erasing", "on")
+def _erasing(c, d: Draws) -> dict[str, torch.Tensor]:
+    """Random erasing (Zhong et al. 2020): a box of area in [area_min, area_max] of the image and aspect
+    log-uniform in [1/ratio, ratio], at a uniform position; filled with noise drawn by `Augment.images`."""
+    u = torch.rand(4, d.n, generator=d.generator, device=d.u["on"].device)
+    area = _between(c.area_min, c.area_max, u[0])
+    aspect = torch.exp(math.log(c.ratio) * (2 * u[1] - 1)) * (d.width / d.height)  # box w/h in image fractions
+    bh = torch.sqrt(area / aspect).clamp(max=1.0)
+    bw = (area / bh).clamp(max=1.0)
+    y0, x0 = u[2] * (1 - bh), u[3] * (1 - bw)
+    box = torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
+    return {"erase": torch.where((d.u["on"] < c.p).view(-1, 1), box, torch.zeros_like(box))}
+
+
+# The options that transform whole images before the per-image ops (their draws are their own):
+POLICIES = {  # AugConfig field -> Policy from its config (regx/policies.py)
+    "trivialaugment": lambda c, g: Policy("trivialaugment", p=c.p, bins=c.bins, generator=g),
+    "randaugment": lambda c, g: Policy("randaugment", p=c.p, bins=c.bins, generator=g, num_ops=c.num_ops,
+                                       magnitude=c.magnitude),
+    "autoaugment": lambda c, g: Policy("autoaugment", p=c.p, bins=10, generator=g, policy=c.policy),
+}
+MIXES = ("mixup", "cutmix")  # after them, on the batch: Augment.sample_mix
+STAGES = {**{k: "op" for k in OPS}, **{k: "policy" for k in POLICIES}, "augmix": "augmix",
+          **{k: "mix" for k in MIXES}}  # every AugConfig field, and where it is applied
 
 
 @dataclass
@@ -62,8 +186,6 @@ class Augment:
 
     @staticmethod
     def active(cfg) -> bool:
-        from regx.config import AUG_OPS
-
         return any(cfg[k].p > 0 for k in AUG_OPS)
 
     @staticmethod
@@ -71,48 +193,22 @@ class Augment:
         return cfg.mixup.p > 0 or cfg.cutmix.p > 0
 
     def sample(self, n: int, size: tuple[int, int], device) -> AugParams:
+        """Each image's parameters: the ops' uniforms (FIRST_DRAW, then any others), then each op that is
+        on adds its part, in OPS' order."""
         c, g = self.cfg, self.g
-        h, w = size
-        u = torch.rand(20, n, generator=g, device=device)  # one draw per batch, fixed layout
-
-        def on(row, p):
-            return u[row] < p
-
-        def between(row, lo, hi):
-            return lo + (hi - lo) * u[row]
-
-        one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
-        col = on(6, c.color.p)
-        b, ct, s, hue = c.color.brightness, c.color.contrast, c.color.saturation, c.color.hue
-        # pad-and-crop: a whole-pixel shift in [-pad, pad], exact under bilinear sampling
-        crop = on(15, c.crop.p)
-        dx = torch.where(crop, torch.floor(u[16] * (2 * c.crop.pad + 1)) - c.crop.pad, zero) / w
-        dy = torch.where(crop, torch.floor(u[17] * (2 * c.crop.pad + 1)) - c.crop.pad, zero) / h
-        return AugParams(
-            hflip=on(0, c.hflip.p),
-            vflip=on(1, c.vflip.p),
-            angle=torch.where(on(2, c.rotate.p), between(7, -c.rotate.degrees, c.rotate.degrees), zero),
-            scale=torch.where(on(3, c.scale.p), between(8, c.scale.min, c.scale.max), one),
-            tx=torch.where(on(4, c.translate.p), between(9, -c.translate.fraction, c.translate.fraction), zero) + dx,
-            ty=torch.where(on(4, c.translate.p), between(10, -c.translate.fraction, c.translate.fraction), zero) + dy,
-            brightness=torch.where(col, between(11, 1 - b, 1 + b), one),
-            contrast=torch.where(col, between(12, 1 - ct, 1 + ct), one),
-            saturation=torch.where(col, between(13, 1 - s, 1 + s), one),
-            hue=torch.where(col, between(14, -hue, hue), zero),
-            erase=self._erase_boxes(on(5, c.erasing.p), h, w, device) if c.erasing.p > 0 else None,
-        )
-
-    def _erase_boxes(self, chosen: torch.Tensor, h: int, w: int, device) -> torch.Tensor:
-        e, n = self.cfg.erasing, chosen.shape[0]
-        u = torch.rand(4, n, generator=self.g, device=device)
-        area = e.area_min + (e.area_max - e.area_min) * u[0]
-        log_r = math.log(e.ratio) * (2 * u[1] - 1)
-        aspect = torch.exp(log_r) * (w / h)  # box width/height in fractions of the image
-        bh = torch.sqrt(area / aspect).clamp(max=1.0)
-        bw = (area / bh).clamp(max=1.0)
-        y0, x0 = u[2] * (1 - bh), u[3] * (1 - bw)
-        box = torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
-        return torch.where(chosen.view(-1, 1), box, torch.zeros_like(box))
+        first = torch.rand(len(FIRST_DRAW), n, generator=g, device=device)
+        rows = {name: row for name, row in zip(FIRST_DRAW, first) if name}
+        on = [o for o in OPS.values() if c[o.name].p > 0]
+        later = [f"{o.name}.{d}" for o in on for d in o.draws if f"{o.name}.{d}" not in rows]
+        if later:
+            rows.update(zip(later, torch.rand(len(later), n, generator=g, device=device)))
+        params = AugParams.identity(n, device)
+        for o in on:
+            draws = Draws({d: rows[f"{o.name}.{d}"] for d in o.draws}, n, size[0], size[1], g)
+            for field_name, part in o.params(c[o.name], draws).items():
+                old = getattr(params, field_name)
+                setattr(params, field_name, part if old is None else _COMBINE[field_name](old, part))
+        return params
 
     def sample_mix(self, n: int, device) -> Mix:
         c, g = self.cfg, self.g
@@ -135,15 +231,11 @@ class Augment:
         return 3 if cfg.augmix.p > 0 and cfg.augmix.jsd > 0 else 1
 
     def policies(self, x: torch.Tensor) -> torch.Tensor:
-        """TrivialAugment, RandAugment and AutoAugment (regx/policies.py), first, on the image as it came
-        (AugMix, made here too, follows them in `images`)."""
+        """The POLICIES that are on, in order, first, on the image as it came (AugMix, made here too,
+        follows them in `images`)."""
         if self._policies is None:  # made once: each keeps its tables on the device
-            t, r, a, m = self.cfg.trivialaugment, self.cfg.randaugment, self.cfg.autoaugment, self.cfg.augmix
-            self._policies = [
-                *([Policy("trivialaugment", p=t.p, bins=t.bins, generator=self.g)] if t.p > 0 else []),
-                *([Policy("randaugment", p=r.p, bins=r.bins, generator=self.g, num_ops=r.num_ops,
-                          magnitude=r.magnitude)] if r.p > 0 else []),
-                *([Policy("autoaugment", p=a.p, bins=10, generator=self.g, policy=a.policy)] if a.p > 0 else [])]
+            m = self.cfg.augmix
+            self._policies = [make(self.cfg[k], self.g) for k, make in POLICIES.items() if self.cfg[k].p > 0]
             self._augmix = AugMix(p=m.p, severity=m.severity, width=m.width, depth=m.depth, alpha=m.alpha,
                                   all_ops=m.all_ops, generator=self.g) if m.p > 0 else None
         for policy in self._policies:

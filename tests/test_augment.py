@@ -178,12 +178,73 @@ def test_the_sync_free_path_matches_the_cpu_path(option):
         assert torch.equal(b[still], x[still])  # untouched images stay exact
 
 
-def test_no_preset_flips_vertically_unless_its_name_says_so_and_each_says_what_it_suits():
-    from pathlib import Path
-
+def test_no_preset_flips_vertically_unless_its_name_says_so():
     for name in config.group_options("aug"):
         assert config.compose([f"aug={name}"]).aug.vflip.p == 0 or "vflip" in name, name
-        text = (Path(config.conf_dir()) / "aug" / f"{name}.yaml").read_text()
-        assert text.startswith("#"), f"conf/aug/{name}.yaml has no comment saying what data it suits"
-        words = ("suit", "made for", "tuned on", "learned for", "photos")  # the data it is for, in its words
-        assert name == "none" or any(w in text.lower() for w in words), f"conf/aug/{name}.yaml: what data does it suit?"
+
+
+def test_the_random_stream_of_regx_0_1_is_kept():
+    """tests/data/aug_stream_v0.pt: what regx 0.1's augmentation drew and made for a fixed seed (each
+    op's parameters, the generator's state after them, the augmented images, the mix) before the ops
+    became a registry; a run resumed or repeated by this regx draws the same."""
+    from pathlib import Path
+
+    ref = torch.load(Path(__file__).parent / "data" / "aug_stream_v0.pt", weights_only=True)
+    for name, overrides in ref["overrides"].items():
+        expected, cfg = ref["cases"][name], config.compose(overrides).aug
+        g = torch.Generator().manual_seed(11)
+        p = Augment(cfg, g).sample(8, (16, 16), "cpu")
+        for field, value in expected["params"].items():
+            assert torch.equal(getattr(p, field), value), (name, field)
+        assert torch.equal(g.get_state(), expected["state_after_sample"]), name
+        g = torch.Generator().manual_seed(11)
+        out, mixed = Augment(cfg, g)(ref["images"])
+        assert torch.equal(g.get_state(), expected["state_after_batch"]), name
+        assert (out.half().float() - expected["images"].float()).abs().max() <= 1e-3, name
+        if expected["lam"] is not None:
+            assert torch.equal(mixed.lam, expected["lam"]) and torch.equal(mixed.perm, expected["perm"]), name
+
+
+def _changed(field: str, value):
+    """Another valid value of an aug key: what a user could set it to instead."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, str):
+        return {"imagenet": "svhn"}[value]
+    if field in ("bins",):
+        return value + 4
+    if isinstance(value, int):
+        return value + 1 if field not in ("magnitude",) else value - 3
+    return value * 0.5 if value else 0.3
+
+
+@pytest.mark.parametrize("name", config.AUG_OPS)
+def test_every_key_of_every_aug_option_changes_what_it_does(name):
+    """Every AugConfig field is an entry of the ops registry (OPS, POLICIES, AugMix or the mixes), and
+    every one of its keys is read: with the option on, changing any key changes the augmented batch."""
+    import dataclasses
+
+    from regx.augment import STAGES
+
+    assert set(STAGES) == set(config.AUG_OPS)
+    base = [f"aug.{name}.p=1", *{"rotate": ["aug.rotate.degrees=20"], "scale": ["aug.scale.min=0.8"],
+                                "translate": ["aug.translate.fraction=0.1"], "crop": ["aug.crop.pad=3"],
+                                "color": [f"aug.color.{k}=0.3" for k in ("brightness", "contrast", "saturation",
+                                                                        "hue")],
+                                "augmix": ["aug.augmix.depth=2"]}.get(name, [])]
+    x = torch.rand(16, 3, 24, 24, generator=torch.Generator().manual_seed(3))
+
+    def run(overrides):
+        cfg = config.compose(["aug=none", *overrides]).aug
+        out, mixed = Augment(cfg, torch.Generator().manual_seed(0))(x)
+        return out if mixed is None else torch.cat([out.flatten(), mixed.lam])
+
+    reference = run(base)
+    assert not torch.equal(reference, x if reference.shape == x.shape else reference * 0), name
+    node = config.compose(["aug=none", *base]).aug[name]
+    for f in dataclasses.fields(type(getattr(config.AugConfig(name="x"), name))):
+        if f.name == "p":
+            continue
+        value = _changed(f.name, node[f.name])
+        other = run([*base, f"aug.{name}.{f.name}={value}"])
+        assert other.shape != reference.shape or not torch.equal(other, reference), f"aug.{name}.{f.name} is not read"
