@@ -71,8 +71,12 @@ def _model(name: str, device: torch.device, channels_last: bool, compile_mode: s
     from regx.models import build_model, model_kwargs
 
     torch.manual_seed(0)
-    cfg = OmegaConf.structured({"model": config.ModelConfig(name=name, small_input=name != "smallcnn"),
-                                "dropout": config.DropoutConfig(name="none")})
+    cfg = OmegaConf.structured(
+        {
+            "model": config.ModelConfig(name=name, small_input=name != "smallcnn"),
+            "dropout": config.DropoutConfig(name="none"),
+        }
+    )
     model = build_model(**model_kwargs(cfg, num_classes=CLASSES, in_channels=3, image_size=SIZE))
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return model if compile_mode is None else torch.compile(model, mode=compile_mode)
@@ -82,8 +86,10 @@ def _data(n: int, device: torch.device):
     from regx.data import Split
 
     g = torch.Generator().manual_seed(0)
-    return Split(y=torch.randint(0, CLASSES, (n,), generator=g).to(device),
-                 x=torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=g).to(device))
+    return Split(
+        y=torch.randint(0, CLASSES, (n,), generator=g).to(device),
+        x=torch.randint(0, 256, (n, 3, SIZE, SIZE), dtype=torch.uint8, generator=g).to(device),
+    )
 
 
 def hand_loop(model_name: str, device, precision: str, steps: int, batch: int, channels_last: bool = True):
@@ -94,15 +100,25 @@ def hand_loop(model_name: str, device, precision: str, steps: int, batch: int, c
 
     def chunk() -> int:
         perm = torch.randperm(len(data.y), device=device)
-        slices = ((data.x[perm[i:i + batch]], data.y[perm[i:i + batch]]) for i in range(0, len(perm), batch))
+        slices = ((data.x[perm[i : i + batch]], data.y[perm[i : i + batch]]) for i in range(0, len(perm), batch))
         return reference_epoch(model, opt, slices, device=device, precision=precision, channels_last=channels_last)
 
     return chunk
 
 
-def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, aug: str = "none",
-              channels_last: bool = True, compile_mode: str | None = None, ema: bool = False, clip: float = 0.0,
-              overrides: tuple[str, ...] = ()):
+def regx_loop(
+    model_name: str,
+    device,
+    precision: str,
+    steps: int,
+    batch: int,
+    aug: str = "none",
+    channels_last: bool = True,
+    compile_mode: str | None = None,
+    ema: bool = False,
+    clip: float = 0.0,
+    overrides: tuple[str, ...] = (),
+):
     """regx's own path: iterate() -> Pipeline (augmentation) -> train_one_epoch with its metrics
     (`compile_mode`: the model under torch.compile in that mode, as `compile=true` does; `ema`:
     average=ema's update after every step; `clip`: clip_grad's norm clipping; `overrides`: more of
@@ -111,28 +127,64 @@ def regx_loop(model_name: str, device, precision: str, steps: int, batch: int, a
     from regx.augment import Augment
     from regx.average import Ema
     from regx.data import iterate
-    from regx.engine import LoopSteps, LossCheck, Pipeline, StepParts, Tally, autocast, gradient_clipper, train_one_epoch
+    from regx.engine import (
+        LoopSteps,
+        LossCheck,
+        Pipeline,
+        StepParts,
+        Tally,
+        autocast,
+        gradient_clipper,
+        train_one_epoch,
+    )
     from regx.regularize import build_optimizer
 
     cfg = config.compose([f"aug={aug}", *overrides])
     model = _model(model_name, device, channels_last, compile_mode)
-    opt, _ = build_optimizer(model, name="sgd", lr=0.01, wd=0.0, decay="l2", exclude=["bias", "norm"],  # as hand_loop
-                             momentum=0.9, nesterov=True, betas=[0.9, 0.999], eps=1e-8)
+    opt, _ = build_optimizer(
+        model,
+        name="sgd",
+        lr=0.01,
+        wd=0.0,
+        decay="l2",
+        exclude=["bias", "norm"],  # as hand_loop
+        momentum=0.9,
+        nesterov=True,
+        betas=[0.9, 0.999],
+        eps=1e-8,
+    )
     data = _data(steps * batch, device)
     gen = torch.Generator(device=device).manual_seed(1)
-    pipe = Pipeline(torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1),
-                    channels_last, Augment(cfg.aug, gen) if Augment.active(cfg.aug) else None)
-    parts = StepParts(optimizer=opt, pipeline=pipe, lr_at=lambda s: 0.01, amp=autocast(device, precision),
-                      jsd=cfg.aug.augmix.jsd if Augment.views(cfg.aug) == 3 else 0.0,
-                      clip=gradient_clipper("norm", clip, list(model.parameters())) if clip else None)
-    loop = LoopSteps(LossCheck(device, 1 if device.type == "cpu" else 25),  # what a run checks, as often
-                     average=Ema(model, decay=0.999, warmup=True, every=1).update if ema else None)
+    pipe = Pipeline(
+        torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+        torch.tensor(STD, device=device).view(1, 3, 1, 1),
+        channels_last,
+        Augment(cfg.aug, gen) if Augment.active(cfg.aug) else None,
+    )
+    parts = StepParts(
+        optimizer=opt,
+        pipeline=pipe,
+        lr_at=lambda s: 0.01,
+        amp=autocast(device, precision),
+        jsd=cfg.aug.augmix.jsd if Augment.views(cfg.aug) == 3 else 0.0,
+        clip=gradient_clipper("norm", clip, list(model.parameters())) if clip else None,
+    )
+    loop = LoopSteps(
+        LossCheck(device, 1 if device.type == "cpu" else 25),  # what a run checks, as often
+        average=Ema(model, decay=0.999, warmup=True, every=1).update if ema else None,
+    )
     state = {"step": 0}
 
     def chunk() -> int:
         order = torch.randperm(len(data.y), device=device)
-        r = train_one_epoch(model, parts, iterate(data, batch, order=order, device=device), first_step=state["step"],
-                            tally=Tally.zero(device), loop=loop)
+        r = train_one_epoch(
+            model,
+            parts,
+            iterate(data, batch, order=order, device=device),
+            first_step=state["step"],
+            tally=Tally.zero(device),
+            loop=loop,
+        )
         state["step"] += r.steps
         return r.images
 
@@ -147,12 +199,15 @@ def _tv_transform():
     from torchvision.transforms import v2
 
     # aug=all's five operations at its settings, each with p=0.5 as there
-    return v2.Compose([
-        v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5),
-        v2.RandomApply([v2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.85, 1.15))], p=0.5),
-        v2.RandomApply([v2.ColorJitter(0.3, 0.3, 0.3, 0.03)], p=0.5),
-        v2.ToDtype(torch.float32, scale=True),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomVerticalFlip(0.5),
+            v2.RandomApply([v2.RandomAffine(degrees=15, translate=(0.1, 0.1), scale=(0.85, 1.15))], p=0.5),
+            v2.RandomApply([v2.ColorJitter(0.3, 0.3, 0.3, 0.03)], p=0.5),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 class _TVDataset(torch.utils.data.Dataset):
@@ -168,8 +223,9 @@ class _TVDataset(torch.utils.data.Dataset):
 
 def _tv_loader(n: int, batch: int, workers: int):
     data = _data(n, torch.device("cpu"))
-    return torch.utils.data.DataLoader(_TVDataset(data.x, data.y), batch_size=batch, shuffle=True,
-                                       num_workers=workers, drop_last=True)  # workers start each epoch, as by default
+    return torch.utils.data.DataLoader(
+        _TVDataset(data.x, data.y), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True
+    )  # workers start each epoch, as by default
 
 
 def aug_alone(device, steps: int, batch: int):
@@ -181,7 +237,7 @@ def aug_alone(device, steps: int, batch: int):
 
     def regx_chunk() -> int:
         for i in range(0, len(data.y), batch):
-            aug(data.x[i:i + batch].float().div_(255))
+            aug(data.x[i : i + batch].float().div_(255))
         _sync(device)
         return len(data.y)
 
@@ -215,8 +271,18 @@ def _trained_run(root: Path, model: str, size: int) -> Path:
     from regx.train import train
 
     run = root / f"run-{model}"
-    train(config.compose(["debug=smoke", "epochs=1", "device=cpu", f"data.image_size={size}",
-                          *(["model=tv", f"model.name={model}"] if model != "smallcnn" else [])]), run)
+    train(
+        config.compose(
+            [
+                "debug=smoke",
+                "epochs=1",
+                "device=cpu",
+                f"data.image_size={size}",
+                *(["model=tv", f"model.name={model}"] if model != "smallcnn" else []),
+            ]
+        ),
+        run,
+    )
     return run
 
 
@@ -274,14 +340,20 @@ def predict_speed(repeats: int, n: int = 2000, size: int = 32) -> dict:
 
     def model_chunk() -> int:
         for i in range(0, len(decoded), 256):
-            clf.probabilities(decoded[i:i + 256])
+            clf.probabilities(decoded[i : i + 256])
         return len(decoded)
 
     r = alternate({"regx predict": regx_chunk, "hand loop": hand_chunk}, repeats)
     parts = alternate({"decode": decode_chunk, "model": model_chunk}, repeats)
-    return {"images": n, "size": size, "regx": r["regx predict"], "hand": r["hand loop"],
-            "ratio": paired_ratio(r["regx predict"], r["hand loop"]), "decode_1_process": parts["decode"],
-            "model": parts["model"]}
+    return {
+        "images": n,
+        "size": size,
+        "regx": r["regx predict"],
+        "hand": r["hand loop"],
+        "ratio": paired_ratio(r["regx predict"], r["hand loop"]),
+        "decode_1_process": parts["decode"],
+        "model": parts["model"],
+    }
 
 
 def onnx_vs_eager(repeats: int, size: int = 32, batch: int = 256) -> list[dict]:
@@ -315,8 +387,16 @@ def onnx_vs_eager(repeats: int, size: int = 32, batch: int = 256) -> list[dict]:
             return batch
 
         r = alternate({"onnxruntime": ort_chunk, "eager": eager_chunk}, repeats)
-        rows.append({"model": name, "batch": batch, "size": size, "onnxruntime": r["onnxruntime"], "eager": r["eager"],
-                     "ratio": paired_ratio(r["onnxruntime"], r["eager"])})
+        rows.append(
+            {
+                "model": name,
+                "batch": batch,
+                "size": size,
+                "onnxruntime": r["onnxruntime"],
+                "eager": r["eager"],
+                "ratio": paired_ratio(r["onnxruntime"], r["eager"]),
+            }
+        )
     return rows
 
 
@@ -336,8 +416,15 @@ def compile_effect(device, precision: str, steps: int, batch: int, repeats: int,
         compiled()
         first = time.perf_counter() - t
         r = alternate({"compiled": compiled, "eager": eager}, repeats)
-        rows.append({"what": f"compile={mode} vs eager, smallcnn {precision}", "ratio": paired_ratio(r["compiled"], r["eager"]),
-                     "a": r["compiled"], "b": r["eager"], "compile_s": first - steps * batch / r["compiled"]["median"]})
+        rows.append(
+            {
+                "what": f"compile={mode} vs eager, smallcnn {precision}",
+                "ratio": paired_ratio(r["compiled"], r["eager"]),
+                "a": r["compiled"],
+                "b": r["eager"],
+                "compile_s": first - steps * batch / r["compiled"]["median"],
+            }
+        )
     return rows
 
 
@@ -346,8 +433,14 @@ def compile_effect(device, precision: str, steps: int, batch: int, repeats: int,
 
 
 def _regx(args: list[str], cwd: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "regx", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "regx", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=1800,
+    )
 
 
 def whole_epochs(device: str, quick: bool, epochs: int = 4, extra: tuple[str, ...] = ()) -> dict:
@@ -367,8 +460,14 @@ def whole_epochs(device: str, quick: bool, epochs: int = 4, extra: tuple[str, ..
     images = (epochs - 1) * n_train  # epochs 2..N: their training steps alone, and the whole of them
     steady = images / sum(n_train / float(r["img_per_s"]) for r in rows[1:])
     whole = images / (float(rows[-1]["wall_s"]) - float(rows[0]["wall_s"]))
-    return {"n_train": n_train, "epochs": epochs, "steady_img_per_s": steady, "whole_epoch_img_per_s": whole,
-            "ratio": whole / steady, "epoch_wall_s": [float(r["wall_s"]) for r in rows]}
+    return {
+        "n_train": n_train,
+        "epochs": epochs,
+        "steady_img_per_s": steady,
+        "whole_epoch_img_per_s": whole,
+        "ratio": whole / steady,
+        "epoch_wall_s": [float(r["wall_s"]) for r in rows],
+    }
 
 
 def time_to_accuracy(device: str, target: float = 0.99, extra: tuple[str, ...] = ()) -> dict:
@@ -388,8 +487,14 @@ def time_to_accuracy(device: str, target: float = 0.99, extra: tuple[str, ...] =
         if float(r["val_acc"]) >= target:  # seconds: its epochs (training and evaluation); wall_s: since the run began
             reached = {"epoch": int(r["epoch"]), "seconds": elapsed, "wall_s": float(r["wall_s"])}
             break
-    return {"target": target, "reached": reached, "best_val_acc": summary["best_val_acc"],
-            "test_acc": summary["test_acc"], "wall_s": summary["wall_s"], "epochs": len(rows)}
+    return {
+        "target": target,
+        "reached": reached,
+        "best_val_acc": summary["best_val_acc"],
+        "test_acc": summary["test_acc"],
+        "wall_s": summary["wall_s"],
+        "epochs": len(rows),
+    }
 
 
 def startup(repeats: int) -> dict:
@@ -404,9 +509,14 @@ def startup(repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(max(2, repeats // 2)):
             t = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "regx", "train", "debug=smoke", f"hydra.run.dir=s{i}"],
-                                    cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "regx", "train", "debug=smoke", f"hydra.run.dir=s{i}"],
+                cwd=tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
             for line in proc.stdout:
                 if " params) on " in line:
                     firsts.append(time.perf_counter() - t)
@@ -421,8 +531,12 @@ def startup(repeats: int) -> dict:
             subprocess.run([sys.executable, "-c", f"import {what}"], check=True)
             ts.append(time.perf_counter() - t)
         imports[what] = statistics.median(ts)
-    return {"help_s": _median_spread(helps), "to_first_step_s": _median_spread(firsts),
-            "import_torch_s": imports["torch"], "import_torch_torchvision_s": imports["torch, torchvision"]}
+    return {
+        "help_s": _median_spread(helps),
+        "to_first_step_s": _median_spread(firsts),
+        "import_torch_s": imports["torch"],
+        "import_torch_torchvision_s": imports["torch, torchvision"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,8 +551,14 @@ def machine(device: torch.device) -> dict:
                 break
     except OSError:
         pass
-    out = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-           "python": platform.python_version(), "device": str(device)}
+    out = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out
@@ -453,9 +573,22 @@ def tracker_cost(repeats: int = 20) -> dict:
     from regx import config
     from regx.trackers import make_trackers
 
-    row = {"epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.6, "val_acc": 0.78, "gap": 0.02, "lr": 0.05,
-           "epoch_s": 10.0, "wall_s": 10.0, "img_per_s": 1000.0, "clean_train_loss": 0.5, "clean_train_acc": 0.8,
-           "trainable": "all", "trainable_params": 1000}
+    row = {
+        "epoch": 1,
+        "train_loss": 0.5,
+        "train_acc": 0.8,
+        "val_loss": 0.6,
+        "val_acc": 0.78,
+        "gap": 0.02,
+        "lr": 0.05,
+        "epoch_s": 10.0,
+        "wall_s": 10.0,
+        "img_per_s": 1000.0,
+        "clean_train_loss": 0.5,
+        "clean_train_acc": 0.8,
+        "trainable": "all",
+        "trainable_params": 1000,
+    }
     out, before = {}, os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # the embedded stores go under outputs/ here
@@ -484,8 +617,13 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
 
     device = torch.device(device_name)
     gpu = device.type == "cuda"
-    result = {"machine": machine(device), "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
-              "date": time.strftime("%Y-%m-%d"), "engine": [], "defaults": []}
+    result = {
+        "machine": machine(device),
+        "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "engine": [],
+        "defaults": [],
+    }
     repeats = 3 if quick else 9
     precisions = ["32", "bf16"] if pick_precision("auto", device) == "bf16" else ["32"]
     cases = [("smallcnn", p, a) for p in precisions for a in ("none", "all")]
@@ -493,22 +631,47 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
     for model_name, precision, aug in cases:
         small = model_name == "smallcnn"
         steps, batch = ((40, 256) if gpu else (5, BATCH)) if small else ((20, 256) if gpu else (2, 64))
-        r = alternate({"regx": regx_loop(model_name, device, precision, steps, batch, aug),
-                       "hand": hand_loop(model_name, device, precision, steps, batch)}, repeats)
-        row = {"model": model_name, "precision": precision, "aug": aug, "batch": batch, "regx": r["regx"],
-               "hand": r["hand"], "ratio": paired_ratio(r["regx"], r["hand"])}
+        r = alternate(
+            {
+                "regx": regx_loop(model_name, device, precision, steps, batch, aug),
+                "hand": hand_loop(model_name, device, precision, steps, batch),
+            },
+            repeats,
+        )
+        row = {
+            "model": model_name,
+            "precision": precision,
+            "aug": aug,
+            "batch": batch,
+            "regx": r["regx"],
+            "hand": r["hand"],
+            "ratio": paired_ratio(r["regx"], r["hand"]),
+        }
         result["engine"].append(row)
-        log(f"  1. {model_name:9s} {precision:>4s} aug={aug:<4s}  regx {r['regx']['median']:8.0f} img/s   "
-            f"hand {r['hand']['median']:8.0f} img/s   ratio {row['ratio']:.3f}")
+        log(
+            f"  1. {model_name:9s} {precision:>4s} aug={aug:<4s}  regx {r['regx']['median']:8.0f} img/s   "
+            f"hand {r['hand']['median']:8.0f} img/s   ratio {row['ratio']:.3f}"
+        )
     best = precisions[-1]
     for model_name in ("smallcnn", "resnet18"):
         small = model_name == "smallcnn"
         steps, batch = ((40, 256) if gpu else (8, BATCH)) if small else ((20, 256) if gpu else (2, 64))
-        r = alternate({"channels_last": hand_loop(model_name, device, best, steps, batch, True),
-                       "contiguous": hand_loop(model_name, device, best, steps, batch, False)}, repeats)
+        r = alternate(
+            {
+                "channels_last": hand_loop(model_name, device, best, steps, batch, True),
+                "contiguous": hand_loop(model_name, device, best, steps, batch, False),
+            },
+            repeats,
+        )
         ratio = paired_ratio(r["channels_last"], r["contiguous"])
-        result["defaults"].append({"what": f"channels_last vs contiguous, {model_name} {best}", "ratio": ratio,
-                                   "a": r["channels_last"], "b": r["contiguous"]})
+        result["defaults"].append(
+            {
+                "what": f"channels_last vs contiguous, {model_name} {best}",
+                "ratio": ratio,
+                "a": r["channels_last"],
+                "b": r["contiguous"],
+            }
+        )
         log(f"  defaults: channels_last/contiguous {model_name} {best}: x{ratio:.3f}")
     for model_name in ("smallcnn", "resnet18") if len(precisions) > 1 else ():
         rows = {r["precision"]: r for r in result["engine"] if r["model"] == model_name and r["aug"] == "none"}
@@ -517,77 +680,125 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         log(f"  defaults: bf16/fp32 {model_name}: x{ratio:.3f}")
     for model_name in ("smallcnn", "resnet18") if gpu and len(precisions) > 1 else ():
         # At batch 256 a GPU is bound by kernel launches and autocast's casts show; at 1024 it computes.
-        r = alternate({"bf16": hand_loop(model_name, device, "bf16", 20, 1024),
-                       "32": hand_loop(model_name, device, "32", 20, 1024)}, repeats)
+        r = alternate(
+            {
+                "bf16": hand_loop(model_name, device, "bf16", 20, 1024),
+                "32": hand_loop(model_name, device, "32", 20, 1024),
+            },
+            repeats,
+        )
         ratio = paired_ratio(r["bf16"], r["32"])
-        result["defaults"].append({"what": f"bf16 autocast vs fp32, {model_name} batch 1024", "ratio": ratio,
-                                   "a": r["bf16"], "b": r["32"]})
+        result["defaults"].append(
+            {"what": f"bf16 autocast vs fp32, {model_name} batch 1024", "ratio": ratio, "a": r["bf16"], "b": r["32"]}
+        )
         log(f"  defaults: bf16/fp32 {model_name} batch 1024: x{ratio:.3f}")
 
     for model_name in ("smallcnn", "resnet18"):  # what average=ema, clip_grad and the policies add to a step
         small = model_name == "smallcnn"
         steps, batch = ((40, 256) if gpu else (8, BATCH)) if small else ((20, 256) if gpu else (2, 64))
-        r = alternate({"plain": regx_loop(model_name, device, best, steps, batch),
-                       "ema": regx_loop(model_name, device, best, steps, batch, ema=True),
-                       "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0),
-                       "trivial": regx_loop(model_name, device, best, steps, batch, "trivialaugment"),
-                       "rand": regx_loop(model_name, device, best, steps, batch, "randaugment"),
-                       "auto": regx_loop(model_name, device, best, steps, batch, "autoaugment"),
-                       "augmix": regx_loop(model_name, device, best, steps, batch, "augmix"),
-                       "augmix_jsd": regx_loop(model_name, device, best, steps, batch, "augmix",
-                                               overrides=("aug.augmix.jsd=12",))}, repeats)
-        for what, key in (("average=ema", "ema"), ("clip_grad=1 (norm)", "clip"), ("aug=trivialaugment", "trivial"),
-                          ("aug=randaugment", "rand"), ("aug=autoaugment", "auto"), ("aug=augmix", "augmix"),
-                          ("aug=augmix aug.augmix.jsd=12 (3 views)", "augmix_jsd")):
+        r = alternate(
+            {
+                "plain": regx_loop(model_name, device, best, steps, batch),
+                "ema": regx_loop(model_name, device, best, steps, batch, ema=True),
+                "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0),
+                "trivial": regx_loop(model_name, device, best, steps, batch, "trivialaugment"),
+                "rand": regx_loop(model_name, device, best, steps, batch, "randaugment"),
+                "auto": regx_loop(model_name, device, best, steps, batch, "autoaugment"),
+                "augmix": regx_loop(model_name, device, best, steps, batch, "augmix"),
+                "augmix_jsd": regx_loop(
+                    model_name, device, best, steps, batch, "augmix", overrides=("aug.augmix.jsd=12",)
+                ),
+            },
+            repeats,
+        )
+        for what, key in (
+            ("average=ema", "ema"),
+            ("clip_grad=1 (norm)", "clip"),
+            ("aug=trivialaugment", "trivial"),
+            ("aug=randaugment", "rand"),
+            ("aug=autoaugment", "auto"),
+            ("aug=augmix", "augmix"),
+            ("aug=augmix aug.augmix.jsd=12 (3 views)", "augmix_jsd"),
+        ):
             ratio = paired_ratio(r[key], r["plain"])
-            result["defaults"].append({"what": f"{what} vs off, {model_name} {best}", "ratio": ratio,
-                                       "a": r[key], "b": r["plain"]})
+            result["defaults"].append(
+                {"what": f"{what} vs off, {model_name} {best}", "ratio": ratio, "a": r[key], "b": r["plain"]}
+            )
             log(f"  defaults: {what}/off {model_name} {best}: x{ratio:.3f}")
     steps, batch = (40, 256) if gpu else (8, BATCH)
-    for row in compile_effect(device, best, steps, batch, repeats, ("default", "reduce-overhead") if gpu else ("default",)):
+    for row in compile_effect(
+        device, best, steps, batch, repeats, ("default", "reduce-overhead") if gpu else ("default",)
+    ):
         result["defaults"].append(row)
         log(f"  defaults: {row['what']}: x{row['ratio']:.3f} after {row['compile_s']:.1f}s of compiling")
 
     steps, batch = (40, 256) if gpu else (10, BATCH)
     r = alternate(aug_alone(device, steps, batch), repeats)
     names = list(r)
-    result["aug_alone"] = {"regx": r[names[0]], "torchvision": r[names[1]], "ratio": paired_ratio(r[names[0]], r[names[1]])}
-    log(f"  2. augmentation alone: regx {r[names[0]]['median']:,.0f} img/s, torchvision {r[names[1]]['median']:,.0f} img/s, "
-        f"x{result['aug_alone']['ratio']:.1f}")
+    result["aug_alone"] = {
+        "regx": r[names[0]],
+        "torchvision": r[names[1]],
+        "ratio": paired_ratio(r[names[0]], r[names[1]]),
+    }
+    log(
+        f"  2. augmentation alone: regx {r[names[0]]['median']:,.0f} img/s, "
+        f"torchvision {r[names[1]]['median']:,.0f} img/s, x{result['aug_alone']['ratio']:.1f}"
+    )
     steps = 40 if gpu else 8
-    r = alternate({"regx aug=all": regx_loop("smallcnn", device, best, steps, BATCH, "all"),
-                   "torchvision DataLoader": tv_end_to_end("smallcnn", device, best, steps, BATCH)}, repeats)
-    result["aug_end_to_end"] = {"regx": r["regx aug=all"], "torchvision": r["torchvision DataLoader"],
-                                "ratio": paired_ratio(r["regx aug=all"], r["torchvision DataLoader"])}
-    log(f"  2. end to end (smallcnn {best}): regx {r['regx aug=all']['median']:,.0f} img/s, torchvision "
-        f"{r['torchvision DataLoader']['median']:,.0f} img/s, x{result['aug_end_to_end']['ratio']:.2f}")
+    r = alternate(
+        {
+            "regx aug=all": regx_loop("smallcnn", device, best, steps, BATCH, "all"),
+            "torchvision DataLoader": tv_end_to_end("smallcnn", device, best, steps, BATCH),
+        },
+        repeats,
+    )
+    result["aug_end_to_end"] = {
+        "regx": r["regx aug=all"],
+        "torchvision": r["torchvision DataLoader"],
+        "ratio": paired_ratio(r["regx aug=all"], r["torchvision DataLoader"]),
+    }
+    log(
+        f"  2. end to end (smallcnn {best}): regx {r['regx aug=all']['median']:,.0f} img/s, torchvision "
+        f"{r['torchvision DataLoader']['median']:,.0f} img/s, x{result['aug_end_to_end']['ratio']:.2f}"
+    )
     if not gpu:
         result["predict"] = p = predict_speed(repeats)
-        log(f"  5. regx predict {p['regx']['median']:,.0f} img/s vs hand loop {p['hand']['median']:,.0f}: ratio "
+        log(
+            f"  5. regx predict {p['regx']['median']:,.0f} img/s vs hand loop {p['hand']['median']:,.0f}: ratio "
             f"{p['ratio']:.3f}; decoding {p['decode_1_process']['median']:,.0f} img/s in one process, model "
-            f"{p['model']['median']:,.0f} img/s")
+            f"{p['model']['median']:,.0f} img/s"
+        )
         result["onnx"] = onnx_vs_eager(repeats)
         for o in result["onnx"]:
             log(f"  5. onnxruntime/eager {o['model']}: x{o['ratio']:.2f}")
     if not skip_runs:
         result["whole_epoch"] = whole_epochs(device_name, quick)
         w = result["whole_epoch"]
-        log(f"  3. whole epochs {w['whole_epoch_img_per_s']:,.0f} img/s vs steady {w['steady_img_per_s']:,.0f}: "
-            f"ratio {w['ratio']:.3f}")
+        log(
+            f"  3. whole epochs {w['whole_epoch_img_per_s']:,.0f} img/s vs steady {w['steady_img_per_s']:,.0f}: "
+            f"ratio {w['ratio']:.3f}"
+        )
         if gpu or tta:
             result["time_to_accuracy"] = t = time_to_accuracy(device_name)
-            log(f"  time to {100 * t['target']:.0f}% val: " + (f"{t['reached']['seconds']:.1f}s (epoch {t['reached']['epoch']})"
-                if t["reached"] else "not reached") + f"; run {t['wall_s']:.1f}s, test {100 * t['test_acc']:.2f}%")
+            log(
+                f"  time to {100 * t['target']:.0f}% val: "
+                + (f"{t['reached']['seconds']:.1f}s (epoch {t['reached']['epoch']})" if t["reached"] else "not reached")
+                + f"; run {t['wall_s']:.1f}s, test {100 * t['test_acc']:.2f}%"
+            )
         epoch_s = statistics.median(b - a for a, b in zip(w["epoch_wall_s"], w["epoch_wall_s"][1:]))
         result["trackers"] = {"epoch_s": epoch_s, "per_epoch": tracker_cost()}
         for name, t in result["trackers"]["per_epoch"].items():
-            log(f"  6. logger={name}: {1000 * t['median']:.1f} ms per epoch, {100 * t['median'] / epoch_s:.2f}% of an "
-                f"epoch ({epoch_s:.1f} s)")
+            log(
+                f"  6. logger={name}: {1000 * t['median']:.1f} ms per epoch, {100 * t['median'] / epoch_s:.2f}% of an "
+                f"epoch ({epoch_s:.1f} s)"
+            )
         result["startup"] = startup(3 if quick else 5)
         s = result["startup"]
-        log(f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
+        log(
+            f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
             f"{s['to_first_step_s']['median']:.2f}s (import torch {s['import_torch_s']:.2f}s, "
-            f"torch+torchvision {s['import_torch_torchvision_s']:.2f}s)")
+            f"torch+torchvision {s['import_torch_torchvision_s']:.2f}s)"
+        )
     return result
 
 
@@ -598,73 +809,126 @@ def _fmt(s: dict) -> str:
 def section(r: dict) -> str:
     m = r["machine"]
     where = f"{m.get('gpu', m['cpu'])}" + ("" if "gpu" in m else f", {m['cores']} cores, {m['threads']} threads")
-    lines = [f"Measured {r['date']} on {where}; torch {m['torch']}, Python {m['python']}. Command: "
-             f"`{r['command'].strip()}`. Images/s: median (min-max) of the repeats; "
-             "ratios: median of the per-round ratios (contenders alternate round by round).", "",
-             "**1. regx's engine vs a hand-written loop** (same model, data in memory, batch, dtype, channels_last "
-             "and SGD; the hand loop never augments; targets: ratio >= 0.95 with aug=none, >= 0.90 with aug=all)", "",
-             "| model | precision | regx aug | batch | regx img/s | hand loop img/s | ratio |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {r['date']} on {where}; torch {m['torch']}, Python {m['python']}. Command: "
+        f"`{r['command'].strip()}`. Images/s: median (min-max) of the repeats; "
+        "ratios: median of the per-round ratios (contenders alternate round by round).",
+        "",
+        "**1. regx's engine vs a hand-written loop** (same model, data in memory, batch, dtype, channels_last "
+        "and SGD; the hand loop never augments; targets: ratio >= 0.95 with aug=none, >= 0.90 with aug=all)",
+        "",
+        "| model | precision | regx aug | batch | regx img/s | hand loop img/s | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in r["engine"]:
-        lines.append(f"| {e['model']} | {e['precision']} | {e['aug']} | {e['batch']} | {_fmt(e['regx'])} | "
-                     f"{_fmt(e['hand'])} | {e['ratio']:.3f} |")
+        lines.append(
+            f"| {e['model']} | {e['precision']} | {e['aug']} | {e['batch']} | {_fmt(e['regx'])} | "
+            f"{_fmt(e['hand'])} | {e['ratio']:.3f} |"
+        )
     a, b = r["aug_alone"], r["aug_end_to_end"]
-    lines += ["", "**2. Augmentation** (aug=all's five operations: flips, rotation, rescale, translation, colour; "
-              "torchvision v2 per image in a DataLoader with 2 workers; targets: alone >= 5x, end to end never slower)", "",
-              "| | regx img/s | torchvision img/s | ratio |", "|---|---|---|---|",
-              f"| augmentation alone | {_fmt(a['regx'])} | {_fmt(a['torchvision'])} | {a['ratio']:.1f}x |",
-              f"| end to end, smallcnn training | {_fmt(b['regx'])} | {_fmt(b['torchvision'])} | {b['ratio']:.2f}x |"]
+    lines += [
+        "",
+        "**2. Augmentation** (aug=all's five operations: flips, rotation, rescale, translation, colour; "
+        "torchvision v2 per image in a DataLoader with 2 workers; targets: alone >= 5x, end to end never slower)",
+        "",
+        "| | regx img/s | torchvision img/s | ratio |",
+        "|---|---|---|---|",
+        f"| augmentation alone | {_fmt(a['regx'])} | {_fmt(a['torchvision'])} | {a['ratio']:.1f}x |",
+        f"| end to end, smallcnn training | {_fmt(b['regx'])} | {_fmt(b['torchvision'])} | {b['ratio']:.2f}x |",
+    ]
     if "whole_epoch" in r:
         w, s = r["whole_epoch"], r["startup"]
-        lines += ["", f"**3. Whole epochs vs steady state** (smallcnn, aug=all, {w['n_train']:,} training images; "
-                  f"epochs 2-{w['epochs']} of one run timed end to end, so they include evaluation, "
-                  "the clean-train evaluation, checkpoints, metrics and curves.png; target >= 0.85): "
-                  f"{w['whole_epoch_img_per_s']:,.0f} vs {w['steady_img_per_s']:,.0f} img/s, ratio **{w['ratio']:.3f}**.",
-                  "", f"**4. Start-up:** `regx --help` {s['help_s']['median']:.2f} s (target < 0.3 s); "
-                  f"`regx train debug=smoke` is ready to train (data and model built) {s['to_first_step_s']['median']:.2f} s "
-                  f"after launch. Importing torch alone takes {s['import_torch_s']:.2f} s; torchvision would add "
-                  f"{s['import_torch_torchvision_s'] - s['import_torch_s']:.2f} s, so regx imports it only for "
-                  "torchvision models and datasets."]
+        lines += [
+            "",
+            f"**3. Whole epochs vs steady state** (smallcnn, aug=all, {w['n_train']:,} training images; "
+            f"epochs 2-{w['epochs']} of one run timed end to end, so they include evaluation, "
+            "the clean-train evaluation, checkpoints, metrics and curves.png; target >= 0.85): "
+            f"{w['whole_epoch_img_per_s']:,.0f} vs {w['steady_img_per_s']:,.0f} img/s, ratio **{w['ratio']:.3f}**.",
+            "",
+            f"**4. Start-up:** `regx --help` {s['help_s']['median']:.2f} s (target < 0.3 s); "
+            f"`regx train debug=smoke` is ready to train (data and model built) {s['to_first_step_s']['median']:.2f} s "
+            f"after launch. Importing torch alone takes {s['import_torch_s']:.2f} s; torchvision would add "
+            f"{s['import_torch_torchvision_s'] - s['import_torch_s']:.2f} s, so regx imports it only for "
+            "torchvision models and datasets.",
+        ]
     if r.get("predict"):
         p = r["predict"]
-        lines += ["", f"**5. Using a trained model** ({p['images']:,} PNG files of {p['size']} px, smallcnn, batches of "
-                  "256, decoding in 2 DataLoader workers; target >= 0.9): `regx predict` "
-                  f"{_fmt(p['regx'])} img/s vs a hand-written inference loop over the same files {_fmt(p['hand'])}, "
-                  f"ratio **{p['ratio']:.3f}**. Apart: decoding {_fmt(p['decode_1_process'])} img/s in one process, "
-                  f"the model {_fmt(p['model'])} img/s."]
+        lines += [
+            "",
+            f"**5. Using a trained model** ({p['images']:,} PNG files of {p['size']} px, smallcnn, batches of "
+            "256, decoding in 2 DataLoader workers; target >= 0.9): `regx predict` "
+            f"{_fmt(p['regx'])} img/s vs a hand-written inference loop over the same files {_fmt(p['hand'])}, "
+            f"ratio **{p['ratio']:.3f}**. Apart: decoding {_fmt(p['decode_1_process'])} img/s in one process, "
+            f"the model {_fmt(p['model'])} img/s.",
+        ]
         for o in r.get("onnx", []):
-            lines.append(f"ONNX Runtime vs eager PyTorch, {o['model']} at {o['size']} px, batch {o['batch']}: "
-                         f"{_fmt(o['onnxruntime'])} vs {_fmt(o['eager'])} img/s, x{o['ratio']:.2f}.")
+            lines.append(
+                f"ONNX Runtime vs eager PyTorch, {o['model']} at {o['size']} px, batch {o['batch']}: "
+                f"{_fmt(o['onnxruntime'])} vs {_fmt(o['eager'])} img/s, x{o['ratio']:.2f}."
+            )
     if r.get("trackers"):
         t = r["trackers"]
-        lines += ["", f"**6. Experiment trackers** (one epoch's logging: metrics.csv's row to the tracker's embedded "
-                  f"store; target under 1% of an epoch of section 3's run, {t['epoch_s']:.1f} s): " + "; ".join(
-                      f"`logger={name}` {1000 * c['median']:.1f} ms ({1000 * c['min']:.1f}-{1000 * c['max']:.1f}), "
-                      f"{100 * c['median'] / t['epoch_s']:.2f}%" for name, c in t["per_epoch"].items()) + "."]
+        lines += [
+            "",
+            f"**6. Experiment trackers** (one epoch's logging: metrics.csv's row to the tracker's embedded "
+            f"store; target under 1% of an epoch of section 3's run, {t['epoch_s']:.1f} s): "
+            + "; ".join(
+                f"`logger={name}` {1000 * c['median']:.1f} ms ({1000 * c['min']:.1f}-{1000 * c['max']:.1f}), "
+                f"{100 * c['median'] / t['epoch_s']:.2f}%"
+                for name, c in t["per_epoch"].items()
+            )
+            + ".",
+        ]
     for recipe in r.get("recipes", []):
-        lines += ["", f"**Recipe on real data: {recipe['what']}** (`{recipe['command']}`, {recipe['machine']}): " +
-                  "; ".join(f"seed {run['seed']}: test {run['test_acc']:.2f}%, best val {run['best_val_acc']:.2f}% in "
-                            f"{run['wall_s']:.0f} s of wall time including start-up" for run in recipe["runs"]) + "."]
+        lines += [
+            "",
+            f"**Recipe on real data: {recipe['what']}** (`{recipe['command']}`, {recipe['machine']}): "
+            + "; ".join(
+                f"seed {run['seed']}: test {run['test_acc']:.2f}%, best val {run['best_val_acc']:.2f}% in "
+                f"{run['wall_s']:.0f} s of wall time including start-up"
+                for run in recipe["runs"]
+            )
+            + ".",
+        ]
     if r.get("vs_timm"):
         from benchmarks.vs_timm import to_markdown
 
         v = r["vs_timm"]
-        lines += ["", f"**regx's defaults against timm's train.py defaults** (`{v['command']}`, {v['date']}; timm's "
-                  "resnet18 under both, regx's smallcnn too; timm's train.py with its defaults, given only the data's "
-                  "size, classes, epochs and seed):", "", to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"],
-                                                                     v["cores"]).rstrip()]
+        lines += [
+            "",
+            f"**regx's defaults against timm's train.py defaults** (`{v['command']}`, {v['date']}; timm's "
+            "resnet18 under both, regx's smallcnn too; timm's train.py with its defaults, given only the data's "
+            "size, classes, epochs and seed):",
+            "",
+            to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"], v["cores"]).rstrip(),
+        ]
         lines += ["", v["note"]] if v.get("note") else []
     if r.get("time_to_accuracy"):
         t = r["time_to_accuracy"]
-        reached = (f"after {t['reached']['seconds']:.1f} s of training and evaluation (epoch {t['reached']['epoch']}; "
-                   f"{t['reached']['wall_s']:.1f} s after the run began)" if t["reached"]
-                   else f"not reached in {t['epochs']} epochs")
-        lines += ["", f"**Time to accuracy** (`regx train`, the default experiment on the embedded shapes data): "
-                  f"{100 * t['target']:.0f}% validation accuracy {reached}; the whole run took {t['wall_s']:.1f} s "
-                  f"for {t['epochs']} epochs, best validation {100 * t['best_val_acc']:.2f}%, test {100 * t['test_acc']:.2f}%."]
+        reached = (
+            f"after {t['reached']['seconds']:.1f} s of training and evaluation (epoch {t['reached']['epoch']}; "
+            f"{t['reached']['wall_s']:.1f} s after the run began)"
+            if t["reached"]
+            else f"not reached in {t['epochs']} epochs"
+        )
+        lines += [
+            "",
+            f"**Time to accuracy** (`regx train`, the default experiment on the embedded shapes data): "
+            f"{100 * t['target']:.0f}% validation accuracy {reached}; the whole run took {t['wall_s']:.1f} s "
+            f"for {t['epochs']} epochs, best validation {100 * t['best_val_acc']:.2f}%, "
+            f"test {100 * t['test_acc']:.2f}%.",
+        ]
     if r["defaults"]:
-        lines += ["", "**Defaults, measured:** " + "; ".join(f"{d['what']}: x{d['ratio']:.2f}" + (
-            f" after {d['compile_s']:.0f} s of compiling (an empty inductor cache)" if "compile_s" in d else "")
-            for d in r["defaults"]) + "."]
+        lines += [
+            "",
+            "**Defaults, measured:** "
+            + "; ".join(
+                f"{d['what']}: x{d['ratio']:.2f}"
+                + (f" after {d['compile_s']:.0f} s of compiling (an empty inductor cache)" if "compile_s" in d else "")
+                for d in r["defaults"]
+            )
+            + ".",
+        ]
     return "\n".join(lines)
 
 
@@ -690,11 +954,19 @@ that follow from them:
 def write_markdown(root: Path) -> Path:
     parts = [HEADER]
     cpu, gpu = root / "bench.json", root / "bench-cuda.json"
-    parts.append("## CPU\n\n" + (section(json.loads(cpu.read_text())) if cpu.is_file() else "Not measured yet: `make bench`."))
-    parts.append("## GPU\n\n" + (section(json.loads(gpu.read_text())) if gpu.is_file() else
-                                 "Pending: no GPU was at hand yet. `make bench-gpu` on a CUDA machine runs the same "
-                                 "comparisons there and fills this section; the GPU code paths (device-resident data "
-                                 "and augmentation, bf16 autocast, channels_last) run in the CPU tests meanwhile."))
+    parts.append(
+        "## CPU\n\n" + (section(json.loads(cpu.read_text())) if cpu.is_file() else "Not measured yet: `make bench`.")
+    )
+    parts.append(
+        "## GPU\n\n"
+        + (
+            section(json.loads(gpu.read_text()))
+            if gpu.is_file()
+            else "Pending: no GPU was at hand yet. `make bench-gpu` on a CUDA machine runs the same "
+            "comparisons there and fills this section; the GPU code paths (device-resident data "
+            "and augmentation, bf16 autocast, channels_last) run in the CPU tests meanwhile."
+        )
+    )
     out = root / "BENCHMARKS.md"
     out.write_text("\n\n".join(parts) + "\n")
     return out

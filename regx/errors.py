@@ -14,11 +14,13 @@ import re
 from regx.config import GROUPS, ConfigError, compose, flat_keys, group_options, validate
 
 # Optional Hydra plugins (pip install 'regx[sweeps]'): an override naming one -> the module it needs.
-PLUGINS = {"hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
-           "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
-           "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
-           "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
-           "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper"}
+PLUGINS = {
+    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher=submitit": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+}
 
 
 def _closest(word: str, candidates: list[str]) -> str:
@@ -101,8 +103,9 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
-def check_keys(overrides: list[str], config_dir: str | None = None, primary: str | None = None,
-               name: str = "train") -> None:
+def check_keys(
+    overrides: list[str], config_dir: str | None = None, primary: str | None = None, name: str = "train"
+) -> None:
     """`+key`, `++key` and `~key` name keys of the schema: a typo added with + is an error with
     did-you-mean, not a silent new key (`+notes.KEY=VALUE` is the place for free-form notes)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -113,9 +116,15 @@ def check_keys(overrides: list[str], config_dir: str | None = None, primary: str
     except OverrideParseException as exc:
         raise ConfigError(explain(exc, overrides)) from exc
     own_groups = _searched_groups(overrides, config_dir)
-    special = [o for o in parsed if (o.is_add() or o.is_force_add() or o.is_delete())
-               and not o.key_or_group.startswith(("hydra.", "hydra/", "notes.", "ablate.arms.")) and "/" not in o.key_or_group
-               and o.key_or_group not in GROUPS and o.key_or_group not in own_groups]
+    special = [
+        o
+        for o in parsed
+        if (o.is_add() or o.is_force_add() or o.is_delete())
+        and not o.key_or_group.startswith(("hydra.", "hydra/", "notes.", "ablate.arms."))
+        and "/" not in o.key_or_group
+        and o.key_or_group not in GROUPS
+        and o.key_or_group not in own_groups
+    ]
     if not special:
         return
     rest = [o.input_line for o in parsed if o not in special and not o.is_sweep_override()]
@@ -123,13 +132,16 @@ def check_keys(overrides: list[str], config_dir: str | None = None, primary: str
     for o in special:
         key, value = o.key_or_group, o.input_line.split("=", 1)[-1]
         if o.is_delete() and key in known:
-            raise ConfigError(f"~{key}: regx's config needs every key of its schema; set a value instead "
-                              f"(regx train --cfg job shows them)")
+            raise ConfigError(
+                f"~{key}: regx's config needs every key of its schema; set a value instead "
+                f"(regx train --cfg job shows them)"
+            )
         if o.is_add() and key in known:
             raise ConfigError(f"+{key}: {key} is already in the config; set it with {key}={value}")
         if key not in known:
-            raise ConfigError(f"unknown config key '{key}'{_closest(key, known)} (free-form notes go under "
-                              f"+notes.KEY=VALUE)")
+            raise ConfigError(
+                f"unknown config key '{key}'{_closest(key, known)} (free-form notes go under +notes.KEY=VALUE)"
+            )
 
 
 def _searched_groups(overrides: list[str], config_dir: str | None) -> set[str]:
@@ -158,8 +170,9 @@ def check_plugins(overrides: list[str]) -> None:
                 raise ConfigError(f"{o} needs the {plugin} plugin: pip install 'regx[sweeps]'")
 
 
-def preflight(overrides: list[str], config_dir: str | None = None, primary: str | None = None,
-              name: str = "train") -> None:
+def preflight(
+    overrides: list[str], config_dir: str | None = None, primary: str | None = None, name: str = "train"
+) -> None:
     """Compose and check every value the overrides name, as Hydra will compose them (`config_dir`,
     `primary`, `name`: regx train's -cd, -cp, -cn); raise ConfigError with one line."""
     check_plugins(overrides)
@@ -173,8 +186,10 @@ def preflight(overrides: list[str], config_dir: str | None = None, primary: str 
         except Exception as exc:  # Hydra and OmegaConf raise many kinds; all mean bad input here
             raise ConfigError(explain(exc, variant)) from exc
         if cfg.data.path and cfg.data.name != "imagefolder" and not sweeps_data:  # a sweep may set it for some jobs
-            raise ConfigError(f"data.path={cfg.data.path} is set but data={cfg.data.name} does not read a folder: "
-                              "add data=imagefolder")
+            raise ConfigError(
+                f"data.path={cfg.data.path} is set but data={cfg.data.name} does not read a folder: "
+                "add data=imagefolder"
+            )
         try:
             check(cfg)
         except ConfigError:
@@ -201,7 +216,9 @@ def _check_timm_input(cfg) -> None:
     if size is None and cfg.finetune.weights == "imagenet":
         size = timm_pretrained_cfg(cfg.model.name).get("input_size", (3, None, None))[-1]
     size = size or NATIVE_SIZE.get(cfg.data.name)
-    channels = 1 if cfg.data.name in ("mnist", "fashion_mnist") else cfg.data.channels if cfg.data.name == "shapes" else 3
+    channels = (
+        1 if cfg.data.name in ("mnist", "fashion_mnist") else cfg.data.channels if cfg.data.name == "shapes" else 3
+    )
     kwargs = model_kwargs(cfg, num_classes=2, in_channels=channels, image_size=size)
     try:
         with torch.device("meta"):
@@ -220,8 +237,9 @@ def _check_timm_input(cfg) -> None:
             timm_weights_fit(load_source(weights, cfg.model.name, OmegaConf.to_container(cfg.model)).state_dict, kwargs)
         except FinetuneError as exc:
             message = str(exc)
-            raise ConfigError(message if message.startswith("finetune.weights=") else
-                              f"finetune.weights={weights}: {message}") from None
+            raise ConfigError(
+                message if message.startswith("finetune.weights=") else f"finetune.weights={weights}: {message}"
+            ) from None
 
 
 def _check_train_size(cfg) -> None:
@@ -252,8 +270,10 @@ def check_model(m) -> None:
 
     if m.name in MODELS:
         if m.drop_path:
-            raise ConfigError(f"model.drop_path={m.drop_path}: {m.name} is a plain stack with no residual branches, so "
-                              "there is no path to drop (use dropout, or a residual model)")
+            raise ConfigError(
+                f"model.drop_path={m.drop_path}: {m.name} is a plain stack with no residual branches, so "
+                "there is no path to drop (use dropout, or a residual model)"
+            )
         return
     if m.zoo == "timm":
         try:
@@ -261,8 +281,10 @@ def check_model(m) -> None:
         except ModelError as exc:
             raise ConfigError(str(exc)) from None
         if m.small_input:
-            raise ConfigError(f"model.small_input=true swaps a torchvision ResNet stem; timm's {m.name} has its own: "
-                              "set model.small_input=false")
+            raise ConfigError(
+                f"model.small_input=true swaps a torchvision ResNet stem; timm's {m.name} has its own: "
+                "set model.small_input=false"
+            )
         return
     names = torchvision_names()
     if m.name not in names:
@@ -272,11 +294,15 @@ def check_model(m) -> None:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         if _timm_has(m.name):
             hint = f"; timm has it: model=timm model.name={m.name}"
-        raise ConfigError(f"model.name={m.name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
-                          f"classification model{hint}")
+        raise ConfigError(
+            f"model.name={m.name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision "
+            f"classification model{hint}"
+        )
     if m.drop_path is not None and not m.name.startswith(TV_DROP_PATH + TV_RESNETS):
-        raise ConfigError(f"model.drop_path={m.drop_path}: torchvision's {m.name} has no drop path (its ResNets and "
-                          f"{', '.join(TV_DROP_PATH)} models do; timm's take it: model=timm model.name=...)")
+        raise ConfigError(
+            f"model.drop_path={m.drop_path}: torchvision's {m.name} has no drop path (its ResNets and "
+            f"{', '.join(TV_DROP_PATH)} models do; timm's take it: model=timm model.name=...)"
+        )
 
 
 def _timm_has(name: str) -> bool:

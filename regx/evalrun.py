@@ -30,10 +30,13 @@ def eval_config(saved: dict, overrides: list[str]):
             options = config.group_options("data")
             if value not in options:
                 raise EvalError(f"unknown option data={value} (valid options: {', '.join(options)})")
-            cfg.data = OmegaConf.merge(OmegaConf.structured(config.DataConfig),
-                                       OmegaConf.load(config.conf_dir() / "data" / f"{value}.yaml"))
+            cfg.data = OmegaConf.merge(
+                OmegaConf.structured(config.DataConfig), OmegaConf.load(config.conf_dir() / "data" / f"{value}.yaml")
+            )
         elif not key.startswith(allowed):
-            raise EvalError(f"regx eval takes data=..., data.KEY=..., device, precision and eval_batch_size; not '{key}'")
+            raise EvalError(
+                f"regx eval takes data=..., data.KEY=..., device, precision and eval_batch_size; not '{key}'"
+            )
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if not o.startswith("data=")]))
     except Exception as exc:
@@ -59,8 +62,9 @@ def build_from_checkpoint(ckpt: Checkpoint, cfg, device: torch.device):
     from regx.finetune import unwrap
     from regx.models import build_model, model_kwargs
 
-    model = build_model(**model_kwargs(cfg, num_classes=len(ckpt.classes), in_channels=ckpt.in_channels,
-                                       image_size=ckpt.image_size))
+    model = build_model(
+        **model_kwargs(cfg, num_classes=len(ckpt.classes), in_channels=ckpt.in_channels, image_size=ckpt.image_size)
+    )
     model.load_state_dict(ckpt.weights())
     net, _ = unwrap(model)
     if cfg.finetune.weights == "imagenet" and hasattr(net, "transform_input"):
@@ -76,9 +80,16 @@ def per_class(cm: torch.Tensor, classes: list[str]) -> list[dict]:
         wrong = cm[i].clone()
         wrong[i] = -1
         j = int(wrong.argmax())
-        rows.append({"class": name, "n": n, "correct": right, "accuracy": right / n if n else None,
-                     "most_confused_with": classes[j] if int(cm[i, j]) > 0 else None,
-                     "confused_count": int(cm[i, j]) if int(cm[i, j]) > 0 else 0})
+        rows.append(
+            {
+                "class": name,
+                "n": n,
+                "correct": right,
+                "accuracy": right / n if n else None,
+                "most_confused_with": classes[j] if int(cm[i, j]) > 0 else None,
+                "confused_count": int(cm[i, j]) if int(cm[i, j]) > 0 else 0,
+            }
+        )
     return rows
 
 
@@ -95,8 +106,10 @@ def labelled_images(cfg, split: str | None):
         else:
             name = split or next((s for s in ("test", "val") if found.get(s)), None)
             if name is None or name not in found:
-                raise EvalError(f"data.path={cfg.data.path} has no {split or 'test/ or val/'} folder "
-                                f"(it has {', '.join(found)}): --split all scores every image")
+                raise EvalError(
+                    f"data.path={cfg.data.path} has no {split or 'test/ or val/'} folder "
+                    f"(it has {', '.join(found)}): --split all scores every image"
+                )
             items = found[name]
         names = sorted({c for _, c in items})
         labels = torch.tensor([names.index(c) for _, c in items], dtype=torch.long)
@@ -122,14 +135,23 @@ def match_classes(names: list[str], classes: list[str], unknown: bool) -> tuple[
     data's unknown classes and the model's classes the data lacks."""
     strangers = [n for n in names if n not in classes]
     if strangers and not unknown:
-        raise EvalError(f"the data has class{'es' * (len(strangers) > 1)} {', '.join(strangers)} that the model does "
-                        f"not know (it knows {', '.join(classes)}); --unknown scores them apart from the accuracy")
+        raise EvalError(
+            f"the data has class{'es' * (len(strangers) > 1)} {', '.join(strangers)} that the model does "
+            f"not know (it knows {', '.join(classes)}); --unknown scores them apart from the accuracy"
+        )
     remap = torch.tensor([classes.index(n) if n in classes else -1 for n in names], dtype=torch.long)
     return remap, strangers, [c for c in classes if c not in names]
 
 
-def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Path | None = None,
-             split: str | None = None, unknown: bool = False) -> dict:
+def eval_run(
+    run_dir: Path,
+    overrides: list[str],
+    *,
+    last: bool = False,
+    out: Path | None = None,
+    split: str | None = None,
+    unknown: bool = False,
+) -> dict:
     """Evaluate, print the tables, write eval.json and confusion.png; return the result dict."""
     from regx.console import console
     from regx.data import iterate
@@ -155,24 +177,50 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
             skipped[0] += int((y < 0).sum())
             yield xb[y >= 0], y[y >= 0]
 
-    pipeline = Pipeline(mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
-                        std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last)
-    loss, _, cm = evaluate(build_from_checkpoint(ckpt, cfg, device),
-                           known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
-                           pipeline=pipeline, amp=autocast(device, pick_precision(cfg.precision, device)),
-                           num_classes=len(classes))
+    pipeline = Pipeline(
+        mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
+        std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1),
+        channels_last=cfg.channels_last,
+    )
+    loss, _, cm = evaluate(
+        build_from_checkpoint(ckpt, cfg, device),
+        known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
+        pipeline=pipeline,
+        amp=autocast(device, pick_precision(cfg.precision, device)),
+        num_classes=len(classes),
+    )
     total = int(cm.sum())
-    result = {"run_dir": str(run_dir), "checkpoint": str(path), "epoch": ckpt.epoch,
-              "data": cfg.data.name, "overrides": overrides, "split": split_name, "n": total,
-              "accuracy": int(cm.diag().sum()) / max(total, 1), "loss": loss, "classes": classes,
-              "per_class": per_class(cm, classes), "confusion": cm.tolist(),
-              "unknown": {"classes": strangers, "n": skipped[0]}, "absent_classes": absent}
-    suffix = ("_last" if last else "") + (f"_{split}" if split else "") + ("_" + slug(",".join(overrides), 60) if overrides else "")
+    result = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(path),
+        "epoch": ckpt.epoch,
+        "data": cfg.data.name,
+        "overrides": overrides,
+        "split": split_name,
+        "n": total,
+        "accuracy": int(cm.diag().sum()) / max(total, 1),
+        "loss": loss,
+        "classes": classes,
+        "per_class": per_class(cm, classes),
+        "confusion": cm.tolist(),
+        "unknown": {"classes": strangers, "n": skipped[0]},
+        "absent_classes": absent,
+    }
+    suffix = (
+        ("_last" if last else "")
+        + (f"_{split}" if split else "")
+        + ("_" + slug(",".join(overrides), 60) if overrides else "")
+    )
     out = Path(out) if out is not None else run_dir
     json_path, png_path = out / f"eval{suffix}.json", out / f"confusion{suffix}.png"
     write_json(json_path, result)
-    confusion_plot(png_path, cm, classes, f"{run_dir.name}: {path.name} (epoch {result['epoch']}) on "
-                                         f"{cfg.data.name} {split_name}, accuracy {100 * result['accuracy']:.2f}%")
+    confusion_plot(
+        png_path,
+        cm,
+        classes,
+        f"{run_dir.name}: {path.name} (epoch {result['epoch']}) on "
+        f"{cfg.data.name} {split_name}, accuracy {100 * result['accuracy']:.2f}%",
+    )
     _print(result, console())
     print(f"wrote {json_path} and {png_path}")
     return result
@@ -181,20 +229,33 @@ def eval_run(run_dir: Path, overrides: list[str], *, last: bool = False, out: Pa
 def _print(result: dict, con) -> None:
     from regx.console import print_table
 
-    con.print(f"{result['data']} {result['split']} split, {result['n']} images: accuracy "
-              f"{100 * result['accuracy']:.2f}%, loss {result['loss']:.4f} ({Path(result['checkpoint']).name}, "
-              f"epoch {result['epoch']})")
-    rows = [[c["class"], str(c["n"]), "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%",
-             f"{c['most_confused_with']} ({c['confused_count']})" if c["most_confused_with"] else "-"]
-            for c in result["per_class"]]
-    print_table("per-class accuracy", ["class", "images", "accuracy", "most confused with"], rows,
-                right={"images", "accuracy"})
+    con.print(
+        f"{result['data']} {result['split']} split, {result['n']} images: accuracy "
+        f"{100 * result['accuracy']:.2f}%, loss {result['loss']:.4f} ({Path(result['checkpoint']).name}, "
+        f"epoch {result['epoch']})"
+    )
+    rows = [
+        [
+            c["class"],
+            str(c["n"]),
+            "-" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%",
+            f"{c['most_confused_with']} ({c['confused_count']})" if c["most_confused_with"] else "-",
+        ]
+        for c in result["per_class"]
+    ]
+    print_table(
+        "per-class accuracy", ["class", "images", "accuracy", "most confused with"], rows, right={"images", "accuracy"}
+    )
     if result["unknown"]["n"]:
-        print(f"{result['unknown']['n']} images of classes the model does not know ({', '.join(result['unknown']['classes'])}): "
-              "not in the accuracy")
+        print(
+            f"{result['unknown']['n']} images of classes the model does not know "
+            f"({', '.join(result['unknown']['classes'])}): not in the accuracy"
+        )
     if result["absent_classes"]:
         print(f"classes the model knows that the data does not have: {', '.join(result['absent_classes'])}")
     if len(result["classes"]) <= 12:
         header = ["true \\ predicted", *map(str, range(len(result["classes"])))]
-        rows = [[f"{i} {name}", *map(str, row)] for i, (name, row) in enumerate(zip(result["classes"], result["confusion"]))]
+        rows = [
+            [f"{i} {name}", *map(str, row)] for i, (name, row) in enumerate(zip(result["classes"], result["confusion"]))
+        ]
         print_table("confusion matrix (rows: true class, columns: predicted)", header, rows, right=set(header[1:]))

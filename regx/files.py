@@ -34,7 +34,6 @@ except ImportError:  # Windows
     fcntl = None
 
 
-
 @dataclass
 class EpochMetrics:
     """One row of metrics.csv, what an epoch did; its fields are the file's columns, in order. An empty
@@ -148,8 +147,13 @@ def owner(directory: Path | str, *, enabled: bool = True):
     import platform
 
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": platform.node(),
-                              "since": datetime.now().isoformat(timespec="seconds")}).encode(), 0)
+    os.pwrite(
+        fd,
+        json.dumps(
+            {"pid": os.getpid(), "host": platform.node(), "since": datetime.now().isoformat(timespec="seconds")}
+        ).encode(),
+        0,
+    )
     _held[path] = fd
     try:
         yield
@@ -233,8 +237,10 @@ def read_config(run_dir: Path | str):
         raise DamagedFile(f"{path} is damaged (not a mapping of keys)")
     key = _interpolated(OmegaConf.to_container(cfg, resolve=False))
     if key is not None:  # regx writes it resolved: an interpolation was put there by hand (or by someone else)
-        raise Interpolated(f"{path}: {key} holds an interpolation; regx reads a stored config as it is, never "
-                          "resolving it: write the value itself")
+        raise Interpolated(
+            f"{path}: {key} holds an interpolation; regx reads a stored config as it is, never "
+            "resolving it: write the value itself"
+        )
     return cfg
 
 

@@ -121,7 +121,9 @@ def imagenet_weights(model_name: str):
     try:
         return tvm.get_model_weights(model_name).DEFAULT
     except (ValueError, KeyError, AttributeError) as exc:
-        raise FinetuneError(f"finetune.weights=imagenet: torchvision has no pretrained weights for model.name={model_name}") from exc
+        raise FinetuneError(
+            f"finetune.weights=imagenet: torchvision has no pretrained weights for model.name={model_name}"
+        ) from exc
 
 
 def imagenet_file(weights) -> Path:
@@ -133,7 +135,9 @@ def imagenet_file(weights) -> Path:
 
 def _fix_densenet_keys(sd: dict) -> dict:
     # torchvision's densenet files predate its module names ("norm.1" for "norm1"); as its loader does
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    )
     out = {}
     for key, value in sd.items():
         m = pattern.match(key)
@@ -146,13 +150,17 @@ def load_imagenet(model_name: str) -> Pretrained:
     file = imagenet_file(weights)
     if not file.is_file():
         if not _reachable(weights.url):
-            raise FinetuneError(f"finetune.weights=imagenet: {file.name} is not cached and {weights.url} cannot be "
-                                f"reached; download it and put it at {file}")
+            raise FinetuneError(
+                f"finetune.weights=imagenet: {file.name} is not cached and {weights.url} cannot be "
+                f"reached; download it and put it at {file}"
+            )
         torch.hub.load_state_dict_from_url(weights.url, progress=True, weights_only=True)
     try:
         sd = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FinetuneError(f"{file} does not load ({str(exc).splitlines()[0][:160]}); delete it to download it again") from exc
+        raise FinetuneError(
+            f"{file} does not load ({str(exc).splitlines()[0][:160]}); delete it to download it again"
+        ) from exc
     if model_name.startswith("densenet"):
         sd = _fix_densenet_keys(sd)
     t = weights.transforms()
@@ -192,17 +200,26 @@ def load_timm_imagenet(model_name: str) -> Pretrained:
     if cached is None and not _reachable(where):
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        raise FinetuneError(f"finetune.weights=imagenet: timm's weights for {model_name} are not cached and {where} "
-                            f"cannot be reached; download {'model.safetensors from ' + where if hub else where} and pass "
-                            f"finetune.weights=FILE, or fill the Hugging Face cache ({HF_HUB_CACHE}) on a machine online")
+        raise FinetuneError(
+            f"finetune.weights=imagenet: timm's weights for {model_name} are not cached and {where} "
+            f"cannot be reached; download {'model.safetensors from ' + where if hub else where} and pass "
+            f"finetune.weights=FILE, or fill the Hugging Face cache ({HF_HUB_CACHE}) on a machine online"
+        )
     try:
         overlay = {"pretrained_cfg_overlay": {"file": cached}} if cached else {}
         net = timm.create_model(model_name, pretrained=True, **overlay)
     except Exception as exc:
-        raise FinetuneError(f"finetune.weights=imagenet: timm could not load {model_name}'s weights from "
-                            f"{cached or where} ({str(exc).splitlines()[0][:160]})") from None
-    return Pretrained(net.state_dict(), f"ImageNet weights timm/{model_name} ({cached or where})",
-                      list(pc["mean"]), list(pc["std"]), int(pc["input_size"][-1]))
+        raise FinetuneError(
+            f"finetune.weights=imagenet: timm could not load {model_name}'s weights from "
+            f"{cached or where} ({str(exc).splitlines()[0][:160]})"
+        ) from None
+    return Pretrained(
+        net.state_dict(),
+        f"ImageNet weights timm/{model_name} ({cached or where})",
+        list(pc["mean"]),
+        list(pc["std"]),
+        int(pc["input_size"][-1]),
+    )
 
 
 def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pretrained:
@@ -227,16 +244,32 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
         raise FinetuneError(f"finetune.weights={spec}: {exc}") from None
     if isinstance(blob, Checkpoint):
         src = blob.config["model"]
-        if src["name"] != model_name or src.get("zoo", "torchvision") != (model_cfg or {}).get("zoo", src.get("zoo", "torchvision")):
-            theirs, ours = f"{src.get('zoo', 'torchvision')}'s {src['name']}", f"{(model_cfg or {}).get('zoo')}'s {model_name}"
+        if src["name"] != model_name or src.get("zoo", "torchvision") != (model_cfg or {}).get(
+            "zoo", src.get("zoo", "torchvision")
+        ):
+            theirs, ours = (
+                f"{src.get('zoo', 'torchvision')}'s {src['name']}",
+                f"{(model_cfg or {}).get('zoo')}'s {model_name}",
+            )
             raise FinetuneError(f"finetune.weights={spec}: the weights are for {theirs}, not {ours}")
         if model_cfg is not None:
-            differ = [k for k in ("channels", "convs_per_block", "fc", "small_input") if _as_list(src.get(k)) != _as_list(model_cfg.get(k))]
+            differ = [
+                k
+                for k in ("channels", "convs_per_block", "fc", "small_input")
+                if _as_list(src.get(k)) != _as_list(model_cfg.get(k))
+            ]
             if differ and model_name == "smallcnn":
-                raise FinetuneError(f"finetune.weights={spec}: model.{differ[0]}={src.get(differ[0])} in that run, "
-                                    f"{model_cfg.get(differ[0])} here; set model.{differ[0]} to match")
-        return Pretrained(blob.weights(), f"regx checkpoint {path} (epoch {blob.epoch})", blob.norm["mean"],
-                          blob.norm["std"], blob.config["data"]["image_size"])
+                raise FinetuneError(
+                    f"finetune.weights={spec}: model.{differ[0]}={src.get(differ[0])} in that run, "
+                    f"{model_cfg.get(differ[0])} here; set model.{differ[0]} to match"
+                )
+        return Pretrained(
+            blob.weights(),
+            f"regx checkpoint {path} (epoch {blob.epoch})",
+            blob.norm["mean"],
+            blob.norm["std"],
+            blob.config["data"]["image_size"],
+        )
     if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
         blob = blob["state_dict"]
     if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
@@ -246,8 +279,13 @@ def load_source(spec: str, model_name: str, model_cfg: dict | None = None) -> Pr
 
         pc = timm_pretrained_cfg(model_name)
         if pc.get("mean"):
-            return Pretrained(blob, f"state dict {path} (normalized as timm's {model_name} weights: mean "
-                              f"{list(pc['mean'])}, std {list(pc['std'])})", list(pc["mean"]), list(pc["std"]))
+            return Pretrained(
+                blob,
+                f"state dict {path} (normalized as timm's {model_name} weights: mean "
+                f"{list(pc['mean'])}, std {list(pc['std'])})",
+                list(pc["mean"]),
+                list(pc["std"]),
+            )
     return Pretrained(blob, f"state dict {path}")
 
 
@@ -281,11 +319,12 @@ def timm_weights_fit(sd: dict, model_kwargs: dict) -> tuple[dict, str, int]:
         sketch = build_model(**{**model_kwargs, "num_classes": 2})
     net, outer = unwrap(sketch)
     if outer and sd and all(k.startswith(outer) for k in sd):  # saved from a grey-input regx run
-        sd = OrderedDict((k[len(outer):], v) for k, v in sd.items())
+        sd = OrderedDict((k[len(outer) :], v) for k, v in sd.items())
     head = head_path(sketch)
     if f"{head}.weight" not in sd:
-        raise FinetuneError(f"no {head}.weight (timm's {name} classifier) among the weights' tensors "
-                            f"(first: {', '.join(list(sd)[:3])})")
+        raise FinetuneError(
+            f"no {head}.weight (timm's {name} classifier) among the weights' tensors (first: {', '.join(list(sd)[:3])})"
+        )
     classes = sd[f"{head}.weight"].shape[0]
     with torch.device("meta"):
         own = unwrap(build_model(**{**model_kwargs, "num_classes": classes}))[0].state_dict()
@@ -293,12 +332,15 @@ def timm_weights_fit(sd: dict, model_kwargs: dict) -> tuple[dict, str, int]:
         if k not in own:
             raise FinetuneError(f"the weights do not fit timm's {name}: {k} {list(v.shape)} is not one of its tensors")
         if own[k].shape != v.shape:
-            raise FinetuneError(f"the weights do not fit timm's {name}: {k} is {list(v.shape)} there, "
-                                f"{list(own[k].shape)} here")
+            raise FinetuneError(
+                f"the weights do not fit timm's {name}: {k} is {list(v.shape)} there, {list(own[k].shape)} here"
+            )
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     if missing:
-        raise FinetuneError(f"the weights do not fit timm's {name}: they lack {', '.join(missing[:3])}"
-                            f"{' ...' if len(missing) > 3 else ''}")
+        raise FinetuneError(
+            f"the weights do not fit timm's {name}: they lack {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}"
+        )
     return sd, head, classes
 
 
@@ -327,9 +369,9 @@ def load_pretrained(model: nn.Module, sd: dict) -> list[str]:
     net, outer = unwrap(model)
     if outer and sd and all(k.startswith(outer) for k in sd):  # saved from a grey-input regx run
         meta = getattr(sd, "_metadata", None)
-        sd = OrderedDict((k[len(outer):], v) for k, v in sd.items())
+        sd = OrderedDict((k[len(outer) :], v) for k, v in sd.items())
         if meta is not None:
-            sd._metadata = OrderedDict((k[len(outer):] if k.startswith(outer) else k, v) for k, v in meta.items())
+            sd._metadata = OrderedDict((k[len(outer) :] if k.startswith(outer) else k, v) for k, v in meta.items())
     head = head_path(model)
     own = net.state_dict()
     head_keys = [k for k in sd if k.startswith(head + ".")]
@@ -338,12 +380,20 @@ def load_pretrained(model: nn.Module, sd: dict) -> list[str]:
     rest = OrderedDict((k, v) for k, v in sd.items() if k not in dropped)
     if hasattr(sd, "_metadata"):  # per-module versions some modules read while loading (mnasnet)
         rest._metadata = sd._metadata
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in rest.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in rest and not k.startswith(head + ".") and not k.endswith("num_batches_tracked")]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in rest.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = [
+        k for k in own if k not in rest and not k.startswith(head + ".") and not k.endswith("num_batches_tracked")
+    ]
     unexpected = [k for k in rest if k not in own]
-    problems = ([f"shape mismatch: {', '.join(wrong[:3])}"] if wrong else []) + \
-               ([f"missing: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else []) + \
-               ([f"unexpected: {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"] if unexpected else [])
+    problems = (
+        ([f"shape mismatch: {', '.join(wrong[:3])}"] if wrong else [])
+        + ([f"missing: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"] if missing else [])
+        + ([f"unexpected: {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}"] if unexpected else [])
+    )
     if problems:
         raise FinetuneError("pretrained weights do not fit this model beyond its head: " + "; ".join(problems))
     net.load_state_dict(rest, strict=False)
@@ -370,8 +420,17 @@ def _unpin(module: nn.Module) -> None:
 class FreezePlan:
     """Which parameters train in each epoch, and the BatchNorm policy that goes with it."""
 
-    def __init__(self, model: nn.Module, *, mode: str, freeze: list[str], bn: str, unfreeze_epoch: int,
-                 stages: int, stage_epochs: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        mode: str,
+        freeze: list[str],
+        bn: str,
+        unfreeze_epoch: int,
+        stages: int,
+        stage_epochs: int,
+    ):
         self.model, self.mode, self.bn = model, mode, bn
         self.unfreeze_epoch, self.stage_epochs = unfreeze_epoch, stage_epochs
         self.params = dict(model.named_parameters())
@@ -382,13 +441,14 @@ class FreezePlan:
             hit = {n for n in self.params if any(fnmatch.fnmatch(p, pattern) for p in _prefixes(n))}
             if not hit:
                 tops = sorted({n.split(".")[0] for n in self.params})
-                raise FinetuneError(f"finetune.freeze pattern {pattern!r} matches no parameter "
-                                    f"(top-level modules: {', '.join(tops)})")
+                raise FinetuneError(
+                    f"finetune.freeze pattern {pattern!r} matches no parameter (top-level modules: {', '.join(tops)})"
+                )
             self.always_frozen |= hit
         self.units = self._units(max(1, stages))
         chunk = -(-len(self.units) // max(1, stages))
         top_first = list(reversed(self.units))
-        self.stages = [top_first[i:i + chunk] for i in range(0, len(top_first), chunk)]
+        self.stages = [top_first[i : i + chunk] for i in range(0, len(top_first), chunk)]
         self.norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def _units(self, want: int) -> list[tuple[str, list[str]]]:
@@ -428,7 +488,7 @@ class FreezePlan:
             if len(children) <= 1 or children == [biggest]:
                 break
             i = names.index(biggest)
-            names[i:i + 1] = children
+            names[i : i + 1] = children
         return [(u, units[u]) for u in names if u in units]
 
     @staticmethod
@@ -450,7 +510,7 @@ class FreezePlan:
             others = [n for n, _ in net.named_parameters() if outer + n not in mine]
             by_top: dict[str, list[list[str]]] = {}
             for p in unit:
-                rel = p[len(outer):].split(".")
+                rel = p[len(outer) :].split(".")
                 by_top.setdefault(rel[0], []).append(rel)
             names = []
             for top, rels in by_top.items():

@@ -80,8 +80,17 @@ TV_DROP_PATH = ("convnext", "efficientnet", "swin", "maxvit")
 TV_RESNETS = ("resnet", "resnext", "wide_resnet")
 
 
-def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: int | None, small_input: bool,
-                 dropout: float, drop_path: float | None, **_) -> nn.Module:
+def _torchvision(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int | None,
+    small_input: bool,
+    dropout: float,
+    drop_path: float | None,
+    **_,
+) -> nn.Module:
     import torchvision.models as tvm
 
     names = torchvision_names()
@@ -90,21 +99,27 @@ def _torchvision(name: str, *, num_classes: int, in_channels: int, image_size: i
 
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ModelError(f"model.name={name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision classification model{hint}")
+        raise ModelError(
+            f"model.name={name!r} is neither regx's ({', '.join(MODELS)}) nor a torchvision classification model{hint}"
+        )
     extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
     if name.startswith("vit_") and image_size:  # its position embeddings are sized for the images
         extra["image_size"] = image_size
     if drop_path is not None and not name.startswith(TV_RESNETS):
         if not name.startswith(TV_DROP_PATH):
-            raise ModelError(f"model.drop_path: torchvision's {name} has no drop path (its ResNets and "
-                             f"{', '.join(TV_DROP_PATH)} models do; timm's take it as drop_path_rate: model=timm)")
+            raise ModelError(
+                f"model.drop_path: torchvision's {name} has no drop path (its ResNets and "
+                f"{', '.join(TV_DROP_PATH)} models do; timm's take it as drop_path_rate: model=timm)"
+            )
         extra["stochastic_depth_prob"] = drop_path
     model = tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
     if drop_path and name.startswith(TV_RESNETS):
         _resnet_drop_path(model, drop_path)
     if small_input:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
-            raise ModelError(f"model.small_input=true swaps a ResNet-style stem; {name} has none (set model.small_input=false)")
+            raise ModelError(
+                f"model.small_input=true swaps a ResNet-style stem; {name} has none (set model.small_input=false)"
+            )
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     if dropout > 0:
@@ -139,16 +154,27 @@ def timm_pretrained_cfg(name: str) -> dict:
     return cfg.to_dict() if cfg is not None else {}
 
 
-def _timm(name: str, *, num_classes: int, in_channels: int, image_size: int | None, small_input: bool,
-          dropout: float, drop_path: float | None, **_) -> nn.Module:
+def _timm(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int | None,
+    small_input: bool,
+    dropout: float,
+    drop_path: float | None,
+    **_,
+) -> nn.Module:
     """timm's create_model for the data's classes. Grey images go in as grey RGB, as for torchvision's
     models (so ImageNet weights load unchanged); `dropout` is timm's drop_rate (before the classifier),
     `drop_path` its drop_path_rate; a model with a fixed input size (ViT and kin) is built for the images."""
     timm = timm_module()
     check_timm_name(name)
     if small_input:
-        raise ModelError(f"model.small_input=true swaps a torchvision ResNet stem; for timm's {name} set it false "
-                         "(timm has models made for small images, e.g. resnet18d at data.image_size=64)")
+        raise ModelError(
+            f"model.small_input=true swaps a torchvision ResNet stem; for timm's {name} set it false "
+            "(timm has models made for small images, e.g. resnet18d at data.image_size=64)"
+        )
     kwargs: dict = {"num_classes": num_classes, "drop_rate": dropout}
     if drop_path is not None:
         kwargs["drop_path_rate"] = drop_path
@@ -173,8 +199,10 @@ def probe(model: nn.Module, image_size: int) -> None:
         with torch.no_grad():
             meta(torch.zeros(1, channels, image_size, image_size, device="meta"))
     except Exception as exc:
-        raise ModelError(f"cannot take {image_size} px images: {str(exc).splitlines()[0][:200]} "
-                         "(set data.image_size larger, or pick another model)") from None
+        raise ModelError(
+            f"cannot take {image_size} px images: {str(exc).splitlines()[0][:200]} "
+            "(set data.image_size larger, or pick another model)"
+        ) from None
 
 
 class _DropPath:
@@ -230,9 +258,21 @@ class _GrayToRGB(nn.Module):
 def model_kwargs(cfg, *, num_classes: int, in_channels: int, image_size: int | None) -> dict:
     """The one adapter from a run's config (its model and dropout groups) to build_model's keywords."""
     m, d = cfg.model, cfg.dropout
-    return dict(name=m.name, zoo=m.zoo, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                channels=list(m.channels), convs_per_block=m.convs_per_block, fc=list(m.fc), small_input=m.small_input,
-                drop_path=m.drop_path, dropout=d.p, conv_dropout=d.conv_p, dropout_features=d.features)
+    return dict(
+        name=m.name,
+        zoo=m.zoo,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        channels=list(m.channels),
+        convs_per_block=m.convs_per_block,
+        fc=list(m.fc),
+        small_input=m.small_input,
+        drop_path=m.drop_path,
+        dropout=d.p,
+        conv_dropout=d.conv_p,
+        dropout_features=d.features,
+    )
 
 
 def build_model(
@@ -255,13 +295,25 @@ def build_model(
     (vision transformers are built for it; CNNs do not need it): regx's own (smallcnn), else from
     `zoo` (torchvision or timm); every other keyword is a `model`/`dropout` config key (config.py
     holds the defaults, `model_kwargs` maps them)."""
-    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size, channels=list(channels),
-                  convs_per_block=convs_per_block, fc=list(fc), small_input=small_input, drop_path=drop_path,
-                  dropout=dropout, conv_dropout=conv_dropout, dropout_features=dropout_features)
+    kwargs = dict(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        channels=list(channels),
+        convs_per_block=convs_per_block,
+        fc=list(fc),
+        small_input=small_input,
+        drop_path=drop_path,
+        dropout=dropout,
+        conv_dropout=conv_dropout,
+        dropout_features=dropout_features,
+    )
     if name in MODELS:
         if drop_path:
-            raise ModelError(f"model.drop_path: {name} is a plain stack with no residual branches, so there is no path "
-                             "to drop (use dropout, or a residual model: resnet18, or timm's)")
+            raise ModelError(
+                f"model.drop_path: {name} is a plain stack with no residual branches, so there is no path "
+                "to drop (use dropout, or a residual model: resnet18, or timm's)"
+            )
         return MODELS[name](**kwargs)
     if conv_dropout > 0:
         raise ModelError(f"dropout.conv_p applies to smallcnn only; set dropout.conv_p=0 for {zoo} models")

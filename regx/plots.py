@@ -28,7 +28,7 @@ def aug_grid(images: torch.Tensor, augment: Augment | None, rows: int = 4, cell:
     grid = [x]
     if augment is not None:
         for _ in range(rows):
-            grid.append(augment(x.clone())[0][-len(x):])  # with AugMix's consistency loss: an AugMix view
+            grid.append(augment(x.clone())[0][-len(x) :])  # with AugMix's consistency loss: an AugMix view
     n, c, h, w = x.shape
     scale = max(1, cell // max(h, w))
     pad, gap, label = 2, 6, 64  # white lines between cells, a wider one under the originals; row labels
@@ -122,8 +122,14 @@ def curves_figure(rows: list[dict], title: str = ""):
     ax_lr.set_ylim(bottom=0)
     ax_acc.plot(epochs, col("train_acc", 100), "o-", ms=3, label="train accuracy (as trained)")
     if clean:
-        ax_acc.plot(epochs, col("clean_train_acc", 100), "o--", ms=3, color="C2",
-                    label="clean train accuracy (eval mode, no augmentation)")
+        ax_acc.plot(
+            epochs,
+            col("clean_train_acc", 100),
+            "o--",
+            ms=3,
+            color="C2",
+            label="clean train accuracy (eval mode, no augmentation)",
+        )
     ax_acc.plot(epochs, col("val_acc", 100), "o-", ms=3, color="C1", label="validation accuracy")
     ax_acc.set_ylabel("accuracy (%)")
     for ax in (ax_loss, ax_acc):
@@ -157,8 +163,15 @@ def confusion_plot(path: Path, cm: torch.Tensor, classes: list[str], title: str)
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(cm[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     ticks = range(k)
     labels = classes if k <= 40 else [str(i) for i in ticks]
     ax.set_xticks(ticks, labels, rotation=45 if k > 5 else 0, ha="right" if k > 5 else "center", fontsize=8)

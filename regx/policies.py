@@ -20,13 +20,37 @@ import math
 import torch
 import torch.nn.functional as F
 
-OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
-       "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+OPS = (
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+)
 DRAWN = len(OPS) - 1  # TrivialAugment and RandAugment draw from all but Invert (AutoAugment's alone)
 GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 # AugMix's operations, in torchvision's order: the last four only with all_ops
-AUGMIX_OPS = (*GEOMETRIC, "Posterize", "Solarize", "AutoContrast", "Equalize", "Brightness", "Color", "Contrast",
-              "Sharpness")
+AUGMIX_OPS = (
+    *GEOMETRIC,
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+)
 
 
 def space(kind: str, bins: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,13 +61,28 @@ def space(kind: str, bins: int, height: int, width: int) -> tuple[torch.Tensor, 
     wide, augmix = kind == "trivialaugment", kind == "augmix"
     lin = lambda hi: torch.linspace(0.0, hi, bins)  # noqa: E731
     shear, rotate, colour = (0.99, 135.0, 0.99) if wide else (0.3, 30.0, 0.9)
-    tx, ty = (32.0, 32.0) if wide else (width / 3.0, height / 3.0) if augmix else (150.0 / 331.0 * width,
-                                                                                   150.0 / 331.0 * height)
+    tx, ty = (
+        (32.0, 32.0)
+        if wide
+        else (width / 3.0, height / 3.0)
+        if augmix
+        else (150.0 / 331.0 * width, 150.0 / 331.0 * height)
+    )
     top, steps = (4, 4) if augmix else (8, 6 if wide else 4)
     posterize = (top - (torch.arange(bins) / ((bins - 1) / steps)).round().int()).float()
-    table = {"ShearX": lin(shear), "ShearY": lin(shear), "TranslateX": lin(tx), "TranslateY": lin(ty),
-             "Rotate": lin(rotate), "Brightness": lin(colour), "Color": lin(colour), "Contrast": lin(colour),
-             "Sharpness": lin(colour), "Posterize": posterize, "Solarize": torch.linspace(255.0, 0.0, bins)}
+    table = {
+        "ShearX": lin(shear),
+        "ShearY": lin(shear),
+        "TranslateX": lin(tx),
+        "TranslateY": lin(ty),
+        "Rotate": lin(rotate),
+        "Brightness": lin(colour),
+        "Color": lin(colour),
+        "Contrast": lin(colour),
+        "Sharpness": lin(colour),
+        "Posterize": posterize,
+        "Solarize": torch.linspace(255.0, 0.0, bins),
+    }
     mags = torch.stack([table.get(op, torch.zeros(bins)) for op in OPS])
     signed = torch.tensor([op in table and op not in ("Posterize", "Solarize") for op in OPS])
     return mags, signed
@@ -55,8 +94,17 @@ class Policy:
     (one of `policy`'s sub-policies per image: imagenet, cifar10 or svhn; 10 bins); each image gets the
     policy with probability `p`."""
 
-    def __init__(self, kind: str, *, p: float, bins: int, generator: torch.Generator, num_ops: int = 1,
-                 magnitude: int | None = None, policy: str = "imagenet"):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        p: float,
+        bins: int,
+        generator: torch.Generator,
+        num_ops: int = 1,
+        magnitude: int | None = None,
+        policy: str = "imagenet",
+    ):
         self.kind, self.p, self.bins, self.g, self.policy = kind, p, bins, generator, policy
         self.num_ops, self.magnitude = (1, None) if kind == "trivialaugment" else (num_ops, magnitude)
         self._tables: dict = {}  # (height, width, device) -> the tables on the device, made once
@@ -71,9 +119,11 @@ class Policy:
                 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
                 table = AutoAugment(AutoAugmentPolicy(self.policy)).policies  # [((op, p, bin), (op, p, bin)), ...]
-                tables += [torch.tensor([[OPS.index(o) for o, _, _ in sub] for sub in table]),
-                           torch.tensor([[q for _, q, _ in sub] for sub in table]),
-                           torch.tensor([[b or 0 for _, _, b in sub] for sub in table])]
+                tables += [
+                    torch.tensor([[OPS.index(o) for o, _, _ in sub] for sub in table]),
+                    torch.tensor([[q for _, q, _ in sub] for sub in table]),
+                    torch.tensor([[b or 0 for _, _, b in sub] for sub in table]),
+                ]
             self._tables[key] = tuple(t.to(device) for t in tables)
         return self._tables[key]
 
@@ -124,13 +174,24 @@ class AugMix:
     weight, in float, then truncated to the uint8 grid as torchvision does. Each image gets it with
     probability `p`; the others come back unchanged."""
 
-    def __init__(self, *, p: float, severity: int, width: int, depth: int, alpha: float, all_ops: bool,
-                 generator: torch.Generator):
+    def __init__(
+        self,
+        *,
+        p: float,
+        severity: int,
+        width: int,
+        depth: int,
+        alpha: float,
+        all_ops: bool,
+        generator: torch.Generator,
+    ):
         self.p, self.severity, self.width, self.depth, self.alpha, self.g = p, severity, width, depth, alpha, generator
-        self.ops = torch.tensor([OPS.index(o) for o in AUGMIX_OPS[:None if all_ops else 9]])
+        self.ops = torch.tensor([OPS.index(o) for o in AUGMIX_OPS[: None if all_ops else 9]])
         self._tables: dict = {}  # (height, width, device) -> (magnitudes, signed, op indices) on the device
 
-    def draw(self, n: int, height: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(
+        self, n: int, height: int, width: int, device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(operation index [width, steps, n], signed magnitude [width, steps, n], weights [width + 1, n]
         with the image's own first, applied [n]); Identity past each chain's depth and where not applied."""
         key = (height, width, str(device))
@@ -142,8 +203,11 @@ class AugMix:
         op = ops[torch.randint(len(ops), (self.width, steps, n), generator=g, device=device)]
         level = torch.randint(self.severity, (self.width, steps, n), generator=g, device=device)
         flip = torch.rand(self.width, steps, n, generator=g, device=device) < 0.5
-        depth = (torch.randint(1, 4, (self.width, 1, n), generator=g, device=device) if not self.depth
-                 else torch.full((self.width, 1, n), self.depth, device=device))
+        depth = (
+            torch.randint(1, 4, (self.width, 1, n), generator=g, device=device)
+            if not self.depth
+            else torch.full((self.width, 1, n), self.depth, device=device)
+        )
         on = (torch.arange(steps, device=device).view(1, -1, 1) < depth) & applied
         mag = mags[op, level] * torch.where(signed[op] & flip, -1.0, 1.0)
         blend = [gamma(self.alpha, n, g, device) for _ in range(2)]  # Beta(alpha, alpha) as a 2-part Dirichlet
@@ -166,8 +230,9 @@ class AugMix:
         return torch.where(applied.view(-1, 1, 1, 1), torch.floor(mixed), v) / 255
 
 
-def apply_ops(v: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, *, sync_free: bool | None = None,
-              bilinear: bool = False) -> torch.Tensor:
+def apply_ops(
+    v: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, *, sync_free: bool | None = None, bilinear: bool = False
+) -> torch.Tensor:
     """Each image's operation `op[i]` at magnitude `mag[i]`, on uint8 values held as floats; geometry
     samples nearest (bilinear: interpolated, then rounded, as torchvision's uint8 path). On CPU only
     the images an operation applies to are computed; elsewhere (`sync_free`) every operation runs on
@@ -302,9 +367,17 @@ def _equalize(v, mag, op):
     return out.to(v.dtype).view(n, c, h, w)
 
 
-_COLOUR = {"Brightness": _brightness, "Color": _color, "Contrast": _contrast, "Sharpness": _sharpness,
-           "Posterize": _posterize, "Solarize": _solarize, "AutoContrast": _autocontrast, "Equalize": _equalize,
-           "Invert": _invert}
+_COLOUR = {
+    "Brightness": _brightness,
+    "Color": _color,
+    "Contrast": _contrast,
+    "Sharpness": _sharpness,
+    "Posterize": _posterize,
+    "Solarize": _solarize,
+    "AutoContrast": _autocontrast,
+    "Equalize": _equalize,
+    "Invert": _invert,
+}
 
 
 def gamma(alpha: float, n: int, g: torch.Generator, device, tries: int = 12) -> torch.Tensor:

@@ -70,10 +70,15 @@ class Preprocess:
         if (h, w) == (self.size, self.size):
             return x
         scale = self.size / min(h, w)
-        f = F.interpolate(x[None].float(), size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
-                          mode="bilinear", antialias=True, align_corners=False)[0]
+        f = F.interpolate(
+            x[None].float(),
+            size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0]
         top, left = (f.shape[-2] - self.size) // 2, (f.shape[-1] - self.size) // 2
-        return f[:, top:top + self.size, left:left + self.size].round().clamp(0, 255).to(torch.uint8)
+        return f[:, top : top + self.size, left : left + self.size].round().clamp(0, 255).to(torch.uint8)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 N,C,S,S -> the float batch the network takes."""
@@ -148,9 +153,14 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
         raise LoadError(f"{path} does not say which image size the run trained at")
     model = build_from_checkpoint(ckpt, cfg, dev).eval()
     norm = ckpt.norm
-    return Predictor(model, list(ckpt.classes), Preprocess(int(ckpt.image_size), ckpt.in_channels, list(norm["mean"]),
-                                                           list(norm["std"])),
-                     dev, str(path), autocast(dev, pick_precision(cfg.precision, dev)))
+    return Predictor(
+        model,
+        list(ckpt.classes),
+        Preprocess(int(ckpt.image_size), ckpt.in_channels, list(norm["mean"]), list(norm["std"])),
+        dev,
+        str(path),
+        autocast(dev, pick_precision(cfg.precision, dev)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,11 +213,13 @@ class Prediction:
     histogram: Counter = field(default_factory=Counter)
 
 
-def predict_files(clf: Predictor, paths: list[str], out, *, fmt: str, top_k: int, batch_size: int, workers: int,
-                  progress=None) -> Prediction:
+def predict_files(
+    clf: Predictor, paths: list[str], out, *, fmt: str, top_k: int, batch_size: int, workers: int, progress=None
+) -> Prediction:
     """Write one row per image to the text stream `out` (csv or jsonl): its path and top-k classes."""
-    loader = data_loader(_Files(paths, clf.preprocess), batch_size=batch_size, num_workers=workers,
-                         pin_memory=clf.device.type == "cuda")
+    loader = data_loader(
+        _Files(paths, clf.preprocess), batch_size=batch_size, num_workers=workers, pin_memory=clf.device.type == "cuda"
+    )
     k = min(top_k, len(clf.classes))
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:
@@ -223,15 +235,27 @@ def predict_files(clf: Predictor, paths: list[str], out, *, fmt: str, top_k: int
                 if writer is not None:
                     writer.writerow([paths[i], *[v for pair in row["top"] for v in pair]])
                 else:
-                    out.write(json.dumps({"path": paths[i], "top": [{"label": c, "prob": q} for c, q in row["top"]]}) + "\n")
+                    out.write(
+                        json.dumps({"path": paths[i], "top": [{"label": c, "prob": q} for c, q in row["top"]]}) + "\n"
+                    )
         result.count += len(good)
         if progress is not None:
             progress(result.count + len(result.unreadable))
     return result
 
 
-def run_predict(run_dir: str, specs: list[str], *, out: str | None, top_k: int, batch_size: int, checkpoint: str,
-                workers: int, device: str = "auto", progress=None) -> Prediction:
+def run_predict(
+    run_dir: str,
+    specs: list[str],
+    *,
+    out: str | None,
+    top_k: int,
+    batch_size: int,
+    checkpoint: str,
+    workers: int,
+    device: str = "auto",
+    progress=None,
+) -> Prediction:
     """`regx predict`: check everything first (nothing is written for bad input), then predict into
     `out` through a temporary file and a rename, or to stdout as CSV."""
     import sys
@@ -306,8 +330,13 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, checkpo
     clf = load(run_dir, checkpoint, device="cpu")
     wrapped = Exported(clf.model.float(), clf.preprocess.mean, clf.preprocess.std).eval()
     images = _validation_images(run_dir, clf)
-    meta = {"classes": clf.classes, "image_size": clf.preprocess.size, "channels": clf.preprocess.channels,
-            "input": "uint8 N,C,H,W in 0-255 (normalization is inside)", "source": clf.source}
+    meta = {
+        "classes": clf.classes,
+        "image_size": clf.preprocess.size,
+        "channels": clf.preprocess.channels,
+        "input": "uint8 N,C,H,W in 0-255 (normalization is inside)",
+        "source": clf.source,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
     try:
@@ -362,8 +391,16 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> No
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=65536)}}, verbose=False)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=65536)}},
+            verbose=False,
+        )
     proto = onnx.load(str(path))  # with the weights the exporter put beside it
     for key, value in meta.items():
         entry = proto.metadata_props.add()

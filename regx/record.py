@@ -55,10 +55,18 @@ class Recorder:
                 self.summary["overrides"] = read_overrides(self.run_dir) if resume else []
             except DamagedFile:
                 self.summary["overrides"] = []
-        self.summary.update(status="running", name=cfg.name, run_dir=str(self.run_dir), regx_version=__version__,
-                            torch_version=torch.__version__, host=platform.node(), pid=os.getpid(), error=None,
-                            threads=torch.get_num_threads(),
-                            started=self.summary.get("started") or datetime.now().isoformat(timespec="seconds"))
+        self.summary.update(
+            status="running",
+            name=cfg.name,
+            run_dir=str(self.run_dir),
+            regx_version=__version__,
+            torch_version=torch.__version__,
+            host=platform.node(),
+            pid=os.getpid(),
+            error=None,
+            threads=torch.get_num_threads(),
+            started=self.summary.get("started") or datetime.now().isoformat(timespec="seconds"),
+        )
         self.t0 = time.perf_counter()
         self.wall_before = 0.0  # seconds the run trained before a resume
         self.drawn, self.last_draw, self.draw_cost = 0, float("-inf"), 0.0  # curves.png
@@ -98,7 +106,9 @@ class Recorder:
     # --- the run's start -----------------------------------------------------------------------
 
     def weights(self, source: str, dropped: list[str], num_classes: int) -> None:
-        self.log.info("loaded %s; new head for %d classes (dropped %s)", source, num_classes, ", ".join(dropped) or "nothing")
+        self.log.info(
+            "loaded %s; new head for %d classes (dropped %s)", source, num_classes, ", ".join(dropped) or "nothing"
+        )
         self.summary.update(weights=source, dropped_keys=dropped)
 
     def aug_preview(self, images: torch.Tensor, resume: bool) -> None:
@@ -117,11 +127,20 @@ class Recorder:
         self.wall_before = state.wall_s
         self.summary.update(facts)
         s, cfg = self.summary, self.cfg
-        self.log.info("%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
-                      cfg.name, f"timm's {cfg.model.name}" if cfg.model.get("zoo") == "timm" else cfg.model.name,
-                      f"{s['params']:,}", s["device"],
-                      "fp32" if s["precision"] == "32" else s["precision"], s["n_train"], s["n_val"], s["n_test"],
-                      s["image_size"], s["num_classes"], self.run_dir)
+        self.log.info(
+            "%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
+            cfg.name,
+            f"timm's {cfg.model.name}" if cfg.model.get("zoo") == "timm" else cfg.model.name,
+            f"{s['params']:,}",
+            s["device"],
+            "fp32" if s["precision"] == "32" else s["precision"],
+            s["n_train"],
+            s["n_val"],
+            s["n_test"],
+            s["image_size"],
+            s["num_classes"],
+            self.run_dir,
+        )
         self.progress(state)
         if self.main:
             self.trackers = make_trackers(cfg, self.run_dir, state.epoch + 1, self.log)
@@ -137,11 +156,18 @@ class Recorder:
             return
         row = state.history[-1]
         trainable = row["trainable_params"]
-        self.summary.update(epochs_done=row["epoch"], best_epoch=state.best_epoch, best_val_acc=state.best_val_acc,
-                            final_train_acc=row["train_acc"], final_clean_train_acc=row["clean_train_acc"],
-                            final_val_acc=row["val_acc"],
-                            wall_s=round(state.wall_s, 2), stopped_early=state.stopped_early,
-                            trainable_params=trainable, frozen_params=self.summary["params"] - trainable)
+        self.summary.update(
+            epochs_done=row["epoch"],
+            best_epoch=state.best_epoch,
+            best_val_acc=state.best_val_acc,
+            final_train_acc=row["train_acc"],
+            final_clean_train_acc=row["clean_train_acc"],
+            final_val_acc=row["val_acc"],
+            wall_s=round(state.wall_s, 2),
+            stopped_early=state.stopped_early,
+            trainable_params=trainable,
+            frozen_params=self.summary["params"] - trainable,
+        )
 
     def epoch(self, row: dict, state, *, is_best: bool) -> None:
         """After an epoch's checkpoint: metrics.csv, summary.json, curves.png, loggers, one log line."""
@@ -156,11 +182,23 @@ class Recorder:
         clean = "" if row["clean_train_acc"] is None else f"  clean train acc {100 * row['clean_train_acc']:6.2f}%"
         if row.get("avg_val_acc") is not None:
             clean += f"  val acc (averaged) {100 * row['avg_val_acc']:6.2f}%"
-        self.log.info("epoch %*d/%d  train loss %.4f acc %6.2f%% (as trained)%s  val loss %.4f acc %6.2f%%  gap %+5.1fpp  "
-                      "lr %.3g  %.1fs  %s img/s%s", len(str(cfg.epochs)), row["epoch"], cfg.epochs, row["train_loss"],
-                      100 * row["train_acc"], clean, row["val_loss"], 100 * row["val_acc"], 100 * row["gap"], row["lr"],
-                      row["epoch_s"], f"{row['img_per_s']:,.0f}",
-                      ("  *best*" if is_best else "") + (f"  trains: {row['trainable']}" if row["trainable"] != "all" else ""))
+        self.log.info(
+            "epoch %*d/%d  train loss %.4f acc %6.2f%% (as trained)%s  val loss %.4f acc %6.2f%%  gap %+5.1fpp  "
+            "lr %.3g  %.1fs  %s img/s%s",
+            len(str(cfg.epochs)),
+            row["epoch"],
+            cfg.epochs,
+            row["train_loss"],
+            100 * row["train_acc"],
+            clean,
+            row["val_loss"],
+            100 * row["val_acc"],
+            100 * row["gap"],
+            row["lr"],
+            row["epoch_s"],
+            f"{row['img_per_s']:,.0f}",
+            ("  *best*" if is_best else "") + (f"  trains: {row['trainable']}" if row["trainable"] != "all" else ""),
+        )
         if state.stopped_early:
             self.log.info("early stop after epoch %d: %s", row["epoch"], state.stopped_early["reason"])
 
@@ -192,8 +230,12 @@ class Recorder:
 
     def finish(self, results: dict) -> None:
         """After the last epoch: test metrics, the verdict and its remedies, status completed."""
-        self.summary.update(results, status="completed", wall_s=round(self.wall_s(), 2),
-                            finished=datetime.now().isoformat(timespec="seconds"))
+        self.summary.update(
+            results,
+            status="completed",
+            wall_s=round(self.wall_s(), 2),
+            finished=datetime.now().isoformat(timespec="seconds"),
+        )
         self._write_summary()
 
     def interrupted(self) -> None:
@@ -216,7 +258,6 @@ class Recorder:
             self._reserve(False)
         if self.main and self.summary["status"] == "completed":
             print_summary(self.summary, self.log)
-
 
     def end(self) -> None:
         """The very end, once the run's status is final: the trackers' last words, and summary.json's
@@ -269,8 +310,11 @@ def print_summary(s: dict, log) -> None:
         ("val acc", pct(s.get("final_val_acc"))),
         ("test acc (best ckpt)", pct(s.get("test_acc"))),
         ("verdict", s.get("verdict", "-")),
-        *([("stopped early", f"after epoch {s['stopped_early']['epoch']}: {s['stopped_early']['reason']}")]
-          if s.get("stopped_early") else []),
+        *(
+            [("stopped early", f"after epoch {s['stopped_early']['epoch']}: {s['stopped_early']['reason']}")]
+            if s.get("stopped_early")
+            else []
+        ),
         ("params (trainable / frozen)", f"{s['params']:,} ({s['trainable_params']:,} / {s['frozen_params']:,})"),
         *([("weights", f"{s['weights']} (finetune={s['finetune']})")] if s.get("weights") else []),
         ("device", f"{s['device']} {s['precision']}"),
@@ -289,8 +333,11 @@ def print_summary(s: dict, log) -> None:
     ev = s.get("evidence") or {}
     if s.get("verdict") in ("overfitting", "underfitting", "diverged"):
         train = "clean train acc" if ev.get("train_acc_is_clean") else "train acc (as trained)"
-        facts = (f"{train} {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}"
-                 if "gap" in ev else str(ev))
+        facts = (
+            f"{train} {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}"
+            if "gap" in ev
+            else str(ev)
+        )
         from regx.diagnose import FEW_STEPS
 
         if ev.get("optimizer_steps", FEW_STEPS) < FEW_STEPS:

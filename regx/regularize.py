@@ -61,8 +61,10 @@ def build_optimizer(
     for flag, named in ((True, decayed), (False, kept)):
         for n, p in named:
             groups.setdefault((flag, lr_mult(n) if lr_mult else 1.0), []).append(p)
-    groups = [{"params": ps, "weight_decay": opt_wd if flag else 0.0, "decayed": flag, "lr_mult": mult}
-              for (flag, mult), ps in groups.items()]
+    groups = [
+        {"params": ps, "weight_decay": opt_wd if flag else 0.0, "decayed": flag, "lr_mult": mult}
+        for (flag, mult), ps in groups.items()
+    ]
     if name == "sgd":
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     elif name == "adamw":

@@ -41,8 +41,9 @@ def find_runs(patterns: list[str]) -> list[Path]:
             if _is_run(m):
                 runs.append(m)
                 continue
-            found = {p.parent for name in ("summary.json", "config.yaml") for p in m.rglob(name)
-                     if ".hydra" not in p.parts}
+            found = {
+                p.parent for name in ("summary.json", "config.yaml") for p in m.rglob(name) if ".hydra" not in p.parts
+            }
             found |= {p.parent.parent for p in m.rglob(".hydra/overrides.yaml")}
             if not found:
                 raise ReportError(f"{m}: no regx runs in it (a run directory has summary.json or config.yaml)")
@@ -82,7 +83,12 @@ def run_record(run: Path) -> dict:
         except (OSError, ValueError):
             metrics = []
     status = summary.get("status", "not started")
-    if status == "running" and summary.get("host") == platform.node() and summary.get("pid") and not _pid_alive(summary["pid"]):
+    if (
+        status == "running"
+        and summary.get("host") == platform.node()
+        and summary.get("pid")
+        and not _pid_alive(summary["pid"])
+    ):
         status = "killed"  # its process is gone without saying so (SIGKILL, a crash, the machine)
     epochs = OmegaConf.select(cfg, "epochs")
 
@@ -92,9 +98,16 @@ def run_record(run: Path) -> dict:
 
     job = re.match(r"(\d+)_", run.name)  # a sweep job: its overrides are columns already
     return {
-        "run": f"#{job.group(1)}" if job else run.name, "path": str(run), "overrides": overrides, "config": cfg, "metrics": metrics,
-        "status": status, "error": summary.get("error"),
-        "best_val": num("best_val_acc"), "final_val": num("final_val_acc"), "test": num("test_acc"),
+        "run": f"#{job.group(1)}" if job else run.name,
+        "path": str(run),
+        "overrides": overrides,
+        "config": cfg,
+        "metrics": metrics,
+        "status": status,
+        "error": summary.get("error"),
+        "best_val": num("best_val_acc"),
+        "final_val": num("final_val_acc"),
+        "test": num("test_acc"),
         "gap": float(metrics[-1]["gap"]) if metrics and metrics[-1].get("gap") not in (None, "") else None,
         "verdict": summary.get("verdict") or "-",
         "done": f"{summary.get('epochs_done', len(metrics))}/{epochs if epochs is not None else '?'}",
@@ -132,8 +145,9 @@ def varying_keys(records: list[dict]) -> list[str]:
 
     overridden = list(dict.fromkeys(k for r in records for o in r["overrides"] if (k := _key_of(o))))
     groups = [g for g in GROUPS if any(OmegaConf.select(r["config"], f"{g}.name") is not None for r in records)]
-    leaves = dict.fromkeys(k for r in records for k in flat_keys(r["config"])
-                           if not OmegaConf.is_dict(OmegaConf.select(r["config"], k)))
+    leaves = dict.fromkeys(
+        k for r in records for k in flat_keys(r["config"]) if not OmegaConf.is_dict(OmegaConf.select(r["config"], k))
+    )
     found = [k for k in [*groups, *leaves] if k not in overridden and k != "name"]
     varying = [k for k in [*overridden, *found] if len({_value(r, k) for r in records}) > 1]
     changed_groups = [g for g in varying if g in GROUPS]
@@ -196,18 +210,34 @@ def report_table(records: list[dict], keys: list[str], group_by: list[str] | Non
                 mean, std = g[f"{m}_mean"], g[f"{m}_std"]
                 cells.append("-" if mean is None else f"{_fmt(m, mean)} ± {_fmt(m, std).lstrip('+')}")
             shown.append([*cells, g["verdict"]])
-            raw.append({**{k: g[k] for k in group_by}, "completed": g["n"], "runs": len(g["members"]),
-                        **{f"{m}_{s}": g[f"{m}_{s}"] for m in METRICS for s in ("mean", "std")}, "verdict": g["verdict"]})
+            raw.append(
+                {
+                    **{k: g[k] for k in group_by},
+                    "completed": g["n"],
+                    "runs": len(g["members"]),
+                    **{f"{m}_{s}": g[f"{m}_{s}"] for m in METRICS for s in ("mean", "std")},
+                    "verdict": g["verdict"],
+                }
+            )
         return header, shown, raw
     header = ["run", *keys, *COLUMNS]
     shown = [[r["run"], *[_value(r, k) for k in keys], *[_fmt(c, r[c]) for c in COLUMNS]] for r in records]
-    raw = [{"run": r["run"], **{k: _value(r, k) for k in keys}, **{c: r[c] for c in COLUMNS}, "error": r["error"],
-            "path": r["path"]} for r in records]
+    raw = [
+        {
+            "run": r["run"],
+            **{k: _value(r, k) for k in keys},
+            **{c: r[c] for c in COLUMNS},
+            "error": r["error"],
+            "path": r["path"],
+        }
+        for r in records
+    ]
     return header, shown, raw
 
 
-def write_report(out: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None,
-                 title: str) -> list[Path]:
+def write_report(
+    out: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None, title: str
+) -> list[Path]:
     """report.csv (raw numbers), report.md (the table as shown) and report.png: every run; with
     `group_by` also report_by_<keys>.csv/.md/.png: one row per group. Nothing overwrites the other."""
     runs_title = title.split(",")[0]
@@ -217,8 +247,9 @@ def write_report(out: Path, records: list[dict], keys: list[str], metric: str, g
     return files
 
 
-def _write_tables(out: Path, stem: str, records: list[dict], keys: list[str], group_by: list[str] | None,
-                  metric: str, title: str) -> list[Path]:
+def _write_tables(
+    out: Path, stem: str, records: list[dict], keys: list[str], group_by: list[str] | None, metric: str, title: str
+) -> list[Path]:
     import csv
     import io
 
@@ -231,19 +262,23 @@ def _write_tables(out: Path, stem: str, records: list[dict], keys: list[str], gr
     writer.writerows(raw)
     write_text(out / f"{stem}.csv", buf.getvalue())
     esc = [[str(c).replace("|", "\\|") for c in row] for row in [header, *shown]]
-    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in esc[1:]
+    ]
     text = f"# {title}\n\n" + "\n".join(lines) + "\n"
     failed = [r for r in records if r["status"] != "completed"]
     if failed:
-        text += "\nNot completed:\n\n" + "".join(f"- {r['run']}: {r['status']}{': ' + r['error'] if r['error'] else ''}\n"
-                                                   for r in failed)
+        text += "\nNot completed:\n\n" + "".join(
+            f"- {r['run']}: {r['status']}{': ' + r['error'] if r['error'] else ''}\n" for r in failed
+        )
     write_text(out / f"{stem}.md", text)
     report_plot(out / f"{stem}.png", records, keys, metric, group_by, title)
     return [out / f"{stem}.csv", out / f"{stem}.md", out / f"{stem}.png"]
 
 
-def report_plot(path: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None,
-                title: str) -> Path:
+def report_plot(
+    path: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None, title: str
+) -> Path:
     """Validation accuracy of every run overlaid (one colour per group), and a bar chart of `metric`."""
     import matplotlib
 
@@ -261,9 +296,15 @@ def report_plot(path: Path, records: list[dict], keys: list[str], metric: str, g
         lab = label(r)
         first = lab not in colours
         colour = colours.setdefault(lab, f"C{len(colours) % 10}")
-        ax_c.plot([int(m["epoch"]) for m in r["metrics"]], [100 * float(m["val_acc"]) for m in r["metrics"]],
-                  color=colour, lw=1.4, alpha=0.85, label=lab if first else None,
-                  ls="-" if r["status"] == "completed" else "--")
+        ax_c.plot(
+            [int(m["epoch"]) for m in r["metrics"]],
+            [100 * float(m["val_acc"]) for m in r["metrics"]],
+            color=colour,
+            lw=1.4,
+            alpha=0.85,
+            label=lab if first else None,
+            ls="-" if r["status"] == "completed" else "--",
+        )
     ax_c.set_xlabel("epoch")
     ax_c.set_ylabel("validation accuracy (%)")
     ax_c.set_title("validation accuracy (dashed: not completed)", fontsize=9)
@@ -281,11 +322,22 @@ def report_plot(path: Path, records: list[dict], keys: list[str], metric: str, g
         stds = [0] * len(records)
     scale = 100 if metric in ("best_val", "final_val", "test", "gap") else 1
     ys = [(m * scale) if m is not None else 0 for m in means]
-    bars = ax_b.barh(range(len(names)), ys, xerr=[s * scale for s in stds] if group_by else None,
-                     color=[colours.get(n, "C0") for n in names] if group_by or keys else "C0", alpha=0.8, capsize=3)
+    bars = ax_b.barh(
+        range(len(names)),
+        ys,
+        xerr=[s * scale for s in stds] if group_by else None,
+        color=[colours.get(n, "C0") for n in names] if group_by or keys else "C0",
+        alpha=0.8,
+        capsize=3,
+    )
     for bar, m, sd in zip(bars, means, stds):
-        ax_b.text(bar.get_width() + (sd * scale if group_by else 0), bar.get_y() + bar.get_height() / 2, " -" if m is None else f" {m * scale:.2f}",
-                  va="center", fontsize=7)
+        ax_b.text(
+            bar.get_width() + (sd * scale if group_by else 0),
+            bar.get_y() + bar.get_height() / 2,
+            " -" if m is None else f" {m * scale:.2f}",
+            va="center",
+            fontsize=7,
+        )
     ax_b.set_yticks(range(len(names)), names, fontsize=7)
     ax_b.invert_yaxis()
     ax_b.set_xlabel(f"{metric}{' (%)' if scale == 100 else ''}" + (" mean ± std" if group_by else ""))
@@ -308,8 +360,14 @@ class Report:
     skipped: list[str]  # runs left out, each with why (a damaged summary.json or config.yaml)
 
 
-def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | None = None,
-          metric: str = "best_val", out: str | Path | None = None) -> Report:
+def build(
+    paths: list[str],
+    *,
+    sort: str | None = None,
+    group_by: list[str] | None = None,
+    metric: str = "best_val",
+    out: str | Path | None = None,
+) -> Report:
     """Find the runs under `paths` (run or sweep directories, globs), tabulate them, and write
     report.csv, report.md and report.png into `out` (default: the sweep directory, when all runs
     are of one sweep, else outputs/reports/<stamp>). ReportError on bad input."""
@@ -337,7 +395,9 @@ def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | No
     if sort:
         records = sort_records(records, sort)
     out = Path(out) if out is not None else _default_out(paths, records)
-    title = f"{len(records)} run{'s' * (len(records) != 1)}" + (f", grouped by {','.join(group_by)}" if group_by else "")
+    title = f"{len(records)} run{'s' * (len(records) != 1)}" + (
+        f", grouped by {','.join(group_by)}" if group_by else ""
+    )
     header, shown, _ = report_table(records, keys, group_by)
     notes = []
     if group_by:
@@ -347,8 +407,9 @@ def build(paths: list[str], *, sort: str | None = None, group_by: list[str] | No
         if r["status"] != "completed":
             notes += [f"{r['status']}: {r['path']}", *([f"  {r['error']}"] if r["error"] else [])]
     files = write_report(out, records, keys, metric, group_by, title)
-    caption = "accuracies and gap in %; " + ("mean ± sample std over each group's completed runs" if group_by
-                                             else "gap: clean train minus val")
+    caption = "accuracies and gap in %; " + (
+        "mean ± sample std over each group's completed runs" if group_by else "gap: clean train minus val"
+    )
     return Report(title, header, shown, caption, notes, files, out, skipped)
 
 

@@ -31,7 +31,9 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     if not (run_dir / "config.yaml").is_file():
         raise config.ConfigError(f"{run_dir} is not a regx run directory (no config.yaml)")
     if not any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt")):
-        raise config.ConfigError(f"{run_dir} has no checkpoint (it stopped before its first one): start it again with regx train")
+        raise config.ConfigError(
+            f"{run_dir} has no checkpoint (it stopped before its first one): start it again with regx train"
+        )
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise config.ConfigError(f"cannot parse override '{bad[0]}': expected key=value")
@@ -40,8 +42,9 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     except Interpolated as exc:
         raise config.ConfigError(str(exc)) from None
     except DamagedFile as exc:
-        raise config.ConfigError(f"{exc}; the checkpoints still hold the run: repair the file or copy it from "
-                                 ".hydra/config.yaml") from None
+        raise config.ConfigError(
+            f"{exc}; the checkpoints still hold the run: repair the file or copy it from .hydra/config.yaml"
+        ) from None
     if isinstance(saved.get("logger"), str):  # before the logger group (regx 0.1 runs): logger: none|tensorboard
         saved.logger = {"tensorboard": saved.logger == "tensorboard"}
     try:
@@ -50,27 +53,37 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     except Exception as exc:
         raise config.ConfigError(explain(exc, overrides)) from exc
     check(cfg)
-    changed = [k for k in config.flat_keys(cfg) if OmegaConf.select(cfg, k) != OmegaConf.select(base, k)
-               and not OmegaConf.is_dict(OmegaConf.select(cfg, k))]
+    changed = [
+        k
+        for k in config.flat_keys(cfg)
+        if OmegaConf.select(cfg, k) != OmegaConf.select(base, k) and not OmegaConf.is_dict(OmegaConf.select(cfg, k))
+    ]
     fixed = [k for k in changed if k.split(".")[0] in RESUME_FIXED]
     if fixed and not force:
-        raise config.ConfigError(f"resuming with changed {', '.join(fixed)} would not continue the same run; "
-                                 "pass --force to do it anyway")
+        raise config.ConfigError(
+            f"resuming with changed {', '.join(fixed)} would not continue the same run; pass --force to do it anyway"
+        )
     try:
         summary = read_summary(run_dir)
     except DamagedFile:
         summary = {}  # train() rebuilds it from the newest checkpoint
     done = _epochs_done(run_dir, summary)
     if cfg.epochs < done:
-        raise config.ConfigError(f"epochs={cfg.epochs} is below the {done} epochs {run_dir} has trained already; "
-                                 f"a resume only trains further (epochs > {done})")
+        raise config.ConfigError(
+            f"epochs={cfg.epochs} is below the {done} epochs {run_dir} has trained already; "
+            f"a resume only trains further (epochs > {done})"
+        )
     if summary.get("status") == "completed" and summary.get("epochs_done", 0) >= cfg.epochs:
-        raise NothingToDo(f"{run_dir} already completed {summary['epochs_done']} epochs; nothing to do "
-                          f"(pass epochs=N with N > {summary['epochs_done']} to train further)")
+        raise NothingToDo(
+            f"{run_dir} already completed {summary['epochs_done']} epochs; nothing to do "
+            f"(pass epochs=N with N > {summary['epochs_done']} to train further)"
+        )
     stopped = summary.get("stopped_early")
     if summary.get("status") == "completed" and stopped and cfg.early_stop.patience == base.early_stop.patience:
-        raise NothingToDo(f"{run_dir} stopped early after epoch {stopped['epoch']} ({stopped['reason']}); nothing to do "
-                          "(pass early_stop.patience=0, or a larger patience, to train on)")
+        raise NothingToDo(
+            f"{run_dir} stopped early after epoch {stopped['epoch']} ({stopped['reason']}); nothing to do "
+            "(pass early_stop.patience=0, or a larger patience, to train on)"
+        )
     return cfg
 
 

@@ -96,8 +96,10 @@ class EarlyStop:
         if not self.patience or epoch - improved_epoch < self.patience:
             return None
         by = f" by more than {100 * self.min_delta:g} points" if self.min_delta else ""
-        return (f"validation accuracy did not improve{by} for {self.patience} epoch{'s' * (self.patience > 1)} "
-                f"(best {100 * best_val_acc:.2f}% at epoch {best_epoch})")
+        return (
+            f"validation accuracy did not improve{by} for {self.patience} epoch{'s' * (self.patience > 1)} "
+            f"(best {100 * best_val_acc:.2f}% at epoch {best_epoch})"
+        )
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -112,16 +114,33 @@ class Schedule:
     extended with more epochs goes on at the rate it ended with; `restart` begins a new cycle (a warm
     restart) over the epochs added."""
 
-    def __init__(self, sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None,
-                 swa: tuple[int, int, float] | None = None):
+    def __init__(
+        self,
+        sched: dict,
+        *,
+        lr: float,
+        epochs: int,
+        steps: int,
+        plateau: Plateau | None = None,
+        swa: tuple[int, int, float] | None = None,
+    ):
         self.sched, self.lr, self.epochs, self.steps, self.plateau = sched, lr, epochs, steps, plateau
         self.start = 0
         self.swa = swa  # average=swa with average.swa_lr: (first SWA step, anneal steps, swa_lr)
 
     def _scheduled(self, step: int) -> float:
         scale = self.plateau.scale if self.plateau is not None else 1.0
-        return self.lr * scale * lr_factor(step - self.start, total_steps=self.steps * self.epochs,
-                                           steps_per_epoch=self.steps, base_lr=self.lr, **self.sched)
+        return (
+            self.lr
+            * scale
+            * lr_factor(
+                step - self.start,
+                total_steps=self.steps * self.epochs,
+                steps_per_epoch=self.steps,
+                base_lr=self.lr,
+                **self.sched,
+            )
+        )
 
     def __call__(self, step: int) -> float:
         if self.swa is None or step < self.swa[0]:
@@ -136,8 +155,9 @@ class Schedule:
         self.start, self.epochs = start, epochs
 
 
-def lr_schedule(sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None,
-                average: dict | None = None) -> Schedule:
+def lr_schedule(
+    sched: dict, *, lr: float, epochs: int, steps: int, plateau: Plateau | None = None, average: dict | None = None
+) -> Schedule:
     """The learning rate at each optimizer step for a run of `epochs` epochs of `steps` steps; with
     average=swa and an average.swa_lr, that rate from SWA's first epoch on (reached linearly over
     average.anneal_epochs)."""

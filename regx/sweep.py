@@ -59,7 +59,9 @@ class Jobs:
             resume = any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt"))
             if not resume:  # it died before its first checkpoint: nothing in it to keep
                 (run_dir / "summary.json").unlink(missing_ok=True)
-            print(f"regx: {run_dir.name}: " + (f"resuming ({summary.get('status', 'unknown')})" if resume else "starting"))
+            print(
+                f"regx: {run_dir.name}: " + (f"resuming ({summary.get('status', 'unknown')})" if resume else "starting")
+            )
         optuna = "optuna" in str(hc.sweeper.get("_target_", "")).lower()
         try:
             summary = train.train(cfg, run_dir, resume=resume, overrides=as_plain_run(list(hc.overrides.task), run_dir))
@@ -123,8 +125,11 @@ class SweepStop(StopSignals):
         if first:
             self.signum = signum
             (self.sweep_dir / STOPPING).touch()
-            os.write(2, f"regx: {signal.Signals(signum).name}: stopping the sweep: running jobs checkpoint and stop, "
-                        "no new job starts\n".encode())
+            os.write(
+                2,
+                f"regx: {signal.Signals(signum).name}: stopping the sweep: running jobs checkpoint and stop, "
+                "no new job starts\n".encode(),
+            )
         for pid in job_processes():
             try:
                 os.kill(pid, signal.SIGTERM if first else signal.SIGINT)
@@ -139,7 +144,7 @@ def job_processes() -> list[int]:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
-            if text[text.rindex(")") + 2:].split()[1] != me:
+            if text[text.rindex(")") + 2 :].split()[1] != me:
                 continue
             if b"resource_tracker" in (stat.parent / "cmdline").read_bytes():
                 continue
@@ -218,8 +223,10 @@ def resume_args(sweep_dir: str | Path, extra: list[str] = ()) -> list[str]:
         raise ValueError(f"{sweep} is not a regx sweep directory (no multirun.yaml)")
     not_hydra = [o for o in extra if not o.lstrip("+~").startswith("hydra")]
     if not_hydra:
-        raise ValueError(f"{not_hydra[0]}: sweep-resume replays the jobs' own overrides from {record}; on the command "
-                         "line it takes only Hydra settings (hydra/launcher=..., hydra.launcher.KEY=...)")
+        raise ValueError(
+            f"{not_hydra[0]}: sweep-resume replays the jobs' own overrides from {record}; on the command "
+            "line it takes only Hydra settings (hydra/launcher=..., hydra.launcher.KEY=...)"
+        )
     try:
         recorded = OmegaConf.to_container(OmegaConf.load(record), resolve=False)  # never resolved: see Untrusted
         overrides = recorded["hydra"]["overrides"]
@@ -231,18 +238,28 @@ def resume_args(sweep_dir: str | Path, extra: list[str] = ()) -> list[str]:
         check_task_override(o, record, groups)
     given = {o.split("=", 1)[0].lstrip("+") for o in extra}
     recomputed = (*RECOMPUTED, "hydra.searchpath=") if groups else RECOMPUTED  # an ablation's: its arms folder
-    refused = [o for o in hydra if not _replayed(o) and not o.startswith(recomputed)
-               and o.split("=", 1)[0].lstrip("+") not in given]
+    refused = [
+        o
+        for o in hydra
+        if not _replayed(o) and not o.startswith(recomputed) and o.split("=", 1)[0].lstrip("+") not in given
+    ]
     if refused:
         key = refused[0].split("=", 1)[0].lstrip("+~")
-        unsafe = [o for o in refused if "_target_" in o or "@" in o.split("=", 1)[0]
-                  or not o.lstrip("+~").startswith(SUGGESTABLE)]
+        unsafe = [
+            o
+            for o in refused
+            if "_target_" in o or "@" in o.split("=", 1)[0] or not o.lstrip("+~").startswith(SUGGESTABLE)
+        ]
         if unsafe:
-            raise Untrusted(f"{record} asks for {unsafe[0].split('=', 1)[0]}, which regx never replays from a file "
-                            "(a sweep directory must not run code): the sweep was not resumed")
-        raise Untrusted(f"{record} asks for {', '.join(refused)}: regx replays only the Hydra settings it writes "
-                        f"itself ({key} is not one); if you trust them, pass them again: regx sweep-resume {sweep} "
-                        + " ".join(refused))
+            raise Untrusted(
+                f"{record} asks for {unsafe[0].split('=', 1)[0]}, which regx never replays from a file "
+                "(a sweep directory must not run code): the sweep was not resumed"
+            )
+        raise Untrusted(
+            f"{record} asks for {', '.join(refused)}: regx replays only the Hydra settings it writes "
+            f"itself ({key} is not one); if you trust them, pass them again: regx sweep-resume {sweep} "
+            + " ".join(refused)
+        )
     searchpath = [f"hydra.searchpath=[file://{(sweep / ARMS_DIR).resolve()}]"] if groups else []
     return ["-m", *task, *[o for o in hydra if _replayed(o)], *extra, *searchpath, f"hydra.sweep.dir={sweep}"]
 
@@ -266,15 +283,22 @@ def check_task_override(text: str, where: Path, groups: dict[str, list[str]]) ->
         raise Untrusted(f"{where}: the override '{text}' does not parse") from None
     key = o.key_or_group
     top = re.split(r"[./]", key, maxsplit=1)[0]
-    if o.package is not None or "_target_" in key.split(".") or top not in {*TrainConfig.__dataclass_fields__,
-                                                                          *GROUPS, *groups}:
-        raise Untrusted(f"{where} asks for {key}{'@' + o.package if o.package else ''}, which is not a regx setting: "
-                        "the sweep was not resumed")
+    if (
+        o.package is not None
+        or "_target_" in key.split(".")
+        or top not in {*TrainConfig.__dataclass_fields__, *GROUPS, *groups}
+    ):
+        raise Untrusted(
+            f"{where} asks for {key}{'@' + o.package if o.package else ''}, which is not a regx setting: "
+            "the sweep was not resumed"
+        )
     values = _leaves(o.value()) if o.value_type is not None else []
     interpolated = next((v for v in values if "${" in v), None)
     if interpolated is not None:
-        raise Untrusted(f"{where}: {key}={interpolated} holds an interpolation; regx replays recorded values as they "
-                        "are, never resolved: write the value itself")
+        raise Untrusted(
+            f"{where}: {key}={interpolated} holds an interpolation; regx replays recorded values as they "
+            "are, never resolved: write the value itself"
+        )
     if key in GROUPS or key in groups:
         bad = next((v for v in values if not OPTION.fullmatch(v) or (key in groups and v not in groups[key])), None)
         if bad is not None and o.value_type.name != "GLOB_CHOICE_SWEEP":
@@ -301,10 +325,17 @@ def check_arms(sweep: Path) -> list[str]:
     for path in sorted(folder.rglob("*")):
         if path.is_dir() and path == folder / GROUP:
             continue
-        if path.parent != folder / GROUP or path.suffix != ".yaml" or not OPTION.fullmatch(path.stem) or path.is_symlink():
+        if (
+            path.parent != folder / GROUP
+            or path.suffix != ".yaml"
+            or not OPTION.fullmatch(path.stem)
+            or path.is_symlink()
+        ):
             raise Untrusted(f"{path} is not a file regx ablate writes: the ablation was not resumed")
         lines = path.read_text(errors="replace").splitlines()
-        overrides = lines[1].removeprefix(ARM_HEADER).split() if len(lines) > 1 and lines[1].startswith(ARM_HEADER) else None
+        overrides = (
+            lines[1].removeprefix(ARM_HEADER).split() if len(lines) > 1 and lines[1].startswith(ARM_HEADER) else None
+        )
         if overrides is None:
             raise Untrusted(f"{path} was changed after regx ablate wrote it: the ablation was not resumed")
         for o in overrides:

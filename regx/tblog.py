@@ -13,9 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 from regx.config import GROUPS
 
 # metrics.csv column -> TensorBoard tag
-SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "clean_train_loss": "loss/clean_train",
-           "train_acc": "accuracy/train", "val_acc": "accuracy/val", "clean_train_acc": "accuracy/clean_train",
-           "gap": "gap", "lr": "lr", "img_per_s": "throughput/img_per_s"}
+SCALARS = {
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "clean_train_loss": "loss/clean_train",
+    "train_acc": "accuracy/train",
+    "val_acc": "accuracy/val",
+    "clean_train_acc": "accuracy/clean_train",
+    "gap": "gap",
+    "lr": "lr",
+    "img_per_s": "throughput/img_per_s",
+}
 # Final metrics shown in the HParams view; logged as scalars under the same tags.
 HPARAM_METRICS = ("best_val_acc", "final_val_acc", "test_acc", "gap")
 
@@ -48,7 +56,9 @@ class TensorBoardLogger:
 
         # purge_step: a resumed run drops what a killed run wrote from its last finished epoch on,
         # and start() writes that epoch again (it may have been killed before writing it).
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_epoch - 1 if first_epoch > 1 else None)
+        self.writer = SummaryWriter(
+            str(run_dir / "tensorboard"), purge_step=first_epoch - 1 if first_epoch > 1 else None
+        )
         self.first_epoch, self.best = first_epoch, None
         experiment, start, _ = hparams_summary(hparams, {f"hparam/{m}": 0.0 for m in HPARAM_METRICS})
         fw = self.writer._get_file_writer()
@@ -93,6 +103,7 @@ def _session_end(success: bool):
 
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS if success else api_pb2.STATUS_FAILURE)
     content = plugin_data_pb2.HParamsPluginData(session_end_info=end, version=metadata.PLUGIN_DATA_VERSION)
-    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
-                                                                  content=content.SerializeToString()))
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    )
     return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=meta)])

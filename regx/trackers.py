@@ -26,8 +26,18 @@ from omegaconf import DictConfig, OmegaConf
 from regx.files import METRIC_COLUMNS, DamagedFile, read_json, read_overrides, write_json
 
 TRACKING = "tracking.json"  # in a run directory: the trackers' run ids; in a sweep directory: the parent's
-FINAL = ("best_val_acc", "best_epoch", "final_train_acc", "final_clean_train_acc", "final_val_acc", "test_acc",
-         "test_loss", "mc_test_acc", "epochs_done", "wall_s")
+FINAL = (
+    "best_val_acc",
+    "best_epoch",
+    "final_train_acc",
+    "final_clean_train_acc",
+    "final_val_acc",
+    "test_acc",
+    "test_loss",
+    "mc_test_acc",
+    "epochs_done",
+    "wall_s",
+)
 ARTIFACTS = ("curves.png", "aug_preview.png", "config.yaml", "summary.json")
 
 
@@ -168,8 +178,13 @@ class MLflowTracker:
         self.client, self.run_dir, self.cfg = MlflowClient(tracking_uri=self.uri), run_dir, cfg
         name = lc.experiment or str(cfg.name)
         exp = self.client.get_experiment_by_name(name)
-        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(
-            name, artifact_location=(outputs / "mlartifacts").as_uri() if embedded else None)
+        self.experiment_id = (
+            exp.experiment_id
+            if exp is not None
+            else self.client.create_experiment(
+                name, artifact_location=(outputs / "mlartifacts").as_uri() if embedded else None
+            )
+        )
         saved = _ids(run_dir).get("mlflow", {})
         if saved.get("tracking_uri") == self.uri and saved.get("run_id"):
             self.run_id = saved["run_id"]
@@ -188,9 +203,10 @@ class MLflowTracker:
 
         params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
-        _keep_id(run_dir, "mlflow", {"run_id": self.run_id, "tracking_uri": self.uri,
-                                     "experiment_id": self.experiment_id})
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        _keep_id(
+            run_dir, "mlflow", {"run_id": self.run_id, "tracking_uri": self.uri, "experiment_id": self.experiment_id}
+        )
 
     def _parent(self, sweep: Path) -> str:
         """The sweep's parent run, made by the first job to get here (jobs may run in parallel)."""
@@ -201,10 +217,14 @@ class MLflowTracker:
             saved = _ids(sweep).get("mlflow", {})
             if saved.get("tracking_uri") == self.uri and saved.get("experiment_id") == self.experiment_id:
                 return saved["run_id"]
-            parent = self.client.create_run(self.experiment_id, run_name=sweep.name,
-                                            tags={"regx.sweep_dir": str(sweep.resolve())})
-            _keep_id(sweep, "mlflow", {"run_id": parent.info.run_id, "tracking_uri": self.uri,
-                                       "experiment_id": self.experiment_id})
+            parent = self.client.create_run(
+                self.experiment_id, run_name=sweep.name, tags={"regx.sweep_dir": str(sweep.resolve())}
+            )
+            _keep_id(
+                sweep,
+                "mlflow",
+                {"run_id": parent.info.run_id, "tracking_uri": self.uri, "experiment_id": self.experiment_id},
+            )
             return parent.info.run_id
 
     def _logged_epochs(self) -> int:
@@ -227,8 +247,9 @@ class MLflowTracker:
         from mlflow.entities import Metric, RunTag
 
         now, step = int(time.time() * 1000), int(summary.get("epochs_done") or 0)
-        metrics = [Metric(f"final/{k}", float(summary[k]), now, step) for k in FINAL
-                   if isinstance(summary.get(k), int | float)]
+        metrics = [
+            Metric(f"final/{k}", float(summary[k]), now, step) for k in FINAL if isinstance(summary.get(k), int | float)
+        ]
         tags = [RunTag("verdict", str(summary.get("verdict", "-"))), RunTag("status", str(summary.get("status")))]
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
         for name in ARTIFACTS:
@@ -249,8 +270,9 @@ def end_sweep(sweep_dir: Path, failed: bool) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(tracking_uri=saved["tracking_uri"]).set_terminated(saved["run_id"],
-                                                                       status="FAILED" if failed else "FINISHED")
+        MlflowClient(tracking_uri=saved["tracking_uri"]).set_terminated(
+            saved["run_id"], status="FAILED" if failed else "FINISHED"
+        )
     except Exception:  # noqa: BLE001 - the jobs' own runs are complete; the parent's end is cosmetic
         pass
 
@@ -272,10 +294,18 @@ class WandbTracker:
         outputs = default_outputs()
         outputs.mkdir(parents=True, exist_ok=True)
         sweep = sweep_of(run_dir)
-        self.run = wandb.init(project=cfg.logger.experiment or "regx", name=run_dir.name, id=run_id, resume="allow",
-                              dir=str(outputs), mode=cfg.logger.mode, config=flat_params(cfg),
-                              group=sweep.name if sweep is not None else None, reinit="create_new",
-                              settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(
+            project=cfg.logger.experiment or "regx",
+            name=run_dir.name,
+            id=run_id,
+            resume="allow",
+            dir=str(outputs),
+            mode=cfg.logger.mode,
+            config=flat_params(cfg),
+            group=sweep.name if sweep is not None else None,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
         self.logged = int(saved.get("logged_epochs", 0))
         _keep_id(run_dir, "wandb", {"run_id": run_id, "logged_epochs": self.logged})
 
@@ -310,4 +340,3 @@ class WandbTracker:
 
 def status_of(trackers: list[Guarded]) -> dict[str, str]:
     return {t.name: t.status for t in trackers}
-

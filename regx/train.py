@@ -1,10 +1,10 @@
 """train(cfg, run_dir) -> summary: build the run's parts from the config, then the epoch loop.
 
-    build(cfg, device, ranks) -> Parts   what the config makes: data, model, optimizer, schedule, pipeline
-    RunState                             what changes as it trains; exactly a checkpoint's `state`
-    Recorder (record.py)                 everything written to the run directory but checkpoints
-    Ranks (distributed.py)               torchrun's processes; a no-op for one
-    hooks (engine.py)                    progress, stop polling, mid-epoch checkpoints, the loss check (divergence)
+build(cfg, device, ranks) -> Parts   what the config makes: data, model, optimizer, schedule, pipeline
+RunState                             what changes as it trains; exactly a checkpoint's `state`
+Recorder (record.py)                 everything written to the run directory but checkpoints
+Ranks (distributed.py)               torchrun's processes; a no-op for one
+hooks (engine.py)                    progress, stop polling, mid-epoch checkpoints, the loss check (divergence)
 """
 
 from __future__ import annotations
@@ -75,8 +75,11 @@ class StopRequest(StopSignals):
             return  # a second SIGTERM (a sweep's parent passes a group's signal on): the first one counts
         self.signum = signum
         # no logging here: a handler can run while the logging lock is held
-        os.write(2, f"regx: {signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
-                    f"{' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else ''}\n".encode())
+        os.write(
+            2,
+            f"regx: {signal.Signals(signum).name}: stopping after this step and saving a checkpoint"
+            f"{' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else ''}\n".encode(),
+        )
 
 
 @dataclass
@@ -124,47 +127,93 @@ class Parts:
 def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
     """Everything the config says to make, in a fixed order (the seeded RNG draws in it)."""
     if cfg.batch_size % ranks.world:
-        raise RunFailed(f"batch_size={cfg.batch_size} must divide by the {ranks.world} processes (each takes an equal part)")
+        raise RunFailed(
+            f"batch_size={cfg.batch_size} must divide by the {ranks.world} processes (each takes an equal part)"
+        )
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     data, model, weights = _data_and_model(cfg, device)
     ft = cfg.finetune
     try:
-        plan = FreezePlan(model, mode=ft.name, freeze=list(ft.freeze), bn=ft.bn, unfreeze_epoch=ft.unfreeze_epoch,
-                          stages=ft.stages, stage_epochs=ft.stage_epochs)
+        plan = FreezePlan(
+            model,
+            mode=ft.name,
+            freeze=list(ft.freeze),
+            bn=ft.bn,
+            unfreeze_epoch=ft.unfreeze_epoch,
+            stages=ft.stages,
+            stage_epochs=ft.stage_epochs,
+        )
     except FinetuneError as exc:
         raise RunFailed(str(exc)) from None
     optimizer, decayed = build_optimizer(
-        model, name=cfg.optim.name, lr=cfg.lr, wd=cfg.wd, decay=cfg.decay.name, exclude=list(cfg.decay.exclude),
-        momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, betas=list(cfg.optim.betas), eps=cfg.optim.eps,
-        lr_mult=lr_mult(model, ft.backbone_lr_mult) if ft.name != "scratch" else None)
+        model,
+        name=cfg.optim.name,
+        lr=cfg.lr,
+        wd=cfg.wd,
+        decay=cfg.decay.name,
+        exclude=list(cfg.decay.exclude),
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        betas=list(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        lr_mult=lr_mult(model, ft.backbone_lr_mult) if ft.name != "scratch" else None,
+    )
     batch = cfg.batch_size // ranks.world
     steps = steps_per_epoch(len(data.train) // ranks.world, batch)
     sched = OmegaConf.to_container(cfg.sched, resolve=True)
     plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
     clean = None
     if cfg.diagnose.clean_train:
-        pick, _ = stratified_split(data.train.y.cpu(), min(cfg.diagnose.clean_size, len(data.train)),
-                                   torch.Generator().manual_seed(cfg.seed))
+        pick, _ = stratified_split(
+            data.train.y.cpu(), min(cfg.diagnose.clean_size, len(data.train)), torch.Generator().manual_seed(cfg.seed)
+        )
         clean = data.train.subset(pick.to(data.train.y.device))
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ranks.seed_offset())
     if ranks.world > 1:
         torch.manual_seed(cfg.seed + ranks.seed_offset())  # dropout masks differ between ranks too
-    pipeline = Pipeline(mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
-                        std=torch.tensor(data.std, device=device).view(1, -1, 1, 1), channels_last=cfg.channels_last,
-                        augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None)
-    step = StepParts(optimizer=optimizer, pipeline=pipeline, amp=autocast(device, precision),
-                     lr_at=lr_schedule(sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau,
-                                       average=OmegaConf.to_container(cfg.average)),
-                     scaler=torch.amp.GradScaler(device.type) if precision == "16" else None,
-                     penalty=(lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None,
-                     label_smoothing=cfg.label_smoothing,
-                     jsd=cfg.aug.augmix.jsd if Augment.views(cfg.aug) == 3 else 0.0,
-                     clip=gradient_clipper(cfg.clip_mode, cfg.clip_grad, list(model.parameters())) if cfg.clip_grad else None)
-    return Parts(cfg=cfg, device=device, precision=precision, data=data, clean=clean, model=model,
-                 eval_net=torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model, step=step, plan=plan,
-                 plateau=plateau, early=EarlyStop(cfg.early_stop.patience, cfg.early_stop.min_delta),
-                 aug_gen=aug_gen, steps=steps, batch=batch, weights=weights, average=make_average(cfg, model))
+    pipeline = Pipeline(
+        mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
+        std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
+        channels_last=cfg.channels_last,
+        augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None,
+    )
+    step = StepParts(
+        optimizer=optimizer,
+        pipeline=pipeline,
+        amp=autocast(device, precision),
+        lr_at=lr_schedule(
+            sched,
+            lr=cfg.lr,
+            epochs=cfg.epochs,
+            steps=steps,
+            plateau=plateau,
+            average=OmegaConf.to_container(cfg.average),
+        ),
+        scaler=torch.amp.GradScaler(device.type) if precision == "16" else None,
+        penalty=(lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None,
+        label_smoothing=cfg.label_smoothing,
+        jsd=cfg.aug.augmix.jsd if Augment.views(cfg.aug) == 3 else 0.0,
+        clip=gradient_clipper(cfg.clip_mode, cfg.clip_grad, list(model.parameters())) if cfg.clip_grad else None,
+    )
+    return Parts(
+        cfg=cfg,
+        device=device,
+        precision=precision,
+        data=data,
+        clean=clean,
+        model=model,
+        eval_net=torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model,
+        step=step,
+        plan=plan,
+        plateau=plateau,
+        early=EarlyStop(cfg.early_stop.patience, cfg.early_stop.min_delta),
+        aug_gen=aug_gen,
+        steps=steps,
+        batch=batch,
+        weights=weights,
+        average=make_average(cfg, model),
+    )
 
 
 def _data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Data, nn.Module, tuple[str, list[str]] | None]:
@@ -204,8 +253,9 @@ def _rng_state(parts: Parts) -> dict:
     return state
 
 
-def save(parts: Parts, state: RunState, ranks: Ranks, ckpt_dir: Path, hooks=(), *, best: bool,
-         tally: Tally | None = None) -> None:
+def save(
+    parts: Parts, state: RunState, ranks: Ranks, ckpt_dir: Path, hooks=(), *, best: bool, tally: Tally | None = None
+) -> None:
     """Checkpoint the run (collective): weights, optimizer, every rank's RNG, and `state`; mid-epoch
     with the epoch's tally. Only rank 0 writes."""
     state.batch, state.tally = (tally.batches, tally.state_dict()) if tally is not None else (0, None)
@@ -215,14 +265,23 @@ def save(parts: Parts, state: RunState, ranks: Ranks, ckpt_dir: Path, hooks=(), 
         return
     cfg, data = parts.cfg, parts.data
     ckpt = checkpoint.Checkpoint(
-        model=parts.model.state_dict(), config=OmegaConf.to_container(cfg, resolve=True), state=asdict(state),
-        classes=data.classes, norm={"mean": list(data.mean), "std": list(data.std)}, in_channels=data.channels,
-        image_size=data.image_size, optimizer=parts.step.optimizer.state_dict(), rng=_rng_state(parts),
+        model=parts.model.state_dict(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        state=asdict(state),
+        classes=data.classes,
+        norm={"mean": list(data.mean), "std": list(data.std)},
+        in_channels=data.channels,
+        image_size=data.image_size,
+        optimizer=parts.step.optimizer.state_dict(),
+        rng=_rng_state(parts),
         rng_ranks=[r["rng"] for r in ranks_rng] if ranks.world > 1 else None,
         scaler=parts.step.scaler.state_dict() if parts.step.scaler is not None else None,
         plateau=parts.plateau.state_dict() if parts.plateau is not None else None,
-        average=parts.average.state_dict() if parts.average is not None else None)
-    checkpoint.save(ckpt, ckpt_dir, best=best, before_rename=lambda tmp: [h.checkpoint_written(str(tmp)) for h in hooks])
+        average=parts.average.state_dict() if parts.average is not None else None,
+    )
+    checkpoint.save(
+        ckpt, ckpt_dir, best=best, before_rename=lambda tmp: [h.checkpoint_written(str(tmp)) for h in hooks]
+    )
 
 
 def restore(parts: Parts, ranks: Ranks, ckpt_dir: Path, log) -> RunState:
@@ -275,13 +334,26 @@ def _continue_schedule(parts: Parts, state: RunState, planned: int, log) -> None
         schedule.swa = swa_window(average, planned, parts.steps)
     if cfg.epochs > end and not cfg.sched.restart:
         final = schedule(state.sched_start + planned * parts.steps)
-        log.warning("the %s schedule ran over %d epochs; epochs %d-%d go on at its final lr %.3g%s (sched.restart=true "
-                    "starts a new cycle instead)", cfg.sched.name, planned, end + 1, cfg.epochs, final,
-                    ": the weights stay as they are (BatchNorm statistics still move)" if final == 0 else "")
+        log.warning(
+            "the %s schedule ran over %d epochs; epochs %d-%d go on at its final lr %.3g%s (sched.restart=true "
+            "starts a new cycle instead)",
+            cfg.sched.name,
+            planned,
+            end + 1,
+            cfg.epochs,
+            final,
+            ": the weights stay as they are (BatchNorm statistics still move)" if final == 0 else "",
+        )
 
 
-def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: tuple[Hook, ...] = (),
-          overrides: list[str] | None = None) -> dict:
+def train(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    hooks: tuple[Hook, ...] = (),
+    overrides: list[str] | None = None,
+) -> dict:
     """Train as `cfg` says, writing everything into `run_dir`; return the summary.
 
     `overrides`: the `regx train` arguments that make `cfg` (summary.json keeps them; the verdict's
@@ -313,7 +385,9 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume: bool = False, hooks: 
             rec.end()
 
 
-def _run(cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume: bool, hooks: tuple[Hook, ...]) -> dict:
+def _run(
+    cfg: DictConfig, rec: Recorder, ranks: Ranks, stop: StopRequest, resume: bool, hooks: tuple[Hook, ...]
+) -> dict:
     """The epoch loop."""
     parts = build(cfg, pick_device(ranks.device(cfg.device)), ranks)
     for h in hooks:
@@ -364,12 +438,23 @@ def _facts(parts: Parts) -> dict:
     """The summary's description of what build() made."""
     cfg, data, groups = parts.cfg, parts.data, parts.step.optimizer.param_groups
     total, trainable = count_params(parts.model)
-    return dict(device=str(parts.device), precision=parts.precision, params=total, trainable_params=trainable,
-                frozen_params=total - trainable, finetune=cfg.finetune.name, average=cfg.average.name, decay=cfg.decay.name if cfg.wd > 0 else "off",
-                decayed_params=sum(p.numel() for g in groups if g["decayed"] for p in g["params"]),
-                not_decayed_params=sum(p.numel() for g in groups if not g["decayed"] for p in g["params"]),
-                num_classes=data.num_classes, image_size=data.image_size, n_train=len(data.train),
-                n_val=len(data.val), n_test=len(data.test) if data.test is not None else 0)
+    return dict(
+        device=str(parts.device),
+        precision=parts.precision,
+        params=total,
+        trainable_params=trainable,
+        frozen_params=total - trainable,
+        finetune=cfg.finetune.name,
+        average=cfg.average.name,
+        decay=cfg.decay.name if cfg.wd > 0 else "off",
+        decayed_params=sum(p.numel() for g in groups if g["decayed"] for p in g["params"]),
+        not_decayed_params=sum(p.numel() for g in groups if not g["decayed"] for p in g["params"]),
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        n_train=len(data.train),
+        n_val=len(data.val),
+        n_test=len(data.test) if data.test is not None else 0,
+    )
 
 
 class StopPoll:
@@ -427,30 +512,51 @@ class MidEpochCheckpoint:
         self.save_at(info)
 
 
-def _train_epoch(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, epoch: int, trains: str,
-                 poll: StopPoll, hooks: tuple[Hook, ...]) -> EpochResult:
+def _train_epoch(
+    parts: Parts,
+    state: RunState,
+    ranks: Ranks,
+    rec: Recorder,
+    epoch: int,
+    trains: str,
+    poll: StopPoll,
+    hooks: tuple[Hook, ...],
+) -> EpochResult:
     """Train one epoch (the rest of one, when resumed mid-epoch); its metrics over all ranks."""
     cfg, device = parts.cfg, parts.device
     epoch_start = state.step - state.batch
     tally = Tally.from_state(state.tally, device) if state.batch else Tally.zero(device)
     order = torch.randperm(len(parts.data.train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-    batches = iterate(parts.data.train, parts.batch, order=ranks.shard(order), device=device,
-                      workers=cfg.data.workers, start=state.batch, drop_single=True)
+    batches = iterate(
+        parts.data.train,
+        parts.batch,
+        order=ranks.shard(order),
+        device=device,
+        workers=cfg.data.workers,
+        start=state.batch,
+        drop_single=True,
+    )
 
     def save_at(info: StepInfo) -> None:
         state.step, state.wall_s = info.step + 1, rec.wall_s()
         save(parts, state, ranks, rec.run_dir / "checkpoints", hooks, best=False, tally=info.tally)
 
-    loss_check = LossCheck(device, 1 if device.type == "cpu" else cfg.progress_every, loss_limit(parts, state), ranks.max)
+    loss_check = LossCheck(
+        device, 1 if device.type == "cpu" else cfg.progress_every, loss_limit(parts, state), ranks.max
+    )
     net = ranks.net(parts.model, trains, device, cfg.compile_mode if cfg.compile else None) or parts.eval_net
     with EpochProgress(f"epoch {epoch}/{cfg.epochs}", parts.steps, show=ranks.main) as bar:
         progress = [Progress(bar, refresh_every(cfg.progress_every, parts.steps))] if bar.active else []
-        loop = LoopSteps(loss_check, average=parts.average.update if parts.average is not None else None,
-                         stop_requested=poll.requested,
-                         checkpoint=MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, loss_check, save_at))
+        loop = LoopSteps(
+            loss_check,
+            average=parts.average.update if parts.average is not None else None,
+            stop_requested=poll.requested,
+            checkpoint=MidEpochCheckpoint(cfg.checkpoint.every_steps, parts.steps, loss_check, save_at),
+        )
         try:
-            tr = train_one_epoch(net, parts.step, batches, first_step=state.step, tally=tally,
-                                 loop=loop, hooks=[*progress, *hooks])
+            tr = train_one_epoch(
+                net, parts.step, batches, first_step=state.step, tally=tally, loop=loop, hooks=[*progress, *hooks]
+            )
         except Diverged as exc:
             raise _diverged(parts, rec, epoch, exc) from None
     if not tr.finished and tr.steps < parts.steps:
@@ -458,8 +564,11 @@ def _train_epoch(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, epo
     state.step = epoch_start + tr.steps
     if ranks.world > 1:  # the epoch's metrics over all ranks; one set of weights to evaluate and save
         ranks.sync_buffers(parts.model)
-        sums = ranks.sum(torch.stack([tr.tally.loss_sum.float(), tr.tally.correct.float(),
-                                      torch.tensor(float(tr.images), device=device)]))
+        sums = ranks.sum(
+            torch.stack(
+                [tr.tally.loss_sum.float(), tr.tally.correct.float(), torch.tensor(float(tr.images), device=device)]
+            )
+        )
         tr.loss, tr.acc, tr.images = (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item(), int(sums[2])
     return tr
 
@@ -481,20 +590,28 @@ def _diverged(parts: Parts, rec: Recorder, epoch: int, exc: Diverged) -> RunFail
         kept = f"the newest checkpoint (epoch {m['epoch']}, step {m['step']}) is from before it"
     except (OSError, ValueError, KeyError):
         kept = "no checkpoint was written before it"
-    return RunFailed(f"{exc} (epoch {epoch}, lr {lr:.4g}): the run diverged; {kept}. Lower the learning rate "
-                     f"(lr={parts.cfg.lr / 10:g}) or add warmup (sched.warmup_epochs=1)")
+    return RunFailed(
+        f"{exc} (epoch {epoch}, lr {lr:.4g}): the run diverged; {kept}. Lower the learning rate "
+        f"(lr={parts.cfg.lr / 10:g}) or add warmup (sched.warmup_epochs=1)"
+    )
 
 
-def _evaluate(parts: Parts, split: Split, stop: StopRequest | None = None, net: nn.Module | None = None
-              ) -> tuple[float, float]:
+def _evaluate(
+    parts: Parts, split: Split, stop: StopRequest | None = None, net: nn.Module | None = None
+) -> tuple[float, float]:
     batches = iterate(split, parts.cfg.eval_batch_size, device=parts.device, workers=parts.cfg.data.workers)
-    loss, acc, _ = evaluate(net or parts.eval_net, batches if stop is None else _until_stopped(batches, stop),
-                            pipeline=parts.step.pipeline, amp=parts.step.amp)
+    loss, acc, _ = evaluate(
+        net or parts.eval_net,
+        batches if stop is None else _until_stopped(batches, stop),
+        pipeline=parts.step.pipeline,
+        amp=parts.step.amp,
+    )
     return loss, acc
 
 
-def _end_epoch(parts: Parts, state: RunState, rec: Recorder, epoch: int, trains: str, tr: EpochResult,
-               started: float) -> tuple[dict, bool]:
+def _end_epoch(
+    parts: Parts, state: RunState, rec: Recorder, epoch: int, trains: str, tr: EpochResult, started: float
+) -> tuple[dict, bool]:
     """Evaluate, keep the best, decide early stopping; the metrics row and whether it is the best."""
     lr = parts.step.lr_at(state.step - 1)
     val_loss, val_acc = _evaluate(parts, parts.data.val)
@@ -514,13 +631,27 @@ def _end_epoch(parts: Parts, state: RunState, rec: Recorder, epoch: int, trains:
     if is_best:
         state.best_val_acc, state.best_epoch = score, epoch
     state.epoch = epoch
-    row = asdict(EpochMetrics(
-        epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=val_loss, val_acc=val_acc,
-        gap=(clean_acc if clean_acc is not None else tr.acc) - val_acc, lr=lr, epoch_s=time.perf_counter() - started,
-        wall_s=rec.wall_s(), img_per_s=tr.images / tr.seconds, clean_train_loss=clean_loss, clean_train_acc=clean_acc,
-        trainable=trains, trainable_params=count_params(parts.model)[1],
-        clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None,
-        avg_val_loss=avg_loss, avg_val_acc=avg_acc))
+    row = asdict(
+        EpochMetrics(
+            epoch=epoch,
+            train_loss=tr.loss,
+            train_acc=tr.acc,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            gap=(clean_acc if clean_acc is not None else tr.acc) - val_acc,
+            lr=lr,
+            epoch_s=time.perf_counter() - started,
+            wall_s=rec.wall_s(),
+            img_per_s=tr.images / tr.seconds,
+            clean_train_loss=clean_loss,
+            clean_train_acc=clean_acc,
+            trainable=trains,
+            trainable_params=count_params(parts.model)[1],
+            clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None,
+            avg_val_loss=avg_loss,
+            avg_val_acc=avg_acc,
+        )
+    )
     state.history.append(row)
     state.wall_s = rec.wall_s()
     reason = parts.early.reason(epoch, state.improved_epoch, state.best_val_acc, state.best_epoch)
@@ -535,16 +666,26 @@ def _finish_swa(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, hook
     result (best.pt). Again on a resume after it: the statistics come out the same."""
     cfg, swa = parts.cfg, parts.average
     if not swa.updates:
-        rec.log.warning("average=swa averaged nothing: the run ended at epoch %d, before average.start_epoch=%d",
-                        state.epoch, swa.start_epoch)
+        rec.log.warning(
+            "average=swa averaged nothing: the run ended at epoch %d, before average.start_epoch=%d",
+            state.epoch,
+            swa.start_epoch,
+        )
         return
     batches = iterate(parts.data.train, cfg.eval_batch_size, device=parts.device, workers=cfg.data.workers)
     seen = swa.update_bn((parts.step.pipeline.eval(x) for x, _ in batches), parts.step.amp)
     loss, acc = _evaluate(parts, parts.data.val, net=swa.module)
     state.history[-1].update(avg_val_loss=loss, avg_val_acc=acc)
-    rec.log.info("average=swa: the weights of %d epochs (%d-%d) averaged; BatchNorm statistics recomputed over %d "
-                 "training images; val loss %.4f acc %.2f%%", swa.updates, swa.start_epoch, state.epoch, seen, loss,
-                 100 * acc)
+    rec.log.info(
+        "average=swa: the weights of %d epochs (%d-%d) averaged; BatchNorm statistics recomputed over %d "
+        "training images; val loss %.4f acc %.2f%%",
+        swa.updates,
+        swa.start_epoch,
+        state.epoch,
+        seen,
+        loss,
+        100 * acc,
+    )
     selected = cfg.average.select == "averaged"
     if selected:
         state.best_val_acc, state.best_epoch = acc, state.epoch
@@ -575,9 +716,16 @@ def _warn_few_steps(parts: Parts, log) -> None:
     cfg, total, n = parts.cfg, parts.steps * parts.cfg.epochs, len(parts.data.train)
     if total < FEW_STEPS:
         how, more = more_steps(n, cfg.epochs, cfg.batch_size)
-        log.warning("only %d optimizer steps in all (%d per epoch x %d epochs: %d training images in batches of %d); "
-                    "too few to judge a regularizer by%s", total, parts.steps, cfg.epochs, n, cfg.batch_size,
-                    f": {how} gives about {more}" if how else "")
+        log.warning(
+            "only %d optimizer steps in all (%d per epoch x %d epochs: %d training images in batches of %d); "
+            "too few to judge a regularizer by%s",
+            total,
+            parts.steps,
+            cfg.epochs,
+            n,
+            cfg.batch_size,
+            f": {how} gives about {more}" if how else "",
+        )
 
 
 def _until_stopped(batches, stop: StopRequest):
@@ -602,13 +750,27 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
         out["test_loss"], out["test_acc"] = _evaluate(parts, test, stop)
         if cfg.dropout.mc_samples > 0:
             batches = _until_stopped(iterate(test, cfg.eval_batch_size, device=device, workers=cfg.data.workers), stop)
-            out["mc_test_acc"], out["mc_entropy"] = mc_dropout(parts.eval_net, batches, pipeline=parts.step.pipeline,
-                                                               amp=parts.step.amp, samples=cfg.dropout.mc_samples)
-            rec.log.info("MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
-                         cfg.dropout.mc_samples, 100 * out["mc_test_acc"], out["mc_entropy"])
+            out["mc_test_acc"], out["mc_entropy"] = mc_dropout(
+                parts.eval_net,
+                batches,
+                pipeline=parts.step.pipeline,
+                amp=parts.step.amp,
+                samples=cfg.dropout.mc_samples,
+            )
+            rec.log.info(
+                "MC dropout (%d passes): test acc %.2f%%, mean predictive entropy %.3f nats",
+                cfg.dropout.mc_samples,
+                100 * out["mc_test_acc"],
+                out["mc_entropy"],
+            )
     kind, evidence = verdict(state.history)
     evidence["optimizer_steps"] = state.step
     overrides = rec.summary["overrides"]
-    out.update(verdict=kind, evidence=evidence, remedies=[
-        f"{what}: {command(overrides, how)}" for what, how in remedies(kind, cfg, evidence, len(parts.data.train))])
+    out.update(
+        verdict=kind,
+        evidence=evidence,
+        remedies=[
+            f"{what}: {command(overrides, how)}" for what, how in remedies(kind, cfg, evidence, len(parts.data.train))
+        ],
+    )
     return out

@@ -1,8 +1,11 @@
 """Helpers every test module may use (test modules never import from each other)."""
 
 import contextlib
+import gzip
 import io
 import os
+import pickle
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -34,16 +37,18 @@ def run_regx(args, cwd, env=None, timeout=300, fault=None, new_session=False):
     a fault hook is installed in that process first; with `new_session` it leads its own process
     group (a signal to the group reaches nothing else). Returns CompletedProcess (text)."""
     cmd, full_env = _command(args, env, fault)
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=new_session)
+    return subprocess.run(
+        cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, start_new_session=new_session
+    )
 
 
 def start_regx(args, cwd, fault=None) -> subprocess.Popen:
     """run_regx without waiting: a Popen leading its own process group, output to cwd/out.txt."""
     cmd, full_env = _command(args, None, fault)
     out = open(Path(cwd) / "out.txt", "w")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 @pytest.fixture
@@ -149,7 +154,52 @@ def make_model(name="smallcnn", **kw):
 
 def toy_checkpoint(step: int, w: torch.Tensor | None = None, **entries) -> checkpoint.Checkpoint:
     """A small Checkpoint (one weight) for tests of how checkpoint files are written and read."""
-    return checkpoint.Checkpoint(model={"w": torch.full((3,), float(step)) if w is None else w},
-                                 config={"average": {"select": "averaged"}}, state={"epoch": step, "step": step},
-                                 classes=["a", "b"], norm={"mean": [0.5], "std": [0.5]}, in_channels=1, image_size=8,
-                                 **entries)
+    return checkpoint.Checkpoint(
+        model={"w": torch.full((3,), float(step)) if w is None else w},
+        config={"average": {"select": "averaged"}},
+        state={"epoch": step, "step": step},
+        classes=["a", "b"],
+        norm={"mean": [0.5], "std": [0.5]},
+        in_channels=1,
+        image_size=8,
+        **entries,
+    )
+
+
+def write_idx(path: Path, array: np.ndarray, compress=False):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def write_mnist_family(folder: Path, compress=False, n_train=60, n_test=20):
+    rng = np.random.default_rng(0)
+    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28)), compress)
+    write_idx(folder / "train-labels-idx1-ubyte", np.arange(n_train) % 10, compress)
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)), compress)
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(n_test) % 10, compress)
+
+
+def write_cifar(folder: Path, kind: str, per_file=10):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label_key = "labels" if kind == "cifar10" else "fine_labels"
+    n_classes = 10 if kind == "cifar10" else 100
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if kind == "cifar10" else ["train", "test"]
+    for name in files:
+        entry = {
+            "data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+            label_key: list(np.arange(per_file) % n_classes),
+        }
+        (folder / name).write_bytes(pickle.dumps(entry))
+    meta = (
+        {"label_names": [f"c{i}" for i in range(10)]}
+        if kind == "cifar10"
+        else {"fine_label_names": [f"c{i}" for i in range(100)]}
+    )
+    (folder / ("batches.meta" if kind == "cifar10" else "meta")).write_bytes(pickle.dumps(meta))

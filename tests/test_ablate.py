@@ -44,8 +44,12 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
     acc = {}  # arm -> seed -> test accuracy, read from the jobs themselves
     for job in sweep.iterdir():
         if (job / "summary.json").is_file():
-            overrides = dict(o.lstrip("- ").split("=", 1) for o in (job / ".hydra" / "overrides.yaml").read_text().splitlines())
-            acc.setdefault(overrides["+ablate_arm"], {})[overrides["seed"]] = json.loads((job / "summary.json").read_text())["test_acc"]
+            overrides = dict(
+                o.lstrip("- ").split("=", 1) for o in (job / ".hydra" / "overrides.yaml").read_text().splitlines()
+            )
+            acc.setdefault(overrides["+ablate_arm"], {})[overrides["seed"]] = json.loads(
+                (job / "summary.json").read_text()
+            )["test_acc"]
             remedies = json.loads((job / "summary.json").read_text())["remedies"]
             assert remedies and not any("ablate" in r for r in remedies)  # plain runs' commands, the arm spelled out
             if overrides["+ablate_arm"] == "baseline":
@@ -58,12 +62,15 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
     assert again.returncode == 0 and "completed already, skipped" in again.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["aug=all"], "aug=all: the arms set aug"),
-    (["seed=3"], "seed=3: the arms set seed"),
-    (["--seeds", "0"], "--seeds and --jobs must be at least 1"),
-    (["+ablate.arms.bad=[\"aug=nope\"]"], "ablation arm bad ("),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["aug=all"], "aug=all: the arms set aug"),
+        (["seed=3"], "seed=3: the arms set seed"),
+        (["--seeds", "0"], "--seeds and --jobs must be at least 1"),
+        (['+ablate.arms.bad=["aug=nope"]'], "ablation arm bad ("),
+    ],
+)
 def test_bad_ablations_are_one_line(tmp_path, cli, args, message):
     res = cli("ablate", "debug=smoke", *args)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -35,12 +35,15 @@ def test_flips_equal_torchvision_exactly(images):
     assert torch.equal(apply(images, params(8, vflip=torch.ones(8, dtype=torch.bool))), TF.vertical_flip(images))
 
 
-@pytest.mark.parametrize("ours,theirs", [
-    (dict(angle=30.0), dict(angle=-30.0, translate=[0, 0], scale=1.0)),  # affine's angle is clockwise
-    (dict(scale=1.3), dict(angle=0.0, translate=[0, 0], scale=1.3)),
-    (dict(tx=0.125, ty=-0.25), dict(angle=0.0, translate=[4, -8], scale=1.0)),
-    (dict(angle=-20.0, scale=0.8, tx=0.0625, ty=0.1), dict(angle=20.0, translate=[2, 3.2], scale=0.8)),
-])
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (dict(angle=30.0), dict(angle=-30.0, translate=[0, 0], scale=1.0)),  # affine's angle is clockwise
+        (dict(scale=1.3), dict(angle=0.0, translate=[0, 0], scale=1.3)),
+        (dict(tx=0.125, ty=-0.25), dict(angle=0.0, translate=[4, -8], scale=1.0)),
+        (dict(angle=-20.0, scale=0.8, tx=0.0625, ty=0.1), dict(angle=20.0, translate=[2, 3.2], scale=0.8)),
+    ],
+)
 def test_geometry_matches_torchvision(images, ours, theirs):
     out = apply(images, params(8, **ours))
     ref = TF.affine(images, shear=[0.0, 0.0], interpolation=BILINEAR, **theirs)
@@ -52,13 +55,16 @@ def test_rotation_is_counter_clockwise_as_torchvision_rotate(images):
     assert (apply(images, params(8, angle=30.0)) - ref).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("ours,fn,arg", [
-    (dict(brightness=1.4), TF.adjust_brightness, 1.4),
-    (dict(contrast=0.6), TF.adjust_contrast, 0.6),
-    (dict(saturation=1.5), TF.adjust_saturation, 1.5),
-    (dict(hue=0.2), TF.adjust_hue, 0.2),
-    (dict(hue=-0.35), TF.adjust_hue, -0.35),
-])
+@pytest.mark.parametrize(
+    "ours,fn,arg",
+    [
+        (dict(brightness=1.4), TF.adjust_brightness, 1.4),
+        (dict(contrast=0.6), TF.adjust_contrast, 0.6),
+        (dict(saturation=1.5), TF.adjust_saturation, 1.5),
+        (dict(hue=0.2), TF.adjust_hue, 0.2),
+        (dict(hue=-0.35), TF.adjust_hue, -0.35),
+    ],
+)
 def test_colour_matches_torchvision(images, ours, fn, arg):
     assert (apply(images, params(8, **ours)) - fn(images, arg)).abs().max() < 1e-4
 
@@ -129,8 +135,13 @@ def test_mixing_mixes_images_and_labels_consistently(option):
     y = torch.randint(0, 5, (8,))
     logits = torch.randn(8, 5)
     ce = torch.nn.functional.cross_entropy
-    manual = torch.stack([m.lam[i] * ce(logits[i : i + 1], y[i : i + 1]) + (1 - m.lam[i]) * ce(logits[i : i + 1], y[m.perm][i : i + 1])
-                          for i in range(8)]).mean()
+    manual = torch.stack(
+        [
+            m.lam[i] * ce(logits[i : i + 1], y[i : i + 1])
+            + (1 - m.lam[i]) * ce(logits[i : i + 1], y[m.perm][i : i + 1])
+            for i in range(8)
+        ]
+    ).mean()
     torch.testing.assert_close(mixed_cross_entropy(logits, y, m), manual)
 
 
@@ -227,11 +238,17 @@ def test_every_key_of_every_aug_option_changes_what_it_does(name):
     from regx.augment import STAGES
 
     assert set(STAGES) == set(config.AUG_OPS)
-    base = [f"aug.{name}.p=1", *{"rotate": ["aug.rotate.degrees=20"], "scale": ["aug.scale.min=0.8"],
-                                "translate": ["aug.translate.fraction=0.1"], "crop": ["aug.crop.pad=3"],
-                                "color": [f"aug.color.{k}=0.3" for k in ("brightness", "contrast", "saturation",
-                                                                        "hue")],
-                                "augmix": ["aug.augmix.depth=2"]}.get(name, [])]
+    base = [
+        f"aug.{name}.p=1",
+        *{
+            "rotate": ["aug.rotate.degrees=20"],
+            "scale": ["aug.scale.min=0.8"],
+            "translate": ["aug.translate.fraction=0.1"],
+            "crop": ["aug.crop.pad=3"],
+            "color": [f"aug.color.{k}=0.3" for k in ("brightness", "contrast", "saturation", "hue")],
+            "augmix": ["aug.augmix.depth=2"],
+        }.get(name, []),
+    ]
     x = torch.rand(16, 3, 24, 24, generator=torch.Generator().manual_seed(3))
 
     def run(overrides):

@@ -58,7 +58,14 @@ def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weig
 
 
 def test_a_run_killed_mid_epoch_resumes_its_average_and_clipping_exactly(tmp_path):
-    common = ["debug=smoke", "epochs=2", "average=ema", "average.decay=0.8", "clip_grad=0.3", "checkpoint.every_steps=2"]
+    common = [
+        "debug=smoke",
+        "epochs=2",
+        "average=ema",
+        "average.decay=0.8",
+        "clip_grad=0.3",
+        "checkpoint.every_steps=2",
+    ]
     assert regx_here(tmp_path, "train", *common, "hydra.run.dir=full").returncode == 0
     killed = run_regx(["train", *common, "hydra.run.dir=k"], tmp_path, fault="kill@9")
     assert killed.returncode == -9
@@ -102,8 +109,9 @@ def test_swa_lr_takes_over_from_the_schedule_at_its_start():
 
     sched = OmegaConf.to_container(config.compose(["sched=cosine"]).sched)
     plain = lr_schedule(sched, lr=0.1, epochs=4, steps=10)
-    swa = lr_schedule(sched, lr=0.1, epochs=4, steps=10,
-                      average={"name": "swa", "start_epoch": 3, "swa_lr": 0.01, "anneal_epochs": 1})
+    swa = lr_schedule(
+        sched, lr=0.1, epochs=4, steps=10, average={"name": "swa", "start_epoch": 3, "swa_lr": 0.01, "anneal_epochs": 1}
+    )
     assert [swa(s) for s in range(20)] == [plain(s) for s in range(20)]
     assert swa(20 + 4) == pytest.approx(0.5 * plain(20) + 0.5 * 0.01)  # halfway through the anneal
     assert swa(30) == swa(39) == 0.01
@@ -136,13 +144,21 @@ def test_an_swa_run_ends_with_the_averaged_weights_and_resumes_exactly(tmp_path)
     assert checkpoint.read(tmp_path / "full/checkpoints/last.pt").to_dict()["average"]["updates"] == 6  # epochs 3-8
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("average.start_epoch=9", "average.start_epoch=9 is invalid: must be <= epochs (4)"),
-    ("average.decay=1", "average.decay=1.0 is invalid"),
-    ("average.every=0", "average.every=0 is invalid"),
-    ("average=sma", "unknown option average=sma"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("average.start_epoch=9", "average.start_epoch=9 is invalid: must be <= epochs (4)"),
+        ("average.decay=1", "average.decay=1.0 is invalid"),
+        ("average.every=0", "average.every=0 is invalid"),
+        ("average=sma", "unknown option average=sma"),
+    ],
+)
 def test_bad_averaging_is_one_line(override, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)):
-        errors.preflight(["average=swa", "epochs=4", override] if "start_epoch" in override else
-                         ["average=ema", override] if override != "average=sma" else [override])
+        errors.preflight(
+            ["average=swa", "epochs=4", override]
+            if "start_epoch" in override
+            else ["average=ema", override]
+            if override != "average=sma"
+            else [override]
+        )

@@ -1,4 +1,5 @@
-"""The benchmark's parts run (fast, tiny sizes). The speed figures themselves are `make bench`'s."""
+"""The benchmark's parts: its report from given figures (fast); its timed parts run at tiny sizes (slow).
+The speed figures themselves are `make bench`'s."""
 
 import json
 
@@ -10,10 +11,18 @@ from benchmarks import bench
 CPU = torch.device("cpu")
 
 
-def test_benchmark_parts_run_and_write_their_report(tmp_path):
-    r = bench.alternate({"regx": bench.regx_loop("smallcnn", CPU, "32", 2, 16, "all"),
-                         "hand": bench.hand_loop("smallcnn", CPU, "32", 2, 16)}, repeats=2)
-    assert r["regx"]["n"] == 2 and r["regx"]["median"] > 0 and r["hand"]["min"] <= r["hand"]["median"] <= r["hand"]["max"]
+@pytest.mark.slow  # it times benchmark code: make test-all runs it
+def test_the_timed_benchmark_parts_run():
+    r = bench.alternate(
+        {
+            "regx": bench.regx_loop("smallcnn", CPU, "32", 2, 16, "all"),
+            "hand": bench.hand_loop("smallcnn", CPU, "32", 2, 16),
+        },
+        repeats=2,
+    )
+    assert (
+        r["regx"]["n"] == 2 and r["regx"]["median"] > 0 and r["hand"]["min"] <= r["hand"]["median"] <= r["hand"]["max"]
+    )
     aug = bench.alternate(bench.aug_alone(CPU, 2, 16), repeats=1, warmup=0)
     assert all(v["median"] > 0 for v in aug.values())
     assert bench.tv_end_to_end("smallcnn", CPU, "32", 2, 16)() == 32
@@ -21,18 +30,49 @@ def test_benchmark_parts_run_and_write_their_report(tmp_path):
     assert bench.regx_loop("smallcnn", CPU, "32", 2, 16, clip=1.0)() == 32
     costs = bench.tracker_cost(repeats=2)
     assert all(c["status"] == "ok" and c["n"] == 2 and c["median"] > 0 for c in costs.values())
-    t = {"target": 0.99, "reached": {"epoch": 1, "seconds": 2.0, "wall_s": 3.0}, "epochs": 1, "best_val_acc": 0.995,
-         "test_acc": 0.99, "wall_s": 4.0}
+
+
+def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
+    t = {
+        "target": 0.99,
+        "reached": {"epoch": 1, "seconds": 2.0, "wall_s": 3.0},
+        "epochs": 1,
+        "best_val_acc": 0.995,
+        "test_acc": 0.99,
+        "wall_s": 4.0,
+    }
     stats = {"median": 10.0, "min": 9.0, "max": 11.0, "n": 3}
-    result = {"machine": bench.machine(CPU), "command": "python -m benchmarks.bench", "date": "2026-01-01",
-              "engine": [{"model": "smallcnn", "precision": "32", "aug": "none", "batch": 128, "regx": stats,
-                          "hand": stats, "ratio": 1.0}],
-              "defaults": [{"what": "channels_last vs contiguous, smallcnn 32", "ratio": 1.1},
-                           {"what": "compile=default vs eager, smallcnn 32", "ratio": 1.03, "compile_s": 41.9}],
-              "aug_alone": {"regx": stats, "torchvision": stats, "ratio": 1.0},
-              "aug_end_to_end": {"regx": stats, "torchvision": stats, "ratio": 1.0}, "time_to_accuracy": t,
-              "recipes": [{"what": "Fashion-MNIST", "command": "regx train experiment=fashion_mnist", "machine": "2 cores",
-                           "runs": [{"seed": 0, "test_acc": 93.55, "best_val_acc": 94.03, "wall_s": 416.2}]}]}
+    result = {
+        "machine": bench.machine(CPU),
+        "command": "python -m benchmarks.bench",
+        "date": "2026-01-01",
+        "engine": [
+            {
+                "model": "smallcnn",
+                "precision": "32",
+                "aug": "none",
+                "batch": 128,
+                "regx": stats,
+                "hand": stats,
+                "ratio": 1.0,
+            }
+        ],
+        "defaults": [
+            {"what": "channels_last vs contiguous, smallcnn 32", "ratio": 1.1},
+            {"what": "compile=default vs eager, smallcnn 32", "ratio": 1.03, "compile_s": 41.9},
+        ],
+        "aug_alone": {"regx": stats, "torchvision": stats, "ratio": 1.0},
+        "aug_end_to_end": {"regx": stats, "torchvision": stats, "ratio": 1.0},
+        "time_to_accuracy": t,
+        "recipes": [
+            {
+                "what": "Fashion-MNIST",
+                "command": "regx train experiment=fashion_mnist",
+                "machine": "2 cores",
+                "runs": [{"seed": 0, "test_acc": 93.55, "best_val_acc": 94.03, "wall_s": 416.2}],
+            }
+        ],
+    }
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
     assert "| smallcnn | 32 | none | 128 | 10 (9-11) | 10 (9-11) | 1.000 |" in text
@@ -66,14 +106,35 @@ def test_the_timm_comparison_times_each_epoch_and_tabulates_every_seed(tmp_path)
     from benchmarks import vs_timm
 
     rows = tmp_path / "rows.csv"
-    script = (f"import time\nf = open({str(rows)!r}, 'w'); f.write('epoch\\n'); f.flush()\n"
-              "for i in range(3):\n    time.sleep(0.6); f.write(f'{i}\\n'); f.flush()\n")
+    script = (
+        f"import time\nf = open({str(rows)!r}, 'w'); f.write('epoch\\n'); f.flush()\n"
+        "for i in range(3):\n    time.sleep(0.6); f.write(f'{i}\\n'); f.flush()\n"
+    )
     code, wall, ends = vs_timm.watch([sys.executable, "-c", script], tmp_path / "log", rows)
     assert code == 0 and len(ends) == 3 and ends == sorted(ends) and ends[-1] <= wall
-    runs = [{"tool": "timm train.py", "model": "resnet18", "seed": s, "exit": 0, "wall_s": 10.0 + s,
-             "test_acc": [0.5, 0.8 + s / 100], "epoch_end_s": [4.0, 9.0]} for s in (0, 1)]
-    runs.append({"tool": "regx", "model": "smallcnn", "seed": 0, "exit": 0, "wall_s": 5.0, "test_acc": [0.81, 0.9],
-                 "epoch_end_s": [2.0, 4.0]})
+    runs = [
+        {
+            "tool": "timm train.py",
+            "model": "resnet18",
+            "seed": s,
+            "exit": 0,
+            "wall_s": 10.0 + s,
+            "test_acc": [0.5, 0.8 + s / 100],
+            "epoch_end_s": [4.0, 9.0],
+        }
+        for s in (0, 1)
+    ]
+    runs.append(
+        {
+            "tool": "regx",
+            "model": "smallcnn",
+            "seed": 0,
+            "exit": 0,
+            "wall_s": 5.0,
+            "test_acc": [0.81, 0.9],
+            "epoch_end_s": [2.0, 4.0],
+        }
+    )
     table = vs_timm.to_markdown(runs, 1000, 2, [0, 1], 2)
     assert "time to 80% test acc (each seed) |" in table  # the accuracy every tool reached on average
     assert "| timm train.py, resnet18 | 80.00, 81.00 | 80.50 | 10 s, 11 s | 9 s, 9 s |" in table

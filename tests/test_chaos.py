@@ -20,8 +20,18 @@ EXIT = {"kill": -9, "killsave": -9, "term": 143, "termgroup": 143}
 def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_path):
     root = tmp_path / "imgs"
     write_images(root, per_class=10, size=(24, 20))
-    args = ["debug=smoke", "data=imagefolder", f"data.path={root}", "data.image_size=16", "data.stream=true",
-            "data.workers=2", "batch_size=4", "epochs=5", "checkpoint.every_steps=1", "aug=flip_rotate"]
+    args = [
+        "debug=smoke",
+        "data=imagefolder",
+        f"data.path={root}",
+        "data.image_size=16",
+        "data.stream=true",
+        "data.workers=2",
+        "batch_size=4",
+        "epochs=5",
+        "checkpoint.every_steps=1",
+        "aug=flip_rotate",
+    ]
     ref = run_regx(["train", *args, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path)
     assert ref.returncode == 0, ref.stderr
     total = checkpoint.read(tmp_path / "ref" / "checkpoints" / "last.pt").to_dict()["state"]["step"]
@@ -43,7 +53,10 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [str(e) for e in range(1, 6)]
     assert metric_rows(run) == metric_rows(tmp_path / "ref")
-    assert_same_state(checkpoint.read(run / "checkpoints" / "last.pt").to_dict(), checkpoint.read(tmp_path / "ref" / "checkpoints" / "last.pt").to_dict())
+    assert_same_state(
+        checkpoint.read(run / "checkpoints" / "last.pt").to_dict(),
+        checkpoint.read(tmp_path / "ref" / "checkpoints" / "last.pt").to_dict(),
+    )
     for ckpt in (run / "checkpoints").glob("*.pt"):
         checkpoint.verify(ckpt)
     json.loads((run / "summary.json").read_text())

@@ -42,8 +42,13 @@ def test_migration_fills_what_older_files_lack():
     raw = toy_checkpoint(3).to_dict()
     del raw["format"], raw["in_channels"], raw["image_size"]
     raw["config"] = {"data": {"image_size": 24}}  # before the average group
-    raw["state"]["tally"] = {"loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long),
-                             "images": 0, "batches": 2, "seconds": 0.0}  # before clip_grad
+    raw["state"]["tally"] = {
+        "loss_sum": torch.zeros(()),
+        "correct": torch.zeros((), dtype=torch.long),
+        "images": 0,
+        "batches": 2,
+        "seconds": 0.0,
+    }  # before clip_grad
     ckpt = Checkpoint(**checkpoint.migrate(raw))
     assert ckpt.in_channels == 1 and ckpt.image_size == 24 and ckpt.config["average"]["select"] == "averaged"
     assert ckpt.state["tally"]["clipped"].item() == 0 and ckpt.format == FORMAT_VERSION
@@ -61,8 +66,10 @@ def test_written_and_read_back_every_entry_is_kept(tmp_path, old_run):
 
 
 def test_a_newer_format_or_an_unknown_entry_is_refused_in_one_line(tmp_path):
-    for entry, match in (({"format": FORMAT_VERSION + 1}, "newer than this regx reads"),
-                         ({"epochs_seen": 3}, "unknown entry epochs_seen")):
+    for entry, match in (
+        ({"format": FORMAT_VERSION + 1}, "newer than this regx reads"),
+        ({"epochs_seen": 3}, "unknown entry epochs_seen"),
+    ):
         path = tmp_path / f"{len(entry)}-{next(iter(entry))}.pt"
         torch.save({**toy_checkpoint(1).to_dict(), **entry}, path)
         with pytest.raises(CorruptCheckpoint, match=match):
@@ -105,6 +112,7 @@ def test_an_old_run_predicts_exports_and_is_fine_tuned_from(tmp_path, old_run, c
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "red.png")
     res = cli("predict", old_run, tmp_path / "red.png")
     assert res.returncode == 0 and "red.png" in res.stdout, res.stderr
-    res = regx_here(tmp_path, "train", "debug=smoke", "epochs=1", "finetune=full", f"finetune.weights={old_run}",
-                    "hydra.run.dir=ft")
+    res = regx_here(
+        tmp_path, "train", "debug=smoke", "epochs=1", "finetune=full", f"finetune.weights={old_run}", "hydra.run.dir=ft"
+    )
     assert res.returncode == 0 and "regx checkpoint" in read_summary(tmp_path / "ft")["weights"], res.stderr

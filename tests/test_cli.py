@@ -10,9 +10,11 @@ from regx.cli import COMMANDS
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys; from regx.cli import main; rc = main(['--help']); "
-            "heavy = [m for m in ('torch', 'torchvision', 'hydra', 'omegaconf') if m in sys.modules]; "
-            "assert rc == 0 and not heavy, heavy")
+    code = (
+        "import sys; from regx.cli import main; rc = main(['--help']); "
+        "heavy = [m for m in ('torch', 'torchvision', 'hydra', 'omegaconf') if m in sys.modules]; "
+        "assert rc == 0 and not heavy, heavy"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "train" in res.stdout and "resume" in res.stdout
@@ -67,28 +69,42 @@ def test_regx_alone_lists_the_commands_and_exits_2_and_version_names_the_stack(c
 
 
 def test_train_help_is_quick_because_it_imports_no_torch():
-    code = ("import sys; from regx.cli import main; rc = main(['train', '--help']); "
-            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]")
+    code = (
+        "import sys; from regx.cli import main; rc = main(['train', '--help']); "
+        "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-500:]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["trian"], "unknown command 'trian'; did you mean 'train'?"),
-    (["plot"], "the following arguments are required: RUN_DIR (see regx plot --help)"),
-    (["plot", "a", "b"], "unrecognized arguments: b"),
-    (["eval", "run", "--bogus"], "unrecognized arguments: --bogus"),
-    (["show-aug", "--out", "x.jpg"], "--out x.jpg: the file name must end in .png"),
-    (["train", "+lrr=0.1"], "unknown config key 'lrr'; did you mean 'lr'? (free-form notes go under +notes.KEY=VALUE)"),
-    (["train", "++lrr=0.1"], "unknown config key 'lrr'; did you mean 'lr'?"),
-    (["train", "+epochs=3"], "+epochs: epochs is already in the config; set it with epochs=3"),
-    (["train", "~early_stop"], "~early_stop: regx's config needs every key of its schema; set a value instead"),
-    (["train", "model.name=resnet1"], "model.name='resnet1' is neither regx's (smallcnn) nor a torchvision "
-                                      "classification model; did you mean resnet18"),
-    (["train", "data.path=/tmp"], "data.path=/tmp is set but data=shapes does not read a folder: add data=imagefolder"),
-    (["check-data", "data.path=/tmp"], "add data=imagefolder"),
-    (["train", "-m", "debug=smoke", "aug=glob(zzz*)"], "the sweep ran no job: a sweep value matched nothing"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trian"], "unknown command 'trian'; did you mean 'train'?"),
+        (["plot"], "the following arguments are required: RUN_DIR (see regx plot --help)"),
+        (["plot", "a", "b"], "unrecognized arguments: b"),
+        (["eval", "run", "--bogus"], "unrecognized arguments: --bogus"),
+        (["show-aug", "--out", "x.jpg"], "--out x.jpg: the file name must end in .png"),
+        (
+            ["train", "+lrr=0.1"],
+            "unknown config key 'lrr'; did you mean 'lr'? (free-form notes go under +notes.KEY=VALUE)",
+        ),
+        (["train", "++lrr=0.1"], "unknown config key 'lrr'; did you mean 'lr'?"),
+        (["train", "+epochs=3"], "+epochs: epochs is already in the config; set it with epochs=3"),
+        (["train", "~early_stop"], "~early_stop: regx's config needs every key of its schema; set a value instead"),
+        (
+            ["train", "model.name=resnet1"],
+            "model.name='resnet1' is neither regx's (smallcnn) nor a torchvision "
+            "classification model; did you mean resnet18",
+        ),
+        (
+            ["train", "data.path=/tmp"],
+            "data.path=/tmp is set but data=shapes does not read a folder: add data=imagefolder",
+        ),
+        (["check-data", "data.path=/tmp"], "add data=imagefolder"),
+        (["train", "-m", "debug=smoke", "aug=glob(zzz*)"], "the sweep ran no job: a sweep value matched nothing"),
+    ],
+)
 def test_bad_arguments_are_one_line(cli, tmp_path, args, message):
     res = cli(*args)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -167,18 +183,35 @@ def test_relative_paths_hold_when_hydra_changes_into_the_run_directory(cli, tmp_
     from tests.conftest import write_images
 
     write_images(tmp_path / "imgs", per_class=6)
-    res = cli("train", "debug=smoke", "epochs=1", "data=imagefolder", "data.path=imgs", "data.image_size=16",
-              "data.workers=0", "hydra.job.chdir=true", "hydra.run.dir=r")
+    res = cli(
+        "train",
+        "debug=smoke",
+        "epochs=1",
+        "data=imagefolder",
+        "data.path=imgs",
+        "data.image_size=16",
+        "data.workers=0",
+        "hydra.job.chdir=true",
+        "hydra.run.dir=r",
+    )
     assert res.returncode == 0, res.stderr
     assert f"path: {tmp_path / 'imgs'}" in (tmp_path / "r" / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("regx tr", {"train"}), ("regx ", {"train", "resume", "report", "eval"}),
-    ("regx train aug=fl", {"aug=flip", "aug=flip_rotate"}), ("regx train op", {"optim=", "optim."}),
-    ("regx train debug=smoke optim.mo", {"optim.momentum="}), ("regx show-aug aug.rotate.deg", {"aug.rotate.degrees="}),
-    ("regx resume --f", {"--force"}), ("regx report --gr", {"--group-by"}), ("regx train --cf", {"--cfg"}),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("regx tr", {"train"}),
+        ("regx ", {"train", "resume", "report", "eval"}),
+        ("regx train aug=fl", {"aug=flip", "aug=flip_rotate"}),
+        ("regx train op", {"optim=", "optim."}),
+        ("regx train debug=smoke optim.mo", {"optim.momentum="}),
+        ("regx show-aug aug.rotate.deg", {"aug.rotate.degrees="}),
+        ("regx resume --f", {"--force"}),
+        ("regx report --gr", {"--group-by"}),
+        ("regx train --cf", {"--cfg"}),
+    ],
+)
 def test_completion_answers_what_the_line_asks(line, expected, monkeypatch, capsys):
     from regx.cli import main
 
@@ -202,13 +235,18 @@ def test_completion_works_in_a_real_bash(tmp_path):
 
     if shutil.which("bash") is None:
         pytest.skip("no bash")
-    script = subprocess.run([sys.executable, "-m", "regx", "-sc", "install=bash"], capture_output=True, text=True).stdout
-    (tmp_path / "regx").write_text(f"#!/bin/sh\nexec {sys.executable} -m regx \"$@\"\n")
+    script = subprocess.run(
+        [sys.executable, "-m", "regx", "-sc", "install=bash"], capture_output=True, text=True
+    ).stdout
+    (tmp_path / "regx").write_text(f'#!/bin/sh\nexec {sys.executable} -m regx "$@"\n')
     (tmp_path / "regx").chmod(0o755)
-    probe = script + """
+    probe = (
+        script
+        + """
 COMP_LINE="regx train aug=flip_r"; COMP_POINT=${#COMP_LINE}; COMP_WORDS=(regx train aug=flip_r); COMP_CWORD=2
 _regx_completion; echo "${COMPREPLY[@]}"
 """
+    )
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     res = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env)
     assert res.stdout.split() == ["aug=flip_rotate"], res.stderr

@@ -48,10 +48,13 @@ def test_metrics_record_the_fraction_of_steps_clipped(tmp_path):
     assert not torch.equal(tight["head.out.weight"], off["head.out.weight"])
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("clip_grad=-1", "clip_grad=-1.0 is invalid: must be >= 0"),
-    ("clip_mode=agc", "clip_mode='agc' is invalid"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("clip_grad=-1", "clip_grad=-1.0 is invalid: must be >= 0"),
+        ("clip_mode=agc", "clip_mode='agc' is invalid"),
+    ],
+)
 def test_bad_clipping_is_one_line(override, message):
     with pytest.raises(config.ConfigError, match=message):
         errors.preflight([override])

@@ -13,11 +13,16 @@ from regx.engine import Tally, train_one_epoch
 from regx.train import build
 
 HEAVY = {("model", "vgg11_bn")}  # 130M parameters to initialize: the slow suite builds it
-OPTIONS = [pytest.param(g, o, marks=pytest.mark.slow) if (g, o) in HEAVY else (g, o)
-           for g in config.GROUPS for o in config.group_options(g)]
-EXTRA = {("data", "imagefolder"): [f"data.path={Path(__file__).parent}"],  # any folder that exists
-         ("experiment", "finetune_folder"): [f"data.path={Path(__file__).parent}"],
-         **{("finetune", o): ["model=resnet18"] for o in ("linear_probe", "full", "gradual")}}  # ImageNet weights
+OPTIONS = [
+    pytest.param(g, o, marks=pytest.mark.slow) if (g, o) in HEAVY else (g, o)
+    for g in config.GROUPS
+    for o in config.group_options(g)
+]
+EXTRA = {
+    ("data", "imagefolder"): [f"data.path={Path(__file__).parent}"],  # any folder that exists
+    ("experiment", "finetune_folder"): [f"data.path={Path(__file__).parent}"],
+    **{("finetune", o): ["model=resnet18"] for o in ("linear_probe", "full", "gradual")},
+}  # ImageNet weights
 
 
 def test_every_group_has_options():
@@ -25,12 +30,22 @@ def test_every_group_has_options():
         assert config.group_options(group), f"conf/{group}/ has no options"
 
 
-@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in
-                                                     (x.values if hasattr(x, "values") else x for x in OPTIONS)])
+@pytest.mark.parametrize(
+    "group,option", OPTIONS, ids=[f"{g}={o}" for g, o in (x.values if hasattr(x, "values") else x for x in OPTIONS)]
+)
 def test_option_composes_builds_and_trains_a_step(group, option):
     if group == "hparams_search":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'regx[sweeps]'")
-    cfg = config.compose(["debug=smoke", "data.image_size=32", "data.n_train=800", "batch_size=8", f"{group}={option}", *EXTRA.get((group, option), [])])
+    cfg = config.compose(
+        [
+            "debug=smoke",
+            "data.image_size=32",
+            "data.n_train=800",
+            "batch_size=8",
+            f"{group}={option}",
+            *EXTRA.get((group, option), []),
+        ]
+    )
     config.validate(cfg)
     if cfg.data.name != "shapes" or cfg.finetune.weights:  # loaders are tested on files in their formats in
         return  # test_data.py (presets of real data train on them in test_recipes.py), weights in test_finetune.py
@@ -68,7 +83,10 @@ def test_used_by_command_composes():
         (["precision=8"], "precision='8' is invalid"),
         (["compile_mode=fast"], "compile_mode='fast' is invalid: must be one of default, reduce-overhead, "),
         (["data=imagefolder"], "data.path is required for data=imagefolder"),
-        (["data=imagefolder", "data.path=/no/such/folder", "data.image_size=32"], "data.path=/no/such/folder: no such directory"),
+        (
+            ["data=imagefolder", "data.path=/no/such/folder", "data.image_size=32"],
+            "data.path=/no/such/folder: no such directory",
+        ),
         (["aug=[all,flipp]"], "unknown option aug=flipp; did you mean 'flip'? (valid options: "),
         (["model.fc=3"], "model.fc=3 is invalid"),
         (["oops"], "cannot parse override 'oops'"),
@@ -88,3 +106,9 @@ def test_sweep_preview_covers_every_value():
     assert len(variants) == 4  # first combination + one per further value, not the 6 of the product
     flat = {o for v in variants for o in v}
     assert {"aug=none", "aug=flip", "wd=0", "wd=0.0001", "wd=0.001", "epochs=2"} <= flat
+
+
+def test_the_config_reference_is_the_schemas():
+    from regx import reference
+
+    assert reference.written().read_text() == reference.render(), "docs/config.md is stale: run make docs"

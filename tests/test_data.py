@@ -2,18 +2,15 @@
 formats (written here), the Debian Fashion-MNIST files when installed; never the network."""
 
 import gzip
-import pickle
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from regx import data as D
 from regx.data import folders, tvsets
 from regx.data.synthetic import make_shapes
-from tests.conftest import load, write_images
+from tests.conftest import load, write_cifar, write_images, write_mnist_family
 
 # --- shapes ---------------------------------------------------------------------------------------
 
@@ -64,25 +61,6 @@ def test_batches_follow_the_order_and_drop_a_single_last_image():
 # --- torchvision sets in their official formats -----------------------------------------------
 
 
-def write_idx(path: Path, array: np.ndarray, compress=False):
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if compress:
-        with gzip.open(str(path) + ".gz", "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def write_mnist_family(folder: Path, compress=False, n_train=60, n_test=20):
-    rng = np.random.default_rng(0)
-    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 256, (n_train, 28, 28)), compress)
-    write_idx(folder / "train-labels-idx1-ubyte", np.arange(n_train) % 10, compress)
-    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 256, (n_test, 28, 28)), compress)
-    write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(n_test) % 10, compress)
-
-
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw")])
 def test_mnist_family_through_torchvision(tmp_path, name, folder):
     write_mnist_family(tmp_path / folder)
@@ -109,21 +87,9 @@ def test_truncated_idx_is_reported(tmp_path):
         load("fashion_mnist", root=str(tmp_path), download=False)
 
 
-def write_cifar(folder: Path, kind: str, per_file=10):
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    label_key = "labels" if kind == "cifar10" else "fine_labels"
-    n_classes = 10 if kind == "cifar10" else 100
-    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if kind == "cifar10" else ["train", "test"]
-    for name in files:
-        entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
-                 label_key: list(np.arange(per_file) % n_classes)}
-        (folder / name).write_bytes(pickle.dumps(entry))
-    meta = {"label_names": [f"c{i}" for i in range(10)]} if kind == "cifar10" else {"fine_label_names": [f"c{i}" for i in range(100)]}
-    (folder / ("batches.meta" if kind == "cifar10" else "meta")).write_bytes(pickle.dumps(meta))
-
-
-@pytest.mark.parametrize("name,folder,cls", [("cifar10", "cifar-10-batches-py", "CIFAR10"), ("cifar100", "cifar-100-python", "CIFAR100")])
+@pytest.mark.parametrize(
+    "name,folder,cls", [("cifar10", "cifar-10-batches-py", "CIFAR10"), ("cifar100", "cifar-100-python", "CIFAR100")]
+)
 def test_cifar_through_torchvision(tmp_path, monkeypatch, name, folder, cls):
     import torchvision.datasets as tvd
 
@@ -152,7 +118,9 @@ def test_missing_files_say_where_to_put_which(tmp_path, monkeypatch, name):
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist is not installed"
+)
 def test_real_fashion_mnist_from_debian(tmp_path):
     d = load("fashion_mnist", root=str(tmp_path), download=False)
     assert len(d.train) + len(d.val) == 60000 and len(d.test) == 10000
@@ -213,9 +181,13 @@ def test_the_training_split_is_counted_without_loading_it(tmp_path, monkeypatch)
     write_images(tmp_path / "flat", per_class=10)
     for split in ("train", "val"):
         write_images(tmp_path / "split" / split, per_class=4)
-    cases = [["data.n_train=500"], ["data.n_train=500", "data.train_size=100"], ["data.val_fraction=0.3"],
-             ["data=imagefolder", f"data.path={tmp_path / 'flat'}", "data.image_size=16", "data.workers=0"],
-             ["data=imagefolder", f"data.path={tmp_path / 'split'}", "data.image_size=16", "data.workers=0"]]
+    cases = [
+        ["data.n_train=500"],
+        ["data.n_train=500", "data.train_size=100"],
+        ["data.val_fraction=0.3"],
+        ["data=imagefolder", f"data.path={tmp_path / 'flat'}", "data.image_size=16", "data.workers=0"],
+        ["data=imagefolder", f"data.path={tmp_path / 'split'}", "data.image_size=16", "data.workers=0"],
+    ]
     for overrides in cases:
         cfg = config.compose([*overrides, f"data.root={tmp_path}"])
         assert train_count(cfg.data) == len(load_config(cfg.data).train), overrides

@@ -17,8 +17,14 @@ def torchrun(args, cwd, fault=None):
     full = {k: v for k, v in os.environ.items() if k != "REGX_DEBUG"}
     full.update(OMP_NUM_THREADS="1")
     script = [FAULTY[1], fault] if fault else ["-m", "regx"]
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *script, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script, *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_ddp_run_and_a_killed_one_resumed_end_bit_for_bit_the_same(tmp_path):
@@ -38,4 +44,7 @@ def test_a_ddp_run_and_a_killed_one_resumed_end_bit_for_bit_the_same(tmp_path):
     resumed = torchrun(["resume", "k"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert metric_rows(run) == metric_rows(tmp_path / "k")
-    assert_same_state(checkpoint.read(run / "checkpoints/last.pt").to_dict(), checkpoint.read(tmp_path / "k/checkpoints/last.pt").to_dict())
+    assert_same_state(
+        checkpoint.read(run / "checkpoints/last.pt").to_dict(),
+        checkpoint.read(tmp_path / "k/checkpoints/last.pt").to_dict(),
+    )

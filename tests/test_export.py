@@ -57,25 +57,36 @@ def test_smallcnn_exports_with_its_normalization_inside(run, tmp_path):
     assert res.returncode == 0 and (run / "export" / "model.onnx").is_file()
 
 
-@pytest.mark.parametrize("name", [pytest.param("resnet18", marks=pytest.mark.slow),
-                                  pytest.param("mobilenet_v3_small", marks=pytest.mark.slow),
-                                  pytest.param("efficientnet_b0", marks=pytest.mark.slow),
-                                  pytest.param("convnext_tiny", marks=pytest.mark.slow),
-                                  pytest.param("vit_b_16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("resnet18", marks=pytest.mark.slow),
+        pytest.param("mobilenet_v3_small", marks=pytest.mark.slow),
+        pytest.param("efficientnet_b0", marks=pytest.mark.slow),
+        pytest.param("convnext_tiny", marks=pytest.mark.slow),
+        pytest.param("vit_b_16", marks=pytest.mark.slow),
+    ],
+)
 def test_torchvision_models_export_at_small_image_size(tmp_path, name):
     pytest.importorskip("onnxruntime", reason="pip install 'regx[export]'")
     import regx
 
-    train(smoke_cfg("epochs=1", "model=tv", f"model.name={name}", "data.image_size=32", "data.n_train=200"), tmp_path / "r")
+    train(
+        smoke_cfg("epochs=1", "model=tv", f"model.name={name}", "data.image_size=32", "data.n_train=200"),
+        tmp_path / "r",
+    )
     export_both(tmp_path / "r", tmp_path, 32, regx.load(tmp_path / "r").classes)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["{run}", "--format", "tflite"], "invalid choice: 'tflite'"),
-    (["{run}", "--format", "onnx", "--out", "no/dir/m.onnx"], "no such directory no/dir"),
-    (["nowhere", "--format", "onnx"], "no such run directory: nowhere"),
-    (["{run}"], "the following arguments are required: --format"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{run}", "--format", "tflite"], "invalid choice: 'tflite'"),
+        (["{run}", "--format", "onnx", "--out", "no/dir/m.onnx"], "no such directory no/dir"),
+        (["nowhere", "--format", "onnx"], "no such run directory: nowhere"),
+        (["{run}"], "the following arguments are required: --format"),
+    ],
+)
 def test_export_bad_input_is_one_line_and_writes_nothing(run, tmp_path, args, message):
     res = regx_here(tmp_path, "export", *[a.format(run=run) for a in args])
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -39,16 +39,19 @@ def one_line(text: str) -> str:
 # bad values: one line, exit 2, no run directory
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("lr=inf", "lr=inf is invalid: must be a finite number"),
-    ("lr=nan", "lr=nan is invalid: must be a finite number"),
-    ("wd=1e10", "weight decay alone makes the weights diverge (lr*2*wd = 1e+09, must be < 3.8)"),
-    ("optim=adamw decay=decoupled lr=1e-3 wd=2000", "(lr*wd = 2, must be < 1)"),
-    ("device=cuda", "device=cuda: CUDA is not available on this machine"),
-    ("device=cuda:3", "device=cuda:3: "),
-    ("device=mps", "device=mps: MPS (Apple's GPU) is not available on this machine"),
-    ("data.train_size=100000", "data.train_size=100000 exceeds the 360 training images available"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("lr=inf", "lr=inf is invalid: must be a finite number"),
+        ("lr=nan", "lr=nan is invalid: must be a finite number"),
+        ("wd=1e10", "weight decay alone makes the weights diverge (lr*2*wd = 1e+09, must be < 3.8)"),
+        ("optim=adamw decay=decoupled lr=1e-3 wd=2000", "(lr*wd = 2, must be < 1)"),
+        ("device=cuda", "device=cuda: CUDA is not available on this machine"),
+        ("device=cuda:3", "device=cuda:3: "),
+        ("device=mps", "device=mps: MPS (Apple's GPU) is not available on this machine"),
+        ("data.train_size=100000", "data.train_size=100000 exceeds the 360 training images available"),
+    ],
+)
 def test_bad_values_are_refused_before_a_run_directory_exists(tmp_path, cli, value, message):
     if value.startswith("device=cuda") and torch.cuda.device_count() > 3:
         pytest.skip("this machine has the device")
@@ -84,7 +87,9 @@ def read_only_folder(path: Path) -> Path:
         return path
     (path / "probe").unlink()
     path.chmod(0o755)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
+    ).returncode:
         pytest.skip("cannot make a read-only folder here (root without mount)")
     return path
 
@@ -117,7 +122,9 @@ class FullDisk(Hook):
 
 def small_tmpfs(path: Path, size: str = "8m") -> Path:
     path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    ).returncode:
         pytest.skip("mounting a small tmpfs needs root")
     return path
 
@@ -130,7 +137,9 @@ def test_a_disk_that_fills_during_a_run_ends_it_with_one_line_and_the_last_check
     disk = small_tmpfs(tmp_path / "disk")
     run = disk / "run"
     original = regx.train.train
-    monkeypatch.setattr(regx.train, "train", lambda cfg, run_dir, **kw: original(cfg, run_dir, hooks=[FullDisk(disk, at)], **kw))
+    monkeypatch.setattr(
+        regx.train, "train", lambda cfg, run_dir, **kw: original(cfg, run_dir, hooks=[FullDisk(disk, at)], **kw)
+    )
     res = cli("train", "debug=smoke", "epochs=3", "checkpoint.every_steps=2", f"hydra.run.dir={run}")
     assert res.returncode == 1
     line = [ln for ln in res.stderr.splitlines() if ln.startswith("regx: error:")]
@@ -235,8 +244,11 @@ def test_sigterm_during_the_test_evaluation_is_honoured_and_resume_finishes(tmp_
 def test_a_damaged_best_checkpoint_falls_back_for_the_test_evaluation(tmp_path, monkeypatch, cli, damage):
     """On main a corrupt best.pt failed the run after all its training was done."""
     original = regx.train._best_weights
-    monkeypatch.setattr(regx.train, "_best_weights",
-                        lambda rec, device: (os.kill(os.getpid(), signal.SIGTERM), original(rec, device))[1])
+    monkeypatch.setattr(
+        regx.train,
+        "_best_weights",
+        lambda rec, device: (os.kill(os.getpid(), signal.SIGTERM), original(rec, device))[1],
+    )
     run = tmp_path / "run"
     assert cli("train", "debug=smoke", "epochs=2", f"hydra.run.dir={run}").returncode == 143
     monkeypatch.undo()
@@ -245,6 +257,7 @@ def test_a_damaged_best_checkpoint_falls_back_for_the_test_evaluation(tmp_path, 
     if damage == "garbage":
         best.write_bytes(b"\0" * 100)
     else:
+
         class Payload:
             def __reduce__(self):
                 return (os.system, (f"touch {tmp_path / 'pwned'}",))
@@ -351,8 +364,15 @@ def test_a_streamed_folder_is_checked_before_training(tmp_path, cli):
         write_images(root / split, per_class=6)
     good = (root / "test" / "cat" / "0.jpg").read_bytes()
     (root / "test" / "cat" / "trunc.jpg").write_bytes(good[: len(good) // 3])
-    args = ["train", "debug=smoke", "data=imagefolder", f"data.path={root}", "data.image_size=16", "data.stream=true",
-            "epochs=1"]
+    args = [
+        "train",
+        "debug=smoke",
+        "data=imagefolder",
+        f"data.path={root}",
+        "data.image_size=16",
+        "data.stream=true",
+        "epochs=1",
+    ]
     res = cli(*args, "hydra.run.dir=err")
     assert res.returncode == 1 and f"{root}/test/cat/trunc.jpg (truncated)" in res.stderr
     assert not (tmp_path / "err" / "metrics.csv").exists()  # before any epoch
@@ -362,7 +382,6 @@ def test_a_streamed_folder_is_checked_before_training(tmp_path, cli):
     assert summary(tmp_path / "skip")["n_test"] == 18
     res = cli("check-data", "data=imagefolder", f"data.path={root}", "data.image_size=16")
     assert res.returncode == 1 and f"unreadable: {root}/test/cat/trunc.jpg (truncated)" in res.stdout
-
 
 
 def test_a_checkpoint_cut_short_between_manifest_and_file_still_verifies(tmp_path):

@@ -30,11 +30,20 @@ from tests.conftest import (
 
 # (model, input size, its head's path)
 FAMILIES = [
-    ("resnet18", 64, "fc"), ("regnet_y_400mf", 64, "fc"), ("googlenet", 64, "fc"),
-    ("shufflenet_v2_x0_5", 64, "fc"), ("mobilenet_v3_small", 64, "classifier.3"),
-    ("efficientnet_b0", 64, "classifier.1"), ("mnasnet0_5", 64, "classifier.1"), pytest.param("vgg11", 64, "classifier.6", marks=pytest.mark.slow),
-    ("alexnet", 64, "classifier.6"), ("convnext_tiny", 64, "classifier.2"), ("densenet121", 64, "classifier"),
-    ("squeezenet1_0", 64, "classifier.1"), ("swin_t", 64, "head"), ("smallcnn", 32, "head.out"),
+    ("resnet18", 64, "fc"),
+    ("regnet_y_400mf", 64, "fc"),
+    ("googlenet", 64, "fc"),
+    ("shufflenet_v2_x0_5", 64, "fc"),
+    ("mobilenet_v3_small", 64, "classifier.3"),
+    ("efficientnet_b0", 64, "classifier.1"),
+    ("mnasnet0_5", 64, "classifier.1"),
+    pytest.param("vgg11", 64, "classifier.6", marks=pytest.mark.slow),
+    ("alexnet", 64, "classifier.6"),
+    ("convnext_tiny", 64, "classifier.2"),
+    ("densenet121", 64, "classifier"),
+    ("squeezenet1_0", 64, "classifier.1"),
+    ("swin_t", 64, "head"),
+    ("smallcnn", 32, "head.out"),
     pytest.param("vit_b_16", 224, "heads.head", marks=pytest.mark.slow),
     pytest.param("maxvit_t", 224, "classifier.5", marks=pytest.mark.slow),
 ]
@@ -46,8 +55,9 @@ def test_the_head_is_replaced_for_every_family(name, size, head):
     source = make_model(name, num_classes=1000, in_channels=3, image_size=size)
     assert head_path(source) == head
     p = 0.0 if name == "squeezenet1_0" else 0.3  # squeezenet's head is a conv: no linear layer to drop into
-    model, dropped = build_pretrained(Pretrained(source.state_dict(), "test"),
-                                      **model_args(name, num_classes=7, dropout=p, image_size=size))
+    model, dropped = build_pretrained(
+        Pretrained(source.state_dict(), "test"), **model_args(name, num_classes=7, dropout=p, image_size=size)
+    )
     assert dropped and all(d.startswith(head + ".") for d in dropped)
     assert any("1000" in d for d in dropped)
     own = model.state_dict()
@@ -74,8 +84,10 @@ def test_weights_that_do_not_fit_beyond_the_head_are_named():
     with pytest.raises(FinetuneError, match=r"shape mismatch: layer1\.0\.conv1\.weight"):
         build_pretrained(Pretrained(source, "t"), **model_args("resnet18", num_classes=3))
     with pytest.raises(FinetuneError, match="missing: "):
-        build_pretrained(Pretrained(make_model("alexnet", num_classes=5, in_channels=3).state_dict(), "t"),
-                         **model_args("resnet18", num_classes=3))
+        build_pretrained(
+            Pretrained(make_model("alexnet", num_classes=5, in_channels=3).state_dict(), "t"),
+            **model_args("resnet18", num_classes=3),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +99,10 @@ def pretrained_run(tmp_path_factory):
 
 
 def test_linear_probe_leaves_frozen_weights_and_bn_statistics_bitwise_unchanged(tmp_path, pretrained_run):
-    s = train(smoke_cfg("finetune=linear_probe", f"finetune.weights={pretrained_run}", "data.num_classes=4",
-                        "epochs=2"), tmp_path / "probe")
+    s = train(
+        smoke_cfg("finetune=linear_probe", f"finetune.weights={pretrained_run}", "data.num_classes=4", "epochs=2"),
+        tmp_path / "probe",
+    )
     source = checkpoint.read(pretrained_run / "checkpoints/best.pt").to_dict()["model"]
     tuned = checkpoint.read(tmp_path / "probe/checkpoints/last.pt").to_dict()["model"]
     for key, value in source.items():
@@ -101,16 +115,32 @@ def test_linear_probe_leaves_frozen_weights_and_bn_statistics_bitwise_unchanged(
     assert [r["trainable"] for r in read_metrics(tmp_path / "probe/metrics.csv")] == ["head.out", "head.out"]
 
     # bn=train: the same frozen parameters, but BatchNorm running statistics drift (the usual trap)
-    train(smoke_cfg("finetune=linear_probe", f"finetune.weights={pretrained_run}", "data.num_classes=4",
-                    "epochs=1", "finetune.bn=train"), tmp_path / "drift")
+    train(
+        smoke_cfg(
+            "finetune=linear_probe",
+            f"finetune.weights={pretrained_run}",
+            "data.num_classes=4",
+            "epochs=1",
+            "finetune.bn=train",
+        ),
+        tmp_path / "drift",
+    )
     drift = checkpoint.read(tmp_path / "drift/checkpoints/last.pt").to_dict()["model"]
     assert torch.equal(drift["features.0.weight"], source["features.0.weight"])
     assert not torch.equal(drift["features.1.running_mean"], source["features.1.running_mean"])
 
 
 def test_full_fine_tuning_trains_the_backbone_at_a_lower_learning_rate(tmp_path, pretrained_run):
-    train(smoke_cfg("finetune=full", f"finetune.weights={pretrained_run}", "epochs=1", "sched=constant",
-                    "finetune.backbone_lr_mult=0.25"), tmp_path / "full")
+    train(
+        smoke_cfg(
+            "finetune=full",
+            f"finetune.weights={pretrained_run}",
+            "epochs=1",
+            "sched=constant",
+            "finetune.backbone_lr_mult=0.25",
+        ),
+        tmp_path / "full",
+    )
     ckpt = checkpoint.read(tmp_path / "full/checkpoints/last.pt").to_dict()
     lrs = {g["lr_mult"]: g["lr"] for g in ckpt["optimizer"]["param_groups"]}
     assert lrs[0.25] == pytest.approx(0.25 * lrs[1.0]) and lrs[1.0] == pytest.approx(0.05)
@@ -119,8 +149,16 @@ def test_full_fine_tuning_trains_the_backbone_at_a_lower_learning_rate(tmp_path,
 
 
 def test_gradual_unfreezing_shows_in_metrics_and_survives_a_kill(tmp_path, pretrained_run):
-    common = ["debug=smoke", "epochs=3", "finetune=gradual", f"finetune.weights={pretrained_run}",
-              "finetune.unfreeze_epoch=1", "finetune.stages=2", "checkpoint.every_steps=2", "aug=flip"]
+    common = [
+        "debug=smoke",
+        "epochs=3",
+        "finetune=gradual",
+        f"finetune.weights={pretrained_run}",
+        "finetune.unfreeze_epoch=1",
+        "finetune.stages=2",
+        "checkpoint.every_steps=2",
+        "aug=flip",
+    ]
     full = regx_here(tmp_path, "train", *common, "hydra.run.dir=full")
     assert full.returncode == 0, full.stderr
     rows = read_metrics(tmp_path / "full/metrics.csv")
@@ -134,13 +172,19 @@ def test_gradual_unfreezing_shows_in_metrics_and_survives_a_kill(tmp_path, pretr
         resumed = regx_here(tmp_path, "resume", f"k{step}")
         assert resumed.returncode == 0, resumed.stderr
         assert metric_rows(tmp_path / "full") == metric_rows(tmp_path / f"k{step}")
-        assert_same_state(checkpoint.read(tmp_path / "full/checkpoints/last.pt").to_dict(),
-                          checkpoint.read(tmp_path / f"k{step}/checkpoints/last.pt").to_dict())
+        assert_same_state(
+            checkpoint.read(tmp_path / "full/checkpoints/last.pt").to_dict(),
+            checkpoint.read(tmp_path / f"k{step}/checkpoints/last.pt").to_dict(),
+        )
 
 
 def test_freeze_patterns_and_their_errors(tmp_path, pretrained_run):
-    s = train(smoke_cfg("finetune=full", f"finetune.weights={pretrained_run}", "epochs=1",
-                        "finetune.freeze=[features.0,features.1]"), tmp_path / "pat")
+    s = train(
+        smoke_cfg(
+            "finetune=full", f"finetune.weights={pretrained_run}", "epochs=1", "finetune.freeze=[features.0,features.1]"
+        ),
+        tmp_path / "pat",
+    )
     source = checkpoint.read(pretrained_run / "checkpoints/best.pt").to_dict()["model"]
     tuned = checkpoint.read(tmp_path / "pat/checkpoints/last.pt").to_dict()["model"]
     assert torch.equal(tuned["features.0.weight"], source["features.0.weight"])
@@ -206,13 +250,19 @@ def test_a_connection_that_never_answers_is_given_up(monkeypatch):
     never.set()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["finetune.weights=imagenet"], "finetune=scratch starts from random weights"),
-    (["finetune=full"], "smallcnn has no ImageNet weights"),
-    (["finetune=full", "finetune.weights=/no/such/run"], "finetune.weights=/no/such/run: no such file or directory"),
-    (["finetune=gradual", "finetune.weights=null"], "finetune=gradual needs finetune.weights"),
-    (["finetune=full", "model=resnet18", "finetune.stages=0"], "finetune.stages=0 is invalid"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["finetune.weights=imagenet"], "finetune=scratch starts from random weights"),
+        (["finetune=full"], "smallcnn has no ImageNet weights"),
+        (
+            ["finetune=full", "finetune.weights=/no/such/run"],
+            "finetune.weights=/no/such/run: no such file or directory",
+        ),
+        (["finetune=gradual", "finetune.weights=null"], "finetune=gradual needs finetune.weights"),
+        (["finetune=full", "model=resnet18", "finetune.stages=0"], "finetune.stages=0 is invalid"),
+    ],
+)
 def test_bad_finetune_config_is_one_line(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
         errors.preflight(overrides)

@@ -53,10 +53,13 @@ def test_policies_run_sync_free_on_cuda_as_on_cpu(kind):
     x = (torch.rand(512, 3, 32, 32, device="cuda", generator=g) * 255).round()
     if kind == "augmix":
         ops, mags, _, _ = AugMix(p=1.0, severity=10, width=1, depth=1, alpha=1.0, all_ops=True, generator=g).draw(
-            512, 32, 32, "cuda")
+            512, 32, 32, "cuda"
+        )
         op, mag = ops[0, 0], mags[0, 0]
     else:
-        ops, mags = Policy(kind, p=1.0, bins=31 if kind == "trivialaugment" else 10, generator=g).draw(512, 32, 32, "cuda")
+        ops, mags = Policy(kind, p=1.0, bins=31 if kind == "trivialaugment" else 10, generator=g).draw(
+            512, 32, 32, "cuda"
+        )
         op, mag = ops[0], mags[0]
     bilinear = kind == "augmix"
     a = apply_ops(x.cpu(), op.cpu(), mag.cpu(), bilinear=bilinear)
@@ -80,7 +83,10 @@ def test_sigterm_checkpoints_and_resume_finishes_on_cuda(tmp_path):
 
 
 def test_compile_with_cuda_graphs_trains(tmp_path):
-    res = run_regx(["train", *SMOKE, "compile=true", "compile_mode=reduce-overhead", f"hydra.run.dir={tmp_path / 'c'}"],
-                   tmp_path, timeout=900)
+    res = run_regx(
+        ["train", *SMOKE, "compile=true", "compile_mode=reduce-overhead", f"hydra.run.dir={tmp_path / 'c'}"],
+        tmp_path,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr
     assert summary(tmp_path / "c")["status"] == "completed"

@@ -41,8 +41,11 @@ def group_alive(pgid: int) -> bool:
 
 def test_a_live_run_keeps_its_directory_from_a_second_owner(tmp_path, cli):
     run = tmp_path / "run"
-    live = start_regx(["train", "debug=smoke", "epochs=2", "checkpoint.every_steps=1", f"hydra.run.dir={run}"],
-                      tmp_path, fault="wait@3")
+    live = start_regx(
+        ["train", "debug=smoke", "epochs=2", "checkpoint.every_steps=1", f"hydra.run.dir={run}"],
+        tmp_path,
+        fault="wait@3",
+    )
     try:
         wait_for(lambda: (tmp_path / "waiting").exists())
         stray = run / "checkpoints" / ".last.pt.tmp-999999"  # what a killed writer leaves; the owner's to clean
@@ -84,8 +87,18 @@ def test_a_group_sigterm_stops_a_streaming_run_with_a_checkpoint(tmp_path, cli):
     root = tmp_path / "imgs"
     write_images(root, per_class=12)
     run = tmp_path / "run"
-    args = ["train", "debug=smoke", "data=imagefolder", f"data.path={root}", "data.image_size=16", "data.stream=true",
-            "data.workers=2", "batch_size=8", "epochs=3", f"hydra.run.dir={run}"]
+    args = [
+        "train",
+        "debug=smoke",
+        "data=imagefolder",
+        f"data.path={root}",
+        "data.image_size=16",
+        "data.stream=true",
+        "data.workers=2",
+        "batch_size=8",
+        "epochs=3",
+        f"hydra.run.dir={run}",
+    ]
     stopped = run_regx(args, tmp_path, fault="termgroup@5", new_session=True)
     assert stopped.returncode == 143, stopped.stdout + stopped.stderr
     assert summary(run)["status"] == "interrupted"
@@ -96,16 +109,22 @@ def test_a_group_sigterm_stops_a_streaming_run_with_a_checkpoint(tmp_path, cli):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
-                    reason="needs hydra-joblib-launcher (pip install 'regx[sweeps]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+    reason="needs hydra-joblib-launcher (pip install 'regx[sweeps]')",
+)
 def test_sigterm_to_a_joblib_sweep_stops_every_job_and_sweep_resume_finishes_them(tmp_path, cli):
     sweeps = tmp_path / "outputs" / "sweeps"
-    parent = start_regx(["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke",
-                         "epochs=12", "seed=0,1,2"], tmp_path)
+    parent = start_regx(
+        ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke", "epochs=12", "seed=0,1,2"],
+        tmp_path,
+    )
     try:
+
         def running():
             jobs = [j for j in sweeps.glob("*/*") if (j / "checkpoints" / "last.pt").is_file()]
             return len(jobs) >= 2
+
         wait_for(running)
         os.kill(parent.pid, signal.SIGTERM)
         assert parent.wait(timeout=120) == 143

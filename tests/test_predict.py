@@ -65,7 +65,9 @@ def write_folder(root, n=6):
     test = load_config(smoke_cfg().data).test
     (root / "sub").mkdir(parents=True)
     for i in range(n):
-        Image.fromarray(test.x[i].permute(1, 2, 0).numpy()).resize((40, 30)).save(root / ("sub" if i % 2 else ".") / f"{i}.jpg")
+        Image.fromarray(test.x[i].permute(1, 2, 0).numpy()).resize((40, 30)).save(
+            root / ("sub" if i % 2 else ".") / f"{i}.jpg"
+        )
     (root / "broken.png").write_bytes(b"not an image")
     return root
 
@@ -86,14 +88,17 @@ def test_predict_writes_a_row_per_image_and_lists_the_unreadable(run, tmp_path):
     assert res.stdout.splitlines()[1].startswith("imgs/0.jpg,") and "1 image; predicted:" in res.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["nowhere", "imgs"], "no such run directory: nowhere"),
-    (["{run}", "empty"], "empty: no images in it"),
-    (["{run}", "imgs", "--out", "p.txt"], "--out p.txt: the file name must end in .csv or .jsonl"),
-    (["{run}", "imgs", "--out", "no/dir/p.csv"], "no such directory no/dir"),
-    (["{run}", "missing.png"], "missing.png: no such file or directory"),
-    (["{run}", "imgs", "--checkpoint", "middle"], "invalid choice: 'middle'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nowhere", "imgs"], "no such run directory: nowhere"),
+        (["{run}", "empty"], "empty: no images in it"),
+        (["{run}", "imgs", "--out", "p.txt"], "--out p.txt: the file name must end in .csv or .jsonl"),
+        (["{run}", "imgs", "--out", "no/dir/p.csv"], "no such directory no/dir"),
+        (["{run}", "missing.png"], "missing.png: no such file or directory"),
+        (["{run}", "imgs", "--checkpoint", "middle"], "invalid choice: 'middle'"),
+    ],
+)
 def test_predict_bad_input_is_one_line_and_writes_nothing(run, tmp_path, args, message):
     write_folder(tmp_path / "imgs")
     (tmp_path / "empty").mkdir()
@@ -126,9 +131,11 @@ def test_memory_stays_flat_over_20000_files(run, tmp_path):
         (tmp_path / f"list{n}").mkdir()
         for f in files:
             (tmp_path / f"list{n}" / f.name).symlink_to(f)
-        code = (f"import resource, sys; from regx.cli import main; rc = main(['predict', '{run}', '{tmp_path}/list{n}', "
-                f"'--out', '{tmp_path}/o{n}.csv', '--workers', '2']); "
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+        code = (
+            f"import resource, sys; from regx.cli import main; rc = main(['predict', '{run}', '{tmp_path}/list{n}', "
+            f"'--out', '{tmp_path}/o{n}.csv', '--workers', '2']); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
+        )
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, res.stderr[-1000:]
         peaks[n] = int(res.stdout.split()[-1])  # KiB

@@ -56,7 +56,9 @@ def test_one_sgd_step_is_the_course_update():
     opt.zero_grad()
     grads(m, lambda: penalty(decayed, decay="l2", wd=wd))
     opt.step()
-    torch.testing.assert_close(m[0].weight.detach(), before["0.weight"] - lr * (plain["0.weight"] + 2 * wd * before["0.weight"]))
+    torch.testing.assert_close(
+        m[0].weight.detach(), before["0.weight"] - lr * (plain["0.weight"] + 2 * wd * before["0.weight"])
+    )
     torch.testing.assert_close(m[0].bias.detach(), before["0.bias"] - lr * plain["0.bias"])
 
 

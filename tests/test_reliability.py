@@ -41,7 +41,9 @@ def start(tmp_path, name, fault):
 
 def assert_equal_runs(a, b):
     assert metric_rows(a) == metric_rows(b)
-    assert_same_state(checkpoint.read(a / "checkpoints/last.pt").to_dict(), checkpoint.read(b / "checkpoints/last.pt").to_dict())
+    assert_same_state(
+        checkpoint.read(a / "checkpoints/last.pt").to_dict(), checkpoint.read(b / "checkpoints/last.pt").to_dict()
+    )
 
 
 def summary(run):
@@ -224,8 +226,11 @@ def test_nan_loss_stops_with_step_loss_and_lr_and_keeps_checkpoints_finite(tmp_p
 def test_a_loss_far_above_its_start_is_divergence_not_underfitting(tmp_path, overrides):
     """Finite but exploding losses (1e19 and more on main, which called it underfitting and said
     "train longer") stop the run at the first step above 100 x ln(classes)."""
-    with pytest.raises(RunFailed, match=r"loss (reached \S+|became \S+) at step \d+.* \(epoch 1, lr [\d.e+]+\): the run "
-                                        r"diverged; no checkpoint was written before it\. Lower the learning rate"):
+    with pytest.raises(
+        RunFailed,
+        match=r"loss (reached \S+|became \S+) at step \d+.* \(epoch 1, lr [\d.e+]+\): the run "
+        r"diverged; no checkpoint was written before it\. Lower the learning rate",
+    ):
         train(smoke_cfg(*overrides, "sched=constant"), tmp_path / "d")
     s = summary(tmp_path / "d")
     assert s["status"] == "failed" and s["verdict"] == "diverged"
@@ -270,10 +275,13 @@ def test_training_on_bad_images_names_them_or_skips_and_counts(tmp_path, cli):
     assert "skipped 3 unreadable image(s)" in (tmp_path / "skip" / "train.log").read_text() + res.stdout
 
 
-@pytest.mark.parametrize(("layout", "message"), [
-    ("one_class", "found 1 class folder(s); need at least 2"),
-    ("empty_class", "zebra: class folder has no images"),
-])
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("one_class", "found 1 class folder(s); need at least 2"),
+        ("empty_class", "zebra: class folder has no images"),
+    ],
+)
 def test_bad_folders_stop_before_training_naming_the_path(tmp_path, layout, message, cli):
     root = tmp_path / "imgs"
     if layout == "one_class":

@@ -39,7 +39,9 @@ def test_report_lists_every_run_and_writes_three_files(sweep):
     assert res.stdout.count("failed: ") == 2 and "the run diverged" in res.stdout
     rows = read_csv(sweep / "report.csv")
     assert len(rows) == 4
-    assert {"run", "lr", "seed", "status", "best_val", "final_val", "test", "gap", "verdict", "done", "wall_s"} <= rows[0].keys()
+    assert {"run", "lr", "seed", "status", "best_val", "final_val", "test", "gap", "verdict", "done", "wall_s"} <= rows[
+        0
+    ].keys()
     assert "debug" not in rows[0]  # same in every run: not a column
     s = summaries(sweep)
     by_path = {r["path"].rsplit("/", 1)[1]: r for r in rows}
@@ -95,15 +97,18 @@ def test_report_takes_globs_and_shows_killed_runs(sweep, tmp_path):
     assert len(statuses) == 4 and statuses.count("killed") == 1
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["nowhere"], "nowhere: no such directory"),
-    (["."], "no regx runs in it"),
-    (["{sweep}", "--sort", "speed"], "--sort speed: must be one of"),
-    (["{sweep}", "--group-by", "colour"], "--group-by colour: no run has this key"),
-    (["{sweep}", "--metric", "joy"], "--metric joy: must be one of"),
-    (["{sweep}", "--sort"], "argument --sort: expected one argument (see regx report --help)"),
-    ([], "the following arguments are required: DIR|GLOB"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nowhere"], "nowhere: no such directory"),
+        (["."], "no regx runs in it"),
+        (["{sweep}", "--sort", "speed"], "--sort speed: must be one of"),
+        (["{sweep}", "--group-by", "colour"], "--group-by colour: no run has this key"),
+        (["{sweep}", "--metric", "joy"], "--metric joy: must be one of"),
+        (["{sweep}", "--sort"], "argument --sort: expected one argument (see regx report --help)"),
+        ([], "the following arguments are required: DIR|GLOB"),
+    ],
+)
 def test_report_bad_input(sweep, tmp_path, args, message):
     res = regx_here(tmp_path, "report", *[a.format(sweep=sweep) for a in args])
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -145,12 +150,15 @@ def test_eval_last_checkpoint_and_other_data(finished):
         assert json.loads((finished / "eval.json").read_text()) == best
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["data.channels=1"], "the model takes 3-channel images but data=shapes has 1"),
-    (["--split", "everything"], "invalid choice: 'everything'"),
-    (["lr=1"], "regx eval takes data="),
-    (["data=nope"], "unknown option data=nope"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data.channels=1"], "the model takes 3-channel images but data=shapes has 1"),
+        (["--split", "everything"], "invalid choice: 'everything'"),
+        (["lr=1"], "regx eval takes data="),
+        (["data=nope"], "unknown option data=nope"),
+    ],
+)
 def test_eval_bad_input(finished, args, message):
     res = regx_here(finished, "eval", str(finished), *args)
     assert res.returncode == 2 and message in res.stderr
@@ -166,7 +174,10 @@ def test_early_stop_says_when_and_why_and_resume_respects_it(tmp_path):
     cfg = smoke_cfg("epochs=6", "early_stop.patience=2", "early_stop.min_delta=0.9")
     s = train(cfg, tmp_path / "r")
     assert s["status"] == "completed" and s["epochs_done"] == 3
-    assert s["stopped_early"]["epoch"] == 3 and "did not improve by more than 90 points for 2 epochs" in s["stopped_early"]["reason"]
+    assert (
+        s["stopped_early"]["epoch"] == 3
+        and "did not improve by more than 90 points for 2 epochs" in s["stopped_early"]["reason"]
+    )
     assert s["test_acc"] is not None
     same = regx_here(tmp_path, "resume", str(tmp_path / "r"))
     assert same.returncode == 0 and "stopped early after epoch 3" in same.stdout
@@ -185,7 +196,9 @@ def test_tensorboard_logger_writes_scalars_image_and_hparams(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"), size_guidance={"images": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert {"loss/train", "loss/val", "accuracy/val", "accuracy/clean_train", "gap", "lr", "hparam/test_acc"} <= set(tags["scalars"])
+    assert {"loss/train", "loss/val", "accuracy/val", "accuracy/clean_train", "gap", "lr", "hparam/test_acc"} <= set(
+        tags["scalars"]
+    )
     assert [e.step for e in acc.Scalars("accuracy/val")] == [1, 2]
     assert tags["images"] == ["augmentation"]
     plugin = acc.PluginTagToContent("hparams")
@@ -245,8 +258,17 @@ def folder_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("folder")
     write_images(root / "imgs", per_class=10)
-    train(smoke_cfg("epochs=1", "data=imagefolder", f"data.path={root / 'imgs'}", "data.image_size=16",
-                    "data.workers=0", f"data.root={root}"), root / "run")
+    train(
+        smoke_cfg(
+            "epochs=1",
+            "data=imagefolder",
+            f"data.path={root / 'imgs'}",
+            "data.image_size=16",
+            "data.workers=0",
+            f"data.root={root}",
+        ),
+        root / "run",
+    )
     return root
 
 

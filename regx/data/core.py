@@ -19,6 +19,7 @@ import torch
 
 log = logging.getLogger("regx")
 
+
 class DataError(RuntimeError):
     """Data that cannot be loaded: the message names the path and what to do."""
 
@@ -74,6 +75,7 @@ SIZES = {}  # name -> fn(**data keys) -> (training pool size, whether the set ha
 
 def register_loader(name, size=None):
     """Register a loader; `size` tells how many training images it has without loading them."""
+
     def deco(fn):
         LOADERS[name] = fn
         if size is not None:
@@ -136,9 +138,21 @@ def load_data(
     argument is the `data` group's key of the same name (config.DataConfig holds the defaults)."""
     if name not in LOADERS:
         raise DataError(f"unknown dataset '{name}' (known: {', '.join(sorted(LOADERS))})")
-    kwargs = dict(root=root, download=download, path=path, image_size=image_size, channels=channels,
-                  num_classes=num_classes, n_train=n_train, n_test=n_test, seed=seed, stream=stream,
-                  max_memory_gb=max_memory_gb, workers=workers, on_bad_image=on_bad_image)
+    kwargs = dict(
+        root=root,
+        download=download,
+        path=path,
+        image_size=image_size,
+        channels=channels,
+        num_classes=num_classes,
+        n_train=n_train,
+        n_test=n_test,
+        seed=seed,
+        stream=stream,
+        max_memory_gb=max_memory_gb,
+        workers=workers,
+        on_bad_image=on_bad_image,
+    )
     train, val, test, classes, channels = LOADERS[name](**kwargs)
     g = torch.Generator().manual_seed(seed)
     if val is None:
@@ -153,8 +167,16 @@ def load_data(
     if mean is None or std is None:
         m, s = channel_stats(train, workers)
         mean, std = mean or m, std or s
-    data = Data(train=train, val=val, test=test, classes=list(classes), channels=channels, image_size=size,
-                mean=list(mean), std=list(std))
+    data = Data(
+        train=train,
+        val=val,
+        test=test,
+        classes=list(classes),
+        channels=channels,
+        image_size=size,
+        mean=list(mean),
+        std=list(std),
+    )
     if len(data.mean) != channels or len(data.std) != channels:
         data.mean, data.std = data.mean[:1] * channels, data.std[:1] * channels
     return data
@@ -236,8 +258,9 @@ def iterate(
     for xb, yb, why in loader:
         bad = [f"{split.paths[sampler[done + i]]} ({w})" for i, w in enumerate(why) if w]
         if bad:  # it decoded when the run began: changed or removed since
-            raise DataError(f"cannot decode {'; '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}; "
-                            "run `regx check-data`")
+            raise DataError(
+                f"cannot decode {'; '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}; run `regx check-data`"
+            )
         done += len(why)
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 

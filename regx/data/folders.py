@@ -26,7 +26,9 @@ def scan_folder(path: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]
         raise DataError(f"data.path={path}: has {', '.join(splits)}/ but no train/ folder")
     classes = sorted(p.name for p in splits["train"].iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise DataError(f"{splits['train']}: found {len(classes)} class folder(s); need at least 2 (one subfolder per class)")
+        raise DataError(
+            f"{splits['train']}: found {len(classes)} class folder(s); need at least 2 (one subfolder per class)"
+        )
     index = {c: i for i, c in enumerate(classes)}
     out = {}
     for split, folder in splits.items():
@@ -51,8 +53,13 @@ def scan_labelled(path: str) -> dict[str, list[tuple[str, str]]]:
     splits = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()} or {"all": base}
     out = {}
     for split, folder in splits.items():
-        out[split] = [(str(f), c.name) for c in sorted(folder.iterdir()) if c.is_dir() and not c.name.startswith(".")
-                      for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
+        out[split] = [
+            (str(f), c.name)
+            for c in sorted(folder.iterdir())
+            if c.is_dir() and not c.name.startswith(".")
+            for f in sorted(c.rglob("*"))
+            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+        ]
     if not any(out.values()):
         raise DataError(f"data.path={path}: no images in class folders under it")
     return out
@@ -68,7 +75,11 @@ def fit_image(im, size: int, mode: str = "RGB") -> torch.Tensor:
     im = ImageOps.exif_transpose(im)  # a phone's portrait photo is stored sideways with a tag
     if im.mode.startswith("I") or im.mode == "F":  # 16-bit PNG/TIFF ("I;16", "I") or 32-bit float
         a = np.asarray(im, dtype=np.float64)
-        top = 1.0 if im.mode == "F" and a.max(initial=0) <= 1 else (65535.0 if a.max(initial=0) > 255 or "16" in im.mode else 255.0)
+        top = (
+            1.0
+            if im.mode == "F" and a.max(initial=0) <= 1
+            else (65535.0 if a.max(initial=0) > 255 or "16" in im.mode else 255.0)
+        )
         im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
     im = ImageOps.fit(im.convert(mode), (size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).view(size, size, -1).permute(2, 0, 1)
@@ -123,8 +134,9 @@ def file_split(paths: list[str], labels: torch.Tensor, size: int) -> Split:
     return Split(y=labels, files=FileDataset(paths, labels, size))
 
 
-def check_images(items: list[tuple[str, int]], size: int, workers: int, *, keep: bool = True
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[str, str]]]:
+def check_images(
+    items: list[tuple[str, int]], size: int, workers: int, *, keep: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[str, str]]]:
     """Decode every file; return (images, labels, bad files as (path, why)). keep=False checks
     without keeping the pixels (a streamed folder): (None, None, bad)."""
     ds = FileDataset([p for p, _ in items], torch.tensor([lab for _, lab in items], dtype=torch.long), size)
@@ -149,7 +161,9 @@ def check_images(items: list[tuple[str, int]], size: int, workers: int, *, keep:
 
 def _bad_images(bad: list[tuple[str, str]], on_bad_image: str) -> None:
     """Unreadable images: a DataError naming each (with why), or with on_bad_image=skip a warning."""
-    shown = "; ".join(f"{path} ({why})" for path, why in bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20 else "")
+    shown = "; ".join(f"{path} ({why})" for path, why in bad[:20]) + (
+        f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+    )
     if on_bad_image != "skip":
         raise DataError(f"{len(bad)} unreadable image(s): {shown} (data.on_bad_image=skip skips them)")
     log.warning("imagefolder: skipped %d unreadable image(s): %s", len(bad), shown)
@@ -175,8 +189,11 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     n_total = sum(len(v) for v in items.values())
     decoded_gb = n_total * 3 * image_size * image_size / 1e9
     if stream or (stream is None and decoded_gb > max_memory_gb):
-        log.info("imagefolder: streaming %d images (%.1f GB decoded > data.max_memory_gb); checking that each decodes",
-                 n_total, decoded_gb)
+        log.info(
+            "imagefolder: streaming %d images (%.1f GB decoded > data.max_memory_gb); checking that each decodes",
+            n_total,
+            decoded_gb,
+        )
         bad = [b for k in items for b in check_images(items[k], image_size, workers, keep=False)[2]]
         if bad:
             _bad_images(bad, on_bad_image)
@@ -184,7 +201,11 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
             items = {k: [(p, lab) for p, lab in v if p not in gone] for k, v in items.items()}
 
         def as_split(v):
-            return file_split([p for p, _ in v], torch.tensor([lab for _, lab in v], dtype=torch.long), image_size) if v else None
+            return (
+                file_split([p for p, _ in v], torch.tensor([lab for _, lab in v], dtype=torch.long), image_size)
+                if v
+                else None
+            )
 
         return as_split(items["train"]), as_split(items.get("val")), as_split(items.get("test")), classes, 3
     cache = Path(root) / "cache" / f"imagefolder-{_folder_key(items, image_size)}.pt"
@@ -192,7 +213,10 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
         try:
             blob = torch.load(cache, weights_only=True)
             log.info("imagefolder: %d images from cache %s", n_total, cache)
-            splits = {k: Split(y=blob[f"{k}_y"], x=blob[f"{k}_x"]) if f"{k}_x" in blob else None for k in ("train", "val", "test")}
+            splits = {
+                k: Split(y=blob[f"{k}_y"], x=blob[f"{k}_x"]) if f"{k}_x" in blob else None
+                for k in ("train", "val", "test")
+            }
             return splits["train"], splits["val"], splits["test"], list(blob["classes"]), 3
         except Exception as exc:
             log.warning("imagefolder: ignoring unreadable cache %s (%s)", cache, exc)
@@ -229,13 +253,17 @@ def check_data(data_cfg) -> tuple[list[str], list[tuple[str, str]]]:
                 lines.append(f"  {split}: {len(part)} images, per class {min(counts)}-{max(counts)}")
         return lines, []
     items, classes = scan_folder(data_cfg.path)
-    lines, bad = [f"{data_cfg.path}: {len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"], []
+    lines, bad = (
+        [f"{data_cfg.path}: {len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"],
+        [],
+    )
     for split, split_items in items.items():
         _, _, split_bad = check_images(split_items, data_cfg.image_size or 32, data_cfg.workers, keep=False)
         bad.extend(split_bad)
         counts = [0] * len(classes)
         for _, label in split_items:
             counts[label] += 1
-        lines.append(f"  {split}: {len(split_items)} files, per class {min(counts)}-{max(counts)}, "
-                     f"{len(split_bad)} unreadable")
+        lines.append(
+            f"  {split}: {len(split_items)} files, per class {min(counts)}-{max(counts)}, {len(split_bad)} unreadable"
+        )
     return lines, bad

@@ -12,9 +12,24 @@ from regx.data.core import DataError, Split, log, register_loader
 
 _TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 _TV = {  # name: (torchvision class, its folder under root, raw file names, other places to look)
-    "mnist": ("MNIST", "MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"], ["/usr/share/datasets/mnist"]),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"], ["/usr/share/datasets/fashion-mnist"]),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"], []),
+    "mnist": (
+        "MNIST",
+        "MNIST/raw",
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
+        ["/usr/share/datasets/mnist"],
+    ),
+    "fashion_mnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw",
+        ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
+        ["/usr/share/datasets/fashion-mnist"],
+    ),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"],
+        [],
+    ),
     "cifar100": ("CIFAR100", "cifar-100-python", ["train", "test", "meta"], []),
 }
 
@@ -92,11 +107,14 @@ def _resize(split: Split, image_size: int | None) -> Split:
     out = []
     for s in range(0, len(split), 4096):
         f = split.x[s : s + 4096].float()
-        f = torch.nn.functional.interpolate(f, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        f = torch.nn.functional.interpolate(
+            f, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
         out.append(f.round().clamp(0, 255).to(torch.uint8))
     return Split(y=split.y, x=torch.cat(out))
 
 
 for _name in _TV:
     register_loader(_name, size=lambda *, _n=_name, **_: (_TRAIN_SIZE[_n], False))(
-        lambda *, _n=_name, root, download, image_size, **_: _load_tv(_n, root, download, image_size))
+        lambda *, _n=_name, root, download, image_size, **_: _load_tv(_n, root, download, image_size)
+    )
