@@ -171,7 +171,7 @@ def regx_loop(
     )
     loop = LoopSteps(
         LossCheck(device, 1 if device.type == "cpu" else 25),  # what a run checks, as often
-        average=Ema(model, decay=0.999, warmup=True, every=1).update if ema else None,
+        average=Ema(model, decay=0.999, warmup=True, warmup_power=2 / 3, every=1).update if ema else None,
     )
     state = {"step": 0}
 

@@ -29,20 +29,29 @@ _INTERVAL = re.compile(
 )
 
 
-def num(default: Any, allowed: str, note: str = "", min_items: int = 0):
-    """A number (or each number of a list, or null) in `allowed`: "[0, 1)", ">= 1", "> 0", ..."""
+def num(default: Any, allowed: str, note: str = "", min_items: int = 0, by: str = ""):
+    """A number (or each number of a list, or null) in `allowed`: "[0, 1)", ">= 1", "> 0", ...; `by`:
+    the group's options that read it ("a|b"), where not every option does (see `only`)."""
     if not _INTERVAL.fullmatch(allowed):
         raise ValueError(f"bad interval {allowed!r}")
-    meta = {"interval": allowed, "note": note, "min_items": min_items}
+    meta = {"interval": allowed, "note": note, "min_items": min_items, **({"by": by} if by else {})}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def choice(default: Any, options: str, shown: str | None = None):
+def choice(default: Any, options: str, shown: str | None = None, by: str = ""):
     """One of `options` ("a|b|c", a regular expression); `shown` says it in words where it is one."""
     words = shown or ", ".join(options.split("|")[:-1]) + " or " + options.split("|")[-1]
-    return field(default=default, metadata={"pattern": options, "shown": words})
+    return field(default=default, metadata={"pattern": options, "shown": words, **({"by": by} if by else {})})
+
+
+def only(by: str, default: Any):
+    """A key that only the group's options `by` ("a|b") read: set to anything but its default under
+    another option, it is refused (validate), never silently ignored."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"by": by})
+    return field(default=default, metadata={"by": by})
 
 
 def _within(value: float, allowed: str) -> bool:
@@ -98,10 +107,10 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = choice(MISSING, "sgd|adamw|adam")  # the optimizer; its learning rate is the top-level lr
-    momentum: float = num(0.9, ">= 0")  # sgd
-    nesterov: bool = True  # sgd
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
-    eps: float = 1e-8  # adam, adamw
+    momentum: float = num(0.9, ">= 0", by="sgd")  # sgd
+    nesterov: bool = only("sgd", True)  # sgd
+    betas: list[float] = only("adam|adamw", [0.9, 0.999])  # adam, adamw
+    eps: float = only("adam|adamw", 1e-8)  # adam, adamw
 
 
 @dataclass
@@ -226,32 +235,38 @@ class AugConfig:
 class DropoutConfig:
     name: str = MISSING  # none, fc, conv or both
     # the probability of DROPPING a unit (as nn.Dropout), before each fully connected layer
-    p: float = num(0.0, "[0, 1)", "(the probability of dropping)")
-    conv_p: float = num(0.0, "[0, 1)")  # nn.Dropout2d after each conv block
-    features: bool = False  # smallcnn: also drop the pooled conv features entering the first FC layer
-    mc_samples: int = num(0, ">= 0")  # >0: also evaluate the test set with dropout on, averaging this many passes
+    p: float = num(0.0, "[0, 1)", "(the probability of dropping)", by="fc|both")
+    conv_p: float = num(0.0, "[0, 1)", by="conv|both")  # nn.Dropout2d after each conv block
+    features: bool = only("fc|both", False)  # smallcnn: also drop the pooled conv features entering the first FC layer
+    # >0: also evaluate the test set with dropout on, averaging this many passes (MC dropout)
+    mc_samples: int = num(0, ">= 0", by="fc|conv|both")
 
 
 @dataclass
 class DecayConfig:
     name: str = choice(MISSING, "l2|decoupled|l1")  # the strength is the top-level `wd`
-    exclude: list[str] = field(
-        default_factory=lambda: ["bias", "norm"]
-    )  # parameters whose names contain one of these, and every 1-d one, are not decayed
+    # Kept out of the decay, as timm's param_groups_weight_decay: 1d (every parameter with at most one dimension,
+    # and every bias), no_weight_decay (the model's own list), bias, norm (norm layers), or name patterns
+    exclude: list[str] = field(default_factory=lambda: ["1d", "no_weight_decay"])
 
 
 @dataclass
 class SchedConfig:
     name: str = choice(MISSING, "constant|step|multistep|exponential|cosine|onecycle|plateau")
     warmup_epochs: float = num(0.0, ">= 0")  # a linear warmup from 0 over this many epochs, before any schedule
-    min_lr: float = num(0.0, ">= 0")  # cosine floor, as an absolute learning rate
-    step_epochs: float = num(30.0, "> 0")  # step
-    gamma: float = num(0.1, "(0, 1]")  # step, multistep, exponential (per epoch)
-    milestones: list[float] = field(default_factory=list)  # multistep, in epochs
-    max_lr_mult: float = num(10.0, ">= 1")  # onecycle peak = lr * max_lr_mult
-    pct_start: float = num(0.3, "(0, 1)")  # onecycle
-    factor: float = num(0.1, "(0, 1)")  # plateau
-    patience: int = num(5, ">= 0")  # plateau
+    min_lr: float = num(0.0, ">= 0", by="cosine")  # cosine floor, as an absolute learning rate
+    step_epochs: float = num(30.0, "> 0", by="step")  # step
+    gamma: float = num(0.1, "(0, 1]", by="step|multistep|exponential")  # step, multistep, exponential (per epoch)
+    milestones: list[float] = only("multistep", [])  # multistep, in epochs
+    max_lr_mult: float = num(10.0, ">= 1", by="onecycle")  # onecycle peak = lr * max_lr_mult
+    pct_start: float = num(0.3, "(0, 1)", by="onecycle")  # onecycle
+    # onecycle: cycle the momentum (SGD's, Adam's first beta) inversely to the rate, between these, as
+    # torch's OneCycleLR does by default; false keeps the optimizer's own
+    cycle_momentum: bool = only("onecycle", True)
+    base_momentum: float = num(0.85, "[0, 1)", by="onecycle")
+    max_momentum: float = num(0.95, "[0, 1)", by="onecycle")
+    factor: float = num(0.1, "(0, 1)", by="plateau")  # plateau
+    patience: int = num(5, ">= 0", by="plateau")  # plateau
     # resuming with more epochs than the schedule was planned for: a new cycle over the added epochs
     # (true), or the rate the schedule ended with (false)
     restart: bool = False
@@ -265,10 +280,12 @@ class FinetuneConfig:
     weights: str | None = None  # imagenet | a regx run directory | a checkpoint or state-dict file
     freeze: list[str] = field(default_factory=list)  # module/parameter name patterns kept frozen
     bn: str = choice("train", "train|frozen")  # frozen: BatchNorm layers whose parameters are frozen stay in eval mode
-    backbone_lr_mult: float = num(0.1, ">= 0")  # the backbone's learning rate, relative to the head's
-    unfreeze_epoch: int = num(3, ">= 0")  # gradual: epochs of head-only training before the backbone unfreezes
-    stages: int = num(1, ">= 1")  # gradual: unfreeze the backbone in this many steps, from the top
-    stage_epochs: int = num(1, ">= 1")  # gradual: epochs between those steps
+    # the backbone's learning rate, relative to the head's
+    backbone_lr_mult: float = num(0.1, ">= 0", by="full|gradual")
+    # gradual: epochs of head-only training before the backbone unfreezes
+    unfreeze_epoch: int = num(3, ">= 0", by="gradual")
+    stages: int = num(1, ">= 1", by="gradual")  # gradual: unfreeze the backbone in this many steps, from the top
+    stage_epochs: int = num(1, ">= 1", by="gradual")  # gradual: epochs between those steps
 
 
 @dataclass
@@ -295,18 +312,22 @@ class AverageConfig:
     the weights at the end of each epoch from `start_epoch` on, BatchNorm recomputed at the end (swa)."""
 
     name: str = choice("none", "none|ema|swa")  # a default, not MISSING: runs made before this group resume
-    decay: float = num(0.999, "(0, 1)")  # ema <- decay * ema + (1 - decay) * weights
-    # timm's EMA warmup: the decay used at update t is min(decay, (1 + t) / (10 + t)), so early
-    # updates follow the weights closely instead of averaging in the random start
-    warmup: bool = True
-    every: int = num(1, ">= 1")  # optimizer steps between updates
+    decay: float = num(0.999, "(0, 1)", by="ema")  # ema <- decay * ema + (1 - decay) * weights
+    # ModelEmaV3's warmup: the decay after t steps is min(decay, 1 - (1 + t)^-warmup_power), so early updates
+    # follow the weights closely instead of averaging in the random start. On by default here (timm's train.py
+    # leaves it off, made for runs of hundreds of thousands of steps; regx's runs are short)
+    warmup: bool = only("ema", True)
+    # ModelEmaV3's: 2/3 reaches 0.999 after 31.6K steps, 3/4 after 10K
+    warmup_power: float = num(2 / 3, "(0, 1]", by="ema")
+    every: int = num(1, ">= 1", by="ema")  # optimizer steps between updates
     # which weights count: the best epoch, early stopping, best.pt's test evaluation, predict and export
-    select: str = choice("averaged", "averaged|raw")
-    start_epoch: int | None = num(None, ">= 1", "or null")  # swa: the first epoch averaged; null: 75% into the run
+    select: str = choice("averaged", "averaged|raw", by="ema|swa")
+    # swa: the first epoch averaged; null: 75% into the run
+    start_epoch: int | None = num(None, ">= 1", "or null", by="swa")
     swa_lr: float | None = num(
-        None, "> 0", "or null"
-    )  # swa: the learning rate from start_epoch on; null: the schedule's
-    anneal_epochs: int = num(1, ">= 0")  # swa: epochs to move linearly from the schedule's rate to swa_lr
+        None, "> 0", "or null", by="swa"
+    )  # swa: the rate from start_epoch on; null: the schedule's
+    anneal_epochs: int = num(1, ">= 0", by="swa")  # swa: epochs to move linearly from the schedule's rate to swa_lr
 
 
 @dataclass
@@ -317,10 +338,11 @@ class LoggerConfig:
     tensorboard: bool = False  # event files in <run>/tensorboard/
     mlflow: bool = False  # runs in MLflow (tracking_uri)
     wandb: bool = False  # runs in Weights & Biases (mode)
-    tracking_uri: str | None = None  # mlflow: null is sqlite:///<cwd>/outputs/mlflow.db
-    experiment: str | None = None  # mlflow experiment / W&B project; null: the run's name (mlflow), regx (W&B)
-    log_model: bool = False  # mlflow, wandb: also upload best.pt as an artifact
-    mode: str = choice("online", "online|offline|disabled")  # wandb
+    tracking_uri: str | None = only("mlflow", None)  # mlflow: null is sqlite:///<cwd>/outputs/mlflow.db
+    # mlflow experiment / W&B project; null: the run's name (mlflow), regx (W&B)
+    experiment: str | None = only("mlflow|wandb", None)
+    log_model: bool = only("mlflow|wandb", False)  # mlflow, wandb: also upload best.pt as an artifact
+    mode: str = choice("online", "online|offline|disabled", by="wandb")  # wandb
 
 
 @dataclass
@@ -516,7 +538,43 @@ def validate(cfg: DictConfig) -> None:
         hint = " (data=imagefolder needs the folder of images)" if key == "data.path" else ""
         raise ConfigError(f"{key} is required but has no value{hint}: add {key}=...")
     _check_fields(cfg, TrainConfig)
+    _check_unread(cfg)
     _check_between(cfg)
+
+
+# The groups whose options each read some of the group's keys (field metadata `by`); for logger, the
+# options are flags that several may set at once.
+READ_BY_OPTION = ("optim", "sched", "dropout", "average", "finetune", "logger")
+
+
+def _check_unread(c: DictConfig) -> None:
+    """A key that the chosen option does not read, set to anything but its default, is refused (it would
+    be a silent no-op: `sched=cosine sched.gamma=0.5`)."""
+    for group in READ_BY_OPTION:
+        node = c[group]
+        schema = {
+            "optim": OptimConfig,
+            "sched": SchedConfig,
+            "dropout": DropoutConfig,
+            "average": AverageConfig,
+            "finetune": FinetuneConfig,
+            "logger": LoggerConfig,
+        }[group]
+        chosen = {f for f in ("tensorboard", "mlflow", "wandb") if node[f]} if group == "logger" else {node.name}
+        for f in dataclasses.fields(schema):
+            by = f.metadata.get("by")
+            if not by or chosen & set(by.split("|")):
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = node[f.name]
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            if value != default:
+                which = " or ".join(f"{group}={o}" for o in by.split("|"))
+                now = ", ".join(sorted(chosen)) or "none"
+                raise ConfigError(
+                    f"{group}.{f.name}={value!r} is not read by {group}={now}: only {which} reads it "
+                    f"(remove it, or choose that option)"
+                )
 
 
 def _check_between(c: DictConfig) -> None:

@@ -169,6 +169,7 @@ class StepParts:
     label_smoothing: float = 0.0
     clip: Callable[[], torch.Tensor] | None = None  # clip_grad: clips the gradients, says whether it did
     jsd: float = 0.0  # > 0: the pipeline gives 3 views per image; AugMix's consistency loss at this weight
+    momentum_at: Callable[[int], float | None] | None = None  # sched=onecycle's momentum cycle
 
 
 def gradient_clipper(mode: str, limit: float, params: list[nn.Parameter]) -> Callable[[], torch.Tensor]:
@@ -208,7 +209,7 @@ def train_one_epoch(
         for h in hooks:
             h.before_step(step)
         lr = parts.lr_at(step)
-        loss, correct, clipped = _step(net, parts, xb, yb, lr)
+        loss, correct, clipped = _step(net, parts, xb, yb, lr, step)
         tally.loss_sum += loss * len(yb)
         tally.correct += correct
         if clipped is not None:
@@ -248,11 +249,17 @@ def train_one_epoch(
     )
 
 
-def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: float):
+def _step(net: nn.Module, p: StepParts, xb: torch.Tensor, yb: torch.Tensor, lr: float, step: int):
     """One optimizer step; (detached loss, correct predictions, whether clip_grad clipped or None), on
     the device."""
+    momentum = p.momentum_at(step) if p.momentum_at is not None else None
     for g in p.optimizer.param_groups:
         g["lr"] = lr * g.get("lr_mult", 1.0)
+        if momentum is not None:  # as OneCycleLR: SGD's momentum, or Adam's first beta
+            if "betas" in g:
+                g["betas"] = (momentum, g["betas"][1])
+            else:
+                g["momentum"] = momentum
     x, mixed = p.pipeline.train(xb)
     with p.amp:
         out = net(x)
@@ -352,12 +359,13 @@ def mc_dropout(
     amp,
     samples: int,
 ) -> tuple[float, float]:
-    """Monte Carlo dropout: (accuracy, mean predictive entropy) of the average of `samples` passes
-    with dropout on and everything else (BatchNorm) in eval mode."""
+    """Monte Carlo dropout (Gal & Ghahramani 2016): (accuracy, mean predictive entropy) of the average of
+    `samples` passes with dropout on, nn.Dropout modules and timm's functional drop_rate alike, and
+    everything else (BatchNorm) in eval mode."""
     model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.train()
+    for m in model.modules():  # each module's own flag only: BatchNorm stays in eval mode
+        if isinstance(m, nn.modules.dropout._DropoutNd) or getattr(m, "drop_rate", 0) > 0:
+            m.training = True  # nn.Dropout, and timm's modules that call F.dropout(p=self.drop_rate)
     device = pipeline.mean.device
     correct = torch.zeros((), device=device, dtype=torch.long)
     entropy = torch.zeros((), device=device)

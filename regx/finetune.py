@@ -38,9 +38,9 @@ HEAD_PATHS = ("fc", "classifier", "heads.head", "head")
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
     """The network inside regx's grey-to-RGB adapter, and the prefix its parameter names carry."""
-    from regx.models import _GrayToRGB
+    from regx.models import GrayToRGB
 
-    return (model.model, "model.") if isinstance(model, _GrayToRGB) else (model, "")
+    return (model.model, "model.") if isinstance(model, GrayToRGB) else (model, "")
 
 
 def head_path(model: nn.Module) -> str:
@@ -293,18 +293,18 @@ def build_pretrained(pretrained: Pretrained, *, dropout: float, **model_kwargs) 
     """The model for the data's classes with `pretrained` loaded into all but its head, and the
     dropped keys. For torchvision models the dropout group's layer goes in front of the new head
     after loading, so the pretrained names line up; smallcnn's layer names do not depend on it."""
-    from regx.models import MODELS, _dropout_before_last_linear, build_model
+    from regx.models import MODELS, build_model, set_dropout
 
     if model_kwargs.get("zoo") == "timm" and model_kwargs["name"] not in MODELS:
         return _build_timm_pretrained(pretrained, dropout=dropout, **model_kwargs)
     ours = model_kwargs["name"] in MODELS
-    model = build_model(dropout=dropout if ours else 0.0, **model_kwargs)
+    model = build_model(dropout=dropout if ours else None, **model_kwargs)  # torchvision's: its own dropout
     dropped = load_pretrained(model, pretrained.state_dict)
     net, _ = unwrap(model)
     if pretrained.source.startswith("ImageNet") and hasattr(net, "transform_input"):
         net.transform_input = True  # googlenet/inception: what torchvision sets with its weights
-    if dropout > 0 and not ours:
-        _dropout_before_last_linear(net, dropout)
+    if not ours:
+        set_dropout(net, dropout)
     return model, dropped
 
 

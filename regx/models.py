@@ -87,10 +87,12 @@ def _torchvision(
     in_channels: int,
     image_size: int | None,
     small_input: bool,
-    dropout: float,
+    dropout: float | None,
     drop_path: float | None,
     **_,
 ) -> nn.Module:
+    """torchvision's model by name; `dropout` is set_dropout's p (None: the architecture's own dropout,
+    for weights to load into before the dropout group has its say)."""
     import torchvision.models as tvm
 
     names = torchvision_names()
@@ -122,9 +124,9 @@ def _torchvision(
             )
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
-    if dropout > 0:
-        _dropout_before_last_linear(model, dropout)
-    return _GrayToRGB(model) if in_channels == 1 else model
+    if dropout is not None:
+        set_dropout(model, dropout)
+    return GrayToRGB(model) if in_channels == 1 else model
 
 
 def timm_module():
@@ -185,7 +187,7 @@ def _timm(
     except TypeError as exc:  # an architecture that does not take one of these
         bad = "model.drop_path" if "drop_path" in str(exc) else "dropout.p" if "drop_rate" in str(exc) else "a keyword"
         raise ModelError(f"timm's {name} does not take {bad} ({str(exc).splitlines()[0]})") from None
-    return _GrayToRGB(model) if in_channels == 1 else model
+    return GrayToRGB(model) if in_channels == 1 else model
 
 
 def probe(model: nn.Module, image_size: int) -> None:
@@ -194,7 +196,7 @@ def probe(model: nn.Module, image_size: int) -> None:
     import copy
 
     meta = copy.deepcopy(model).to("meta").eval()
-    channels = 1 if isinstance(meta, _GrayToRGB) else 3
+    channels = 1 if isinstance(meta, GrayToRGB) else 3
     try:
         with torch.no_grad():
             meta(torch.zeros(1, channels, image_size, image_size, device="meta"))
@@ -209,15 +211,16 @@ class _DropPath:
     """A forward hook on a residual block's last BatchNorm: its output is the residual branch, which
     the block adds to the shortcut next, so zeroing it per sample (scaled by 1/(1-p) for the rest)
     skips the block for that sample. A hook, not a wrapper, so parameter names stay torchvision's and
-    pretrained weights load."""
+    pretrained weights load. It drops while the block trains, whatever the BatchNorm's own mode
+    (finetune.bn=frozen keeps frozen BatchNorm layers in eval mode)."""
 
-    def __init__(self, p: float):
-        self.p = p
+    def __init__(self, p: float, block: nn.Module):
+        self.p, self.block = p, block
 
     def __call__(self, module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor:
         from torchvision.ops import stochastic_depth
 
-        return stochastic_depth(out, self.p, "row", module.training)
+        return stochastic_depth(out, self.p, "row", self.block.training)
 
 
 def _resnet_drop_path(model: nn.Module, rate: float) -> None:
@@ -228,10 +231,21 @@ def _resnet_drop_path(model: nn.Module, rate: float) -> None:
     blocks = [m for m in model.modules() if isinstance(m, BasicBlock | Bottleneck)]
     for i, block in enumerate(blocks):
         last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
-        last_bn.register_forward_hook(_DropPath(rate * i / max(1, len(blocks) - 1)))
+        last_bn.register_forward_hook(_DropPath(rate * i / max(1, len(blocks) - 1), block))
 
 
-def _dropout_before_last_linear(model: nn.Module, p: float) -> None:
+def set_dropout(model: nn.Module, p: float) -> None:
+    """The dropout group's say over a torchvision network's dropout: p = 0 removes every Dropout module
+    (each becomes an Identity; none has weights, so names and state dicts are unchanged); p > 0 sets the
+    drop probability of the classifier's own Dropout layers (VGG's two, EfficientNet's and MobileNet's
+    one), or puts one in front of the last linear layer where the classifier has none (ResNet,
+    ConvNeXt)."""
+    if p == 0:
+        for name, module in list(model.named_modules()):
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
+        return
     last = None
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear):
@@ -240,11 +254,14 @@ def _dropout_before_last_linear(model: nn.Module, p: float) -> None:
         raise ModelError("dropout.p > 0 needs a fully connected layer, and this model has none")
     parent_name, _, attr = last.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    linear = getattr(parent, attr)
-    setattr(parent, attr, nn.Sequential(nn.Dropout(p), linear))
+    own = [m for m in parent.modules() if isinstance(m, nn.Dropout)] if parent is not model else []
+    for d in own:
+        d.p = p
+    if not own:
+        setattr(parent, attr, nn.Sequential(nn.Dropout(p), getattr(parent, attr)))
 
 
-class _GrayToRGB(nn.Module):
+class GrayToRGB(nn.Module):
     """Feeds one-channel images to an RGB network by repeating the channel."""
 
     def __init__(self, model: nn.Module):
@@ -286,7 +303,7 @@ def build_model(
     convs_per_block: int,
     fc,
     small_input: bool,
-    dropout: float,
+    dropout: float | None,
     conv_dropout: float,
     dropout_features: bool,
     drop_path: float | None = None,

@@ -42,20 +42,29 @@ def lr_factor(
     elif name == "cosine":
         floor = min_lr / base_lr
         f = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
-    elif name == "onecycle":  # torch's OneCycleLR with cosine annealing, div 25 and final div 1e4
-        peak, up = max_lr_mult, max(pct_start * total, 1.0)
-        start, end = peak / 25, peak / 25 / 1e4
-        if step < up:
-            f = start + (peak - start) * 0.5 * (1 - math.cos(math.pi * step / up))
-        else:
-            t = min((step - up) / max(total - up, 1.0), 1.0)
-            f = end + (peak - end) * 0.5 * (1 + math.cos(math.pi * t))
+    elif name == "onecycle":  # torch's OneCycleLR: cosine annealing, div_factor 25, final_div_factor 1e4
+        peak = max_lr_mult
+        f = onecycle(min(step, total - 1), total, pct_start, peak / 25, peak, peak / 25 / 1e4)
     else:
         raise ValueError(f"unknown schedule {name!r}")
     warmup = warmup_epochs * steps_per_epoch
     if warmup > 0 and step < warmup:
         f *= (step + 1) / warmup
     return f
+
+
+def onecycle(step: int, total: int, pct_start: float, start: float, peak: float, end: float) -> float:
+    """torch.optim.lr_scheduler.OneCycleLR's two phases at `step` of `total`: from `start` up to `peak`
+    until step pct_start*total - 1, then down to `end` at step total - 1, each by half a cosine (its
+    momentum is the same curve from max_momentum down to base_momentum and back)."""
+    up = float(pct_start * total) - 1
+    if step <= up:
+        return _cos(start, peak, step / up)
+    return _cos(peak, end, (step - up) / (total - 1 - up))
+
+
+def _cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)  # torch's _annealing_cos
 
 
 class Plateau:
@@ -150,6 +159,17 @@ class Schedule:
             f = (step - start + 1) / anneal
             return (1 - f) * self._scheduled(start) + f * swa_lr
         return swa_lr
+
+    def momentum(self, step: int) -> float | None:
+        """sched=onecycle with sched.cycle_momentum: the momentum at `step` (SGD's, or Adam's first beta),
+        the inverse of the rate's cycle, from max_momentum down to base_momentum and back, as OneCycleLR
+        sets it; None for every other schedule (the optimizer keeps its own)."""
+        s = self.sched
+        if s["name"] != "onecycle" or not s["cycle_momentum"]:
+            return None
+        total = self.steps * self.epochs
+        t = min(max(step - self.start, 0), total - 1)
+        return onecycle(t, total, s["pct_start"], s["max_momentum"], s["base_momentum"], s["max_momentum"])
 
     def restart(self, start: int, epochs: int) -> None:
         self.start, self.epochs = start, epochs

@@ -178,18 +178,15 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
         channels_last=cfg.channels_last,
         augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None,
     )
+    schedule = lr_schedule(
+        sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau, average=OmegaConf.to_container(cfg.average)
+    )
     step = StepParts(
         optimizer=optimizer,
         pipeline=pipeline,
         amp=autocast(device, precision),
-        lr_at=lr_schedule(
-            sched,
-            lr=cfg.lr,
-            epochs=cfg.epochs,
-            steps=steps,
-            plateau=plateau,
-            average=OmegaConf.to_container(cfg.average),
-        ),
+        lr_at=schedule,
+        momentum_at=schedule.momentum if schedule.momentum(0) is not None else None,
         scaler=torch.amp.GradScaler(device.type) if precision == "16" else None,
         penalty=(lambda: penalty(decayed, decay=cfg.decay.name, wd=cfg.wd)) if decayed else None,
         label_smoothing=cfg.label_smoothing,
@@ -621,8 +618,10 @@ def _end_epoch(
         average.end_epoch(epoch)  # swa: this epoch's weights join the average
     averaged = average is not None and average.updates > 0
     avg_loss, avg_acc = _evaluate(parts, parts.data.val, net=average.module) if averaged else (None, None)
-    # the validation accuracy that picks the best epoch and stops early: the averaged weights' when selected
-    score = avg_acc if averaged and parts.cfg.average.select == "averaged" else val_acc
+    # the validation accuracy that picks the best epoch and stops early: the averaged weights' when selected,
+    # except SWA's, whose BatchNorm statistics are the trained model's until _finish_swa recomputes them
+    selects = averaged and parts.cfg.average.select == "averaged" and not isinstance(average, Swa)
+    score = avg_acc if selects else val_acc
     if parts.plateau is not None:
         parts.plateau.update(val_loss)
     is_best = state.best_val_acc is None or score > state.best_val_acc

@@ -14,26 +14,39 @@ from regx.train import train
 from tests.conftest import assert_same_state, metric_rows, regx_here, run_regx, smoke_cfg
 
 
-def test_the_average_moves_toward_the_weights_with_timms_warmup_and_copies_buffers():
-    model = nn.Sequential(nn.Linear(2, 1, bias=False), nn.BatchNorm1d(1))
-    with torch.no_grad():
-        model[0].weight.fill_(1.0)
-    ema = Ema(model, decay=0.99, warmup=True, every=1)
-    with torch.no_grad():
-        model[0].weight.fill_(3.0)
-        model[1].running_mean.fill_(5.0)
-    ema.update(0)  # update 0: d = min(0.99, 1/10)
-    assert ema.module[0].weight[0, 0].item() == pytest.approx(0.1 * 1 + 0.9 * 3)
-    assert ema.module[1].running_mean.item() == 5.0  # buffers are copied, not averaged
-    assert ema.decay_at(10_000) == 0.99 and ema.decay_at(1) == pytest.approx(2 / 11)
-    plain = Ema(model, decay=0.5, warmup=False, every=2)
-    with torch.no_grad():
-        model[0].weight.fill_(1.0)
-    plain.update(0)  # not an update step (every=2)
-    assert plain.module[0].weight[0, 0].item() == 3.0 and plain.updates == 0
-    plain.update(1)
-    assert plain.module[0].weight[0, 0].item() == pytest.approx(2.0) and plain.updates == 1
-    assert not any(p.requires_grad for p in ema.module.parameters())
+def _trained_steps(model, n, hook):
+    """n SGD steps of a model in training mode (its BatchNorm statistics move), `hook(step)` after each."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for step in range(n):
+        opt.zero_grad()
+        model(torch.randn(8, 2, generator=g)).square().mean().backward()
+        opt.step()
+        hook(step)
+
+
+@pytest.mark.parametrize(
+    "warmup,power,decay,every",
+    [(True, 2 / 3, 0.99, 1), (True, 0.75, 0.9, 1), (False, 2 / 3, 0.8, 1), (True, 2 / 3, 0.99, 3)],
+)
+def test_the_ema_equals_timms_model_ema_v3_step_by_step(warmup, power, decay, every):
+    """Oracle: timm.utils.ModelEmaV3 updated as timm's train.py updates it (step = optimizer steps so far),
+    on a copy of the same model: every state-dict tensor, BatchNorm statistics included, equal."""
+    timm_ema = pytest.importorskip("timm.utils.model_ema")
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1)).train()
+
+    ours_model, ref_model = make(), make()
+    ours = Ema(ours_model, decay=decay, warmup=warmup, warmup_power=power, every=every)
+    ref = timm_ema.ModelEmaV3(ref_model, decay=decay, use_warmup=warmup, warmup_power=power)
+    _trained_steps(ours_model, 9, ours.update)
+    _trained_steps(ref_model, 9, lambda step: ref.update(ref_model, step=step + 1) if (step + 1) % every == 0 else None)
+    theirs = ref.module.state_dict()
+    for key, value in ours.module.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+    assert ours.decay_at(1) == ref.get_decay(1) == 0.0 and ours.decay_at(50) == ref.get_decay(50)
 
 
 def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weights(tmp_path):
@@ -41,7 +54,8 @@ def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weig
     rows = read_metrics(tmp_path / "ema/metrics.csv")
     assert all(r["avg_val_acc"] and r["avg_val_loss"] for r in rows) and s["average"] == "ema"
     best = checkpoint.read(tmp_path / "ema/checkpoints/best.pt")
-    assert best.average["updates"] == s["evidence"]["optimizer_steps"]
+    last = checkpoint.read(tmp_path / "ema/checkpoints/last.pt")
+    assert last.average["updates"] == s["evidence"]["optimizer_steps"] and best.average["updates"] == best.step
     assert not torch.equal(best.average["model"]["head.out.weight"], best.model["head.out.weight"])
     assert best.weights() is best.average["model"]
     assert s["best_val_acc"] == max(float(r["avg_val_acc"]) for r in rows)  # the averaged weights pick the best
@@ -162,3 +176,19 @@ def test_bad_averaging_is_one_line(override, message):
             if override != "average=sma"
             else [override]
         )
+
+
+def test_swas_averaged_weights_pick_best_pt_only_once_batchnorm_is_recomputed(tmp_path):
+    """Inside the SWA window the average's per-epoch validation uses the trained model's BatchNorm
+    statistics (torch's recipe recomputes them only at the end): the trained weights pick the best epoch
+    and drive early stopping there; the average takes over at the end."""
+    s = train(smoke_cfg("epochs=4", "average=swa", "average.start_epoch=2", "average.swa_lr=0.01"), tmp_path / "r")
+    rows = read_metrics(tmp_path / "r/metrics.csv")
+    marked = [int(m) for m in re.findall(r"epoch (\d)/4 .*\*best\*", (tmp_path / "r/train.log").read_text())]
+    best, expected = -1.0, []
+    for r in rows:
+        if float(r["val_acc"]) > best:
+            best, expected = float(r["val_acc"]), [*expected, int(r["epoch"])]
+    assert marked == expected  # chosen by val_acc, never by the per-epoch avg_val_acc
+    assert s["best_epoch"] == 4 and s["test_checkpoint"] == "best.pt"  # the recomputed average, at the end
+    assert checkpoint.read(tmp_path / "r/checkpoints/best.pt").weights() is not None

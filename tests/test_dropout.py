@@ -68,3 +68,47 @@ def test_dropping_the_pooled_features_is_opt_in():
     model = make_model("smallcnn", num_classes=5, in_channels=3, fc=[64], dropout=0.5, dropout_features=True)
     mods = list(model.modules())
     assert all(isinstance(mods[i - 1], nn.Dropout) for i, m in enumerate(mods) if isinstance(m, nn.Linear))
+
+
+@pytest.mark.parametrize(
+    "name,own",
+    [("vgg11_bn", 2), ("efficientnet_b0", 1), ("mobilenet_v3_small", 1), ("resnet18", 0), ("convnext_tiny", 0)],
+)
+def test_the_dropout_group_owns_torchvisions_dropout(name, own):
+    """Under dropout=none no Dropout module is left (VGG's, EfficientNet's and MobileNet's own are removed);
+    under dropout.p the classifier's own Dropout layers take that probability, one layer is added only
+    where the classifier has none, and none is ever stacked on another."""
+    import torchvision.models as tvm
+
+    reference = tvm.get_model(name, weights=None, num_classes=5)
+    assert sum(isinstance(m, nn.Dropout) for m in reference.modules()) >= own
+    none = make_model(name, dropout=0.0)
+    assert not any(isinstance(m, nn.modules.dropout._DropoutNd) for m in none.modules())
+    assert list(none.state_dict()) == list(reference.state_dict())  # weights load as before
+    some = make_model(name, dropout=0.3)
+    drops = [m for m in some.modules() if isinstance(m, nn.Dropout)]
+    head = [m for m in some.modules() if isinstance(m, nn.Dropout | nn.Linear)]
+    assert len(drops) == max(own, 1) and all(d.p == 0.3 for d in drops)
+    assert not any(isinstance(a, nn.Dropout) and isinstance(b, nn.Dropout) for a, b in zip(head, head[1:]))
+
+
+def test_mc_dropout_reaches_timms_functional_dropout():
+    """timm's CNNs built with drop_rate call F.dropout in their head, keyed on the model's own training
+    flag: MC dropout switches that on too (and leaves BatchNorm in eval mode)."""
+    pytest.importorskip("timm")
+    from regx.engine import mc_dropout
+
+    model = make_model("resnet18", zoo="timm", num_classes=5, dropout=0.5).eval()
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())  # functional, not a module
+    stats = [b.clone() for b in model.buffers()]
+    x = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8)
+    pipe = Pipeline(torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1), False)
+    amp = torch.autocast("cpu", enabled=False)
+    y = torch.zeros(8, dtype=torch.long)
+    _, one = mc_dropout(model, [(x, y)], pipeline=pipe, amp=amp, samples=1)
+    torch.manual_seed(1)
+    _, again = mc_dropout(model, [(x, y)], pipeline=pipe, amp=amp, samples=1)
+    deterministic = evaluate(model, [(x, y)], pipeline=pipe, amp=amp, num_classes=5)
+    assert one != again  # each pass drops other units
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers())) and not model.training
+    assert deterministic[0] > 0

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from regx.config import SchedConfig
@@ -50,7 +51,7 @@ def test_cosine_to_a_floor():
 def test_onecycle_peaks_then_anneals():
     kw = dict(max_lr_mult=4.0, pct_start=0.25)
     assert f(0, "onecycle", **kw) == pytest.approx(4.0 / 25)
-    assert f(25, "onecycle", **kw) == pytest.approx(4.0)
+    assert f(24, "onecycle", **kw) == pytest.approx(4.0)  # OneCycleLR peaks at step pct_start*total - 1
     assert f(100, "onecycle", **kw) == pytest.approx(4.0 / 25 / 1e4)
 
 
@@ -68,3 +69,74 @@ def test_plateau_cuts_after_patience():
     q = Plateau(factor=0.1, patience=5)
     q.load_state_dict(p.state_dict())
     assert q.scale == 0.5
+
+
+def _torch_rates(scheduler_cls, steps, base_lr=0.1, optimizer=torch.optim.SGD, **kw):
+    """torch's scheduler stepped once per optimizer step: (lr, momentum or first beta) before each step."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    extra = {"momentum": 0.9} if optimizer is torch.optim.SGD else {}
+    opt = optimizer([p], lr=base_lr, **extra)
+    sched = scheduler_cls(opt, **kw)
+    out = []
+    for _ in range(steps):
+        g = opt.param_groups[0]
+        out.append((g["lr"], g["momentum"] if "momentum" in g else g["betas"][0]))
+        opt.step()
+        sched.step()
+    return out
+
+
+def _regx_schedule(name, **kw):
+    from regx.schedules import lr_schedule
+
+    sched = {**OmegaConf.to_container(OmegaConf.structured(SchedConfig(name=name))), **kw}
+    return lr_schedule(sched, lr=0.1, epochs=TOTAL // SPE, steps=SPE)
+
+
+@pytest.mark.parametrize(
+    "name,kw,torch_cls,torch_kw",
+    [
+        ("step", dict(step_epochs=3, gamma=0.5), "StepLR", dict(step_size=30, gamma=0.5)),
+        ("multistep", dict(milestones=[2, 5], gamma=0.1), "MultiStepLR", dict(milestones=[20, 50], gamma=0.1)),
+        ("cosine", dict(min_lr=0.001), "CosineAnnealingLR", dict(T_max=TOTAL, eta_min=0.001)),
+        (
+            "onecycle",
+            dict(max_lr_mult=4.0, pct_start=0.25),
+            "OneCycleLR",
+            dict(max_lr=0.4, total_steps=TOTAL, pct_start=0.25),
+        ),
+    ],
+)
+def test_each_schedule_equals_torchs_scheduler_stepped_every_step(name, kw, torch_cls, torch_kw):
+    """Oracle: torch.optim.lr_scheduler's class with the same settings, stepped after every optimizer step
+    (regx's schedules are per step); onecycle's momentum cycle too, as OneCycleLR sets it (SGD's momentum,
+    Adam's first beta)."""
+    ours = _regx_schedule(name, **kw)
+    cls = getattr(torch.optim.lr_scheduler, torch_cls)
+    for optimizer in (torch.optim.SGD, torch.optim.AdamW) if name == "onecycle" else (torch.optim.SGD,):
+        for step, (lr, momentum) in enumerate(_torch_rates(cls, TOTAL, optimizer=optimizer, **torch_kw)):
+            assert ours(step) == pytest.approx(lr, rel=1e-9, abs=1e-15), (name, step)
+            if name == "onecycle":
+                assert ours.momentum(step) == pytest.approx(momentum, rel=1e-12), (step, optimizer)
+            else:
+                assert ours.momentum(step) is None
+
+
+def test_onecycle_cycles_the_momentum_a_run_uses(tmp_path):
+    from regx.train import train
+    from tests.conftest import smoke_cfg
+
+    seen = []
+
+    class Watch(__import__("regx.engine", fromlist=["Hook"]).Hook):
+        def start(self, parts):
+            self.opt = parts.step.optimizer
+
+        def after_step(self, info):
+            seen.append(self.opt.param_groups[0]["momentum"])
+
+    train(smoke_cfg("sched=onecycle", "epochs=1"), tmp_path / "r", hooks=[Watch()])
+    assert seen[0] == pytest.approx(0.95) and min(seen) < 0.9 and seen[-1] > min(seen)
+    seen.clear()
+    train(smoke_cfg("sched=onecycle", "epochs=1", "sched.cycle_momentum=false"), tmp_path / "s", hooks=[Watch()])
+    assert set(seen) == {0.9}

@@ -94,6 +94,13 @@ def test_torchvision_resnets_get_drop_path_on_each_residual_branch_with_their_na
     a = model(x)
     torch.manual_seed(1)
     assert not torch.equal(a, model(x))
+    for m in model.modules():  # finetune.bn=frozen: BatchNorm in eval mode, the blocks still training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    torch.manual_seed(0)
+    b = model(x)
+    torch.manual_seed(1)
+    assert not torch.equal(b, model(x))  # stochastic depth keys on the block, not on its BatchNorm
 
 
 @pytest.mark.slow  # four regx commands on a timm model (9 s); make test-all runs it
