@@ -36,6 +36,7 @@ class AugParams:
     saturation: torch.Tensor
     hue: torch.Tensor  # in turns
     erase: torch.Tensor | None = None  # N,4 boxes (x0, y0, x1, y1) as fractions; empty box = none
+    aspect: torch.Tensor | None = None  # vertical scale / horizontal scale (a resized crop's); None: 1
 
     @staticmethod
     def identity(n: int, device="cpu") -> AugParams:
@@ -81,16 +82,17 @@ class Op:
     name: str
     draws: tuple[str, ...]
     params: Callable[[Any, Draws], dict[str, torch.Tensor]]
+    geometric: bool = False  # it moves pixels (its parts go into the one affine warp)
 
 
 OPS: dict[str, Op] = {}  # in the order their parts combine and their own extra draws are made
 
 
-def op(name: str, *draws: str):
+def op(name: str, *draws: str, geometric: bool = False):
     """Register an op's `params` function: adding an op is this entry plus its AugConfig field and YAML."""
 
     def register(params):
-        OPS[name] = Op(name, draws, params)
+        OPS[name] = Op(name, draws, params, geometric)
         return params
 
     return register
@@ -137,17 +139,17 @@ def _vflip(c, d: Draws) -> dict[str, torch.Tensor]:
     return {"vflip": d.u["on"] < c.p}
 
 
-@op("rotate", "on", "angle")
+@op("rotate", "on", "angle", geometric=True)
 def _rotate(c, d: Draws) -> dict[str, torch.Tensor]:  # degrees uniform in [-degrees, degrees]
     return {"angle": torch.where(d.u["on"] < c.p, _between(-c.degrees, c.degrees, d.u["angle"]), 0.0)}
 
 
-@op("scale", "on", "factor")
+@op("scale", "on", "factor", geometric=True)
 def _scale(c, d: Draws) -> dict[str, torch.Tensor]:
     return {"scale": torch.where(d.u["on"] < c.p, _between(c.min, c.max, d.u["factor"]), 1.0)}
 
 
-@op("translate", "on", "x", "y")
+@op("translate", "on", "x", "y", geometric=True)
 def _translate(c, d: Draws) -> dict[str, torch.Tensor]:  # one draw decides both axes
     on, f = d.u["on"] < c.p, c.fraction
     return {
@@ -156,7 +158,7 @@ def _translate(c, d: Draws) -> dict[str, torch.Tensor]:  # one draw decides both
     }
 
 
-@op("crop", "on", "x", "y")
+@op("crop", "on", "x", "y", geometric=True)
 def _crop(c, d: Draws) -> dict[str, torch.Tensor]:
     """Pad-and-crop as a whole-pixel shift in [-pad, pad]: exact under bilinear sampling."""
     on, span = d.u["on"] < c.p, 2 * c.pad + 1
@@ -189,6 +191,38 @@ def _erasing(c, d: Draws) -> dict[str, torch.Tensor]:
     y0, x0 = u[2] * (1 - bh), u[3] * (1 - bw)
     box = torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
     return {"erase": torch.where((d.u["on"] < c.p).view(-1, 1), box, torch.zeros_like(box))}
+
+
+@op("rrc", "on", geometric=True)
+def _rrc(c, d: Draws) -> dict[str, torch.Tensor]:
+    """torchvision's RandomResizedCrop per image: get_params' crop (10 tries of an area in [scale_min,
+    scale_max] of the image and a log-uniform aspect ratio in [ratio_min, ratio_max], the first that fits,
+    at a uniform whole-pixel position; else the centre crop at the clamped ratio), resized to the image's
+    size: as one affine map, a horizontal and a vertical scale and the shift that centres the crop."""
+    h_img, w_img, n, dev = d.height, d.width, d.n, d.u["on"].device
+    u = torch.rand(4, 10, n, generator=d.generator, device=dev)
+    area = h_img * w_img * _between(c.scale_min, c.scale_max, u[0])
+    ratio = torch.exp(_between(math.log(c.ratio_min), math.log(c.ratio_max), u[1]))
+    w, h = torch.round(torch.sqrt(area * ratio)), torch.round(torch.sqrt(area / ratio))
+    fits = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
+    first = torch.argmax(fits.int(), 0, keepdim=True)  # the first try that fits
+    w, h, found = w.gather(0, first)[0], h.gather(0, first)[0], fits.any(0)
+    i = torch.floor(u[2].gather(0, first)[0] * (h_img - h + 1))  # get_params' randint(0, height - h + 1)
+    j = torch.floor(u[3].gather(0, first)[0] * (w_img - w + 1))
+    in_ratio = w_img / h_img  # no try fits: the whole image, cut to the nearest allowed ratio, centred
+    if in_ratio < c.ratio_min:
+        fw, fh = w_img, round(w_img / c.ratio_min)
+    elif in_ratio > c.ratio_max:
+        fw, fh = round(h_img * c.ratio_max), h_img
+    else:
+        fw, fh = w_img, h_img
+    w, h = torch.where(found, w, float(fw)), torch.where(found, h, float(fh))
+    i, j = torch.where(found, i, float((h_img - fh) // 2)), torch.where(found, j, float((w_img - fw) // 2))
+    on = d.u["on"] < c.p
+    sx, sy = w_img / w, h_img / h
+    cx, cy = (j + w / 2) / w_img, (i + h / 2) / h_img  # the crop's centre, as fractions of the image
+    return {"scale": torch.where(on, sx, 1.0), "aspect": torch.where(on, sy / sx, 1.0),
+            "tx": torch.where(on, -sx * (cx - 0.5), 0.0), "ty": torch.where(on, -sy * (cy - 0.5), 0.0)}
 
 
 # The options that transform whole images before the per-image ops (their draws are their own):
@@ -311,7 +345,7 @@ class Augment:
             x = torch.cat([x, self._augmix(x), self._augmix(x)]) if views == 3 else self._augmix(x)
         n = x.shape[0] // views
         noise = torch.rand((n, *x.shape[1:]), generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
-        geometric = any(self.cfg[k].p > 0 for k in ("rotate", "scale", "translate", "crop"))
+        geometric = any(self.cfg[o.name].p > 0 for o in OPS.values() if o.geometric)
         params = self.sample(n, x.shape[-2:], x.device)
         if views > 1:
             params = AugParams(
@@ -408,6 +442,8 @@ def apply(
             x, owned = (x, owned) if owned else (x.clone(), True)
             x.index_copy_(0, idx, x[idx].flip(dim))
     moves = (p.angle != 0) | (p.scale != 1) | (p.tx != 0) | (p.ty != 0)
+    if p.aspect is not None:
+        moves = moves | (p.aspect != 1)
     if geometric is not False and (sync_free or bool(moves.any())):
         warped = F.grid_sample(
             x,
@@ -436,8 +472,9 @@ def apply(
 def affine_theta(p: AugParams, shape) -> torch.Tensor:
     """The 2x3 matrices mapping output to input coordinates (affine_grid's convention).
 
-    The forward map scales by s, rotates counter-clockwise by the angle and shifts by (tx, ty), all
-    about the image centre, in pixel units (non-square images rotate without shear).
+    The forward map scales by s (vertically by s * aspect), rotates counter-clockwise by the angle and
+    shifts by (tx, ty), all about the image centre, in pixel units (non-square images rotate without
+    shear).
     """
     _, _, h, w = shape
     a = p.angle * (math.pi / 180)
@@ -445,6 +482,8 @@ def affine_theta(p: AugParams, shape) -> torch.Tensor:
     # In pixel coordinates (y down), a counter-clockwise rotation on screen is [[c, s], [-s, c]];
     # its inverse, divided by the scale, maps output pixels back to input pixels.
     inv = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) / p.scale.view(-1, 1, 1)
+    if p.aspect is not None:  # a vertical scale of its own (a resized crop): the y row divides by it too
+        inv = torch.cat([inv[:, :1], inv[:, 1:] / p.aspect.view(-1, 1, 1)], 1)
     # affine_grid works in normalized coordinates: convert pixel offsets with D = diag(2/w, 2/h).
     d = torch.tensor([2.0 / w, 2.0 / h], device=inv.device)
     lin = inv * d.view(1, 2, 1) / d.view(1, 1, 2)

@@ -144,6 +144,17 @@ class CropConfig:
 
 
 @dataclass
+class RRCConfig:
+    """torchvision's RandomResizedCrop: a crop of a random area and aspect ratio, resized to the image size."""
+
+    p: float = num(0.0, "[0, 1]")  # the chance an image is cropped (torchvision's transform: always)
+    scale_min: float = num(0.08, "(0, 1]")  # the crop's area, a fraction of the image's, uniform in [min, max]
+    scale_max: float = num(1.0, "(0, 1]")
+    ratio_min: float = num(3 / 4, "> 0")  # its aspect ratio (width/height), log-uniform in [min, max]
+    ratio_max: float = num(4 / 3, "> 0")
+
+
+@dataclass
 class ColorConfig:
     p: float = num(0.0, "[0, 1]")  # the chance an image's colour changes (all four factors together)
     brightness: float = num(0.0, "[0, 1]")  # factor uniform in [1-b, 1+b]
@@ -221,6 +232,7 @@ class AugConfig:
     scale: ScaleConfig = field(default_factory=ScaleConfig)
     translate: TranslateConfig = field(default_factory=TranslateConfig)
     crop: CropConfig = field(default_factory=CropConfig)
+    rrc: RRCConfig = field(default_factory=RRCConfig)
     color: ColorConfig = field(default_factory=ColorConfig)
     erasing: ErasingConfig = field(default_factory=ErasingConfig)
     mixup: MixConfig = field(default_factory=MixConfig)
@@ -589,6 +601,10 @@ def _check_between(c: DictConfig) -> None:
         f"must be <= aug.erasing.area_max ({a.erasing.area_max})",
     )
     _check(a.scale.min <= a.scale.max, "aug.scale.min", a.scale.min, f"must be <= aug.scale.max ({a.scale.max})")
+    _check(a.rrc.scale_min <= a.rrc.scale_max, "aug.rrc.scale_min", a.rrc.scale_min,
+           f"must be <= aug.rrc.scale_max ({a.rrc.scale_max})")
+    _check(a.rrc.ratio_min <= a.rrc.ratio_max, "aug.rrc.ratio_min", a.rrc.ratio_min,
+           f"must be <= aug.rrc.ratio_max ({a.rrc.ratio_max})")
     _check(
         a.mixup.p + a.cutmix.p <= 1,
         "aug.cutmix.p",

@@ -265,3 +265,46 @@ def test_every_key_of_every_aug_option_changes_what_it_does(name):
         value = _changed(f.name, node[f.name])
         other = run([*base, f"aug.{name}.{f.name}={value}"])
         assert other.shape != reference.shape or not torch.equal(other, reference), f"aug.{name}.{f.name} is not read"
+
+
+def test_random_resized_crops_follow_torchvisions_get_params():
+    """aug=rrc against torchvision's RandomResizedCrop.get_params, 4,000 crops each on a 32x24 image: the
+    crop's width, height and centre have the same distributions (two-sample KS tests)."""
+    from scipy.stats import ks_2samp
+    from torchvision.transforms import RandomResizedCrop
+
+    n, h_img, w_img = 4000, 24, 32
+    torch.manual_seed(0)
+    theirs = torch.tensor(
+        [RandomResizedCrop.get_params(torch.zeros(1, h_img, w_img), (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)],
+        dtype=torch.float,
+    )  # (i, j, h, w)
+    cfg = config.compose(["aug=rrc"]).aug
+    p = Augment(cfg, torch.Generator().manual_seed(0)).sample(n, (h_img, w_img), "cpu")
+    w, h = w_img / p.scale, h_img / (p.scale * p.aspect)
+    assert torch.allclose(w, w.round(), atol=1e-4) and torch.allclose(h, h.round(), atol=1e-4)  # whole pixels
+    cx, cy = (0.5 - p.tx / p.scale) * w_img, (0.5 - p.ty / (p.scale * p.aspect)) * h_img
+    ours = {"w": w.round(), "h": h.round(), "cx": (2 * cx).round() / 2, "cy": (2 * cy).round() / 2}  # float noise off
+    ref = {
+        "w": theirs[:, 3],
+        "h": theirs[:, 2],
+        "cx": theirs[:, 1] + theirs[:, 3] / 2,
+        "cy": theirs[:, 0] + theirs[:, 2] / 2,
+    }
+    for key in ours:
+        assert ks_2samp(ours[key].numpy(), ref[key].numpy()).pvalue > 1e-3, key
+
+
+def test_a_random_resized_crop_equals_torchvisions_resized_crop(images):
+    """The pixels: a crop (i, j, h, w) resized bilinearly equals torchvision's resized_crop inside the
+    frame (at the crop's own edge torchvision repeats its border pixels; one warp samples the image there)."""
+    from regx.augment import AugParams
+
+    i, j, h, w = 4, 6, 16, 20
+    sx, sy = 32 / w, 32 / h
+    p = AugParams.identity(8)
+    p.scale, p.aspect = torch.full((8,), sx), torch.full((8,), sy / sx)
+    p.tx, p.ty = torch.full((8,), -sx * ((j + w / 2) / 32 - 0.5)), torch.full((8,), -sy * ((i + h / 2) / 32 - 0.5))
+    ours = apply(images, p)
+    ref = TF.resized_crop(images, i, j, h, w, [32, 32], interpolation=BILINEAR, antialias=False)
+    assert (ours - ref)[..., 2:-2, 2:-2].abs().max() < 1e-5
