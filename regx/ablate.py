@@ -5,9 +5,12 @@ seeds paired across arms (seed s of every arm shares its data split, initial wei
 order). The arms are a config: `ablate.baseline` and `ablate.arms` (regx/config.py). Each arm
 becomes a config option of a group `ablate_arm`, written into the sweep directory, so the sweep is an
 ordinary Hydra sweep: parallel with the joblib launcher, resumable with `regx sweep-resume` (or
-`regx ablate --resume DIR`). It ends with ablation.csv, ablation.md and ablation.png: mean ± std per
-arm, the paired difference against the baseline with a 95% confidence interval (Student's t over
-the seeds), and each arm's verdicts.
+`regx ablate --resume DIR`). It ends with ablation.csv, ablation.md and ablation.png: per arm the
+mean ± std, the paired difference against the baseline with its 95% confidence interval (Student's t
+over the seeds), its p-value and the Holm-adjusted one (several arms are compared with one baseline),
+the seeds a difference of that size would need, the clean gap and its paired difference, the verdicts.
+Every run counts: a seed that diverged or failed is shown with its status, and the arm's figures say
+over how many seeds they are. With `ablate.vary_split` each seed draws its own subset and split.
 """
 
 from __future__ import annotations
@@ -28,39 +31,6 @@ from regx.files import DamagedFile, job_dirs, read_json, read_overrides, write_t
 GROUP = "ablate_arm"
 ARMS_DIR = "arms"
 ARM_HEADER = "# written by regx ablate: "
-# Student's t, 97.5% quantile, for 1..30 degrees of freedom (scipy.stats.t.ppf(0.975, df)); 1.96 beyond
-T975 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.16,
-    2.145,
-    2.131,
-    2.12,
-    2.11,
-    2.101,
-    2.093,
-    2.086,
-    2.08,
-    2.074,
-    2.069,
-    2.064,
-    2.06,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
 METRICS = {"test": "test_acc", "best_val": "best_val_acc", "final_val": "final_val_acc"}
 
 
@@ -143,22 +113,62 @@ def sweep_args(arms: dict[str, list[str]], seeds: int, overrides: list[str], swe
 
 
 def paired_ci(diffs: list[float]) -> tuple[float, float | None]:
-    """(mean difference, half-width of its 95% confidence interval; None for one pair)."""
+    """(mean difference, half-width of its 95% confidence interval, Student's t; None for one pair)."""
+    from scipy.stats import t
+
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return mean, None
-    t = T975[len(diffs) - 2] if len(diffs) - 1 <= len(T975) else 1.96
-    return mean, t * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, float(t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def paired_p(diffs: list[float]) -> float | None:
+    """The two-sided p-value of a paired t-test that the mean difference is zero (None below two pairs;
+    1 when every pair is equal)."""
+    from scipy.stats import t
+
+    if len(diffs) < 2:
+        return None
+    sd = statistics.stdev(diffs)
+    if sd == 0:
+        return 1.0 if statistics.fmean(diffs) == 0 else 0.0
+    return float(2 * t.sf(abs(statistics.fmean(diffs)) / (sd / math.sqrt(len(diffs))), len(diffs) - 1))
+
+
+def holm(ps: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of p-values for comparing several arms with one baseline (scipy's
+    false_discovery_control does Benjamini-Hochberg, not Holm's family-wise control)."""
+    known = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    out: list[float | None] = [None] * len(ps)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        out[i] = running
+    return out
+
+
+def seeds_needed(diffs: list[float], limit: int = 1000) -> int | None:
+    """The fewest paired seeds whose 95% interval would exclude zero for a difference of the observed mean
+    and spread (None: it needs more than `limit`, or there is no spread to go by)."""
+    from scipy.stats import t
+
+    if len(diffs) < 2 or statistics.fmean(diffs) == 0:
+        return None
+    mean, sd = abs(statistics.fmean(diffs)), statistics.stdev(diffs)
+    if sd == 0:
+        return 2
+    return next((n for n in range(2, limit + 1) if t.ppf(0.975, n - 1) * sd / math.sqrt(n) < mean), None)
 
 
 @dataclass
 class Arm:
     name: str
     overrides: list[str]
-    scores: dict[int, float]  # seed -> the metric
+    scores: dict[int, float]  # seed -> the metric, of the runs that completed
     verdicts: list[str]
-    gaps: list[float]
-    missing: list[str]  # job directories that did not complete
+    gaps: dict[int, float]  # seed -> the clean gap at the epoch the verdict describes
+    failed: dict[int, str]  # seed -> how a run that did not complete ended: diverged, failed, interrupted, ...
+    classes: int | None = None
 
 
 def collect(sweep_dir: Path, metric: str) -> list[Arm]:
@@ -173,34 +183,40 @@ def collect(sweep_dir: Path, metric: str) -> list[Arm]:
         try:
             overrides = read_overrides(job)
         except DamagedFile:
-            continue  # counted as missing
+            continue
         name = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"+{GROUP}=")), None)
         seed = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("seed=")), 0)
         if name is None:
             continue
         if name not in arms:
             text = recorded[name].read_text().splitlines()[1] if name in recorded else ""
-            arms[name] = Arm(name, text.removeprefix("# written by regx ablate: ").split(), {}, [], [], [])
+            arms[name] = Arm(name, text.removeprefix(ARM_HEADER).split(), {}, [], {}, {})
         arm = arms[name]
         try:
             s = read_json(job / "summary.json")
         except (OSError, ValueError):
-            s = {}
+            s = {"status": "not run"}
+        arm.classes = s.get("num_classes", arm.classes)
         value = s.get(METRICS[metric])
         if s.get("status") != "completed" or not isinstance(value, int | float):
-            arm.missing.append(job.name)
+            arm.failed[seed] = "diverged" if s.get("verdict") == "diverged" else str(s.get("status", "not run"))
+            arm.verdicts.append(arm.failed[seed])
             continue
         arm.scores[seed] = float(value)
         arm.verdicts.append(str(s.get("verdict", "-")))
         gap = (s.get("evidence") or {}).get("gap")
         if isinstance(gap, int | float):
-            arm.gaps.append(float(gap))
+            arm.gaps[seed] = float(gap)
     order = ["baseline", *(n for n in arms if n not in ("baseline", "all")), "all"]
     return [arms[n] for n in order if n in arms]
 
 
-def table(arms: list[Arm], metric: str) -> tuple[list[str], list[list[str]], list[dict]]:
-    """(header, rows shown, rows as data) with the paired differences against the baseline."""
+def _pct(x: float | None, signed: bool = False) -> str:
+    return "-" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
+
+
+def table(arms: list[Arm], metric: str) -> tuple[list[str], list[list[str]], list[dict], list[str]]:
+    """(header, rows shown, rows as data, warnings) with the paired differences against the baseline."""
     base = next((a for a in arms if a.name == "baseline"), None)
     header = [
         "arm",
@@ -208,47 +224,99 @@ def table(arms: list[Arm], metric: str) -> tuple[list[str], list[list[str]], lis
         "seeds",
         f"{metric} acc (mean ± std)",
         "vs baseline (95% CI)",
+        "p",
+        "p (Holm)",
+        "seeds needed",
         "clean gap",
+        "gap vs baseline (95% CI)",
         "verdicts",
     ]
-    shown, data = [], []
+    data = []
     for a in arms:
         values = [a.scores[s] for s in sorted(a.scores)]
-        mean = statistics.fmean(values) if values else None
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        diff = half = None
+        row = {
+            "arm": a.name,
+            "overrides": " ".join(a.overrides),
+            "seeds": len(values),
+            "failed": {str(k): v for k, v in sorted(a.failed.items())},
+            "mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "diff": None,
+            "ci95": None,
+            "p": None,
+            "seeds_needed": None,
+            "gap": statistics.fmean(a.gaps.values()) if a.gaps else None,
+            "gap_diff": None,
+            "gap_ci95": None,
+            "verdicts": ", ".join(f"{v} ×{n}" if n > 1 else v for v, n in Counter(a.verdicts).most_common()),
+            "scores": {str(s): v for s, v in sorted(a.scores.items())},
+        }
         if base is not None and a is not base:
             paired = [a.scores[s] - base.scores[s] for s in sorted(a.scores) if s in base.scores]
             if paired:
-                diff, half = paired_ci(paired)
-        verdicts = ", ".join(f"{v} ×{n}" if n > 1 else v for v, n in Counter(a.verdicts).most_common())
+                row["diff"], row["ci95"] = paired_ci(paired)
+                row["p"], row["seeds_needed"] = paired_p(paired), seeds_needed(paired)
+            gaps = [a.gaps[s] - base.gaps[s] for s in sorted(a.gaps) if s in base.gaps]
+            if gaps:
+                row["gap_diff"], row["gap_ci95"] = paired_ci(gaps)
+        data.append(row)
+    for row, adjusted in zip(data, holm([row["p"] for row in data])):
+        row["p_holm"] = adjusted
+    shown = []
+    for a, row in zip(arms, data):
+        mark = " †" if a.failed else ""  # over the seeds that completed, fewer than were run
         extra = [o for o in a.overrides if base is None or o not in base.overrides or a is base]
+        failed = ", ".join(f"seed {k} {v}" for k, v in sorted(a.failed.items()))
         shown.append(
             [
                 a.name,
                 " ".join(extra) or "-",
-                f"{len(values)}" + (f" ({len(a.missing)} missing)" if a.missing else ""),
-                "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}",
-                "-" if diff is None else f"{100 * diff:+.2f}" + ("" if half is None else f" ± {100 * half:.2f}"),
-                "-" if not a.gaps else f"{100 * statistics.fmean(a.gaps):.1f}",
-                verdicts or "-",
+                f"{row['seeds']}" + (f" ({failed})" if failed else ""),
+                "-" if row["mean"] is None else f"{_pct(row['mean'])} ± {_pct(row['std'])}{mark}",
+                _pct(row["diff"], True) + ("" if row["ci95"] is None else f" ± {_pct(row['ci95'])}") + mark,
+                "-" if row["p"] is None else f"{row['p']:.3f}",
+                "-" if row["p_holm"] is None else f"{row['p_holm']:.3f}",
+                "-"
+                if row["seeds_needed"] is None
+                else str(row["seeds_needed"])
+                if row["p"] is None or row["p"] >= 0.05
+                else f"{row['seeds']} (have)",
+                "-" if row["gap"] is None else f"{100 * row['gap']:.1f}",
+                "-"
+                if row["gap_diff"] is None
+                else f"{100 * row['gap_diff']:+.1f}"
+                + ("" if row["gap_ci95"] is None else f" ± {100 * row['gap_ci95']:.1f}"),
+                row["verdicts"] or "-",
             ]
         )
-        data.append(
-            {
-                "arm": a.name,
-                "overrides": " ".join(a.overrides),
-                "seeds": len(values),
-                "mean": mean,
-                "std": std,
-                "diff": diff,
-                "ci95": half,
-                "gap": statistics.fmean(a.gaps) if a.gaps else None,
-                "verdicts": verdicts,
-                "scores": {str(s): v for s, v in sorted(a.scores.items())},
-            }
+    return header, shown, data, warnings_for(arms, data)
+
+
+def warnings_for(arms: list[Arm], data: list[dict]) -> list[str]:
+    """What makes the table weaker than it looks: few seeds, runs that did not complete, a baseline that
+    learned nothing."""
+    out = []
+    seeds = max((len(a.scores) + len(a.failed) for a in arms), default=0)
+    if seeds < 3:
+        out.append(
+            f"{seeds} seed{'s' * (seeds != 1)}: too few for the intervals to mean much (a 95% interval over "
+            "2 pairs is 12.7 times their spread); use --seeds 3 or more"
         )
-    return header, shown, data
+    for a in arms:
+        if a.failed:
+            runs = ", ".join(f"seed {k} {v}" for k, v in sorted(a.failed.items()))
+            out.append(f"{a.name}: {runs}; its figures (†) are over the {len(a.scores)} seeds that completed")
+    base = next((d for d, a in zip(data, arms) if a.name == "baseline"), None)
+    classes = next((a.classes for a in arms if a.classes), None)
+    if base is not None and base["mean"] is not None and classes:
+        chance = 1 / classes
+        if base["mean"] < 1.5 * chance:
+            out.append(
+                f"the baseline is near chance ({100 * base['mean']:.1f}% on {classes} classes, chance "
+                f"{100 * chance:.1f}%): it learned nothing, so no arm's difference says what a technique does; "
+                "train longer or on more data first"
+            )
+    return out
 
 
 def chart(path: Path, data: list[dict], metric: str, title: str) -> None:
@@ -291,27 +359,44 @@ def chart(path: Path, data: list[dict], metric: str, title: str) -> None:
     save_figure(fig, path)
 
 
-def report(sweep_dir: Path, metric: str = "test") -> tuple[list[str], list[list[str]], list[Path]]:
-    """Write ablation.csv, ablation.md and ablation.png into the sweep directory; (header, rows, files)."""
+def report(sweep_dir: Path, metric: str = "test") -> tuple[list[str], list[list[str]], list[Path], list[str]]:
+    """Write ablation.csv, ablation.md and ablation.png into the sweep directory; (header, rows, files,
+    warnings)."""
     arms = collect(sweep_dir, metric)
     if not arms:
         raise ConfigError(f"{sweep_dir}: no ablation job in it (a directory regx ablate made)")
-    header, shown, data = table(arms, metric)
+    header, shown, data, warnings = table(arms, metric)
     buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf,
-        fieldnames=["arm", "overrides", "seeds", "mean", "std", "diff", "ci95", "gap", "verdicts"],
-        extrasaction="ignore",
-        lineterminator="\n",
-    )
+    fields = [
+        "arm",
+        "overrides",
+        "seeds",
+        "failed",
+        "mean",
+        "std",
+        "diff",
+        "ci95",
+        "p",
+        "p_holm",
+        "seeds_needed",
+        "gap",
+        "gap_diff",
+        "gap_ci95",
+        "verdicts",
+    ]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(data)
+    writer.writerows({**d, "failed": " ".join(f"{k}:{v}" for k, v in d["failed"].items())} for d in data)
     write_text(sweep_dir / "ablation.csv", buf.getvalue())
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in shown]
-    write_text(
-        sweep_dir / "ablation.md",
-        "\n".join(md) + f"\n\n{metric} accuracy in %; the difference is paired by seed "
-        "(same split, initial weights and batch order); ± its 95% confidence interval (Student's t).\n",
-    )
+    notes = [
+        f"{metric} accuracy in %; differences are paired by seed (same initial weights and batch order, and the "
+        "same split unless ablate.vary_split) with their 95% confidence interval (Student's t); p: a paired t-test "
+        "against the baseline, Holm-adjusted across the arms beside it; seeds needed: how many seeds a difference of "
+        "this size and spread would need for its interval to exclude zero; clean gap: clean train acc - val acc, "
+        "in points, at the epoch each verdict describes.",
+        *(f"Warning: {w}" for w in warnings),
+    ]
+    write_text(sweep_dir / "ablation.md", "\n".join(md) + "\n\n" + "\n\n".join(notes) + "\n")
     chart(sweep_dir / "ablation.png", data, metric, f"regx ablate: {sweep_dir.name} ({metric} accuracy, mean ± std)")
-    return header, shown, [sweep_dir / "ablation.csv", sweep_dir / "ablation.md", sweep_dir / "ablation.png"]
+    return header, shown, [sweep_dir / "ablation.csv", sweep_dir / "ablation.md", sweep_dir / "ablation.png"], warnings

@@ -221,8 +221,12 @@ def _rrc(c, d: Draws) -> dict[str, torch.Tensor]:
     on = d.u["on"] < c.p
     sx, sy = w_img / w, h_img / h
     cx, cy = (j + w / 2) / w_img, (i + h / 2) / h_img  # the crop's centre, as fractions of the image
-    return {"scale": torch.where(on, sx, 1.0), "aspect": torch.where(on, sy / sx, 1.0),
-            "tx": torch.where(on, -sx * (cx - 0.5), 0.0), "ty": torch.where(on, -sy * (cy - 0.5), 0.0)}
+    return {
+        "scale": torch.where(on, sx, 1.0),
+        "aspect": torch.where(on, sy / sx, 1.0),
+        "tx": torch.where(on, -sx * (cx - 0.5), 0.0),
+        "ty": torch.where(on, -sy * (cy - 0.5), 0.0),
+    }
 
 
 # The options that transform whole images before the per-image ops (their draws are their own):

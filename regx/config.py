@@ -362,9 +362,8 @@ class AblateConfig:
     """`regx ablate`: every arm is the baseline plus one technique's overrides; `all` adds them all.
     The default is the course's four, each against a run with none of them."""
 
-    baseline: list[str] = field(
-        default_factory=lambda: ["aug=none", "dropout=none", "wd=0", "sched=constant"]
-    )  # the overrides of the arm every technique is added to
+    # the overrides of the arm every technique is added to
+    baseline: list[str] = field(default_factory=lambda: ["aug=none", "dropout=none", "wd=0", "sched=constant"])
     arms: dict[str, list[str]] = field(
         default_factory=lambda: {  # technique name -> its overrides
             "augmentation": ["aug=crop_flip"],
@@ -373,6 +372,7 @@ class AblateConfig:
             "lr_decay": ["sched=cosine"],
         }
     )
+    vary_split: bool = False  # each seed its own subset and split, data.seed = seed (regx ablate --vary-split)
 
 
 @dataclass
@@ -601,10 +601,18 @@ def _check_between(c: DictConfig) -> None:
         f"must be <= aug.erasing.area_max ({a.erasing.area_max})",
     )
     _check(a.scale.min <= a.scale.max, "aug.scale.min", a.scale.min, f"must be <= aug.scale.max ({a.scale.max})")
-    _check(a.rrc.scale_min <= a.rrc.scale_max, "aug.rrc.scale_min", a.rrc.scale_min,
-           f"must be <= aug.rrc.scale_max ({a.rrc.scale_max})")
-    _check(a.rrc.ratio_min <= a.rrc.ratio_max, "aug.rrc.ratio_min", a.rrc.ratio_min,
-           f"must be <= aug.rrc.ratio_max ({a.rrc.ratio_max})")
+    _check(
+        a.rrc.scale_min <= a.rrc.scale_max,
+        "aug.rrc.scale_min",
+        a.rrc.scale_min,
+        f"must be <= aug.rrc.scale_max ({a.rrc.scale_max})",
+    )
+    _check(
+        a.rrc.ratio_min <= a.rrc.ratio_max,
+        "aug.rrc.ratio_min",
+        a.rrc.ratio_min,
+        f"must be <= aug.rrc.ratio_max ({a.rrc.ratio_max})",
+    )
     _check(
         a.mixup.p + a.cutmix.p <= 1,
         "aug.cutmix.p",

@@ -47,6 +47,11 @@ class Jobs:
             return None
         share_machine(cfg, hc)
         absolute_paths(cfg)
+        if cfg.ablate.vary_split:  # regx ablate --vary-split: each seed draws its own subset and split
+            from omegaconf import open_dict
+
+            with open_dict(cfg):
+                cfg.data.seed = cfg.seed
         resume = False
         if self.resume:
             try:

@@ -35,7 +35,16 @@ def test_the_paired_interval_is_students_t():
 
 
 def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_path, cli):
-    res = cli("ablate", "debug=smoke", "epochs=2", "~ablate.arms.weight_decay", "~ablate.arms.lr_decay", "--seeds", "2")
+    res = cli(
+        "ablate",
+        "debug=smoke",
+        "epochs=2",
+        "~ablate.arms.weight_decay",
+        "~ablate.arms.lr_decay",
+        "--seeds",
+        "2",
+        "--vary-split",
+    )
     assert res.returncode == 0, res.stderr
     (sweep,) = (tmp_path / "outputs" / "ablations").iterdir()
     rows = {r["arm"]: r for r in csv.DictReader(open(sweep / "ablation.csv"))}
@@ -50,14 +59,17 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
             acc.setdefault(overrides["+ablate_arm"], {})[overrides["seed"]] = json.loads(
                 (job / "summary.json").read_text()
             )["test_acc"]
+            assert f"seed: {overrides['seed']}\n  " in (job / "config.yaml").read_text().split("data:")[1]  # data.seed
             remedies = json.loads((job / "summary.json").read_text())["remedies"]
             assert remedies and not any("ablate" in r for r in remedies)  # plain runs' commands, the arm spelled out
             if overrides["+ablate_arm"] == "baseline":
                 assert all("aug=none dropout=none wd=0 sched=constant" in r for r in remedies), remedies
     diffs = [acc["dropout"][seed] - acc["baseline"][seed] for seed in ("0", "1")]
     assert float(rows["dropout"]["diff"]) == pytest.approx(sum(diffs) / 2)
-    assert float(rows["dropout"]["ci95"]) == pytest.approx(12.706 * abs(diffs[0] - diffs[1]) / 2, abs=1e-9)
-    assert (sweep / "ablation.png").stat().st_size > 0 and "| baseline |" in (sweep / "ablation.md").read_text()
+    assert float(rows["dropout"]["ci95"]) == pytest.approx(12.7062047 * abs(diffs[0] - diffs[1]) / 2, rel=1e-6)
+    md = (sweep / "ablation.md").read_text()
+    assert (sweep / "ablation.png").stat().st_size > 0 and "| baseline |" in md
+    assert "Warning: 2 seeds: too few" in md and "regx: warning: 2 seeds" in res.stderr
     again = cli("ablate", "--resume", str(sweep))  # nothing left to run: the same table
     assert again.returncode == 0 and "completed already, skipped" in again.stdout
 
@@ -75,3 +87,37 @@ def test_bad_ablations_are_one_line(tmp_path, cli, args, message):
     res = cli("ablate", "debug=smoke", *args)
     assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_holm_adjusts_step_down_and_the_p_value_is_a_paired_t_test():
+    from scipy.stats import ttest_rel
+
+    adjusted = ablate.holm([0.01, 0.04, None, 0.03])
+    assert (
+        adjusted[2] is None and adjusted[0] == pytest.approx(0.03) and adjusted[1] == adjusted[3] == pytest.approx(0.06)
+    )
+    a, b = [0.81, 0.83, 0.80, 0.82], [0.80, 0.80, 0.79, 0.80]
+    assert ablate.paired_p([x - y for x, y in zip(a, b)]) == pytest.approx(ttest_rel(a, b).pvalue)
+
+
+def test_the_seeds_needed_are_the_fewest_whose_interval_excludes_zero():
+    diffs = [0.01, 0.03, -0.005, 0.02]
+    n = ablate.seeds_needed(diffs)
+    mean, sd = sum(diffs) / 4, __import__("statistics").stdev(diffs)
+    from scipy.stats import t
+
+    assert t.ppf(0.975, n - 1) * sd / math.sqrt(n) < mean <= t.ppf(0.975, n - 2) * sd / math.sqrt(n - 1)
+
+
+def test_every_run_counts_in_the_table():
+    """A seed that diverged is shown with its status and marks its arm's figures; fewer than 3 seeds and
+    a baseline near chance are said."""
+    base = ablate.Arm("baseline", ["wd=0"], {0: 0.10, 1: 0.08}, ["underfitting"] * 2, {0: 0.01, 1: 0.02}, {}, 10)
+    hot = ablate.Arm("hot", ["wd=0", "lr=1000"], {0: 0.09}, ["underfitting", "diverged"], {0: 0.0}, {1: "diverged"}, 10)
+    header, shown, data, warnings = ablate.table([base, hot], "test")
+    row = dict(zip(header, shown[1]))
+    assert row["seeds"] == "1 (seed 1 diverged)" and row["test acc (mean ± std)"].endswith("†")
+    assert data[1]["failed"] == {"1": "diverged"} and data[1]["seeds"] == 1
+    assert any("hot: seed 1 diverged" in w for w in warnings)
+    assert any(w.startswith("2 seeds: too few") for w in warnings)
+    assert any("baseline is near chance (9.0% on 10 classes" in w for w in warnings)
