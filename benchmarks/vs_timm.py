@@ -11,6 +11,15 @@ the time each epoch ended (from the start of the process, start-up included) and
 
     python -m benchmarks.vs_timm --train-py PATH/train.py --train-size 10000 --epochs 10 --seeds 0 1
 
+With --matched both tools get the same recipe instead (MATCHED: timm's resnet18, batch 128, SGD 0.05
+with Nesterov momentum 0.9, torch SGD's coupled weight decay 5e-4 off 1-d parameters, a cosine schedule
+stepped every update, no warmup, fp32, ImageNet's mean and std, evaluation without a crop), with no
+augmentation or with RandomResizedCrop and flips (--aug), the same label smoothing (--smoothing), and
+regx arms of your own beside them (--arm NAME=OVERRIDES, to find which of timm's choices explains a gap):
+
+    python -m benchmarks.vs_timm --train-py PATH/train.py --matched --epochs 3 --seeds 0 1 2 \
+        --arm ls=label_smoothing=0.1
+
 Writes vs_timm.json and vs_timm.md under --out (default outputs/vs_timm).
 """
 
@@ -20,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -38,11 +48,12 @@ def write_folder(root: Path, train_size: int, seed: int = 0) -> Path:
 
     from regx.config import DataConfig
     from regx.data import load_data
+    from regx.data.core import loading_keys
 
     folder = root / f"fashion_mnist_{train_size}"
     if (folder / "done").is_file():
         return folder
-    defaults = OmegaConf.to_container(OmegaConf.structured(DataConfig(name="fashion_mnist")))
+    defaults = loading_keys(OmegaConf.to_container(OmegaConf.structured(DataConfig(name="fashion_mnist"))))
     data = load_data(
         **{
             **defaults,
@@ -89,8 +100,81 @@ def _rows(path: Path) -> int:
         return 0
 
 
-def run_timm(train_py: Path, folder: Path, out: Path, epochs: int, seed: int, workers: int) -> dict:
-    name = f"timm_resnet18_{seed}"
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # timm's resnet18 pretrained_cfg
+
+
+def matched(aug: str, smoothing: float) -> tuple[list[str], list[str]]:
+    """(timm train.py's flags, regx's overrides) for one recipe on both sides."""
+    timm = [
+        "--batch-size",
+        "128",
+        "--opt",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+        "--weight-decay",
+        "5e-4",
+        "--sched",
+        "cosine",
+        "--sched-on-updates",
+        "--warmup-epochs",
+        "0",
+        "--crop-pct",
+        "1.0",
+        "--smoothing",
+        str(smoothing),
+    ]
+    regx = [
+        "model=timm",
+        "model.name=resnet18",
+        "batch_size=128",
+        "optim=sgd",
+        "lr=0.05",
+        "optim.momentum=0.9",
+        "optim.nesterov=true",
+        "decay=l2",
+        "wd=2.5e-4",  # decay=l2 adds 2*wd*p: torch SGD(weight_decay=5e-4)
+        "sched=cosine",
+        "precision=32",
+        f"label_smoothing={smoothing}",
+        f"data.mean=[{','.join(map(str, IMAGENET_MEAN))}]",
+        f"data.std=[{','.join(map(str, IMAGENET_STD))}]",
+    ]
+    if aug == "none":
+        timm.append("--no-aug")
+        regx.append("aug=none")
+    else:  # RandomResizedCrop (timm's defaults: scale 0.08-1, ratio 3/4-4/3) and left-right flips, nothing else
+        timm += [
+            "--scale",
+            "0.08",
+            "1.0",
+            "--ratio",
+            "0.75",
+            "1.3333333",
+            "--hflip",
+            "0.5",
+            "--color-jitter",
+            "0",
+            "--train-interpolation",
+            "bilinear",
+        ]
+        regx.append("aug=[rrc,flip]")
+    return timm, regx
+
+
+def run_timm(
+    train_py: Path,
+    folder: Path,
+    out: Path,
+    epochs: int,
+    seed: int,
+    workers: int,
+    flags: list[str] = (),
+    label: str = "resnet18",
+) -> dict:
+    name = f"timm_{'_'.join(label.split())}_{seed}"
     cmd = [
         sys.executable,
         str(train_py),
@@ -119,12 +203,13 @@ def run_timm(train_py: Path, folder: Path, out: Path, epochs: int, seed: int, wo
         name,
         "--log-interval",
         "1000",
+        *flags,
     ]
     code, wall, ends = watch(cmd, out / f"{name}.log", out / name / "summary.csv")
     rows = list(csv.DictReader(open(out / name / "summary.csv"))) if code == 0 else []
     return {
         "tool": "timm train.py",
-        "model": "resnet18",
+        "model": label,
         "seed": seed,
         "exit": code,
         "wall_s": round(wall, 1),
@@ -134,7 +219,7 @@ def run_timm(train_py: Path, folder: Path, out: Path, epochs: int, seed: int, wo
 
 
 def run_regx(folder: Path, out: Path, model: list[str], label: str, epochs: int, seed: int) -> dict:
-    name = f"regx_{label.split()[0]}_{seed}"
+    name = "regx_" + "_".join(re.sub(r"[()']", "", label).split()) + f"_{seed}"
     regx = Path(sys.executable).with_name("regx")
     cmd = [
         str(regx),
@@ -206,6 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="timm's data loader workers")
     ap.add_argument("--out", type=Path, default=Path("outputs/vs_timm"))
     ap.add_argument("--record", type=Path, help="also record the result in this bench.json (BENCHMARKS.md shows it)")
+    ap.add_argument("--matched", action="store_true", help="the same recipe on both sides (see the module's doc)")
+    ap.add_argument("--aug", choices=["none", "rrc_flip"], default="none", help="--matched: the augmentation")
+    ap.add_argument("--smoothing", type=float, default=0.0, help="--matched: label smoothing on both sides")
+    ap.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="--matched: a regx arm with these overrides added (space-separated), e.g. ls=label_smoothing=0.1",
+    )
     args = ap.parse_args(argv)
     if not (FASHION / "train-images-idx3-ubyte.gz").is_file():
         print(f"vs_timm: needs Debian's dataset-fashion-mnist ({FASHION})", file=sys.stderr)
@@ -216,13 +311,32 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     folder = write_folder(args.out, args.train_size)
     runs = []
+    timm_flags, regx_matched = matched(args.aug, args.smoothing) if args.matched else ([], [])
+    tag = f"matched {args.aug} ls{args.smoothing:g}" if args.matched else ""
     for seed in args.seeds:
-        runs.append(run_timm(args.train_py, folder, args.out, args.epochs, seed, args.workers))
+        before = len(runs)
         runs.append(
-            run_regx(folder, args.out, ["model=timm", "model.name=resnet18"], "resnet18 (timm's)", args.epochs, seed)
+            run_timm(
+                args.train_py, folder, args.out, args.epochs, seed, args.workers, timm_flags, f"resnet18 {tag}".strip()
+            )
         )
-        runs.append(run_regx(folder, args.out, [], "smallcnn", args.epochs, seed))
-        for r in runs[-3:]:
+        if args.matched:
+            runs.append(run_regx(folder, args.out, regx_matched, f"resnet18 {tag}", args.epochs, seed))
+            for arm in args.arm:
+                name, _, extra = arm.partition("=")
+                runs.append(
+                    run_regx(
+                        folder, args.out, [*regx_matched, *extra.split()], f"resnet18 {tag} +{name}", args.epochs, seed
+                    )
+                )
+        else:
+            runs.append(
+                run_regx(
+                    folder, args.out, ["model=timm", "model.name=resnet18"], "resnet18 (timm's)", args.epochs, seed
+                )
+            )
+            runs.append(run_regx(folder, args.out, [], "smallcnn", args.epochs, seed))
+        for r in runs[before:]:
             print(
                 f"{r['tool']} {r['model']} seed {r['seed']}: exit {r['exit']}, test acc "
                 f"{100 * r['test_acc'][-1] if r['test_acc'] else float('nan'):.2f}%, {r['wall_s']:.0f} s",

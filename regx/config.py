@@ -86,9 +86,11 @@ class DataConfig:
     stream: bool | None = None  # null: stream only when the decoded set exceeds max_memory_gb
     max_memory_gb: float = num(4.0, "> 0")  # a folder larger than this decoded streams from disk
     workers: int = num(2, ">= 0")  # decoding workers when streaming
-    on_bad_image: str = choice(
-        "error", "error|skip"
-    )  # an image that does not decode: stop with the list (error) or leave it out (skip)
+    # an image that does not decode: stop with the list (error) or leave it out (skip)
+    on_bad_image: str = choice("error", "error|skip")
+    # whether a left-right mirror keeps an image's class (clothing: yes; digits and text: no): the verdict's
+    # remedies propose mirroring transforms only where it does
+    mirror: bool = True
 
 
 @dataclass
@@ -304,6 +306,9 @@ class FinetuneConfig:
 class DiagnoseConfig:
     clean_train: bool = True  # also evaluate a fixed training subset in eval mode, without augmentation
     clean_size: int = num(2000, ">= 1")  # images in that subset (at most the training set)
+    # the clean training accuracy a model that fits this data should reach: below it the verdict finds high
+    # bias (underfitting); set it to what the data allows (a published accuracy, a human's)
+    target: float = num(0.9, "(0, 1]")
 
 
 @dataclass

@@ -1,12 +1,17 @@
-"""Under- or overfitting? A verdict from a run's per-epoch curves, with the numbers that decided it.
+"""Under- or overfitting? A verdict on two axes from a run's per-epoch curves, with the numbers that
+decided it.
 
-Rules, applied in this order to metrics.csv's rows (training accuracy is the clean one, measured in
-eval mode without augmentation on a fixed training subset, when the run measured it):
-  diverged     a loss is NaN or infinite;
-  overfitting  the final gap (train acc - val acc) is at least 10 points, or validation loss has risen
-               20% above its minimum while training loss kept falling and the gap is at least 5 points;
-  underfitting training accuracy is below 90%: the model has not fit its own training data;
-  good_fit     otherwise.
+It describes the epoch whose weights the run stands for (best.pt: the best validation accuracy), and the
+curve after it. Training accuracy is the clean one (eval mode, no augmentation, a fixed training subset)
+when the run measured it.
+  bias      the training accuracy there is below `target` (diagnose.target: what a model that fits this
+            data should reach; 90% unless set): the model has not fit its own training data;
+  variance  the gap (training - validation accuracy) is at least 10 points, or at least 5 points and half
+            the validation error or more (most of the error is the gap), or validation went past its best:
+            its loss rose 20% above its minimum while the training loss kept falling, and the final gap is
+            at least 2 points;
+  verdict   diverged (a loss is NaN or infinite), both (bias and variance), underfitting (bias),
+            overfitting (variance) or good_fit.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ from __future__ import annotations
 import math
 
 GAP = 0.10
-GAP_WITH_RISING_LOSS = 0.05
+SHARE_GAP = 0.05  # a gap of at least this much that is also most of the validation error
+GAP_SHARE = 0.5  # of the validation error
+MIN_GAP = 0.02  # the final gap with which validation gone past its best counts
 VAL_LOSS_RISE = 1.2
-UNDERFIT_ACC = 0.90
+UNDERFIT_ACC = 0.90  # diagnose.target's default
 
 
 def _f(row: dict, key: str) -> float | None:
@@ -26,8 +33,9 @@ def _f(row: dict, key: str) -> float | None:
     return float(v)
 
 
-def verdict(rows: list[dict]) -> tuple[str, dict]:
-    """(verdict, evidence) for a run's metric rows (dicts as in metrics.csv)."""
+def verdict(rows: list[dict], *, best_epoch: int | None = None, target: float = UNDERFIT_ACC) -> tuple[str, dict]:
+    """(verdict, evidence) for a run's metric rows (dicts as in metrics.csv), describing `best_epoch` (the
+    run's best.pt; None: the epoch of the best validation accuracy)."""
     if not rows:
         return "unknown", {"reason": "no finished epoch"}
     for r in rows:
@@ -35,37 +43,43 @@ def verdict(rows: list[dict]) -> tuple[str, dict]:
             v = _f(r, key)
             if v is not None and not math.isfinite(v):
                 return "diverged", {"epoch": int(r["epoch"]), key: str(v)}
-    last = rows[-1]
-    clean = _f(last, "clean_train_acc")
-    train_acc = clean if clean is not None else _f(last, "train_acc")
-    val_acc = _f(last, "val_acc")
-    gap = train_acc - val_acc
-    val_losses = [_f(r, "val_loss") for r in rows]
-    train_losses = [_f(r, "train_loss") for r in rows]
-    best = min(range(len(rows)), key=lambda i: val_losses[i])
+    val_accs = [_f(r, "val_acc") for r in rows]
+    at = next((i for i, r in enumerate(rows) if int(r["epoch"]) == best_epoch), None)
+    at = max(range(len(rows)), key=lambda i: val_accs[i]) if at is None else at
+    train_acc, val_acc = _train_acc(rows[at]), val_accs[at]
+    gap, val_error = train_acc - val_acc, 1 - val_acc
+    val_losses, train_losses = [_f(r, "val_loss") for r in rows], [_f(r, "train_loss") for r in rows]
+    lowest = min(range(len(rows)), key=lambda i: val_losses[i])
+    past_best = (
+        lowest < len(rows) - 1
+        and val_losses[-1] > VAL_LOSS_RISE * val_losses[lowest]
+        and train_losses[-1] < train_losses[lowest]
+    )
+    final_gap = _train_acc(rows[-1]) - val_accs[-1]
+    bias = train_acc < target
+    variance = gap >= GAP or (gap >= SHARE_GAP and gap >= GAP_SHARE * val_error) or (past_best and final_gap >= MIN_GAP)
     evidence = {
+        "epoch": int(rows[at]["epoch"]),
         "train_acc": round(train_acc, 4),
-        "train_acc_is_clean": clean is not None,
+        "train_acc_is_clean": _f(rows[at], "clean_train_acc") is not None,
         "val_acc": round(val_acc, 4),
         "gap": round(gap, 4),
-        "min_val_loss": round(val_losses[best], 4),
-        "min_val_loss_epoch": int(rows[best]["epoch"]),
+        "gap_share_of_val_error": round(gap / val_error, 4) if val_error > 0 else None,
+        "target": target,
+        "high_bias": bias,
+        "high_variance": variance,
+        "past_best": past_best,
+        "min_val_loss": round(val_losses[lowest], 4),
+        "min_val_loss_epoch": int(rows[lowest]["epoch"]),
         "final_val_loss": round(val_losses[-1], 4),
+        "final_val_acc": round(val_accs[-1], 4),
+        "final_gap": round(final_gap, 4),
         "epochs": len(rows),
     }
-    rising = (
-        best < len(rows) - 1
-        and val_losses[-1] > VAL_LOSS_RISE * val_losses[best]
-        and train_losses[-1] < train_losses[best]
-    )
-    if gap >= GAP or (rising and gap >= GAP_WITH_RISING_LOSS):
-        evidence["val_loss_rising"] = rising
-        return "overfitting", evidence
-    if train_acc < UNDERFIT_ACC:
-        if len(rows) >= 3:
-            evidence["train_acc_gain_last_2_epochs"] = round(train_acc - _train_acc(rows[-3]), 4)
-        return "underfitting", evidence
-    return "good_fit", evidence
+    if len(rows) >= 3:
+        evidence["train_acc_gain_last_2_epochs"] = round(_train_acc(rows[-1]) - _train_acc(rows[-3]), 4)
+    kind = "both" if bias and variance else "underfitting" if bias else "overfitting" if variance else "good_fit"
+    return kind, evidence
 
 
 def _train_acc(row: dict) -> float:
@@ -80,6 +94,18 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
     """The course's remedies for `kind`, computed against the run's own config `cfg`: only what would
     change it, strongest evidence first, as (what, overrides) pairs. `evidence["optimizer_steps"]`:
     the steps the run took in all (few of them come first)."""
+    if kind == "both":  # high bias first (a practitioner's order), without less regularization, then more data
+        bias = [
+            (what, how)
+            for what, how in remedies("underfitting", cfg, evidence, n_train)
+            if not what.startswith(("lighter", "less"))
+        ]
+        variance = [
+            (what, how)
+            for what, how in remedies("overfitting", cfg, evidence, n_train)
+            if what == "more training data" and how not in {h for _, h in bias}
+        ]
+        return bias + variance
     out: list[tuple[str, str]] = []
     steps = evidence.get("optimizer_steps", FEW_STEPS)
     few = steps < FEW_STEPS and kind in ("underfitting", "overfitting")
@@ -92,7 +118,9 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
         if batch < cfg.batch_size:
             out.append((f"more optimizer steps (this run took {steps})", f"batch_size={batch}"))
     if kind == "overfitting":
-        aug, rising = cfg.aug, evidence.get("val_loss_rising")
+        aug, rising = cfg.aug, evidence.get("past_best")
+        # the data's own preset says whether a mirror keeps an image's class (digits: no)
+        transform = "aug=crop_flip" if cfg.data.mirror else "aug=scale_crop"
         candidates = [
             (
                 "stop at the best epoch (checkpoints/best.pt holds it)",
@@ -100,7 +128,7 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
             ),
             (
                 "augment the data",
-                "aug=crop_flip" if aug.name == "none" else "aug.erasing.p=0.25" if aug.erasing.p == 0 else None,
+                transform if aug.name == "none" else "aug.erasing.p=0.25" if aug.erasing.p == 0 else None,
             ),
             ("weight decay", "decay=l2 wd=5e-4" if cfg.wd == 0 else f"wd={cfg.wd * 4:g}" if cfg.wd < 5e-3 else None),
             (
@@ -113,7 +141,7 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
             ),
             ("more training data", "data.train_size=null" if cfg.data.train_size is not None else None),
         ]
-        if not rising:  # validation loss is not turning up: stopping early would gain little
+        if not rising:  # validation did not go past its best: stopping early would gain little
             candidates.append(candidates.pop(0))
         out += [(what, how) for what, how in candidates if how]
     elif kind == "underfitting":

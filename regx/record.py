@@ -331,10 +331,12 @@ def print_summary(s: dict, log) -> None:
     for k, v in rows:
         file_only.info("%-22s %s", k, v)
     ev = s.get("evidence") or {}
-    if s.get("verdict") in ("overfitting", "underfitting", "diverged"):
+    if s.get("verdict") in ("overfitting", "underfitting", "both", "diverged"):
         train = "clean train acc" if ev.get("train_acc_is_clean") else "train acc (as trained)"
         facts = (
-            f"{train} {pct(ev.get('train_acc'))}, val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}"
+            f"at epoch {ev.get('epoch')}, best.pt's: {train} {pct(ev.get('train_acc'))} (target "
+            f"{pct(ev.get('target'))}), val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}"
+            + ("; validation went past its best after it" if ev.get("past_best") else "")
             if "gap" in ev
             else str(ev)
         )

@@ -762,7 +762,7 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
                 100 * out["mc_test_acc"],
                 out["mc_entropy"],
             )
-    kind, evidence = verdict(state.history)
+    kind, evidence = verdict(state.history, best_epoch=state.best_epoch, target=cfg.diagnose.target)
     evidence["optimizer_steps"] = state.step
     overrides = rec.summary["overrides"]
     out.update(

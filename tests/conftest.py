@@ -133,9 +133,10 @@ def write_images(folder: Path, classes=("cat", "dog", "emu"), per_class=6, size=
 def load(name, **kw):
     """regx.data.load_data with the schema's defaults for every key not given."""
     from regx.data import load_data
+    from regx.data.core import loading_keys
 
     defaults = OmegaConf.to_container(OmegaConf.structured(config.DataConfig(name=name)))
-    return load_data(**{**defaults, **kw})
+    return load_data(**loading_keys({**defaults, **kw}))
 
 
 def model_args(name="smallcnn", *, num_classes=5, in_channels=3, image_size=32, **kw) -> dict:

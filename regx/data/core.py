@@ -91,7 +91,7 @@ def train_count(data_cfg) -> int:
     it, or `train_size`."""
     from omegaconf import OmegaConf
 
-    kw = OmegaConf.to_container(data_cfg, resolve=True)
+    kw = loading_keys(OmegaConf.to_container(data_cfg, resolve=True))
     if kw["name"] not in SIZES:
         return len(load_data(**kw).train)
     pool, has_val = SIZES[kw["name"]](**kw)
@@ -108,9 +108,14 @@ def load_config(data_cfg, **override) -> Data:
     instead, e.g. a pretrained model's image size)."""
     from omegaconf import OmegaConf
 
-    kwargs = OmegaConf.to_container(data_cfg, resolve=True)
+    kwargs = loading_keys(OmegaConf.to_container(data_cfg, resolve=True))
     kwargs.update({k: v for k, v in override.items() if v is not None})
     return load_data(**kwargs)
+
+
+def loading_keys(data: dict) -> dict:
+    """The data group's keys that say how to load it (`mirror` says what the data is: the verdict reads it)."""
+    return {k: v for k, v in data.items() if k != "mirror"}
 
 
 def load_data(
