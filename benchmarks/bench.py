@@ -903,6 +903,18 @@ def section(r: dict) -> str:
             to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"], v["cores"]).rstrip(),
         ]
         lines += ["", v["note"]] if v.get("note") else []
+    for recipe, v in (r.get("vs_timm_matched") or {}).items():
+        from benchmarks.vs_timm import to_markdown
+
+        lines += [
+            "",
+            f"**regx against timm's train.py at matched settings, {recipe}** (`{v['command']}`, {v['date']}; the "
+            "same recipe on both sides: timm's resnet18, batch 128, SGD 0.05 Nesterov, coupled weight decay 5e-4 "
+            "off 1-d parameters, cosine per update, no warmup, fp32, ImageNet's mean and std, no eval crop):",
+            "",
+            to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"], v["cores"]).rstrip(),
+        ]
+        lines += ["", v["note"]] if v.get("note") else []
     if r.get("time_to_accuracy"):
         t = r["time_to_accuracy"]
         reached = (
@@ -988,7 +1000,7 @@ def main(argv=None) -> int:
     name = "bench-cuda.json" if args.device.startswith("cuda") else "bench.json"
     if (root / name).is_file():  # whole-run measurements are taken apart from the benchmark: keep them
         kept = json.loads((root / name).read_text())
-        result.update({k: kept[k] for k in ("recipes", "vs_timm") if k in kept})
+        result.update({k: kept[k] for k in ("recipes", "vs_timm", "vs_timm_matched") if k in kept})
     (root / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {root / name} and {write_markdown(root)}")
     return 0

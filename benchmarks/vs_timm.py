@@ -282,6 +282,16 @@ def to_markdown(runs: list[dict], train_size: int, epochs: int, seeds: list[int]
     return "\n".join(lines) + "\n"
 
 
+def save_record(bench_json: Path, record: dict, matched: str | None) -> None:
+    """Into bench.json: the defaults' comparison as `vs_timm`, a matched one under `vs_timm_matched`, by recipe."""
+    bench = json.loads(bench_json.read_text()) if bench_json.is_file() else {}
+    if matched is None:
+        bench["vs_timm"] = record
+    else:
+        bench.setdefault("vs_timm_matched", {})[matched] = record
+    bench_json.write_text(json.dumps(bench, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train-py", type=Path, required=True, help="timm's train.py (from its repository)")
@@ -355,8 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "vs_timm.json").write_text(json.dumps(record, indent=1))
     (args.out / "vs_timm.md").write_text(table)
     if args.record:  # into bench.json, which `make bench` keeps, for BENCHMARKS.md
-        bench = json.loads(args.record.read_text()) if args.record.is_file() else {}
-        args.record.write_text(json.dumps({**bench, "vs_timm": record}, indent=2) + "\n")
+        save_record(args.record, record, f"{args.aug} ls{args.smoothing:g}" if args.matched else None)
     print((args.out / "vs_timm.md").read_text())
     return 0 if all(r["exit"] == 0 for r in runs) else 1
 
