@@ -38,7 +38,7 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
     res = cli(
         "ablate",
         "debug=smoke",
-        "epochs=2",
+        "epochs=1",
         "~ablate.arms.weight_decay",
         "~ablate.arms.lr_decay",
         "--seeds",

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from regx import checkpoint
 from tests.conftest import FAULTY, assert_same_state, metric_rows
 
@@ -27,7 +29,7 @@ def torchrun(args, cwd, fault=None):
     )
 
 
-def test_a_ddp_run_and_a_killed_one_resumed_end_bit_for_bit_the_same(tmp_path):
+def ddp_run(tmp_path):
     full = torchrun(["train", *COMMON], tmp_path)  # the run directory is picked, not given
     assert full.returncode == 0, full.stderr[-2000:]
     (run,) = list((tmp_path / "outputs" / "runs").iterdir())  # rank 0 picked it; rank 1 used it
@@ -36,7 +38,16 @@ def test_a_ddp_run_and_a_killed_one_resumed_end_bit_for_bit_the_same(tmp_path):
     assert s["ddp"]["weights_identical"] is True
     assert s["ddp"]["val_acc_by_rank"] == [s["final_val_acc"]] * 2
     assert full.stdout.count("epoch 1/3") == 1  # only rank 0 talks
+    return run
 
+
+def test_a_ddp_run_has_one_directory_and_the_same_weights_on_every_rank(tmp_path):
+    ddp_run(tmp_path)
+
+
+@pytest.mark.slow  # three torchrun launches; make test-all runs it
+def test_a_killed_ddp_run_resumes_to_exactly_the_uninterrupted_one(tmp_path):
+    run = ddp_run(tmp_path)
     killed = torchrun(["train", *COMMON, "hydra.run.dir=k"], tmp_path, fault="kill@8")
     assert killed.returncode != 0
     state = checkpoint.read(tmp_path / "k/checkpoints/last.pt").to_dict()["state"]
