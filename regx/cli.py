@@ -18,6 +18,8 @@ commands:
   resume  RUN_DIR [key=value]     continue a run from its last checkpoint (e.g. epochs=20)
   sweep-resume SWEEP_DIR          rerun a sweep in place: skip completed jobs, resume stopped ones
   ablate  [overrides] --seeds N   baseline, each technique alone, all together: a table with paired 95% CIs
+  curve   [overrides] --sizes S,..  accuracy and gap against the training-set size, per arm, bands over seeds
+  path    KEY=V1,V2|LO:HI:N [overrides]  accuracy and gap against a regularizer's strength: the U-curve
   show-aug [overrides] [--out F]  a PNG grid: originals, then rows of augmented copies
   lr-plot  [overrides] [--out F]  a PNG of the learning rate over the whole run
   plot     RUN_DIR                redraw RUN_DIR/curves.png from its metrics.csv
@@ -72,6 +74,16 @@ EXAMPLES = {
     "sweep-resume": [
         "regx sweep-resume outputs/sweeps/<time>",
         "regx sweep-resume outputs/sweeps/<time> hydra/launcher=slurm hydra.launcher.partition=gpu",
+    ],
+    "curve": [
+        "regx curve data=fashion_mnist --sizes 250,500,1000,2000,4000 --seeds 3",
+        "regx curve debug=smoke --sizes 100,200,400 --seeds 2 --arms each",
+        "regx curve --resume outputs/curves/<time>",
+    ],
+    "path": [
+        "regx path wd=1e-6:1e-2:9 data=fashion_mnist data.train_size=1000 --seeds 3",
+        "regx path dropout.p=0,0.2,0.4,0.6 dropout=fc data=fashion_mnist --sizes 1000,8000",
+        "regx path --resume outputs/paths/<time>",
     ],
     "ablate": [
         "regx ablate data=fashion_mnist data.train_size=2000 epochs=15 --seeds 3",
@@ -376,10 +388,87 @@ def cmd_sweep_resume(args: list[str]) -> int:
     return cmd_train(again, resume_jobs=True)
 
 
+def _study_options(p: _Parser) -> None:
+    """The options regx ablate, curve and path share."""
+    from regx.study import METRICS
+
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm and point, 0..N-1 (default 3)")
+    p.add_argument("--jobs", type=int, help="jobs in parallel with the joblib launcher (default: one per 4 cores)")
+    p.add_argument("--metric", choices=list(METRICS), default="test", help="what the table compares (default test)")
+    p.add_argument("--resume", metavar="DIR", help="finish a study a stop interrupted, then tabulate it")
+    p.add_argument(
+        "--vary-split",
+        action="store_true",
+        help="each seed draws its own training subset and validation split (data.seed = seed)",
+    )
+
+
+def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[str]], plan=None) -> tuple[Path, int]:
+    """Check every arm and point before any directory exists, then run the study as one sweep under
+    outputs/<kind>s/; (its directory, the sweep's exit status). With --resume: finish the one given."""
+    from regx import ablate, config, errors, study
+    from regx.files import claim_dir
+
+    if a.resume:
+        if a.overrides:
+            raise BadInput(f"--resume takes no overrides: the {kind} keeps the ones it began with")
+        return Path(a.resume), cmd_sweep_resume([a.resume])
+    if a.seeds < 1 or (a.jobs is not None and a.jobs < 1):
+        raise BadInput("--seeds and --jobs must be at least 1")
+    varied = ablate.varied_keys({**arms, **points}) | {"seed"} | ({"data.seed"} if a.vary_split else set())
+    clash = next((o for o in a.overrides if o.split("=", 1)[0].lstrip("+~") in varied), None)
+    if clash:
+        raise BadInput(
+            f"{clash}: the {kind} sets {clash.split('=', 1)[0].lstrip('+~')} itself (its arms, points and seeds); "
+            "an override here would make them all the same"
+            + (
+                "; the optimizer steps of every run are --steps N (or --budget epochs)"
+                if clash.startswith("epochs=")
+                else ""
+            )
+        )
+    first_point, baseline = next(iter(points.values()), []), next(iter(arms.values()))
+    for what, extra in [
+        *((f"arm {n}", [*o, *first_point]) for n, o in arms.items()),
+        *((f"point {n}", [*baseline, *o]) for n, o in points.items()),
+    ]:
+        try:
+            errors.preflight([*a.overrides, *extra])
+        except config.ConfigError as exc:
+            raise BadInput(f"{kind} {what} ({' '.join(extra)}): {exc}") from None
+    runs = len(arms) * max(1, len(points)) * a.seeds
+    jobs = a.jobs or max(1, min(runs, (os.cpu_count() or 1) // 4))
+    sweep = Path(claim_dir(f"outputs/{'ablations' if kind == 'ablate' else kind + 's'}", ""))
+    study.write_group(sweep, study.ARM, arms)
+    groups = {study.ARM: list(arms)}
+    if points:
+        study.write_group(sweep, study.POINT, points)
+        groups[study.POINT] = list(points)
+    if plan is not None:
+        from regx.curve import write_plan
+
+        write_plan(sweep, plan)
+    shape = f"{len(arms)} arms" + (f" x {len(points)} points" if points else "")
+    print(
+        f"regx {kind}: {shape} x {a.seeds} seeds = {runs} runs in {sweep}" + (f", {jobs} at a time" if jobs > 1 else "")
+    )
+    overrides = [*a.overrides, *(["ablate.vary_split=true"] if a.vary_split else [])]
+    return sweep, cmd_train(study.sweep_args(groups, a.seeds, overrides, sweep, jobs))
+
+
+def _show_study(kind: str, sweep: Path, header, rows, files, notes, warnings, caption: str) -> None:
+    from regx.console import print_table
+
+    print_table(f"regx {kind}: {sweep}", header, rows, caption=caption, right=set(header[2:-1]))
+    for line in notes:
+        print(line)
+    for line in warnings:
+        print(f"regx: warning: {line}", file=sys.stderr)
+    print(f"wrote {', '.join(f.name for f in files)} in {sweep}; every run: regx report {sweep}")
+
+
 def cmd_ablate(args: list[str]) -> int:
     from regx import ablate, config, errors
-    from regx.console import print_table
-    from regx.files import claim_dir
 
     p = _parser(
         "ablate",
@@ -390,62 +479,188 @@ def cmd_ablate(args: list[str]) -> int:
         "ablate.arms (the course's four by default).",
         overrides="overrides every arm shares: the data, the model, epochs, ...",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0..N-1 (default 3)")
-    p.add_argument("--jobs", type=int, help="jobs in parallel with the joblib launcher (default: one per 4 cores)")
-    p.add_argument(
-        "--metric", choices=list(ablate.METRICS), default="test", help="what the table compares (default test)"
-    )
-    p.add_argument("--resume", metavar="DIR", help="finish an ablation a stop interrupted, then tabulate it")
-    p.add_argument(
-        "--vary-split",
-        action="store_true",
-        help="each seed draws its own training subset and validation split (data.seed = seed)",
-    )
+    _study_options(p)
     a = p.parse_args(args)
-    if a.resume:
-        if a.overrides:
-            raise BadInput("--resume takes no overrides: the ablation keeps the ones it began with")
-        sweep, code = Path(a.resume), cmd_sweep_resume([a.resume])
-    else:
-        if a.seeds < 1 or (a.jobs is not None and a.jobs < 1):
-            raise BadInput("--seeds and --jobs must be at least 1")
+    arms = {}
+    if not a.resume:
         errors.preflight(a.overrides)
         arms = ablate.arms_of(config.compose(a.overrides))
-        varied = ablate.varied_keys(arms) | {"seed"} | ({"data.seed"} if a.vary_split else set())
-        clash = next((o for o in a.overrides if o.split("=", 1)[0].lstrip("+~") in varied), None)
-        if clash:
-            raise BadInput(
-                f"{clash}: the arms set {clash.split('=', 1)[0].lstrip('+~')} (ablate.baseline, ablate.arms; "
-                "seeds with --seeds); an override here would make every arm the same"
-            )
-        for name, overrides in arms.items():
-            try:
-                errors.preflight([*a.overrides, *overrides])
-            except config.ConfigError as exc:
-                raise BadInput(f"ablation arm {name} ({' '.join(overrides)}): {exc}") from None
-        jobs = a.jobs or max(1, min(len(arms) * a.seeds, (os.cpu_count() or 1) // 4))
-        sweep = Path(claim_dir("outputs/ablations", ""))
-        ablate.write_arms(sweep, arms)
-        print(
-            f"regx ablate: {len(arms)} arms x {a.seeds} seeds = {len(arms) * a.seeds} runs in {sweep}"
-            + (f", {jobs} at a time" if jobs > 1 else "")
-        )
-        overrides = [*a.overrides, *(["ablate.vary_split=true"] if a.vary_split else [])]
-        code = cmd_train(ablate.sweep_args(arms, a.seeds, overrides, sweep, jobs))
+    sweep, code = _run_study("ablate", a, arms, {})
     if code in (130, 143):
         return code
     header, rows, files, warnings = ablate.report(sweep, a.metric)
-    print_table(
-        f"regx ablate: {sweep}",
+    _show_study(
+        "ablate",
+        sweep,
         header,
         rows,
-        caption=f"{a.metric} accuracy in %; differences paired by seed, ± the 95% confidence interval; p Holm-adjusted "
+        files,
+        [],
+        warnings,
+        f"{a.metric} accuracy in %; differences paired by seed, ± the 95% confidence interval; p Holm-adjusted "
         "across arms (ablation.md says more)",
-        right=set(header[3:10]),
     )
-    for line in warnings:
-        print(f"regx: warning: {line}", file=sys.stderr)
-    print(f"wrote {', '.join(f.name for f in files)} in {sweep}; every run: regx report {sweep}")
+    return code
+
+
+def _arms_for_curve(cfg, which: str) -> dict[str, list[str]]:
+    """regx curve's arms: the baseline and the course's techniques together (`together`), or regx ablate's
+    whole set (`each`: every technique alone too)."""
+    from regx import ablate
+
+    arms = ablate.arms_of(cfg)
+    if which == "each":
+        return arms
+    together = "all" if "all" in arms else next(n for n in arms if n != "baseline")
+    return {"baseline": arms["baseline"], together: arms[together]}
+
+
+def _budget_options(p: _Parser) -> None:
+    p.add_argument(
+        "--budget",
+        choices=["steps", "epochs"],
+        default="steps",
+        help="steps (default): every run about the same optimizer steps, its epochs derived from its size; "
+        "epochs: every run the config's epochs",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="the optimizer steps of every run (default: the config's epochs at the sizes' geometric mean)",
+    )
+
+
+def _sizes_checked(cfg, spec: str | None) -> list[int]:
+    """--sizes, each at most the training images the data has."""
+    from omegaconf import open_dict
+
+    from regx.curve import parse_sizes
+    from regx.data import DataError, train_count
+
+    sizes = parse_sizes(spec)
+    if sizes:
+        data = cfg.data.copy()
+        with open_dict(data):
+            data.train_size = None
+        try:
+            available = train_count(data)
+        except DataError as exc:
+            raise BadInput(str(exc)) from None
+        if sizes[-1] > available:
+            raise BadInput(
+                f"--sizes {spec}: {sizes[-1]:,} is above the {available:,} training images data={cfg.data.name} has"
+            )
+    return sizes
+
+
+def cmd_curve(args: list[str]) -> int:
+    from regx import config, curve, errors
+
+    p = _parser(
+        "curve",
+        "Learning curves over the training-set size: for each size (--sizes), each arm and each seed one run, "
+        "as one sweep under outputs/curves/; then curve.csv, curve.md and curve.png: the metric and the clean gap "
+        "against the images (log x), 95% bands over seeds, each arm's paired difference from the baseline at every "
+        "size, and where it stops helping. The arms are regx ablate's (ablate.baseline, ablate.arms).",
+        overrides="overrides every run shares: the data, the model, the batch, ...",
+    )
+    p.add_argument("--sizes", help="training images, e.g. 250,500,1000,2000,4000")
+    p.add_argument(
+        "--arms",
+        choices=["together", "each"],
+        default="together",
+        help="together (default): the baseline and the techniques together; each: regx ablate's arms",
+    )
+    _budget_options(p)
+    _study_options(p)
+    a = p.parse_args(args)
+    arms, points, plan = {}, {}, None
+    if not a.resume:
+        errors.preflight(a.overrides)
+        cfg = config.compose(a.overrides)
+        sizes = _sizes_checked(cfg, a.sizes)
+        if len(sizes) < 2:
+            raise BadInput("--sizes: a curve needs at least two sizes, e.g. --sizes 250,500,1000,2000,4000")
+        steps = (a.steps or curve.default_steps(cfg, sizes)) if a.budget == "steps" else None
+        planned = curve.plan_points(cfg, sizes=sizes, key=None, values=None, budget=a.budget, steps=steps)
+        arms, points = _arms_for_curve(cfg, a.arms), {n: q["overrides"] for n, q in planned.items()}
+        plan = curve.Plan("curve", a.metric, None, True, a.budget, steps, planned)
+    sweep, code = _run_study("curve", a, arms, points, plan)
+    if code in (130, 143):
+        return code
+    header, rows, files, notes, warnings = curve.report(sweep)
+    _show_study(
+        "curve",
+        sweep,
+        header,
+        rows,
+        files,
+        notes[1:],
+        warnings,
+        "accuracies and gaps in %, ± 95% intervals over seeds (curve.md says more)",
+    )
+    return code
+
+
+def cmd_path(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from regx import config, curve, errors
+
+    p = _parser(
+        "path",
+        "A regularizer's strength against accuracy: for each value of KEY (V1,V2,... or a log range LO:HI:N), "
+        "each seed (and each of --sizes) one run, as one sweep under outputs/paths/; then path.csv, path.md and "
+        "path.png: clean training, validation and test accuracy and the clean gap against the strength, 95% bands "
+        "over seeds, each point's verdict, the best strength marked with its interval.",
+        overrides="KEY=VALUES first (the swept key), then overrides every run shares",
+    )
+    p.add_argument("--sizes", help="also one path per training-set size, e.g. 1000,8000")
+    _budget_options(p)
+    _study_options(p)
+    a = p.parse_args(args)
+    arms, points, plan = {}, {}, None
+    if not a.resume:
+        if not a.overrides:
+            raise BadInput("regx path needs KEY=V1,V2,... or KEY=LO:HI:N first, e.g. regx path wd=1e-6:1e-2:9")
+        swept, a.overrides = a.overrides[0], a.overrides[1:]
+        key, sep, spec = swept.partition("=")
+        key = key.lstrip("+")
+        if not sep or not key:
+            raise BadInput(f"{swept}: expected KEY=V1,V2,... or KEY=LO:HI:N, e.g. wd=1e-6:1e-2:9")
+        if key in config.GROUPS:
+            raise BadInput(
+                f"{key}: regx path sweeps a numeric key (wd, dropout.p, label_smoothing, ...), given first; "
+                f"{key} is a config group"
+            )
+        values, log_x = curve.parse_values(spec)
+        errors.preflight(a.overrides)
+        cfg = config.compose(a.overrides)
+        current = OmegaConf.select(cfg, key, default="<missing>")
+        if key in config.GROUPS or isinstance(current, bool) or not isinstance(current, int | float | None):
+            shown = "a config group" if key in config.GROUPS else f"{current!r}, not a number"
+            raise BadInput(
+                f"{key}: regx path sweeps a numeric key (wd, dropout.p, label_smoothing, ...); {key} is {shown}"
+            )
+        sizes = _sizes_checked(cfg, a.sizes)
+        steps = (a.steps or curve.default_steps(cfg, sizes)) if a.budget == "steps" and sizes else None
+        planned = curve.plan_points(cfg, sizes=sizes, key=key, values=values, budget=a.budget, steps=steps)
+        arms, points = {"run": []}, {n: q["overrides"] for n, q in planned.items()}
+        plan = curve.Plan("path", a.metric, key, log_x, a.budget, steps, planned)
+    sweep, code = _run_study("path", a, arms, points, plan)
+    if code in (130, 143):
+        return code
+    header, rows, files, notes, warnings = curve.report(sweep)
+    _show_study(
+        "path",
+        sweep,
+        header,
+        rows,
+        files,
+        notes[1:],
+        warnings,
+        "accuracies and gaps in %, ± 95% intervals over seeds; ★ the best (path.md says more)",
+    )
     return code
 
 
@@ -737,6 +952,8 @@ class _ProgressLine:
 
 COMMANDS = {
     "train": cmd_train,
+    "curve": cmd_curve,
+    "path": cmd_path,
     "resume": cmd_resume,
     "ablate": cmd_ablate,
     "show-aug": cmd_show_aug,

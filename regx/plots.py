@@ -180,3 +180,161 @@ def confusion_plot(path: Path, cm: torch.Tensor, classes: list[str], title: str)
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def arms_chart(path: Path, data: list[dict], metric: str, title: str) -> None:
+    """Bars: each arm's mean with its std over seeds, the seeds as dots, the baseline as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(data) + 2), 4.2), dpi=110)
+    names = [d["arm"] for d in data]
+    means = [100 * (d["mean"] or 0) for d in data]
+    ax.bar(
+        names,
+        means,
+        yerr=[100 * d["std"] for d in data],
+        capsize=4,
+        color=["#888888" if n == "baseline" else "#4c72b0" for n in names],
+    )
+    for i, d in enumerate(data):
+        ax.scatter([i] * len(d["scores"]), [100 * v for v in d["scores"].values()], color="black", s=10, zorder=3)
+        if d["diff"] is not None:
+            label = f"{100 * d['diff']:+.1f}" + ("" if d["ci95"] is None else f"±{100 * d['ci95']:.1f}")
+            ax.annotate(
+                label,
+                (i, means[i] + 100 * d["std"]),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                fontsize=8,
+            )
+    if data and data[0]["arm"] == "baseline" and data[0]["mean"] is not None:
+        ax.axhline(100 * data[0]["mean"], color="#888888", linestyle="--", linewidth=1)
+    low = min((100 * v for d in data for v in d["scores"].values()), default=0)
+    ax.set_ylim(max(0, low - 5), min(100, max(means, default=100) + 5))
+    ax.set_ylabel(f"{metric} accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def _band(ax, xs, means, halves, **style):
+    """A line of means with its 95% band (points without an interval get none)."""
+    ax.plot(xs, [100 * m for m in means], marker="o", markersize=4, **style)
+    lo = [100 * (m - (h or 0)) for m, h in zip(means, halves)]
+    hi = [100 * (m + (h or 0)) for m, h in zip(means, halves)]
+    ax.fill_between(xs, lo, hi, alpha=0.18, color=style.get("color"))
+
+
+def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
+    """regx curve: the metric (left) and the clean gap (right) against the training images (log x), one
+    line per arm with its 95% band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, gap) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
+        mine = sorted((r for r in rows if r["arm"] == arm and r["mean"] is not None), key=lambda r: r["size"])
+        if not mine:
+            continue
+        xs, style = [r["size"] for r in mine], {"color": colours[i % len(colours)], "label": arm}
+        _band(acc, xs, [r["mean"] for r in mine], [r["ci95_mean"] for r in mine], **style)
+        with_gap = [r for r in mine if r["gap"] is not None]
+        _band(
+            gap,
+            [r["size"] for r in with_gap],
+            [r["gap"] for r in with_gap],
+            [r["gap_ci95_mean"] for r in with_gap],
+            **style,
+        )
+    sizes = sorted({r["size"] for r in rows})
+    for ax, label in ((acc, f"{metric} accuracy (%)"), (gap, "clean gap: clean train - val accuracy (points)")):
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training images (log scale)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    acc.legend(fontsize=8)
+    gap.axhline(0, color="#888888", linewidth=0.8)
+    fig.suptitle(title + " (bands: 95% over seeds)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str, title: str, best: dict) -> Path:
+    """regx path: clean training, validation and the metric's accuracy (left) and the clean gap (right)
+    against the strength, one set of lines per size, 95% bands over seeds, each point's verdict as a
+    letter (o overfitting, u underfitting, b both, g good fit, d diverged), the best strength starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, gap) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    letters = {"overfitting": "o", "underfitting": "u", "both": "b", "good_fit": "g", "diverged": "d"}
+    for i, size in enumerate(dict.fromkeys(r["size"] for r in rows)):
+        mine = sorted((r for r in rows if r["size"] == size and r["mean"] is not None), key=lambda r: r["value"])
+        if not mine:
+            continue
+        xs, colour = [r["value"] for r in mine], colours[i % len(colours)]
+        at = f", {size:,} images" if size else ""
+        _band(acc, xs, [r["mean"] for r in mine], [r["ci95_mean"] for r in mine], color=colour, label=f"{metric}{at}")
+        for name, style in (("val", ":"), ("clean_train", "--")):
+            got = [r for r in mine if r[name] is not None]
+            acc.plot(
+                [r["value"] for r in got],
+                [100 * r[name] for r in got],
+                linestyle=style,
+                color=colour,
+                linewidth=1,
+                label=f"{'clean train' if name == 'clean_train' else 'val'}{at}",
+            )
+        for r in mine:
+            acc.annotate(
+                letters.get(r["verdict"], "?"),
+                (r["value"], 100 * r["mean"]),
+                textcoords="offset points",
+                xytext=(0, -12),
+                ha="center",
+                fontsize=7,
+                color=colour,
+            )
+        b = best.get(size)
+        if b is not None:
+            acc.errorbar(
+                [b["value"]],
+                [100 * b["mean"]],
+                yerr=[[100 * (b["ci95_mean"] or 0)]],
+                fmt="*",
+                color=colour,
+                markersize=12,
+                capsize=4,
+            )
+        with_gap = [r for r in mine if r["gap"] is not None]
+        _band(
+            gap,
+            [r["value"] for r in with_gap],
+            [r["gap"] for r in with_gap],
+            [r["gap_ci95_mean"] for r in with_gap],
+            color=colour,
+            label=f"gap{at}",
+        )
+    values = sorted({r["value"] for r in rows})
+    for ax, label in ((acc, "accuracy (%)"), (gap, "clean gap: clean train - val accuracy (points)")):
+        if log_x:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.set_xlabel(key + (" (log scale)" if log_x else ""))
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    acc.legend(fontsize=7)
+    gap.axhline(0, color="#888888", linewidth=0.8)
+    fig.suptitle(title + " (bands: 95% over seeds; letters: each point's verdict; star: the best)", fontsize=9)
+    return save_figure(fig, path)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from regx.ablate import ARM_HEADER, ARMS_DIR, GROUP, arm_yaml, as_plain_run
 from regx.files import job_dirs
 from regx.signals import StopSignals
+from regx.study import ARMS_DIR, Untrusted, as_plain_run, check_dir
 
 
 class Jobs:
@@ -204,10 +204,6 @@ def failed_jobs(jobs: list[Path]) -> list[tuple[str, str]]:
     return failed
 
 
-class Untrusted(ValueError):
-    """A sweep directory asks for something regx does not replay from a file; the message names the key."""
-
-
 # A sweep or run directory is input from whoever could write to it: regx replays from it only the jobs'
 # own overrides (keys of regx's schema and groups, values without interpolations) and the Hydra settings
 # regx writes itself. Anything else (callbacks, `_target_`, launchers, search paths) is refused by name;
@@ -238,11 +234,11 @@ def resume_args(sweep_dir: str | Path, extra: list[str] = ()) -> list[str]:
         task, hydra = [str(o) for o in overrides.get("task") or []], [str(o) for o in overrides.get("hydra") or []]
     except Exception as exc:  # yaml's and OmegaConf's errors, a record of another shape
         raise ValueError(f"{record} is damaged ({' '.join(str(exc).split())[:200]})") from None
-    groups = {GROUP: check_arms(sweep)} if (sweep / ARMS_DIR).exists() else {}
+    groups = check_dir(sweep, check_task_override) if (sweep / ARMS_DIR).exists() else {}
     for o in task:
         check_task_override(o, record, groups)
     given = {o.split("=", 1)[0].lstrip("+") for o in extra}
-    recomputed = (*RECOMPUTED, "hydra.searchpath=") if groups else RECOMPUTED  # an ablation's: its arms folder
+    recomputed = (*RECOMPUTED, "hydra.searchpath=") if (sweep / ARMS_DIR).exists() else RECOMPUTED  # a study's folder
     refused = [
         o
         for o in hydra
@@ -265,7 +261,7 @@ def resume_args(sweep_dir: str | Path, extra: list[str] = ()) -> list[str]:
             f"itself ({key} is not one); if you trust them, pass them again: regx sweep-resume {sweep} "
             + " ".join(refused)
         )
-    searchpath = [f"hydra.searchpath=[file://{(sweep / ARMS_DIR).resolve()}]"] if groups else []
+    searchpath = [f"hydra.searchpath=[file://{(sweep / ARMS_DIR).resolve()}]"] if (sweep / ARMS_DIR).exists() else []
     return ["-m", *task, *[o for o in hydra if _replayed(o)], *extra, *searchpath, f"hydra.sweep.dir={sweep}"]
 
 
@@ -321,31 +317,3 @@ def _leaves(value) -> list[str]:
         return [s for v in value for s in _leaves(v)]
     parts = [getattr(value, a) for a in ("list", "include", "exclude") if hasattr(value, a)]  # ChoiceSweep, Glob
     return [s for part in parts for s in _leaves(part)]
-
-
-def check_arms(sweep: Path) -> list[str]:
-    """An ablation's arms folder (Hydra searches it for the group `ablate_arm`): every file is one regx ablate
-    wrote, unchanged, with overrides that pass check_task_override. Returns the arms' names."""
-    folder, names = sweep / ARMS_DIR, []
-    for path in sorted(folder.rglob("*")):
-        if path.is_dir() and path == folder / GROUP:
-            continue
-        if (
-            path.parent != folder / GROUP
-            or path.suffix != ".yaml"
-            or not OPTION.fullmatch(path.stem)
-            or path.is_symlink()
-        ):
-            raise Untrusted(f"{path} is not a file regx ablate writes: the ablation was not resumed")
-        lines = path.read_text(errors="replace").splitlines()
-        overrides = (
-            lines[1].removeprefix(ARM_HEADER).split() if len(lines) > 1 and lines[1].startswith(ARM_HEADER) else None
-        )
-        if overrides is None:
-            raise Untrusted(f"{path} was changed after regx ablate wrote it: the ablation was not resumed")
-        for o in overrides:
-            check_task_override(o, path, {})
-        if path.read_text(errors="replace") != arm_yaml(overrides):
-            raise Untrusted(f"{path} was changed after regx ablate wrote it: the ablation was not resumed")
-        names.append(path.stem)
-    return names

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from regx import ablate, config
-from regx.ablate import paired_ci
+from regx import ablate, config, stats, study
+from regx.stats import paired_ci
 
 
 def test_the_arms_are_the_baseline_plus_each_technique_then_all():
@@ -20,7 +20,7 @@ def test_the_arms_are_the_baseline_plus_each_technique_then_all():
 
 def test_an_arm_composes_as_its_overrides_do(tmp_path):
     arms = ablate.arms_of(config.compose([]))
-    ablate.write_arms(tmp_path, arms)
+    study.write_group(tmp_path, study.ARM, arms)
     for name in ("baseline", "weight_decay", "all"):
         got = config.compose(["debug=smoke", f"+ablate_arm={name}", f"hydra.searchpath=[file://{tmp_path / 'arms'}]"])
         want = config.compose(["debug=smoke", *arms[name]])
@@ -77,10 +77,10 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["aug=all"], "aug=all: the arms set aug"),
-        (["seed=3"], "seed=3: the arms set seed"),
+        (["aug=all"], "aug=all: the ablate sets aug itself"),
+        (["seed=3"], "seed=3: the ablate sets seed itself"),
         (["--seeds", "0"], "--seeds and --jobs must be at least 1"),
-        (['+ablate.arms.bad=["aug=nope"]'], "ablation arm bad ("),
+        (['+ablate.arms.bad=["aug=nope"]'], "ablate arm bad ("),
     ],
 )
 def test_bad_ablations_are_one_line(tmp_path, cli, args, message):
@@ -92,17 +92,17 @@ def test_bad_ablations_are_one_line(tmp_path, cli, args, message):
 def test_holm_adjusts_step_down_and_the_p_value_is_a_paired_t_test():
     from scipy.stats import ttest_rel
 
-    adjusted = ablate.holm([0.01, 0.04, None, 0.03])
+    adjusted = stats.holm([0.01, 0.04, None, 0.03])
     assert (
         adjusted[2] is None and adjusted[0] == pytest.approx(0.03) and adjusted[1] == adjusted[3] == pytest.approx(0.06)
     )
     a, b = [0.81, 0.83, 0.80, 0.82], [0.80, 0.80, 0.79, 0.80]
-    assert ablate.paired_p([x - y for x, y in zip(a, b)]) == pytest.approx(ttest_rel(a, b).pvalue)
+    assert stats.paired_p([x - y for x, y in zip(a, b)]) == pytest.approx(ttest_rel(a, b).pvalue)
 
 
 def test_the_seeds_needed_are_the_fewest_whose_interval_excludes_zero():
     diffs = [0.01, 0.03, -0.005, 0.02]
-    n = ablate.seeds_needed(diffs)
+    n = stats.seeds_needed(diffs)
     mean, sd = sum(diffs) / 4, __import__("statistics").stdev(diffs)
     from scipy.stats import t
 
@@ -112,8 +112,8 @@ def test_the_seeds_needed_are_the_fewest_whose_interval_excludes_zero():
 def test_every_run_counts_in_the_table():
     """A seed that diverged is shown with its status and marks its arm's figures; fewer than 3 seeds and
     a baseline near chance are said."""
-    base = ablate.Arm("baseline", ["wd=0"], {0: 0.10, 1: 0.08}, ["underfitting"] * 2, {0: 0.01, 1: 0.02}, {}, 10)
-    hot = ablate.Arm("hot", ["wd=0", "lr=1000"], {0: 0.09}, ["underfitting", "diverged"], {0: 0.0}, {1: "diverged"}, 10)
+    base = study.Arm("baseline", ["wd=0"], {0: 0.10, 1: 0.08}, ["underfitting"] * 2, {0: 0.01, 1: 0.02}, {}, 10)
+    hot = study.Arm("hot", ["wd=0", "lr=1000"], {0: 0.09}, ["underfitting", "diverged"], {0: 0.0}, {1: "diverged"}, 10)
     header, shown, data, warnings = ablate.table([base, hot], "test")
     row = dict(zip(header, shown[1]))
     assert row["seeds"] == "1 (seed 1 diverged)" and row["test acc (mean ± std)"].endswith("†")

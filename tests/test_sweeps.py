@@ -213,21 +213,26 @@ def test_a_launcher_is_replayed_only_when_given_again(cli, sweep_copy):
 
 
 def test_ablate_resume_refuses_an_arm_file_changed_after_regx_wrote_it(tmp_path, cli):
-    from regx import ablate
+    from regx import study
 
     arms = {"baseline": ["dropout=none"], "flip": ["dropout=none", "aug=flip"]}
     (tmp_path / "s").mkdir()
-    ablate.write_arms(tmp_path / "s", arms)
-    assert cli(*["train", *ablate.sweep_args(arms, 1, ["debug=smoke", "epochs=1"], tmp_path / "s", 1)]).returncode == 0
+    study.write_group(tmp_path / "s", study.ARM, arms)
+    assert (
+        cli(
+            *["train", *study.sweep_args({study.ARM: list(arms)}, 1, ["debug=smoke", "epochs=1"], tmp_path / "s", 1)]
+        ).returncode
+        == 0
+    )
     arm = tmp_path / "s" / "arms" / "ablate_arm" / "flip.yaml"
     arm.write_text(arm.read_text() + "hydra:\n  callbacks:\n    x:\n      _target_: os.getcwd\n")
     res = cli("ablate", "--resume", "s")
     assert res.returncode == 2 and "flip.yaml" in res.stderr and "changed" in res.stderr
-    arm.write_text(ablate.arm_yaml(arms["flip"]))
+    arm.write_text(study.option_yaml(arms["flip"]))
     (tmp_path / "s" / "arms" / "hydra").mkdir()
     (tmp_path / "s" / "arms" / "hydra" / "evil.yaml").write_text("x: 1\n")
     res = cli("ablate", "--resume", "s")
-    assert res.returncode == 2 and "arms/hydra is not a file regx ablate writes" in res.stderr
+    assert res.returncode == 2 and "arms/hydra is not a file regx writes" in res.stderr
 
 
 def test_a_stored_config_is_read_without_resolvers(tmp_path, cli):

@@ -1,0 +1,145 @@
+"""`regx curve` and `regx path`: studies on regx ablate's machinery, their plans, tables and pictures."""
+
+import csv
+import json
+
+import pytest
+
+from regx import config, curve
+
+
+def test_a_log_range_and_a_list_of_values():
+    values, log = curve.parse_values("1e-6:1e-2:5")
+    assert values == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3, 1e-2]) and log
+    assert curve.parse_values("0,0.2,0.4") == ([0.0, 0.2, 0.4], False)
+    for bad in ("0.5", "1:0.1:3", "a,b", "1e-3:1e-2:1"):
+        with pytest.raises(config.ConfigError):
+            curve.parse_values(bad)
+
+
+def test_an_equal_budget_of_steps_gives_small_sizes_more_epochs():
+    cfg = config.compose(["batch_size=64", "epochs=10"])
+    steps = curve.default_steps(cfg, [250, 1000, 4000])  # 10 epochs at the geometric mean, 1000 images: 16 steps
+    assert steps == 160
+    points = curve.plan_points(cfg, sizes=[250, 1000, 4000], key=None, values=None, budget="steps", steps=steps)
+    assert [p["epochs"] for p in points.values()] == [40, 10, 3]  # 4, 16 and 63 steps an epoch
+    assert points["n250"]["overrides"] == ["data.train_size=250", "epochs=40"]
+    same = curve.plan_points(cfg, sizes=[250, 4000], key="wd", values=[0.0, 1e-3], budget="epochs", steps=None)
+    assert list(same) == ["n250_v0", "n250_v1", "n4000_v0", "n4000_v1"]
+    assert same["n4000_v1"]["overrides"] == ["data.train_size=4000", "wd=0.001"]  # the config's epochs
+
+
+def _fake_study(sweep, kind, arms, points, scores):
+    """A study directory as a finished sweep leaves it: option files, study.json, one job per run with its
+    overrides and summary (scores: (arm, point, seed) -> (test acc, clean gap, clean train acc, verdict))."""
+    from regx import study
+
+    study.write_group(sweep, study.ARM, arms)
+    study.write_group(sweep, study.POINT, {n: p["overrides"] for n, p in points.items()})
+    curve.write_plan(sweep, curve.Plan(kind, "test", "wd" if kind == "path" else None, False, "epochs", None, points))
+    for i, ((arm, point, seed), (acc, gap, clean, verdict)) in enumerate(scores.items()):
+        job = sweep / f"{i}_job"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- +ablate_arm={arm}\n- +study_point={point}\n- seed={seed}\n")
+        summary = {
+            "status": "completed",
+            "test_acc": acc,
+            "verdict": verdict,
+            "num_classes": 10,
+            "evidence": {"gap": gap, "train_acc": clean, "val_acc": clean - gap},
+        }
+        (job / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_curve_says_where_each_arm_stops_helping(tmp_path):
+    points = {
+        f"n{n}": {"size": n, "value": None, "epochs": 5, "overrides": [f"data.train_size={n}", "epochs=5"]}
+        for n in (250, 1000, 4000)
+    }
+    scores = {}
+    for seed, noise in enumerate((0.0, 0.004, -0.003)):
+        for n, base, gain in ((250, 0.70, 0.05), (1000, 0.80, 0.03), (4000, 0.88, 0.0)):
+            scores[("baseline", f"n{n}", seed)] = (base + noise, 0.2, 0.95, "overfitting")
+            scores[("all", f"n{n}", seed)] = (base + gain + noise + 0.001 * seed, 0.1, 0.9, "good_fit")
+    _fake_study(tmp_path, "curve", {"baseline": ["wd=0"], "all": ["wd=0", "aug=flip"]}, points, scores)
+    header, shown, files, notes, warnings = curve.report(tmp_path)
+    assert [row[:2] for row in shown] == [
+        ["baseline", "250"],
+        ["all", "250"],
+        ["baseline", "1,000"],
+        ["all", "1,000"],
+        ["baseline", "4,000"],
+        ["all", "4,000"],
+    ]
+    assert "all helps up to 1,000 images and stops helping at 4,000" in " ".join(notes)
+    rows = list(csv.DictReader(open(tmp_path / "curve.csv")))
+    assert float(rows[1]["diff"]) == pytest.approx(0.051) and float(rows[1]["gap"]) == pytest.approx(0.1)
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow  # eight smoke runs and a resume (20 s); make test-all runs it
+def test_a_curve_on_the_embedded_data(tmp_path, cli):
+    res = cli("curve", "debug=smoke", "data.val_fraction=0.2", "--sizes", "64,160", "--seeds", "2")
+    assert res.returncode == 0, res.stderr
+    (sweep,) = (tmp_path / "outputs" / "curves").iterdir()
+    rows = list(csv.DictReader(open(sweep / "curve.csv")))
+    assert [(r["arm"], r["size"]) for r in rows] == [
+        ("baseline", "64"),
+        ("all", "64"),
+        ("baseline", "160"),
+        ("all", "160"),
+    ]
+    assert all(r["seeds"] == "2" for r in rows) and rows[0]["epochs"] != rows[2]["epochs"]  # equal steps, not epochs
+    md = (sweep / "curve.md").read_text()
+    assert "| baseline | 64 |" in md and ("helps" in md or "does not help" in md)
+    assert (sweep / "curve.png").stat().st_size > 10_000
+    again = cli("curve", "--resume", str(sweep))
+    assert again.returncode == 0 and again.stdout.count("completed already, skipped") == 8
+    plan = json.loads((sweep / "study.json").read_text())
+    plan["points"]["n64"]["overrides"] = ["data.train_size=64", "epochs=99"]
+    (sweep / "study.json").write_text(json.dumps(plan))
+    res = cli("curve", "--resume", str(sweep))
+    assert res.returncode == 2 and "does not match the study's points" in res.stderr
+
+
+def test_a_path_on_the_embedded_data(tmp_path, cli):
+    res = cli("path", "label_smoothing=0,0.2", "debug=smoke", "epochs=1", "--seeds", "2")
+    assert res.returncode == 0, res.stderr
+    (sweep,) = (tmp_path / "outputs" / "paths").iterdir()
+    rows = list(csv.DictReader(open(sweep / "path.csv")))
+    assert [r["value"] for r in rows] == ["0.0", "0.2"] and all(r["clean_train"] and r["val"] for r in rows)
+    md = (sweep / "path.md").read_text()
+    assert "★" in md and "Best label_smoothing: " in md and "from the weakest to the strongest" in md
+    assert (sweep / "path.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["path", "aug=0,1"], "aug: regx path sweeps a numeric key"),
+        (["path", "name=1,2"], "name: regx path sweeps a numeric key"),
+        (["path", "wd=0.5"], "a path needs at least two values"),
+        (["path", "wd=0,1e-3", "wd=1e-4"], "wd=1e-4: the path sets wd itself"),
+        (["path"], "debug: regx path sweeps a numeric key"),  # the swept key comes first
+        (["curve", "--sizes", "100"], "a curve needs at least two sizes"),
+        (["curve", "--sizes", "100,999999"], "999,999 is above the 360 training images data=shapes has"),
+        (["curve", "--sizes", "100,200", "data.train_size=50"], "data.train_size=50: the curve sets data.train_size"),
+        (["curve", "--sizes", "100,x"], "--sizes 100,x: whole numbers"),
+    ],
+)
+def test_bad_studies_are_one_line_and_make_no_directory(tmp_path, cli, args, message):
+    res = cli(*args, "debug=smoke")
+    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_studys_point_files_are_checked_before_it_is_resumed(tmp_path):
+    from regx import study, sweep
+
+    points = {"n250": {"size": 250, "value": None, "epochs": 5, "overrides": ["data.train_size=250", "epochs=5"]}}
+    _fake_study(tmp_path, "curve", {"baseline": ["wd=0"]}, points, {})
+    assert study.check_dir(tmp_path, sweep.check_task_override) == {"ablate_arm": ["baseline"], "study_point": ["n250"]}
+    point = tmp_path / "arms" / "study_point" / "n250.yaml"
+    point.write_text(point.read_text() + "hydra:\n  callbacks: {}\n")
+    with pytest.raises(study.Untrusted, match="n250.yaml was changed after regx wrote it"):
+        study.check_dir(tmp_path, sweep.check_task_override)
