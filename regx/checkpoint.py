@@ -208,6 +208,20 @@ def _manifest_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name + ".json")
 
 
+def manifest_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint's manifest says it holds (None: no manifest, or no file)."""
+    entries = _entries(Path(path)) if Path(path).is_file() else []
+    return entries[0].get("epoch") if entries else None
+
+
+def publish_best(ckpt_dir: Path, source: Path) -> None:
+    """Make best.pt the checkpoint `source` (intact, its manifest read), as save() does after a new best:
+    for a run stopped between publishing last.pt and best.pt."""
+    entry = _entries(Path(source))[0]
+    _write_manifest(ckpt_dir / "best.pt", entry)
+    _link(Path(source), ckpt_dir / "best.pt")
+
+
 def _entries(ckpt: Path) -> list[dict]:
     """What a checkpoint's manifest says it may hold: the newest entry first, then the one (or two) it
     replaced, in case the file was not published after its manifest was."""

@@ -404,7 +404,7 @@ class TrainConfig:
     # (clip_mode=norm), or clamp every element to [-clip_grad, clip_grad] (value). 0: off.
     clip_grad: float = num(0.0, ">= 0", "(0: off)")
     clip_mode: str = choice("norm", "norm|value")
-    seed: int = 0  # initial weights, batch order, augmentation draws, dropout masks
+    seed: int = num(0, "[0, 4294967295]")  # initial weights, batch order, augmentation draws, dropout masks
     device: str = choice(
         "auto", r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps"
     )  # auto: CUDA, else MPS, else the CPU

@@ -65,6 +65,13 @@ def explain(exc: BaseException, overrides: list[str]) -> str:
         detail = str(chain[1]).strip().splitlines()[0].replace("Invalid value assigned: ", "")
         return f"{m.group(1)} is invalid: {detail}"
     m = re.search(r"Error parsing override '([^']+)'", text)
+    unquoted = next((o for o in overrides if not o.isascii() and "=" in o and "'" not in o and '"' not in o), None)
+    if (m or "NoViableAlt" in text) and unquoted:  # Hydra's grammar takes other scripts only inside quotes
+        key, _, value = unquoted.partition("=")
+        return (
+            f"cannot parse override '{unquoted}': Hydra reads letters beyond ASCII only inside quotes: "
+            f"{key}='{value}' (and quote that for the shell: \"{key}='{value}'\")"
+        )
     if m:
         return f"cannot parse override '{m.group(1)}': expected key=value (see `regx train --help`)"
     return first

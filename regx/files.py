@@ -92,7 +92,7 @@ def write_atomic(path: Path, write, *, before_rename=None) -> None:
 
 def slug(text: str, limit: int = 120) -> str:
     """`text` as a file-name part: runs of other characters become one underscore."""
-    text = re.sub(r"[^A-Za-z0-9=,.+_-]+", "_", str(text)).strip("_")
+    text = re.sub(r"[^\w=,.+-]+", "_", str(text)).strip("_")  # letters of any script are kept
     return text[:limit] or "run"
 
 

@@ -30,10 +30,6 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
         raise config.ConfigError(f"{run_dir} is a sweep directory: finish it with regx sweep-resume {run_dir}")
     if not (run_dir / "config.yaml").is_file():
         raise config.ConfigError(f"{run_dir} is not a regx run directory (no config.yaml)")
-    if not any((run_dir / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt")):
-        raise config.ConfigError(
-            f"{run_dir} has no checkpoint (it stopped before its first one): start it again with regx train"
-        )
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise config.ConfigError(f"cannot parse override '{bad[0]}': expected key=value")
@@ -112,4 +108,7 @@ def resume(run_dir: Path | str, overrides: list[str] = (), *, force: bool = Fals
         recorded = None  # train() rebuilds the summary from the checkpoint
     given = {o.split("=", 1)[0] for o in overrides}
     merged = None if recorded is None else [*(o for o in recorded if o.split("=", 1)[0] not in given), *overrides]
-    return train.train(cfg, Path(run_dir), resume=True, hooks=hooks, overrides=merged)
+    started = any((Path(run_dir) / "checkpoints" / f).is_file() for f in ("last.pt", "prev.pt", "best.pt"))
+    if not started:  # stopped before its first checkpoint: its config is all there is, so start it again
+        print(f"regx: {run_dir} stopped before its first checkpoint: starting it again from the beginning")
+    return train.train(cfg, Path(run_dir), resume=started, hooks=hooks, overrides=merged)

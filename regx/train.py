@@ -306,6 +306,25 @@ def restore(parts: Parts, ranks: Ranks, ckpt_dir: Path, log) -> RunState:
     if parts.device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"].cpu(), parts.device)
     state = RunState(**ckpt.state)
+    best = ckpt_dir / "best.pt"
+    if (
+        ranks.main
+        and state.best_epoch == ckpt.epoch
+        and not state.batch
+        and checkpoint.manifest_epoch(best) != ckpt.epoch
+    ):
+        checkpoint.publish_best(ckpt_dir, path)  # stopped after publishing this best as last.pt, before best.pt
+        log.warning(
+            "best.pt did not hold the best epoch (%d): the run was stopped while publishing it; it is %s's copy now",
+            state.best_epoch,
+            path.name,
+        )
+    elif ranks.main and state.best_epoch is not None and checkpoint.manifest_epoch(best) != state.best_epoch:
+        log.warning(
+            "best.pt does not hold the best epoch (%d) and no checkpoint of it is left: the test "
+            "evaluation will use the newest intact checkpoint, and summary.json says which",
+            state.best_epoch,
+        )
     if ranks.world > 1 and state.batch:
         state.tally = state.tally_ranks[ranks.rank]
     state.stopped_early = None  # resuming a run that stopped early: its new patience decides again
@@ -699,6 +718,10 @@ def _best_weights(rec: Recorder, device: torch.device) -> dict:
     ckpt_dir = rec.run_dir / "checkpoints"
     try:
         ckpt = checkpoint.read(ckpt_dir / "best.pt", map_location=device)
+        if rec.summary.get("best_epoch") is not None and ckpt.epoch != rec.summary["best_epoch"]:
+            raise CorruptCheckpoint(
+                f"{ckpt_dir / 'best.pt'} holds epoch {ckpt.epoch}, not the best ({rec.summary['best_epoch']})"
+            )
         rec.summary["test_checkpoint"] = "best.pt"
     except CorruptCheckpoint as exc:
         try:

@@ -50,6 +50,8 @@ def one_line(text: str) -> str:
         ("device=cuda:3", "device=cuda:3: "),
         ("device=mps", "device=mps: MPS (Apple's GPU) is not available on this machine"),
         ("data.train_size=100000", "data.train_size=100000 exceeds the 360 training images available"),
+        ("seed=9223372036854775807", "seed=9223372036854775807 is invalid: must be in [0, 4294967295]"),
+        ("name=日本語テスト", "Hydra reads letters beyond ASCII only inside quotes: name='日本語テスト'"),
     ],
 )
 def test_bad_values_are_refused_before_a_run_directory_exists(tmp_path, cli, value, message):

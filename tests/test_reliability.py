@@ -292,3 +292,35 @@ def test_bad_folders_stop_before_training_naming_the_path(tmp_path, layout, mess
     res = cli("train", "debug=smoke", "data=imagefolder", f"data.path={root}", "hydra.run.dir=r")
     assert res.returncode == 1 and message in res.stderr and str(root) in res.stderr
     assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_resume(tmp_path, cli):
+    """No checkpoint yet: regx resume starts it from the beginning with its saved config, and cleans up."""
+    killed = run_regx(["train", "debug=smoke", "epochs=2", "hydra.run.dir=r"], tmp_path, fault="kill@3")
+    assert killed.returncode == -9 and summary(tmp_path / "r")["status"] == "running"
+    res = cli("resume", str(tmp_path / "r"))
+    assert res.returncode == 0 and "stopped before its first checkpoint: starting it again" in res.stdout, res.stderr
+    assert summary(tmp_path / "r")["status"] == "completed" and summary(tmp_path / "r")["epochs_done"] == 2
+    train(smoke_cfg("epochs=2"), tmp_path / "ref")
+    assert metric_rows(tmp_path / "ref") == metric_rows(tmp_path / "r")
+    assert not [p for p in (tmp_path / "r").rglob("*") if ".tmp-" in p.name]
+
+
+def test_best_pt_is_published_again_when_a_stop_came_between_last_and_best(tmp_path, reference, cli):
+    """Stopped after last.pt held a new best but before best.pt did: resume makes best.pt that checkpoint,
+    and a best.pt of the wrong epoch is never tested as the best."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    last = checkpoint.read(run / "checkpoints/last.pt")
+    ckpt_dir = run / "checkpoints"
+    (ckpt_dir / "best.pt").unlink()
+    (ckpt_dir / "best.pt.json").unlink()
+    # as if epoch 3 had been the best: last.pt's own state says so
+    state = {**last.state, "best_epoch": last.epoch, "best_val_acc": 1.0}
+    checkpoint.save(checkpoint.Checkpoint(**{**last.to_dict(), "state": state}), ckpt_dir, best=False)
+    s = summary(run)
+    (run / "summary.json").write_text(json.dumps({**s, "status": "running", "best_epoch": last.epoch}))
+    res = cli("resume", str(run), "epochs=4")
+    assert res.returncode == 0, res.stderr
+    assert "best.pt did not hold the best epoch (3)" in (run / "train.log").read_text()
+    assert checkpoint.read(ckpt_dir / "best.pt").epoch in (3, 4) and summary(run)["test_checkpoint"] == "best.pt"
