@@ -56,7 +56,7 @@ def table(arms: list[study.Arm], metric: str) -> tuple[list[str], list[list[str]
         "arm",
         "overrides",
         "seeds",
-        f"{metric} acc (mean ± std)",
+        f"{metric.replace('_', ' ')} (mean ± std)" if metric == "test_ece" else f"{metric} acc (mean ± std)",
         "vs baseline (95% CI)",
         "p",
         "p (Holm)",

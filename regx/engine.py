@@ -319,6 +319,29 @@ class LossCheck:
             raise Diverged(bad, float(self.bad_loss) if int(self.first_bad) >= 0 else float("nan"), self.limit)
 
 
+BINS = 15  # the calibration error's equal-width confidence bins (Guo et al. 2017; torchmetrics' default)
+
+
+@dataclass
+class Evaluation:
+    """One pass over a split in eval mode. Calibration (Guo et al. 2017): the predicted class's probability
+    (confidence) against being right, in BINS equal-width bins (0, 1/15], ... (14/15, 1]; ece is the
+    bins' |accuracy - confidence| weighted by their share of the images, mce the largest of them over the
+    bins with images; brier the mean over images of sum over classes (p - one-hot)^2."""
+
+    loss: float  # mean cross-entropy: the negative log-likelihood
+    acc: float
+    ece: float
+    mce: float
+    brier: float
+    bin_count: list[int]
+    bin_confidence: list[float]  # each bin's mean confidence (0 where empty)
+    bin_accuracy: list[float]
+    matrix: torch.Tensor | None = None  # [true, predicted], with num_classes
+    logits: torch.Tensor | None = None  # every image's logits (CPU, float32), with keep_logits
+    labels: torch.Tensor | None = None
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -327,27 +350,93 @@ def evaluate(
     pipeline: Pipeline,
     amp,
     num_classes: int | None = None,
-) -> tuple[float, float, torch.Tensor | None]:
-    """(mean loss, accuracy, confusion matrix) in eval mode: dropout off, BatchNorm on its running
-    statistics. The matrix (CPU, int64, [true, predicted]) only when `num_classes` is given."""
+    keep_logits: bool = False,
+) -> Evaluation:
+    """Loss, accuracy and calibration in eval mode (dropout off, BatchNorm on its running statistics),
+    summed on the device and read back once; the confusion matrix (CPU, int64, [true, predicted]) when
+    `num_classes` is given; every image's logits with `keep_logits` (temperature scaling fits on them)."""
     model.eval()
     device = pipeline.mean.device
-    loss_sum = torch.zeros((), device=device)
+    loss_sum, brier = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    bins = torch.zeros(3, BINS, device=device, dtype=torch.float64)  # images, summed confidence, right ones
     k = num_classes or 0
     counts = torch.zeros(k * k, device=device, dtype=torch.long)
-    n = 0
+    kept, labels, n = [], [], 0
     for xb, yb in batches:
         with amp:
             out = model(pipeline.eval(xb))
-        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-        pred = out.argmax(1)
+        logits = out.float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        pred = logits.argmax(1)
         correct += (pred == yb).sum()
+        batch_bins, batch_brier = _calibration_sums(logits, yb)
+        bins += batch_bins
+        brier += batch_brier
         if k:
             counts += torch.bincount(yb * k + pred, minlength=k * k)
+        if keep_logits:
+            kept.append(logits.cpu())
+            labels.append(yb.cpu())
         n += len(yb)
-    matrix = counts.view(k, k).cpu() if k else None
-    return loss_sum.item() / max(n, 1), correct.item() / max(n, 1), matrix
+    n = max(n, 1)
+    return Evaluation(
+        loss=loss_sum.item() / n,
+        acc=correct.item() / n,
+        **_calibration(bins.cpu(), float(brier), n),
+        matrix=counts.view(k, k).cpu() if k else None,
+        logits=torch.cat(kept) if kept else None,
+        labels=torch.cat(labels) if labels else None,
+    )
+
+
+def _calibration_sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's calibration sums, on its device: [images, summed confidence, right ones] per bin, and the
+    summed Brier score."""
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    b = (conf * BINS).ceil().long().clamp(1, BINS) - 1  # (i/15, (i+1)/15] -> bin i
+    sums = torch.stack(
+        [
+            torch.bincount(b, weights=w, minlength=BINS)
+            for w in (torch.ones_like(conf, dtype=torch.float64), conf.double(), (pred == y).double())
+        ]
+    )
+    return sums, (probs - F.one_hot(y, probs.shape[1])).pow(2).sum().double()
+
+
+def _calibration(bins: torch.Tensor, brier: float, n: int) -> dict:
+    """Evaluation's calibration fields from the summed bins of n images."""
+    count, conf_sum, right_sum = bins
+    filled = count > 0
+    mean_conf = torch.where(filled, conf_sum / count.clamp_min(1), 0.0)
+    mean_right = torch.where(filled, right_sum / count.clamp_min(1), 0.0)
+    gaps = (mean_right - mean_conf).abs()
+    return {
+        "ece": float((gaps * count).sum() / n),
+        "mce": float(gaps[filled].max()) if filled.any() else 0.0,
+        "brier": brier / n,
+        "bin_count": [int(c) for c in count],
+        "bin_confidence": mean_conf.tolist(),
+        "bin_accuracy": mean_right.tolist(),
+    }
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """ECE, MCE, Brier and the bins of given logits (as `evaluate` computes them): after temperature scaling."""
+    sums, brier = _calibration_sums(logits.float(), labels)
+    return _calibration(sums.cpu(), float(brier), max(len(labels), 1))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 that minimizes the NLL of softmax(logits / T), found
+    by a bounded search over log T (one parameter: the accuracy stays the same)."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(logits / math.exp(log_t), labels))
+
+    return math.exp(minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded").x)
 
 
 @torch.inference_mode()

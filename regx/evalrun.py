@@ -157,7 +157,7 @@ def eval_run(
     from regx.data import iterate
     from regx.device import pick_device, pick_precision
     from regx.engine import Pipeline, autocast, evaluate
-    from regx.plots import confusion_plot
+    from regx.plots import confusion_plot, reliability_plot
 
     run_dir = Path(run_dir)
     path, ckpt = _checkpoint(run_dir, last)
@@ -182,14 +182,18 @@ def eval_run(
         std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1),
         channels_last=cfg.channels_last,
     )
-    loss, _, cm = evaluate(
-        build_from_checkpoint(ckpt, cfg, device),
+    model, amp = build_from_checkpoint(ckpt, cfg, device), autocast(device, pick_precision(cfg.precision, device))
+    ev = evaluate(
+        model,
         known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
         pipeline=pipeline,
-        amp=autocast(device, pick_precision(cfg.precision, device)),
+        amp=amp,
         num_classes=len(classes),
+        keep_logits=True,
     )
+    loss, cm = ev.loss, ev.matrix
     total = int(cm.sum())
+    scaled = _temperature(cfg, split_name, classes, model, pipeline, amp, device, ev, known)
     result = {
         "run_dir": str(run_dir),
         "checkpoint": str(path),
@@ -205,6 +209,16 @@ def eval_run(
         "confusion": cm.tolist(),
         "unknown": {"classes": strangers, "n": skipped[0]},
         "absent_classes": absent,
+        "calibration": {
+            "ece": ev.ece,
+            "mce": ev.mce,
+            "brier": ev.brier,
+            "nll": ev.loss,
+            "bins": ev.bin_count,
+            "bin_confidence": ev.bin_confidence,
+            "bin_accuracy": ev.bin_accuracy,
+            **scaled,
+        },
     }
     suffix = (
         ("_last" if last else "")
@@ -214,6 +228,11 @@ def eval_run(
     out = Path(out) if out is not None else run_dir
     json_path, png_path = out / f"eval{suffix}.json", out / f"confusion{suffix}.png"
     write_json(json_path, result)
+    reliability_plot(
+        out / f"reliability{suffix}.png",
+        result["calibration"],
+        f"{run_dir.name}: {path.name} on {cfg.data.name} {split_name}",
+    )
     confusion_plot(
         png_path,
         cm,
@@ -222,7 +241,7 @@ def eval_run(
         f"{cfg.data.name} {split_name}, accuracy {100 * result['accuracy']:.2f}%",
     )
     _print(result, console())
-    print(f"wrote {json_path} and {png_path}")
+    print(f"wrote {json_path}, {png_path} and {out / f'reliability{suffix}.png'}")
     return result
 
 
@@ -234,6 +253,17 @@ def _print(result: dict, con) -> None:
         f"{100 * result['accuracy']:.2f}%, loss {result['loss']:.4f} ({Path(result['checkpoint']).name}, "
         f"epoch {result['epoch']})"
     )
+    c = result["calibration"]
+    line = (
+        f"calibration: ECE {100 * c['ece']:.2f}% (15 bins), MCE {100 * c['mce']:.2f}%, Brier {c['brier']:.4f}, "
+        f"NLL {c['nll']:.4f}"
+    )
+    if c.get("temperature") is not None:
+        line += (
+            f"; temperature {c['temperature']:.3f} (fitted on {c['fitted_on']}): ECE {100 * c['scaled_ece']:.2f}%, "
+            f"NLL {c['scaled_nll']:.4f}"
+        )
+    con.print(line)
     rows = [
         [
             c["class"],
@@ -259,3 +289,40 @@ def _print(result: dict, con) -> None:
             [f"{i} {name}", *map(str, row)] for i, (name, row) in enumerate(zip(result["classes"], result["confusion"]))
         ]
         print_table("confusion matrix (rows: true class, columns: predicted)", header, rows, right=set(header[1:]))
+
+
+def _temperature(cfg, split_name: str, classes, model, pipeline, amp, device, ev, known) -> dict:
+    """Temperature scaling: T fitted on the validation split's logits (minimum NLL), the evaluated split's
+    calibration after dividing its logits by T. {} where there is no validation split to fit on."""
+    import torch.nn.functional as F
+
+    from regx.data import iterate
+    from regx.engine import calibration, evaluate, fit_temperature
+
+    if split_name == "val":
+        fit, where = ev, "this split"
+    else:
+        try:
+            val, names, _, _ = labelled_images(cfg, "val")
+        except EvalError:
+            return {}
+        if list(names) != list(classes) or not len(val):
+            return {}
+        fit = evaluate(
+            model,
+            known(iterate(val, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
+            pipeline=pipeline,
+            amp=amp,
+            keep_logits=True,
+        )
+        where = f"the val split, {len(fit.labels)} images"
+    t = fit_temperature(fit.logits, fit.labels)
+    scaled = calibration(ev.logits / t, ev.labels)
+    return {
+        "temperature": t,
+        "fitted_on": where,
+        "scaled_ece": scaled["ece"],
+        "scaled_mce": scaled["mce"],
+        "scaled_brier": scaled["brier"],
+        "scaled_nll": float(F.cross_entropy(ev.logits / t, ev.labels)),
+    }

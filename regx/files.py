@@ -56,6 +56,9 @@ class EpochMetrics:
     clipped: float | None  # the fraction of steps clip_grad clipped
     avg_val_loss: float | None  # the average group's weights on the validation split
     avg_val_acc: float | None
+    val_ece: float | None = None  # calibration on the validation split (engine.Evaluation): expected error,
+    val_mce: float | None = None  # maximum error over the 15 confidence bins,
+    val_brier: float | None = None  # and the Brier score
 
 
 METRIC_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochMetrics))

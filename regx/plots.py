@@ -338,3 +338,51 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
     gap.axhline(0, color="#888888", linewidth=0.8)
     fig.suptitle(title + " (bands: 95% over seeds; letters: each point's verdict; star: the best)", fontsize=9)
     return save_figure(fig, path)
+
+
+def reliability_plot(path: Path, cal: dict, title: str) -> Path:
+    """A reliability diagram: each confidence bin's accuracy (bars) against the diagonal a calibrated model
+    follows, each bar labelled with its images; the ECE, and after temperature scaling when fitted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(cal["bins"])
+    edges = [i / n for i in range(n)]
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    ax.bar(
+        edges,
+        [100 * a for a in cal["bin_accuracy"]],
+        width=1 / n,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy in the bin",
+    )
+    gaps = [100 * (c - a) if k else 0 for c, a, k in zip(cal["bin_confidence"], cal["bin_accuracy"], cal["bins"])]
+    ax.bar(
+        edges,
+        gaps,
+        bottom=[100 * a for a in cal["bin_accuracy"]],
+        width=1 / n,
+        align="edge",
+        color="#dd8452",
+        alpha=0.5,
+        edgecolor="white",
+        label="gap to its mean confidence",
+    )
+    ax.plot([0, 1], [0, 100], color="#888888", linestyle="--", linewidth=1, label="calibrated")
+    for x, k in zip(edges, cal["bins"]):
+        if k:
+            ax.annotate(str(k), (x + 0.5 / n, 1), ha="center", fontsize=6, rotation=90, color="white")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("confidence (the predicted class's probability)")
+    ax.set_ylabel("accuracy (%)")
+    label = f"ECE {100 * cal['ece']:.2f}%"
+    if cal.get("temperature") is not None:
+        label += f"; at T={cal['temperature']:.2f}: {100 * cal['scaled_ece']:.2f}%"
+    ax.set_title(f"{title}\n{label} (bars: 15 bins, numbers: images)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    return save_figure(fig, path)

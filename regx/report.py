@@ -7,8 +7,18 @@ from pathlib import Path
 
 from regx.plots import save_figure
 
-COLUMNS = ("status", "best_val", "final_val", "test", "gap", "verdict", "done", "wall_s")  # done: epochs done/planned
-METRICS = ("best_val", "final_val", "test", "gap", "wall_s")  # numeric: averaged by --group-by
+COLUMNS = (
+    "status",
+    "best_val",
+    "final_val",
+    "test",
+    "ece",
+    "gap",
+    "verdict",
+    "done",
+    "wall_s",
+)  # done: epochs done/planned
+METRICS = ("best_val", "final_val", "test", "ece", "gap", "wall_s")  # numeric: averaged by --group-by
 HIGHER_IS_BETTER = {"best_val", "final_val", "test"}
 
 
@@ -108,6 +118,7 @@ def run_record(run: Path) -> dict:
         "best_val": num("best_val_acc"),
         "final_val": num("final_val_acc"),
         "test": num("test_acc"),
+        "ece": num("test_ece"),  # the test split's expected calibration error
         "gap": float(metrics[-1]["gap"]) if metrics and metrics[-1].get("gap") not in (None, "") else None,
         "verdict": summary.get("verdict") or "-",
         "done": f"{summary.get('epochs_done', len(metrics))}/{epochs if epochs is not None else '?'}",
@@ -190,7 +201,7 @@ def group_records(records: list[dict], keys: list[str]) -> list[dict]:
 def _fmt(column: str, value) -> str:
     if value is None:
         return "-"
-    if column in ("best_val", "final_val", "test"):
+    if column in ("best_val", "final_val", "test", "ece"):
         return f"{100 * value:.2f}"
     if column == "gap":
         return f"{100 * value:+.1f}"
@@ -320,7 +331,7 @@ def report_plot(
         names = [label(r) if keys else r["run"] for r in records]
         means = [r[metric] for r in records]
         stds = [0] * len(records)
-    scale = 100 if metric in ("best_val", "final_val", "test", "gap") else 1
+    scale = 100 if metric in ("best_val", "final_val", "test", "ece", "gap") else 1
     ys = [(m * scale) if m is not None else 0 for m in means]
     bars = ax_b.barh(
         range(len(names)),

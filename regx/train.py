@@ -32,6 +32,7 @@ from regx.distributed import Ranks
 from regx.engine import (
     Diverged,
     EpochResult,
+    Evaluation,
     Hook,
     LoopSteps,
     LossCheck,
@@ -612,17 +613,14 @@ def _diverged(parts: Parts, rec: Recorder, epoch: int, exc: Diverged) -> RunFail
     )
 
 
-def _evaluate(
-    parts: Parts, split: Split, stop: StopRequest | None = None, net: nn.Module | None = None
-) -> tuple[float, float]:
+def _evaluate(parts: Parts, split: Split, stop: StopRequest | None = None, net: nn.Module | None = None) -> Evaluation:
     batches = iterate(split, parts.cfg.eval_batch_size, device=parts.device, workers=parts.cfg.data.workers)
-    loss, acc, _ = evaluate(
+    return evaluate(
         net or parts.eval_net,
         batches if stop is None else _until_stopped(batches, stop),
         pipeline=parts.step.pipeline,
         amp=parts.step.amp,
     )
-    return loss, acc
 
 
 def _end_epoch(
@@ -630,13 +628,16 @@ def _end_epoch(
 ) -> tuple[dict, bool]:
     """Evaluate, keep the best, decide early stopping; the metrics row and whether it is the best."""
     lr = parts.step.lr_at(state.step - 1)
-    val_loss, val_acc = _evaluate(parts, parts.data.val)
-    clean_loss, clean_acc = _evaluate(parts, parts.clean) if parts.clean is not None else (None, None)
+    val = _evaluate(parts, parts.data.val)
+    val_loss, val_acc = val.loss, val.acc
+    clean = _evaluate(parts, parts.clean) if parts.clean is not None else None
+    clean_loss, clean_acc = (clean.loss, clean.acc) if clean is not None else (None, None)
     average = parts.average
     if average is not None:
         average.end_epoch(epoch)  # swa: this epoch's weights join the average
     averaged = average is not None and average.updates > 0
-    avg_loss, avg_acc = _evaluate(parts, parts.data.val, net=average.module) if averaged else (None, None)
+    avg = _evaluate(parts, parts.data.val, net=average.module) if averaged else None
+    avg_loss, avg_acc = (avg.loss, avg.acc) if avg is not None else (None, None)
     # the validation accuracy that picks the best epoch and stops early: the averaged weights' when selected,
     # except SWA's, whose BatchNorm statistics are the trained model's until _finish_swa recomputes them
     selects = averaged and parts.cfg.average.select == "averaged" and not isinstance(average, Swa)
@@ -668,6 +669,9 @@ def _end_epoch(
             clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None,
             avg_val_loss=avg_loss,
             avg_val_acc=avg_acc,
+            val_ece=val.ece,
+            val_mce=val.mce,
+            val_brier=val.brier,
         )
     )
     state.history.append(row)
@@ -692,7 +696,8 @@ def _finish_swa(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, hook
         return
     batches = iterate(parts.data.train, cfg.eval_batch_size, device=parts.device, workers=cfg.data.workers)
     seen = swa.update_bn((parts.step.pipeline.eval(x) for x, _ in batches), parts.step.amp)
-    loss, acc = _evaluate(parts, parts.data.val, net=swa.module)
+    swa_val = _evaluate(parts, parts.data.val, net=swa.module)
+    loss, acc = swa_val.loss, swa_val.acc
     state.history[-1].update(avg_val_loss=loss, avg_val_acc=acc)
     rec.log.info(
         "average=swa: the weights of %d epochs (%d-%d) averaged; BatchNorm statistics recomputed over %d "
@@ -766,10 +771,17 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
     agreement = ranks.agreement(parts.model, state.history[-1]["val_acc"] if state.history else None)
     if agreement:
         out["ddp"] = agreement
-    out.update(test_acc=None, test_loss=None)
+    out.update(test_acc=None, test_loss=None, test_ece=None, test_mce=None, test_brier=None)
     if ranks.main and test is not None and len(test):
         parts.model.load_state_dict(_best_weights(rec, device))
-        out["test_loss"], out["test_acc"] = _evaluate(parts, test, stop)
+        tested = _evaluate(parts, test, stop)
+        out.update(
+            test_loss=tested.loss,
+            test_acc=tested.acc,
+            test_ece=tested.ece,
+            test_mce=tested.mce,
+            test_brier=tested.brier,
+        )
         if cfg.dropout.mc_samples > 0:
             batches = _until_stopped(iterate(test, cfg.eval_batch_size, device=device, workers=cfg.data.workers), stop)
             out["mc_test_acc"], out["mc_entropy"] = mc_dropout(

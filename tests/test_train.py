@@ -121,10 +121,11 @@ def test_resume_can_extend_and_refuses_bad_targets(cli, tmp_path):
     assert [int(r["epoch"]) for r in read_metrics(tmp_path / "r" / "metrics.csv")] == [1, 2]
     resumes = json.loads((tmp_path / "r" / "summary.json").read_text())["resumes"]
     assert len(resumes) == 1 and resumes[0]["changed"] == {"epochs": 2}  # what it was resumed with
-    with pytest.raises(RunFailed, match="crashed"):  # before the first checkpoint
+    with pytest.raises(RunFailed, match="crashed"):  # before the first checkpoint: resume starts it again
         train(smoke_cfg(), tmp_path / "early", hooks=[Crash()])
+    code, out, err = cli("resume", "early", "epochs=1")
+    assert code == 0 and "starting it again from the beginning" in out, err
     for args, message in [
-        (["early"], "has no checkpoint"),
         (["nowhere"], "no such run directory: nowhere"),
         (["r", "epochs=3", "model.fc=[64]"], "model.fc"),
         ([], "required: RUN_DIR"),
@@ -339,5 +340,5 @@ def test_a_metric_that_is_not_a_declared_column_is_an_error(tmp_path):
     from regx.files import write_metrics
 
     with pytest.raises(ValueError, match="not in fieldnames"):
-        write_metrics(tmp_path / "metrics.csv", [{"epoch": 1, "val_ece": 0.1}])
+        write_metrics(tmp_path / "metrics.csv", [{"epoch": 1, "val_auroc": 0.9}])
     assert not (tmp_path / "metrics.csv").exists()
