@@ -88,6 +88,10 @@ class DataConfig:
     workers: int = num(2, ">= 0")  # decoding workers when streaming
     # an image that does not decode: stop with the list (error) or leave it out (skip)
     on_bad_image: str = choice("error", "error|skip")
+    # this fraction of the training labels made wrong on purpose, with the data seed (never validation or test):
+    # to another class drawn uniformly (symmetric) or to the next class (pairflip); see the memorization columns
+    label_noise: float = num(0.0, "[0, 1)")
+    label_noise_kind: str = choice("symmetric", "symmetric|pairflip")
     # whether a left-right mirror keeps an image's class (clothing: yes; digits and text: no): the verdict's
     # remedies propose mirroring transforms only where it does
     mirror: bool = True

@@ -59,6 +59,10 @@ class EpochMetrics:
     val_ece: float | None = None  # calibration on the validation split (engine.Evaluation): expected error,
     val_mce: float | None = None  # maximum error over the 15 confidence bins,
     val_brier: float | None = None  # and the Brier score
+    # with data.label_noise, the flipped training images' accuracy against the wrong labels they were given
+    # (how much of the noise the network has memorized) and against their true labels
+    noisy_given_acc: float | None = None
+    noisy_true_acc: float | None = None
 
 
 METRIC_COLUMNS = tuple(f.name for f in dataclasses.fields(EpochMetrics))

@@ -111,6 +111,24 @@ class Recorder:
         )
         self.summary.update(weights=source, dropped_keys=dropped)
 
+    def label_noise(self, train, rate: float, kind: str) -> None:
+        """label_noise.json: which training images (positions in the training split) were given a wrong
+        label on purpose, and both labels."""
+        if not self.main or train.true_y is None:
+            return
+        flipped = torch.nonzero(train.y != train.true_y).flatten().cpu()
+        write_json(
+            self.run_dir / "label_noise.json",
+            {
+                "rate": rate,
+                "kind": kind,
+                "n_train": len(train),
+                "flipped": flipped.tolist(),
+                "given": train.y.cpu()[flipped].tolist(),
+                "true": train.true_y.cpu()[flipped].tolist(),
+            },
+        )
+
     def aug_preview(self, images: torch.Tensor, resume: bool) -> None:
         """aug_preview.png: what the augmentation does to a few training images (kept on resume)."""
         from regx.plots import save_aug_grid
@@ -344,6 +362,11 @@ def print_summary(s: dict, log) -> None:
 
         if ev.get("optimizer_steps", FEW_STEPS) < FEW_STEPS:
             facts += f"; only {ev['optimizer_steps']} optimizer steps, too few to judge by"
+        if ev.get("memorized_final") is not None:
+            facts += (
+                f"; it fits {pct(ev['memorized_at_epoch'])} of the flipped training labels at that epoch, "
+                f"{pct(ev['memorized_final'])} at the end (memorizing noise)"
+            )
         log.info("verdict: %s (%s). Remedies from the course:", s["verdict"], facts)
         for line in s.get("remedies", []):
             log.info("  - %s", line)

@@ -112,6 +112,7 @@ class Parts:
     precision: str
     data: Data
     clean: Split | None  # a fixed training subset, evaluated like validation data (the clean gap)
+    noisy: Split | None  # with data.label_noise: the flipped training images (their given and true labels)
     model: nn.Module
     eval_net: nn.Module  # the model, compiled when asked
     step: StepParts
@@ -170,6 +171,10 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
             data.train.y.cpu(), min(cfg.diagnose.clean_size, len(data.train)), torch.Generator().manual_seed(cfg.seed)
         )
         clean = data.train.subset(pick.to(data.train.y.device))
+    noisy = None
+    if data.train.true_y is not None:  # label noise: the flipped images, evaluated every epoch (up to clean_size)
+        flipped = torch.nonzero(data.train.y != data.train.true_y).flatten()[: cfg.diagnose.clean_size]
+        noisy = data.train.subset(flipped) if len(flipped) else None
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ranks.seed_offset())
     if ranks.world > 1:
         torch.manual_seed(cfg.seed + ranks.seed_offset())  # dropout masks differ between ranks too
@@ -200,6 +205,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
         precision=precision,
         data=data,
         clean=clean,
+        noisy=noisy,
         model=model,
         eval_net=torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model,
         step=step,
@@ -412,6 +418,8 @@ def _run(
     if parts.weights:
         rec.weights(*parts.weights, num_classes=parts.data.num_classes)
     rec.aug_preview(_examples(parts.data.train), resume)
+    if not resume:
+        rec.label_noise(parts.data.train, cfg.data.label_noise, cfg.data.label_noise_kind)
     ckpt_dir = rec.run_dir / "checkpoints"
     state = restore(parts, ranks, ckpt_dir, rec.log) if resume else RunState(sched_epochs=cfg.epochs)
     if resume:
@@ -623,6 +631,19 @@ def _evaluate(parts: Parts, split: Split, stop: StopRequest | None = None, net: 
     )
 
 
+def _memorization(parts: Parts) -> tuple[float, float]:
+    """The flipped training images (data.label_noise), in eval mode: the accuracy against the labels they
+    were given (wrong on purpose: memorization) and against their true ones."""
+    ev = _evaluate_kept(parts, parts.noisy)
+    predicted = ev.logits.argmax(1)
+    return ev.acc, float((predicted == parts.noisy.true_y.cpu()).float().mean())
+
+
+def _evaluate_kept(parts: Parts, split: Split) -> Evaluation:
+    batches = iterate(split, parts.cfg.eval_batch_size, device=parts.device, workers=parts.cfg.data.workers)
+    return evaluate(parts.eval_net, batches, pipeline=parts.step.pipeline, amp=parts.step.amp, keep_logits=True)
+
+
 def _end_epoch(
     parts: Parts, state: RunState, rec: Recorder, epoch: int, trains: str, tr: EpochResult, started: float
 ) -> tuple[dict, bool]:
@@ -636,6 +657,7 @@ def _end_epoch(
     if average is not None:
         average.end_epoch(epoch)  # swa: this epoch's weights join the average
     averaged = average is not None and average.updates > 0
+    memorized = _memorization(parts) if parts.noisy is not None else (None, None)
     avg = _evaluate(parts, parts.data.val, net=average.module) if averaged else None
     avg_loss, avg_acc = (avg.loss, avg.acc) if avg is not None else (None, None)
     # the validation accuracy that picks the best epoch and stops early: the averaged weights' when selected,
@@ -672,6 +694,8 @@ def _end_epoch(
             val_ece=val.ece,
             val_mce=val.mce,
             val_brier=val.brier,
+            noisy_given_acc=memorized[0],
+            noisy_true_acc=memorized[1],
         )
     )
     state.history.append(row)
@@ -799,6 +823,10 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
             )
     kind, evidence = verdict(state.history, best_epoch=state.best_epoch, target=cfg.diagnose.target)
     evidence["optimizer_steps"] = state.step
+    rows = {r["epoch"]: r for r in state.history}
+    if state.history and state.history[-1].get("noisy_given_acc") is not None:  # how much label noise it memorized
+        evidence["memorized_at_epoch"] = rows.get(evidence.get("epoch"), state.history[-1])["noisy_given_acc"]
+        evidence["memorized_final"] = state.history[-1]["noisy_given_acc"]
     overrides = rec.summary["overrides"]
     out.update(
         verdict=kind,

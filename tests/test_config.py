@@ -112,3 +112,11 @@ def test_the_config_reference_is_the_schemas():
     from regx import reference
 
     assert reference.written().read_text() == reference.render(), "docs/config.md is stale: run make docs"
+
+
+def test_the_run_directory_reference_lists_every_metrics_column():
+    from regx.files import METRIC_COLUMNS
+    from regx.reference import written
+
+    reliability = written().parent / "reliability.md"
+    assert f"`{','.join(METRIC_COLUMNS)}`" in reliability.read_text(), "docs/reliability.md: metrics.csv columns"

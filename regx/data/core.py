@@ -30,9 +30,10 @@ class Split:
     Dataset of (uint8 image, label, why it did not decode) with `paths` and `subset(indices)`, such as
     folders.FileDataset)."""
 
-    y: torch.Tensor  # int64 labels
+    y: torch.Tensor  # int64 labels (the given ones: with data.label_noise, some are wrong on purpose)
     x: torch.Tensor | None = None  # uint8 N,C,H,W
     files: torch.utils.data.Dataset | None = None
+    true_y: torch.Tensor | None = None  # with label noise: the labels before it
 
     def __len__(self) -> int:
         return len(self.y)
@@ -42,9 +43,10 @@ class Split:
         return self.files.paths
 
     def subset(self, idx: torch.Tensor) -> Split:
+        true_y = self.true_y[idx] if self.true_y is not None else None
         if self.x is not None:
-            return Split(y=self.y[idx], x=self.x[idx])
-        return Split(y=self.y[idx], files=self.files.subset(idx))
+            return Split(y=self.y[idx], x=self.x[idx], true_y=true_y)
+        return Split(y=self.y[idx], files=self.files.subset(idx), true_y=true_y)
 
 
 @dataclass
@@ -138,9 +140,12 @@ def load_data(
     max_memory_gb: float,
     workers: int,
     on_bad_image: str,
+    label_noise: float = 0.0,
+    label_noise_kind: str = "symmetric",
 ) -> Data:
-    """Load a dataset by name, carve a seeded validation split, and take a training subset. Every
-    argument is the `data` group's key of the same name (config.DataConfig holds the defaults)."""
+    """Load a dataset by name, carve a seeded validation split, take a training subset, and make a
+    fraction of the training labels wrong on purpose. Every argument is the `data` group's key of the
+    same name (config.DataConfig holds the defaults)."""
     if name not in LOADERS:
         raise DataError(f"unknown dataset '{name}' (known: {', '.join(sorted(LOADERS))})")
     kwargs = dict(
@@ -168,6 +173,8 @@ def load_data(
         if train_size > len(train):
             raise DataError(f"data.train_size={train_size} exceeds the {len(train)} training images available")
         train = train.subset(stratified_split(train.y, train_size, g)[0])
+    if label_noise > 0:  # last, so every draw before it is the run's without noise too
+        train = noisy_labels(train, label_noise, label_noise_kind, len(classes), g)
     size = train.x.shape[-1] if train.x is not None else train.files.size
     if mean is None or std is None:
         m, s = channel_stats(train, workers)
@@ -185,6 +192,22 @@ def load_data(
     if len(data.mean) != channels or len(data.std) != channels:
         data.mean, data.std = data.mean[:1] * channels, data.std[:1] * channels
     return data
+
+
+def noisy_labels(split: Split, rate: float, kind: str, classes: int, g: torch.Generator) -> Split:
+    """The split with round(rate * N) of its labels flipped, the images chosen uniformly (seeded): to a
+    class drawn uniformly among the other classes (symmetric), or to the next class (pairflip, c -> c+1,
+    the last to the first), as the label-noise literature defines them (Han et al. 2018). The true labels
+    stay in `true_y`."""
+    flips = round(rate * len(split))
+    chosen = torch.randperm(len(split), generator=g)[:flips]
+    y = split.y.clone()
+    shift = (
+        torch.randint(1, classes, (flips,), generator=g) if kind == "symmetric" else torch.ones(flips, dtype=torch.long)
+    )
+    y[chosen] = (y[chosen] + shift) % classes
+    files = split.files.with_labels(y) if split.files is not None else None
+    return Split(y=y, x=split.x, files=files, true_y=split.y.clone())
 
 
 def stratified_split(y: torch.Tensor, count: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +314,8 @@ def to_device(data: Data, device: torch.device) -> Data:
     def move(s: Split | None) -> Split | None:
         if s is None or s.x is None:
             return s
-        return Split(y=s.y.to(device), x=s.x.to(device))
+        true_y = s.true_y.to(device) if s.true_y is not None else None
+        return Split(y=s.y.to(device), x=s.x.to(device), true_y=true_y)
 
     data.train, data.val, data.test = move(data.train), move(data.val), move(data.test)
     return data

@@ -122,6 +122,9 @@ class FileDataset(torch.utils.data.Dataset):
     def subset(self, idx: torch.Tensor) -> FileDataset:
         return FileDataset([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size)
 
+    def with_labels(self, labels: torch.Tensor) -> FileDataset:
+        return FileDataset(self.paths, labels, self.size)
+
     def __getitem__(self, i):
         try:
             return decode(self.paths[i], self.size), self.labels[i], ""
