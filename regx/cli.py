@@ -113,6 +113,7 @@ EXAMPLES = {
         "regx eval outputs/runs/<run>                   # best.pt on the test split",
         "regx eval outputs/runs/<run> data=imagefolder data.path=new_photos --split all   # classes by name",
         "regx eval outputs/runs/<run> --last data.n_test=5000 data.seed=7",
+        "regx eval outputs/runs/<run> --corrupt all --severity 1..5   # accuracy on corrupted images",
     ],
 }
 
@@ -394,13 +395,30 @@ def _study_options(p: _Parser) -> None:
 
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm and point, 0..N-1 (default 3)")
     p.add_argument("--jobs", type=int, help="jobs in parallel with the joblib launcher (default: one per 4 cores)")
-    p.add_argument("--metric", choices=list(METRICS), default="test", help="what the table compares (default test)")
+    p.add_argument(
+        "--metric",
+        choices=list(METRICS),
+        help="what the table compares (default test; test_corrupt with --corrupt)",
+    )
+    p.add_argument(
+        "--corrupt",
+        metavar="LIST",
+        help="also score every run's test split corrupted (all, or some of gaussian_noise,gaussian_blur,contrast,"
+        "brightness,jpeg,saturate; severities: diagnose.corrupt_severities) and compare the mean (test_corrupt)",
+    )
     p.add_argument("--resume", metavar="DIR", help="finish a study a stop interrupted, then tabulate it")
     p.add_argument(
         "--vary-split",
         action="store_true",
         help="each seed draws its own training subset and validation split (data.seed = seed)",
     )
+
+
+def _study_args(p: _Parser, args: list[str]):
+    """Parse a study's arguments; --metric defaults to test, or test_corrupt with --corrupt."""
+    a = p.parse_args(args)
+    a.metric = a.metric or ("test_corrupt" if a.corrupt else "test")
+    return a
 
 
 def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[str]], plan=None) -> tuple[Path, int]:
@@ -415,6 +433,8 @@ def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[
         return Path(a.resume), cmd_sweep_resume([a.resume])
     if a.seeds < 1 or (a.jobs is not None and a.jobs < 1):
         raise BadInput("--seeds and --jobs must be at least 1")
+    if a.corrupt:
+        a.overrides = [*a.overrides, f"diagnose.corrupt=[{a.corrupt}]"]
     varied = ablate.varied_keys({**arms, **points}) | {"seed"} | ({"data.seed"} if a.vary_split else set())
     clash = next((o for o in a.overrides if o.split("=", 1)[0].lstrip("+~") in varied), None)
     if clash:
@@ -480,7 +500,7 @@ def cmd_ablate(args: list[str]) -> int:
         overrides="overrides every arm shares: the data, the model, epochs, ...",
     )
     _study_options(p)
-    a = p.parse_args(args)
+    a = _study_args(p, args)
     arms = {}
     if not a.resume:
         errors.preflight(a.overrides)
@@ -573,7 +593,7 @@ def cmd_curve(args: list[str]) -> int:
     )
     _budget_options(p)
     _study_options(p)
-    a = p.parse_args(args)
+    a = _study_args(p, args)
     arms, points, plan = {}, {}, None
     if not a.resume:
         errors.preflight(a.overrides)
@@ -618,7 +638,7 @@ def cmd_path(args: list[str]) -> int:
     p.add_argument("--sizes", help="also one path per training-set size, e.g. 1000,8000")
     _budget_options(p)
     _study_options(p)
-    a = p.parse_args(args)
+    a = _study_args(p, args)
     arms, points, plan = {}, {}, None
     if not a.resume:
         if not a.overrides:
@@ -828,6 +848,7 @@ def cmd_report(args: list[str]) -> int:
 def cmd_eval(args: list[str]) -> int:
     from pathlib import Path
 
+    from regx.corrupt import CorruptionError
     from regx.evalrun import EvalError, eval_run
 
     p = _parser(
@@ -848,11 +869,27 @@ def cmd_eval(args: list[str]) -> int:
         action="store_true",
         help="count images of classes the model does not know apart from the accuracy, instead of refusing",
     )
+    p.add_argument(
+        "--corrupt",
+        metavar="LIST",
+        help="also score the images corrupted (ImageNet-C / CIFAR-10-C definitions), each at every --severity: "
+        "all, or some of gaussian_noise,gaussian_blur,contrast,brightness,jpeg,saturate; writes corruption.png",
+    )
+    p.add_argument("--severity", default="1..5", metavar="S", help="severities for --corrupt: 1..5, 3, 1,3,5")
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and confusion.png (default: RUN_DIR)")
     a = p.parse_args(args)
     try:
-        eval_run(Path(a.run_dir), a.overrides, last=a.last, out=a.out, split=a.split, unknown=a.unknown)
-    except EvalError as exc:
+        eval_run(
+            Path(a.run_dir),
+            a.overrides,
+            last=a.last,
+            out=a.out,
+            split=a.split,
+            unknown=a.unknown,
+            corrupt=a.corrupt,
+            severity=a.severity,
+        )
+    except (EvalError, CorruptionError) as exc:
         raise BadInput(str(exc)) from None
     return 0
 

@@ -313,6 +313,11 @@ class DiagnoseConfig:
     # the clean training accuracy a model that fits this data should reach: below it the verdict finds high
     # bias (underfitting); set it to what the data allows (a published accuracy, a human's)
     target: float = num(0.9, "(0, 1]")
+    # at the end, also score the test split (best.pt) corrupted: corruption names or [all] (regx.corrupt:
+    # gaussian_noise, gaussian_blur, contrast, brightness, jpeg, saturate), each at every severity below;
+    # summary.json's test_corrupt_acc is the mean over them (regx ablate/curve --corrupt)
+    corrupt: list[str] = field(default_factory=list)
+    corrupt_severities: list[int] = num([1, 2, 3, 4, 5], "[1, 5]", "(1 mild to 5 severe)", min_items=1)
 
 
 @dataclass

@@ -471,3 +471,32 @@ def mc_dropout(
         n += len(yb)
     model.eval()
     return correct.item() / max(n, 1), entropy.item() / max(n, 1)
+
+
+def robustness(
+    model: nn.Module,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    *,
+    pipeline: Pipeline,
+    amp,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    progress: Callable[[str, int, float], None] | None = None,
+) -> dict:
+    """Accuracy on the images of `batches()` (called once per corruption and severity) corrupted on the
+    device (regx.corrupt): {"accuracy": {corruption: {severity: acc}}, "mean": over them all}. Each
+    corruption and severity draws its noise from its own fixed seed, so every model sees the same images."""
+    from regx.corrupt import CORRUPTIONS, corrupt
+
+    device = pipeline.mean.device
+    table: dict[str, dict[int, float]] = {}
+    for name in corruptions:
+        table[name] = {}
+        for s in severities:
+            g = torch.Generator(device=device).manual_seed(100 * list(CORRUPTIONS).index(name) + s)
+            corrupted = ((corrupt(xb, name, s, g), yb) for xb, yb in batches())
+            table[name][s] = evaluate(model, corrupted, pipeline=pipeline, amp=amp).acc
+            if progress is not None:
+                progress(name, s, table[name][s])
+    accs = [a for row in table.values() for a in row.values()]
+    return {"accuracy": table, "mean": sum(accs) / len(accs) if accs else None}

@@ -205,6 +205,8 @@ def preflight(
             raise ConfigError(explain(exc, variant)) from exc
         if cfg.data.train_size is not None:
             _check_train_size(cfg)
+        if cfg.diagnose.corrupt:
+            _check_corruption_colour(cfg)
         if cfg.model.zoo == "timm" and cfg.model.name != "smallcnn":
             _check_timm_input(cfg)
 
@@ -249,6 +251,19 @@ def _check_timm_input(cfg) -> None:
             ) from None
 
 
+def _check_corruption_colour(cfg) -> None:
+    """A corruption that changes colour only on colour images (where the data says so before loading)."""
+    from regx.corrupt import CorruptionError, parse_corruptions
+    from regx.data import image_channels
+
+    channels = image_channels(cfg.data)
+    if channels is not None:
+        try:
+            parse_corruptions(",".join(cfg.diagnose.corrupt), channels)
+        except CorruptionError as exc:
+            raise ConfigError(f"diagnose.corrupt: {exc}") from None
+
+
 def _check_train_size(cfg) -> None:
     """data.train_size within the training images the data has (counted without loading them)."""
     from regx.data import DataError, train_count
@@ -267,6 +282,17 @@ def check(cfg) -> None:
     """A composed config, whole: every value in its range (config.validate), then the model it names."""
     validate(cfg)
     check_model(cfg.model)
+    check_corruptions(cfg.diagnose)
+
+
+def check_corruptions(d) -> None:
+    """diagnose.corrupt names corruptions regx.corrupt defines (whether the images have the colour a
+    corruption needs: preflight, where the data says before loading, else train.build)."""
+    from regx.corrupt import CORRUPTIONS
+
+    for name in d.corrupt:
+        if name != "all" and name not in CORRUPTIONS:
+            raise ConfigError(f"diagnose.corrupt: unknown corruption '{name}' (known: all, {', '.join(CORRUPTIONS)})")
 
 
 def check_model(m) -> None:

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from regx import checkpoint, config
 from regx.checkpoint import Checkpoint, CorruptCheckpoint
+from regx.corrupt import parse_corruptions, parse_severities
 from regx.errors import check, explain
 from regx.files import slug, write_json
 
@@ -151,13 +152,16 @@ def eval_run(
     out: Path | None = None,
     split: str | None = None,
     unknown: bool = False,
+    corrupt: str | None = None,
+    severity: str = "1..5",
 ) -> dict:
-    """Evaluate, print the tables, write eval.json and confusion.png; return the result dict."""
+    """Evaluate, print the tables, write eval.json and confusion.png (with `corrupt`, also the accuracy
+    under each corruption and severity, and corruption.png); return the result dict."""
     from regx.console import console
     from regx.data import iterate
     from regx.device import pick_device, pick_precision
     from regx.engine import Pipeline, autocast, evaluate
-    from regx.plots import confusion_plot, reliability_plot
+    from regx.plots import confusion_plot, corruption_plot, reliability_plot
 
     run_dir = Path(run_dir)
     path, ckpt = _checkpoint(run_dir, last)
@@ -169,6 +173,9 @@ def eval_run(
     norm = ckpt.norm
     if ckpt.in_channels != channels:
         raise EvalError(f"the model takes {ckpt.in_channels}-channel images but data={cfg.data.name} has {channels}")
+    corruptions, severities = (
+        (parse_corruptions(corrupt, channels), parse_severities(severity)) if corrupt else ([], [])
+    )
     skipped = [0]
 
     def known(batches):  # labels by name; images of classes the model does not know are counted apart
@@ -220,6 +227,10 @@ def eval_run(
             **scaled,
         },
     }
+    if corruptions:
+        result["corruption"] = _robustness(
+            cfg, ckpt, model, pipeline, amp, images, device, known, corruptions, severities
+        )
     suffix = (
         ("_last" if last else "")
         + (f"_{split}" if split else "")
@@ -240,9 +251,48 @@ def eval_run(
         f"{run_dir.name}: {path.name} (epoch {result['epoch']}) on "
         f"{cfg.data.name} {split_name}, accuracy {100 * result['accuracy']:.2f}%",
     )
+    written = [json_path, png_path, out / f"reliability{suffix}.png"]
+    if corruptions:
+        written.append(out / f"corruption{suffix}.png")
+        corruption_plot(
+            written[-1],
+            result["corruption"],
+            result["accuracy"],
+            f"{run_dir.name}: {path.name} on {cfg.data.name} {split_name}, corrupted",
+        )
     _print(result, console())
-    print(f"wrote {json_path}, {png_path} and {out / f'reliability{suffix}.png'}")
+    print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return result
+
+
+def _robustness(cfg, ckpt, model, pipeline, amp, images, device, known, corruptions, severities) -> dict:
+    """The split's accuracy under each corruption and severity (engine.robustness), with a line per one."""
+    from regx.console import console
+    from regx.corrupt import SMALL_UP_TO
+    from regx.data import iterate
+    from regx.engine import robustness
+
+    con = console()
+    size = ckpt.image_size
+    con.print(
+        f"scoring {len(corruptions)} corruption(s) x {len(severities)} severities as "
+        f"{'CIFAR-10-C' if size <= SMALL_UP_TO else 'ImageNet-C'} defines them ({size}-pixel images)"
+    )
+    out = robustness(
+        model,
+        lambda: known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
+        pipeline=pipeline,
+        amp=amp,
+        corruptions=corruptions,
+        severities=severities,
+        progress=lambda name, s, acc: con.print(f"  {name} severity {s}: {100 * acc:.2f}%"),
+    )
+    return {
+        "definitions": "CIFAR-10-C" if size <= SMALL_UP_TO else "ImageNet-C",
+        "image_size": size,
+        "severities": list(severities),
+        **out,
+    }
 
 
 def _print(result: dict, con) -> None:
@@ -283,6 +333,8 @@ def _print(result: dict, con) -> None:
         )
     if result["absent_classes"]:
         print(f"classes the model knows that the data does not have: {', '.join(result['absent_classes'])}")
+    if "corruption" in result:
+        _print_corruption(result["corruption"], result["accuracy"])
     if len(result["classes"]) <= 12:
         header = ["true \\ predicted", *map(str, range(len(result["classes"])))]
         rows = [
@@ -326,3 +378,21 @@ def _temperature(cfg, split_name: str, classes, model, pipeline, amp, device, ev
         "scaled_brier": scaled["brier"],
         "scaled_nll": float(F.cross_entropy(ev.logits / t, ev.labels)),
     }
+
+
+def _print_corruption(c: dict, clean: float) -> None:
+    from regx.console import print_table
+
+    sev = c["severities"]
+    rows = [
+        [name, *(f"{100 * accs[s]:.2f}%" for s in sev), f"{100 * sum(accs.values()) / len(accs):.2f}%"]
+        for name, accs in c["accuracy"].items()
+    ]
+    header = ["corruption", *(f"severity {s}" for s in sev), "mean"]
+    print_table(
+        f"accuracy on corrupted images ({c['definitions']}'s definitions; clean {100 * clean:.2f}%)",
+        header,
+        rows,
+        right=set(header[1:]),
+    )
+    print(f"mean corrupted accuracy {100 * c['mean']:.2f}% ({100 * (clean - c['mean']):.2f} points below clean)")

@@ -59,6 +59,13 @@ def save_aug_grid(path: Path, images: torch.Tensor, aug_cfg, seed: int = 0, rows
     return Path(path)
 
 
+def _wrap(title: str, width: int = 90) -> str:
+    """A title that fits the figure: broken between words, and inside a long run name where it must be."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width))
+
+
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write through a temporary file and a rename (a viewer never sees half a picture), close."""
     import matplotlib.pyplot as plt
@@ -383,6 +390,33 @@ def reliability_plot(path: Path, cal: dict, title: str) -> Path:
     label = f"ECE {100 * cal['ece']:.2f}%"
     if cal.get("temperature") is not None:
         label += f"; at T={cal['temperature']:.2f}: {100 * cal['scaled_ece']:.2f}%"
-    ax.set_title(f"{title}\n{label} (bars: 15 bins, numbers: images)", fontsize=8)
+    ax.set_title(f"{_wrap(title)}\n{label} (bars: 15 bins, numbers: images)", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
+    return save_figure(fig, path)
+
+
+def corruption_plot(path: Path, c: dict, clean: float, title: str) -> Path:
+    """Accuracy against severity, one line per corruption, starting from the clean accuracy at severity 0;
+    the mean over the corruptions dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sev = c["severities"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=110)
+    xs = [0, *sev]
+    for name, accs in c["accuracy"].items():
+        ax.plot(xs, [100 * clean, *(100 * accs[s] for s in sev)], marker="o", markersize=3, label=name)
+    mean = [sum(accs[s] for accs in c["accuracy"].values()) / len(c["accuracy"]) for s in sev]
+    ax.plot(xs, [100 * clean, *(100 * m for m in mean)], color="black", linestyle="--", linewidth=2, label="mean")
+    ax.set_xticks(xs, ["clean", *map(str, sev)])
+    ax.set_xlabel(f"severity ({c['definitions']}'s definitions, {c['image_size']}-pixel images)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(
+        f"{_wrap(title)}\nmean corrupted accuracy {100 * c['mean']:.2f}%, clean {100 * clean:.2f}%", fontsize=8
+    )
+    ax.legend(fontsize=7, loc="lower left")
     return save_figure(fig, path)

@@ -27,7 +27,13 @@ ARMS_DIR = "arms"  # in the sweep directory: the searched config folder
 ARM, POINT = "ablate_arm", "study_point"  # the two groups
 HEADER = "# written by regx ablate: "  # an option file's second line (the words of regx 0.1's ablations, kept)
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # an option's file name
-METRICS = {"test": "test_acc", "best_val": "best_val_acc", "final_val": "final_val_acc", "test_ece": "test_ece"}
+METRICS = {
+    "test": "test_acc",
+    "best_val": "best_val_acc",
+    "final_val": "final_val_acc",
+    "test_ece": "test_ece",
+    "test_corrupt": "test_corrupt_acc",
+}
 
 
 class Untrusted(ValueError):

@@ -24,7 +24,9 @@ from regx import checkpoint
 from regx.augment import Augment
 from regx.average import Average, Swa, make_average
 from regx.checkpoint import CorruptCheckpoint, newest_intact
+from regx.config import ConfigError
 from regx.console import EpochProgress
+from regx.corrupt import CorruptionError, parse_corruptions
 from regx.data import Data, Split, iterate, load_config, stratified_split, to_device
 from regx.device import RunFailed, pick_device, pick_precision
 from regx.diagnose import FEW_STEPS, command, more_steps, remedies, verdict
@@ -44,6 +46,7 @@ from regx.engine import (
     evaluate,
     gradient_clipper,
     mc_dropout,
+    robustness,
     train_one_epoch,
 )
 from regx.files import EpochMetrics, owner, read_json
@@ -123,6 +126,7 @@ class Parts:
     steps: int  # optimizer steps per epoch
     batch: int  # this rank's part of batch_size
     weights: tuple[str, list[str]] | None  # pretrained weights: (source, dropped keys)
+    corruptions: list[str]  # diagnose.corrupt, `all` expanded: what the test split is also scored under
     average: Average | None = None  # the average group's averaged copy of the model
 
 
@@ -135,6 +139,10 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
     precision = pick_precision(cfg.precision, device)
     torch.manual_seed(cfg.seed)
     data, model, weights = _data_and_model(cfg, device)
+    try:
+        corruptions = parse_corruptions(",".join(cfg.diagnose.corrupt), data.channels) if cfg.diagnose.corrupt else []
+    except CorruptionError as exc:
+        raise ConfigError(f"diagnose.corrupt: {exc}") from None
     ft = cfg.finetune
     try:
         plan = FreezePlan(
@@ -213,6 +221,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
         plateau=plateau,
         early=EarlyStop(cfg.early_stop.patience, cfg.early_stop.min_delta),
         aug_gen=aug_gen,
+        corruptions=corruptions,
         steps=steps,
         batch=batch,
         weights=weights,
@@ -787,6 +796,29 @@ def _until_stopped(batches, stop: StopRequest):
         yield batch
 
 
+def _robustness(parts: Parts, test: Split, stop: StopRequest, rec: Recorder, clean: float) -> dict:
+    """The test split corrupted (diagnose.corrupt): summary.json's test_corrupt_acc (the mean) and corruption."""
+    cfg = parts.cfg
+    severities = list(cfg.diagnose.corrupt_severities)
+    scored = robustness(
+        parts.eval_net,
+        lambda: _until_stopped(iterate(test, cfg.eval_batch_size, device=parts.device, workers=cfg.data.workers), stop),
+        pipeline=parts.step.pipeline,
+        amp=parts.step.amp,
+        corruptions=parts.corruptions,
+        severities=severities,
+    )
+    rec.log.info(
+        "corrupted test images (%s, severities %s): mean acc %.2f%%, %.2f points below clean; %s",
+        ", ".join(parts.corruptions),
+        ",".join(map(str, severities)),
+        100 * scored["mean"],
+        100 * (clean - scored["mean"]),
+        ", ".join(f"{n} {100 * sum(a.values()) / len(a):.2f}%" for n, a in scored["accuracy"].items()),
+    )
+    return {"test_corrupt_acc": scored["mean"], "corruption": {"severities": severities, **scored}}
+
+
 def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: StopRequest) -> dict:
     """After the last epoch: the DDP agreement check, the test split on best.pt, the verdict. A stop
     asked for during the test evaluation ends it (Interrupted): `regx resume` evaluates again."""
@@ -806,6 +838,8 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
             test_mce=tested.mce,
             test_brier=tested.brier,
         )
+        if parts.corruptions:
+            out.update(_robustness(parts, test, stop, rec, tested.acc))
         if cfg.dropout.mc_samples > 0:
             batches = _until_stopped(iterate(test, cfg.eval_batch_size, device=device, workers=cfg.data.workers), stop)
             out["mc_test_acc"], out["mc_entropy"] = mc_dropout(

@@ -44,13 +44,17 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
         "--seeds",
         "2",
         "--vary-split",
+        "--corrupt",
+        "contrast",
+        "--metric",
+        "test",
     )
     assert res.returncode == 0, res.stderr
     (sweep,) = (tmp_path / "outputs" / "ablations").iterdir()
     rows = {r["arm"]: r for r in csv.DictReader(open(sweep / "ablation.csv"))}
     assert list(rows) == ["baseline", "augmentation", "dropout", "all"]
     assert all(r["seeds"] == "2" for r in rows.values())
-    acc = {}  # arm -> seed -> test accuracy, read from the jobs themselves
+    acc, corrupt = {}, {}  # arm -> seed -> test accuracy, and under corruption: read from the jobs themselves
     for job in sweep.iterdir():
         if (job / "summary.json").is_file():
             overrides = dict(
@@ -59,6 +63,9 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
             acc.setdefault(overrides["+ablate_arm"], {})[overrides["seed"]] = json.loads(
                 (job / "summary.json").read_text()
             )["test_acc"]
+            corrupt.setdefault(overrides["+ablate_arm"], []).append(
+                json.loads((job / "summary.json").read_text())["test_corrupt_acc"]
+            )
             assert f"seed: {overrides['seed']}\n  " in (job / "config.yaml").read_text().split("data:")[1]  # data.seed
             remedies = json.loads((job / "summary.json").read_text())["remedies"]
             assert remedies and not any("ablate" in r for r in remedies)  # plain runs' commands, the arm spelled out
@@ -70,8 +77,10 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
     md = (sweep / "ablation.md").read_text()
     assert (sweep / "ablation.png").stat().st_size > 0 and "| baseline |" in md
     assert "Warning: 2 seeds: too few" in md and "regx: warning: 2 seeds" in res.stderr
-    again = cli("ablate", "--resume", str(sweep))  # nothing left to run: the same table
+    again = cli("ablate", "--resume", str(sweep), "--metric", "test_corrupt")  # nothing left to run: tabulated anew
     assert again.returncode == 0 and "completed already, skipped" in again.stdout
+    rows = {r["arm"]: r for r in csv.DictReader(open(sweep / "ablation.csv"))}
+    assert float(rows["baseline"]["mean"]) == pytest.approx(sum(corrupt["baseline"]) / 2)
 
 
 @pytest.mark.parametrize(

@@ -73,18 +73,30 @@ LOADERS = {}
 
 
 SIZES = {}  # name -> fn(**data keys) -> (training pool size, whether the set has its own validation split)
+CHANNELS = {}  # name -> fn(**data keys) -> the images' channels
 
 
-def register_loader(name, size=None):
-    """Register a loader; `size` tells how many training images it has without loading them."""
+def register_loader(name, size=None, channels=None):
+    """Register a loader; `size` tells how many training images it has and `channels` how many channels
+    its images have, each without loading them."""
 
     def deco(fn):
         LOADERS[name] = fn
         if size is not None:
             SIZES[name] = size
+        if channels is not None:
+            CHANNELS[name] = channels
         return fn
 
     return deco
+
+
+def image_channels(data_cfg) -> int | None:
+    """The channels of this `data` config's images, found without loading them (None: not known before)."""
+    from omegaconf import OmegaConf
+
+    kw = loading_keys(OmegaConf.to_container(data_cfg, resolve=True))
+    return CHANNELS[kw["name"]](**kw) if kw["name"] in CHANNELS else None
 
 
 def train_count(data_cfg) -> int:

@@ -186,7 +186,7 @@ def _folder_size(*, path, **_) -> tuple[int, bool]:
     return len(items["train"]), "val" in items
 
 
-@register_loader("imagefolder", size=_folder_size)
+@register_loader("imagefolder", size=_folder_size, channels=lambda **_: 3)  # decoded as RGB
 def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers, on_bad_image, **_):
     items, classes = scan_folder(path)
     n_total = sum(len(v) for v in items.values())

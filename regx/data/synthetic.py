@@ -70,7 +70,7 @@ _SHAPES = [
 ]
 
 
-@register_loader("shapes", size=lambda *, n_train, **_: (n_train, False))
+@register_loader("shapes", size=lambda *, n_train, **_: (n_train, False), channels=lambda *, channels, **_: channels)
 def _load_shapes(*, image_size, channels, num_classes, n_train, n_test, seed, **_):
     size = image_size or 32
     x, y = make_shapes(n_train, size, num_classes, channels, seed * 2)

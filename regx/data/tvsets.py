@@ -11,6 +11,7 @@ import torch
 from regx.data.core import DataError, Split, log, register_loader
 
 _TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+_CHANNELS = {"mnist": 1, "fashion_mnist": 1, "cifar10": 3, "cifar100": 3}
 _TV = {  # name: (torchvision class, its folder under root, raw file names, other places to look)
     "mnist": (
         "MNIST",
@@ -115,6 +116,6 @@ def _resize(split: Split, image_size: int | None) -> Split:
 
 
 for _name in _TV:
-    register_loader(_name, size=lambda *, _n=_name, **_: (_TRAIN_SIZE[_n], False))(
-        lambda *, _n=_name, root, download, image_size, **_: _load_tv(_n, root, download, image_size)
-    )
+    register_loader(
+        _name, size=lambda *, _n=_name, **_: (_TRAIN_SIZE[_n], False), channels=lambda *, _n=_name, **_: _CHANNELS[_n]
+    )(lambda *, _n=_name, root, download, image_size, **_: _load_tv(_n, root, download, image_size))
