@@ -612,6 +612,90 @@ def tracker_cost(repeats: int = 20) -> dict:
     return out
 
 
+def measurement_cost(device_name: str = "cpu", repeats: int = 7) -> dict:
+    """What the measurements beyond accuracy add (#31), on Fashion-MNIST's shapes (28 px grey, 54,000
+    training and 6,000 validation images) with the default smallcnn: the calibration sums of one
+    validation pass (ECE, MCE, Brier: engine._calibration_sums over its logits) and label noise's
+    bookkeeping (none per step: the labels are swapped once at loading; per epoch, the flipped images'
+    evaluation, up to diagnose.clean_size = 2,000), each against an epoch (training throughput measured
+    here, plus the validation pass)."""
+    from regx import config
+    from regx.data import Split, iterate
+    from regx.data.core import noisy_labels
+    from regx.engine import Pipeline, _calibration_sums, autocast, evaluate
+    from regx.models import build_model, model_kwargs
+
+    device = torch.device(device_name)
+    cfg = config.compose(["device=" + device_name])
+    g = torch.Generator().manual_seed(0)
+    n_train, n_val, n_noisy, batch = 54_000, 6_000, 2_000, cfg.batch_size
+    x = torch.randint(0, 256, (n_val, 1, 28, 28), dtype=torch.uint8, generator=g).to(device)
+    y = torch.randint(0, 10, (n_val,), generator=g).to(device)
+    model = build_model(**model_kwargs(cfg, num_classes=10, in_channels=1, image_size=28)).to(
+        device, memory_format=torch.channels_last
+    )
+    pipeline = Pipeline(
+        mean=torch.full((1, 1, 1, 1), 0.5, device=device),
+        std=torch.full((1, 1, 1, 1), 0.25, device=device),
+        channels_last=True,
+    )
+    amp = autocast(device, "32")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def steps(k: int = 10) -> float:  # training images per second
+        model.train()
+        t0 = time.perf_counter()
+        for i in range(k):
+            s = (i * batch) % (n_val - batch)
+            loss = torch.nn.functional.cross_entropy(model(pipeline.eval(x[s : s + batch])), y[s : s + batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _sync(device)
+        return k * batch / (time.perf_counter() - t0)
+
+    def val_pass(n: int) -> float:
+        t0 = time.perf_counter()
+        evaluate(
+            model, iterate(Split(y=y[:n], x=x[:n]), cfg.eval_batch_size, device=device), pipeline=pipeline, amp=amp
+        )
+        return time.perf_counter() - t0
+
+    with torch.inference_mode():
+        model.eval()
+        logits = [
+            model(pipeline.eval(x[s : s + cfg.eval_batch_size])).float() for s in range(0, n_val, cfg.eval_batch_size)
+        ]
+
+    def calibration() -> float:
+        t0 = time.perf_counter()
+        for i, lg in enumerate(logits):
+            _calibration_sums(lg, y[i * cfg.eval_batch_size : i * cfg.eval_batch_size + len(lg)])
+        _sync(device)
+        return time.perf_counter() - t0
+
+    def relabel() -> float:
+        t0 = time.perf_counter()
+        noisy_labels(Split(y=torch.randint(0, 10, (60_000,), generator=g)), 0.2, "symmetric", 10, torch.Generator())
+        return time.perf_counter() - t0
+
+    steps(3), val_pass(n_val), calibration()  # warm-up
+    rounds = [(steps(), val_pass(n_val), calibration(), val_pass(n_noisy), relabel()) for _ in range(repeats)]
+    speed, val_s, cal_s, noisy_s, relabel_s = (statistics.median(r[i] for r in rounds) for i in range(5))
+    epoch_s = n_train / speed + val_s
+    return {
+        "setup": f"smallcnn (default widths), 28 px grey, {n_train:,} training and {n_val:,} validation images, "
+        f"batch {batch}, {device_name}",
+        "epoch_s": epoch_s,
+        "val_pass_s": val_s,
+        "calibration_s": cal_s,
+        "calibration_pct_of_epoch": 100 * cal_s / epoch_s,
+        "noisy_eval_s": noisy_s,
+        "noisy_eval_pct_of_epoch": 100 * noisy_s / epoch_s,
+        "relabel_once_s": relabel_s,
+    }
+
+
 def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, tta: bool = False, log=print) -> dict:
     from regx.device import pick_precision
 
@@ -792,6 +876,16 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                 f"  6. logger={name}: {1000 * t['median']:.1f} ms per epoch, {100 * t['median'] / epoch_s:.2f}% of an "
                 f"epoch ({epoch_s:.1f} s)"
             )
+        result["measurements"] = {
+            **measurement_cost(device_name, 3 if quick else 7),
+            "command": result["command"],
+            "date": result["date"],
+        }
+        c = result["measurements"]
+        log(
+            f"  7. calibration {c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise's evaluation "
+            f"{c['noisy_eval_pct_of_epoch']:.2f}%"
+        )
         result["startup"] = startup(3 if quick else 5)
         s = result["startup"]
         log(
@@ -878,6 +972,18 @@ def section(r: dict) -> str:
                 for name, c in t["per_epoch"].items()
             )
             + ".",
+        ]
+    if r.get("measurements"):
+        c = r["measurements"]
+        lines += [
+            "",
+            f"**7. What the measurements beyond accuracy cost** (`{c.get('command', '')}`, {c.get('date', '')}; "
+            f"{c['setup']}; an epoch {c['epoch_s']:.1f} s, its validation pass {c['val_pass_s']:.2f} s; target under "
+            f"1% of an epoch): calibration (ECE, MCE, Brier) {1000 * c['calibration_s']:.1f} ms per validation pass, "
+            f"{c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise nothing per step (the labels are swapped "
+            f"once, {1000 * c['relabel_once_s']:.1f} ms for 60,000), and per epoch the evaluation of up to 2,000 "
+            f"flipped images, {c['noisy_eval_s']:.2f} s, {c['noisy_eval_pct_of_epoch']:.2f}% of an epoch "
+            "(that is the memorization curve: it costs what evaluating those images costs).",
         ]
     for recipe in r.get("recipes", []):
         lines += [
@@ -990,16 +1096,31 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller whole-epoch run")
     parser.add_argument("--tta", action="store_true", help="also time-to-accuracy on the embedded data (always on GPU)")
     parser.add_argument("--out", default=".", help="where bench.json and BENCHMARKS.md go (default: here)")
+    parser.add_argument(
+        "--measurements", action="store_true", help="only what calibration and label noise cost (section 7)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("regx: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
         return 2
     print(f"regx bench on {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    result = run(args.device, args.quick, tta=args.tta)
     root = Path(args.out)
     name = "bench-cuda.json" if args.device.startswith("cuda") else "bench.json"
-    if (root / name).is_file():  # whole-run measurements are taken apart from the benchmark: keep them
-        kept = json.loads((root / name).read_text())
+    kept = json.loads((root / name).read_text()) if (root / name).is_file() else {}
+    if args.measurements:
+        if not kept:
+            print(f"regx: error: --measurements adds to {root / name}, which a whole run writes first", file=sys.stderr)
+            return 2
+        result = kept
+        result["measurements"] = {
+            **measurement_cost(args.device),
+            "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        print(json.dumps(result["measurements"], indent=2))
+    else:
+        result = run(args.device, args.quick, tta=args.tta)
+        # whole-run measurements are taken apart from the benchmark: keep them
         result.update({k: kept[k] for k in ("recipes", "vs_timm", "vs_timm_matched") if k in kept})
     (root / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {root / name} and {write_markdown(root)}")

@@ -38,8 +38,20 @@ def arms_of(cfg) -> dict[str, list[str]]:
             raise ConfigError(f"ablate.arms.{name}: an arm's name is letters, digits and _, and not baseline or all")
     arms = {"baseline": baseline, **{k: [*baseline, *v] for k, v in techniques.items()}}
     if len(techniques) > 1:
-        arms["all"] = [*baseline, *(o for v in techniques.values() for o in v)]
+        arms["all"] = [*baseline, *_together([o for v in techniques.values() for o in v])]
     return arms
+
+
+def _together(overrides: list[str]) -> list[str]:
+    """The techniques' overrides as one arm: augmentations that several set are merged into one list
+    (`aug=[crop_flip,augmix]`, which composes them), where one after another would keep only the last."""
+    augs = [o.split("=", 1)[1] for o in overrides if o.startswith("aug=")]
+    if len(augs) < 2:
+        return overrides
+    merged = "aug=[" + ",".join(a.strip("[]") for a in augs) + "]"
+    first = next(i for i, o in enumerate(overrides) if o.startswith("aug="))
+    rest = [o for o in overrides if not o.startswith("aug=")]
+    return [*rest[:first], merged, *rest[first:]]
 
 
 def varied_keys(arms: dict[str, list[str]]) -> set[str]:

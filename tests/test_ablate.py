@@ -130,3 +130,13 @@ def test_every_run_counts_in_the_table():
     assert any("hot: seed 1 diverged" in w for w in warnings)
     assert any(w.startswith("2 seeds: too few") for w in warnings)
     assert any("baseline is near chance (9.0% on 10 classes" in w for w in warnings)
+
+
+def test_augmentations_of_several_arms_compose_together_in_all(tmp_path):
+    cfg = config.compose(['+ablate.arms.augmix=["aug=augmix"]', '+ablate.arms.rot=["aug=flip_rotate"]'])
+    arms = ablate.arms_of(cfg)
+    assert "aug=[crop_flip,augmix,flip_rotate]" in arms["all"] and arms["all"][0] == "aug=none"
+    study.write_group(tmp_path, study.ARM, arms)
+    got = config.compose(["debug=smoke", "+ablate_arm=all", f"hydra.searchpath=[file://{tmp_path / 'arms'}]"])
+    assert got == config.compose(["debug=smoke", *arms["all"]])
+    assert got.aug.augmix.p > 0 and got.aug.crop.p > 0 and got.aug.rotate.p > 0

@@ -30,6 +30,8 @@ def test_the_timed_benchmark_parts_run():
     assert bench.regx_loop("smallcnn", CPU, "32", 2, 16, clip=1.0)() == 32
     costs = bench.tracker_cost(repeats=2)
     assert all(c["status"] == "ok" and c["n"] == 2 and c["median"] > 0 for c in costs.values())
+    m = bench.measurement_cost("cpu", repeats=1)
+    assert 0 < m["calibration_s"] < m["val_pass_s"] < m["epoch_s"] and 0 < m["noisy_eval_s"] < m["epoch_s"]
 
 
 def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
@@ -73,8 +75,21 @@ def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
             }
         ],
     }
+    result["measurements"] = {
+        "setup": "smallcnn",
+        "epoch_s": 20.0,
+        "val_pass_s": 1.0,
+        "calibration_s": 0.01,
+        "calibration_pct_of_epoch": 0.05,
+        "noisy_eval_s": 0.3,
+        "noisy_eval_pct_of_epoch": 1.5,
+        "relabel_once_s": 0.002,
+        "command": "python -m benchmarks.bench --measurements",
+        "date": "2026-01-01",
+    }
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
+    assert "calibration (ECE, MCE, Brier) 10.0 ms per validation pass, 0.05% of an epoch" in text
     assert "| smallcnn | 32 | none | 128 | 10 (9-11) | 10 (9-11) | 1.000 |" in text
     assert "## GPU\n\nPending" in text and "**Time to accuracy**" in text
     assert "compile=default vs eager, smallcnn 32: x1.03 after 42 s of compiling" in text
