@@ -324,3 +324,51 @@ def test_best_pt_is_published_again_when_a_stop_came_between_last_and_best(tmp_p
     assert res.returncode == 0, res.stderr
     assert "best.pt did not hold the best epoch (3)" in (run / "train.log").read_text()
     assert checkpoint.read(ckpt_dir / "best.pt").epoch in (3, 4) and summary(run)["test_checkpoint"] == "best.pt"
+
+
+STUCK_WORKERS = """
+import os, sys, time, torch
+from regx.data.core import data_loader
+
+class Stuck(torch.utils.data.Dataset):  # a worker busy in a decode when its parent dies
+    def __len__(self):
+        return 8
+    def __getitem__(self, i):
+        open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+        time.sleep(120)
+        return i
+
+for _ in data_loader(Stuck(), batch_size=1, num_workers=2):
+    pass
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc (Linux)")
+def test_decoding_workers_die_with_a_killed_parent(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", STUCK_WORKERS, str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(workers) == 2, "the workers did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return "\nState:\tZ" not in open(f"/proc/{pid}/status").read()  # a zombie has died
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [w for w in workers if alive(w)]
+    for w in survivors:
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, "a decoding worker outlived its killed parent"

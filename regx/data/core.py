@@ -12,6 +12,7 @@ synthetic.py (the embedded shapes), tvsets.py (MNIST, Fashion-MNIST, CIFAR) and 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -305,19 +306,35 @@ def iterate(
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, parent: int) -> None:
     """A decoding worker leaves SIGINT and SIGTERM to the main process: a signal to the whole process
     group (Ctrl-C, SLURM, docker stop) then stops the run after a step, with a checkpoint, instead of
-    killing the workers under it. The main process ends its workers itself."""
+    killing the workers under it. The main process ends its workers itself; when it dies without doing
+    so (kill -9, the OOM killer), the kernel kills them (Linux's PR_SET_PDEATHSIG), whatever they are
+    doing: torch's own watch on the parent only runs between batches."""
+    import os
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
 
 
 def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
-    """torch's DataLoader, with workers that ignore stop signals (every DataLoader of regx)."""
-    return torch.utils.data.DataLoader(dataset, worker_init_fn=_worker_init, **kwargs)
+    """torch's DataLoader, with workers that ignore stop signals and die with the main process (every
+    DataLoader of regx)."""
+    import functools
+    import os
+
+    return torch.utils.data.DataLoader(
+        dataset, worker_init_fn=functools.partial(_worker_init, parent=os.getpid()), **kwargs
+    )
 
 
 def to_device(data: Data, device: torch.device) -> Data:
