@@ -81,6 +81,7 @@ def write_atomic(path: Path, write, *, before_rename=None) -> None:
     stays as it was, the temporary file is removed, and the OSError names the path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    clear_dead_temporaries(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -95,6 +96,28 @@ def write_atomic(path: Path, write, *, before_rename=None) -> None:
         if isinstance(exc, OSError) and not isinstance(exc, WriteFailed):
             raise WriteFailed(exc.errno, f"could not write {path}: {exc.strerror or exc}", str(path)) from None
         raise
+
+
+def clear_dead_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files of `path` (`.NAME.tmp-PID...`) that a killed writer left, the ones whose
+    process is gone; a live writer's stay."""
+    gone = []
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
+        digits = re.match(r"\d+", tmp.name.rsplit(".tmp-", 1)[1])
+        if digits and not _alive(int(digits.group())):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def slug(text: str, limit: int = 120) -> str:

@@ -320,6 +320,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, checkpo
     the file on the run's own validation images and compare its logits with the PyTorch model's."""
     import os
 
+    from regx.files import clear_dead_temporaries
+
     if fmt not in ("torchscript", "onnx"):
         raise LoadError(f"--format {fmt}: must be torchscript or onnx")
     out = Path(out) if out else Path(run_dir) / "export" / ("model.onnx" if fmt == "onnx" else "model.pt")
@@ -338,6 +340,7 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, checkpo
         "source": clf.source,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
+    clear_dead_temporaries(out)  # a killed export's
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
     try:
         (_onnx if fmt == "onnx" else _torchscript)(wrapped, images[:2], tmp, meta)

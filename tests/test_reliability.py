@@ -372,3 +372,26 @@ def test_decoding_workers_die_with_a_killed_parent(tmp_path):
     for w in survivors:
         os.kill(w, signal.SIGKILL)
     assert not survivors, "a decoding worker outlived its killed parent"
+
+
+def test_a_killed_writers_temporary_files_go_at_the_next_write_and_a_live_ones_stay(tmp_path):
+    import subprocess
+    import sys
+
+    from regx.files import write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        left = tmp_path / f".labels.csv.tmp-{int(dead.stdout)}"  # kill -9 of regx predict --out labels.csv
+        onnx = tmp_path / f".m1.onnx.tmp-{int(dead.stdout)}.onnx"  # ... of regx export
+        busy = tmp_path / f".labels.csv.tmp-{live.pid}"  # another regx writing it now
+        for f in (left, onnx, busy):
+            f.write_text("partial")
+        write_text(tmp_path / "labels.csv", "path,label\n")
+        assert not left.exists() and busy.exists() and onnx.exists()
+        from regx.files import clear_dead_temporaries
+
+        assert clear_dead_temporaries(tmp_path / "m1.onnx") == [onnx]
+    finally:
+        live.kill()
