@@ -316,9 +316,12 @@ def _path_table(rows: list[dict], plan: Plan):
                 r["verdicts"] or "-",
             ]
         )
+    sized = any(r["size"] for r in rows)
+    if not sized:  # one path at the config's data: no images column
+        header, shown = header[1:], [row[1:] for row in shown]
     notes = [
         f"Accuracies and gaps in %, 95% intervals over seeds (Student's t); ★ the strength with the best mean "
-        f"{plan.metric} accuracy at each size."
+        f"{plan.metric} accuracy" + (" at each size." if sized else ".")
     ]
     for size, r in best.items():
         at = f" at {size:,} images" if size else ""
