@@ -175,10 +175,15 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
     plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
     clean = None
     if cfg.diagnose.clean_train:
+        # with label noise, the subset is the one a run without noise takes, scored against the true labels
+        true_y = data.train.true_y if data.train.true_y is not None else data.train.y
         pick, _ = stratified_split(
-            data.train.y.cpu(), min(cfg.diagnose.clean_size, len(data.train)), torch.Generator().manual_seed(cfg.seed)
+            true_y.cpu(), min(cfg.diagnose.clean_size, len(data.train)), torch.Generator().manual_seed(cfg.seed)
         )
         clean = data.train.subset(pick.to(data.train.y.device))
+        if clean.true_y is not None:
+            files = clean.files.with_labels(clean.true_y.cpu()) if clean.files is not None else None
+            clean = Split(y=clean.true_y, x=clean.x, files=files)
     noisy = None
     if data.train.true_y is not None:  # label noise: the flipped images, evaluated every epoch (up to clean_size)
         flipped = torch.nonzero(data.train.y != data.train.true_y).flatten()[: cfg.diagnose.clean_size]

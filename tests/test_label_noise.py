@@ -72,3 +72,14 @@ def test_a_streamed_split_hands_its_loader_the_noisy_labels():
         file_split([f"{i}.png" for i in range(20)], y, 16), 0.5, "pairflip", 4, torch.Generator().manual_seed(0)
     )
     assert torch.equal(split.files.labels, split.y) and not torch.equal(split.y, y)
+
+
+def test_the_clean_training_subset_is_scored_against_the_true_labels():
+    from regx.distributed import Ranks
+    from regx.train import build
+
+    cpu = torch.device("cpu")
+    noisy = build(smoke_cfg("data.label_noise=0.4"), cpu, Ranks())
+    plain = build(smoke_cfg(), cpu, Ranks())
+    assert torch.equal(noisy.clean.x, plain.clean.x) and torch.equal(noisy.clean.y, plain.clean.y)  # the same subset
+    assert not torch.equal(noisy.data.train.y, plain.data.train.y)  # though the training labels differ
