@@ -278,7 +278,11 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     from regx import sweep
 
     args, sweep_dir = _directories(args, overrides, info_only, multirun, where)
-    jobs = sweep.Jobs(resume=resume_jobs)
+    # regx writes Hydra's .hydra/ record itself, once the job owns its directory (sweep.write_hydra_record):
+    # a process refused a directory another trains in writes nothing into it
+    record = not info_only and not any(a.startswith("hydra.output_subdir=") for a in args)
+    args = [*args, "hydra.output_subdir=null"] if record else args
+    jobs = sweep.Jobs(resume=resume_jobs, record_hydra=record)
     main = hydra.main(config_path=str(config.conf_dir()), config_name="train", version_base="1.3")(jobs.task)
     argv = sys.argv
     sys.argv = ["regx train", *args]

@@ -7,6 +7,8 @@ running the same command into the same directory again finds each job's own dire
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import re
@@ -25,8 +27,9 @@ class Jobs:
     """One `regx train` invocation's jobs (one for a single run). `task` is what hydra.main wraps;
     with `resume`, completed jobs are skipped and stopped ones resumed."""
 
-    def __init__(self, *, resume: bool = False):
+    def __init__(self, *, resume: bool = False, record_hydra: bool = False):
         self.resume = resume
+        self.record_hydra = record_hydra  # write .hydra/ here (cli sets hydra.output_subdir=null)
         self.count = 0
         self.failed: list[tuple[str, str]] = []  # (run directory, error)
         self.jobs: list[Path] = []
@@ -42,7 +45,10 @@ class Jobs:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         multirun = str(hc.mode) == "RunMode.MULTIRUN"
+        record = functools.partial(write_hydra_record, run_dir, copy.deepcopy(cfg)) if self.record_hydra else None
         if multirun and (self.stopped or (run_dir.parent / STOPPING).exists()):
+            if record is not None:
+                record()  # a job of the sweep all the same: its overrides are there to resume it by
             print(f"regx: {run_dir.name}: not started (the sweep is stopping)")
             return None
         share_machine(cfg, hc)
@@ -69,7 +75,9 @@ class Jobs:
             )
         optuna = "optuna" in str(hc.sweeper.get("_target_", "")).lower()
         try:
-            summary = train.train(cfg, run_dir, resume=resume, overrides=as_plain_run(list(hc.overrides.task), run_dir))
+            summary = train.train(
+                cfg, run_dir, resume=resume, overrides=as_plain_run(list(hc.overrides.task), run_dir), owned=record
+            )
         except (train.RunFailed, RunBusy) as exc:  # recorded in the run's summary.json; the sweep goes on
             self.failed.append((str(run_dir), str(exc)))
             return float("nan") if optuna else None  # a NaN objective marks the trial failed
@@ -97,6 +105,24 @@ class Jobs:
                 s = {"status": "not started" if (job.parent / STOPPING).exists() else "no summary"}
             rows.append((job.name, s.get("status", "?"), s.get("best_val_acc")))
         return rows
+
+
+def write_hydra_record(run_dir: Path, cfg) -> None:
+    """Hydra's .hydra/ record of a job (config.yaml, hydra.yaml, overrides.yaml), as Hydra's run_job writes
+    it, written by regx once the job owns `run_dir` (`cfg`: the job's config as Hydra handed it over)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from regx.files import write_text
+
+    hydra_cfg = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg))  # a writable copy
+    hydra_cfg.hydra.output_subdir = ".hydra"  # what it was before regx took the writing over
+    given = hydra_cfg.hydra.overrides.hydra
+    hydra_cfg.hydra.overrides.hydra = [o for o in given if o != "hydra.output_subdir=null"]
+    folder = Path(run_dir) / ".hydra"
+    write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 
 
 STOPPING = ".stopping"  # in a sweep directory: a stop was asked for; no job starts (sweep-resume clears it)
@@ -209,7 +235,8 @@ def failed_jobs(jobs: list[Path]) -> list[tuple[str, str]]:
 # regx writes itself. Anything else (callbacks, `_target_`, launchers, search paths) is refused by name;
 # the user may give a launcher's settings again on the command line, where they are the user's own.
 REPLAYED = {"hydra/launcher": r"joblib", "hydra.launcher.n_jobs": r"-?\d+"}  # what regx ablate --jobs writes
-RECOMPUTED = ("hydra.mode", "hydra.sweep.dir")  # regx sets them again for the directory as it is now
+# regx sets them again: for the directory as it is now, and .hydra/ written by regx (cli.cmd_train)
+RECOMPUTED = ("hydra.mode", "hydra.sweep.dir", "hydra.output_subdir=null")
 OPTION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a config group option's name: no path, no ..
 SUGGESTABLE = ("hydra/launcher", "hydra.launcher.", "hydra.sweeper.", "hydra.job.chdir", "hydra.searchpath")
 

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -390,11 +391,13 @@ def train(
     resume: bool = False,
     hooks: tuple[Hook, ...] = (),
     overrides: list[str] | None = None,
+    owned: Callable[[], None] | None = None,
 ) -> dict:
     """Train as `cfg` says, writing everything into `run_dir`; return the summary.
 
     `overrides`: the `regx train` arguments that make `cfg` (summary.json keeps them; the verdict's
-    remedies are commands built on them); None keeps the ones a resumed run recorded.
+    remedies are commands built on them); None keeps the ones a resumed run recorded. `owned`: called
+    once this process owns `run_dir`, before anything else is written into it.
 
     With resume=True, continue from the newest intact checkpoint in `run_dir/checkpoints`, mid-epoch
     if it was written mid-epoch: on CPU the result equals an uninterrupted run bit for bit (timing
@@ -405,6 +408,8 @@ def train(
     """
     ranks = Ranks()
     with owner(run_dir, enabled=ranks.main):  # RunBusy while another process trains in run_dir
+        if owned is not None and ranks.main:
+            owned()  # the first write into run_dir: Hydra's record (sweep.write_hydra_record)
         rec = Recorder(cfg, Path(run_dir), main=ranks.main, resume=resume, overrides=overrides)
         try:
             with StopRequest() as stop:

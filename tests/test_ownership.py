@@ -168,3 +168,29 @@ def test_a_stopped_sweep_in_one_process_starts_no_further_job(tmp_path, monkeypa
     res = cli("sweep-resume", str(sweep))
     assert res.returncode == 0, res.stderr
     assert all(summary(j)["status"] == "completed" for j in jobs)
+
+
+def test_a_train_refused_a_directory_writes_nothing_into_it(tmp_path, cli):
+    run = tmp_path / "run"
+    with owner(run):  # another process trains there (before its first summary.json)
+        res = cli("train", "debug=smoke", "lr=0.5", f"hydra.run.dir={run}")
+    assert res.returncode == 1 and "in use by" in res.stderr, res.stderr
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # Hydra's .hydra/ record included
+
+
+def test_regx_writes_hydras_record_as_hydra_does(tmp_path, cli):
+    import yaml
+
+    ours, hydras = tmp_path / "ours", tmp_path / "hydras"
+    assert cli("train", "debug=smoke", "epochs=1", "lr=0.01", f"hydra.run.dir={ours}").returncode == 0
+    res = cli("train", "debug=smoke", "epochs=1", "lr=0.01", f"hydra.run.dir={hydras}", "hydra.output_subdir=.hydra")
+    assert res.returncode == 0, res.stderr
+    for name in ("config.yaml", "overrides.yaml"):
+        assert (ours / ".hydra" / name).read_text() == (hydras / ".hydra" / name).read_text(), name
+    mine, theirs = (yaml.safe_load((d / ".hydra/hydra.yaml").read_text())["hydra"] for d in (ours, hydras))
+    for h in (mine, theirs):
+        del h["run"], h["runtime"]["output_dir"]
+        h["overrides"]["hydra"] = [
+            o for o in h["overrides"]["hydra"] if not o.startswith(("hydra.run.dir", "hydra.output_subdir"))
+        ]
+    assert mine == theirs
