@@ -138,6 +138,11 @@ def curves_figure(rows: list[dict], title: str = ""):
             label="clean train accuracy (eval mode, no augmentation)",
         )
     ax_acc.plot(epochs, col("val_acc", 100), "o-", ms=3, color="C1", label="validation accuracy")
+    if any(r.get("noisy_given_acc") not in (None, "") for r in rows):  # data.label_noise: the memorization curve
+        ax_acc.plot(
+            epochs, col("noisy_given_acc", 100), "x--", ms=4, color="C3", label="flipped images: wrong label fit"
+        )
+        ax_acc.plot(epochs, col("noisy_true_acc", 100), "x:", ms=4, color="C4", label="flipped images: true label")
     ax_acc.set_ylabel("accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("epoch")
@@ -149,7 +154,7 @@ def curves_figure(rows: list[dict], title: str = ""):
     extra = ax_lr.get_legend_handles_labels()
     ax_loss.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8)
     ax_acc.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_wrap(title, 130), fontsize=10)
     return fig
 
 
