@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -288,7 +289,12 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     sys.argv = ["regx train", *args]
     try:
         if not multirun or sweep_dir is None:
-            main()
+            with sweep.LateStop() as late:
+                jobs.late = late
+                main()
+            late_code = None if jobs.failed else _late(late, jobs.completed > 0)
+            if late_code is not None:
+                return late_code
         else:  # the sweep directory is this process's while the sweep runs; a stop reaches every job
             Path(sweep_dir).mkdir(parents=True, exist_ok=True)
             with owner(sweep_dir), sweep.SweepStop(sweep_dir) as stop:
@@ -702,13 +708,34 @@ def cmd_resume(args: list[str]) -> int:
     )
     p.add_argument("--force", action="store_true", help="resume even with keys changed that define the run")
     a = p.parse_args(args)
+    from regx.sweep import LateStop
+
     try:
-        resume(a.run_dir, a.overrides, force=a.force)  # under torchrun: every rank, from the same checkpoint
+        with LateStop() as late:  # a signal before the resume starts (not started) or after it ended
+            if late():
+                return 128 + late.signum
+            summary = resume(
+                a.run_dir, a.overrides, force=a.force
+            )  # under torchrun: every rank, from the same checkpoint
     except NothingToDo as exc:
         print(f"regx: {exc}")
     except (RunFailed, RunBusy) as exc:
         return _error(str(exc), 1)
+    else:
+        return _late(late, summary.get("status") == "completed") or 0
     return 0
+
+
+def _late(late, completed: bool) -> int | None:
+    """A single run's command after its run: a stop signal that came outside the run's own handling
+    (train.StopRequest) either ended nothing (the run had completed: exit 0, said once) or kept the run
+    from starting (128 + the signal)."""
+    if late.signum is None:
+        return None
+    if completed:
+        print(f"regx: {signal.Signals(late.signum).name} came after the run completed; its results are whole")
+        return 0
+    return 128 + late.signum
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
@@ -74,6 +75,39 @@ class WriteFailed(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+def out_of_files(exc: BaseException) -> str | None:
+    """The one line for an OSError that means this process holds as many files as it may (EMFILE: a
+    low `ulimit -n`, often met when DataLoader workers start their pipes), else None."""
+    if not (isinstance(exc, OSError) and exc.errno == errno.EMFILE):
+        return None
+    try:
+        import resource
+
+        limit = f"this process may hold {resource.getrlimit(resource.RLIMIT_NOFILE)[0]} open files (ulimit -n)"
+    except (ImportError, OSError, ValueError):
+        limit = "this process reached its limit of open files"
+    return f"too many open files: {limit}; raise it (ulimit -n 4096) or start fewer decoding workers (data.workers=0)"
+
+
+def let_go(exc: BaseException) -> None:
+    """Free what the frames of a failed call still hold (a half-started DataLoader's pipes), so the
+    run can still write its status. A half-built torch iterator complains as it goes (torch's
+    `__del__` assumes a finished `__init__`): that is not the run's error, and is not shown."""
+    import gc
+    import sys
+    import traceback
+
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        for each in (exc, exc.__context__, exc.__cause__):
+            if each is not None:
+                traceback.clear_frames(each.__traceback__)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def write_atomic(path: Path, write, *, before_rename=None) -> None:

@@ -267,7 +267,8 @@ class Recorder:
     def failed(self, message: str) -> None:
         self.summary.update(status="failed", error=message)
         self._last_words()
-        self.log.error("run failed: %s", message)
+        # the log file's record; the terminal gets it once, from whoever called (regx's one error line)
+        logging.getLogger("regx.file").error("run failed: %s", message)
 
     def close(self, history: list[dict]) -> None:
         """However the run ended: the last curves, the loggers closed, the closing table."""

@@ -34,6 +34,8 @@ class Jobs:
         self.failed: list[tuple[str, str]] = []  # (run directory, error)
         self.jobs: list[Path] = []
         self.stopped: int | None = None  # the signal that stopped a job of this process
+        self.late: LateStop | None = None  # a single run's signals outside its training (cli)
+        self.completed = 0
 
     def task(self, cfg):
         from hydra.core.hydra_config import HydraConfig
@@ -50,6 +52,9 @@ class Jobs:
             if record is not None:
                 record()  # a job of the sweep all the same: its overrides are there to resume it by
             print(f"regx: {run_dir.name}: not started (the sweep is stopping)")
+            return None
+        if not multirun and self.late is not None and self.late():
+            print(f"regx: {signal.Signals(self.late.signum).name} before the run started: not started")
             return None
         share_machine(cfg, hc)
         absolute_paths(cfg)
@@ -87,6 +92,7 @@ class Jobs:
             self.stopped = exc.code - 128  # the signal's number
             (run_dir.parent / STOPPING).touch()
             return float("nan") if optuna else None
+        self.completed += summary.get("status") == "completed"
         return summary["best_val_acc"] if optuna else summary  # an optimizing sweeper needs the objective
 
     def collect(self, sweep_dir: str | Path) -> None:
@@ -126,6 +132,16 @@ def write_hydra_record(run_dir: Path, cfg) -> None:
 
 
 STOPPING = ".stopping"  # in a sweep directory: a stop was asked for; no job starts (sweep-resume clears it)
+
+
+class LateStop(StopSignals):
+    """A single run's process outside the run's own stop handling (train.StopRequest): a SIGTERM or
+    SIGINT before the run starts keeps it from starting; one after it has finished leaves its results
+    as they are. Either way it is noted (`signum`), not fatal halfway through a write."""
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
 
 
 class SweepStop(StopSignals):

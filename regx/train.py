@@ -50,7 +50,7 @@ from regx.engine import (
     robustness,
     train_one_epoch,
 )
-from regx.files import EpochMetrics, owner, read_json
+from regx.files import EpochMetrics, let_go, out_of_files, owner, read_json
 from regx.finetune import FinetuneError, FreezePlan, build_pretrained, load_source, lr_mult
 from regx.models import MODELS, build_model, count_params, model_kwargs
 from regx.plots import pick_examples
@@ -421,6 +421,9 @@ def train(
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if not isinstance(exc, RunFailed | ValueError | RuntimeError | OSError):
                 message = f"{type(exc).__name__}: {message}"
+            if out_of_files(exc):  # before anything is written: what the failed step held open goes first
+                let_go(exc)
+                message = out_of_files(exc)
             rec.failed(message)
             raise RunFailed(message) from exc
         finally:

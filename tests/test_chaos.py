@@ -1,4 +1,4 @@
-"""Chaos: a streamed-folder run with a checkpoint after every step, stopped 20 times at random steps
+"""Chaos: a streamed-folder run with dropout and a checkpoint after every step, stopped 20 times at random steps
 by SIGKILL (also while a checkpoint is being written), SIGTERM to the process and SIGTERM to its whole
 process group, each time resumed. It must end exactly where an uninterrupted run ends."""
 
@@ -31,6 +31,7 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
         "epochs=5",
         "checkpoint.every_steps=1",
         "aug=flip_rotate",
+        "dropout=fc",  # dropout's masks come from the stream a streamed loader once drew from
     ]
     ref = run_regx(["train", *args, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path)
     assert ref.returncode == 0, ref.stderr

@@ -194,3 +194,16 @@ def test_the_training_split_is_counted_without_loading_it(tmp_path, monkeypatch)
     assert train_count(config.compose(["data=cifar10"]).data) == 45000
     monkeypatch.setattr("regx.data.core.load_data", lambda **kw: pytest.fail("loaded the data"))
     assert train_count(config.compose(["data=fashion_mnist", "data.train_size=1000"]).data) == 1000
+
+
+def test_streaming_leaves_the_global_random_stream_alone(tmp_path):
+    """Each DataLoader iterator draws its workers' base seed; from torch's global generator (the one
+    dropout draws from) that made a mid-epoch resume of a streamed run with dropout differ."""
+    write_images(tmp_path / "imgs", per_class=5)
+    kw = dict(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, workers=0)
+    streamed = load(stream=True, **kw)
+    for workers in (0, 1):
+        before = torch.get_rng_state()
+        for start in (0, 1):
+            list(D.iterate(streamed.train, 4, workers=workers, start=start))
+        assert torch.equal(torch.get_rng_state(), before), workers

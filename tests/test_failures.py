@@ -172,6 +172,27 @@ def test_a_run_does_not_start_on_a_full_disk(tmp_path, cli):
     assert not (disk / "run").exists()
 
 
+def test_a_low_open_file_limit_is_one_line_and_a_failed_status(tmp_path):
+    """`ulimit -n 16`: the streamed folder's decoding workers cannot get their pipes."""
+    import resource
+    import sys
+
+    write_images(tmp_path / "imgs", per_class=10)
+    args = ["debug=smoke", "epochs=1", "data=imagefolder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16",
+            "data.stream=true", "data.workers=2", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "regx", "train", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16)),
+    )
+    assert res.returncode == 1
+    assert "too many open files: this process may hold 16 open files (ulimit -n)" in one_line(res.stderr)
+    assert summary(tmp_path / "run")["status"] == "failed"
+
+
 class FailingOpen:
     """`open` for regx.files: the `nth` file opened for writing raises ENOSPC as it is written."""
 
@@ -240,6 +261,46 @@ def test_sigterm_during_the_test_evaluation_is_honoured_and_resume_finishes(tmp_
     s = summary(run)
     assert s["status"] == "completed" and s["epochs_done"] == 2 and s["test_acc"] is not None
     assert s["test_checkpoint"] == "best.pt" and len(read_metrics(run / "metrics.csv")) == 2
+
+
+@pytest.mark.parametrize("command", ["train", "resume"])
+def test_sigterm_after_the_run_completed_exits_0_and_keeps_the_status(tmp_path, monkeypatch, cli, command):
+    """On main the process died of the signal: exit 143 with summary.json saying completed."""
+    run = tmp_path / "run"
+    if command == "resume":
+        assert cli("train", "debug=smoke", "epochs=1", f"hydra.run.dir={run}").returncode == 0
+    original = regx.train.train
+
+    def train_then_stop(*a, **kw):
+        summary = original(*a, **kw)
+        os.kill(os.getpid(), signal.SIGTERM)  # as the process ends (trackers, plots, Hydra's teardown)
+        return summary
+
+    monkeypatch.setattr(regx.train, "train", train_then_stop)
+    args = (
+        ["train", "debug=smoke", "epochs=1", f"hydra.run.dir={run}"]
+        if command == "train"
+        else ["resume", run, "epochs=2"]
+    )
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert "SIGTERM came after the run completed; its results are whole" in res.stdout
+    assert summary(run)["status"] == "completed"
+
+
+def test_sigterm_before_the_run_starts_starts_nothing(tmp_path, monkeypatch, cli):
+    import regx.sweep
+
+    original = regx.sweep.Jobs.task
+
+    def stop_then_task(self, cfg):  # while Hydra composes the job
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, cfg)
+
+    monkeypatch.setattr(regx.sweep.Jobs, "task", stop_then_task)
+    res = cli("train", "debug=smoke", "epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 143 and "SIGTERM before the run started: not started" in res.stdout
+    assert not (tmp_path / "run" / "summary.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "malicious"])

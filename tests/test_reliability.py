@@ -16,7 +16,7 @@ import shutil
 import pytest
 import torch
 
-from regx import checkpoint
+from regx import checkpoint, config
 from regx.checkpoint import CorruptCheckpoint, newest_intact
 from regx.files import read_metrics
 from regx.train import Interrupted, RunFailed, train
@@ -62,6 +62,22 @@ def test_killed_mid_epoch_resumes_at_the_next_unseen_batch(tmp_path, reference, 
     assert summary(tmp_path / "k")["status"] == "completed"
     code, out, _ = cli("resume", str(tmp_path / "k"))
     assert code == 0 and "already completed 3 epochs; nothing to do" in out
+
+
+def test_a_streamed_run_with_dropout_resumes_mid_epoch_bit_exact(tmp_path):
+    """Streamed batches come from a DataLoader made at each (re)start of an epoch; it must not draw from
+    the random stream that dropout uses, or the resumed run's masks differ from the uninterrupted run's."""
+    write_images(tmp_path / "imgs", per_class=8, size=(20, 20))
+    args = ["debug=smoke", "data=imagefolder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16",
+            "data.stream=true", "data.workers=0", "batch_size=4", "epochs=2", "dropout=fc",
+            "checkpoint.every_steps=1"]  # fmt: skip
+    assert train(config.compose(args), tmp_path / "ref")["status"] == "completed"
+    killed = run_regx(["train", *args, f"hydra.run.dir={tmp_path / 'k'}"], tmp_path, fault="kill@7")  # epoch 2
+    assert killed.returncode == -9
+    assert checkpoint.read(tmp_path / "k/checkpoints/last.pt").to_dict()["state"]["batch"] > 0  # mid-epoch
+    resumed = run_regx(["resume", str(tmp_path / "k")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_equal_runs(tmp_path / "ref", tmp_path / "k")
 
 
 def test_killed_while_writing_a_checkpoint(tmp_path, reference, cli):
@@ -169,6 +185,8 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, reference,
     res = cli("resume", str(run), "epochs=4")
     assert res.returncode == 1 and "last.pt does not load (it holds posix.system" in res.stderr
     assert "weights_only" not in res.stderr + res.stdout  # the unsafe way round is never suggested
+    assert (res.stdout + res.stderr).count("last.pt does not load") == 1  # said once (train.log has it too)
+    assert "run failed: " in (run / "train.log").read_text()
     res = cli("eval", str(run))
     assert res.returncode == 2 and "best.pt does not load (it holds posix.system" in res.stderr
     assert not marker.exists()

@@ -328,12 +328,18 @@ def _worker_init(_: int, parent: int) -> None:
 
 def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
     """torch's DataLoader, with workers that ignore stop signals and die with the main process (every
-    DataLoader of regx)."""
+    DataLoader of regx). Each of its iterators draws its workers' base seed from the loader's generator,
+    torch's global one by default, which dropout and the augmentation draw from too: a loader started
+    mid-epoch (a resume) would shift their stream. Its own generator keeps it out of that stream
+    (regx's workers only decode, so their seed does not matter)."""
     import functools
     import os
 
     return torch.utils.data.DataLoader(
-        dataset, worker_init_fn=functools.partial(_worker_init, parent=os.getpid()), **kwargs
+        dataset,
+        worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
     )
 
 
