@@ -21,7 +21,7 @@ from pathlib import Path
 
 from regx import study
 from regx.config import ConfigError
-from regx.files import write_text
+from regx.files import published_together, write_text
 from regx.plots import arms_chart
 
 METRICS = study.METRICS
@@ -105,6 +105,7 @@ def table(arms: list[study.Arm], metric: str) -> tuple[list[str], list[list[str]
     return header, shown, data, study.warnings_for(arms, data)
 
 
+@published_together()  # the three files, or none of them
 def report(sweep_dir: Path, metric: str = "test") -> tuple[list[str], list[list[str]], list[Path], list[str]]:
     """Write ablation.csv, ablation.md and ablation.png into the sweep directory; (header, rows, files,
     warnings)."""

@@ -1095,8 +1095,11 @@ def main(argv: list[str] | None = None) -> int:
 def _guarded(command, args: list[str]) -> int:
     """Run a subcommand; turn what goes wrong into an exit status and, for bad input, one line."""
     debug, code = os.environ.get("REGX_DEBUG", "") not in ("", "0"), None
+    from regx.signals import TermAsInterrupt, Terminated
+
     try:
-        code = command(args)
+        with TermAsInterrupt():
+            code = command(args)
         return code
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
@@ -1104,7 +1107,7 @@ def _guarded(command, args: list[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt as exc:  # Interrupted carries 143 for SIGTERM
-        print("regx: interrupted", file=sys.stderr)
+        print("regx: stopped by SIGTERM" if isinstance(exc, Terminated) else "regx: interrupted", file=sys.stderr)
         return getattr(exc, "code", 130)
     except Exception as exc:
         if debug:

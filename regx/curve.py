@@ -26,7 +26,7 @@ from pathlib import Path
 
 from regx import study
 from regx.config import ConfigError
-from regx.files import write_text
+from regx.files import published_together, write_text
 from regx.stats import mean_ci
 
 PLAN = "study.json"
@@ -46,14 +46,18 @@ class Plan:
 
 
 def parse_values(spec: str) -> tuple[list[float], bool]:
-    """`V1,V2,...` or a log range `LO:HI:N` (N values, evenly spaced in log): (values, whether log-spaced)."""
+    """`V1,V2,...` or a log range `LO:HI:N` (N values, evenly spaced in log and rounded to 3 significant
+    digits, the strengths a person would type: 0.00949, not 0.00948683): (values, whether log-spaced)."""
     try:
         if ":" in spec:
             lo, hi, n = spec.split(":")
             lo, hi, n = float(lo), float(hi), int(n)
             if lo <= 0 or hi <= lo or n < 2:
                 raise ValueError
-            return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)], True
+            values = [float(f"{lo * (hi / lo) ** (i / (n - 1)):.3g}") for i in range(n)]
+            if len(set(values)) < n:
+                raise ConfigError(f"'{spec}': {n} values between {lo:g} and {hi:g} are too close to tell apart")
+            return values, True
         values = [float(v) for v in spec.split(",")]
     except ValueError:
         raise ConfigError(
@@ -124,6 +128,7 @@ def read_plan(sweep_dir: Path) -> Plan:
     return plan
 
 
+@published_together()  # the three files, or none of them
 def report(sweep_dir: Path) -> tuple[list[str], list[list[str]], list[Path], list[str], list[str]]:
     """Write curve.* or path.* (csv, md, png) into the study's directory; (header, rows, files, what the
     figures say in words, warnings)."""

@@ -110,6 +110,29 @@ def let_go(exc: BaseException) -> None:
         sys.unraisablehook = hook
 
 
+_unpublished: list[tuple[Path, Path]] | None = None  # published_together's written files, not yet renamed
+
+
+@contextmanager
+def published_together():
+    """Files that belong together (a table's .csv, .md and .png): every write_atomic inside the block
+    writes its temporary file, and all of them are renamed into place only when the block ends without
+    an error. A stop or a failure halfway publishes none of them: the set on disk stays the old one."""
+    global _unpublished
+    if _unpublished is not None:  # nested: the outer block publishes
+        yield
+        return
+    _unpublished = []
+    try:
+        yield
+        for tmp, path in _unpublished:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in _unpublished:
+            tmp.unlink(missing_ok=True)
+        _unpublished = None
+
+
 def write_atomic(path: Path, write, *, before_rename=None) -> None:
     """Write through `.NAME.tmp-PID` and a rename; on any error (a full disk included) the old file
     stays as it was, the temporary file is removed, and the OSError names the path."""
@@ -124,6 +147,9 @@ def write_atomic(path: Path, write, *, before_rename=None) -> None:
             os.fsync(f.fileno())
         if before_rename is not None:
             before_rename(tmp)
+        if _unpublished is not None:  # inside published_together(): renamed with the others at its end
+            _unpublished.append((tmp, path))
+            return
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

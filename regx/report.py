@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from regx.files import published_together
 from regx.plots import save_figure
 
 COLUMNS = (
@@ -246,6 +247,7 @@ def report_table(records: list[dict], keys: list[str], group_by: list[str] | Non
     return header, shown, raw
 
 
+@published_together()  # the three files, or none of them
 def write_report(
     out: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None, title: str
 ) -> list[Path]:

@@ -31,3 +31,24 @@ class StopSignals:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
         return False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (as Ctrl-C raises KeyboardInterrupt): the `finally` and
+    `except BaseException` blocks on the way out run, so no temporary file stays. `code`: 143."""
+
+    code = 128 + signal.SIGTERM
+
+
+class TermAsInterrupt(StopSignals):
+    """For a command's life: SIGTERM stops it as Ctrl-C does (Terminated) instead of killing it where
+    it stands. A run's own handling (train.StopRequest) takes over inside it and gives this back."""
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._saved[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        raise Terminated("SIGTERM")

@@ -12,7 +12,8 @@ def test_a_log_range_and_a_list_of_values():
     values, log = curve.parse_values("1e-6:1e-2:5")
     assert values == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3, 1e-2]) and log
     assert curve.parse_values("0,0.2,0.4") == ([0.0, 0.2, 0.4], False)
-    for bad in ("0.5", "1:0.1:3", "a,b", "1e-3:1e-2:1"):
+    assert curve.parse_values("3e-3:3e-1:5")[0] == [0.003, 0.00949, 0.03, 0.0949, 0.3]  # as a person writes them
+    for bad in ("0.5", "1:0.1:3", "a,b", "1e-3:1e-2:1", "1:1.001:9"):
         with pytest.raises(config.ConfigError):
             curve.parse_values(bad)
 

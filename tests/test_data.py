@@ -207,3 +207,19 @@ def test_streaming_leaves_the_global_random_stream_alone(tmp_path):
         for start in (0, 1):
             list(D.iterate(streamed.train, 4, workers=workers, start=start))
         assert torch.equal(torch.get_rng_state(), before), workers
+
+
+def test_a_class_folder_linked_from_outside_data_path_is_named(tmp_path, caplog):
+    """On main a class folder that linked to a system folder was scanned without a word (4,970 images)."""
+    write_images(tmp_path / "imgs", per_class=4)
+    write_images(tmp_path / "elsewhere", classes=("owl",), per_class=5)
+    (tmp_path / "imgs" / "owl").symlink_to(tmp_path / "elsewhere" / "owl", target_is_directory=True)
+    (tmp_path / "imgs" / "cat2").symlink_to(tmp_path / "imgs" / "cat", target_is_directory=True)  # inside: fine
+    with caplog.at_level("WARNING", logger="regx"):
+        items, classes = folders.scan_folder(str(tmp_path / "imgs"))
+    assert "owl" in classes and len(items["train"]) == 4 * 4 + 5
+    warned = [r.getMessage() for r in caplog.records if "outside data.path" in r.getMessage()]
+    assert warned == [
+        f"imagefolder: {tmp_path / 'imgs' / 'owl'} is a link to {tmp_path / 'elsewhere' / 'owl'}, outside data.path: "
+        "its 5 images are read as class 'owl'"
+    ]

@@ -419,6 +419,19 @@ def test_an_image_over_pillows_limit_says_so(tmp_path, monkeypatch):
     assert bad == [(str(tmp_path / "big.png"), "over Pillow's size limit of 200 pixels (a decompression bomb?)")]
 
 
+def test_a_huge_png_is_named_not_decoded_and_a_huge_jpeg_decodes_reduced(tmp_path, monkeypatch):
+    """On main a 13000x13000 PNG (over Pillow's warning limit, under its error limit) decoded whole: 1.3 GB."""
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "huge.png")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "huge.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4,096 pixels: over the limit, under twice it
+    items = [(str(tmp_path / "huge.png"), 0), (str(tmp_path / "huge.jpg"), 0)]
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow's, as it opens the files
+        x, _, bad = check_images(items, 16, workers=0)
+    assert bad == [(str(tmp_path / "huge.png"), "64x64 pixels, about 0.0 GB to decode whole (regx reads only JPEGs "
+                                                "at a reduced scale): shrink it first")]  # fmt: skip
+    assert x.shape[0] == 1  # the JPEG, read at a quarter of its size (256 pixels)
+
+
 def test_a_streamed_folder_is_checked_before_training(tmp_path, cli):
     """On main a truncated JPEG in test/ failed the run after all its epochs, naming no file, and
     data.on_bad_image=skip did nothing for a streamed folder."""

@@ -141,3 +141,25 @@ def test_memory_stays_flat_over_20000_files(run, tmp_path):
         peaks[n] = int(res.stdout.split()[-1])  # KiB
         assert len((tmp_path / f"o{n}.csv").read_text().splitlines()) == n + 1
     assert peaks[20_000] < peaks[2_000] + 64 * 1024, peaks  # not 10x the images in memory
+
+
+def test_sigterm_stops_predict_as_ctrl_c_does_and_leaves_no_temporary_file(run, tmp_path, monkeypatch, cli):
+    """On main SIGTERM killed it where it stood: exit 143, no message, `.p.csv.tmp-PID` left behind."""
+    import os
+    import signal
+
+    import regx.predict
+
+    write_folder(tmp_path / "imgs")
+    original = regx.predict.predict_files
+
+    def predict_then_stop(clf, paths, out, **kw):
+        out.write("path,label_1,prob_1\n")  # half the file written
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(clf, paths, out, **kw)
+
+    monkeypatch.setattr(regx.predict, "predict_files", predict_then_stop)
+    monkeypatch.chdir(tmp_path)
+    res = cli("predict", str(run), "imgs", "--out", "p.csv", "--workers", "0")
+    assert res.returncode == 143 and res.stderr.strip() == "regx: stopped by SIGTERM"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # no p.csv, no temporary file

@@ -301,3 +301,22 @@ def test_eval_scores_a_test_only_folder_and_every_image_of_a_flat_one(folder_run
     assert res.returncode == 0, res.stderr
     e = json.loads(next(tmp_path.glob("eval_all_*.json")).read_text())
     assert e["split"] == "all" and e["n"] == 30  # every image, not the validation tenth
+
+
+def test_a_report_stopped_halfway_publishes_none_of_its_files(sweep, tmp_path, monkeypatch):
+    """On main a stop while report.png was drawn left the new report.csv and .md beside the old .png."""
+    import regx.report
+
+    out = tmp_path / "out"
+    regx.report.write_report(out, [], [], "test", None, "first")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["report.csv", "report.md", "report.png"]
+
+    def stopped(*a, **kw):
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM (regx raises it as one), while the picture is drawn
+
+    monkeypatch.setattr(regx.report, "report_plot", stopped)
+    records = [regx.report.run_record(j) for j in sorted(sweep.iterdir()) if j.is_dir()]
+    with pytest.raises(KeyboardInterrupt):
+        regx.report.write_report(out, records, ["lr"], "test", None, "second")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole; no temporary file

@@ -39,6 +39,15 @@ def scan_folder(path: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]
             files = sorted(f for f in (folder / c).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not files and split == "train":
                 raise DataError(f"{folder / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            target = (folder / c).resolve()
+            if not target.is_relative_to(base.resolve()):  # a link out of the data: say where it leads
+                log.warning(
+                    "imagefolder: %s is a link to %s, outside data.path: its %d images are read as class '%s'",
+                    folder / c,
+                    target,
+                    len(files),
+                    c,
+                )
             items.extend((str(f), index[c]) for f in files)
         out[split] = items
     return out, classes
@@ -92,7 +101,19 @@ def decode(path: str, size: int, mode: str = "RGB") -> torch.Tensor:
 
     with Image.open(path) as im:
         im.draft(mode, (size, size))  # JPEG: decode at reduced scale when much larger
+        if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns up to twice its limit
+            raise TooLarge(im.width, im.height, len(im.getbands()))
         return fit_image(im, size, mode)
+
+
+class TooLarge(ValueError):
+    """An image that would decode whole at more pixels than Pillow's limit (only JPEGs decode reduced)."""
+
+    def __init__(self, width: int, height: int, bands: int):
+        super().__init__(
+            f"{width}x{height} pixels, about {width * height * bands / 1e9:.1f} GB to decode whole (regx reads only "
+            "JPEGs at a reduced scale): shrink it first"
+        )
 
 
 def why_unreadable(exc: BaseException) -> str:
@@ -101,6 +122,8 @@ def why_unreadable(exc: BaseException) -> str:
 
     if isinstance(exc, Image.DecompressionBombError):
         return f"over Pillow's size limit of {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?)"
+    if isinstance(exc, TooLarge):
+        return str(exc)
     if isinstance(exc, UnidentifiedImageError):
         return "not an image Pillow can identify"
     if isinstance(exc, OSError) and "truncated" in str(exc).lower():
