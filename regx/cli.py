@@ -534,15 +534,24 @@ def cmd_ablate(args: list[str]) -> int:
 
 
 def _arms_for_curve(cfg, which: str) -> dict[str, list[str]]:
-    """regx curve's arms: the baseline and the course's techniques together (`together`), or regx ablate's
-    whole set (`each`: every technique alone too)."""
+    """regx curve's arms: the baseline and the course's techniques together (`together`), regx ablate's
+    whole set (`each`: every technique alone too), or the baseline and the arms named (`NAME,NAME`)."""
     from regx import ablate
 
     arms = ablate.arms_of(cfg)
     if which == "each":
         return arms
-    together = "all" if "all" in arms else next(n for n in arms if n != "baseline")
-    return {"baseline": arms["baseline"], together: arms[together]}
+    if which == "together":
+        together = "all" if "all" in arms else next(n for n in arms if n != "baseline")
+        return {"baseline": arms["baseline"], together: arms[together]}
+    names = [n.strip() for n in which.split(",") if n.strip() and n.strip() != "baseline"]
+    unknown = [n for n in names if n not in arms]
+    if unknown or not names:
+        raise BadInput(
+            f"--arms {which}: {'no arm ' + ', '.join(unknown) if unknown else 'name at least one arm'} "
+            f"(together, each, or names among: {', '.join(n for n in arms if n != 'baseline')})"
+        )
+    return {"baseline": arms["baseline"], **{n: arms[n] for n in names}}
 
 
 def _budget_options(p: _Parser) -> None:
@@ -597,9 +606,10 @@ def cmd_curve(args: list[str]) -> int:
     p.add_argument("--sizes", help="training images, e.g. 250,500,1000,2000,4000")
     p.add_argument(
         "--arms",
-        choices=["together", "each"],
         default="together",
-        help="together (default): the baseline and the techniques together; each: regx ablate's arms",
+        metavar="together|each|NAME,...",
+        help="together (default): the baseline and the techniques together; each: regx ablate's arms; or "
+        "the baseline and the arms named, e.g. all,recipe with '+ablate.arms.recipe=[...]'",
     )
     _budget_options(p)
     _study_options(p)

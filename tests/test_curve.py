@@ -126,6 +126,7 @@ def test_a_path_on_the_embedded_data(tmp_path, cli):
         (["curve", "--sizes", "100,999999"], "999,999 is above the 360 training images data=shapes has"),
         (["curve", "--sizes", "100,200", "data.train_size=50"], "data.train_size=50: the curve sets data.train_size"),
         (["curve", "--sizes", "100,x"], "--sizes 100,x: whole numbers"),
+        (["curve", "--sizes", "100,200", "--arms", "all,recipe"], "--arms all,recipe: no arm recipe (together, each"),
     ],
 )
 def test_bad_studies_are_one_line_and_make_no_directory(tmp_path, cli, args, message):
@@ -144,3 +145,13 @@ def test_a_studys_point_files_are_checked_before_it_is_resumed(tmp_path):
     point.write_text(point.read_text() + "hydra:\n  callbacks: {}\n")
     with pytest.raises(study.Untrusted, match="n250.yaml was changed after regx wrote it"):
         study.check_dir(tmp_path, sweep.check_task_override)
+
+
+def test_a_curve_takes_the_arms_it_is_given_by_name():
+    from regx.cli import _arms_for_curve
+
+    cfg = config.compose(["debug=smoke", '+ablate.arms.recipe=["aug=crop_flip","label_smoothing=0.1"]'])
+    arms = _arms_for_curve(cfg, "all,recipe")
+    assert list(arms) == ["baseline", "all", "recipe"]
+    assert arms["recipe"] == [*arms["baseline"], "aug=crop_flip", "label_smoothing=0.1"]
+    assert list(_arms_for_curve(cfg, "together")) == ["baseline", "all"]
