@@ -69,8 +69,8 @@ class _Parser(argparse.ArgumentParser):
 EXAMPLES = {
     "resume": [
         "regx resume outputs/runs/<run>                 # continue a stopped run where it stopped",
-        "regx resume outputs/runs/<run> epochs=20       # train a finished run further",
-        "regx resume outputs/runs/<run> epochs=20 sched.restart=true   # ... with a new LR cycle",
+        "regx resume outputs/runs/<run> epochs=20 sched.restart=true   # train a finished run further, a new LR cycle",
+        "regx resume outputs/runs/<run> epochs=20       # ... where its schedule ended above lr 0 (step, constant)",
     ],
     "sweep-resume": [
         "regx sweep-resume outputs/sweeps/<time>",

@@ -74,6 +74,7 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
             f"{run_dir} already completed {summary['epochs_done']} epochs; nothing to do "
             f"(pass epochs=N with N > {summary['epochs_done']} to train further)"
         )
+    _refuse_epochs_at_zero(run_dir, base, cfg)
     stopped = summary.get("stopped_early")
     if summary.get("status") == "completed" and stopped and cfg.early_stop.patience == base.early_stop.patience:
         raise NothingToDo(
@@ -81,6 +82,30 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
             "(pass early_stop.patience=0, or a larger patience, to train on)"
         )
     return cfg
+
+
+def _refuse_epochs_at_zero(run_dir: Path, base, cfg) -> None:
+    """More epochs than the run's schedule spans go on at the rate it ended with: refused when that rate is
+    (nearly) zero, where they would train nothing (a finished cosine or linear schedule)."""
+    from omegaconf import OmegaConf
+
+    from regx import config
+    from regx.schedules import lr_schedule
+
+    if cfg.epochs <= base.epochs or cfg.sched.restart:
+        return
+    steps = 100  # the rate at the schedule's end does not depend on the steps per epoch
+    container = OmegaConf.to_container
+    schedule = lr_schedule(
+        container(base.sched), lr=base.lr, epochs=base.epochs, steps=steps, average=container(base.average)
+    )
+    final = schedule(base.epochs * steps)  # as train's _continue_schedule computes it (SWA's rate included)
+    if final < 1e-3 * base.lr:
+        raise config.ConfigError(
+            f"epochs={cfg.epochs}: the {base.sched.name} schedule of {run_dir} ended at lr {final:.3g} after epoch "
+            f"{base.epochs}, and epochs past it would train at that rate, moving nothing; for a new cycle over the "
+            f"added epochs: regx resume {run_dir} epochs={cfg.epochs} sched.restart=true"
+        )
 
 
 def _epochs_done(run_dir: Path, summary: dict) -> int:

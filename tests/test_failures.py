@@ -280,7 +280,7 @@ def test_sigterm_after_the_run_completed_exits_0_and_keeps_the_status(tmp_path, 
     args = (
         ["train", "debug=smoke", "epochs=1", f"hydra.run.dir={run}"]
         if command == "train"
-        else ["resume", run, "epochs=2"]
+        else ["resume", run, "epochs=2", "sched.restart=true"]
     )
     res = cli(*args)
     assert res.returncode == 0, res.stderr
@@ -366,7 +366,7 @@ def test_a_damaged_config_is_named_by_resume_and_skipped_by_report(tmp_path, fin
     run = copy_run(finished, "a", tmp_path)
     copy_run(finished, "b", tmp_path)
     (run / "config.yaml").write_text("epochs: [1, 2\nlr: 0.1\n")
-    res = cli("resume", str(run), "epochs=3")
+    res = cli("resume", str(run), "epochs=3", "sched.restart=true")
     assert res.returncode == 2 and f"{run}/config.yaml is damaged (" in one_line(res.stderr)
     res = cli("report", str(tmp_path / "*"))
     assert res.returncode == 0, res.stderr
@@ -380,7 +380,7 @@ def test_a_truncated_summary_is_rebuilt_by_resume(tmp_path, finished, cli):
     (run / "summary.json").write_text(text[: len(text) // 2])
     res = cli("report", str(run))
     assert res.returncode == 2 and "summary.json is damaged" in res.stderr
-    res = cli("resume", str(run), "epochs=3")
+    res = cli("resume", str(run), "epochs=3", "sched.restart=true")
     assert res.returncode == 0, res.stderr
     assert "summary.json is damaged" in res.stdout and "rebuilding it from the newest checkpoint" in res.stdout
     s = summary(run)

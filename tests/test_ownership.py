@@ -51,7 +51,7 @@ def test_a_live_run_keeps_its_directory_from_a_second_owner(tmp_path, cli):
         stray = run / "checkpoints" / ".last.pt.tmp-999999"  # what a killed writer leaves; the owner's to clean
         stray.write_bytes(b"x")
         before = sorted(p.name for p in run.rglob("*"))
-        for attempt in (["resume", str(run)], ["resume", str(run), "epochs=4"]):
+        for attempt in (["resume", str(run)], ["resume", str(run), "epochs=4", "sched.restart=true"]):
             res = cli(*attempt)
             assert res.returncode == 1, res.stderr
             line = res.stderr.strip()

@@ -156,13 +156,13 @@ def test_resume_says_which_checkpoint_it_fell_back_to_and_fails_when_none_is_int
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     (run / "checkpoints/last.pt").write_bytes(b"")
-    res = cli("resume", str(run), "epochs=4")
+    res = cli("resume", str(run), "epochs=4", "sched.restart=true")
     assert res.returncode == 0, res.stderr
     assert "last.pt is corrupt" in res.stdout and "falling back to" in res.stdout
     assert summary(run)["epochs_done"] == 4
     for name in ("last.pt", "prev.pt", "best.pt"):
         (run / "checkpoints" / name).write_bytes(b"not a checkpoint")
-    res = cli("resume", str(run), "epochs=5")
+    res = cli("resume", str(run), "epochs=5", "sched.restart=true")
     assert res.returncode == 1
     assert "last.pt is corrupt" in res.stderr and "no intact checkpoint remains" in res.stderr
     assert "Traceback" not in res.stderr
@@ -182,7 +182,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, reference,
         (run / "checkpoints" / f"{name}.json").unlink()  # no manifest: loading is the only check left
     with pytest.raises(checkpoint.CorruptCheckpoint, match="holds posix.system, .* regx never unpickles code"):
         checkpoint.read(run / "checkpoints/last.pt")
-    res = cli("resume", str(run), "epochs=4")
+    res = cli("resume", str(run), "epochs=4", "sched.restart=true")
     assert res.returncode == 1 and "last.pt does not load (it holds posix.system" in res.stderr
     assert "weights_only" not in res.stderr + res.stdout  # the unsafe way round is never suggested
     assert (res.stdout + res.stderr).count("last.pt does not load") == 1  # said once (train.log has it too)
@@ -338,7 +338,7 @@ def test_best_pt_is_published_again_when_a_stop_came_between_last_and_best(tmp_p
     checkpoint.save(checkpoint.Checkpoint(**{**last.to_dict(), "state": state}), ckpt_dir, best=False)
     s = summary(run)
     (run / "summary.json").write_text(json.dumps({**s, "status": "running", "best_epoch": last.epoch}))
-    res = cli("resume", str(run), "epochs=4")
+    res = cli("resume", str(run), "epochs=4", "sched.restart=true")
     assert res.returncode == 0, res.stderr
     assert "best.pt did not hold the best epoch (3)" in (run / "train.log").read_text()
     assert checkpoint.read(ckpt_dir / "best.pt").epoch in (3, 4) and summary(run)["test_checkpoint"] == "best.pt"

@@ -223,7 +223,7 @@ def test_report_shows_what_differs_wherever_it_was_set(tmp_path):
     train(smoke_cfg("epochs=1"), tmp_path / "a")
     train(smoke_cfg("epochs=1", "experiment=overfit", "data.n_train=800", "epochs=1"), tmp_path / "b")
     train(smoke_cfg("epochs=1"), tmp_path / "c")
-    res = regx_here(tmp_path, "resume", "c", "epochs=2", "lr=0.01", "--force")
+    res = regx_here(tmp_path, "resume", "c", "epochs=2", "lr=0.01", "sched.restart=true", "--force")
     assert res.returncode == 0, res.stderr
     res = regx_here(tmp_path, "report", "a", "b", "c", "--out", "r")
     assert res.returncode == 0, res.stderr

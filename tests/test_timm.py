@@ -111,7 +111,7 @@ def test_a_timm_run_trains_resumes_predicts_and_exports(tmp_path):
     assert "timm's resnet10t (" in res.stdout + res.stderr  # the header names the zoo
     run = tmp_path / "r"
     assert checkpoint.read(run / "checkpoints/last.pt").to_dict()["config"]["model"]["zoo"] == "timm"
-    res = regx_here(tmp_path, "resume", "r", "epochs=3")
+    res = regx_here(tmp_path, "resume", "r", "epochs=3", "sched.restart=true")
     assert res.returncode == 0, res.stderr
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == ["1", "2", "3"]
     from PIL import Image

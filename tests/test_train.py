@@ -116,11 +116,17 @@ class Crash(Hook):
 
 def test_resume_can_extend_and_refuses_bad_targets(cli, tmp_path):
     assert cli("train", "debug=smoke", "epochs=1", "hydra.run.dir=r")[0] == 0
-    code, _, err = cli("resume", "r", "epochs=2")
+    code, _, err = cli("resume", "r", "epochs=2")  # on main: an epoch at lr 0, marked *best*
+    assert code == 2 and err.strip() == (
+        "regx: error: epochs=2: the cosine schedule of r ended at lr 0 after epoch 1, and epochs past it would "
+        "train at that rate, moving nothing; for a new cycle over the added epochs: regx resume r epochs=2 "
+        "sched.restart=true"
+    )
+    code, _, err = cli("resume", "r", "epochs=2", "sched.restart=true")
     assert code == 0, err
     assert [int(r["epoch"]) for r in read_metrics(tmp_path / "r" / "metrics.csv")] == [1, 2]
     resumes = json.loads((tmp_path / "r" / "summary.json").read_text())["resumes"]
-    assert len(resumes) == 1 and resumes[0]["changed"] == {"epochs": 2}  # what it was resumed with
+    assert len(resumes) == 1 and resumes[0]["changed"] == {"epochs": 2, "sched.restart": True}
     with pytest.raises(RunFailed, match="crashed"):  # before the first checkpoint: resume starts it again
         train(smoke_cfg(), tmp_path / "early", hooks=[Crash()])
     code, out, err = cli("resume", "early", "epochs=1")
@@ -254,7 +260,7 @@ def test_curves_are_redrawn_only_when_drawing_is_cheap_next_to_the_epochs_and_al
 def test_extending_a_finished_run_keeps_its_schedule_or_restarts_it(tmp_path, restart):
     from regx.runs import resume
 
-    train(smoke_cfg("epochs=2", "sched=cosine"), tmp_path / "r")
+    train(smoke_cfg("epochs=2", "sched=cosine" if restart else "sched=step"), tmp_path / "r")  # step: ends above 0
     resume(tmp_path / "r", ["epochs=4", f"sched.restart={str(restart).lower()}"])
     lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "r" / "metrics.csv")]
     log = (tmp_path / "r" / "train.log").read_text()
@@ -262,6 +268,7 @@ def test_extending_a_finished_run_keeps_its_schedule_or_restarts_it(tmp_path, re
         assert lrs[2:] == lrs[:2] and "a new cosine cycle over epochs 3-4" in log
     else:  # no sawtooth: the rate the schedule ended with
         assert lrs[2] == lrs[3] <= lrs[1] and "sched.restart=true starts a new cycle instead" in log
+        assert lrs[3] > 0
 
 
 def test_the_progress_bar_moves_in_short_epochs_and_ends_full():
