@@ -74,7 +74,7 @@ class DataConfig:
     download: bool = True  # torchvision sets: download into root when the files are not there
     path: str | None = None  # imagefolder: the folder of class subfolders
     image_size: int | None = num(None, "[8, 1024]", "or null")  # null: the data's own size
-    channels: int = choice(3, "1|3")  # shapes only; other sets have their own
+    channels: int | None = choice(None, "1|3", by="shapes")  # shapes only (3 unless set); other sets have their own
     num_classes: int = num(10, "[2, 10]", "for data=shapes")  # shapes only
     n_train: int = num(12000, ">= 10")  # shapes only: training pool (validation is carved from it)
     n_test: int = num(2000, ">= 0")  # shapes only
@@ -570,7 +570,11 @@ def validate(cfg: DictConfig) -> None:
 
 # The groups whose options each read some of the group's keys (field metadata `by`); for logger, the
 # options are flags that several may set at once.
-READ_BY_OPTION = ("optim", "sched", "dropout", "average", "finetune", "logger")
+READ_BY_OPTION = ("data", "optim", "sched", "dropout", "average", "finetune", "logger")
+UNREAD_HINTS = {  # what to do instead, where the key is a common mistake
+    "data.channels": "the set's images have the channels they have; a model built for RGB, pretrained weights included, "
+    "takes grey images as three equal channels by itself",
+}
 
 
 def _check_unread(c: DictConfig) -> None:
@@ -579,6 +583,7 @@ def _check_unread(c: DictConfig) -> None:
     for group in READ_BY_OPTION:
         node = c[group]
         schema = {
+            "data": DataConfig,
             "optim": OptimConfig,
             "sched": SchedConfig,
             "dropout": DropoutConfig,
@@ -597,9 +602,10 @@ def _check_unread(c: DictConfig) -> None:
             if value != default:
                 which = " or ".join(f"{group}={o}" for o in by.split("|"))
                 now = ", ".join(sorted(chosen)) or "none"
+                hint = UNREAD_HINTS.get(f"{group}.{f.name}")
                 raise ConfigError(
                     f"{group}.{f.name}={value!r} is not read by {group}={now}: only {which} reads it "
-                    f"(remove it, or choose that option)"
+                    + (f"({hint})" if hint else "(remove it, or choose that option)")
                 )
 
 

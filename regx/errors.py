@@ -226,7 +226,11 @@ def _check_timm_input(cfg) -> None:
         size = timm_pretrained_cfg(cfg.model.name).get("input_size", (3, None, None))[-1]
     size = size or NATIVE_SIZE.get(cfg.data.name)
     channels = (
-        1 if cfg.data.name in ("mnist", "fashion_mnist") else cfg.data.channels if cfg.data.name == "shapes" else 3
+        1
+        if cfg.data.name in ("mnist", "fashion_mnist")
+        else (cfg.data.channels or 3)
+        if cfg.data.name == "shapes"
+        else 3
     )
     kwargs = model_kwargs(cfg, num_classes=2, in_channels=channels, image_size=size)
     try:

@@ -41,6 +41,8 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
         raise config.ConfigError(
             f"{exc}; the checkpoints still hold the run: repair the file or copy it from .hydra/config.yaml"
         ) from None
+    if saved.get("data", {}).get("name") != "shapes" and saved.get("data", {}).get("channels") == 3:
+        saved.data.channels = None  # before data.channels was shapes' alone, every run recorded its default 3
     if isinstance(saved.get("logger"), str):  # before the logger group (regx 0.1 runs): logger: none|tensorboard
         saved.logger = {"tensorboard": saved.logger == "tensorboard"}
     try:

@@ -91,6 +91,12 @@ def test_used_by_command_composes():
         (["model.fc=3"], "model.fc=3 is invalid"),
         (["oops"], "cannot parse override 'oops'"),
         (["wd=0,-1"], "wd=-1.0 is invalid: must be >= 0"),  # a bad value inside a sweep fails up front
+        # on main the model was built with 1 channel while config.yaml recorded 3
+        (
+            ["data=fashion_mnist", "data.channels=3"],
+            "data.channels=3 is not read by data=fashion_mnist: only data=shapes",
+        ),
+        (["sched=cosine", "sched.gamma=0.5"], "sched.gamma=0.5 is not read by sched=cosine: only sched=step or "),
     ],
 )
 def test_bad_config_is_one_line(overrides, message):

@@ -70,8 +70,11 @@ _SHAPES = [
 ]
 
 
-@register_loader("shapes", size=lambda *, n_train, **_: (n_train, False), channels=lambda *, channels, **_: channels)
+@register_loader(
+    "shapes", size=lambda *, n_train, **_: (n_train, False), channels=lambda *, channels, **_: channels or 3
+)
 def _load_shapes(*, image_size, channels, num_classes, n_train, n_test, seed, **_):
+    channels = channels or 3
     size = image_size or 32
     x, y = make_shapes(n_train, size, num_classes, channels, seed * 2)
     test = Split(*reversed(make_shapes(n_test, size, num_classes, channels, seed * 2 + 1))) if n_test else None
