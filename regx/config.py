@@ -572,8 +572,8 @@ def validate(cfg: DictConfig) -> None:
 # options are flags that several may set at once.
 READ_BY_OPTION = ("data", "optim", "sched", "dropout", "average", "finetune", "logger")
 UNREAD_HINTS = {  # what to do instead, where the key is a common mistake
-    "data.channels": "the set's images have the channels they have; a model built for RGB, pretrained weights included, "
-    "takes grey images as three equal channels by itself",
+    "data.channels": "the set's images have the channels they have; a model built for RGB, pretrained weights "
+    "included, takes grey images as three equal channels by itself",
 }
 
 
