@@ -28,6 +28,35 @@ def _closest(word: str, candidates: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+# what other tools call regx's keys (torch, timm's train.py, Lightning): the key a user means by them
+KEY_ALIASES = {
+    "weight_decay": "wd",
+    "learning_rate": "lr",
+    "max_epochs": "epochs",
+    "num_epochs": "epochs",
+    "smoothing": "label_smoothing",
+    "drop_rate": "dropout.p",
+    "drop_path_rate": "model.drop_path",
+    "mixup_alpha": "aug.mixup.alpha",
+}
+
+
+def _closest_key(key: str, known: list[str]) -> str:
+    """'; did you mean ...?' for an unknown key: a key of the same last name elsewhere first (optim.lr ->
+    lr: the rate is top-level), then another tool's name for one of regx's, then the closest spelling."""
+    leaf = key.rsplit(".", 1)[-1]
+    same = sorted(
+        (k for k in known if k.rsplit(".", 1)[-1] == leaf and k != key and not k.startswith("ablate.")),
+        key=lambda k: (k.count("."), k),
+    )
+    alias = KEY_ALIASES.get(leaf)
+    if same:
+        return f"; did you mean '{same[0]}'?"
+    if alias in known:
+        return f"; did you mean '{alias}'?"
+    return _closest(key, known)
+
+
 def explain(exc: BaseException, overrides: list[str]) -> str:
     """One line for a composition error: the key, the value given, and what would be valid."""
     chain = []
@@ -54,7 +83,7 @@ def explain(exc: BaseException, overrides: list[str]) -> str:
             known = flat_keys(compose(rest))
         except Exception:
             known = flat_keys(compose())
-        return f"unknown config key '{key}'{_closest(key, known)}"
+        return f"unknown config key '{key}'{_closest_key(key, known)}"
     m = re.search(r"Value '([^']*)' (?:of type '[^']*' )?(?:could not be converted to|is not a valid) (\w+)", text)
     if m:
         full = re.search(r"full_key: (\S+)", text)

@@ -70,6 +70,8 @@ def test_used_by_command_composes():
     [
         (["lrr=0.1"], "unknown config key 'lrr'; did you mean 'lr'?"),
         (["aug.rotate.degres=30"], "did you mean 'aug.rotate.degrees'?"),
+        (["optim=adamw", "optim.lr=0.01"], "unknown config key 'optim.lr'; did you mean 'lr'?"),  # main: 'optim'
+        (["optim.weight_decay=0.01"], "unknown config key 'optim.weight_decay'; did you mean 'wd'?"),
         (["aug=flip_rotat"], "unknown option aug=flip_rotat; did you mean 'flip_rotate'? (valid options: "),
         (["epochs=ten"], "epochs='ten' is invalid: must be of type integer"),
         (["channels_last=maybe"], "channels_last='maybe' is invalid: must be of type bool"),
