@@ -124,7 +124,10 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
         candidates = [
             (
                 "stop at the best epoch (checkpoints/best.pt holds it)",
-                "early_stop.patience=5" if cfg.early_stop.patience == 0 else None,
+                # a patience that can trigger: two epochs or more, half the run at most (up to 5)
+                f"early_stop.patience={min(5, cfg.epochs // 2)}"
+                if cfg.early_stop.patience == 0 and cfg.epochs // 2 >= 2
+                else None,
             ),
             (
                 "augment the data",

@@ -354,13 +354,16 @@ def print_summary(s: dict, log) -> None:
         train = "clean train acc" if ev.get("train_acc_is_clean") else "train acc (as trained)"
         facts = (
             f"at epoch {ev.get('epoch')}, best.pt's: {train} {pct(ev.get('train_acc'))} (target "
-            f"{pct(ev.get('target'))}), val acc {pct(ev.get('val_acc'))}, gap {pct(ev.get('gap'))}"
+            f"{pct(ev.get('target'))}), val acc {pct(ev.get('val_acc'))}, gap {100 * ev.get('gap'):+.1f}pp"
             + ("; validation went past its best after it" if ev.get("past_best") else "")
             if "gap" in ev
             else str(ev)
         )
         from regx.diagnose import FEW_STEPS
 
+        n_val = s.get("n_val") or 0
+        if 0 < n_val < 100:  # one image moves validation accuracy by more than a point
+            facts += f"; validation has only {n_val} images (one is {100 / n_val:.1f} points): a rough verdict"
         if ev.get("optimizer_steps", FEW_STEPS) < FEW_STEPS:
             facts += f"; only {ev['optimizer_steps']} optimizer steps, too few to judge by"
         if ev.get("memorized_final") is not None:

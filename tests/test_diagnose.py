@@ -1,6 +1,7 @@
 """Verdict rules on synthetic curves, and on real runs."""
 
 import json
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -116,6 +117,14 @@ def test_remedies_rank_by_the_evidence():
     assert [how for _, how in flat][:3] == ["aug=none", "dropout=none", "wd=0.0001"]
 
 
+def test_early_stopping_is_suggested_only_where_it_can_trigger():
+    """On main early_stop.patience=5 was suggested to 1- and 3-epoch runs."""
+    for epochs, patience in ((1, None), (3, None), (4, 2), (6, 3), (30, 5)):
+        _, pairs = suggested("overfitting", ["aug=none", "wd=0", f"epochs={epochs}"], past_best=True)
+        shown = [how for _, how in pairs if how.startswith("early_stop")]
+        assert shown == ([f"early_stop.patience={patience}"] if patience else []), epochs
+
+
 def test_few_steps_come_first_with_a_batch_size():
     cfg = config.compose(["batch_size=128", "epochs=30"])
     pairs = remedies("underfitting", cfg, {"optimizer_steps": 30}, 90)
@@ -171,6 +180,9 @@ def test_a_run_with_few_steps_says_so_before_training_and_in_its_remedies(tmp_pa
     assert warn in out and out.index(warn) < out.index("epoch 1/3")
     assert "too few to judge a regularizer by: batch_size=8 gives about 36" in out
     assert "only 6 optimizer steps, too few to judge by" in out  # the verdict's line says so too
+    verdict = next(line for line in out.splitlines() if line.startswith("verdict: "))
+    assert "validation has only 40 images (one is 2.5 points): a rough verdict" in verdict
+    assert re.search(r", gap [+-]\d+\.\dpp", verdict)  # points, as on the epoch lines (main: "gap 13.59%")
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["evidence"]["optimizer_steps"] == 6
     assert s["remedies"][0] == (
