@@ -133,7 +133,10 @@ def report(sweep_dir: Path, metric: str = "test") -> tuple[list[str], list[list[
     ]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**d, "failed": " ".join(f"{k}:{v}" for k, v in d["failed"].items())} for d in data)
+    writer.writerows(  # the overrides as ablation.md spells them: the baseline's, and each arm's own on top
+        {**d, "overrides": row[1], "failed": " ".join(f"{k}:{v}" for k, v in d["failed"].items())}
+        for d, row in zip(data, shown)
+    )
     write_text(sweep_dir / "ablation.csv", buf.getvalue())
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in shown]
     notes = [
@@ -145,7 +148,5 @@ def report(sweep_dir: Path, metric: str = "test") -> tuple[list[str], list[list[
         *(f"Warning: {w}" for w in warnings),
     ]
     write_text(sweep_dir / "ablation.md", "\n".join(md) + "\n\n" + "\n\n".join(notes) + "\n")
-    arms_chart(
-        sweep_dir / "ablation.png", data, metric, f"regx ablate: {sweep_dir.name} ({metric} accuracy, mean ± std)"
-    )
+    arms_chart(sweep_dir / "ablation.png", data, metric, f"regx ablate: {sweep_dir.name} ({metric} accuracy)")
     return header, shown, [sweep_dir / "ablation.csv", sweep_dir / "ablation.md", sweep_dir / "ablation.png"], warnings

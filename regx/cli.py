@@ -431,6 +431,29 @@ def _study_args(p: _Parser, args: list[str]):
     return a
 
 
+def _warn_few_steps_ahead(kind: str, runs: list[list[str]]) -> None:
+    """Said once before a study's jobs start (each run says it again in its log): the fewest optimizer
+    steps its baseline runs will take, where that is too few to judge a regularizer by."""
+    from regx import config
+    from regx.data import train_count
+    from regx.diagnose import FEW_STEPS
+    from regx.schedules import steps_per_epoch
+
+    try:
+        fewest = min(
+            steps_per_epoch(train_count(cfg.data), cfg.batch_size) * cfg.epochs
+            for cfg in (config.compose(o) for o in runs)
+        )
+    except Exception:  # counted without loading the data where it can be; never a reason to stop here
+        return
+    if fewest < FEW_STEPS:
+        print(
+            f"regx: warning: this {'ablation' if kind == 'ablate' else kind}'s runs take as few as {fewest} optimizer steps: too few to judge a "
+            f"regularizer by (under {FEW_STEPS}); train longer, or in smaller batches",
+            file=sys.stderr,
+        )
+
+
 def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[str]], plan=None) -> tuple[Path, int]:
     """Check every arm and point before any directory exists, then run the study as one sweep under
     outputs/<kind>s/; (its directory, the sweep's exit status). With --resume: finish the one given."""
@@ -466,6 +489,7 @@ def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[
             errors.preflight([*a.overrides, *extra])
         except config.ConfigError as exc:
             raise BadInput(f"{kind} {what} ({' '.join(extra)}): {exc}") from None
+    _warn_few_steps_ahead(kind, [[*a.overrides, *baseline, *o] for o in (points.values() or [[]])])
     runs = len(arms) * max(1, len(points)) * a.seeds
     jobs = a.jobs or max(1, min(runs, (os.cpu_count() or 1) // 4))
     sweep = Path(claim_dir(f"outputs/{'ablations' if kind == 'ablate' else kind + 's'}", ""))

@@ -195,40 +195,42 @@ def confusion_plot(path: Path, cm: torch.Tensor, classes: list[str], title: str)
 
 
 def arms_chart(path: Path, data: list[dict], metric: str, title: str) -> None:
-    """Bars: each arm's mean with its std over seeds, the seeds as dots, the baseline as a line."""
+    """Each arm's mean with its std over seeds (a point and bar: the axis is zoomed to the values, where a
+    bar from zero would hide the differences and a bar from elsewhere would exaggerate them), the seeds
+    as dots, the baseline as a line, and above each arm its difference from the baseline with that
+    difference's 95% interval (the paired one, from ablation.md)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(data) + 2), 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(data) + 2), 4.4), dpi=110)
     names = [d["arm"] for d in data]
     means = [100 * (d["mean"] or 0) for d in data]
-    ax.bar(
-        names,
-        means,
-        yerr=[100 * d["std"] for d in data],
-        capsize=4,
-        color=["#888888" if n == "baseline" else "#4c72b0" for n in names],
-    )
+    stds = [100 * (d["std"] or 0) for d in data]
     for i, d in enumerate(data):
+        colour = "#666666" if d["arm"] == "baseline" else "#4c72b0"
+        ax.errorbar([i], [means[i]], yerr=[stds[i]], fmt="o", markersize=8, capsize=5, color=colour, zorder=2)
         ax.scatter([i] * len(d["scores"]), [100 * v for v in d["scores"].values()], color="black", s=10, zorder=3)
         if d["diff"] is not None:
-            label = f"{100 * d['diff']:+.1f}" + ("" if d["ci95"] is None else f"±{100 * d['ci95']:.1f}")
-            ax.annotate(
-                label,
-                (i, means[i] + 100 * d["std"]),
-                textcoords="offset points",
-                xytext=(0, 4),
-                ha="center",
-                fontsize=8,
-            )
+            label = f"{100 * d['diff']:+.1f}" + ("" if d["ci95"] is None else f" ± {100 * d['ci95']:.1f}")
+            top = max([means[i] + stds[i], *(100 * v for v in d["scores"].values())])
+            ax.annotate(label, (i, top), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     if data and data[0]["arm"] == "baseline" and data[0]["mean"] is not None:
         ax.axhline(100 * data[0]["mean"], color="#888888", linestyle="--", linewidth=1)
-    low = min((100 * v for d in data for v in d["scores"].values()), default=0)
-    ax.set_ylim(max(0, low - 5), min(100, max(means, default=100) + 5))
+    values = [v for m, sd in zip(means, stds) for v in (m - sd, m + sd)]
+    values += [100 * v for d in data for v in d["scores"].values()]
+    low, high = min(values, default=0), max(values, default=100)
+    pad = max(2.0, 0.08 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), high + 2.5 * pad)  # room above for the labels
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel(f"{metric} accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(
+        _wrap(title) + "\npoints: mean ± std over seeds (dots); above: the difference from the baseline ± its 95% CI",
+        fontsize=9,
+    )
+    ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
 
 

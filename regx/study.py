@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from regx.config import GROUPS
+from regx.diagnose import FEW_STEPS
 from regx.files import DamagedFile, job_dirs, read_json, read_overrides, write_text
 from regx.stats import holm, paired_ci, paired_p, seeds_needed
 
@@ -200,6 +201,7 @@ class Arm:
     gaps: dict[int, float]  # seed -> the clean gap at the epoch the verdict describes
     failed: dict[int, str]  # seed -> how a run that did not complete ended: diverged, failed, interrupted, ...
     classes: int | None = None
+    steps: int | None = None  # the fewest optimizer steps a run of the arm took
 
 
 def arms_at(runs: list[Run], point: str | None, overrides: dict[str, list[str]]) -> list[Arm]:
@@ -210,6 +212,9 @@ def arms_at(runs: list[Run], point: str | None, overrides: dict[str, list[str]])
             continue
         arm = arms.setdefault(r.arm, Arm(r.arm, overrides.get(r.arm, []), {}, [], {}, {}))
         arm.classes = r.summary.get("num_classes", arm.classes)
+        steps = (r.summary.get("evidence") or {}).get("optimizer_steps")
+        if steps is not None:
+            arm.steps = steps if arm.steps is None else min(arm.steps, steps)
         arm.verdicts.append(r.verdict)
         if r.status != "completed":
             arm.failed[r.seed] = r.status
@@ -277,6 +282,12 @@ def warnings_for(arms: list[Arm], data: list[dict], where: str = "") -> list[str
         if a.failed:
             runs = ", ".join(f"seed {k} {v}" for k, v in sorted(a.failed.items()))
             out.append(f"{a.name}: {runs}; its figures (†) are over the {len(a.scores)} seeds that completed")
+    steps = min((a.steps for a in arms if a.steps is not None), default=None)
+    if steps is not None and steps < FEW_STEPS:
+        out.append(
+            f"runs of only {steps} optimizer steps: too few to judge a regularizer by (under {FEW_STEPS}, a "
+            "technique has not had the time to act); train longer, or in smaller batches"
+        )
     base = next((d for d, a in zip(data, arms) if a.name == "baseline"), None)
     classes = next((a.classes for a in arms if a.classes), None)
     if base is not None and base["mean"] is not None and classes:

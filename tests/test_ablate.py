@@ -77,6 +77,13 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
     md = (sweep / "ablation.md").read_text()
     assert (sweep / "ablation.png").stat().st_size > 0 and "| baseline |" in md
     assert "Warning: 2 seeds: too few" in md and "regx: warning: 2 seeds" in res.stderr
+    # said once before the jobs start, and under the table (on main: only inside each run's log)
+    few = "regx: warning: this ablation's runs take as few as 6 optimizer steps: too few to judge a regularizer by"
+    assert res.stderr.startswith(few) and "Warning: runs of only 6 optimizer steps" in md
+    shown = {
+        cells[0].lstrip("| "): cells[1] for cells in (line.split(" | ") for line in md.splitlines()) if len(cells) > 2
+    }
+    assert rows["dropout"]["overrides"] == shown["dropout"] == "dropout=fc"  # csv and md spell the arms alike
     again = cli("ablate", "--resume", str(sweep), "--metric", "test_corrupt")  # nothing left to run: tabulated anew
     assert again.returncode == 0 and "completed already, skipped" in again.stdout
     rows = {r["arm"]: r for r in csv.DictReader(open(sweep / "ablation.csv"))}
