@@ -447,8 +447,9 @@ def _warn_few_steps_ahead(kind: str, runs: list[list[str]]) -> None:
     except Exception:  # counted without loading the data where it can be; never a reason to stop here
         return
     if fewest < FEW_STEPS:
+        study = "ablation" if kind == "ablate" else kind
         print(
-            f"regx: warning: this {'ablation' if kind == 'ablate' else kind}'s runs take as few as {fewest} optimizer steps: too few to judge a "
+            f"regx: warning: this {study}'s runs take as few as {fewest} optimizer steps: too few to judge a "
             f"regularizer by (under {FEW_STEPS}); train longer, or in smaller batches",
             file=sys.stderr,
         )
