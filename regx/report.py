@@ -253,7 +253,7 @@ def write_report(
 ) -> list[Path]:
     """report.csv (raw numbers), report.md (the table as shown) and report.png: every run; with
     `group_by` also report_by_<keys>.csv/.md/.png: one row per group. Nothing overwrites the other."""
-    runs_title = title.split(",")[0]
+    runs_title = title.split(", grouped by")[0]
     files = _write_tables(out, "report", records, keys, None, metric, runs_title)
     if group_by:
         files += _write_tables(out, "report_by_" + "_".join(group_by), records, keys, group_by, metric, title)
@@ -301,7 +301,9 @@ def report_plot(
     def label(r):
         return ",".join(f"{k}={_value(r, k)}" for k in (group_by or keys)) or r["run"]
 
-    colours = {}
+    from matplotlib.ticker import MaxNLocator
+
+    colours, curves = {}, {}
     fig, (ax_c, ax_b) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100)
     for r in records:
         if not r["metrics"]:
@@ -309,21 +311,38 @@ def report_plot(
         lab = label(r)
         first = lab not in colours
         colour = colours.setdefault(lab, f"C{len(colours) % 10}")
+        epochs, accs = [int(m["epoch"]) for m in r["metrics"]], [100 * float(m["val_acc"]) for m in r["metrics"]]
+        curves.setdefault(lab, []).append(dict(zip(epochs, accs)))
         ax_c.plot(
-            [int(m["epoch"]) for m in r["metrics"]],
-            [100 * float(m["val_acc"]) for m in r["metrics"]],
+            epochs,
+            accs,
             color=colour,
-            lw=1.4,
-            alpha=0.85,
-            label=lab if first else None,
+            lw=0.9 if group_by else 1.4,
+            alpha=0.35 if group_by else 0.85,  # grouped: each run thin, its group's mean drawn over them
+            label=lab if first and not group_by else None,
             ls="-" if r["status"] == "completed" else "--",
         )
+    if group_by:
+        for lab, runs in curves.items():
+            shared = sorted(set.intersection(*(set(c) for c in runs)))
+            ax_c.plot(
+                shared,
+                [sum(c[e] for c in runs) / len(runs) for e in shared],
+                color=colours[lab],
+                lw=2.2,
+                label=f"{lab} (mean of {len(runs)})",
+            )
+    ax_c.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax_c.set_xlabel("epoch")
     ax_c.set_ylabel("validation accuracy (%)")
-    ax_c.set_title("validation accuracy (dashed: not completed)", fontsize=9)
+    ax_c.set_title(
+        "validation accuracy (dashed: not completed"
+        + ("; thin: each run, thick: the group's mean)" if group_by else ")"),
+        fontsize=9,
+    )
     ax_c.grid(alpha=0.3)
     if colours:
-        ax_c.legend(fontsize=7, loc="lower right")
+        ax_c.legend(fontsize=7, loc="best", framealpha=0.7)
     if group_by:
         groups = group_records(records, group_by)
         names = [",".join(f"{k}={g[k]}" for k in group_by) for g in groups]
@@ -408,7 +427,11 @@ def build(
     if sort:
         records = sort_records(records, sort)
     out = Path(out) if out is not None else _default_out(paths, records)
-    title = f"{len(records)} run{'s' * (len(records) != 1)}" + (
+    from collections import Counter
+
+    ended = ", ".join(f"{n} {status}" for status, n in Counter(r["status"] for r in records).most_common())
+    source = Path(paths[0]).name or paths[0] if len(paths) == 1 else f"{len(paths)} paths"
+    title = f"{len(records)} run{'s' * (len(records) != 1)} of {source} ({ended})" + (
         f", grouped by {','.join(group_by)}" if group_by else ""
     )
     header, shown, _ = report_table(records, keys, group_by)

@@ -5,6 +5,7 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -320,3 +321,26 @@ def test_a_report_stopped_halfway_publishes_none_of_its_files(sweep, tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         regx.report.write_report(out, records, ["lr"], "test", None, "second")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old set, whole; no temporary file
+
+
+def test_report_pictures_read_at_a_glance(sweep, tmp_path, monkeypatch):
+    """On main: epoch ticks at 1.25, 1.5 for a 2-epoch sweep, a title of only "4 runs", and a group's runs
+    in one colour with nothing to tell the group's trend."""
+    import regx.report
+
+    figures = {}
+
+    def keep(fig, path):
+        figures[Path(path).name] = fig
+        return Path(path)
+
+    monkeypatch.setattr(regx.report, "save_figure", keep)
+    report = regx.report.build([str(sweep)], group_by=["lr"], out=tmp_path / "out")
+    assert report.title == f"4 runs of {sweep.name} (2 completed, 2 failed), grouped by lr"
+    runs, grouped = figures["report.png"], figures["report_by_lr.png"]
+    assert runs._suptitle.get_text() == f"4 runs of {sweep.name} (2 completed, 2 failed)"
+    for fig in (runs, grouped):
+        ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 2]
+        assert ticks == [1, 2], ticks  # whole epochs only
+    legend = [t.get_text() for t in grouped.axes[0].get_legend().get_texts()]
+    assert "lr=0.05 (mean of 2)" in legend
