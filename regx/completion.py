@@ -57,11 +57,30 @@ def complete(line: str, commands: list[str]) -> list[str]:
         return [f for f in FLAGS.get(command, []) if f.startswith(current)]
     if command not in CONFIG_COMMANDS:
         return []  # run and sweep directories: the shell completes paths
-    return _config_words(" ".join([*done[1:], current]))
+    rest, config_dir = _without_config_dir(done[1:])
+    return _config_words(" ".join([*rest, current]), config_dir)
 
 
-def _config_words(line: str) -> list[str]:
-    """Hydra's completion of groups, options and keys over regx's config tree."""
+def _without_config_dir(words: list[str]) -> tuple[list[str], str | None]:
+    """The words without `-cd DIR` (`--config-dir DIR`, `--config-dir=DIR`), and DIR: the user's own
+    config folder, whose options complete too."""
+    out, found, i = [], None, 0
+    while i < len(words):
+        w = words[i]
+        if w in ("-cd", "--config-dir") and i + 1 < len(words):
+            found, i = words[i + 1], i + 2
+            continue
+        if w.startswith("--config-dir="):
+            found = w.partition("=")[2]
+        else:
+            out.append(w)
+        i += 1
+    return out, found
+
+
+def _config_words(line: str, config_dir: str | None = None) -> list[str]:
+    """Hydra's completion of groups, options and keys over regx's config tree (and `config_dir`'s, as
+    `-cd` adds it)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.core_plugins.bash_completion import BashCompletion
     from hydra._internal.utils import create_config_search_path
@@ -69,7 +88,12 @@ def _config_words(line: str) -> list[str]:
     from regx import config
 
     config.register()
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(config.conf_dir())))
+    search_path = create_config_search_path(str(config.conf_dir()))
+    if config_dir:
+        from pathlib import Path
+
+        search_path.prepend("command-line", f"file://{Path(config_dir).expanduser().resolve()}")
+    loader = ConfigLoaderImpl(config_search_path=search_path)
     try:
         return BashCompletion(loader)._query(config_name="train", line=line)
     except Exception:  # a half-typed line Hydra cannot parse: nothing to offer

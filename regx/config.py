@@ -458,8 +458,10 @@ def conf_dir() -> Path:
     raise FileNotFoundError(f"regx's config tree (conf/train.yaml) was not found near {here}")
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+def group_options(group: str, config_dir: str | None = None) -> list[str]:
+    """The options of `group`: regx's, and with `config_dir` (regx train -cd) the user's own there."""
+    dirs = [conf_dir(), *([Path(config_dir)] if config_dir else [])]
+    return sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
 
 
 _registered = False

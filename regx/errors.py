@@ -57,7 +57,7 @@ def _closest_key(key: str, known: list[str]) -> str:
     return _closest(key, known)
 
 
-def explain(exc: BaseException, overrides: list[str]) -> str:
+def explain(exc: BaseException, overrides: list[str], config_dir: str | None = None) -> str:
     """One line for a composition error: the key, the value given, and what would be valid."""
     chain = []
     e: BaseException | None = exc
@@ -67,10 +67,17 @@ def explain(exc: BaseException, overrides: list[str]) -> str:
     text = " ".join(str(x) for x in chain)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
+    m = re.search(r"In '([^/']+)/([^']+)': Could not override '(\w+)@\1\.\3'", text)
+    if m:  # an option file of a group whose defaults override other groups: its package is its group's
+        group, option, other = m.groups()
+        return (
+            f"{group}/{option}.yaml lacks `# @package _global_` as its first line: without it its keys and its "
+            f"override of /{other} land under {group}.* instead of setting the run's (docs/guide.md shows one)"
+        )
     m = re.search(r"Could not (?:find|load) '([^/']+)/([^']+)'", text)  # load: an option inside a list
     if m:
         group, option = m.groups()
-        options = group_options(group)
+        options = group_options(group, config_dir)
         if options:
             return f"unknown option {group}={option}{_closest(option, options)} (valid options: {', '.join(options)})"
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in", text)
@@ -78,6 +85,12 @@ def explain(exc: BaseException, overrides: list[str]) -> str:
         key = m.group(1)
         full = re.search(r"full_key: (\S+)", text)
         key = full.group(1) if full else key
+        chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key.split(".")[0]), None)
+        if key.split(".")[0] == "experiment" and chosen:  # an experiment file's keys, packaged under its group
+            return (
+                f"experiment/{chosen}.yaml lacks `# @package _global_` as its first line: without it its keys "
+                "land under experiment.* instead of setting the run's (docs/guide.md shows one)"
+            )
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
         try:
             known = flat_keys(compose(rest))
@@ -220,7 +233,7 @@ def preflight(
         except ConfigError:
             raise
         except Exception as exc:  # Hydra and OmegaConf raise many kinds; all mean bad input here
-            raise ConfigError(explain(exc, variant)) from exc
+            raise ConfigError(explain(exc, variant, config_dir)) from exc
         if cfg.data.path and cfg.data.name != "imagefolder" and not sweeps_data:  # a sweep may set it for some jobs
             raise ConfigError(
                 f"data.path={cfg.data.path} is set but data={cfg.data.name} does not read a folder: "

@@ -250,3 +250,25 @@ _regx_completion; echo "${COMPREPLY[@]}"
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     res = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, env=env)
     assert res.stdout.split() == ["aug=flip_rotate"], res.stderr
+
+
+def test_your_own_config_folder_is_suggested_listed_completed_and_explained(tmp_path, cli, monkeypatch, capsys):
+    """On main: Hydra's raw ConfigCompositionException for a file without `# @package _global_`, 'did you
+    mean mnist' for a typo of the user's own 'mine', and neither the list nor completion named it."""
+    from regx.cli import main
+
+    (tmp_path / "myconf" / "experiment").mkdir(parents=True)
+    (tmp_path / "myconf" / "experiment" / "mine.yaml").write_text("# @package _global_\nepochs: 2\n")
+    (tmp_path / "myconf" / "experiment" / "nopkg.yaml").write_text("defaults:\n  - override /aug: flip\nepochs: 2\n")
+    (tmp_path / "myconf" / "experiment" / "plain.yaml").write_text("epochs: 2\n")
+    monkeypatch.chdir(tmp_path)
+    res = cli("train", "-cd", "myconf", "experiment=mne", "debug=smoke")
+    assert res.returncode == 2 and "did you mean 'mine'?" in res.stderr and ", mine, " in res.stderr
+    for name in ("nopkg", "plain"):
+        res = cli("train", "-cd", "myconf", f"experiment={name}", "debug=smoke")
+        assert res.returncode == 2, res.stderr
+        assert f"experiment/{name}.yaml lacks `# @package _global_` as its first line" in res.stderr
+    assert not (tmp_path / "outputs").exists()
+    monkeypatch.setenv("COMP_LINE", "regx train -cd myconf experiment=m")
+    assert main(["-sc", "query=bash"]) == 0
+    assert {"experiment=mine", "experiment=mnist"} <= set(capsys.readouterr().out.split())
