@@ -924,7 +924,10 @@ def cmd_eval(args: list[str]) -> int:
         "RUN_DIR",
         overrides="data=OPTION, data.KEY=VALUE, device, precision or eval_batch_size",
     )
-    p.add_argument("--last", action="store_true", help="last.pt instead of best.pt")
+    p.add_argument(
+        "--checkpoint", choices=["best", "last"], default="best", help="best.pt (default) or last.pt, as for predict"
+    )
+    p.add_argument("--last", action="store_true", help=argparse.SUPPRESS)  # the old spelling of --checkpoint last
     p.add_argument(
         "--split",
         choices=["test", "val", "train", "all"],
@@ -948,7 +951,7 @@ def cmd_eval(args: list[str]) -> int:
         eval_run(
             Path(a.run_dir),
             a.overrides,
-            last=a.last,
+            last=a.last or a.checkpoint == "last",
             out=a.out,
             split=a.split,
             unknown=a.unknown,
@@ -998,8 +1001,8 @@ def cmd_predict(args: list[str]) -> int:
         if bar is not None:
             bar.close()
     report = sys.stderr if a.out is None else sys.stdout  # stdout carries the rows when there is no --out
-    for path in r.unreadable:
-        print(f"unreadable: {path}", file=report)
+    for path, why in r.unreadable:
+        print(f"unreadable: {path} ({why})", file=report)
     counts = ", ".join(f"{label} {n}" for label, n in r.histogram.most_common())
     print(
         f"{r.count} image{'s' * (r.count != 1)}{' -> ' + a.out if a.out else ''}"

@@ -87,7 +87,7 @@ class Preprocess:
         return (batch.float() / 255 - mean) / std
 
 
-@dataclass
+@dataclass(repr=False)
 class Predictor:
     """A run's model in eval mode, its class names and its preprocessing."""
 
@@ -107,9 +107,23 @@ class Predictor:
         with self.amp or contextlib.nullcontext():
             return self.model(x).float().softmax(1).cpu()
 
+    def __repr__(self) -> str:
+        shown = ", ".join(self.classes[:4]) + (", ..." if len(self.classes) > 4 else "")
+        params = sum(p.numel() for p in self.model.parameters())
+        p = self.preprocess
+        return (
+            f"Predictor({len(self.classes)} classes: {shown}; {p.size}px, {p.channels} channel(s); "
+            f"{params:,} params on {self.device}; from {self.source or 'a run'})"
+        )
+
     def predict(self, x, top_k: int = 1):
         """Class names and probabilities for one image (a dict) or a batch (a list of dicts): paths,
-        PIL images, uint8 C,H,W tensors, a list of those, or a uint8 N,C,H,W tensor."""
+        PIL images, uint8 C,H,W tensors, a list of those, or a uint8 N,C,H,W tensor. A folder gives a
+        row per image file under it, each with its `path`, as `regx predict` does. Every row is
+        {label, prob, top: [{label, prob}, ...]}, as `regx predict`'s JSON lines."""
+        if isinstance(x, str | Path) and Path(x).is_dir():
+            paths = find_images([str(x)])
+            return [{"path": p, **row} for p, row in zip(paths, self.predict(paths, top_k))]
         single = not isinstance(x, list | tuple) and not (isinstance(x, torch.Tensor) and x.ndim == 4)
         items = [x] if single else list(x)
         if not items:
@@ -120,8 +134,8 @@ class Predictor:
 
     def _row(self, p: torch.Tensor, top_k: int) -> dict:
         values, index = p.topk(min(top_k, len(self.classes)))
-        top = [(self.classes[i], round(float(v), 6)) for v, i in zip(values.tolist(), index.tolist())]
-        return {"label": top[0][0], "prob": top[0][1], "top": top}
+        top = [{"label": self.classes[i], "prob": round(float(v), 6)} for v, i in zip(values.tolist(), index.tolist())]
+        return {"label": top[0]["label"], "prob": top[0]["prob"], "top": top}
 
 
 def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> Predictor:
@@ -197,11 +211,13 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        from regx.data.folders import why_unreadable
+
         try:
-            return self.preprocess.uint8(self.paths[i]), i, True
-        except Exception:  # truncated, empty, not an image: listed at the end, never fatal
+            return self.preprocess.uint8(self.paths[i]), i, ""
+        except Exception as exc:  # truncated, empty, not an image: listed at the end with why, never fatal
             p = self.preprocess
-            return torch.zeros(p.channels, p.size, p.size, dtype=torch.uint8), i, False
+            return torch.zeros(p.channels, p.size, p.size, dtype=torch.uint8), i, why_unreadable(exc)
 
 
 @dataclass
@@ -209,7 +225,7 @@ class Prediction:
     """What `predict_files` did: images predicted, unreadable ones, and how many got each class."""
 
     count: int = 0
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why), as check-data says it
     histogram: Counter = field(default_factory=Counter)
 
 
@@ -225,19 +241,18 @@ def predict_files(
     if writer is not None:
         writer.writerow(["path", *[f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "prob")]])
     result = Prediction()
-    for xb, index, ok in loader:
-        result.unreadable += [paths[i] for i in index[~ok].tolist()]
+    for xb, index, why in loader:
+        ok = torch.tensor([not w for w in why], dtype=torch.bool)
+        result.unreadable += [(paths[i], w) for i, w in zip(index.tolist(), why) if w]
         good = index[ok].tolist()
         if good:
             for i, p in zip(good, clf.probabilities(xb[ok])):
                 row = clf._row(p, k)
                 result.histogram[row["label"]] += 1
                 if writer is not None:
-                    writer.writerow([paths[i], *[v for pair in row["top"] for v in pair]])
+                    writer.writerow([paths[i], *[v for t in row["top"] for v in (t["label"], t["prob"])]])
                 else:
-                    out.write(
-                        json.dumps({"path": paths[i], "top": [{"label": c, "prob": q} for c, q in row["top"]]}) + "\n"
-                    )
+                    out.write(json.dumps({"path": paths[i], **row}) + "\n")  # the fields Predictor.predict gives
         result.count += len(good)
         if progress is not None:
             progress(result.count + len(result.unreadable))

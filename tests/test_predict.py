@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def test_paths_pil_images_and_tensors_give_the_same_answer(run, tmp_path):
     assert clf.predict([str(f) for f in files], top_k=3) == from_tensors
     assert clf.predict([Image.open(f) for f in files], top_k=3) == from_tensors
     one = clf.predict(files[0], top_k=3)
-    assert one == from_tensors[0] and len(one["top"]) == 3 and one["label"] == one["top"][0][0]
+    assert one == from_tensors[0] and len(one["top"]) == 3 and one["label"] == one["top"][0]["label"]
     other = clf.predict(torch.randint(0, 256, (1, 60, 45), dtype=torch.uint8))  # grey, another size: converted
     assert other["label"] in clf.classes
     assert clf.predict([]) == []
@@ -78,12 +79,16 @@ def test_predict_writes_a_row_per_image_and_lists_the_unreadable(run, tmp_path):
     assert res.returncode == 0, res.stderr
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines[0] == "path,label_1,prob_1,label_2,prob_2" and len(lines) == 7  # every folder, recursively
-    assert "unreadable: imgs/broken.png" in res.stdout and "6 images -> p.csv; 1 unreadable" in res.stdout
+    assert "unreadable: imgs/broken.png (not an image Pillow can identify)" in res.stdout  # why, as check-data says
+    assert "6 images -> p.csv; 1 unreadable" in res.stdout
     assert "predicted: " in res.stdout  # the class histogram
     res = regx_here(tmp_path, "predict", run, "imgs/sub/*.jpg", "--out", "p.jsonl", "--checkpoint", "last")
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["top"][0]["label"] in regx.load(run).classes for r in rows)
+    clf = regx.load(run, "last")
+    for row in rows:  # a JSON line has the fields regx.load(run).predict gives, and the path (main: only top)
+        assert row == {"path": row["path"], **clf.predict(str(tmp_path / row["path"]))}
     res = regx_here(tmp_path, "predict", run, "imgs/0.jpg")  # no --out: CSV on stdout, the summary on stderr
     assert res.stdout.splitlines()[1].startswith("imgs/0.jpg,") and "1 image; predicted:" in res.stderr
 
@@ -163,3 +168,21 @@ def test_sigterm_stops_predict_as_ctrl_c_does_and_leaves_no_temporary_file(run, 
     res = cli("predict", str(run), "imgs", "--out", "p.csv", "--workers", "0")
     assert res.returncode == 143 and res.stderr.strip() == "regx: stopped by SIGTERM"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]  # no p.csv, no temporary file
+
+
+def test_the_python_api_takes_a_folder_and_prints_in_one_line(run, tmp_path):
+    """On main clf.predict("dir/") raised IsADirectoryError and print(clf) dumped the whole network."""
+    write_folder(tmp_path / "imgs")
+    (tmp_path / "imgs" / "broken.png").unlink()
+    clf = regx.load(run)
+    rows = clf.predict(str(tmp_path / "imgs"), top_k=2)
+    assert [Path(r["path"]).name for r in rows] == ["0.jpg", "2.jpg", "4.jpg", "1.jpg", "3.jpg", "5.jpg"]
+    assert rows[0] == {"path": rows[0]["path"], **clf.predict(rows[0]["path"], top_k=2)}
+    text = repr(clf)
+    assert "\n" not in text and text.startswith(f"Predictor({len(clf.classes)} classes: ") and "params on cpu" in text
+
+
+def test_eval_takes_the_checkpoint_as_predict_and_export_spell_it(run, tmp_path):
+    res = regx_here(tmp_path, "eval", run, "--checkpoint", "last")
+    assert res.returncode == 0, res.stderr
+    assert (run / "eval_last.json").is_file()

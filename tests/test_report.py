@@ -138,7 +138,7 @@ def test_eval_gives_per_class_accuracy_and_a_confusion_matrix(finished):
 
 
 def test_eval_last_checkpoint_and_other_data(finished):
-    res = regx_here(finished, "eval", str(finished), "--last", "data.n_test=50", "data.seed=7")
+    res = regx_here(finished, "eval", str(finished), "--checkpoint", "last", "data.n_test=50", "data.seed=7")
     assert res.returncode == 0, res.stderr
     (path,) = finished.glob("eval_last_data.n_test=50*.json")
     e = json.loads(path.read_text())
