@@ -94,14 +94,23 @@ def per_class(cm: torch.Tensor, classes: list[str]) -> list[dict]:
     return rows
 
 
-def labelled_images(cfg, split: str | None):
-    """(images as a Split, the class name of each label index, the split scored, a note) for eval:
-    `split` train, val, test or all; by default test, else val (as the run was tested)."""
+def labelled_images(cfg, split: str | None, own: bool = False):
+    """(images as a Split, the class name of each label index, the split scored, its channels) for
+    eval: `split` train, val, test or all; by default test, else val (as the run was tested). `own`:
+    the data is the run's own, so a flat folder's validation images are the ones the run held out (its
+    data.seed and val_fraction carve them again), and `all` says it includes the training images."""
     from regx.data import Split, load_config
     from regx.data.folders import file_split, scan_labelled
 
     if cfg.data.name == "imagefolder":
         found = scan_labelled(cfg.data.path)
+        if own and list(found) == ["all"] and split != "all":
+            if split == "test":
+                raise EvalError(
+                    f"data.path={cfg.data.path} has no test/ folder: the images this run held out are its val "
+                    "split (the default), and --split all scores every image, the training ones too"
+                )
+            return _own_split(cfg, split or "val")
         if split == "all" or list(found) == ["all"] and split is None:
             name, items = "all", [i for v in found.values() for i in v]
         else:
@@ -129,6 +138,17 @@ def labelled_images(cfg, split: str | None):
     if parts[name] is None or not len(parts[name]):
         raise EvalError(f"data={cfg.data.name} has no {name} split")
     return parts[name], data.classes, name, data.channels
+
+
+def _own_split(cfg, split: str):
+    """A flat folder's split as the run made it: the same files held out for validation."""
+    from regx.data import load_config
+
+    data = load_config(cfg.data)
+    part = {"train": data.train, "val": data.val}[split]
+    if part is None or not len(part):
+        raise EvalError(f"data.path={cfg.data.path}: the run has no {split} images")
+    return part, data.classes, split, data.channels
 
 
 def match_classes(names: list[str], classes: list[str], unknown: bool) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -167,7 +187,10 @@ def eval_run(
     path, ckpt = _checkpoint(run_dir, last)
     cfg = eval_config(ckpt.config, overrides)
     device = pick_device(cfg.device)
-    images, names, split_name, channels = labelled_images(cfg, split)
+    own = not any(o.partition("=")[0].startswith("data") for o in overrides)  # the run's own data
+    images, names, split_name, channels = labelled_images(cfg, split, own)
+    if own and split_name == "all":  # say so wherever the figure goes: it is not a held-out score
+        split_name = "all (training images included)"
     classes = list(ckpt.classes)
     remap, strangers, absent = match_classes(names, classes, unknown)
     norm = ckpt.norm
@@ -200,7 +223,7 @@ def eval_run(
     )
     loss, cm = ev.loss, ev.matrix
     total = int(cm.sum())
-    scaled = _temperature(cfg, split_name, classes, model, pipeline, amp, device, ev, known)
+    scaled = _temperature(cfg, split_name, classes, model, pipeline, amp, device, ev, known, own)
     result = {
         "run_dir": str(run_dir),
         "checkpoint": str(path),
@@ -343,7 +366,7 @@ def _print(result: dict, con) -> None:
         print_table("confusion matrix (rows: true class, columns: predicted)", header, rows, right=set(header[1:]))
 
 
-def _temperature(cfg, split_name: str, classes, model, pipeline, amp, device, ev, known) -> dict:
+def _temperature(cfg, split_name: str, classes, model, pipeline, amp, device, ev, known, own: bool) -> dict:
     """Temperature scaling: T fitted on the validation split's logits (minimum NLL), the evaluated split's
     calibration after dividing its logits by T. {} where there is no validation split to fit on."""
     import torch.nn.functional as F
@@ -355,7 +378,7 @@ def _temperature(cfg, split_name: str, classes, model, pipeline, amp, device, ev
         fit, where = ev, "this split"
     else:
         try:
-            val, names, _, _ = labelled_images(cfg, "val")
+            val, names, _, _ = labelled_images(cfg, "val", own)
         except EvalError:
             return {}
         if list(names) != list(classes) or not len(val):

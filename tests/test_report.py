@@ -344,3 +344,20 @@ def test_report_pictures_read_at_a_glance(sweep, tmp_path, monkeypatch):
         assert ticks == [1, 2], ticks  # whole epochs only
     legend = [t.get_text() for t in grouped.axes[0].get_legend().get_texts()]
     assert "lr=0.05 (mean of 2)" in legend
+
+
+def test_eval_of_a_flat_folder_run_scores_the_images_it_held_out(folder_run, tmp_path):
+    """On main `regx eval RUN` scored all 30 images, the 27 it trained on included, and refused --split val."""
+    run = folder_run / "run"
+    s = json.loads((run / "summary.json").read_text())
+    for args in ([], ["--split", "val"]):
+        res = regx_here(tmp_path, "eval", run, *args, "--out", ".")
+        assert res.returncode == 0, res.stderr
+        e = json.loads(next(tmp_path.glob(f"eval{'_val' if args else ''}.json")).read_text())
+        assert e["split"] == "val" and e["n"] == s["n_val"] == 3
+        assert e["accuracy"] == pytest.approx(s["best_val_acc"])  # the very images the run validated on
+    res = regx_here(tmp_path, "eval", run, "--split", "test")
+    assert res.returncode == 2 and "has no test/ folder: the images this run held out are its val split" in res.stderr
+    res = regx_here(tmp_path, "eval", run, "--split", "all", "--out", ".")
+    e = json.loads(next(tmp_path.glob("eval_all.json")).read_text())
+    assert e["split"] == "all (training images included)" and e["n"] == 30
