@@ -227,6 +227,7 @@ def preflight(
     check_plugins(overrides)
     check_keys(overrides, config_dir, primary, name)
     sweeps_data = any(o.split("=", 1)[0] == "data" and "," in o for o in overrides)
+    checked: set = set()
     for variant in expand_sweep(overrides):
         try:
             cfg = compose(variant, config_dir, primary, name)
@@ -251,6 +252,31 @@ def preflight(
             _check_corruption_colour(cfg)
         if cfg.model.zoo == "timm" and cfg.model.name != "smallcnn":
             _check_timm_input(cfg)
+        _check_sources(cfg, checked)
+
+
+def _check_sources(cfg, checked: set) -> None:
+    """What a run reads before it trains and a run directory would otherwise record as a failure: an
+    image folder's structure (class folders, none empty) and ImageNet weights, cached or reachable.
+    `checked`: what an earlier variant of the same sweep checked already."""
+    from regx.data import DataError
+    from regx.finetune import FinetuneError, check_imagenet
+
+    d, f = cfg.data, cfg.finetune
+    if d.name == "imagefolder" and ("folder", d.path) not in checked:
+        from regx.data.folders import scan_folder
+
+        checked.add(("folder", d.path))
+        try:
+            scan_folder(d.path)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+    if f.name != "scratch" and f.weights == "imagenet" and ("weights", cfg.model.name) not in checked:
+        checked.add(("weights", cfg.model.name))
+        try:
+            check_imagenet(cfg.model.name, timm_model=cfg.model.zoo == "timm" and cfg.model.name != "smallcnn")
+        except FinetuneError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}  # data.image_size=null

@@ -145,15 +145,26 @@ def _fix_densenet_keys(sd: dict) -> dict:
     return out
 
 
+def check_imagenet(model_name: str, timm_model: bool) -> None:
+    """finetune.weights=imagenet for `model_name`: FinetuneError (one line, what to download and where)
+    when the weights are neither cached here nor reachable; checked before a run directory is made."""
+    if timm_model:
+        _timm_source(model_name)
+        return
+    weights = imagenet_weights(model_name)
+    file = imagenet_file(weights)
+    if not file.is_file() and not _reachable(weights.url):
+        raise FinetuneError(
+            f"finetune.weights=imagenet: {file.name} is not cached and {weights.url} cannot be "
+            f"reached; download it and put it at {file}"
+        )
+
+
 def load_imagenet(model_name: str) -> Pretrained:
     weights = imagenet_weights(model_name)
     file = imagenet_file(weights)
     if not file.is_file():
-        if not _reachable(weights.url):
-            raise FinetuneError(
-                f"finetune.weights=imagenet: {file.name} is not cached and {weights.url} cannot be "
-                f"reached; download it and put it at {file}"
-            )
+        check_imagenet(model_name, timm_model=False)
         torch.hub.load_state_dict_from_url(weights.url, progress=True, weights_only=True)
     try:
         sd = torch.load(file, map_location="cpu", weights_only=True)
@@ -186,12 +197,12 @@ def _timm_cached(pc: dict) -> str | None:
     return None
 
 
-def load_timm_imagenet(model_name: str) -> Pretrained:
-    """timm's pretrained weights for `model_name` through timm's own loader: from its cache when there,
-    else downloaded (when the host answers); the preprocessing from its pretrained_cfg."""
-    from regx.models import timm_module, timm_pretrained_cfg
+def _timm_source(model_name: str) -> tuple[str | None, str]:
+    """(the cached file of timm's weights for `model_name` or None, where they are downloaded from);
+    FinetuneError when timm has none, or they are neither cached nor reachable."""
+    from regx.models import timm_pretrained_cfg
 
-    timm, pc = timm_module(), timm_pretrained_cfg(model_name)
+    pc = timm_pretrained_cfg(model_name)
     hub, url = pc.get("hf_hub_id"), pc.get("url")
     if not hub and not url:
         raise FinetuneError(f"finetune.weights=imagenet: timm has no pretrained weights for model.name={model_name}")
@@ -205,6 +216,16 @@ def load_timm_imagenet(model_name: str) -> Pretrained:
             f"cannot be reached; download {'model.safetensors from ' + where if hub else where} and pass "
             f"finetune.weights=FILE, or fill the Hugging Face cache ({HF_HUB_CACHE}) on a machine online"
         )
+    return cached, where
+
+
+def load_timm_imagenet(model_name: str) -> Pretrained:
+    """timm's pretrained weights for `model_name` through timm's own loader: from its cache when there,
+    else downloaded (when the host answers); the preprocessing from its pretrained_cfg."""
+    from regx.models import timm_module, timm_pretrained_cfg
+
+    timm, pc = timm_module(), timm_pretrained_cfg(model_name)
+    cached, where = _timm_source(model_name)
     try:
         overlay = {"pretrained_cfg_overlay": {"file": cached}} if cached else {}
         net = timm.create_model(model_name, pretrained=True, **overlay)

@@ -232,6 +232,17 @@ def test_imagenet_weights_offline_and_not_cached_stop_at_once(tmp_path, monkeypa
     assert f"put it at {expected}" in str(err.value) and "cannot be reached" in str(err.value)
 
 
+def test_imagenet_weights_that_cannot_be_had_stop_before_a_run_directory(tmp_path, monkeypatch, cli):
+    """On main the run directory was made, recorded as failed, and the error printed twice."""
+    import regx.finetune as ft
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setattr(ft, "_reachable", lambda *a, **k: False)
+    res = cli("train", "debug=smoke", "model=resnet18", "finetune=full", f"hydra.run.dir={tmp_path / 'r'}")
+    assert res.returncode == 2 and "resnet18-f37072fd.pth is not cached" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
 def test_a_connection_that_never_answers_is_given_up(monkeypatch):
     """A resolver or connect that hangs must not hang the run: the probe is abandoned after its timeout."""
     import socket

@@ -308,8 +308,9 @@ def test_bad_folders_stop_before_training_naming_the_path(tmp_path, layout, mess
         write_images(root)
         (root / "zebra").mkdir()
     res = cli("train", "debug=smoke", "data=imagefolder", f"data.path={root}", "hydra.run.dir=r")
-    assert res.returncode == 1 and message in res.stderr and str(root) in res.stderr
-    assert not (tmp_path / "r" / "metrics.csv").exists()
+    assert res.returncode == 2 and message in res.stderr and str(root) in res.stderr
+    assert not (tmp_path / "r").exists()  # preflight: on main a failed run directory, and the error twice
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_resume(tmp_path, cli):
