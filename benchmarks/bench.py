@@ -983,7 +983,8 @@ def section(r: dict) -> str:
             f"{c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise nothing per step (the labels are swapped "
             f"once, {1000 * c['relabel_once_s']:.1f} ms for 60,000), and per epoch the evaluation of up to 2,000 "
             f"flipped images, {c['noisy_eval_s']:.2f} s, {c['noisy_eval_pct_of_epoch']:.2f}% of an epoch "
-            "(that is the memorization curve: it costs what evaluating those images costs).",
+            "(that is the memorization curve: it costs what evaluating those images costs)."
+            + (f" {c['note']}" if c.get("note") else ""),
         ]
     for recipe in r.get("recipes", []):
         lines += [
