@@ -785,7 +785,7 @@ def _composed(args: list[str], command: str, description: str, out: bool = True)
     if out:
         p.add_argument("--out", metavar="FILE.png", help="where to write the picture (default: under outputs/)")
     a = p.parse_args(args)
-    errors.preflight(a.overrides)
+    errors.preflight(a.overrides, sources=command != "check-data")
     return a, config.compose(a.overrides)
 
 
@@ -848,17 +848,22 @@ def cmd_check_data(args: list[str]) -> int:
         "list the unreadable files (exit 1 if there are any).",
         out=False,
     )
-    lines, bad = check_data(cfg.data)
+    lines, bad, problems, warnings = check_data(cfg.data)
     print("\n".join(lines))
     for path, why in bad:
         print(f"unreadable: {path} ({why})")
-    if bad:
+    for w in warnings:
+        print(f"warning: {w}")
+    for e in problems:
+        print(f"error: {e}")
+    if problems:
         print(
-            f"regx: {len(bad)} unreadable image(s); fix or remove them, or train with data.on_bad_image=skip",
+            f"regx: {len(problems)} problem(s) a run would stop at"
+            + ("; unreadable images: fix or remove them, or train with data.on_bad_image=skip" if bad else ""),
             file=sys.stderr,
         )
         return 1
-    print("ok: every image decodes")
+    print("ok: every image decodes" + (f"; {len(warnings)} warning(s) above" if warnings else ""))
     return 0
 
 

@@ -220,7 +220,11 @@ def check_plugins(overrides: list[str]) -> None:
 
 
 def preflight(
-    overrides: list[str], config_dir: str | None = None, primary: str | None = None, name: str = "train"
+    overrides: list[str],
+    config_dir: str | None = None,
+    primary: str | None = None,
+    name: str = "train",
+    sources: bool = True,
 ) -> None:
     """Compose and check every value the overrides name, as Hydra will compose them (`config_dir`,
     `primary`, `name`: regx train's -cd, -cp, -cn); raise ConfigError with one line."""
@@ -252,7 +256,8 @@ def preflight(
             _check_corruption_colour(cfg)
         if cfg.model.zoo == "timm" and cfg.model.name != "smallcnn":
             _check_timm_input(cfg)
-        _check_sources(cfg, checked)
+        if sources:  # regx check-data surveys the folder itself, every problem at once
+            _check_sources(cfg, checked)
 
 
 def _check_sources(cfg, checked: set) -> None:

@@ -278,9 +278,46 @@ def test_check_data_names_every_bad_image_without_training(tmp_path, cli):
     assert res.returncode == 1
     for name in ("cat/trunc.jpg", "dog/empty.png", "emu/text.png"):
         assert f"unreadable: {root / name}" in res.stdout
-    assert "3 unreadable image(s)" in res.stderr and not (tmp_path / "outputs").exists()
+    assert "error: 3 unreadable image(s)" in res.stdout and not (tmp_path / "outputs").exists()
     ok = cli("check-data", "debug=smoke")
     assert ok.returncode == 0 and "every image decodes" in ok.stdout
+
+
+def test_check_data_lists_every_problem_at_once(tmp_path, cli):
+    """On main check-data stopped at the first problem, and once fixed said ok, nothing of a 1x1 image
+    that would be upscaled to the run's size."""
+    from PIL import Image
+
+    root = bad_folder(tmp_path / "imgs")
+    (root / "zebra").mkdir()  # an empty class folder: a structural error
+    (root / "yak").mkdir()
+    Image.new("RGB", (1, 1)).save(root / "yak" / "dot.png")  # tiny
+    Image.new("RGB", (200, 20)).save(root / "yak" / "strip.png")  # 10:1
+    for i in range(20):
+        (root / "cat" / f"copy{i}.jpg").write_bytes((root / "cat" / "0.jpg").read_bytes())  # imbalance
+    res = cli("check-data", "data=imagefolder", f"data.path={root}", "data.image_size=16")
+    assert res.returncode == 1, res.stderr
+    out = res.stdout
+    assert f"error: {root / 'zebra'}: class folder has no images" in out and "error: 3 unreadable image(s)" in out
+    assert f"unreadable: {root / 'cat' / 'trunc.jpg'} (truncated)" in out
+    assert f"under half of data.image_size=16 (upscaled): {root / 'yak' / 'dot.png'} (1x1)" in out
+    assert (
+        "4 or more times as wide as high (or high as wide): the center crop keeps a part: "
+        f"{root / 'yak' / 'strip.png'} (200x20)" in out
+    )
+    assert "warning: classes out of balance in train/: cat has 25 images, yak 2 (12x)" in out
+    assert "regx: 2 problem(s) a run would stop at" in res.stderr
+
+
+def test_check_data_finds_a_file_in_two_splits(tmp_path, cli):
+    write_images(tmp_path / "imgs" / "train", per_class=3)
+    write_images(tmp_path / "imgs" / "test", per_class=2, size=(32, 24))  # other bytes than train's
+    (tmp_path / "imgs" / "test" / "cat" / "leak.jpg").write_bytes(
+        (tmp_path / "imgs" / "train" / "cat" / "0.jpg").read_bytes()
+    )
+    res = cli("check-data", "data=imagefolder", f"data.path={tmp_path / 'imgs'}", "data.image_size=16")
+    assert res.returncode == 0 and "warning: 1 file(s) in two splits (the same bytes)" in res.stdout
+    assert "ok: every image decodes; 1 warning(s) above" in res.stdout
 
 
 def test_training_on_bad_images_names_them_or_skips_and_counts(tmp_path, cli):

@@ -15,42 +15,12 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 
 def scan_folder(path: str) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
-    """Find split folders and class subfolders; return ({split: [(file, label)]}, classes)."""
-    base = Path(path)
-    if not base.is_dir():
-        raise DataError(f"data.path={path}: no such directory")
-    splits = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()}
-    if not splits:
-        splits = {"train": base}
-    elif "train" not in splits:
-        raise DataError(f"data.path={path}: has {', '.join(splits)}/ but no train/ folder")
-    classes = sorted(p.name for p in splits["train"].iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise DataError(
-            f"{splits['train']}: found {len(classes)} class folder(s); need at least 2 (one subfolder per class)"
-        )
-    index = {c: i for i, c in enumerate(classes)}
-    out = {}
-    for split, folder in splits.items():
-        items = []
-        for c in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if c not in index:
-                raise DataError(f"{folder / c}: class '{c}' is not among train/'s classes")
-            files = sorted(f for f in (folder / c).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-            if not files and split == "train":
-                raise DataError(f"{folder / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            target = (folder / c).resolve()
-            if not target.is_relative_to(base.resolve()):  # a link out of the data: say where it leads
-                log.warning(
-                    "imagefolder: %s is a link to %s, outside data.path: its %d images are read as class '%s'",
-                    folder / c,
-                    target,
-                    len(files),
-                    c,
-                )
-            items.extend((str(f), index[c]) for f in files)
-        out[split] = items
-    return out, classes
+    """Find split folders and class subfolders; return ({split: [(file, label)]}, classes); DataError
+    naming the first problem (survey_folder lists them all, for regx check-data)."""
+    problems, items, classes = survey_folder(path)
+    if problems:
+        raise DataError(problems[0])
+    return items, classes
 
 
 def scan_labelled(path: str) -> dict[str, list[tuple[str, str]]]:
@@ -264,9 +234,98 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     return splits["train"], splits.get("val"), splits.get("test"), classes, 3
 
 
-def check_data(data_cfg) -> tuple[list[str], list[tuple[str, str]]]:
-    """`regx check-data`: (report lines, unreadable files with why) without training. An image folder is
-    scanned and every file decoded; other sets are loaded as a run would load them."""
+TINY = 0.5  # an image whose shorter side is under this share of data.image_size is upscaled more than 2x
+ASPECT = 4.0  # longer side over shorter: the center crop keeps a quarter of the image or less
+IMBALANCE = 10.0  # the largest class over the smallest in training
+
+
+def survey_folder(path: str) -> tuple[list[str], dict[str, list[tuple[str, int]]], list[str]]:
+    """What scan_folder checks, all of it at once: (structural problems, {split: [(file, label)]} of
+    what can be read, classes). Problems are lines; none means scan_folder would accept the folder."""
+    base = Path(path)
+    if not base.is_dir():
+        return [f"data.path={path}: no such directory"], {}, []
+    splits = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()} or {"train": base}
+    problems = []
+    if "train" not in splits:
+        problems.append(f"data.path={path}: has {', '.join(splits)}/ but no train/ folder")
+        return problems, {}, []
+
+    def class_dirs(folder: Path) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    classes = class_dirs(splits["train"])
+    if len(classes) < 2:
+        problems.append(
+            f"{splits['train']}: found {len(classes)} class folder(s); need at least 2 (one subfolder per class)"
+        )
+    index, items = {c: i for i, c in enumerate(classes)}, {}
+    for split, folder in splits.items():
+        items[split] = []
+        for c in class_dirs(folder):
+            if c not in index:
+                problems.append(f"{folder / c}: class '{c}' is not among train/'s classes")
+                continue
+            files = sorted(f for f in (folder / c).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not files and split == "train":
+                problems.append(f"{folder / c}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            target = (folder / c).resolve()
+            if not target.is_relative_to(base.resolve()):  # a link out of the data: say where it leads
+                log.warning(
+                    "imagefolder: %s is a link to %s, outside data.path: its %d images are read as class '%s'",
+                    folder / c,
+                    target,
+                    len(files),
+                    c,
+                )
+            items[split] += [(str(f), index[c]) for f in files]
+    return problems, items, classes
+
+
+def _shape_warnings(items: list[tuple[str, int]], size: int) -> tuple[list[str], list[str]]:
+    """(tiny images, extreme aspect ratios) from the files' headers (no decoding): paths with sizes."""
+    from PIL import Image
+
+    tiny, wide = [], []
+    for path, _ in items:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception:  # unreadable: listed by the decoding pass
+            continue
+        if min(w, h) < TINY * size:
+            tiny.append(f"{path} ({w}x{h})")
+        if max(w, h) >= ASPECT * min(w, h):
+            wide.append(f"{path} ({w}x{h})")
+    return tiny, wide
+
+
+def _duplicates(items: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """Files with the same bytes in two splits (a test image also trained on): one line per pair."""
+    import hashlib
+
+    seen, out = {}, []
+    for split in ("train", "val", "test"):
+        for path, _ in items.get(split, []):
+            try:
+                digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                continue
+            first = seen.setdefault(digest, (split, path))
+            if first[0] != split:
+                out.append(f"{path} = {first[1]}")
+    return out
+
+
+def _listed(what: str, paths: list[str], shown: int = 5) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"{len(paths)} {what}: {', '.join(paths[:shown])}{more}"
+
+
+def check_data(data_cfg) -> tuple[list[str], list[tuple[str, str]], list[str], list[str]]:
+    """`regx check-data`: (report lines, unreadable files with why, errors, warnings), every problem
+    at once, without training. An image folder is surveyed (structure, every file decoded, sizes from
+    the headers, class balance, files repeated across splits); other sets are loaded as a run would."""
     from regx.data.core import load_config
 
     if data_cfg.name != "imagefolder":
@@ -277,19 +336,37 @@ def check_data(data_cfg) -> tuple[list[str], list[tuple[str, str]]]:
             if part is not None:
                 counts = torch.bincount(part.y.cpu(), minlength=data.num_classes).tolist()
                 lines.append(f"  {split}: {len(part)} images, per class {min(counts)}-{max(counts)}")
-        return lines, []
-    items, classes = scan_folder(data_cfg.path)
-    lines, bad = (
-        [f"{data_cfg.path}: {len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"],
-        [],
-    )
+        return lines, [], [], []
+    errors, items, classes = survey_folder(data_cfg.path)
+    size = data_cfg.image_size or 32
+    lines, bad, warnings = [f"{data_cfg.path}: {len(classes)} classes ({', '.join(classes[:10])}"
+                            f"{', ...' if len(classes) > 10 else ''})"], [], []  # fmt: skip
     for split, split_items in items.items():
-        _, _, split_bad = check_images(split_items, data_cfg.image_size or 32, data_cfg.workers, keep=False)
+        _, _, split_bad = check_images(split_items, size, data_cfg.workers, keep=False) if split_items else (0, 0, [])
         bad.extend(split_bad)
         counts = [0] * len(classes)
         for _, label in split_items:
             counts[label] += 1
         lines.append(
-            f"  {split}: {len(split_items)} files, per class {min(counts)}-{max(counts)}, {len(split_bad)} unreadable"
+            f"  {split}: {len(split_items)} files, per class {min(counts, default=0)}-{max(counts, default=0)}, "
+            f"{len(split_bad)} unreadable"
         )
-    return lines, bad
+        present = [n for n in counts if n]  # an empty class is an error of its own
+        if split == "train" and present and max(present) >= IMBALANCE * min(present):
+            small, large = classes[counts.index(min(present))], classes[counts.index(max(present))]
+            warnings.append(
+                f"classes out of balance in train/: {large} has {max(present)} images, {small} {min(present)} "
+                f"({max(present) / min(present):.0f}x)"
+            )
+        tiny, wide = _shape_warnings(split_items, size)
+        if tiny:
+            warnings.append(_listed(f"image(s) in {split} under half of data.image_size={size} (upscaled)", tiny))
+        if wide:
+            warnings.append(_listed(f"image(s) in {split} {ASPECT:g} or more times as wide as high (or high as "
+                                    "wide): the center crop keeps a part", wide))  # fmt: skip
+    if bad:
+        errors.append(f"{len(bad)} unreadable image(s)")
+    repeated = _duplicates(items)
+    if repeated:
+        warnings.append(_listed("file(s) in two splits (the same bytes)", repeated))
+    return lines, bad, errors, warnings
