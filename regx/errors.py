@@ -282,6 +282,31 @@ def _check_sources(cfg, checked: set) -> None:
             check_imagenet(cfg.model.name, timm_model=cfg.model.zoo == "timm" and cfg.model.name != "smallcnn")
         except FinetuneError as exc:
             raise ConfigError(str(exc)) from None
+    if f.weights and f.weights != "imagenet" and ("file", f.weights, cfg.model.name) not in checked:
+        checked.add(("file", f.weights, cfg.model.name))
+        _check_weights_fit(cfg)
+
+
+def _check_weights_fit(cfg) -> None:
+    """finetune.weights=FILE or RUN_DIR: loaded into the model as the run will build it (on the CPU,
+    before any data): a file that does not load, or a tensor that does not fit, is named here."""
+    from omegaconf import OmegaConf
+
+    from regx.data import image_channels
+    from regx.finetune import FinetuneError, build_pretrained, load_source
+    from regx.models import model_kwargs
+
+    d = cfg.data
+    try:
+        pretrained = load_source(cfg.finetune.weights, cfg.model.name, OmegaConf.to_container(cfg.model, resolve=True))
+        size = d.image_size or pretrained.image_size or NATIVE_SIZE.get(d.name) or 32
+        classes = d.num_classes if d.name == "shapes" else 10  # the head is replaced whatever its size
+        kwargs = model_kwargs(cfg, num_classes=classes, in_channels=image_channels(d) or 3, image_size=size)
+        build_pretrained(pretrained, **kwargs)
+    except FinetuneError as exc:
+        text = str(exc)
+        prefix = "" if text.startswith("finetune.") else f"finetune.weights={cfg.finetune.weights}: "
+        raise ConfigError(prefix + text) from None
 
 
 NATIVE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}  # data.image_size=null

@@ -287,8 +287,8 @@ def test_weights_for_another_architecture_or_garbage_are_refused(tmp_path, pretr
     with pytest.raises(RunFailed, match=r"junk.pt does not load \(not a torch checkpoint"):
         train(smoke_cfg("finetune=full", f"finetune.weights={junk}"), tmp_path / "b")
     res = regx_here(tmp_path, "train", "debug=smoke", "finetune=full", f"finetune.weights={junk}", "hydra.run.dir=c")
-    assert res.returncode == 1 and "junk.pt does not load (not a torch checkpoint" in res.stderr
-    assert json.loads((tmp_path / "c/summary.json").read_text())["status"] == "failed"
+    assert res.returncode == 2 and "junk.pt does not load (not a torch checkpoint" in res.stderr
+    assert not (tmp_path / "c").exists()  # refused in the preflight, before a run directory
 
 
 def test_bn_frozen_layers_stay_in_eval_mode_only_while_frozen():
@@ -301,3 +301,11 @@ def test_bn_frozen_layers_stay_in_eval_mode_only_while_frozen():
     assert plan.apply(2) == "all"
     model.train()
     assert all(m.training for m in bns)
+
+
+def test_weights_that_do_not_fit_stop_before_a_run_directory(tmp_path, pretrained_run, cli):
+    """On main the mismatch was found after the run directory was made: status failed, the error twice."""
+    res = cli("train", "debug=smoke", "finetune=full", f"finetune.weights={pretrained_run}", "model.fc=[16]",
+              f"hydra.run.dir={tmp_path / 'r'}")  # fmt: skip
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith(f"regx: error: finetune.weights={pretrained_run}: ") and not (tmp_path / "r").exists()
