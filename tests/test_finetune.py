@@ -1,8 +1,6 @@
 """Fine-tuning: weights from ImageNet (a cached file, no network), a regx run or a file; head
 replacement across torchvision's families; freezing, gradual unfreezing, the BatchNorm policy."""
 
-import json
-
 import pytest
 import torch
 from torch import nn
