@@ -284,6 +284,8 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     record = not info_only and not any(a.startswith("hydra.output_subdir=") for a in args)
     args = [*args, "hydra.output_subdir=null"] if record else args
     jobs = sweep.Jobs(resume=resume_jobs, record_hydra=record)
+    if multirun:
+        sweep.name_jobs_by(overrides)
     main = hydra.main(config_path=str(config.conf_dir()), config_name="train", version_base="1.3")(jobs.task)
     argv = sys.argv
     sys.argv = ["regx train", *args]
@@ -318,6 +320,10 @@ def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("regx_dir"):
         OmegaConf.register_new_resolver("regx_dir", claim_dir, use_cache=True)
         OmegaConf.register_new_resolver("regx_slug", slug)
+    if not OmegaConf.has_resolver("regx_job"):
+        from regx.sweep import job_name
+
+        OmegaConf.register_new_resolver("regx_job", job_name)
 
 
 def _directories(args: list[str], overrides: list[str], info_only: bool, multirun: bool, where: dict):

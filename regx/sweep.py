@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from regx.files import job_dirs
+from regx.files import job_dirs, slug
 from regx.signals import StopSignals
 from regx.study import ARMS_DIR, Untrusted, as_plain_run, check_dir
 
@@ -132,6 +132,53 @@ def write_hydra_record(run_dir: Path, cfg) -> None:
 
 
 STOPPING = ".stopping"  # in a sweep directory: a stop was asked for; no job starts (sweep-resume clears it)
+
+
+NAMING = "REGX_SWEPT"  # the environment (inherited by a launcher's worker processes): swept keys;job count
+
+
+def name_jobs_by(overrides: list[str]) -> None:
+    """Before a sweep starts: which keys it sweeps and how many jobs it has, for job_name (through the
+    environment, which joblib's and submitit's workers inherit)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # the preflight has said what is wrong with them already
+        return
+    keys, count = [], 1
+    for o in parsed:
+        if o.is_sweep_override():
+            keys.append(o.get_key_element())
+            try:
+                count *= len(list(o.sweep_string_iterator()))
+            except Exception:  # a range or interval the sweeper draws from: the count is unknown
+                count = 0
+    os.environ[NAMING] = f"{','.join(keys)};{count if keys else 0}"
+
+
+def job_name(sweep_dir: str, num, dirname: str) -> str:
+    """A sweep job's directory name: its number, zero-padded to the sweep's job count so they sort, and
+    the values of the keys the sweep varies (`03_aug=flip,wd=0.0001`); every override where the swept
+    keys are not known. A job that has a directory already (a sweep resumed, named before) keeps it."""
+    num = int(num)
+    root = Path(sweep_dir)
+    if root.is_dir():
+        mine = re.compile(rf"0*{num}_")
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and mine.match(p.name))
+        if found:
+            return found[0]
+    keys, _, count = os.environ.get(NAMING, ";").partition(";")
+    swept, count = {k for k in keys.split(",") if k}, int(count or 0)
+    items: list[str] = []
+    for part in str(dirname).split(","):  # a value's own commas ([a,b]) belong to the item before
+        if "=" in part or not items:
+            items.append(part)
+        else:
+            items[-1] += "," + part
+    shown = [i for i in items if i.split("=", 1)[0] in swept] if swept else items
+    width = len(str(count - 1)) if count > 1 else 1 if count == 1 else 3  # 3: a count the sweeper decides
+    return f"{num:0{width}d}_{slug(','.join(shown or items))}"
 
 
 class LateStop(StopSignals):

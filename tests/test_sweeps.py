@@ -19,14 +19,16 @@ def test_a_killed_sweep_resumes_in_place(tmp_path, cli):
     assert killed.returncode == -9
     (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_debug=smoke,epochs=1", "1_debug=smoke,epochs=2"]
+    assert jobs == ["0_epochs=1", "1_epochs=2"]  # named by what the sweep varies (on main: every override)
+    (sweep / jobs[1]).rename(sweep / "1_debug=smoke,epochs=2")  # as regx named it before: resumed in place
+    jobs[1] = "1_debug=smoke,epochs=2"
     done = sweep / jobs[0] / "checkpoints" / "last.pt"
     before = done.stat().st_mtime_ns
 
     res = cli("sweep-resume", sweep)
     assert res.returncode == 0, res.stderr
     assert f"{jobs[0]}: completed already, skipped" in res.stdout
-    assert f"{jobs[1]}: resuming (running)" in res.stdout and "2_debug=smoke,epochs=3: starting" in res.stdout
+    assert f"{jobs[1]}: resuming (running)" in res.stdout and "2_epochs=3: starting" in res.stdout
     assert done.stat().st_mtime_ns == before  # the finished job was not rerun
     for job in sweep.iterdir():
         if job.is_dir():
@@ -59,22 +61,12 @@ def summaries(root):
 
 def test_joblib_runs_jobs_in_parallel_without_oversubscribing_and_reports_failures(tmp_path):
     plugin("hydra_joblib_launcher")
-    (tmp_path / "empty").mkdir()  # no class folders: the imagefolder jobs fail when they load it
-    res = run_regx(
-        [
-            "train",
-            "-m",
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2",
-            "debug=smoke",
-            "epochs=1",
-            "seed=0,1",
-            "data=shapes,imagefolder",
-            f"data.path={tmp_path / 'empty'}",
-        ],
+    res = run_regx(  # lr=1e4 diverges: those jobs fail as they train (bad input would stop the sweep first)
+        ["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "debug=smoke", "epochs=1", "seed=0,1",
+         "lr=0.05,1e4", "wd=0"],
         tmp_path,
-    )
-    assert res.returncode == 1 and "2 of 4 jobs failed" in res.stderr and "data.path=" in res.stderr
+    )  # fmt: skip
+    assert res.returncode == 1 and "2 of 4 jobs failed" in res.stderr and "diverged" in res.stderr
     _, s = summaries(tmp_path)
     assert sorted(v["status"] for v in s.values()) == ["completed", "completed", "failed", "failed"]
     cores = os.cpu_count()
@@ -242,3 +234,15 @@ def test_a_stored_config_is_read_without_resolvers(tmp_path, cli):
     res = cli("resume", "r", "epochs=2")
     assert res.returncode == 2 and "name" in res.stderr and "interpolation" in res.stderr
     assert os.environ.get("HOME", "/") not in res.stderr
+
+
+def test_job_directories_are_named_by_the_swept_keys_and_sort(tmp_path, monkeypatch):
+    """On main: `3_aug=flip_rotate,batch_size=32,data.train_size=1000,epochs=3,wd=0.0001`, sorting 0, 10, 11, 1."""
+    monkeypatch.setenv(sweep.NAMING, "")  # restored after the test
+    sweep.name_jobs_by(["debug=smoke", "aug=none,flip", "model.channels=[8,16]", "seed=0,1,2,3,4,5"])
+    dirname = "aug=flip,debug=smoke,model.channels=[8,16],seed=1"
+    assert sweep.job_name(str(tmp_path), 3, dirname) == "03_aug=flip,seed=1"
+    names = [sweep.job_name(str(tmp_path), n, dirname) for n in (0, 10, 11, 1)]
+    assert sorted(names) == [names[0], names[3], names[1], names[2]]  # 00, 01, 10, 11
+    (tmp_path / "7_aug=none,debug=smoke,seed=3").mkdir()  # named before: kept
+    assert sweep.job_name(str(tmp_path), 7, dirname) == "7_aug=none,debug=smoke,seed=3"
