@@ -64,6 +64,7 @@ def test_killed_mid_epoch_resumes_at_the_next_unseen_batch(tmp_path, reference, 
     assert code == 0 and "already completed 3 epochs; nothing to do" in out
 
 
+@pytest.mark.slow  # 10-20 s; the fast guard is tests/test_data.py's global random stream test
 def test_a_streamed_run_with_dropout_resumes_mid_epoch_bit_exact(tmp_path):
     """Streamed batches come from a DataLoader made at each (re)start of an epoch; it must not draw from
     the random stream that dropout uses, or the resumed run's masks differ from the uninterrupted run's."""
