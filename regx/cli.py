@@ -1141,6 +1141,52 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(command, args[1:])
 
 
+MEMORY_SIGNS = ("failed to map segment", "cannot allocate memory", "can't allocate memory", "out of memory")
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """One line for an error that means the process ran out of memory (a low `ulimit -v`, a full
+    machine): where it showed and the limit, from anywhere in the exception's chain; else None."""
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, MemoryError) and "ulimit -v" in text:  # _check_address_space's own line
+            return text
+        if isinstance(exc, MemoryError) or any(sign in text.lower() for sign in MEMORY_SIGNS):
+            limit = _address_space()
+            shown = f"; this process may use {limit / 2**30:.1f} GiB (ulimit -v)" if limit else ""
+            return f"out of memory: {text}{shown}"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+# below this torch's import fails or aborts in C++ (ulimit -v of 2.4, 2.9 and 3.3 GiB tried; 3.8 GiB ran a smoke run)
+TORCH_ADDRESS_SPACE = int(3.5 * 2**30)
+
+
+def _address_space() -> int | None:
+    """This process's address-space limit in bytes (`ulimit -v`), or None where there is none."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _check_address_space() -> None:
+    """Before torch loads: with less address space than it needs, torch fails to map its libraries or
+    aborts in C++ (std::bad_alloc, exit 134) where nothing can catch it; say so in one line instead."""
+    limit = _address_space()
+    if limit is not None and limit < TORCH_ADDRESS_SPACE:
+        raise MemoryError(
+            f"this process may use {limit / 2**30:.1f} GiB of address space (ulimit -v) and torch needs about "
+            "4 GiB to load and run: raise it (ulimit -v unlimited)"
+        )
+
+
 def _guarded(command, args: list[str]) -> int:
     """Run a subcommand; turn what goes wrong into an exit status and, for bad input, one line."""
     debug, code = os.environ.get("REGX_DEBUG", "") not in ("", "0"), None
@@ -1148,6 +1194,8 @@ def _guarded(command, args: list[str]) -> int:
 
     try:
         with TermAsInterrupt():
+            if not any(a in ("-h", "--help") for a in args):
+                _check_address_space()
             code = command(args)
         return code
     except SystemExit as exc:  # --help
@@ -1163,6 +1211,9 @@ def _guarded(command, args: list[str]) -> int:
             raise
         from regx.config import ConfigError
 
+        memory = _out_of_memory(exc)
+        if memory:  # the machine's limit, not the input's fault, wherever it surfaced (an import included)
+            return _error(memory, 1)
         if isinstance(exc, BadInput | ConfigError):
             return _error(str(exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

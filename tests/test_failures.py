@@ -482,3 +482,24 @@ def test_a_checkpoint_cut_short_between_manifest_and_file_still_verifies(tmp_pat
     for name in ("last.pt", "prev.pt", "best.pt"):
         checkpoint.verify(ckpt / name)
     assert newest_intact(ckpt)[1].step == 5
+
+
+def test_too_little_address_space_is_one_line_before_torch_loads(tmp_path):
+    """On main `ulimit -v` of 2.4 GiB gave "libtorch_cpu.so: failed to map segment" with exit 2 (the bad
+    input code), and 2.9 GiB a C++ abort (std::bad_alloc, exit 134)."""
+    import resource
+    import sys
+
+    for gib in (2.4, 2.9):
+        limit = int(gib * 2**30)
+        res = subprocess.run(
+            [sys.executable, "-m", "regx", "train", "debug=smoke", f"hydra.run.dir={tmp_path / 'r'}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=lambda limit=limit: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+        )
+        assert res.returncode == 1, res.stderr
+        assert f"may use {gib} GiB of address space (ulimit -v)" in one_line(res.stderr)
+        assert not (tmp_path / "r").exists()
