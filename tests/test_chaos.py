@@ -1,6 +1,7 @@
-"""Chaos: a streamed-folder run with dropout and a checkpoint after every step, stopped 20 times at random steps
-by SIGKILL (also while a checkpoint is being written), SIGTERM to the process and SIGTERM to its whole
-process group, each time resumed. It must end exactly where an uninterrupted run ends."""
+"""Chaos: a streamed-folder run with dropout and a checkpoint after every step, killed once before its first
+checkpoint, then stopped 20 times at random steps by SIGKILL (also while a checkpoint is being written,
+best.pt's included at epoch ends), SIGTERM to the process and SIGTERM to its whole process group, each time
+resumed. It must end exactly where an uninterrupted run ends."""
 
 import json
 import random
@@ -39,14 +40,19 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
     run, rng, step, log = tmp_path / "run", random.Random(2026), 0, []
     kinds = list(KINDS) * 5  # 20 stops, five of each kind, in a random order
     rng.shuffle(kinds)
-    for i, kind in enumerate(kinds):
-        at = max(2, step + rng.randint(0, 2))  # the first stop comes after a checkpoint exists
-        cmd = ["train", *args, f"hydra.run.dir={run}"] if i == 0 else ["resume", str(run)]
-        res = run_regx(cmd, tmp_path, fault=f"{kind}@{at}", new_session=True)
+    # the first stop comes before any checkpoint exists (regx resume then starts the run again, #28 item 4)
+    first = run_regx(["train", *args, f"hydra.run.dir={run}"], tmp_path, fault="kill@0", new_session=True)
+    assert first.returncode == -9 and not (run / "checkpoints" / "last.pt").exists()
+    for kind in kinds:
+        at = max(1, step + rng.randint(0, 2))
+        res = run_regx(["resume", str(run)], tmp_path, fault=f"{kind}@{at}", new_session=True)
         log.append((kind, at, res.returncode))
         if at < total:
             assert res.returncode == EXIT[kind], (log, res.stdout[-2000:], res.stderr[-2000:])
-        step = newest_intact(run / "checkpoints")[1].step
+        try:
+            step = newest_intact(run / "checkpoints")[1].step
+        except checkpoint.CorruptCheckpoint:  # none yet (killed while writing the first): it starts again
+            step = 0
         if step >= total:
             break
     res = run_regx(["resume", str(run)], tmp_path)
@@ -57,6 +63,10 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
     assert_same_state(
         checkpoint.read(run / "checkpoints" / "last.pt").to_dict(),
         checkpoint.read(tmp_path / "ref" / "checkpoints" / "last.pt").to_dict(),
+    )
+    assert_same_state(  # best.pt too: whatever moment a kill hit, it holds the best epoch (#28 item 2)
+        checkpoint.read(run / "checkpoints" / "best.pt").to_dict(),
+        checkpoint.read(tmp_path / "ref" / "checkpoints" / "best.pt").to_dict(),
     )
     for ckpt in (run / "checkpoints").glob("*.pt"):
         checkpoint.verify(ckpt)
