@@ -108,6 +108,11 @@ def let_go(exc: BaseException) -> None:
         gc.collect()
     finally:
         sys.unraisablehook = hook
+    import multiprocessing
+
+    for child in multiprocessing.active_children():  # a worker the half-built iterator started and never
+        child.kill()  # stops: it ignores SIGTERM, so Python's exit would wait on it forever
+        child.join(5)
 
 
 _unpublished: list[tuple[Path, Path]] | None = None  # published_together's written files, not yet renamed

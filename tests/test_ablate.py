@@ -34,6 +34,7 @@ def test_the_paired_interval_is_students_t():
     assert paired_ci([0.05]) == (0.05, None)
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_path, cli):
     res = cli(
         "ablate",

@@ -131,6 +131,7 @@ def test_swa_lr_takes_over_from_the_schedule_at_its_start():
     assert swa(30) == swa(39) == 0.01
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_an_swa_run_ends_with_the_averaged_weights_and_resumes_exactly(tmp_path):
     common = ["debug=smoke", "epochs=4", "average=swa", "average.swa_lr=0.01", "checkpoint.every_steps=2"]
     res = regx_here(tmp_path, "train", *common, "hydra.run.dir=full")

@@ -43,6 +43,7 @@ def test_cfg_job_prints_the_composed_config(cli, tmp_path):
     assert not (tmp_path / "outputs").exists()  # printing a config makes no run directory
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_a_users_own_config_folder_trains_with_every_hydra_flag(cli, tmp_path):
     import shutil
 

@@ -41,6 +41,7 @@ def ddp_run(tmp_path):
     return run
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_a_ddp_run_has_one_directory_and_the_same_weights_on_every_rank(tmp_path):
     ddp_run(tmp_path)
 

@@ -172,6 +172,7 @@ def test_a_run_does_not_start_on_a_full_disk(tmp_path, cli):
     assert not (disk / "run").exists()
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_a_low_open_file_limit_is_one_line_and_a_failed_status(tmp_path):
     """`ulimit -n 16`: the streamed folder's decoding workers cannot get their pipes."""
     import resource

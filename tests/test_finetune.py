@@ -146,6 +146,7 @@ def test_full_fine_tuning_trains_the_backbone_at_a_lower_learning_rate(tmp_path,
     assert not torch.equal(ckpt["model"]["features.0.weight"], source["features.0.weight"])
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_gradual_unfreezing_shows_in_metrics_and_survives_a_kill(tmp_path, pretrained_run):
     common = [
         "debug=smoke",

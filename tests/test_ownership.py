@@ -81,6 +81,7 @@ def test_the_lock_is_per_directory_and_released_on_exit(tmp_path):
         pass
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_a_group_sigterm_stops_a_streaming_run_with_a_checkpoint(tmp_path, cli):
     """SLURM, docker and systemd signal the whole group: the DataLoader workers must leave the stop
     to the main process (on main before this, they died and the run failed with no checkpoint)."""
@@ -144,6 +145,7 @@ def test_sigterm_to_a_joblib_sweep_stops_every_job_and_sweep_resume_finishes_the
         assert [int(r["epoch"]) for r in read_metrics(job / "metrics.csv")] == list(range(1, 13))
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_a_stopped_sweep_in_one_process_starts_no_further_job(tmp_path, monkeypatch, cli):
     """The basic launcher runs jobs in this process: the job that hears SIGTERM checkpoints, the rest
     do not start, and sweep-resume finishes both."""

@@ -13,6 +13,7 @@ from regx.train import train
 from tests.conftest import metric_rows, regx_here, run_regx, smoke_cfg
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_a_killed_sweep_resumes_in_place(tmp_path, cli):
     # kill@8: job 0 (1 epoch, 6 steps) finishes; job 1 dies in its second epoch; job 2 never starts
     killed = run_regx(["train", "-m", "debug=smoke", "epochs=1,2,3"], tmp_path, fault="kill@8")
@@ -59,6 +60,7 @@ def summaries(root):
     }
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_joblib_runs_jobs_in_parallel_without_oversubscribing_and_reports_failures(tmp_path):
     plugin("hydra_joblib_launcher")
     res = run_regx(  # lr=1e4 diverges: those jobs fail as they train (bad input would stop the sweep first)
@@ -99,6 +101,7 @@ def test_slurm_preset_composes_with_settable_resources(tmp_path, cli):
     assert "gpus_per_node: 1" in res.stdout
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_optuna_search_maximizes_validation_accuracy(tmp_path, cli):
     plugin("hydra_optuna_sweeper")
     res = cli("train", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=smoke", "epochs=1")

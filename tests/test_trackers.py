@@ -37,6 +37,7 @@ def steps(client, run_id, metric):
     return sorted(m.step for m in client.get_metric_history(run_id, metric))
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_mlflow_holds_params_every_epoch_once_final_metrics_tags_and_artifacts(tmp_path, mlflow_client):
     run = tmp_path / "run"
     train(smoke_cfg("epochs=2", "logger=mlflow", "logger.log_model=true"), run)
@@ -77,6 +78,7 @@ def test_mlflow_continues_the_same_run_after_a_kill_with_no_duplicate_step(tmp_p
         assert steps(client, r.info.run_id, metric) == [1, 2, 3], metric
 
 
+@pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_a_sweep_is_one_parent_run_with_its_jobs_nested(tmp_path, mlflow_client, cli):
     res = cli("train", "-m", "debug=smoke", "epochs=1", "seed=0,1", "logger=mlflow")
     assert res.returncode == 0, res.stderr
