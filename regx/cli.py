@@ -640,7 +640,7 @@ def cmd_curve(args: list[str]) -> int:
         default="together",
         metavar="together|each|NAME,...",
         help="together (default): the baseline and the techniques together; each: regx ablate's arms; or "
-        "the baseline and the arms named, e.g. all,recipe with '+ablate.arms.recipe=[...]'",
+        "the baseline and the arms named, e.g. augmentation,ls with '+ablate.arms.ls=[label_smoothing=0.1]'",
     )
     _budget_options(p)
     _study_options(p)
