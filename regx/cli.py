@@ -656,20 +656,19 @@ def cmd_curve(args: list[str]) -> int:
         planned = curve.plan_points(cfg, sizes=sizes, key=None, values=None, budget=a.budget, steps=steps)
         arms, points = _arms_for_curve(cfg, a.arms), {n: q["overrides"] for n, q in planned.items()}
         plan = curve.Plan("curve", a.metric, None, True, a.budget, steps, planned)
-    sweep, code = _run_study("curve", a, arms, points, plan)
+    return _curve_or_path("curve", a, arms, points, plan, "(curve.md says more)")
+
+
+def _curve_or_path(kind: str, a, arms, points, plan, more: str) -> int:
+    """Run a curve or path study (or finish one: --resume), then tabulate and show it."""
+    from regx import curve
+
+    sweep, code = _run_study(kind, a, arms, points, plan)
     if code in (130, 143):
         return code
     header, rows, files, notes, warnings = curve.report(sweep)
-    _show_study(
-        "curve",
-        sweep,
-        header,
-        rows,
-        files,
-        notes[1:],
-        warnings,
-        "accuracies and gaps in %, ± 95% intervals over seeds (curve.md says more)",
-    )
+    caption = "accuracies and gaps in %, ± 95% intervals over seeds" + (" " if more.startswith("(") else "") + more
+    _show_study(kind, sweep, header, rows, files, notes[1:], warnings, caption)
     return code
 
 
@@ -708,31 +707,17 @@ def cmd_path(args: list[str]) -> int:
         errors.preflight(a.overrides)
         cfg = config.compose(a.overrides)
         current = OmegaConf.select(cfg, key, default="<missing>")
-        if key in config.GROUPS or isinstance(current, bool) or not isinstance(current, int | float | None):
-            shown = "a config group" if key in config.GROUPS else f"{current!r}, not a number"
+        if isinstance(current, bool) or not isinstance(current, int | float | None):
             raise BadInput(
-                f"{key}: regx path sweeps a numeric key (wd, dropout.p, label_smoothing, ...); {key} is {shown}"
+                f"{key}: regx path sweeps a numeric key (wd, dropout.p, label_smoothing, ...); {key} is "
+                f"{current!r}, not a number"
             )
         sizes = _sizes_checked(cfg, a.sizes)
         steps = (a.steps or curve.default_steps(cfg, sizes)) if a.budget == "steps" and sizes else None
         planned = curve.plan_points(cfg, sizes=sizes, key=key, values=values, budget=a.budget, steps=steps)
         arms, points = {"run": []}, {n: q["overrides"] for n, q in planned.items()}
         plan = curve.Plan("path", a.metric, key, log_x, a.budget, steps, planned)
-    sweep, code = _run_study("path", a, arms, points, plan)
-    if code in (130, 143):
-        return code
-    header, rows, files, notes, warnings = curve.report(sweep)
-    _show_study(
-        "path",
-        sweep,
-        header,
-        rows,
-        files,
-        notes[1:],
-        warnings,
-        "accuracies and gaps in %, ± 95% intervals over seeds; ★ the best (path.md says more)",
-    )
-    return code
+    return _curve_or_path("path", a, arms, points, plan, "; ★ the best (path.md says more)")
 
 
 def cmd_resume(args: list[str]) -> int:

@@ -169,13 +169,14 @@ def clear_dead_temporaries(path: Path) -> list[Path]:
     gone = []
     for tmp in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
         digits = re.match(r"\d+", tmp.name.rsplit(".tmp-", 1)[1])
-        if digits and not _alive(int(digits.group())):
+        if digits and not pid_alive(int(digits.group())):
             tmp.unlink(missing_ok=True)
             gone.append(tmp)
     return gone
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -242,6 +242,12 @@ def _band(ax, xs, means, halves, **style):
     ax.fill_between(xs, lo, hi, alpha=0.18, color=style.get("color"))
 
 
+def _gap_band(ax, rows: list[dict], x: str, **style) -> None:
+    """The clean gap of the rows that have one, against their `x` (size or value), with its band."""
+    with_gap = [r for r in rows if r["gap"] is not None]
+    _band(ax, [r[x] for r in with_gap], [r["gap"] for r in with_gap], [r["gap_ci95_mean"] for r in with_gap], **style)
+
+
 def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
     """regx curve: the metric (left) and the clean gap (right) against the training images (log x), one
     line per arm with its 95% band over seeds."""
@@ -258,14 +264,7 @@ def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
             continue
         xs, style = [r["size"] for r in mine], {"color": colours[i % len(colours)], "label": arm}
         _band(acc, xs, [r["mean"] for r in mine], [r["ci95_mean"] for r in mine], **style)
-        with_gap = [r for r in mine if r["gap"] is not None]
-        _band(
-            gap,
-            [r["size"] for r in with_gap],
-            [r["gap"] for r in with_gap],
-            [r["gap_ci95_mean"] for r in with_gap],
-            **style,
-        )
+        _gap_band(gap, mine, "size", **style)
     sizes = sorted({r["size"] for r in rows})
     for ax, label in ((acc, f"{metric} accuracy (%)"), (gap, "clean gap: clean train - val accuracy (points)")):
         ax.set_xscale("log")
@@ -330,15 +329,7 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
                 markersize=12,
                 capsize=4,
             )
-        with_gap = [r for r in mine if r["gap"] is not None]
-        _band(
-            gap,
-            [r["value"] for r in with_gap],
-            [r["gap"] for r in with_gap],
-            [r["gap_ci95_mean"] for r in with_gap],
-            color=colour,
-            label=f"gap{at}",
-        )
+        _gap_band(gap, mine, "value", color=colour, label=f"gap{at}")
     values = sorted({r["value"] for r in rows})
     for ax, label in ((acc, "accuracy (%)"), (gap, "clean gap: clean train - val accuracy (points)")):
         if log_x:

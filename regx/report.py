@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from regx.files import published_together
+from regx.files import pid_alive, published_together
 from regx.plots import save_figure
 
 COLUMNS = (
@@ -63,18 +63,6 @@ def find_runs(patterns: list[str]) -> list[Path]:
     return unique
 
 
-def _pid_alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_record(run: Path) -> dict:
     """What one run directory says: overrides, resolved config, summary and per-epoch metrics."""
     import platform
@@ -98,7 +86,7 @@ def run_record(run: Path) -> dict:
         status == "running"
         and summary.get("host") == platform.node()
         and summary.get("pid")
-        and not _pid_alive(summary["pid"])
+        and not pid_alive(summary["pid"])
     ):
         status = "killed"  # its process is gone without saying so (SIGKILL, a crash, the machine)
     epochs = OmegaConf.select(cfg, "epochs")
