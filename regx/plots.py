@@ -281,8 +281,8 @@ def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
 
 def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str, title: str, best: dict) -> Path:
     """regx path: clean training, validation and the metric's accuracy (left) and the clean gap (right)
-    against the strength, one set of lines per size, 95% bands over seeds, each point's verdict as a
-    letter (o overfitting, u underfitting, b both, g good fit, d diverged), the best strength starred."""
+    against the strength, one set of lines per size, 95% bands over seeds, each point's verdicts over its
+    seeds in words above its gap (e.g. "over ×2, good"), the best strength starred."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,7 +290,6 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
 
     fig, (acc, gap) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    letters = {"overfitting": "o", "underfitting": "u", "both": "b", "good_fit": "g", "diverged": "d"}
     for i, size in enumerate(dict.fromkeys(r["size"] for r in rows)):
         mine = sorted((r for r in rows if r["size"] == size and r["mean"] is not None), key=lambda r: r["value"])
         if not mine:
@@ -308,16 +307,6 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
                 linewidth=1,
                 label=f"{'clean train' if name == 'clean_train' else 'val'}{at}",
             )
-        for r in mine:
-            acc.annotate(
-                letters.get(r["verdict"], "?"),
-                (r["value"], 100 * r["mean"]),
-                textcoords="offset points",
-                xytext=(0, -12),
-                ha="center",
-                fontsize=7,
-                color=colour,
-            )
         b = best.get(size)
         if b is not None:
             acc.errorbar(
@@ -330,19 +319,49 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
                 capsize=4,
             )
         _gap_band(gap, mine, "value", color=colour, label=f"gap{at}")
+        for r in mine:
+            if r["gap"] is not None:
+                gap.annotate(
+                    _short_verdicts(r["verdicts"] or ""),
+                    (r["value"], 100 * r["gap"]),
+                    textcoords="offset points",
+                    xytext=(0, 7),
+                    ha="center",
+                    fontsize=7,
+                    color=colour,
+                )
     values = sorted({r["value"] for r in rows})
     for ax, label in ((acc, "accuracy (%)"), (gap, "clean gap: clean train - val accuracy (points)")):
         if log_x:
             ax.set_xscale("log")
             ax.minorticks_off()
         ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.margins(x=0.08)  # room for the outer points' verdicts
         ax.set_xlabel(key + (" (log scale)" if log_x else ""))
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     acc.legend(fontsize=7)
     gap.axhline(0, color="#888888", linewidth=0.8)
-    fig.suptitle(title + " (bands: 95% over seeds; letters: each point's verdict; star: the best)", fontsize=9)
+    fig.suptitle(
+        title + " (bands: 95% over seeds; words: the verdicts of each point's seeds; star: the best)", fontsize=9
+    )
     return save_figure(fig, path)
+
+
+SHORT_VERDICTS = {
+    "overfitting": "over",
+    "underfitting": "under",
+    "good_fit": "good",
+    "both": "both",
+    "diverged": "diverged",
+}
+
+
+def _short_verdicts(verdicts: str) -> str:
+    """A table's "overfitting ×2, good_fit" as a chart label: "over ×2, good"."""
+    for word, short in SHORT_VERDICTS.items():
+        verdicts = verdicts.replace(word, short)
+    return verdicts
 
 
 def reliability_plot(path: Path, cal: dict, title: str) -> Path:

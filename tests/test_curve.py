@@ -155,3 +155,28 @@ def test_a_curve_takes_the_arms_it_is_given_by_name():
     assert list(arms) == ["baseline", "all", "recipe"]
     assert arms["recipe"] == [*arms["baseline"], "aug=crop_flip", "label_smoothing=0.1"]
     assert list(_arms_for_curve(cfg, "together")) == ["baseline", "all"]
+
+
+def test_a_paths_picture_names_each_points_verdicts_in_words(tmp_path, monkeypatch):
+    """Over each point's gap, its seeds' verdicts as words a learner reads without a key."""
+    from regx import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    rows = [
+        {
+            "size": None,
+            "value": v,
+            "mean": 0.8,
+            "ci95_mean": 0.01,
+            "gap": g,
+            "gap_ci95_mean": 0.01,
+            "val": 0.8,
+            "clean_train": 0.8 + g,
+            "verdicts": verdicts,
+        }
+        for v, g, verdicts in ((0.001, 0.12, "overfitting ×3"), (0.01, 0.06, "underfitting ×2, good_fit"))
+    ]
+    plots.path_chart(tmp_path / "path.png", rows, "wd", True, "test", "t", best={})
+    gap_panel = drawn["fig"].axes[1]
+    assert [t.get_text() for t in gap_panel.texts] == ["over ×3", "under ×2, good"]
