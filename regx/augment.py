@@ -349,7 +349,6 @@ class Augment:
             x = torch.cat([x, self._augmix(x), self._augmix(x)]) if views == 3 else self._augmix(x)
         n = x.shape[0] // views
         noise = torch.rand((n, *x.shape[1:]), generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
-        geometric = any(self.cfg[o.name].p > 0 for o in OPS.values() if o.geometric)
         params = self.sample(n, x.shape[-2:], x.device)
         if views > 1:
             params = AugParams(
@@ -359,7 +358,7 @@ class Augment:
                 )
             )
             noise = None if noise is None else noise.repeat(views, 1, 1, 1)
-        return apply(x, params, noise, geometric=geometric)
+        return apply(x, params, noise, stages=stages_of(self.cfg))
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
         """Augment a batch; with mixup/cutmix on, also mix it (the Mix says how, for the loss)."""
@@ -420,12 +419,26 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, m: Mix, label_smo
     return (m.lam * ce_a + (1 - m.lam) * ce_b).mean()
 
 
+APPLY_STAGES = frozenset({"hflip", "vflip", "warp", "colour", "hue"})
+
+
+def stages_of(cfg) -> frozenset[str]:
+    """The stages of `apply` that an AugConfig-shaped mapping can turn on: a flip whose p > 0, the warp
+    when an op that moves pixels is on, colour when aug.color is on (and hue when it shifts hue)."""
+    on = {flip for flip in ("hflip", "vflip") if cfg[flip].p > 0}
+    if any(cfg[o.name].p > 0 for o in OPS.values() if o.geometric):
+        on.add("warp")
+    if cfg.color.p > 0:
+        on |= {"colour", "hue"} if cfg.color.hue > 0 else {"colour"}
+    return frozenset(on)
+
+
 def apply(
     x: torch.Tensor,
     p: AugParams,
     noise: torch.Tensor | None = None,
     *,
-    geometric: bool | None = None,
+    stages: frozenset[str] = APPLY_STAGES,
     sync_free: bool | None = None,
 ) -> torch.Tensor:
     """Augment float images in [0, 1] (N,C,H,W) with per-sample parameters.
@@ -433,11 +446,14 @@ def apply(
     On CPU only the images an operation changes are processed (found with nonzero/any, which are
     free there). On an accelerator those reads would stall the device every step, so there
     (`sync_free`, the default off CPU) every image is processed and torch.where keeps the unchanged
-    ones exact. `geometric=False` (nothing in the config moves images) skips the warp outright.
+    ones exact. A stage not in `stages` (`stages_of`: nothing in the config turns it on) is skipped
+    outright: off CPU it would otherwise cost its kernels on every image every step.
     """
     sync_free = x.device.type != "cpu" if sync_free is None else sync_free
     owned = False  # the caller's tensor is never written to; ours is changed in place
     for flip, dim in ((p.hflip, -1), (p.vflip, -2)):
+        if ("hflip" if dim == -1 else "vflip") not in stages:
+            continue
         if sync_free:
             x, owned = torch.where(flip.view(-1, 1, 1, 1), x.flip(dim), x), True
             continue
@@ -445,10 +461,33 @@ def apply(
         if len(idx):  # only the flipped images are copied
             x, owned = (x, owned) if owned else (x.clone(), True)
             x.index_copy_(0, idx, x[idx].flip(dim))
+    warped = _warp(x, p, sync_free) if "warp" in stages else None
+    if warped is not None:
+        x, owned = warped, True
+    if "colour" in stages:
+        moved = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
+        hue = "hue" in stages
+        if sync_free:
+            x = torch.where(moved.view(-1, 1, 1, 1), color(x, p, sync_free=True, hue=hue), x)
+        else:
+            idx = torch.nonzero(moved).flatten()
+            if len(idx):  # only the images whose colour changes pay for it
+                sub = AugParams(*(None if v is None else v[idx] for v in (getattr(p, f) for f in _PARAM_FIELDS)))
+                x = x if owned else x.clone()
+                x.index_copy_(0, idx, color(x[idx], sub, hue=hue))
+    if p.erase is not None:
+        fill = noise if noise is not None else torch.zeros_like(x)
+        x = torch.where(_box_mask(p.erase, x.shape[-2], x.shape[-1]), fill, x)
+    return x
+
+
+def _warp(x: torch.Tensor, p: AugParams, sync_free: bool) -> torch.Tensor | None:
+    """The one affine warp of the images that move (every image, the others kept by torch.where, when
+    `sync_free`); None when no image moves."""
     moves = (p.angle != 0) | (p.scale != 1) | (p.tx != 0) | (p.ty != 0)
     if p.aspect is not None:
         moves = moves | (p.aspect != 1)
-    if geometric is not False and (sync_free or bool(moves.any())):
+    if sync_free or bool(moves.any()):
         warped = F.grid_sample(
             x,
             F.affine_grid(affine_theta(p, x.shape), list(x.shape), align_corners=False),
@@ -456,21 +495,8 @@ def apply(
             padding_mode="zeros",
             align_corners=False,
         )
-        x = torch.where(moves.view(-1, 1, 1, 1), warped, x) if sync_free else warped
-        owned = True
-    moved = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
-    if sync_free:
-        x = torch.where(moved.view(-1, 1, 1, 1), color(x, p, sync_free=True), x)
-    else:
-        idx = torch.nonzero(moved).flatten()
-        if len(idx):  # only the images whose colour changes pay for it
-            sub = AugParams(*(None if v is None else v[idx] for v in (getattr(p, f) for f in _PARAM_FIELDS)))
-            x = x if owned else x.clone()
-            x.index_copy_(0, idx, color(x[idx], sub))
-    if p.erase is not None:
-        fill = noise if noise is not None else torch.zeros_like(x)
-        x = torch.where(_box_mask(p.erase, x.shape[-2], x.shape[-1]), fill, x)
-    return x
+        return torch.where(moves.view(-1, 1, 1, 1), warped, x) if sync_free else warped
+    return None
 
 
 def affine_theta(p: AugParams, shape) -> torch.Tensor:
@@ -502,8 +528,9 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def color(x: torch.Tensor, p: AugParams, *, sync_free: bool = False) -> torch.Tensor:
-    """Brightness, contrast, saturation, then hue, each clamped to [0, 1] as torchvision does."""
+def color(x: torch.Tensor, p: AugParams, *, sync_free: bool = False, hue: bool = True) -> torch.Tensor:
+    """Brightness, contrast, saturation, then hue (unless `hue` is False: no image's hue moves), each
+    clamped to [0, 1] as torchvision does."""
     x = (x * p.brightness.view(-1, 1, 1, 1)).clamp(0, 1)
     mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
     c = p.contrast.view(-1, 1, 1, 1)
@@ -511,6 +538,8 @@ def color(x: torch.Tensor, p: AugParams, *, sync_free: bool = False) -> torch.Te
     if x.shape[1] == 3:
         s = p.saturation.view(-1, 1, 1, 1)
         x = (s * x + (1 - s) * _gray(x)).clamp(0, 1)
+        if not hue:
+            return x
         if sync_free:
             hsv = rgb_to_hsv(x)
             h = hsv[:, 0] + p.hue.view(-1, 1, 1)

@@ -308,3 +308,42 @@ def test_a_random_resized_crop_equals_torchvisions_resized_crop(images):
     ours = apply(images, p)
     ref = TF.resized_crop(images, i, j, h, w, [32, 32], interpolation=BILINEAR, antialias=False)
     assert (ours - ref)[..., 2:-2, 2:-2].abs().max() < 1e-5
+
+
+# Operators one augmented batch dispatches on an accelerator's path (parameters drawn, then applied
+# sync-free), each a kernel launch or more on a GPU, where a small batch is bound by launches (#32).
+# Ceilings, counted 2026-12-05; before stages_of skipped the stages a config leaves off they were
+# flip 128, crop_flip 173, flip_rotate 164, scale_crop 173, color 147, erasing 179, all 202.
+OPS_CEILING = {
+    "flip": 17,
+    "crop_flip": 69,
+    "flip_rotate": 60,
+    "scale_crop": 66,
+    "color": 134,
+    "erasing": 65,
+    "all": 199,
+}
+
+
+@pytest.mark.parametrize("option", OPS_CEILING)
+def test_an_augmented_batch_dispatches_no_more_operators_than_its_ceiling(option):
+    from benchmarks.aug_profile import ops_per_batch
+
+    assert ops_per_batch(option) <= OPS_CEILING[option]
+
+
+@pytest.mark.parametrize("option", ["flip", "crop_flip", "erasing", "all", "[all,erasing]"])
+@pytest.mark.parametrize("hue", [0.0, 0.03])
+def test_skipping_the_stages_a_config_leaves_off_changes_no_pixel(option, hue):
+    """stages_of(cfg) skips whole stages (a flip, the warp, colour, hue) that nothing in the config
+    turns on: on both paths the batch is the one every stage gives, bit for bit."""
+    from regx.augment import APPLY_STAGES, stages_of
+
+    cfg = config.compose([f"aug={option}", f"aug.color.hue={hue}"]).aug
+    x = torch.rand(32, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
+    p = Augment(cfg, torch.Generator().manual_seed(0)).sample(32, (24, 24), "cpu")
+    for sync_free in (False, True):
+        every = apply(x, p, noise, stages=APPLY_STAGES, sync_free=sync_free)
+        assert torch.equal(apply(x, p, noise, stages=stages_of(cfg), sync_free=sync_free), every), sync_free
+    assert stages_of(cfg) < APPLY_STAGES
