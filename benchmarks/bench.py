@@ -1086,9 +1086,29 @@ def write_markdown(root: Path) -> Path:
             "and augmentation, bf16 autocast, channels_last) run in the CPU tests meanwhile."
         )
     )
+    parts.append(launches())
     out = root / "BENCHMARKS.md"
     out.write_text("\n\n".join(parts) + "\n")
     return out
+
+
+AUG_OPTIONS = ("flip", "crop_flip", "flip_rotate", "scale_crop", "color", "erasing", "all")
+
+
+def launches() -> str:
+    """The operators one augmented batch dispatches on an accelerator's path, counted (not timed: the
+    count is the code's, the same on any machine) when this file is written."""
+    from benchmarks.aug_profile import ops_per_batch
+
+    counts = "".join(f"| {ops_per_batch(o)} " for o in AUG_OPTIONS)
+    return (
+        "## Kernel launches per augmented batch\n\n"
+        "On a GPU a small batch is bound by kernel launches (section 1 of the GPU results). The ATen operators "
+        "one batch of each `aug=` option dispatches on an accelerator's sync-free path (its per-image parameters "
+        "drawn, then applied; each operator is one launch or more), counted on the CPU with a TorchDispatchMode "
+        "(`benchmarks/aug_profile.py`; `tests/test_augment.py` keeps them as ceilings):\n\n"
+        "| aug | " + " | ".join(AUG_OPTIONS) + " |\n|---|" + "---|" * len(AUG_OPTIONS) + "\n| operators " + counts + "|"
+    )
 
 
 def main(argv=None) -> int:

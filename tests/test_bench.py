@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from benchmarks import bench
+from benchmarks.aug_profile import ops_per_batch
 
 CPU = torch.device("cpu")
 
@@ -94,6 +95,8 @@ def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
     assert "## GPU\n\nPending" in text and "**Time to accuracy**" in text
     assert "compile=default vs eager, smallcnn 32: x1.03 after 42 s of compiling" in text
     assert "seed 0: test 93.55%, best val 94.03% in 416 s of wall time including start-up" in text
+    launches = text.split("## Kernel launches per augmented batch")[1]
+    assert f"| operators | {ops_per_batch('flip')} | {ops_per_batch('crop_flip')} |" in launches
 
 
 @pytest.mark.slow
