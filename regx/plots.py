@@ -249,24 +249,43 @@ def _gap_band(ax, rows: list[dict], x: str, **style) -> None:
 
 
 def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
-    """regx curve: the metric (left) and the clean gap (right) against the training images (log x), one
-    line per arm with its 95% band over seeds."""
+    """regx curve: the metric (left), each arm's paired difference from the baseline with its 95% interval
+    (middle: where an interval reaches zero, the arm stops helping) and the clean gap (right) against the
+    training images (log x), one line per arm with its 95% band over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (acc, gap) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    fig, (acc, diff, gap) = plt.subplots(1, 3, figsize=(15, 4.4), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, arm in enumerate(dict.fromkeys(r["arm"] for r in rows)):
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    for i, arm in enumerate(arms):
         mine = sorted((r for r in rows if r["arm"] == arm and r["mean"] is not None), key=lambda r: r["size"])
         if not mine:
             continue
         xs, style = [r["size"] for r in mine], {"color": colours[i % len(colours)], "label": arm}
         _band(acc, xs, [r["mean"] for r in mine], [r["ci95_mean"] for r in mine], **style)
         _gap_band(gap, mine, "size", **style)
+        paired = [r for r in mine if r.get("diff") is not None]
+        if paired:  # arms side by side at each size (a small step on the log axis), so the bars do not overlap
+            nudge = 1.06 ** (i - (len(arms) - 1) / 2)
+            diff.errorbar(
+                [r["size"] * nudge for r in paired],
+                [100 * r["diff"] for r in paired],
+                yerr=[100 * (r["ci95"] or 0) for r in paired],
+                marker="o",
+                markersize=4,
+                capsize=3,
+                **style,
+            )
+    diff.axhline(0, color="#888888", linewidth=0.8)
     sizes = sorted({r["size"] for r in rows})
-    for ax, label in ((acc, f"{metric} accuracy (%)"), (gap, "clean gap: clean train - val accuracy (points)")):
+    for ax, label in (
+        (acc, f"{metric} accuracy (%)"),
+        (diff, "vs baseline (points, paired 95% CI)"),
+        (gap, "clean gap: clean train - val accuracy (points)"),
+    ):
         ax.set_xscale("log")
         ax.set_xticks(sizes, [f"{s:,}" for s in sizes])
         ax.minorticks_off()
@@ -274,8 +293,10 @@ def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     acc.legend(fontsize=8)
+    if diff.has_data():
+        diff.legend(fontsize=8)
     gap.axhline(0, color="#888888", linewidth=0.8)
-    fig.suptitle(title + " (bands: 95% over seeds)", fontsize=9)
+    fig.suptitle(title + " (bands: 95% over seeds; middle: each arm minus the baseline, seed by seed)", fontsize=9)
     return save_figure(fig, path)
 
 

@@ -180,3 +180,24 @@ def test_a_paths_picture_names_each_points_verdicts_in_words(tmp_path, monkeypat
     plots.path_chart(tmp_path / "path.png", rows, "wd", True, "test", "t", best={})
     gap_panel = drawn["fig"].axes[1]
     assert [t.get_text() for t in gap_panel.texts] == ["over ×3", "under ×2, good"]
+
+
+def test_a_curves_picture_shows_each_arms_paired_difference_from_the_baseline(tmp_path, monkeypatch):
+    """The middle panel: each arm minus the baseline with its paired interval, at every size, around zero."""
+    from regx import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    row = {"ci95_mean": 0.01, "gap": 0.1, "gap_ci95_mean": 0.01}
+    rows = [
+        {**row, "arm": "baseline", "size": 1000, "mean": 0.84, "diff": None, "ci95": None},
+        {**row, "arm": "baseline", "size": 8000, "mean": 0.88, "diff": None, "ci95": None},
+        {**row, "arm": "recipe", "size": 1000, "mean": 0.86, "diff": 0.02, "ci95": 0.012},
+        {**row, "arm": "recipe", "size": 8000, "mean": 0.885, "diff": 0.005, "ci95": 0.013},
+    ]
+    plots.curve_chart(tmp_path / "curve.png", rows, "test", "t")
+    middle = drawn["fig"].axes[1]
+    assert "vs baseline" in middle.get_ylabel()
+    (line,) = middle.get_lines()[:1]
+    assert [round(y, 6) for y in line.get_ydata()] == [2.0, 0.5]
+    assert [t.get_text() for t in middle.get_legend().get_texts()] == ["recipe"]
