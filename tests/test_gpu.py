@@ -90,3 +90,26 @@ def test_compile_with_cuda_graphs_trains(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert summary(tmp_path / "c")["status"] == "completed"
+
+
+def test_a_training_step_never_waits_for_the_host(tmp_path):
+    """Every step after the first (augmentation on the device, forward, loss with the L2 term, backward,
+    the update, the epoch's sums) runs under torch.cuda.set_sync_debug_mode("error"): a read back to the
+    host inside a step is an error, not a silent stall (#32 item 2). The loss check reads once per epoch."""
+    from regx.engine import Hook
+    from regx.train import train
+
+    class NoSyncInAStep(Hook):
+        def before_step(self, step: int) -> None:
+            if step > 0:  # the first step may initialise lazily
+                torch.cuda.set_sync_debug_mode("error")
+
+        def after_step(self, info) -> None:
+            torch.cuda.set_sync_debug_mode("default")
+
+    cfg = config.compose([*SMOKE, "aug=all", "wd=5e-4", "decay=l2", "progress_every=100000"])
+    try:
+        s = train(cfg, tmp_path / "r", hooks=(NoSyncInAStep(),))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert s["status"] == "completed"
