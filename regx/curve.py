@@ -269,16 +269,25 @@ def _where_it_stops(rows: list[dict]) -> list[str]:
         helps = [r["diff"] - (r["ci95"] or 0) > 0 for r in mine]
         if all(helps):
             out.append(f"{arm} helps at every size measured, {mine[0]['size']:,} to {mine[-1]['size']:,} images.")
-        elif not helps[0]:
+            continue
+        stop = helps.index(False)
+        again = [r for r, h in zip(mine[stop:], helps[stop:]) if h]  # past the first size where it does not
+        also = (
+            " It helps again at "
+            + ", ".join(f"{r['size']:,} ({_pm(r['diff'], r['ci95'], signed=True)})" for r in again)
+            + "."
+            if again
+            else ""
+        )
+        if stop == 0:
             out.append(
                 f"{arm} does not help at {mine[0]['size']:,} images, the smallest size: its interval there "
-                f"contains zero or lies below it ({_pm(mine[0]['diff'], mine[0]['ci95'], signed=True)} points)."
+                f"contains zero or lies below it ({_pm(mine[0]['diff'], mine[0]['ci95'], signed=True)} points).{also}"
             )
         else:
-            stop = mine[helps.index(False)]
             out.append(
-                f"{arm} helps up to {mine[helps.index(False) - 1]['size']:,} images and stops helping at "
-                f"{stop['size']:,} ({_pm(stop['diff'], stop['ci95'], signed=True)} points)."
+                f"{arm} helps up to {mine[stop - 1]['size']:,} images and stops helping at "
+                f"{mine[stop]['size']:,} ({_pm(mine[stop]['diff'], mine[stop]['ci95'], signed=True)} points).{also}"
             )
     return out
 

@@ -78,6 +78,19 @@ def test_a_curve_says_where_each_arm_stops_helping(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
 
+def test_an_arm_that_helps_again_past_where_it_stopped_is_said_to():
+    def row(size, diff, ci95):
+        return {"arm": "recipe", "size": size, "diff": diff, "ci95": ci95}
+
+    said = curve._where_it_stops([row(250, 0.036, 0.012), row(500, 0.015, 0.022), row(1000, 0.017, 0.009)])
+    assert said == [
+        "recipe helps up to 250 images and stops helping at 500 (+1.50 ± 2.20 points). It helps again at 1,000 "
+        "(+1.70 ± 0.90)."
+    ]
+    said = curve._where_it_stops([row(250, -0.01, 0.02), row(1000, 0.03, 0.01)])
+    assert said[0].endswith("(-1.00 ± 2.00 points). It helps again at 1,000 (+3.00 ± 1.00).")
+
+
 @pytest.mark.slow  # eight smoke runs and a resume (20 s); make test-all runs it
 def test_a_curve_on_the_embedded_data(tmp_path, cli):
     res = cli("curve", "debug=smoke", "data.val_fraction=0.2", "--sizes", "64,160", "--seeds", "2")
