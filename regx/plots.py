@@ -3,6 +3,7 @@ matrices. Every one is written through save_figure or write_atomic: a viewer nev
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -234,11 +235,12 @@ def arms_chart(path: Path, data: list[dict], metric: str, title: str) -> None:
     save_figure(fig, path)
 
 
-def _band(ax, xs, means, halves, **style):
-    """A line of means with its 95% band (points without an interval get none)."""
+def _band(ax, xs, means, halves, *, within=(-math.inf, math.inf), **style):
+    """A line of means with its 95% band (points without an interval get none), the band cut to `within`
+    (an accuracy's band ends at 0 and 100%)."""
     ax.plot(xs, [100 * m for m in means], marker="o", markersize=4, **style)
-    lo = [100 * (m - (h or 0)) for m, h in zip(means, halves)]
-    hi = [100 * (m + (h or 0)) for m, h in zip(means, halves)]
+    lo = [max(within[0], 100 * (m - (h or 0))) for m, h in zip(means, halves)]
+    hi = [min(within[1], 100 * (m + (h or 0))) for m, h in zip(means, halves)]
     ax.fill_between(xs, lo, hi, alpha=0.18, color=style.get("color"))
 
 
@@ -265,7 +267,7 @@ def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
         if not mine:
             continue
         xs, style = [r["size"] for r in mine], {"color": colours[i % len(colours)], "label": arm}
-        _band(acc, xs, [r["mean"] for r in mine], [r["ci95_mean"] for r in mine], **style)
+        _band(acc, xs, [r["mean"] for r in mine], [r["ci95_mean"] for r in mine], within=(0, 100), **style)
         _gap_band(gap, mine, "size", **style)
         paired = [r for r in mine if r.get("diff") is not None]
         if paired:  # arms side by side at each size (a small step on the log axis), so the bars do not overlap
@@ -293,7 +295,7 @@ def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
     acc.legend(fontsize=8)
-    if diff.has_data():
+    if any(r.get("diff") is not None for r in rows):
         diff.legend(fontsize=8)
     gap.axhline(0, color="#888888", linewidth=0.8)
     fig.suptitle(title + " (bands: 95% over seeds; middle: each arm minus the baseline, seed by seed)", fontsize=9)
@@ -317,7 +319,15 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
             continue
         xs, colour = [r["value"] for r in mine], colours[i % len(colours)]
         at = f", {size:,} images" if size else ""
-        _band(acc, xs, [r["mean"] for r in mine], [r["ci95_mean"] for r in mine], color=colour, label=f"{metric}{at}")
+        _band(
+            acc,
+            xs,
+            [r["mean"] for r in mine],
+            [r["ci95_mean"] for r in mine],
+            within=(0, 100),
+            color=colour,
+            label=f"{metric}{at}",
+        )
         for name, style in (("val", ":"), ("clean_train", "--")):
             got = [r for r in mine if r[name] is not None]
             acc.plot(

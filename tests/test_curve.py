@@ -214,3 +214,19 @@ def test_a_curves_picture_shows_each_arms_paired_difference_from_the_baseline(tm
     (line,) = middle.get_lines()[:1]
     assert [round(y, 6) for y in line.get_ydata()] == [2.0, 0.5]
     assert [t.get_text() for t in middle.get_legend().get_texts()] == ["recipe"]
+
+
+def test_an_accuracys_band_ends_at_zero(tmp_path, monkeypatch):
+    from regx import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    rows = [
+        {"arm": "baseline", "size": n, "mean": 0.08, "ci95_mean": 0.13, "gap": -0.05, "gap_ci95_mean": 0.1}
+        for n in (64, 160)
+    ]
+    plots.curve_chart(tmp_path / "curve.png", rows, "test", "t")
+    acc, _, gap = drawn["fig"].axes
+    lowest = min(path.vertices[:, 1].min() for c in acc.collections for path in c.get_paths())
+    assert lowest == 0.0  # 8% ± 13 would reach -5%: an accuracy's band stops at 0
+    assert min(path.vertices[:, 1].min() for c in gap.collections for path in c.get_paths()) < -10  # a gap's does not
