@@ -39,6 +39,7 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # 7.6 s of subprocesses; test_the_lock_is_per_directory_and_released_on_exit is its fast relative
 def test_a_live_run_keeps_its_directory_from_a_second_owner(tmp_path, cli):
     run = tmp_path / "run"
     live = start_regx(

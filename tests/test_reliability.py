@@ -81,6 +81,7 @@ def test_a_streamed_run_with_dropout_resumes_mid_epoch_bit_exact(tmp_path):
     assert_equal_runs(tmp_path / "ref", tmp_path / "k")
 
 
+@pytest.mark.slow  # 6 s; among the chaos test's 20 stops (slow too) are kills while a checkpoint is written
 def test_killed_while_writing_a_checkpoint(tmp_path, reference, cli):
     killed = start(tmp_path, "w", "killsave@9")  # the checkpoint after step 9 dies before its rename
     assert killed.returncode == -9
@@ -351,6 +352,7 @@ def test_bad_folders_stop_before_training_naming_the_path(tmp_path, layout, mess
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # 6 s; the chaos test's first kill comes before any checkpoint too
 def test_a_run_killed_before_its_first_checkpoint_is_started_again_by_resume(tmp_path, cli):
     """No checkpoint yet: regx resume starts it from the beginning with its saved config, and cleans up."""
     killed = run_regx(["train", "debug=smoke", "epochs=2", "hydra.run.dir=r"], tmp_path, fault="kill@3")
