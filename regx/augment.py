@@ -261,6 +261,7 @@ class Augment:
 
     def __init__(self, cfg, generator: torch.Generator):
         self.cfg, self.g = cfg, generator
+        self.stages = stages_of(cfg)  # once: reading the config costs about 0.1 ms, every step otherwise
         self._policies, self._augmix = None, None
 
     @staticmethod
@@ -358,7 +359,7 @@ class Augment:
                 )
             )
             noise = None if noise is None else noise.repeat(views, 1, 1, 1)
-        return apply(x, params, noise, stages=stages_of(self.cfg))
+        return apply(x, params, noise, stages=self.stages)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
         """Augment a batch; with mixup/cutmix on, also mix it (the Mix says how, for the loss)."""
