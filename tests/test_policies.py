@@ -193,6 +193,7 @@ def test_augmix_views_share_everything_but_augmix():
     assert not torch.equal(clean, a) and not torch.equal(a, b)
 
 
+@pytest.mark.slow  # 4 s of training; the policies' oracle tests and test_train's aug variants run fast
 def test_a_run_with_a_policy_composes_with_other_options(tmp_path):
     s = train(smoke_cfg("aug=[crop_flip,trivialaugment]"), tmp_path / "ta")
     assert s["status"] == "completed"

@@ -166,6 +166,7 @@ def test_wandb_offline_holds_the_history_and_resume_continues_the_run(tmp_path, 
     )
 
 
+@pytest.mark.slow  # 3.5 s; each tracker has its own fast test above
 def test_several_trackers_at_once(tmp_path, mlflow_client):
     pytest.importorskip("tensorboard")
     run = tmp_path / "both"
