@@ -118,11 +118,13 @@ def regx_loop(
     ema: bool = False,
     clip: float = 0.0,
     overrides: tuple[str, ...] = (),
+    compile_aug: bool = False,
 ):
     """regx's own path: iterate() -> Pipeline (augmentation) -> train_one_epoch with its metrics
     (`compile_mode`: the model under torch.compile in that mode, as `compile=true` does; `ema`:
     average=ema's update after every step; `clip`: clip_grad's norm clipping; `overrides`: more of
-    the aug group's keys, as aug.augmix.jsd=12)."""
+    the aug group's keys, as aug.augmix.jsd=12; `compile_aug`: the augmentation compiled, as
+    compile_aug=true does)."""
     from regx import config
     from regx.augment import Augment
     from regx.average import Ema
@@ -159,7 +161,7 @@ def regx_loop(
         torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
         torch.tensor(STD, device=device).view(1, 3, 1, 1),
         channels_last,
-        Augment(cfg.aug, gen) if Augment.active(cfg.aug) else None,
+        Augment(cfg.aug, gen, compiled=compile_aug) if Augment.active(cfg.aug) else None,
     )
     parts = StepParts(
         optimizer=opt,
@@ -430,6 +432,14 @@ def compile_effect(device, precision: str, steps: int, batch: int, repeats: int,
 
 # ---------------------------------------------------------------------------------------------
 # 3 and 4: whole runs, in subprocesses, as a user starts them
+
+
+def compile_aug_effect(device_name: str) -> dict:
+    """compile_aug against eager for each aug option alone (benchmarks/aug_profile.py): ms per batch of
+    256 images of 32 px, and what a batch launches."""
+    from benchmarks.aug_profile import OPTIONS, compile_effect
+
+    return {"rows": [compile_effect(option, torch.device(device_name)) for option in OPTIONS]}
 
 
 def _regx(args: list[str], cwd: str, env=None) -> subprocess.CompletedProcess:
@@ -710,14 +720,16 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
     }
     repeats = 3 if quick else 9
     precisions = ["32", "bf16"] if pick_precision("auto", device) == "bf16" else ["32"]
-    cases = [("smallcnn", p, a) for p in precisions for a in ("none", "all")]
-    cases += [("resnet18", p, "none") for p in precisions] + [("resnet18", precisions[-1], "all")]
-    for model_name, precision, aug in cases:
+    cases = [("smallcnn", p, a, False) for p in precisions for a in ("none", "all")]
+    cases += [("resnet18", p, "none", False) for p in precisions] + [("resnet18", precisions[-1], "all", False)]
+    if gpu:  # compile_aug: the augmentation's kernels fused (on the CPU it compiles for seconds and gains little)
+        cases += [(m, p, "all", True) for m in ("smallcnn", "resnet18") for p in precisions[-1:]]
+    for model_name, precision, aug, compile_aug in cases:
         small = model_name == "smallcnn"
         steps, batch = ((40, 256) if gpu else (5, BATCH)) if small else ((20, 256) if gpu else (2, 64))
         r = alternate(
             {
-                "regx": regx_loop(model_name, device, precision, steps, batch, aug),
+                "regx": regx_loop(model_name, device, precision, steps, batch, aug, compile_aug=compile_aug),
                 "hand": hand_loop(model_name, device, precision, steps, batch),
             },
             repeats,
@@ -725,7 +737,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         row = {
             "model": model_name,
             "precision": precision,
-            "aug": aug,
+            "aug": aug + (" compile_aug" if compile_aug else ""),
             "batch": batch,
             "regx": r["regx"],
             "hand": r["hand"],
@@ -733,7 +745,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         }
         result["engine"].append(row)
         log(
-            f"  1. {model_name:9s} {precision:>4s} aug={aug:<4s}  regx {r['regx']['median']:8.0f} img/s   "
+            f"  1. {model_name:9s} {precision:>4s} aug={row['aug']:<4s}  regx {r['regx']['median']:8.0f} img/s   "
             f"hand {r['hand']['median']:8.0f} img/s   ratio {row['ratio']:.3f}"
         )
     best = precisions[-1]
@@ -986,6 +998,26 @@ def section(r: dict) -> str:
             "(that is the memorization curve: it costs what evaluating those images costs)."
             + (f" {c['note']}" if c.get("note") else ""),
         ]
+    if r.get("compile_aug"):
+        c = r["compile_aug"]
+        counted = (
+            "kernels the profiler saw run"
+            if "cuda" in c["command"]
+            else ("the CPU: operators of the sync-free path eager, draws plus inductor's fused kernels compiled")
+        )
+        lines += [
+            "",
+            f"**8. compile_aug: the augmentation compiled** (`{c['command']}`, {c['date']}; one batch of 256 images "
+            f"of 32 px, each option alone; launches per batch counted on {counted}):",
+            "",
+            "| aug | eager ms/batch | compiled ms/batch | speed-up | eager launches | compiled launches |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {x['option']} | {x['eager_ms']:.2f} | {x['compiled_ms']:.2f} | "
+                f"x{x['eager_ms'] / x['compiled_ms']:.2f} | {x['eager_launches']} | {x['compiled_launches']} |"
+                for x in c["rows"]
+            ),
+        ]
     for recipe in r.get("recipes", []):
         lines += [
             "",
@@ -1092,22 +1124,19 @@ def write_markdown(root: Path) -> Path:
     return out
 
 
-AUG_OPTIONS = ("flip", "crop_flip", "flip_rotate", "scale_crop", "color", "erasing", "all")
-
-
 def launches() -> str:
     """The operators one augmented batch dispatches on an accelerator's path, counted (not timed: the
     count is the code's, the same on any machine) when this file is written."""
-    from benchmarks.aug_profile import ops_per_batch
+    from benchmarks.aug_profile import OPTIONS, ops_per_batch
 
-    counts = "".join(f"| {ops_per_batch(o)} " for o in AUG_OPTIONS)
+    counts = "".join(f"| {ops_per_batch(o)} " for o in OPTIONS)
     return (
         "## Kernel launches per augmented batch\n\n"
         "On a GPU a small batch is bound by kernel launches (section 1 of the GPU results). The ATen operators "
         "one batch of each `aug=` option dispatches on an accelerator's sync-free path (its per-image parameters "
         "drawn, then applied; each operator is one launch or more), counted on the CPU with a TorchDispatchMode "
         "(`benchmarks/aug_profile.py`; `tests/test_augment.py` keeps them as ceilings):\n\n"
-        "| aug | " + " | ".join(AUG_OPTIONS) + " |\n|---|" + "---|" * len(AUG_OPTIONS) + "\n| operators " + counts + "|"
+        "| aug | " + " | ".join(OPTIONS) + " |\n|---|" + "---|" * len(OPTIONS) + "\n| operators " + counts + "|"
     )
 
 
@@ -1120,6 +1149,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--measurements", action="store_true", help="only what calibration and label noise cost (section 7)"
     )
+    parser.add_argument(
+        "--compile-aug", action="store_true", help="only compile_aug against eager, each aug option (section 8)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("regx: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
@@ -1128,21 +1160,24 @@ def main(argv=None) -> int:
     root = Path(args.out)
     name = "bench-cuda.json" if args.device.startswith("cuda") else "bench.json"
     kept = json.loads((root / name).read_text()) if (root / name).is_file() else {}
-    if args.measurements:
+    if args.measurements or args.compile_aug:
+        flag = "--measurements" if args.measurements else "--compile-aug"
         if not kept:
-            print(f"regx: error: --measurements adds to {root / name}, which a whole run writes first", file=sys.stderr)
+            print(f"regx: error: {flag} adds to {root / name}, which a whole run writes first", file=sys.stderr)
             return 2
-        result = kept
-        result["measurements"] = {
-            **measurement_cost(args.device),
+        result, key = kept, "measurements" if args.measurements else "compile_aug"
+        result[key] = {
+            **(measurement_cost(args.device) if args.measurements else compile_aug_effect(args.device)),
             "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"),
         }
-        print(json.dumps(result["measurements"], indent=2))
+        print(json.dumps(result[key], indent=2))
     else:
         result = run(args.device, args.quick, tta=args.tta)
-        # whole-run measurements are taken apart from the benchmark: keep them
-        result.update({k: kept[k] for k in ("recipes", "vs_timm", "vs_timm_matched") if k in kept})
+        # measurements taken apart from the benchmark (whole runs, sections 7 and 8, each dated): keep them
+        result.update(
+            {k: kept[k] for k in ("recipes", "vs_timm", "vs_timm_matched", "measurements", "compile_aug") if k in kept}
+        )
     (root / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {root / name} and {write_markdown(root)}")
     return 0

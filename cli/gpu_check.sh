@@ -3,12 +3,14 @@
 # dependencies importable: `pip install -e '.[dev]'`, or wheels on PYTHONPATH (an image that has torch
 # usually lacks hydra-core==1.3.8, omegaconf==2.3.1 and antlr4-python3-runtime==4.9.3, all pure Python).
 #
-# Writes six files under ${OUT:-gpu-out}/:
+# Writes seven files under ${OUT:-gpu-out}/:
 #   gpu.txt          the card, its memory and driver
 #   tests.log        tests/test_gpu.py: a CUDA run end to end, the sync-free augmentation against the
-#                    CPU path, NaN and SIGTERM on the GPU, compile with CUDA graphs
+#                    CPU path, NaN and SIGTERM on the GPU, compile with CUDA graphs, compile_aug
+#                    against eager, no host sync inside a step
 #   ddp.log          2-process nccl DDP (only with two GPUs)
 #   bench.log, bench-cuda.json, BENCHMARKS.md   python -m benchmarks.bench --device cuda
+#   compile_aug.log  python -m benchmarks.bench --device cuda --compile-aug (section 8 of the same files)
 # Then commit bench-cuda.json and BENCHMARKS.md (or regenerate it: python -c "from pathlib import Path;
 # from benchmarks.bench import write_markdown; write_markdown(Path('.'))").
 # Every step runs even if one before it failed; the exit status is the number of failed steps.
@@ -27,5 +29,7 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
     hydra.run.dir=/tmp/regx-ddp 2>&1 | tee "$OUT/ddp.log" || failed=$((failed + 1))
 fi
 "$PY" -m benchmarks.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
+# section 8: compile_aug against eager, each aug option (adds to bench-cuda.json)
+"$PY" -m benchmarks.bench --device cuda --out "$OUT" --compile-aug 2>&1 | tee "$OUT/compile_aug.log" || failed=$((failed + 1))
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -65,13 +66,14 @@ _COMBINE = {
 
 @dataclass(frozen=True)
 class Draws:
-    """What an op's `params` gets: its uniform draws in [0, 1) by name ([N] each), and the batch."""
+    """What an op's `params` gets: its uniform draws in [0, 1) by name ([N] each), the batch's shape,
+    and its further uniforms of shape (*Op.extra, N) (erasing's boxes, a resized crop's tries)."""
 
     u: dict[str, torch.Tensor]
     n: int
     height: int
     width: int
-    generator: torch.Generator  # for draws of other shapes (erasing's boxes), after every op's uniforms
+    extra: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -83,16 +85,19 @@ class Op:
     draws: tuple[str, ...]
     params: Callable[[Any, Draws], dict[str, torch.Tensor]]
     geometric: bool = False  # it moves pixels (its parts go into the one affine warp)
+    extra: tuple[int, ...] = ()  # the shape, before N, of a further uniform draw it takes (none: ())
 
 
 OPS: dict[str, Op] = {}  # in the order their parts combine and their own extra draws are made
 
 
-def op(name: str, *draws: str, geometric: bool = False):
-    """Register an op's `params` function: adding an op is this entry plus its AugConfig field and YAML."""
+def op(name: str, *draws: str, geometric: bool = False, extra: tuple[int, ...] = ()):
+    """Register an op's `params` function: adding an op is this entry plus its AugConfig field and YAML.
+    `params` is pure (no draws of its own: what it needs beyond its uniforms it declares as `extra`),
+    so the arithmetic from draws to pixels can be compiled as one graph."""
 
     def register(params):
-        OPS[name] = Op(name, draws, params, geometric)
+        OPS[name] = Op(name, draws, params, geometric, extra)
         return params
 
     return register
@@ -179,11 +184,11 @@ def _color(c, d: Draws) -> dict[str, torch.Tensor]:  # factors in [1-b, 1+b], a 
     }
 
 
-@op("erasing", "on")
+@op("erasing", "on", extra=(4,))
 def _erasing(c, d: Draws) -> dict[str, torch.Tensor]:
     """Random erasing (Zhong et al. 2020): a box of area in [area_min, area_max] of the image and aspect
     log-uniform in [1/ratio, ratio], at a uniform position; filled with noise drawn by `Augment.images`."""
-    u = torch.rand(4, d.n, generator=d.generator, device=d.u["on"].device)
+    u = d.extra
     area = _between(c.area_min, c.area_max, u[0])
     aspect = torch.exp(math.log(c.ratio) * (2 * u[1] - 1)) * (d.width / d.height)  # box w/h in image fractions
     bh = torch.sqrt(area / aspect).clamp(max=1.0)
@@ -193,14 +198,13 @@ def _erasing(c, d: Draws) -> dict[str, torch.Tensor]:
     return {"erase": torch.where((d.u["on"] < c.p).view(-1, 1), box, torch.zeros_like(box))}
 
 
-@op("rrc", "on", geometric=True)
+@op("rrc", "on", geometric=True, extra=(4, 10))
 def _rrc(c, d: Draws) -> dict[str, torch.Tensor]:
     """torchvision's RandomResizedCrop per image: get_params' crop (10 tries of an area in [scale_min,
     scale_max] of the image and a log-uniform aspect ratio in [ratio_min, ratio_max], the first that fits,
     at a uniform whole-pixel position; else the centre crop at the clamped ratio), resized to the image's
     size: as one affine map, a horizontal and a vertical scale and the shift that centres the crop."""
-    h_img, w_img, n, dev = d.height, d.width, d.n, d.u["on"].device
-    u = torch.rand(4, 10, n, generator=d.generator, device=dev)
+    h_img, w_img, u = d.height, d.width, d.extra
     area = h_img * w_img * _between(c.scale_min, c.scale_max, u[0])
     ratio = torch.exp(_between(math.log(c.ratio_min), math.log(c.ratio_max), u[1]))
     w, h = torch.round(torch.sqrt(area * ratio)), torch.round(torch.sqrt(area / ratio))
@@ -257,12 +261,24 @@ class Mix:
 
 
 class Augment:
-    """Draws per-sample parameters from an AugConfig-shaped mapping and applies them."""
+    """Draws per-sample parameters from an AugConfig-shaped mapping and applies them.
 
-    def __init__(self, cfg, generator: torch.Generator):
+    A batch is drawn first (every random number, from the run's generator) and then made, by `made`:
+    each image's parameters from its draws, then the pixels. `made` draws nothing and reads no value
+    back to the host, so with `compiled` it is compiled (per batch shape, dynamic=False) into a few
+    fused kernels: on a GPU a small batch is bound by kernel launches, one or more per operator."""
+
+    def __init__(self, cfg, generator: torch.Generator, *, compiled: bool = False):
         self.cfg, self.g = cfg, generator
-        self.stages = stages_of(cfg)  # once: reading the config costs about 0.1 ms, every step otherwise
+        # the config's values, read once: reading an OmegaConf node costs microseconds every step
+        self.c = {k: SimpleNamespace(**v) if isinstance(v, dict) else v for k, v in _plain(cfg).items()}
+        self.stages = stages_of(cfg)
+        self.on = [o for o in OPS.values() if self.c[o.name].p > 0]
+        self.later = [f"{o.name}.{d}" for o in self.on for d in o.draws if f"{o.name}.{d}" not in FIRST_DRAW]
+        self.n_views, self.mixing, self.erasing = self.views(cfg), self.mixes(cfg), self.c["erasing"].p > 0
         self._policies, self._augmix = None, None
+        self.compiled = compiled
+        self._made = torch.compile(self.made, dynamic=False) if compiled else self.made
 
     @staticmethod
     def active(cfg) -> bool:
@@ -272,32 +288,45 @@ class Augment:
     def mixes(cfg) -> bool:
         return cfg.mixup.p > 0 or cfg.cutmix.p > 0
 
-    def sample(self, n: int, size: tuple[int, int], device) -> AugParams:
-        """Each image's parameters: the ops' uniforms (FIRST_DRAW, then any others), then each op that is
-        on adds its part, in OPS' order."""
-        c, g = self.cfg, self.g
+    def draw(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+        """A batch's uniforms for the per-image ops, in the stream's order: FIRST_DRAW's rows, the other
+        rows of the ops that are on, then each such op's `extra` draw, in OPS' order."""
+        g = self.g
         first = torch.rand(len(FIRST_DRAW), n, generator=g, device=device)
+        later = torch.rand(len(self.later), n, generator=g, device=device) if self.later else None
+        extra = [torch.rand(*o.extra, n, generator=g, device=device) for o in self.on if o.extra]
+        return first, later, extra
+
+    def params(
+        self, first: torch.Tensor, later: torch.Tensor | None, extra: list[torch.Tensor], size: tuple[int, int]
+    ) -> AugParams:
+        """Each image's parameters from its draws: each op that is on adds its part, in OPS' order."""
+        n = first.shape[1]
         rows = {name: row for name, row in zip(FIRST_DRAW, first) if name}
-        on = [o for o in OPS.values() if c[o.name].p > 0]
-        later = [f"{o.name}.{d}" for o in on for d in o.draws if f"{o.name}.{d}" not in rows]
-        if later:
-            rows.update(zip(later, torch.rand(len(later), n, generator=g, device=device)))
-        params = AugParams.identity(n, device)
-        for o in on:
-            draws = Draws({d: rows[f"{o.name}.{d}"] for d in o.draws}, n, size[0], size[1], g)
-            for field_name, part in o.params(c[o.name], draws).items():
+        if later is not None:
+            rows.update(zip(self.later, later))
+        params, extras = AugParams.identity(n, first.device), iter(extra)
+        for o in self.on:
+            u = {d: rows[f"{o.name}.{d}"] for d in o.draws}
+            draws = Draws(u, n, size[0], size[1], next(extras) if o.extra else None)
+            for field_name, part in o.params(self.c[o.name], draws).items():
                 old = getattr(params, field_name)
                 setattr(params, field_name, part if old is None else _COMBINE[field_name](old, part))
         return params
 
+    def sample(self, n: int, size: tuple[int, int], device) -> AugParams:
+        """Each image's parameters, drawn: the ops' uniforms (FIRST_DRAW, then any others), then each op
+        that is on adds its part, in OPS' order."""
+        return self.params(*self.draw(n, device), size)
+
     def sample_mix(self, n: int, device) -> Mix:
-        c, g = self.cfg, self.g
+        c, g = self.c, self.g
         u = torch.rand(4, n, generator=g, device=device)
         perm = torch.randperm(n, generator=g, device=device)
-        mixup, cutmix = u[0] < c.mixup.p, (u[0] >= c.mixup.p) & (u[0] < c.mixup.p + c.cutmix.p)
+        mixup, cutmix = u[0] < c["mixup"].p, (u[0] >= c["mixup"].p) & (u[0] < c["mixup"].p + c["cutmix"].p)
         lam = torch.ones(n, device=device)
-        lam = torch.where(mixup, beta(c.mixup.alpha, n, g, device), lam)
-        lam_cut = beta(c.cutmix.alpha, n, g, device)
+        lam = torch.where(mixup, beta(c["mixup"].alpha, n, g, device), lam)
+        lam_cut = beta(c["cutmix"].alpha, n, g, device)
         side = torch.sqrt(1 - lam_cut)  # the pasted box covers 1 - lam of the area
         cy, cx = u[2], u[3]
         box = torch.stack(
@@ -345,29 +374,47 @@ class Augment:
         With AugMix's consistency loss (`views` 3) the result is [clean; AugMix; AugMix], 3N images,
         the three views of an image sharing its flips, affine, colour and erasing."""
         x = self.policies(x)
-        views = self.views(self.cfg)
         if self._augmix is not None:
-            x = torch.cat([x, self._augmix(x), self._augmix(x)]) if views == 3 else self._augmix(x)
-        n = x.shape[0] // views
-        noise = torch.rand((n, *x.shape[1:]), generator=self.g, device=x.device) if self.cfg.erasing.p > 0 else None
-        params = self.sample(n, x.shape[-2:], x.device)
-        if views > 1:
+            x = torch.cat([x, self._augmix(x), self._augmix(x)]) if self.n_views == 3 else self._augmix(x)
+        n = x.shape[0] // self.n_views
+        noise = torch.rand((n, *x.shape[1:]), generator=self.g, device=x.device) if self.erasing else None
+        return self._made(x, *self.draw(n, x.device), noise)
+
+    def made(
+        self,
+        x: torch.Tensor,
+        first: torch.Tensor,
+        later: torch.Tensor | None,
+        extra: list[torch.Tensor],
+        noise: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The batch `x` augmented as its draws say: their parameters (each repeated over the views of
+        an image), then `apply`; sync-free when compiled (a host read would split the graph)."""
+        params = self.params(first, later, extra, x.shape[-2:])
+        if self.n_views > 1:
             params = AugParams(
                 *(
-                    None if v is None else v.repeat(views, *[1] * (v.dim() - 1))
+                    None if v is None else v.repeat(self.n_views, *[1] * (v.dim() - 1))
                     for v in (getattr(params, f) for f in _PARAM_FIELDS)
                 )
             )
-            noise = None if noise is None else noise.repeat(views, 1, 1, 1)
-        return apply(x, params, noise, stages=self.stages)
+            noise = None if noise is None else noise.repeat(self.n_views, 1, 1, 1)
+        return apply(x, params, noise, stages=self.stages, sync_free=True if self.compiled else None)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
         """Augment a batch; with mixup/cutmix on, also mix it (the Mix says how, for the loss)."""
         x = self.images(x)
-        if not self.mixes(self.cfg):
+        if not self.mixing:
             return x, None
         m = self.sample_mix(x.shape[0], x.device)
         return mix(x, m), m
+
+
+def _plain(cfg) -> dict:
+    """An AugConfig-shaped mapping (an OmegaConf node or a dict) as plain Python values."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
 
 
 def beta(alpha: float, n: int, g: torch.Generator, device) -> torch.Tensor:

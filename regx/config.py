@@ -249,6 +249,10 @@ class AugConfig:
     augmix: AugMixConfig = field(default_factory=AugMixConfig)
 
 
+# the aug options applied to each image with its own parameters (regx/augment.py's OPS; compile_aug compiles them)
+PER_IMAGE_OPS = ("hflip", "vflip", "rotate", "scale", "translate", "crop", "rrc", "color", "erasing")
+
+
 @dataclass
 class DropoutConfig:
     name: str = MISSING  # none, fc, conv or both
@@ -424,6 +428,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (costs seconds of compiling first)
     # torch.compile's mode; reduce-overhead adds CUDA graphs on GPUs
     compile_mode: str = choice("default", "default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs")
+    # torch.compile the per-image augmentation (flips, warp, colour, erasing: from the draws to the pixels)
+    # into a few fused kernels per batch shape, in torch.compile's default mode; null: on CUDA when
+    # `compile` is on. Policies, AugMix and mixup/cutmix stay eager.
+    compile_aug: bool | None = None
     name: str = "${model.name}_${data.name}"  # the run's name, in its directory's name and the trackers'
     progress_every: int = num(25, ">= 1")  # steps between progress-bar refreshes (each one reads metrics back)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -614,6 +622,12 @@ def _check_unread(c: DictConfig) -> None:
 def _check_between(c: DictConfig) -> None:
     """The rules that tie two keys together, or a key to the machine or the file system."""
     d, a, f = c.data, c.aug, c.finetune
+    _check(
+        not c.compile_aug or any(a[k].p > 0 for k in PER_IMAGE_OPS),
+        "compile_aug",
+        c.compile_aug,
+        f"compiles the per-image augmentation, and aug={a.name} has none on ({', '.join(PER_IMAGE_OPS)})",
+    )
     for key in ("mean", "std"):
         _check(d[key] is None or len(d[key]) in (1, 3), f"data.{key}", d[key], "must list 1 or 3 numbers, or be null")
     _check(

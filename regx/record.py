@@ -146,12 +146,13 @@ class Recorder:
         self.summary.update(facts)
         s, cfg = self.summary, self.cfg
         self.log.info(
-            "%s: %s (%s params) on %s %s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
+            "%s: %s (%s params) on %s %s%s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
             cfg.name,
             f"timm's {cfg.model.name}" if cfg.model.get("zoo") == "timm" else cfg.model.name,
             f"{s['params']:,}",
             s["device"],
             "fp32" if s["precision"] == "32" else s["precision"],
+            f", compiled: {' and '.join(s['compiled'])}" if s.get("compiled") else "",
             s["n_train"],
             s["n_val"],
             s["n_test"],

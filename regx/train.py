@@ -196,7 +196,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
         mean=torch.tensor(data.mean, device=device).view(1, -1, 1, 1),
         std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
         channels_last=cfg.channels_last,
-        augment=Augment(cfg.aug, aug_gen) if Augment.active(cfg.aug) else None,
+        augment=Augment(cfg.aug, aug_gen, compiled=compiles_aug(cfg, device)) if Augment.active(cfg.aug) else None,
     )
     schedule = lr_schedule(
         sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau, average=OmegaConf.to_container(cfg.average)
@@ -481,13 +481,19 @@ def _examples(train: Split) -> torch.Tensor:
     return next(iterate(examples, 8))[0]
 
 
+def compiles_aug(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether the run compiles its augmentation: compile_aug, or when null, on CUDA with `compile`."""
+    return cfg.compile_aug if cfg.compile_aug is not None else bool(cfg.compile) and device.type == "cuda"
+
+
 def _facts(parts: Parts) -> dict:
     """The summary's description of what build() made."""
     cfg, data, groups = parts.cfg, parts.data, parts.step.optimizer.param_groups
-    total, trainable = count_params(parts.model)
+    total, trainable, aug = *count_params(parts.model), parts.step.pipeline.augment
     return dict(
         device=str(parts.device),
         precision=parts.precision,
+        compiled=[w for w, on in (("model", cfg.compile), ("augmentation", aug is not None and aug.compiled)) if on],
         params=total,
         trainable_params=trainable,
         frozen_params=total - trainable,

@@ -347,3 +347,46 @@ def test_skipping_the_stages_a_config_leaves_off_changes_no_pixel(option, hue):
         every = apply(x, p, noise, stages=APPLY_STAGES, sync_free=sync_free)
         assert torch.equal(apply(x, p, noise, stages=stages_of(cfg), sync_free=sync_free), every), sync_free
     assert stages_of(cfg) < APPLY_STAGES
+
+
+def test_every_per_image_op_is_one_compile_aug_compiles():
+    from regx.augment import OPS
+
+    assert set(OPS) == set(config.PER_IMAGE_OPS)
+
+
+@pytest.mark.parametrize("option", ["all", "[rrc,erasing]"])
+def test_making_a_drawn_batch_draws_nothing(option):
+    """Augment.made, what compile_aug compiles, is a function of the batch and its draws alone: it
+    touches no generator, so compiled or not it makes the same images from the same draws."""
+    aug = Augment(config.compose([f"aug={option}"]).aug, torch.Generator().manual_seed(0))
+    x = torch.rand(16, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    drawn = aug.draw(16, "cpu")
+    state = aug.g.get_state()
+    first = aug.made(x, *drawn, torch.rand(x.shape))
+    assert torch.equal(aug.g.get_state(), state)
+    noise = torch.rand(x.shape)
+    assert torch.equal(aug.made(x, *drawn, noise), aug.made(x, *drawn, noise))
+    assert not torch.equal(first, x)
+
+
+# compile_aug on the CPU, counted 2026-12-05: (the operators still dispatched eagerly: the draws, one
+# for the uniforms, with erasing one for its boxes and one for its noise; the kernels torch.compile fuses
+# the rest into). Eager, a batch dispatches OPS_CEILING's operators: crop_flip 69, all 199.
+FUSED_CEILING = {"crop_flip": (1, 12), "all": (1, 16), "[all,erasing]": (3, 17)}
+
+
+@pytest.mark.slow  # compiles: 7-12 s an option
+@pytest.mark.parametrize("option", FUSED_CEILING)
+def test_the_compiled_augmentation_makes_what_eager_makes_in_a_few_kernels(option):
+    from benchmarks.aug_profile import fused_per_batch
+
+    cfg = config.compose([f"aug={option}"]).aug
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    eager = Augment(cfg, torch.Generator().manual_seed(0))
+    compiled = Augment(cfg, torch.Generator().manual_seed(0), compiled=True)
+    for _ in range(2):  # the second batch runs the compiled graph without compiling
+        assert (compiled(x)[0] - eager(x)[0]).abs().max() < 1e-5
+        assert torch.equal(compiled.g.get_state(), eager.g.get_state())  # the same random stream
+    eager_ops, kernels = fused_per_batch(option)
+    assert eager_ops <= FUSED_CEILING[option][0] and kernels <= FUSED_CEILING[option][1]

@@ -88,8 +88,16 @@ def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
         "command": "python -m benchmarks.bench --measurements",
         "date": "2026-01-01",
     }
+    result["compile_aug"] = {
+        "rows": [
+            {"option": "all", "eager_ms": 15.5, "compiled_ms": 19.4, "eager_launches": 199, "compiled_launches": 17}
+        ],
+        "command": "python -m benchmarks.bench --compile-aug",
+        "date": "2026-01-01",
+    }
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
+    assert "| all | 15.50 | 19.40 | x0.80 | 199 | 17 |" in text
     assert "calibration (ECE, MCE, Brier) 10.0 ms per validation pass, 0.05% of an epoch" in text
     assert "| smallcnn | 32 | none | 128 | 10 (9-11) | 10 (9-11) | 1.000 |" in text
     assert "## GPU\n\nPending" in text and "**Time to accuracy**" in text

@@ -224,6 +224,19 @@ def test_compiled_model_trains(tmp_path):  # reduce-overhead's CUDA graphs are s
     assert s["status"] == "completed"
 
 
+@pytest.mark.slow  # compiles the augmentation for two batch shapes: about 25 s on 2 cores
+def test_a_compiled_augmentation_trains_as_the_eager_one(tmp_path):
+    """compile_aug=true on the CPU (where it is off by default): the same draws make the same batches
+    to float rounding, so the run's first epoch matches the eager run's, and its header says so."""
+    runs = {
+        c: train(smoke_cfg("aug=all", "precision=32", f"compile_aug={c}", "epochs=1"), tmp_path / c)
+        for c in ("false", "true")
+    }
+    assert runs["true"]["compiled"] == ["augmentation"] and runs["false"]["compiled"] == []
+    for key in ("test_loss", "final_clean_train_acc", "final_val_acc"):
+        assert runs["true"][key] == pytest.approx(runs["false"][key], rel=1e-4), key
+
+
 class FakeClock:
     """time.perf_counter for regx.record: only drawing a picture takes time."""
 
