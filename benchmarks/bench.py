@@ -442,6 +442,20 @@ def compile_aug_effect(device_name: str) -> dict:
     return {"rows": [compile_effect(option, torch.device(device_name)) for option in OPTIONS]}
 
 
+def decode_effect(device_name: str, jpegs: str | None = None) -> dict:
+    """An image folder's decoders against each other (benchmarks/decode.py): streamed batches fitted to
+    224 px from JPEGs of 256 px and of 1,024 px (where Pillow decodes at a reduced scale); on a GPU also
+    one resnet18 epoch per decoder, and a given folder (`jpegs`) read instead of written."""
+    from benchmarks.decode import run as decode_run
+
+    gpu = device_name.startswith("cuda")
+    workers = min(8, os.cpu_count() or 2)
+    runs = [decode_run(device_name, 2048 if gpu else 1024, workers, epoch=gpu, jpegs=jpegs)]
+    if not jpegs:
+        runs.append(decode_run(device_name, 1024 if gpu else 512, workers, epoch=False, side=1024))
+    return {"runs": runs}
+
+
 def _regx(args: list[str], cwd: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "regx", *args],
@@ -1018,6 +1032,30 @@ def section(r: dict) -> str:
                 for x in c["rows"]
             ),
         ]
+    if r.get("decode"):
+        c = r["decode"]
+        lines += [
+            "",
+            f"**9. An image folder's decoders** (`{c['command']}`, {c['date']}; a streamed folder's batches fitted "
+            "to 224 px on the device, images per second; `data.decode`: pil and cpu decode in the DataLoader "
+            "workers, device reads bytes there and decodes each batch on the device):",
+            "",
+            "| JPEGs | decoder | workers | pil | cpu | device | resnet18 epoch s (pil / cpu / device) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for run in c["runs"]:
+            rate = {row["decode"]: row for row in run["rows"]}
+            epochs = " / ".join(
+                f"{rate[h]['resnet18_epoch']['epoch_s']:.1f}"
+                for h in ("pil", "cpu", "device")
+                if "resnet18_epoch" in rate[h]
+            )
+            lines.append(
+                f"| {run['rows'][0]['images']:,} at {run['side']} px ({run['source']}) | {run['decoder']} | "
+                f"{run['workers']} | "
+                + " | ".join(f"{rate[h]['img_per_s']:,.0f}" for h in ("pil", "cpu", "device"))
+                + f" | {epochs or '-'} |"
+            )
     for recipe in r.get("recipes", []):
         lines += [
             "",
@@ -1152,6 +1190,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--compile-aug", action="store_true", help="only compile_aug against eager, each aug option (section 8)"
     )
+    parser.add_argument(
+        "--decode", action="store_true", help="only an image folder's decoders, each data.decode (section 9)"
+    )
+    parser.add_argument(
+        "--jpegs", help="with --decode: a folder of class folders of JPEGs to read (default: write them)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("regx: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
@@ -1160,14 +1204,20 @@ def main(argv=None) -> int:
     root = Path(args.out)
     name = "bench-cuda.json" if args.device.startswith("cuda") else "bench.json"
     kept = json.loads((root / name).read_text()) if (root / name).is_file() else {}
-    if args.measurements or args.compile_aug:
-        flag = "--measurements" if args.measurements else "--compile-aug"
+    parts = {
+        "measurements": lambda: measurement_cost(args.device),
+        "compile_aug": lambda: compile_aug_effect(args.device),
+        "decode": lambda: decode_effect(args.device, args.jpegs),
+    }
+    key = next((k for k in parts if getattr(args, k)), None)
+    if key is not None:
         if not kept:
+            flag = "--" + key.replace("_", "-")
             print(f"regx: error: {flag} adds to {root / name}, which a whole run writes first", file=sys.stderr)
             return 2
-        result, key = kept, "measurements" if args.measurements else "compile_aug"
+        result = kept
         result[key] = {
-            **(measurement_cost(args.device) if args.measurements else compile_aug_effect(args.device)),
+            **parts[key](),
             "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"),
         }
@@ -1176,7 +1226,11 @@ def main(argv=None) -> int:
         result = run(args.device, args.quick, tta=args.tta)
         # measurements taken apart from the benchmark (whole runs, sections 7 and 8, each dated): keep them
         result.update(
-            {k: kept[k] for k in ("recipes", "vs_timm", "vs_timm_matched", "measurements", "compile_aug") if k in kept}
+            {
+                k: kept[k]
+                for k in ("recipes", "vs_timm", "vs_timm_matched", "measurements", "compile_aug", "decode")
+                if k in kept
+            }
         )
     (root / name).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {root / name} and {write_markdown(root)}")

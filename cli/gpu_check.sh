@@ -3,7 +3,7 @@
 # dependencies importable: `pip install -e '.[dev]'`, or wheels on PYTHONPATH (an image that has torch
 # usually lacks hydra-core==1.3.8, omegaconf==2.3.1 and antlr4-python3-runtime==4.9.3, all pure Python).
 #
-# Writes seven files under ${OUT:-gpu-out}/:
+# Writes eight files under ${OUT:-gpu-out}/:
 #   gpu.txt          the card, its memory and driver
 #   tests.log        tests/test_gpu.py: a CUDA run end to end, the sync-free augmentation against the
 #                    CPU path, NaN and SIGTERM on the GPU, compile with CUDA graphs, compile_aug
@@ -11,6 +11,7 @@
 #   ddp.log          2-process nccl DDP (only with two GPUs)
 #   bench.log, bench-cuda.json, BENCHMARKS.md   python -m benchmarks.bench --device cuda
 #   compile_aug.log  python -m benchmarks.bench --device cuda --compile-aug (section 8 of the same files)
+#   decode.log       python -m benchmarks.bench --device cuda --decode (section 9)
 # Then commit bench-cuda.json and BENCHMARKS.md (or regenerate it: python -c "from pathlib import Path;
 # from benchmarks.bench import write_markdown; write_markdown(Path('.'))").
 # Every step runs even if one before it failed; the exit status is the number of failed steps.
@@ -31,5 +32,11 @@ fi
 "$PY" -m benchmarks.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
 # section 8: compile_aug against eager, each aug option (adds to bench-cuda.json)
 "$PY" -m benchmarks.bench --device cuda --out "$OUT" --compile-aug 2>&1 | tee "$OUT/compile_aug.log" || failed=$((failed + 1))
+# section 9: an image folder's decoders and a resnet18 epoch at 224 px each; REGX_JPEGS: a folder of real
+# JPEGs to read (a GPU machine has no Fashion-MNIST: write them here with
+#   python -c "from pathlib import Path; from benchmarks.decode import write_jpegs; write_jpegs(Path('outputs/jpegs-fmnist'), 2048)"
+# and carry outputs/jpegs-fmnist), else the embedded shapes are written as JPEGs there
+"$PY" -m benchmarks.bench --device cuda --out "$OUT" --decode ${REGX_JPEGS:+--jpegs "$REGX_JPEGS"} 2>&1 |
+  tee "$OUT/decode.log" || failed=$((failed + 1))
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"

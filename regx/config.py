@@ -86,6 +86,10 @@ class DataConfig:
     stream: bool | None = None  # null: stream only when the decoded set exceeds max_memory_gb
     max_memory_gb: float = num(4.0, "> 0")  # a folder larger than this decoded streams from disk
     workers: int = num(2, ">= 0")  # decoding workers when streaming
+    # imagefolder: where files become pixels: pil (Pillow in the workers), cpu (TorchCodec's or torchvision's
+    # JPEG decoder in the workers), device (the workers read JPEGs' bytes; each batch is decoded together
+    # on the training device, nvJPEG on CUDA); other formats, rotated or CMYK JPEGs always go through Pillow
+    decode: str = choice("pil", "pil|cpu|device", by="imagefolder")
     # an image that does not decode: stop with the list (error) or leave it out (skip)
     on_bad_image: str = choice("error", "error|skip")
     # this fraction of the training labels made wrong on purpose, with the data seed (never validation or test):

@@ -123,14 +123,14 @@ def labelled_images(cfg, split: str | None, own: bool = False):
             items = found[name]
         names = sorted({c for _, c in items})
         labels = torch.tensor([names.index(c) for _, c in items], dtype=torch.long)
-        return file_split([f for f, _ in items], labels, cfg.data.image_size), names, name, 3
+        return file_split([f for f, _ in items], labels, cfg.data.image_size, cfg.data.decode), names, name, 3
     data = load_config(cfg.data)
     parts = {"train": data.train, "val": data.val, "test": data.test}
     if split == "all":
         present = [p for p in parts.values() if p is not None and len(p)]
         if data.streaming:
             y = torch.cat([p.y for p in present])
-            joined = file_split([f for p in present for f in p.paths], y, data.image_size)
+            joined = file_split([f for p in present for f in p.paths], y, data.image_size, present[0].files.how)
         else:
             joined = Split(y=torch.cat([p.y for p in present]), x=torch.cat([p.x for p in present]))
         return joined, data.classes, "all", data.channels

@@ -13,7 +13,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.slow  # it times benchmark code: make test-all runs it
-def test_the_timed_benchmark_parts_run():
+def test_the_timed_benchmark_parts_run(tmp_path):
     r = bench.alternate(
         {
             "regx": bench.regx_loop("smallcnn", CPU, "32", 2, 16, "all"),
@@ -31,6 +31,13 @@ def test_the_timed_benchmark_parts_run():
     assert bench.regx_loop("smallcnn", CPU, "32", 2, 16, clip=1.0)() == 32
     costs = bench.tracker_cost(repeats=2)
     assert all(c["status"] == "ok" and c["n"] == 2 and c["median"] > 0 for c in costs.values())
+    from benchmarks import decode
+
+    source = decode.write_jpegs(tmp_path / "jpegs", 24, side=48)
+    assert "Fashion-MNIST" in source or "shapes" in source
+    for how in ("pil", "cpu", "device"):
+        r = decode.decode_rate(tmp_path / "jpegs", how, CPU, workers=0, batch=8, repeats=1)
+        assert r["images"] == 24 and r["img_per_s"] > 0
     m = bench.measurement_cost("cpu", repeats=1)
     assert 0 < m["calibration_s"] < m["val_pass_s"] < m["epoch_s"] and 0 < m["noisy_eval_s"] < m["epoch_s"]
 
@@ -95,8 +102,14 @@ def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
         "command": "python -m benchmarks.bench --compile-aug",
         "date": "2026-01-01",
     }
+    rows = [
+        {"decode": h, "img_per_s": r, "images": 1024} for h, r in (("pil", 1098.2), ("cpu", 1118.0), ("device", 513))
+    ]
+    decode_run = {"source": "Fashion-MNIST", "side": 256, "workers": 2, "decoder": "torchvision", "rows": rows}
+    result["decode"] = {"runs": [decode_run], "command": "python -m benchmarks.bench --decode", "date": "2026-01-01"}
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
+    assert "| 1,024 at 256 px (Fashion-MNIST) | torchvision | 2 | 1,098 | 1,118 | 513 | - |" in text
     assert "| all | 15.50 | 19.40 | x0.80 | 199 | 17 |" in text
     assert "calibration (ECE, MCE, Brier) 10.0 ms per validation pass, 0.05% of an epoch" in text
     assert "| smallcnn | 32 | none | 128 | 10 (9-11) | 10 (9-11) | 1.000 |" in text

@@ -84,6 +84,7 @@ def test_used_by_command_composes():
         (["device=gpu"], "device='gpu' is invalid: must be one of auto, cpu, cuda, cuda:N or mps"),
         (["precision=8"], "precision='8' is invalid"),
         (["compile_mode=fast"], "compile_mode='fast' is invalid: must be one of default, reduce-overhead, "),
+        (["data.decode=device"], "data.decode='device' is not read by data=shapes: only data=imagefolder reads it"),
         (["aug=mixup", "compile_aug=true"], "compile_aug=True is invalid: compiles the per-image augmentation, and"),
         (["data=imagefolder"], "data.path is required for data=imagefolder"),
         (

@@ -153,6 +153,7 @@ def load_data(
     max_memory_gb: float,
     workers: int,
     on_bad_image: str,
+    decode: str = "pil",
     label_noise: float = 0.0,
     label_noise_kind: str = "symmetric",
 ) -> Data:
@@ -175,6 +176,7 @@ def load_data(
         max_memory_gb=max_memory_gb,
         workers=workers,
         on_bad_image=on_bad_image,
+        decode=decode,
     )
     train, val, test, classes, channels = LOADERS[name](**kwargs)
     g = torch.Generator().manual_seed(seed)
@@ -294,15 +296,21 @@ def iterate(
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
+        collate_fn=getattr(split.files, "collate", None),
     )
     done = 0
     for xb, yb, why in loader:
-        bad = [f"{split.paths[sampler[done + i]]} ({w})" for i, w in enumerate(why) if w]
+        paths = [split.paths[sampler[done + i]] for i in range(len(why))]
+        bad = [f"{path} ({w})" for path, w in zip(paths, why) if w]
         if bad:  # it decoded when the run began: changed or removed since
             raise DataError(
                 f"cannot decode {'; '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}; run `regx check-data`"
             )
         done += len(why)
+        if isinstance(xb, list):  # data.decode=device: the workers read the JPEGs, decoded here on the device
+            from regx.data.folders import decode_batch
+
+            xb = decode_batch(xb, split.files.size, device, paths)
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 

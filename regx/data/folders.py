@@ -102,40 +102,165 @@ def why_unreadable(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# data.decode: where an image folder's files become pixels
+#   pil     Pillow in the DataLoader workers (JPEGs larger than needed decode at a reduced scale);
+#   cpu     JPEGs by TorchCodec's decoder (torchvision's where TorchCodec is not installed) in the workers,
+#           resized there; other files as pil;
+#   device  the workers only read JPEGs' bytes; each batch's JPEGs are decoded together on the training
+#           device (nvJPEG on CUDA) and resized there; other files as pil.
+DECODE = ("pil", "cpu", "device")
+JPEG_MAGIC = b"\xff\xd8\xff"
+EXIF_ORIENTATION = 0x0112
+
+
+def jpeg_decoder():
+    """decode(list of 1-D uint8 byte tensors, device) -> list of RGB uint8 C,H,W tensors: TorchCodec's
+    (pip install torchcodec; torchvision's image decoders are deprecated since torchvision 0.29), else
+    torchvision's."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except (ImportError, OSError, RuntimeError):  # not installed, or its native libraries do not load
+        import warnings
+
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_jpeg as tv_decode_jpeg
+
+        def decode_tv(data: list[torch.Tensor], device) -> list[torch.Tensor]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # the deprecation is TorchCodec's cue
+                return tv_decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+        decode_tv.library = "torchvision"
+        return decode_tv
+
+    def decode_tc(data: list[torch.Tensor], device) -> list[torch.Tensor]:
+        return decode_jpeg(data, mode="RGB", device=device)
+
+    decode_tc.library = "TorchCodec"
+    return decode_tc
+
+
+def plain_jpeg(data: bytes) -> bool:
+    """A JPEG a tensor decoder makes the pixels Pillow would: RGB or grey, upright (no EXIF rotation),
+    within Pillow's pixel limit. Others (CMYK, rotated phone photos, huge) decode through Pillow."""
+    import io
+
+    from PIL import Image
+
+    if not data.startswith(JPEG_MAGIC):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            return (
+                im.mode in ("RGB", "L")
+                and im.width * im.height <= Image.MAX_IMAGE_PIXELS
+                and im.getexif().get(EXIF_ORIENTATION, 1) == 1
+            )
+    except Exception:  # unreadable: Pillow's decoding names why
+        return False
+
+
+def fit_tensors(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Decoded uint8 C,H,W images (on any device) as fit_image fits a PIL image: each centre-cropped to a
+    square and resized to size x size (bilinear, antialiased as Pillow's), N,C,size,size. Images of one
+    shape are resized together."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = torch.empty(len(images), images[0].shape[0], size, size, dtype=torch.uint8, device=images[0].device)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        by_shape.setdefault(tuple(im.shape), []).append(i)
+    for (_, h, w), idx in by_shape.items():
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        batch = torch.stack([images[i][:, top : top + side, left : left + side] for i in idx])
+        if side != size:
+            batch = TF.resize(batch, [size, size], antialias=True)
+        out[torch.tensor(idx, device=out.device)] = batch
+    return out
+
+
+def decode_batch(items: list[torch.Tensor], size: int, device, paths: list[str]) -> torch.Tensor:
+    """A data.decode=device batch as the workers left it (a JPEG's bytes, 1-D, or an image Pillow
+    already decoded and fitted, C,H,W), as N,3,size,size uint8 on `device`: the JPEGs decoded in one
+    call there. A JPEG that does not decode is a DataError naming its file (`paths`: the batch's)."""
+    out = torch.empty(len(items), 3, size, size, dtype=torch.uint8, device=device)
+    jpegs = [i for i, item in enumerate(items) if item.dim() == 1]
+    for i, item in enumerate(items):
+        if item.dim() == 3:
+            out[i] = item.to(device, non_blocking=True)
+    if jpegs:
+        decode = jpeg_decoder()
+        try:
+            decoded = decode([items[i] for i in jpegs], device)
+        except RuntimeError:
+            bad = []
+            for i in jpegs:
+                try:
+                    decode([items[i]], "cpu")
+                except RuntimeError as exc:
+                    bad.append(f"{paths[i]} ({' '.join(str(exc).split())[:80]})")
+            raise DataError(f"cannot decode {'; '.join(bad[:5])}; run `regx check-data`") from None
+        out[torch.tensor(jpegs, device=device)] = fit_tensors(decoded, size)
+    return out
+
+
+def _read_or_decode(path: str, size: int, how: str) -> torch.Tensor:
+    """What a worker hands on for one file under data.decode=`how` (pil, cpu or device)."""
+    if how != "pil":
+        with open(path, "rb") as f:
+            data = f.read()
+        if plain_jpeg(data):
+            raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return raw if how == "device" else fit_tensors(jpeg_decoder()([raw], "cpu"), size)[0]
+    return decode(path, size)
+
+
+def _collate_list(batch):
+    """A data.decode=device batch: the items as a list (JPEG bytes have no common shape)."""
+    xs, ys, whys = zip(*batch)
+    return list(xs), torch.stack([torch.as_tensor(y) for y in ys]), list(whys)
+
+
 class FileDataset(torch.utils.data.Dataset):
     """(uint8 image, label, why unreadable) per file; a file that does not decode gives a blank image
-    and the reason (an empty string when it decoded)."""
+    and the reason (an empty string when it decoded). With how=device a JPEG's item is its bytes
+    (decode_batch makes the batch's images), and batches are lists (`collate`)."""
 
-    def __init__(self, paths, labels, size):
-        self.paths, self.labels, self.size = paths, labels, size
+    def __init__(self, paths, labels, size, how: str = "pil"):
+        self.paths, self.labels, self.size, self.how = paths, labels, size, how
+        self.collate = _collate_list if how == "device" else None
 
     def __len__(self):
         return len(self.paths)
 
     def subset(self, idx: torch.Tensor) -> FileDataset:
-        return FileDataset([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size)
+        return FileDataset([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size, self.how)
 
     def with_labels(self, labels: torch.Tensor) -> FileDataset:
-        return FileDataset(self.paths, labels, self.size)
+        return FileDataset(self.paths, labels, self.size, self.how)
 
     def __getitem__(self, i):
         try:
-            return decode(self.paths[i], self.size), self.labels[i], ""
+            return _read_or_decode(self.paths[i], self.size, self.how), self.labels[i], ""
         except Exception as exc:  # truncated, empty, too large, or not an image: the caller names it
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], why_unreadable(exc)
 
 
-def file_split(paths: list[str], labels: torch.Tensor, size: int) -> Split:
-    """A split streamed from image files, each decoded and fitted to `size` when its batch is drawn."""
-    return Split(y=labels, files=FileDataset(paths, labels, size))
+def file_split(paths: list[str], labels: torch.Tensor, size: int, how: str = "pil") -> Split:
+    """A split streamed from image files, each decoded (data.decode=`how`) and fitted to `size` when
+    its batch is drawn."""
+    return Split(y=labels, files=FileDataset(paths, labels, size, how))
 
 
 def check_images(
-    items: list[tuple[str, int]], size: int, workers: int, *, keep: bool = True
+    items: list[tuple[str, int]], size: int, workers: int, *, keep: bool = True, how: str = "pil"
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[str, str]]]:
-    """Decode every file; return (images, labels, bad files as (path, why)). keep=False checks
-    without keeping the pixels (a streamed folder): (None, None, bad)."""
-    ds = FileDataset([p for p, _ in items], torch.tensor([lab for _, lab in items], dtype=torch.long), size)
+    """Decode every file (data.decode=`how`; device's JPEGs with the same decoder on the CPU, once);
+    return (images, labels, bad files as (path, why)). keep=False checks without keeping the pixels (a
+    streamed folder): (None, None, bad)."""
+    labels = torch.tensor([lab for _, lab in items], dtype=torch.long)
+    ds = FileDataset([p for p, _ in items], labels, size, "cpu" if how == "device" else how)
     xs, ys, oks, bad = [], [], [], []
     loader = data_loader(ds, batch_size=256, num_workers=workers)
     start = 0
@@ -165,8 +290,8 @@ def _bad_images(bad: list[tuple[str, str]], on_bad_image: str) -> None:
     log.warning("imagefolder: skipped %d unreadable image(s): %s", len(bad), shown)
 
 
-def _folder_key(items: dict, size: int) -> str:
-    h = hashlib.sha256(f"v1 size={size}".encode())
+def _folder_key(items: dict, size: int, how: str) -> str:
+    h = hashlib.sha256(f"v1 size={size}".encode() + (f" decode={how}".encode() if how != "pil" else b""))
     for split in sorted(items):
         for p, label in items[split]:
             st = os.stat(p)
@@ -180,7 +305,7 @@ def _folder_size(*, path, **_) -> tuple[int, bool]:
 
 
 @register_loader("imagefolder", size=_folder_size, channels=lambda **_: 3)  # decoded as RGB
-def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers, on_bad_image, **_):
+def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers, on_bad_image, decode="pil", **_):
     items, classes = scan_folder(path)
     n_total = sum(len(v) for v in items.values())
     decoded_gb = n_total * 3 * image_size * image_size / 1e9
@@ -190,7 +315,7 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
             n_total,
             decoded_gb,
         )
-        bad = [b for k in items for b in check_images(items[k], image_size, workers, keep=False)[2]]
+        bad = [b for k in items for b in check_images(items[k], image_size, workers, keep=False, how=decode)[2]]
         if bad:
             _bad_images(bad, on_bad_image)
             gone = {path for path, _ in bad}
@@ -198,13 +323,13 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
 
         def as_split(v):
             return (
-                file_split([p for p, _ in v], torch.tensor([lab for _, lab in v], dtype=torch.long), image_size)
+                file_split([p for p, _ in v], torch.tensor([lab for _, lab in v], dtype=torch.long), image_size, decode)
                 if v
                 else None
             )
 
         return as_split(items["train"]), as_split(items.get("val")), as_split(items.get("test")), classes, 3
-    cache = Path(root) / "cache" / f"imagefolder-{_folder_key(items, image_size)}.pt"
+    cache = Path(root) / "cache" / f"imagefolder-{_folder_key(items, image_size, decode)}.pt"
     if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -220,7 +345,7 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     splits, all_bad = {}, []
     for k in ("train", "val", "test"):
         if items.get(k):
-            x, y, bad = check_images(items[k], image_size, workers)
+            x, y, bad = check_images(items[k], image_size, workers, how=decode)
             all_bad.extend(bad)
             splits[k] = Split(y=y, x=x)
     if all_bad:
