@@ -308,9 +308,7 @@ def iterate(
             )
         done += len(why)
         if isinstance(xb, list):  # data.decode=device: the workers read the JPEGs, decoded here on the device
-            from regx.data.folders import decode_batch
-
-            xb = decode_batch(xb, split.files.size, device, paths)
+            xb = split.files.on_device(xb, device, paths)
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
 
 

@@ -240,6 +240,10 @@ class FileDataset(torch.utils.data.Dataset):
     def with_labels(self, labels: torch.Tensor) -> FileDataset:
         return FileDataset(self.paths, labels, self.size, self.how)
 
+    def on_device(self, items: list[torch.Tensor], device, paths: list[str]) -> torch.Tensor:
+        """A batch of how=device items (`collate`'s list) as images on `device`: decode_batch."""
+        return decode_batch(items, self.size, device, paths)
+
     def __getitem__(self, i):
         try:
             return _read_or_decode(self.paths[i], self.size, self.how), self.labels[i], ""
