@@ -1133,6 +1133,13 @@ that follow from them:
 - `compile=false`: `torch.compile` costs seconds of compiling in every run before it pays, and its gain
   on a small CNN is modest (both measured below); `compile=true` turns it on, `compile_mode=reduce-overhead`
   adds CUDA graphs on a GPU.
+- `compile_aug`: null, which compiles the per-image augmentation only on CUDA with `compile=true`. On the
+  CPU (section 8) compiling fuses aug=all's 199 operators into 16 kernels but is slower for every option
+  that warps (inductor's grid_sample against ATen's); on a GPU, where a batch is bound by launches, the
+  GPU section's figures decide.
+- `data.decode=pil`: on the CPU (section 9) Pillow in the workers is as fast as TorchCodec's or
+  torchvision's decoder for small JPEGs and faster for large ones, which it decodes at a reduced scale;
+  `data.decode=device` is for CUDA, where the GPU section's figures decide its default.
 - Threads: PyTorch's one intra-op pool uses every core; DataLoader workers (image folders that stream)
   run one thread each, so they do not oversubscribe the cores.
 - Data stays on the training device as uint8; augmentation runs there on whole batches; metrics are
