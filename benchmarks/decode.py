@@ -103,7 +103,7 @@ def run(
 
     device = torch.device(device_name)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(jpegs) if jpegs else Path(tmp) / "jpegs"
+        folder = Path(jpegs).resolve() if jpegs else Path(tmp) / "jpegs"
         source = "given" if jpegs else write_jpegs(folder, n, side)
         decoder = jpeg_decoder().library
         result = {
