@@ -9,6 +9,7 @@ hooks (engine.py)                    progress, stop polling, mid-epoch checkpoin
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -251,6 +252,11 @@ def _data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Data, nn.Mod
             data.mean, data.std = list(pretrained.mean), list(pretrained.std)
     if not data.streaming:
         data = to_device(data, device)
+    elif cfg.data.decode == "device" and device.type == "cpu":
+        logging.getLogger("regx").warning(
+            "data.decode=device on the CPU decodes each batch in the main process, without the workers: "
+            "data.decode=pil is faster there (BENCHMARKS.md, section 9)"
+        )
     kwargs = model_kwargs(cfg, num_classes=data.num_classes, in_channels=data.channels, image_size=data.image_size)
     weights = None
     if pretrained is None:

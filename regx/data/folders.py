@@ -315,9 +315,9 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     decoded_gb = n_total * 3 * image_size * image_size / 1e9
     if stream or (stream is None and decoded_gb > max_memory_gb):
         log.info(
-            "imagefolder: streaming %d images (%.1f GB decoded > data.max_memory_gb); checking that each decodes",
+            "imagefolder: streaming %d images (%s); checking that each decodes",
             n_total,
-            decoded_gb,
+            "data.stream=true" if stream else f"{decoded_gb:.1f} GB decoded > data.max_memory_gb={max_memory_gb}",
         )
         bad = [b for k in items for b in check_images(items[k], image_size, workers, keep=False, how=decode)[2]]
         if bad:
