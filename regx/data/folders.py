@@ -471,7 +471,11 @@ def check_data(data_cfg) -> tuple[list[str], list[tuple[str, str]], list[str], l
     lines, bad, warnings = [f"{data_cfg.path}: {len(classes)} classes ({', '.join(classes[:10])}"
                             f"{', ...' if len(classes) > 10 else ''})"], [], []  # fmt: skip
     for split, split_items in items.items():
-        _, _, split_bad = check_images(split_items, size, data_cfg.workers, keep=False) if split_items else (0, 0, [])
+        _, _, split_bad = (
+            check_images(split_items, size, data_cfg.workers, keep=False, how=data_cfg.decode)
+            if split_items
+            else (0, 0, [])
+        )
         bad.extend(split_bad)
         counts = [0] * len(classes)
         for _, label in split_items:
