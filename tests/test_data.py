@@ -274,13 +274,31 @@ def test_a_jpeg_that_does_not_decode_on_the_device_is_named(tmp_path):
         list(D.iterate(split, 2, workers=0))
 
 
+def test_a_batch_the_device_decoder_fails_and_the_cpu_decodes_says_so(tmp_path, monkeypatch):
+    paths = _smooth_jpegs(tmp_path / "imgs")[:2]
+    cpu = folders.jpeg_decoder()
+
+    def flaky(data, device):  # a device decoder that fails on whole batches only
+        if len(data) > 1:
+            raise RuntimeError("nvjpeg status 6")
+        return cpu(data, device)
+
+    monkeypatch.setattr(folders, "jpeg_decoder", lambda: flaky)
+    split = folders.file_split(paths, torch.arange(2), 24, "device")
+    with pytest.raises(D.DataError, match=r"JPEG decoder failed on a batch the CPU decodes \(nvjpeg status 6\); data"):
+        list(D.iterate(split, 2, workers=0))
+
+
 def test_jpegs_decode_with_torchcodec_and_without_it_with_torchvision(tmp_path, monkeypatch):
     """TorchCodec's decoder where installed (regx[decode]; torchvision's are deprecated since 0.29),
     else torchvision's, which makes the same pixels."""
     raw = torch.frombuffer(bytearray(Path(_smooth_jpegs(tmp_path / "imgs")[0]).read_bytes()), dtype=torch.uint8)
     pytest.importorskip("torchcodec")
+    folders.jpeg_decoder.cache_clear()  # chosen once per process
     codec = folders.jpeg_decoder()
     monkeypatch.setitem(__import__("sys").modules, "torchcodec.decoders", None)  # as if not installed
+    folders.jpeg_decoder.cache_clear()
     fallback = folders.jpeg_decoder()
+    folders.jpeg_decoder.cache_clear()
     assert (codec.library, fallback.library) == ("TorchCodec", "torchvision")
     assert torch.equal(codec([raw], "cpu")[0], fallback([raw], "cpu")[0])

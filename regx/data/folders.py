@@ -3,6 +3,7 @@ once and cached, or streamed through DataLoader workers when too large for memor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -113,6 +114,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
 
 
+@functools.cache  # once per process: a failed import is searched for again on every attempt
 def jpeg_decoder():
     """decode(list of 1-D uint8 byte tensors, device) -> list of RGB uint8 C,H,W tensors: TorchCodec's
     (pip install torchcodec; torchvision's image decoders are deprecated since torchvision 0.29), else
@@ -193,13 +195,18 @@ def decode_batch(items: list[torch.Tensor], size: int, device, paths: list[str])
         decode = jpeg_decoder()
         try:
             decoded = decode([items[i] for i in jpegs], device)
-        except RuntimeError:
+        except RuntimeError as batch_exc:
             bad = []
             for i in jpegs:
                 try:
                     decode([items[i]], "cpu")
                 except RuntimeError as exc:
                     bad.append(f"{paths[i]} ({' '.join(str(exc).split())[:80]})")
+            if not bad:  # each decodes on the CPU: the device's decoder failed on the batch
+                raise DataError(
+                    f"the {device} JPEG decoder failed on a batch the CPU decodes "
+                    f"({' '.join(str(batch_exc).split())[:120]}); data.decode=cpu decodes in the workers instead"
+                ) from None
             raise DataError(f"cannot decode {'; '.join(bad[:5])}; run `regx check-data`") from None
         out[torch.tensor(jpegs, device=device)] = fit_tensors(decoded, size)
     return out
