@@ -81,8 +81,8 @@ class DataConfig:
     val_fraction: float = num(0.1, "(0, 1)")  # carved from training data when the set has no validation split
     train_size: int | None = num(None, ">= 1", "or null")  # train on a stratified subset of this many images
     seed: int = 0  # data generation and split seed, independent of the run's seed
-    mean: list[float] | None = None  # null: measured on the training split
-    std: list[float] | None = num(None, "> 0", "(every entry)")  # null: measured on the training split
+    mean: list[float] | None = None  # null: measured on the training split (streamed: on 4,096 of its images)
+    std: list[float] | None = num(None, "> 0", "(every entry)")  # null: as mean
     stream: bool | None = None  # null: stream only when the decoded set exceeds max_memory_gb
     max_memory_gb: float = num(4.0, "> 0")  # a folder larger than this decoded streams from disk
     workers: int = num(2, ">= 0")  # decoding workers when streaming

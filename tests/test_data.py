@@ -174,6 +174,50 @@ def test_bad_images_are_named_all_at_once_or_skipped(tmp_path):
     assert len(d.train) + len(d.val) == 12
 
 
+def test_a_streamed_folder_reads_headers_first_and_its_batches_name_a_file_that_fails_to_decode(
+    tmp_path, caplog, monkeypatch
+):
+    """A streamed folder decoded every file before its first step, a whole epoch of decoding at scale:
+    now only each header is read then (test/'s files excepted: test_failures), and a file damaged past
+    its header is named by the batch that meets it: an error, or with on_bad_image=skip left out."""
+    write_images(tmp_path / "imgs", per_class=4)
+    good = (tmp_path / "imgs" / "cat" / "0.jpg").read_bytes()
+    (tmp_path / "imgs" / "cat" / "trunc.jpg").write_bytes(good[:-100])  # cut in its image data, after the header
+    (tmp_path / "imgs" / "dog" / "text.jpg").write_text("not an image")
+    kw = dict(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, workers=0,
+              stream=True, mean=[0.5] * 3, std=[0.5] * 3)  # fmt: skip
+    with pytest.raises(D.DataError, match="1 unreadable image.*text.jpg \\(not an image Pillow can identify\\)"):
+        load(**kw)  # from the header, before training
+    (tmp_path / "imgs" / "dog" / "text.jpg").unlink()
+    d = load(**kw)  # the truncated JPEG's header is sound
+    with pytest.raises(D.DataError, match=f"cannot decode {tmp_path}/imgs/cat/trunc.jpg \\(truncated\\)"):
+        for part in (d.train, d.val):
+            list(D.iterate(part, 4))
+    d = load(on_bad_image="skip", **kw)
+    monkeypatch.setattr(D.core.log, "propagate", True)  # a run's console setup keeps regx's log to itself
+    caplog.set_level("WARNING", logger="regx")
+    for _ in range(2):  # named once, the first time a batch meets it
+        n = sum(len(y) for part in (d.train, d.val) for _, y in D.iterate(part, 4))
+        assert n == len(d.train) + len(d.val) - 1 == 12
+    assert [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()] == [
+        f"imagefolder: skipping 1 unreadable image(s) (1 so far): {tmp_path}/imgs/cat/trunc.jpg (truncated)"
+    ]
+
+
+def test_a_streamed_splits_channel_statistics_come_from_a_sample(tmp_path, monkeypatch):
+    write_images(tmp_path / "imgs", per_class=10)
+    kw = dict(name="imagefolder", root=str(tmp_path), path=str(tmp_path / "imgs"), image_size=16, workers=0)
+    whole = load(**kw)  # in memory: every image
+    decoded = []
+    real = folders.FileDataset.__getitem__
+    monkeypatch.setattr(folders.FileDataset, "__getitem__", lambda self, i: decoded.append(i) or real(self, i))
+    monkeypatch.setattr(D.core, "STATS_SAMPLE", 12)
+    sampled = load(stream=True, **kw)
+    assert len(decoded) == 12 < len(sampled.train) == 27
+    assert sampled.mean != whole.mean and sampled.mean == pytest.approx(whole.mean, abs=0.05)
+    assert sampled.std == pytest.approx(whole.std, abs=0.05)
+
+
 def test_the_training_split_is_counted_without_loading_it(tmp_path, monkeypatch):
     from regx import config
     from regx.data import load_config, train_count

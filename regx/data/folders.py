@@ -71,10 +71,32 @@ def decode(path: str, size: int, mode: str = "RGB") -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as im:
-        im.draft(mode, (size, size))  # JPEG: decode at reduced scale when much larger
-        if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns up to twice its limit
-            raise TooLarge(im.width, im.height, len(im.getbands()))
-        return fit_image(im, size, mode)
+        return fit_image(_reduced(im, size, mode), size, mode)
+
+
+def _reduced(im, size: int, mode: str = "RGB"):
+    """`im` set to decode large JPEGs at a reduced scale (from the header: nothing is decoded yet);
+    TooLarge when it would still decode at more pixels than Pillow's limit."""
+    from PIL import Image
+
+    im.draft(mode, (size, size))
+    if im.width * im.height > Image.MAX_IMAGE_PIXELS:  # Pillow only warns up to twice its limit
+        raise TooLarge(im.width, im.height, len(im.getbands()))
+    return im
+
+
+def header_problem(path: str, size: int) -> str:
+    """Why a file cannot be a training image, read from its header alone (empty, not an image, over
+    Pillow's pixel limit); "" when the header is sound. A file damaged past its header (truncated) is
+    found only when it is decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            _reduced(im, size)
+    except Exception as exc:
+        return why_unreadable(exc)
+    return ""
 
 
 class TooLarge(ValueError):
@@ -232,20 +254,26 @@ def _collate_list(batch):
 class FileDataset(torch.utils.data.Dataset):
     """(uint8 image, label, why unreadable) per file; a file that does not decode gives a blank image
     and the reason (an empty string when it decoded). With how=device a JPEG's item is its bytes
-    (decode_batch makes the batch's images), and batches are lists (`collate`)."""
+    (decode_batch makes the batch's images), and batches are lists (`collate`). `skip_bad`: a batch
+    leaves out the files that do not decode (data.on_bad_image=skip; `skipped` holds them, shared by
+    its subsets) instead of stopping the run."""
 
-    def __init__(self, paths, labels, size, how: str = "pil"):
+    def __init__(self, paths, labels, size, how: str = "pil", skip_bad: bool = False, skipped: set | None = None):
         self.paths, self.labels, self.size, self.how = paths, labels, size, how
+        self.skip_bad, self.skipped = skip_bad, set() if skipped is None else skipped
         self.collate = _collate_list if how == "device" else None
 
     def __len__(self):
         return len(self.paths)
 
+    def _like(self, paths, labels) -> FileDataset:
+        return FileDataset(paths, labels, self.size, self.how, self.skip_bad, self.skipped)
+
     def subset(self, idx: torch.Tensor) -> FileDataset:
-        return FileDataset([self.paths[i] for i in idx.tolist()], self.labels[idx], self.size, self.how)
+        return self._like([self.paths[i] for i in idx.tolist()], self.labels[idx])
 
     def with_labels(self, labels: torch.Tensor) -> FileDataset:
-        return FileDataset(self.paths, labels, self.size, self.how)
+        return self._like(self.paths, labels)
 
     def on_device(self, items: list[torch.Tensor], device, paths: list[str]) -> torch.Tensor:
         """A batch of how=device items (`collate`'s list) as images on `device`: decode_batch."""
@@ -258,10 +286,39 @@ class FileDataset(torch.utils.data.Dataset):
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), self.labels[i], why_unreadable(exc)
 
 
-def file_split(paths: list[str], labels: torch.Tensor, size: int, how: str = "pil") -> Split:
+def file_split(
+    paths: list[str], labels: torch.Tensor, size: int, how: str = "pil", skip_bad: bool = False, skipped=None
+) -> Split:
     """A split streamed from image files, each decoded (data.decode=`how`) and fitted to `size` when
     its batch is drawn."""
-    return Split(y=labels, files=FileDataset(paths, labels, size, how))
+    return Split(y=labels, files=FileDataset(paths, labels, size, how, skip_bad, skipped))
+
+
+class _Headers(torch.utils.data.Dataset):
+    """header_problem of each file, read in DataLoader workers."""
+
+    def __init__(self, paths: list[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return header_problem(self.paths[i], self.size)
+
+
+def _as_list(batch):
+    return list(batch)
+
+
+def check_headers(items: list[tuple[str, int]], size: int, workers: int) -> list[tuple[str, str]]:
+    """The files whose header is unsound, as (path, why): a streamed folder's check before training,
+    which opens each file without decoding it (its batches name the files that fail to decode)."""
+    loader = data_loader(
+        _Headers([p for p, _ in items], size), batch_size=256, num_workers=workers, collate_fn=_as_list
+    )
+    whys = [w for batch in loader for w in batch]
+    return [(path, why) for (path, _), why in zip(items, whys) if why]
 
 
 def check_images(
@@ -322,22 +379,32 @@ def _load_imagefolder(*, root, path, image_size, stream, max_memory_gb, workers,
     decoded_gb = n_total * 3 * image_size * image_size / 1e9
     if stream or (stream is None and decoded_gb > max_memory_gb):
         log.info(
-            "imagefolder: streaming %d images (%s); checking that each decodes",
+            "imagefolder: streaming %d images (%s); checking each file's header (test/'s files decoded)",
             n_total,
             "data.stream=true" if stream else f"{decoded_gb:.1f} GB decoded > data.max_memory_gb={max_memory_gb}",
         )
-        bad = [b for k in items for b in check_images(items[k], image_size, workers, keep=False, how=decode)[2]]
+        # Batches meet train/'s and val/'s files in the first epoch, and name any that fails to decode then;
+        # test/'s only after the last: its files are decoded now, so that none fails a finished run.
+        bad = [
+            b
+            for k, v in items.items()
+            for b in (
+                check_images(v, image_size, workers, keep=False, how=decode)[2]
+                if k == "test"
+                else check_headers(v, image_size, workers)
+            )
+        ]
         if bad:
             _bad_images(bad, on_bad_image)
             gone = {path for path, _ in bad}
             items = {k: [(p, lab) for p, lab in v if p not in gone] for k, v in items.items()}
+        skipped: set[str] = set()  # files that fail to decode, left out as batches meet them (skip)
 
         def as_split(v):
-            return (
-                file_split([p for p, _ in v], torch.tensor([lab for _, lab in v], dtype=torch.long), image_size, decode)
-                if v
-                else None
-            )
+            if not v:
+                return None
+            labels = torch.tensor([lab for _, lab in v], dtype=torch.long)
+            return file_split([p for p, _ in v], labels, image_size, decode, on_bad_image == "skip", skipped)
 
         return as_split(items["train"]), as_split(items.get("val")), as_split(items.get("test")), classes, 3
     cache = Path(root) / "cache" / f"imagefolder-{_folder_key(items, image_size, decode)}.pt"
