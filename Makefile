@@ -36,7 +36,7 @@ smoke: install ## a seconds-long CPU run (the CI preset)
 	REGX=$(BIN)/regx bash cli/smoke.sh $(ARGS)
 
 test: install-dev ## the fast test suite (CPU, no network; one worker per core)
-	$(BIN)/python -m pytest -q -m "not slow" -n auto $(ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist worksteal $(ARGS)
 
 test-all: install-dev ## every test, slow ones included
 	$(BIN)/python -m pytest -q -n auto $(ARGS)

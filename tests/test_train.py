@@ -238,29 +238,40 @@ def test_a_compiled_augmentation_trains_as_the_eager_one(tmp_path):
 
 
 class FakeClock:
-    """time.perf_counter for regx.record: only drawing a picture takes time."""
+    """time.perf_counter for regx.record: an epoch takes epoch_s, drawing a picture draw_s, nothing else any time."""
 
-    def __init__(self, draw_s):
-        self.now, self.draw_s = 0.0, draw_s
+    def __init__(self, epoch_s, draw_s):
+        self.now, self.epoch_s, self.draw_s = 0.0, epoch_s, draw_s
 
     def perf_counter(self):
         return self.now
 
 
-@pytest.mark.parametrize(("draw_s", "expected"), [(0.0, [1, 2, 3, 4]), (1.0, [1, 4])])
+@pytest.mark.parametrize(
+    ("epoch_s", "draw_s", "expected"),
+    [(0.0, 0.0, [4]), (2.0, 0.0, [4]), (11.0, 0.0, [1, 2, 3, 4]), (11.0, 1.0, [1, 3, 4])],
+)
 def test_curves_are_redrawn_only_when_drawing_is_cheap_next_to_the_epochs_and_always_at_the_end(
-    tmp_path, monkeypatch, draw_s, expected
+    tmp_path, monkeypatch, epoch_s, draw_s, expected
 ):
     """Short epochs would spend much of their time drawing: after a drawing that took d seconds the
-    next waits for 20*d seconds of training; the last one shows every epoch."""
-    clock, drawn = FakeClock(draw_s), []
+    next waits for 20*d seconds of training (before the first, d is taken as 0.5 s: a run of under
+    10 s draws once); the last one shows every epoch."""
+    from regx.record import Recorder
+
+    clock, drawn, epoch = FakeClock(epoch_s, draw_s), [], Recorder.epoch
 
     def plot(path, rows, title=""):
         clock.now += clock.draw_s
         drawn.append(len(rows))
 
+    def timed_epoch(self, *a, **kw):
+        clock.now += clock.epoch_s
+        return epoch(self, *a, **kw)
+
     monkeypatch.setattr("regx.record.time", clock)
     monkeypatch.setattr("regx.plots.curves_plot", plot)
+    monkeypatch.setattr(Recorder, "epoch", timed_epoch)
     train(smoke_cfg("epochs=4"), tmp_path / "run")
     assert drawn == expected
 
