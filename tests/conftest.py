@@ -22,6 +22,7 @@ from regx.files import TIMING_COLUMNS, read_metrics
 REPO = Path(__file__).resolve().parents[1]
 # Under pytest-xdist the workers share the cores: one thread each on two cores, not two that fight.
 THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)  # from the start: a module-scoped fixture may run before any test's _threads
 REGX = [sys.executable, "-m", "regx"]
 FAULTY = [sys.executable, str(REPO / "tests" / "fault_main.py")]
 
@@ -88,6 +89,11 @@ def cli(tmp_path):
 
 @pytest.fixture(autouse=True)
 def _threads():
+    """THREADS during each test and after it: a module-scoped fixture, set up before this one, runs with
+    the count the test before it left (an in-process sweep sets its own), and results that equal runs
+    must share exactly depend on it."""
+    torch.set_num_threads(THREADS)
+    yield
     torch.set_num_threads(THREADS)
 
 
