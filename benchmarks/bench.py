@@ -456,6 +456,47 @@ def decode_effect(device_name: str, jpegs: str | None = None) -> dict:
     return {"runs": runs}
 
 
+def checkpoint_stall(device_name: str, repeats: int = 5) -> dict:
+    """How long training stops for one checkpoint (weights and SGD momentum): written in the
+    foreground, and with checkpoint.background the copy taken before training goes on, beside the
+    background write's own time (median of `repeats`)."""
+    import torchvision
+
+    from regx import checkpoint
+
+    device, rows = torch.device(device_name), []
+    for name in ("resnet18", "resnet50"):
+        model = getattr(torchvision.models, name)(num_classes=10).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model(torch.randn(2, 3, 32, 32, device=device)).sum().backward()
+        opt.step()
+        ckpt = checkpoint.Checkpoint(
+            model=model.state_dict(),
+            config={},
+            state={"epoch": 1, "step": 1},
+            classes=[],
+            norm={"mean": [0.5], "std": [0.5]},
+            in_channels=3,
+            image_size=32,
+            optimizer=opt.state_dict(),
+        )
+        times: dict[str, list[float]] = {"foreground": [], "background": [], "background_write": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(repeats):
+                for background in (False, True):
+                    writer = checkpoint.Writer(background)
+                    _sync(device)
+                    t = time.perf_counter()
+                    writer.save(ckpt, Path(tmp), best=True)
+                    times["background" if background else "foreground"].append(time.perf_counter() - t)
+                    writer.wait()
+                    if background:
+                        times["background_write"].append(time.perf_counter() - t)
+            size = (Path(tmp) / "last.pt").stat().st_size
+        rows.append({"model": name, "mb": size / 1e6, **{k: _median_spread(v) for k, v in times.items()}})
+    return {"rows": rows}
+
+
 def _regx(args: list[str], cwd: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "regx", *args],
@@ -1056,6 +1097,22 @@ def section(r: dict) -> str:
                 + " | ".join(f"{rate[h]['img_per_s']:,.0f}" for h in ("pil", "cpu", "device"))
                 + f" | {epochs or '-'} |"
             )
+    if r.get("checkpoint"):
+        c = r["checkpoint"]
+        lines += [
+            "",
+            f"**10. How long a checkpoint stops training** (`{c['command']}`, {c['date']}; weights and SGD momentum, "
+            "median ms; `checkpoint.background` copies the checkpoint, then a thread writes it while training goes "
+            "on):",
+            "",
+            "| model | file MB | foreground | background: training stops | background: the write |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {x['model']} | {x['mb']:.0f} | {1000 * x['foreground']['median']:.0f} | "
+                f"{1000 * x['background']['median']:.0f} | {1000 * x['background_write']['median']:.0f} |"
+                for x in c["rows"]
+            ),
+        ]
     for recipe in r.get("recipes", []):
         lines += [
             "",
@@ -1203,6 +1260,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--jpegs", help="with --decode: a folder of class folders of JPEGs to read (default: write them)"
     )
+    parser.add_argument(
+        "--checkpoint", action="store_true", help="only how long a checkpoint stops training (section 10)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("regx: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
@@ -1215,6 +1275,7 @@ def main(argv=None) -> int:
         "measurements": lambda: measurement_cost(args.device),
         "compile_aug": lambda: compile_aug_effect(args.device),
         "decode": lambda: decode_effect(args.device, args.jpegs),
+        "checkpoint": lambda: checkpoint_stall(args.device),
     }
     key = next((k for k in parts if getattr(args, k)), None)
     if key is not None:
@@ -1231,11 +1292,19 @@ def main(argv=None) -> int:
         print(json.dumps(result[key], indent=2))
     else:
         result = run(args.device, args.quick, tta=args.tta)
-        # measurements taken apart from the benchmark (whole runs, sections 7 and 8, each dated): keep them
+        # measurements taken apart from the benchmark (whole runs, sections 7 to 10, each dated): keep them
         result.update(
             {
                 k: kept[k]
-                for k in ("recipes", "vs_timm", "vs_timm_matched", "measurements", "compile_aug", "decode")
+                for k in (
+                    "recipes",
+                    "vs_timm",
+                    "vs_timm_matched",
+                    "measurements",
+                    "compile_aug",
+                    "decode",
+                    "checkpoint",
+                )
                 if k in kept
             }
         )

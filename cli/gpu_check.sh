@@ -12,6 +12,7 @@
 #   bench.log, bench-cuda.json, BENCHMARKS.md   python -m benchmarks.bench --device cuda
 #   compile_aug.log  python -m benchmarks.bench --device cuda --compile-aug (section 8 of the same files)
 #   decode.log       python -m benchmarks.bench --device cuda --decode (section 9)
+#   checkpoint.log   python -m benchmarks.bench --device cuda --checkpoint (section 10)
 # Then copy bench-cuda.json into the repository and regenerate BENCHMARKS.md there (the copy in $OUT has
 # no CPU section): python -c "from pathlib import Path; from benchmarks.bench import write_markdown;
 # write_markdown(Path('.'))". cli/gpu_prepare.sh readies a borrowed machine's single call.
@@ -39,7 +40,10 @@ cp bench-cuda.json "$OUT/" 2>/dev/null || true
 # embedded shapes are written as JPEGs there
 "$PY" -m benchmarks.bench --device cuda --out "$OUT" --decode ${REGX_JPEGS:+--jpegs "$REGX_JPEGS"} 2>&1 |
   tee "$OUT/decode.log" || failed=$((failed + 1))
-# then the whole benchmark, which keeps sections 7 to 9
+# section 10: how long a checkpoint stops training, written in the foreground and in the background
+"$PY" -m benchmarks.bench --device cuda --out "$OUT" --checkpoint 2>&1 | tee "$OUT/checkpoint.log" ||
+  failed=$((failed + 1))
+# then the whole benchmark, which keeps sections 7 to 10
 "$PY" -m benchmarks.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"

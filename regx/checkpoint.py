@@ -138,6 +138,70 @@ def save(ckpt: Checkpoint, ckpt_dir: Path, *, best: bool, before_rename=None) ->
         _link(last, ckpt_dir / "best.pt")
 
 
+def _copied(value: Any) -> Any:
+    """`value` with every container and tensor copied: tensors on the CPU cloned, CUDA ones copied to
+    pinned host memory without waiting for the device (Writer waits before it writes)."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        return t.to("cpu", non_blocking=True) if t.is_cuda else t.clone()
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copied(v) for v in value)
+    return value
+
+
+class Writer:
+    """Writes checkpoints in a background thread (checkpoint.background), so that training goes on while
+    a file is serialized, hashed, synced and published (`save`'s guarantees hold; a kill mid-write
+    leaves the one before); with background=False, as `save` does.
+
+    `save` copies the checkpoint (the weights change with the next step; on CUDA the copy to host
+    memory is queued, not waited for) and returns; the write starts once the copy is done. One write
+    at a time: the next `save`, and `wait`, first finish the one before and raise its error. `wait`
+    before reading a checkpoint back, and before the process ends. A `before_rename` callback runs in
+    the writer's thread."""
+
+    def __init__(self, background: bool = True):
+        import threading
+
+        self.background, self._threading, self._thread, self._error = background, threading, None, None
+
+    def save(self, ckpt: Checkpoint, ckpt_dir: Path, *, best: bool, before_rename=None) -> None:
+        self.wait()
+        if not self.background:  # written here and now, as `save` does
+            save(ckpt, ckpt_dir, best=best, before_rename=before_rename)
+            return
+        copy = Checkpoint(**_copied(ckpt.to_dict()))
+        ready = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            ready = torch.cuda.Event()
+            ready.record()
+
+        def write():
+            try:
+                if ready is not None:
+                    ready.synchronize()  # the copies to host memory queued above
+                save(copy, ckpt_dir, best=best, before_rename=before_rename)
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+                self._error = exc
+
+        self._thread = self._threading.Thread(target=write, name="regx-checkpoint")
+        self._thread.start()
+
+    def wait(self, log=None) -> None:
+        """Until the write in flight (if any) is done; raise its error, or with `log` (the run is already
+        ending on an error of its own) warn of it there."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and log is None:
+            raise error
+        if error is not None:
+            log.warning("the last checkpoint was not written: %s", error)
+
+
 def read(path: Path | str, map_location="cpu") -> Checkpoint:
     """A regx checkpoint, verified against its manifest and brought to the current format; any failure
     is a CorruptCheckpoint naming the file."""

@@ -331,6 +331,9 @@ class DiagnoseConfig:
 @dataclass
 class CheckpointConfig:
     every_steps: int = num(0, ">= 0", "(0: epoch ends only)")  # also checkpoint every N optimizer steps within an epoch
+    # write each checkpoint in a background thread while training goes on (a kill mid-write leaves the one
+    # before); null: on CUDA, where a write is long next to a step, not on the CPU
+    background: bool | None = None
 
 
 @dataclass

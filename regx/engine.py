@@ -141,7 +141,8 @@ class Hook:
         """After the epoch's last step (or the step a hook stopped it at)."""
 
     def checkpoint_written(self, tmp: str) -> None:
-        """A checkpoint's bytes are on disk under `tmp`, not yet renamed into place."""
+        """A checkpoint's bytes are on disk under `tmp`, not yet renamed into place (with
+        checkpoint.background, called in the writer's thread while training goes on)."""
 
 
 @dataclass

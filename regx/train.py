@@ -130,6 +130,7 @@ class Parts:
     weights: tuple[str, list[str]] | None  # pretrained weights: (source, dropped keys)
     corruptions: list[str]  # diagnose.corrupt, `all` expanded: what the test split is also scored under
     average: Average | None = None  # the average group's averaged copy of the model
+    writer: checkpoint.Writer = field(default_factory=lambda: checkpoint.Writer(background=False))
 
 
 def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
@@ -233,6 +234,9 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
         batch=batch,
         weights=weights,
         average=make_average(cfg, model),
+        writer=checkpoint.Writer(
+            cfg.checkpoint.background if cfg.checkpoint.background is not None else device.type == "cuda"
+        ),
     )
 
 
@@ -304,7 +308,7 @@ def save(
         plateau=parts.plateau.state_dict() if parts.plateau is not None else None,
         average=parts.average.state_dict() if parts.average is not None else None,
     )
-    checkpoint.save(
+    parts.writer.save(
         ckpt, ckpt_dir, best=best, before_rename=lambda tmp: [h.checkpoint_written(str(tmp)) for h in hooks]
     )
 
@@ -471,10 +475,14 @@ def _run(
                 raise Interrupted(stop.signum or signal.SIGTERM)
         if isinstance(parts.average, Swa):
             _finish_swa(parts, state, ranks, rec, hooks)
+        parts.writer.wait()  # the last checkpoint is on disk (best.pt is read next); a failed write fails the run
         results = _results(parts, state, ranks, rec, stop)
         if stop():  # asked during the test evaluation's last moments: a resume redoes it
             raise Interrupted(stop.signum)
         rec.finish(results)
+    except BaseException:
+        parts.writer.wait(log=rec.log)  # a stop's checkpoint is on disk before the process ends
+        raise
     finally:
         ranks.release()
         rec.close(state.history)

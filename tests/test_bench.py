@@ -40,6 +40,8 @@ def test_the_timed_benchmark_parts_run(tmp_path):
         assert r["images"] == 24 and r["img_per_s"] > 0
     m = bench.measurement_cost("cpu", repeats=1)
     assert 0 < m["calibration_s"] < m["val_pass_s"] < m["epoch_s"] and 0 < m["noisy_eval_s"] < m["epoch_s"]
+    for row in bench.checkpoint_stall("cpu", repeats=1)["rows"]:  # the copy stops training, not the write
+        assert row["background"]["median"] < row["foreground"]["median"] < 2 * row["background_write"]["median"]
 
 
 def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
@@ -107,8 +109,23 @@ def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
     ]
     decode_run = {"source": "Fashion-MNIST", "side": 256, "workers": 2, "decoder": "torchvision", "rows": rows}
     result["decode"] = {"runs": [decode_run], "command": "python -m benchmarks.bench --decode", "date": "2026-01-01"}
+    stall = {"median": 0.032, "min": 0.03, "max": 0.04, "n": 5}
+    result["checkpoint"] = {
+        "rows": [
+            {
+                "model": "resnet18",
+                "mb": 89.6,
+                "foreground": stall | {"median": 0.287},
+                "background": stall,
+                "background_write": stall | {"median": 0.315},
+            }
+        ],  # fmt: skip
+        "command": "python -m benchmarks.bench --checkpoint",
+        "date": "2026-01-01",
+    }
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
+    assert "| resnet18 | 90 | 287 | 32 | 315 |" in text
     assert "| 1,024 at 256 px (Fashion-MNIST) | torchvision | 2 | 1,098 | 1,118 | 513 | - |" in text
     assert "| all | 15.50 | 19.40 | x0.80 | 199 | 17 |" in text
     assert "calibration (ECE, MCE, Brier) 10.0 ms per validation pass, 0.05% of an epoch" in text

@@ -18,7 +18,8 @@ EXIT = {"kill": -9, "killsave": -9, "term": 143, "termgroup": 143}
 
 
 @pytest.mark.slow
-def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_path):
+@pytest.mark.parametrize("background", ["false", "true"])  # checkpoint.background: a kill may meet a write in flight
+def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_path, background):
     root = tmp_path / "imgs"
     write_images(root, per_class=10, size=(24, 20))
     args = [
@@ -33,6 +34,7 @@ def test_twenty_random_kills_and_stops_end_where_an_uninterrupted_run_ends(tmp_p
         "checkpoint.every_steps=1",
         "aug=flip_rotate",
         "dropout=fc",  # dropout's masks come from the stream a streamed loader once drew from
+        f"checkpoint.background={background}",
     ]
     ref = run_regx(["train", *args, f"hydra.run.dir={tmp_path / 'ref'}"], tmp_path)
     assert ref.returncode == 0, ref.stderr

@@ -14,7 +14,8 @@ import torch
 from regx import checkpoint
 from regx.checkpoint import FIELDS, FORMAT_VERSION, Checkpoint, CorruptCheckpoint
 from regx.files import read_metrics, read_summary
-from tests.conftest import regx_here, smoke_cfg, toy_checkpoint
+from regx.train import train
+from tests.conftest import assert_same_state, regx_here, smoke_cfg, toy_checkpoint
 
 FORMAT0 = Path(__file__).parent / "data" / "format0"
 
@@ -116,3 +117,90 @@ def test_an_old_run_predicts_exports_and_is_fine_tuned_from(tmp_path, old_run, c
         tmp_path, "train", "debug=smoke", "epochs=1", "finetune=full", f"finetune.weights={old_run}", "hydra.run.dir=ft"
     )
     assert res.returncode == 0 and "regx checkpoint" in read_summary(tmp_path / "ft")["weights"], res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint.background: written beside training
+
+
+def test_a_background_write_holds_the_checkpoint_as_saved_and_hands_its_error_to_the_next_wait(tmp_path, monkeypatch):
+    import errno
+    import logging
+    import threading
+
+    real, go = checkpoint.save, threading.Event()
+
+    def held(*args, **kw):  # the file is written only after training has changed the weights
+        assert go.wait(10)
+        real(*args, **kw)
+
+    monkeypatch.setattr(checkpoint, "save", held)
+    writer, w = checkpoint.Writer(background=True), torch.ones(3)
+    writer.save(toy_checkpoint(1, w=w), tmp_path, best=True)  # returns before the write
+    w.fill_(7.0)  # the next step, in place
+    go.set()
+    writer.wait()
+    assert torch.equal(checkpoint.read(tmp_path / "best.pt").model["w"], torch.ones(3))
+
+    def no_space(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", no_space)
+    writer.save(toy_checkpoint(2), tmp_path, best=False)  # the write fails in its thread
+    with pytest.raises(OSError, match="No space left on device"):
+        writer.save(toy_checkpoint(3), tmp_path, best=False)  # the next save raises it, writing nothing
+    writer.save(toy_checkpoint(4), tmp_path, best=False)
+    warned = []
+    log = logging.getLogger("test-writer")
+    monkeypatch.setattr(log, "warning", lambda msg, *a: warned.append(msg % a))
+    writer.wait(log=log)  # a run already failing: the write's error is a warning
+    assert warned == ["the last checkpoint was not written: [Errno 28] No space left on device"]
+    writer.wait()  # each error is handed on once
+    assert checkpoint.read(tmp_path / "last.pt").step == 1
+
+
+def test_background_checkpoints_equal_the_foreground_ones_though_training_moves_on_during_each_write(
+    tmp_path, monkeypatch
+):
+    """Each background write starts only after training has taken another step (or is waiting for the
+    write at the run's end): the files still hold the state as it was when each was saved."""
+    import threading
+    import time
+
+    from regx.engine import Hook
+
+    fg = tmp_path / "fg"
+    train(smoke_cfg("epochs=2", "checkpoint.every_steps=2", "dropout=fc"), fg)
+    stepped, ending, overlapped = threading.Event(), threading.Event(), []
+    real_save, real_wait = checkpoint.save, checkpoint.Writer.wait
+
+    def after_a_step(*args, **kw):
+        stepped.clear()
+        deadline = time.monotonic() + 10
+        while not (stepped.is_set() or ending.is_set()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        overlapped.append(stepped.is_set())
+        real_save(*args, **kw)
+
+    def wait(self, log=None):
+        ending.set()
+        try:
+            real_wait(self, log)
+        finally:
+            ending.clear()
+
+    class Stepped(Hook):
+        def after_step(self, info) -> None:
+            stepped.set()
+
+    monkeypatch.setattr(checkpoint, "save", after_a_step)
+    monkeypatch.setattr(checkpoint.Writer, "wait", wait)
+    bg = tmp_path / "bg"
+    s = train(smoke_cfg("epochs=2", "checkpoint.every_steps=2", "dropout=fc", "checkpoint.background=true"), bg,
+              hooks=(Stepped(),))  # fmt: skip
+    assert s["status"] == "completed" and any(overlapped)
+    for name in ("prev.pt", "last.pt", "best.pt"):  # prev.pt: written while training went on
+        a, b = (checkpoint.read(run / "checkpoints" / name).to_dict() for run in (fg, bg))
+        assert_same_state(a, b)
+        assert a["state"]["step"] == b["state"]["step"] and torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert read_summary(fg)["test_acc"] == s["test_acc"]
