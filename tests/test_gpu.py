@@ -147,3 +147,23 @@ def test_the_compiled_augmentation_on_cuda_makes_what_eager_makes_in_far_fewer_k
         return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
 
     assert kernels(compiled) * 4 <= kernels(eager)
+
+
+def test_a_background_checkpoint_of_cuda_tensors_holds_them_as_saved(tmp_path):
+    """checkpoint.background (on by default on CUDA): the tensors are copied to pinned host memory without
+    waiting for the device and the writer waits on an event; a step queued after the save cannot reach
+    the file. Under sync debug mode "error": saving never waits for the device."""
+    from regx import checkpoint
+    from tests.conftest import toy_checkpoint
+
+    w = torch.ones(1 << 20, device="cuda")
+    writer = checkpoint.Writer(background=True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        writer.save(toy_checkpoint(1, w=w), tmp_path, best=True)
+        w.mul_(7.0)  # the next step, queued behind the copy
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    writer.wait()
+    saved = checkpoint.read(tmp_path / "last.pt").model["w"]
+    assert saved.device.type == "cpu" and torch.equal(saved, torch.ones(1 << 20))
