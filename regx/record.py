@@ -33,7 +33,7 @@ from regx.files import (
 )
 
 RESERVE = 64 * 1024  # bytes kept free for the run's last words on a full disk
-DRAW_COST = 0.5  # seconds: what drawing curves.png is taken to cost until it is measured (0.3-0.6 s on 2 cores)
+DRAW_COST = 0.5  # seconds a drawing of curves.png is taken to cost until one is measured (0.28 s measured on 2 cores)
 
 
 class Recorder:

@@ -128,6 +128,17 @@ def test_real_fashion_mnist_from_debian(tmp_path):
     assert torch.bincount(d.test.y).tolist() == [1000] * 10
 
 
+@pytest.mark.skipif(
+    not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_a_streamed_splits_stats_sample_measures_real_images_as_the_whole_set_does(tmp_path):
+    x = load("fashion_mnist", root=str(tmp_path), download=False, val_fraction=0.01).train.x.double() / 255
+    sample = x[D.core.stats_sample(len(x))]
+    assert len(sample) == D.core.STATS_SAMPLE < len(x)
+    # a mean of 4,096 images has a standard error of about 0.0016 here: 0.005 is three of them
+    assert abs(sample.mean() - x.mean()) < 0.005 and abs(sample.std() - x.std()) < 0.005
+
+
 # --- image folders --------------------------------------------------------------------------------
 
 

@@ -249,14 +249,18 @@ def stratified_split(y: torch.Tensor, count: int, g: torch.Generator) -> tuple[t
 STATS_SAMPLE = 4096  # a streamed split's channel statistics come from this many of its images (seeded)
 
 
+def stats_sample(n: int) -> torch.Tensor:
+    """The STATS_SAMPLE indices (seeded, in order) of n images that a streamed split's channel
+    statistics are measured on."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].sort().values
+
+
 def channel_stats(split: Split, workers: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of a split, in [0, 1] units. A streamed split's come from a seeded
-    sample of STATS_SAMPLE images, not a whole epoch of decoding before the first step (on
-    Fashion-MNIST's 60,000 training images, 4,096 drawn with 5 seeds gave a mean and std within 0.002
-    of the whole set's)."""
+    """Per-channel mean and std of a split, in [0, 1] units. A streamed split's come from
+    `stats_sample`, not a whole epoch of decoding before the first step (on Fashion-MNIST's 59,400
+    training images, mean and std 0.0026 and 0.0011 from the whole set's: test_data)."""
     if split.x is None and len(split) > STATS_SAMPLE:
-        pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE]
-        split = split.subset(pick.sort().values)  # in the files' order
+        split = split.subset(stats_sample(len(split)))
     total, total_sq, count = 0.0, 0.0, 0
     for xb, _ in iterate(split, batch_size=1024, workers=workers):
         f = xb.double() / 255
