@@ -17,11 +17,16 @@ from tests.conftest import load, write_cifar, write_images, write_mnist_family
 
 
 def test_shapes_are_seeded_balanced_and_varied():
+    from regx.data.synthetic import _made_shapes
+
     x1, y1 = make_shapes(500, 32, 10, 3, seed=3)
-    x2, y2 = make_shapes(500, 32, 10, 3, seed=3)
+    x1[0], y1[0] = 0, 9  # a caller's copy: what it does to it reaches no other caller
+    x2, y2 = make_shapes(500, 32, 10, 3, seed=3)  # made once per process
+    x0, y0 = _made_shapes.__wrapped__(500, 32, 10, 3, seed=3)  # made again, from the seed alone
     x3, _ = make_shapes(500, 32, 10, 3, seed=4)
-    assert x1.dtype == torch.uint8 and x1.shape == (500, 3, 32, 32)
-    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x2.dtype == torch.uint8 and x2.shape == (500, 3, 32, 32)
+    assert torch.equal(x0, x2) and torch.equal(y0, y2) and not torch.equal(x1, x2)
+    x1, y1 = x2, y2
     assert not torch.equal(x1, x3)
     assert set(y1.tolist()) == set(range(10))
     assert len({tuple(img.flatten()[:64].tolist()) for img in x1}) == 500  # no two images alike
