@@ -562,6 +562,46 @@ def time_to_accuracy(device: str, target: float = 0.99, extra: tuple[str, ...] =
     }
 
 
+def fmnist_to_accuracy(
+    device: str,
+    root: str | None = None,
+    experiment: str = "fashion_mnist_fast",
+    seeds: int = 3,
+    target: float = 0.93,
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """Fashion-MNIST to `target` test accuracy (#32's goal: under 12 s on an H100): `regx train
+    experiment=...` on the real files (`root`, else data.root's default and Debian's copy), timed from
+    the command to its exit, start-up and the summary included, once per seed."""
+    from regx.files import read_json, read_metrics
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(seeds):
+            args = ["train", f"experiment={experiment}", f"device={device}", f"seed={seed}", f"hydra.run.dir=r{seed}"]
+            args += [f"data.root={Path(root).resolve()}", "data.download=false"] if root else []
+            args += extra
+            t = time.perf_counter()
+            res = _regx(args, tmp)
+            command_s = time.perf_counter() - t
+            if res.returncode != 0:
+                raise RuntimeError(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "regx train failed")
+            summary = read_json(Path(tmp) / f"r{seed}" / "summary.json")
+            rows = read_metrics(Path(tmp) / f"r{seed}" / "metrics.csv")
+            runs.append(
+                {
+                    "seed": seed,
+                    "command_s": command_s,  # from the command to its exit
+                    "run_wall_s": summary["wall_s"],  # the run's own clock: from its start to the summary
+                    "train_s": sum(float(r["epoch_s"]) for r in rows),  # its epochs: training and evaluation
+                    "epochs": len(rows),
+                    "test_acc": summary["test_acc"],
+                    "best_val_acc": summary["best_val_acc"],
+                }
+            )
+    return {"experiment": experiment, "target": target, "runs": runs}
+
+
 def startup(repeats: int) -> dict:
     """`regx --help`, and `regx train debug=smoke` from launch to its 'ready' line (data and model
     built, the line just before the first step)."""
@@ -1113,6 +1153,23 @@ def section(r: dict) -> str:
                 for x in c["rows"]
             ),
         ]
+    if r.get("fmnist"):
+        f = r["fmnist"]
+        runs = f["runs"]
+        hit = sum(x["test_acc"] >= f["target"] for x in runs)
+        lines += [
+            "",
+            f"**11. Fashion-MNIST to {100 * f['target']:.0f}% test accuracy** (`{f['command']}`, {f['date']}; "
+            f"`regx train experiment={f['experiment']} seed=S` on the real files, timed from the command to its "
+            "exit: start-up, training, evaluation and the summary; goal on an H100: under 12 s): "
+            + "; ".join(
+                f"seed {x['seed']}: test {100 * x['test_acc']:.2f}% in {x['command_s']:.1f} s ({x['epochs']} epochs "
+                f"{x['train_s']:.1f} s, the run {x['run_wall_s']:.1f} s)"
+                for x in runs
+            )
+            + f". {hit} of {len(runs)} seeds reach {100 * f['target']:.0f}%; median "
+            f"{statistics.median(x['command_s'] for x in runs):.1f} s from the command to the summary.",
+        ]
     for recipe in r.get("recipes", []):
         lines += [
             "",
@@ -1263,6 +1320,14 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--checkpoint", action="store_true", help="only how long a checkpoint stops training (section 10)"
     )
+    parser.add_argument(
+        "--fmnist",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="only Fashion-MNIST to 93%% test accuracy, 3 seeds (section 11); DIR: its IDX files (default: "
+        "data.root's and Debian's)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("regx: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
@@ -1276,8 +1341,9 @@ def main(argv=None) -> int:
         "compile_aug": lambda: compile_aug_effect(args.device),
         "decode": lambda: decode_effect(args.device, args.jpegs),
         "checkpoint": lambda: checkpoint_stall(args.device),
+        "fmnist": lambda: fmnist_to_accuracy(args.device, args.fmnist or None),
     }
-    key = next((k for k in parts if getattr(args, k)), None)
+    key = next((k for k in parts if getattr(args, k) not in (None, False)), None)
     if key is not None:
         if not kept:
             flag = "--" + key.replace("_", "-")
@@ -1304,6 +1370,7 @@ def main(argv=None) -> int:
                     "compile_aug",
                     "decode",
                     "checkpoint",
+                    "fmnist",
                 )
                 if k in kept
             }

@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import bench
 from benchmarks.aug_profile import ops_per_batch
+from tests.conftest import write_mnist_family
 
 CPU = torch.device("cpu")
 
@@ -42,6 +43,12 @@ def test_the_timed_benchmark_parts_run(tmp_path):
     assert 0 < m["calibration_s"] < m["val_pass_s"] < m["epoch_s"] and 0 < m["noisy_eval_s"] < m["epoch_s"]
     for row in bench.checkpoint_stall("cpu", repeats=1)["rows"]:  # the copy stops training, not the write
         assert row["background"]["median"] < row["foreground"]["median"] < 2 * row["background_write"]["median"]
+    write_mnist_family(tmp_path / "fmnist", compress=True, n_train=200, n_test=40)
+    f = bench.fmnist_to_accuracy("cpu", str(tmp_path / "fmnist"), seeds=1, extra=("epochs=1", "batch_size=64"))
+    (run,) = f["runs"]
+    assert (
+        run["epochs"] == 1 and 0 < run["train_s"] < run["run_wall_s"] < run["command_s"] and 0 <= run["test_acc"] <= 1
+    )
 
 
 def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
@@ -123,8 +130,28 @@ def test_the_benchmark_report_is_written_from_its_figures(tmp_path):
         "command": "python -m benchmarks.bench --checkpoint",
         "date": "2026-01-01",
     }
+    result["fmnist"] = {
+        "experiment": "fashion_mnist_fast",
+        "target": 0.93,
+        "runs": [
+            {
+                "seed": s,
+                "command_s": c,
+                "run_wall_s": c - 3,
+                "train_s": c - 5,
+                "epochs": 8,
+                "test_acc": a,
+                "best_val_acc": a,
+            }
+            for s, c, a in ((0, 11.0, 0.9312), (1, 12.5, 0.9288), (2, 11.5, 0.9301))
+        ],
+        "command": "python -m benchmarks.bench --fmnist",
+        "date": "2026-01-01",
+    }
     (tmp_path / "bench.json").write_text(json.dumps(result))
     text = bench.write_markdown(tmp_path).read_text()
+    assert "seed 1: test 92.88% in 12.5 s (8 epochs 7.5 s, the run 9.5 s)" in text
+    assert "2 of 3 seeds reach 93%; median 11.5 s from the command to the summary" in text
     assert "| resnet18 | 90 | 287 | 32 | 315 |" in text
     assert "| 1,024 at 256 px (Fashion-MNIST) | torchvision | 2 | 1,098 | 1,118 | 513 | - |" in text
     assert "| all | 15.50 | 19.40 | x0.80 | 199 | 17 |" in text
