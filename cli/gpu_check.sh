@@ -3,7 +3,7 @@
 # dependencies importable: `pip install -e '.[dev]'`, or wheels on PYTHONPATH (an image that has torch
 # usually lacks hydra-core==1.3.8, omegaconf==2.3.1 and antlr4-python3-runtime==4.9.3, all pure Python).
 #
-# Writes nine files under ${OUT:-gpu-out}/:
+# Writes these files under ${OUT:-gpu-out}/ (and steps.txt: each step's exit status and seconds):
 #   gpu.txt          the card, its memory and driver
 #   tests.log        tests/test_gpu.py: a CUDA run end to end, the sync-free augmentation against the
 #                    CPU path, NaN and SIGTERM on the GPU, compile with CUDA graphs, compile_aug
@@ -27,30 +27,37 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
 # A GPU image may have python3 and no python (or a python without torch).
 PY=$(command -v python3 || command -v python)
 failed=0
+# step NAME CMD...: runs CMD into $OUT/NAME.log and adds its exit status and seconds to $OUT/steps.txt
+# (what each part costs on the device: the next borrowed machine's call is planned from it)
+step() {
+  local name=$1 t0=$SECONDS rc
+  shift
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  echo "$name: exit $rc, $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt" || failed=$((failed + 1))
-"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rA 2>&1 | tee "$OUT/tests.log" || failed=$((failed + 1))
+step tests "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py -rA
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-  "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m regx train debug=smoke device=auto \
-    hydra.run.dir=/tmp/regx-ddp 2>&1 | tee "$OUT/ddp.log" || failed=$((failed + 1))
+  step ddp "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m regx train debug=smoke device=auto \
+    hydra.run.dir=/tmp/regx-ddp
 fi
-# The short sections first (a GPU's time is short), each adding to the committed record copied to $OUT:
-# section 8, compile_aug against eager, each aug option
+# The short sections first (a GPU's time is short), each adding to the committed record copied to $OUT
 cp bench-cuda.json "$OUT/" 2>/dev/null || true
-"$PY" -m benchmarks.bench --device cuda --out "$OUT" --compile-aug 2>&1 | tee "$OUT/compile_aug.log" || failed=$((failed + 1))
+# section 11: Fashion-MNIST to 93% test accuracy from the command to the summary (#32's goal: < 12 s)
+if [ -n "${REGX_FMNIST:-}" ]; then
+  step fmnist "$PY" -m benchmarks.bench --device cuda --out "$OUT" --fmnist "$REGX_FMNIST"
+fi
+# section 10: how long a checkpoint stops training, written in the foreground and in the background
+step checkpoint "$PY" -m benchmarks.bench --device cuda --out "$OUT" --checkpoint
 # section 9: an image folder's decoders and a resnet18 epoch at 224 px each; REGX_JPEGS: a folder of real
 # JPEGs to read (a GPU machine has no Fashion-MNIST: cli/gpu_prepare.sh writes them to carry), else the
 # embedded shapes are written as JPEGs there
-"$PY" -m benchmarks.bench --device cuda --out "$OUT" --decode ${REGX_JPEGS:+--jpegs "$REGX_JPEGS"} 2>&1 |
-  tee "$OUT/decode.log" || failed=$((failed + 1))
-# section 10: how long a checkpoint stops training, written in the foreground and in the background
-"$PY" -m benchmarks.bench --device cuda --out "$OUT" --checkpoint 2>&1 | tee "$OUT/checkpoint.log" ||
-  failed=$((failed + 1))
-# section 11: Fashion-MNIST to 93% test accuracy from the command to the summary (#32's goal: < 12 s)
-if [ -n "${REGX_FMNIST:-}" ]; then
-  "$PY" -m benchmarks.bench --device cuda --out "$OUT" --fmnist "$REGX_FMNIST" 2>&1 | tee "$OUT/fmnist.log" ||
-    failed=$((failed + 1))
-fi
+step decode "$PY" -m benchmarks.bench --device cuda --out "$OUT" --decode ${REGX_JPEGS:+--jpegs "$REGX_JPEGS"}
+# section 8, compile_aug against eager, each aug option (inductor compiles each: minutes)
+step compile_aug "$PY" -m benchmarks.bench --device cuda --out "$OUT" --compile-aug
 # then the whole benchmark, which keeps sections 7 to 11
-"$PY" -m benchmarks.bench --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || failed=$((failed + 1))
+step bench "$PY" -m benchmarks.bench --device cuda --out "$OUT"
 echo "gpu_check: $failed step(s) failed"
 exit "$failed"
