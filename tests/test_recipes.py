@@ -134,8 +134,11 @@ def test_on_real_clothes_each_verdicts_first_remedy_leads_somewhere(tmp_path):
             assert after["evidence"]["train_acc"] > before["evidence"]["train_acc"], shown
         else:
             assert after["status"] == "completed" and after["verdict"] != "diverged", shown
+    # the tuned recipe on 8,000 images for 10 epochs: good_fit on 3 of 3 seeds (docs/results.md, "Learning
+    # curve at 1,000 and 8,000 images"); TrivialAugment on 2,000 images, this case until the verdict weighed
+    # the gap against the validation error (f873f62), overfits by that rule (a 9-point gap at 88%)
     good = train(
-        config.compose([*base, "data.train_size=2000", "aug=trivialaugment", "epochs=30", "batch_size=64"]),
+        config.compose([*base, "experiment=fashion_mnist", "data.train_size=8000", "epochs=10", "batch_size=64"]),
         tmp_path / "good",
     )
     assert good["verdict"] == "good_fit" and good["remedies"] == [], good["evidence"]
