@@ -3,18 +3,21 @@
 # dependencies importable: `pip install -e '.[dev]'`, or wheels on PYTHONPATH (an image that has torch
 # usually lacks hydra-core==1.3.8, omegaconf==2.3.1 and antlr4-python3-runtime==4.9.3, all pure Python).
 #
-# Writes these files under ${OUT:-gpu-out}/ (and steps.txt: each step's exit status and seconds):
+# Writes five files under ${OUT:-gpu-out}/ (a borrowed machine hands back at most 8):
 #   gpu.txt          the card, its memory and driver
-#   tests.log        tests/test_gpu.py: a CUDA run end to end, the sync-free augmentation against the
-#                    CPU path, NaN and SIGTERM on the GPU, compile with CUDA graphs, compile_aug
-#                    against eager, no host sync inside a step
-#   ddp.log          2-process nccl DDP (only with two GPUs)
-#   bench.log, bench-cuda.json, BENCHMARKS.md   python -m benchmarks.bench --device cuda
-#   compile_aug.log  python -m benchmarks.bench --device cuda --compile-aug (section 8 of the same files)
-#   decode.log       python -m benchmarks.bench --device cuda --decode (section 9)
-#   checkpoint.log   python -m benchmarks.bench --device cuda --checkpoint (section 10)
-#   fmnist.log       python -m benchmarks.bench --device cuda --fmnist DIR (section 11: Fashion-MNIST to 93%,
+#   steps.txt        each step's exit status and seconds
+#   log.txt          every step's output, each under a "== step ==" line:
+#     tests          tests/test_gpu.py: a CUDA run end to end, the sync-free augmentation against the CPU
+#                    path, NaN and SIGTERM on the GPU, compile with CUDA graphs, compile_aug against eager,
+#                    no host sync inside a step, background checkpoints of CUDA tensors
+#     ddp            2-process nccl DDP (only with two GPUs)
+#     fmnist         python -m benchmarks.bench --device cuda --fmnist DIR (section 11: Fashion-MNIST to 93%,
 #                    from REGX_FMNIST's IDX files; skipped without them)
+#     checkpoint     ... --checkpoint (section 10)
+#     decode         ... --decode (section 9)
+#     compile_aug    ... --compile-aug (section 8)
+#     bench          python -m benchmarks.bench --device cuda (the rest, keeping sections 7 to 11)
+#   bench-cuda.json, BENCHMARKS.md   the benchmark's record, each section added as it finishes
 # Then copy bench-cuda.json into the repository and regenerate BENCHMARKS.md there (the copy in $OUT has
 # no CPU section): python -c "from pathlib import Path; from benchmarks.bench import write_markdown;
 # write_markdown(Path('.'))". cli/gpu_prepare.sh readies a borrowed machine's single call.
@@ -27,12 +30,13 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:${PYTHONPATH:-}"
 # A GPU image may have python3 and no python (or a python without torch).
 PY=$(command -v python3 || command -v python)
 failed=0
-# step NAME CMD...: runs CMD into $OUT/NAME.log and adds its exit status and seconds to $OUT/steps.txt
-# (what each part costs on the device: the next borrowed machine's call is planned from it)
+# step NAME CMD...: runs CMD, its output added to $OUT/log.txt, and its exit status and seconds to
+# $OUT/steps.txt (what each part costs on the device: the next borrowed machine's call is planned from it)
 step() {
   local name=$1 t0=$SECONDS rc
   shift
-  "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "== $name ==" >>"$OUT/log.txt"
+  "$@" 2>&1 | tee -a "$OUT/log.txt"
   rc=${PIPESTATUS[0]}
   echo "$name: exit $rc, $((SECONDS - t0)) s" | tee -a "$OUT/steps.txt"
   [ "$rc" -eq 0 ] || failed=$((failed + 1))
