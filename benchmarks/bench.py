@@ -569,6 +569,7 @@ def fmnist_to_accuracy(
     seeds: int = 3,
     target: float = 0.93,
     extra: tuple[str, ...] = (),
+    log=print,
 ) -> dict:
     """Fashion-MNIST to `target` test accuracy (#32's goal: under 12 s on an H100): `regx train
     experiment=...` on the real files (`root`, else data.root's default and Debian's copy), timed from
@@ -581,6 +582,7 @@ def fmnist_to_accuracy(
             args = ["train", f"experiment={experiment}", f"device={device}", f"seed={seed}", f"hydra.run.dir=r{seed}"]
             args += [f"data.root={Path(root).resolve()}", "data.download=false"] if root else []
             args += extra
+            log(f"  11. seed {seed} ({seed + 1} of {seeds}): regx {' '.join(args)}")
             t = time.perf_counter()
             res = _regx(args, tmp)
             command_s = time.perf_counter() - t
@@ -599,6 +601,7 @@ def fmnist_to_accuracy(
                     "best_val_acc": summary["best_val_acc"],
                 }
             )
+            log(f"  11. seed {seed}: test {100 * summary['test_acc']:.2f}% in {command_s:.1f} s")
     return {"experiment": experiment, "target": target, "runs": runs}
 
 
@@ -1329,6 +1332,11 @@ def main(argv=None) -> int:
         "data.root's and Debian's)",
     )
     args = parser.parse_args(argv)
+    if args.fmnist and not Path(args.fmnist).is_dir():
+        print(
+            f"regx: error: --fmnist {args.fmnist}: no such folder (it holds Fashion-MNIST's IDX files)", file=sys.stderr
+        )
+        return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("regx: error: --device cuda: CUDA is not available on this machine", file=sys.stderr)
         return 2

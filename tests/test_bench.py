@@ -222,3 +222,10 @@ def test_the_timm_comparison_times_each_epoch_and_tabulates_every_seed(tmp_path)
     assert "time to 80% test acc (each seed) |" in table  # the accuracy every tool reached on average
     assert "| timm train.py, resnet18 | 80.00, 81.00 | 80.50 | 10 s, 11 s | 9 s, 9 s |" in table
     assert "| regx, smallcnn | 90.00 | 90.00 | 5 s | 2 s |" in table
+
+
+def test_a_missing_fashion_mnist_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    assert bench.main(["--fmnist", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--fmnist" in err and "no such folder" in err
+    assert not (tmp_path / "bench.json").exists()
