@@ -9,7 +9,10 @@ the few rules that tie two keys together.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import hashlib
 import importlib.util
 import math
 import re
@@ -503,9 +506,6 @@ def compose(
     """Compose the primary config with overrides, as `regx train` would (no run directory is made).
     `config_dir` (-cd): a user's folder searched before the primary one; `primary` (-cp): a folder
     that replaces regx's conf/; `name` (-cn): the primary config's name."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     register()
     primary, searched = primary or str(conf_dir()), []
     if config_dir:
@@ -513,8 +513,32 @@ def compose(
         if not (Path(primary) / f"{name}.yaml").is_file() and (Path(config_dir) / f"{name}.yaml").is_file():
             primary, config_dir = config_dir, primary  # -cn names a config in the -cd folder
         searched = [f"hydra.searchpath=[file://{config_dir}]"]
+    key = (tuple(overrides), tuple(searched), primary, name, _tree_state(primary, config_dir))
+    return copy.deepcopy(_composed(*key))  # a copy: callers may change what they get
+
+
+@functools.lru_cache(maxsize=32)
+def _composed(overrides: tuple, searched: tuple, primary: str, name: str, _state: tuple) -> DictConfig:
+    """Hydra's composition, about 0.2 s, once per process for the same arguments and config files (a
+    study's preflight composes the same configs again, the tests the same presets)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     with initialize_config_dir(config_dir=primary, version_base="1.3"):
-        return hydra_compose(config_name=name, overrides=[*list(overrides), *searched])
+        return hydra_compose(config_name=name, overrides=[*overrides, *searched])
+
+
+def _tree_state(*dirs: str | None) -> tuple:
+    """The YAML files of config trees `dirs` (a primary config, its groups, their subgroups: three levels,
+    not all, since a -cd folder may hold a dataset) with a hash of each: a file changed, added or removed
+    composes anew. Contents, not modification times, which two writes in one clock tick share."""
+    return tuple(
+        (str(f), hashlib.blake2b(f.read_bytes(), digest_size=16).digest())
+        for d in dirs
+        if d
+        for pattern in ("*.yaml", "*/*.yaml", "*/*/*.yaml")
+        for f in sorted(Path(d).glob(pattern))
+    )
 
 
 def flat_keys(cfg: Any, prefix: str = "") -> list[str]:

@@ -130,3 +130,19 @@ def test_the_run_directory_reference_lists_every_metrics_column():
 
     reliability = written().parent / "reliability.md"
     assert f"`{','.join(METRIC_COLUMNS)}`" in reliability.read_text(), "docs/reliability.md: metrics.csv columns"
+
+
+def test_a_composed_config_is_reused_only_while_its_files_are_unchanged(tmp_path):
+    """compose is memoized per process (a study composes the same configs again): what it returns is a
+    copy, and a YAML file edited, added or removed in the -cd folder composes anew."""
+    (tmp_path / "aug").mkdir()
+    option = tmp_path / "aug" / "mine.yaml"
+    option.write_text("name: mine\nhflip:\n  p: 0.25\n")
+    first = config.compose(["aug=mine"], config_dir=str(tmp_path))
+    assert first.aug.hflip.p == 0.25
+    first.aug.hflip.p = 0.9  # the caller's copy
+    assert config.compose(["aug=mine"], config_dir=str(tmp_path)).aug.hflip.p == 0.25
+    option.write_text("name: mine\nhflip:\n  p: 0.75\n")  # the same size
+    assert config.compose(["aug=mine"], config_dir=str(tmp_path)).aug.hflip.p == 0.75
+    (tmp_path / "aug" / "other.yaml").write_text("name: other\n")
+    assert config.compose(["aug=other"], config_dir=str(tmp_path)).aug.hflip.p == 0
