@@ -149,22 +149,21 @@ def test_on_real_clothes_each_verdicts_first_remedy_leads_somewhere(tmp_path):
     not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)",
 )
-def test_on_scarce_real_clothes_the_regularized_preset_beats_no_regularization(tmp_path):
-    """The course's lesson on real data: 1,000 Fashion-MNIST training images, 40 epochs, seeds 0 and 1
-    paired; experiment=fashion_mnist (crop, flips, dropout, L2, label smoothing, cosine) against
-    the same run with none of them (the figures: docs/results.md)."""
-    base = [
-        "data=fashion_mnist",
-        f"data.root={tmp_path}",
-        "data.train_size=1000",
-        "data.val_fraction=0.02",
-        "epochs=40",
-    ]
-    plain = ["aug=none", "dropout=none", "wd=0", "sched=constant"]
-    reg, unreg = [], []
-    for seed in (0, 1):
-        reg.append(train(config.compose(["experiment=fashion_mnist", *base, f"seed={seed}"]), tmp_path / f"reg{seed}"))
-        unreg.append(train(config.compose([*base, *plain, f"seed={seed}"]), tmp_path / f"plain{seed}"))
-    shown = [(r["test_acc"], u["test_acc"], r["evidence"]["gap"], u["evidence"]["gap"]) for r, u in zip(reg, unreg)]
-    assert sum(r["test_acc"] for r in reg) > sum(u["test_acc"] for u in unreg), shown
-    assert all(r["evidence"]["gap"] < u["evidence"]["gap"] for r, u in zip(reg, unreg)), shown
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_on_scarce_real_clothes_the_1000_image_preset_beats_no_regularization_by_2_points(tmp_path, seed):
+    """The course's lesson on real data (issue #30 item 5): experiment=fashion_mnist_1000 against the same
+    1,000 images, split, seed and 150 epochs with none of its techniques. docs/results.md has the figures,
+    measured with one thread per run as `make test-all` runs this on two cores: +2.05, +3.21 and +3.37
+    points for seeds 0-2, the gap 3.7 points narrower; still overfitting by regx's verdict. About 9 minutes a
+    seed: the plain run stops 40 epochs after its best (epoch 33-39 of 150 in the full runs, whose best.pt
+    is therefore the same), which only saves time."""
+    base = [f"data.root={tmp_path}", f"seed={seed}"]
+    cfg = config.compose(["experiment=fashion_mnist_1000", *base])
+    reg = train(cfg, tmp_path / "reg")
+    budget = [f"data.{k}={cfg.data[k]}" for k in ("train_size", "val_fraction")]
+    budget += [f"{k}={cfg[k]}" for k in ("batch_size", "epochs")]
+    plain = ["data=fashion_mnist", *budget, "aug=none", "dropout=none", "wd=0", "sched=constant"]  # ablate's
+    plain = train(config.compose([*plain, *base, "early_stop.patience=40"]), tmp_path / "plain")
+    shown = {k: (reg[k], plain[k]) for k in ("test_acc", "best_epoch", "verdict")}
+    assert reg["test_acc"] - plain["test_acc"] >= 0.02, shown
+    assert reg["evidence"]["gap"] < plain["evidence"]["gap"] - 0.02, (shown, reg["evidence"], plain["evidence"])
