@@ -268,7 +268,7 @@ def test_the_training_split_is_counted_without_loading_it(tmp_path, monkeypatch)
     cases = [
         ["data.n_train=500"],
         ["data.n_train=500", "data.train_size=100"],
-        ["data.val_fraction=0.3"],
+        ["data.n_train=500", "data.val_fraction=0.3"],
         ["data=imagefolder", f"data.path={tmp_path / 'flat'}", "data.image_size=16", "data.workers=0"],
         ["data=imagefolder", f"data.path={tmp_path / 'split'}", "data.image_size=16", "data.workers=0"],
     ]
