@@ -205,7 +205,8 @@ def arms_chart(path: Path, data: list[dict], metric: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(data) + 2), 4.4), dpi=110)
+    width = max(6.0, 1.2 * len(data) + 2)
+    fig, ax = plt.subplots(figsize=(width, 4.4), dpi=110)
     names = [d["arm"] for d in data]
     means = [100 * (d["mean"] or 0) for d in data]
     stds = [100 * (d["std"] or 0) for d in data]
@@ -227,10 +228,9 @@ def arms_chart(path: Path, data: list[dict], metric: str, title: str) -> None:
     ax.set_xticks(range(len(names)), names)
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel(f"{metric} accuracy (%)")
-    ax.set_title(
-        _wrap(title) + "\npoints: mean ± std over seeds (dots); above: the difference from the baseline ± its 95% CI",
-        fontsize=9,
-    )
+    caption = "points: mean ± std over seeds (dots); above: the difference from the baseline ± its 95% CI"
+    chars = int(12.5 * width)  # characters of 9-point text a line of the figure holds
+    ax.set_title(_wrap(title, chars) + "\n" + _wrap(caption, chars), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
 
