@@ -60,11 +60,18 @@ def save_aug_grid(path: Path, images: torch.Tensor, aug_cfg, seed: int = 0, rows
     return Path(path)
 
 
-def _wrap(title: str, width: int = 90) -> str:
-    """A title that fits the figure: broken between words, and inside a long run name where it must be."""
+def _fit_titles(fig) -> None:
+    """Break every title into lines that fit where it is drawn: an axes' title over the axes (a little
+    wider: it may overhang the margins), the figure's titles over the figure. DejaVu Sans averages about
+    0.55 of its size per character; 0.6 leaves room. Long words (run names) are broken where they must be."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(title, width))
+    width = fig.get_figwidth() * 72  # points
+    titles = [(ax.title, min(width, 1.2 * ax.get_position().width * width)) for ax in fig.axes]
+    for text, room in [*titles, *((t, width) for t in fig.texts)]:
+        chars = max(20, int(room / (0.6 * text.get_fontsize())))
+        lines = text.get_text().split("\n")
+        text.set_text("\n".join(part for line in lines for part in (textwrap.wrap(line, chars) or [""])))
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -73,6 +80,7 @@ def save_figure(fig, path: Path) -> Path:
 
     from regx.files import write_atomic
 
+    _fit_titles(fig)
     fig.tight_layout()
     try:
         write_atomic(Path(path), lambda f: fig.savefig(f, format="png"))
@@ -155,7 +163,7 @@ def curves_figure(rows: list[dict], title: str = ""):
     extra = ax_lr.get_legend_handles_labels()
     ax_loss.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8)
     ax_acc.legend(fontsize=8)
-    fig.suptitle(_wrap(title, 130), fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -205,8 +213,7 @@ def arms_chart(path: Path, data: list[dict], metric: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    width = max(6.0, 1.2 * len(data) + 2)
-    fig, ax = plt.subplots(figsize=(width, 4.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(data) + 2), 4.4), dpi=110)
     names = [d["arm"] for d in data]
     means = [100 * (d["mean"] or 0) for d in data]
     stds = [100 * (d["std"] or 0) for d in data]
@@ -229,8 +236,7 @@ def arms_chart(path: Path, data: list[dict], metric: str, title: str) -> None:
     ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_ylabel(f"{metric} accuracy (%)")
     caption = "points: mean ± std over seeds (dots); above: the difference from the baseline ± its 95% CI"
-    chars = int(12.5 * width)  # characters of 9-point text a line of the figure holds
-    ax.set_title(_wrap(title, chars) + "\n" + _wrap(caption, chars), fontsize=9)
+    ax.set_title(f"{title}\n{caption}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
 
@@ -438,7 +444,7 @@ def reliability_plot(path: Path, cal: dict, title: str) -> Path:
     label = f"ECE {100 * cal['ece']:.2f}%"
     if cal.get("temperature") is not None:
         label += f"; at T={cal['temperature']:.2f}: {100 * cal['scaled_ece']:.2f}%"
-    ax.set_title(f"{_wrap(title)}\n{label} (bars: 15 bins, numbers: images)", fontsize=8)
+    ax.set_title(f"{title}\n{label} (bars: 15 bins, numbers: images)", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
     return save_figure(fig, path)
 
@@ -463,8 +469,6 @@ def corruption_plot(path: Path, c: dict, clean: float, title: str) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.set_title(
-        f"{_wrap(title)}\nmean corrupted accuracy {100 * c['mean']:.2f}%, clean {100 * clean:.2f}%", fontsize=8
-    )
+    ax.set_title(f"{title}\nmean corrupted accuracy {100 * c['mean']:.2f}%, clean {100 * clean:.2f}%", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
     return save_figure(fig, path)

@@ -148,30 +148,3 @@ def test_augmentations_of_several_arms_compose_together_in_all(tmp_path):
     got = config.compose(["debug=smoke", "+ablate_arm=all", f"hydra.searchpath=[file://{tmp_path / 'arms'}]"])
     assert got == config.compose(["debug=smoke", *arms["all"]])
     assert got.aug.augmix.p > 0 and got.aug.crop.p > 0 and got.aug.rotate.p > 0
-
-
-def test_every_text_of_a_two_arm_chart_is_inside_the_picture(tmp_path, monkeypatch):
-    """ablation.png of a baseline and one arm is the narrowest chart: its caption ran past the right edge."""
-    from matplotlib.text import Text
-
-    from regx import plots
-
-    outside = []
-
-    def check(fig, path):
-        fig.tight_layout()
-        fig.canvas.draw()
-        box = fig.bbox
-        for text in fig.findobj(Text):
-            if text.get_visible() and text.get_text():
-                ext = text.get_window_extent()
-                if ext.x0 < box.x0 - 1 or ext.x1 > box.x1 + 1 or ext.y0 < box.y0 - 1 or ext.y1 > box.y1 + 1:
-                    outside.append(text.get_text())
-
-    monkeypatch.setattr(plots, "save_figure", check)
-    arm = {"mean": 0.87, "std": 0.004, "diff": 0.029, "ci95": 0.018, "scores": {0: 0.867, 1: 0.874, 2: 0.874}}
-    base = {"mean": 0.843, "std": 0.003, "diff": None, "ci95": None, "scores": {0: 0.847, 1: 0.842, 2: 0.840}}
-    plots.arms_chart(
-        tmp_path / "a.png", [{"arm": "baseline", **base}, {"arm": "recipe_erase", **arm}], "test", "regx ablate: x"
-    )
-    assert not outside, outside
