@@ -531,7 +531,8 @@ def _composed(overrides: tuple, searched: tuple, primary: str, name: str, _state
 def _tree_state(*dirs: str | None) -> tuple:
     """The YAML files of config trees `dirs` (a primary config, its groups, their subgroups: three levels,
     not all, since a -cd folder may hold a dataset) with a hash of each: a file changed, added or removed
-    composes anew. Contents, not modification times, which two writes in one clock tick share."""
+    composes anew. Contents, not modification times, which two writes in one clock tick share. Not
+    watched: folders a config adds to Hydra's search path itself (hydra.searchpath in a YAML file)."""
     return tuple(
         (str(f), hashlib.blake2b(f.read_bytes(), digest_size=16).digest())
         for d in dirs
