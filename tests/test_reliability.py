@@ -454,3 +454,26 @@ def test_a_killed_writers_temporary_files_go_at_the_next_write_and_a_live_ones_s
         assert clear_dead_temporaries(tmp_path / "m1.onnx") == [onnx]
     finally:
         live.kill()
+
+
+@pytest.mark.parametrize("kind", ["run", "command"])
+def test_a_process_forked_under_a_stop_handler_dies_of_sigterm_silently(kind):
+    """A decoding worker is forked with the run's handlers; torch's DataLoader may terminate one before
+    its worker_init ignores the signals. It ran the run's handler: a stray "regx: SIGTERM: stopping
+    after this step" on the run's stderr (test_a_low_open_file_limit_is_one_line_and_a_failed_status
+    failed about one time in four) and a worker that went on instead of dying."""
+    import signal
+
+    from regx.signals import TermAsInterrupt
+    from regx.train import StopRequest
+
+    with StopRequest() if kind == "run" else TermAsInterrupt() as stop:
+        pid = os.fork()
+        if pid == 0:  # the child: what a worker does before its worker_init
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
+    assert not stop()
