@@ -277,9 +277,6 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors reach _guarded: one line, not Hydra's traceback
     import hydra
 
-    def known(overrides):  # hydra.mode from the preflight's composition, memoized
-        return config.hydra_mode(overrides, where.get("-cd"), primary, where.get("-cn", "train"))
-
     from regx import sweep
 
     args, sweep_dir = _directories(args, overrides, info_only, multirun, where)
@@ -295,7 +292,10 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     sys.argv = ["regx train", *args]
     try:
         if not multirun or sweep_dir is None:
-            with sweep.LateStop() as late, _known_mode(_UNKNOWN if info_only or multirun else known(overrides)):
+            mode = _UNKNOWN
+            if not (info_only or multirun):  # the preflight composed it: Hydra need not compose it again
+                mode = config.hydra_mode(overrides, where.get("-cd"), primary, where.get("-cn", "train"))
+            with sweep.LateStop() as late, _known_mode(mode):
                 jobs.late = late
                 main()
             late_code = None if jobs.failed else _late(late, jobs.completed > 0)
