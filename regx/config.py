@@ -450,6 +450,7 @@ class TrainConfig:
 
 
 AUG_OPS = tuple(f.name for f in dataclasses.fields(AugConfig) if f.name != "name")
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 GROUPS = (
     "data",
     "model",
@@ -522,29 +523,93 @@ def hydra_mode(
 
 def _compose_key(overrides, config_dir, primary, name) -> tuple:
     register()
-    primary, searched = primary or str(conf_dir()), []
+    primary = primary or str(conf_dir())
     if config_dir:
         config_dir = str(Path(config_dir).expanduser().resolve())
         if not (Path(primary) / f"{name}.yaml").is_file() and (Path(config_dir) / f"{name}.yaml").is_file():
             primary, config_dir = config_dir, primary  # -cn names a config in the -cd folder
-        searched = [f"hydra.searchpath=[file://{config_dir}]"]
-    return tuple(overrides), tuple(searched), primary, name, _tree_state(primary, config_dir)
+    return tuple(overrides), config_dir or None, primary, name, _tree_state(primary, config_dir)
 
 
 @functools.lru_cache(maxsize=32)
-def _composed(overrides: tuple, searched: tuple, primary: str, name: str, _state: tuple) -> tuple[DictConfig, Any]:
-    """Hydra's composition, about 0.15 s, once per process for the same arguments and config files (a
-    study's preflight composes the same configs again, the tests the same presets): the config without
-    Hydra's node, as hydra.compose returns it, and that node's `mode`."""
+def _composed(
+    overrides: tuple, config_dir: str | None, primary: str, name: str, state: tuple
+) -> tuple[DictConfig, Any]:
+    """Hydra's composition, once per process for the same arguments and config files (a study's
+    preflight composes the same configs again, the tests the same presets): the config without Hydra's
+    node, as hydra.compose returns it, and that node's `mode`.
+
+    Hydra composes in two steps: the defaults list, which only the config-group overrides (`aug=flip`,
+    `~dropout`) and the search path choose, merged into one config (about 0.2 s), then every other
+    override (`epochs=3`, `+notes.why=x`) set on it (ConfigLoaderImpl._apply_overrides_to_config). The
+    first step is memoized by the group overrides alone (_structure); the second is Hydra's own, run on
+    a copy. A sweep (`seed=1,2`) is left to Hydra whole, as is anything that is not parsed."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+    except Exception:  # Hydra's own composition says what is wrong, in its words
+        parsed = None
+    if parsed is None or any(o.is_sweep_override() for o in parsed):
+        return _split(_hydra_compose(overrides, config_dir, primary, name))
+    groups = _groups(primary, config_dir, state)
+    shaping = [o for o in parsed if _shapes_defaults(o, groups)]
+    values = [o for o in parsed if not _shapes_defaults(o, groups)]
+    full, bare = _structure(tuple(o.input_line for o in shaping), config_dir, primary, name, state)
+    if any(o.key_or_group.split(".")[0] == "hydra" for o in values):  # hydra.mode=MULTIRUN, hydra.run.dir=...
+        cfg = copy.deepcopy(full)
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        return _split(cfg)
+    cfg = copy.deepcopy(bare)
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    return cfg, full.hydra.mode
+
+
+@functools.lru_cache(maxsize=32)
+def _structure(
+    shaping: tuple, config_dir: str | None, primary: str, name: str, _state: tuple
+) -> tuple[DictConfig, DictConfig]:
+    """The config that the group overrides `shaping` compose, with Hydra's node and without it."""
+    full = _hydra_compose(shaping, config_dir, primary, name)
+    return full, _split(copy.deepcopy(full))[0]
+
+
+def _hydra_compose(overrides, config_dir: str | None, primary: str, name: str) -> DictConfig:
+    """hydra.compose, as `regx train -cd config_dir -cp primary -cn name overrides` composes (-cd: a user's
+    folder searched before the primary one), with Hydra's node."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    searched = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
     with initialize_config_dir(config_dir=primary, version_base="1.3"):
-        cfg = hydra_compose(config_name=name, overrides=[*overrides, *searched], return_hydra_config=True)
+        return hydra_compose(config_name=name, overrides=[*overrides, *searched], return_hydra_config=True)
+
+
+def _split(cfg: DictConfig) -> tuple[DictConfig, Any]:
+    """(the config without Hydra's node, as hydra.compose returns it, that node's `mode`); `cfg` is changed."""
     mode = cfg.hydra.mode
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg, mode
+
+
+def _shapes_defaults(override, groups: frozenset) -> bool:
+    """Whether Hydra may read `override` when it builds the defaults list: a config group (`aug=flip`,
+    `~dropout`, `hydra/launcher=joblib`, `+experiment=x`, `+aug@notes.x=flip`, `+ablate_arm=all` from a
+    folder on hydra.searchpath) or the search path. A config key is dotted (`aug.crop.pad=2`) or one of
+    the schema's top-level fields that no config folder holds a group of (`epochs=3`); a group never is."""
+    key = override.key_or_group
+    if key in ("hydra", "hydra.searchpath") or "/" in key or key in groups:
+        return True
+    return "." not in key and key not in _FIELDS
+
+
+@functools.lru_cache(maxsize=8)
+def _groups(primary: str, config_dir: str | None, _state: tuple) -> frozenset:
+    """The top-level config groups of the config trees: their folders (Hydra's own are under hydra/)."""
+    dirs = [Path(d) for d in (primary, config_dir) if d and Path(d).is_dir()]
+    return frozenset(p.name for d in dirs for p in d.iterdir() if p.is_dir() and p.name != "__pycache__")
 
 
 def _tree_state(*dirs: str | None) -> tuple:

@@ -146,3 +146,43 @@ def test_a_composed_config_is_reused_only_while_its_files_are_unchanged(tmp_path
     assert config.compose(["aug=mine"], config_dir=str(tmp_path)).aug.hflip.p == 0.75
     (tmp_path / "aug" / "other.yaml").write_text("name: other\n")
     assert config.compose(["aug=other"], config_dir=str(tmp_path)).aug.hflip.p == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["epochs=2", "aug=flip_rotate", "aug.rotate.degrees=5", "+notes.why=x"],  # a key set before its group
+        ["experiment=fashion_mnist_1000", "~data.train_size", "++wd=0.1", "dropout=none"],
+        ["hydra.mode=MULTIRUN", "hydra.run.dir=/x", "~dropout", "+aug@notes.extra=flip"],
+        ["aug@extra=flip"],
+        ["+arm=wide", "epochs=3", "hydra.searchpath=[file://{tmp}/more]"],  # a group from the search path
+        ["aug=nope"],  # Hydra's errors, word for word
+        ["aug.nokey=1"],
+        ["+epochs=3", "aug=none"],
+        ["epochs=abc"],
+    ],
+)
+def test_the_memoized_composition_is_hydras(overrides, tmp_path):
+    """compose memoizes the defaults list's config by the group overrides alone and sets the other
+    overrides on a copy as Hydra does: the config, its `hydra.mode` and any error equal a whole
+    composition by hydra.compose, with the user's -cd folder on the search path too."""
+    from omegaconf import OmegaConf
+
+    (tmp_path / "aug").mkdir()
+    (tmp_path / "aug" / "mine.yaml").write_text("name: mine\nhflip:\n  p: 0.25\n")
+    (tmp_path / "more" / "arm").mkdir(parents=True)
+    (tmp_path / "more" / "arm" / "wide.yaml").write_text("# @package _global_\nmodel:\n  channels: [64, 128]\n")
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+
+    def composed(how, config_dir):
+        try:
+            if how == "hydra":
+                cfg, mode = config._split(config._hydra_compose(overrides, config_dir, str(config.conf_dir()), "train"))
+            else:
+                cfg, mode = config.compose(overrides, config_dir), config.hydra_mode(overrides, config_dir)
+            return OmegaConf.to_yaml(cfg), str(mode), OmegaConf.is_struct(cfg)
+        except Exception as exc:
+            return type(exc).__name__, str(exc)
+
+    for config_dir in (None, str(tmp_path)):
+        assert composed("memo", config_dir) == composed("hydra", config_dir)
