@@ -144,7 +144,10 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
             ),
             ("more training data", "data.train_size=null" if cfg.data.train_size is not None else None),
         ]
-        if not rising:  # validation did not go past its best: stopping early would gain little
+        best, last = evidence.get("epoch"), evidence.get("epochs")
+        if best is not None and last is not None and best + min(5, cfg.epochs // 2) > last:
+            candidates.pop(0)  # the best epoch is too near the end for that patience to have stopped this run
+        elif not rising:  # validation did not go past its best: stopping early would gain little
             candidates.append(candidates.pop(0))
         out += [(what, how) for what, how in candidates if how]
     elif kind == "underfitting":

@@ -123,6 +123,14 @@ def test_early_stopping_is_suggested_only_where_it_can_trigger():
         _, pairs = suggested("overfitting", ["aug=none", "wd=0", f"epochs={epochs}"], past_best=True)
         shown = [how for _, how in pairs if how.startswith("early_stop")]
         assert shown == ([f"early_stop.patience={patience}"] if patience else []), epochs
+    # a run whose best epoch is too near its end for the patience to have stopped it (main said "stop at
+    # the best epoch" with patience 5 to a 150-epoch run that peaked at epoch 149)
+    for best, shown in ((149, []), (146, []), (145, ["early_stop.patience=5"])):
+        for rising in (False, True):
+            _, pairs = suggested(
+                "overfitting", ["aug=none", "wd=0", "epochs=150"], past_best=rising, epoch=best, epochs=150
+            )
+            assert [how for _, how in pairs if how.startswith("early_stop")] == shown, (best, rising)
 
 
 def test_few_steps_come_first_with_a_batch_size():
