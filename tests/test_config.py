@@ -149,32 +149,36 @@ def test_a_composed_config_is_reused_only_while_its_files_are_unchanged(tmp_path
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "cd"),
     [
-        ["epochs=2", "aug=flip_rotate", "aug.rotate.degrees=5", "+notes.why=x"],  # a key set before its group
-        ["experiment=fashion_mnist_1000", "~data.train_size", "++wd=0.1", "dropout=none"],
-        ["hydra.mode=MULTIRUN", "hydra.run.dir=/x", "~dropout", "+aug@notes.extra=flip"],
-        ["aug@extra=flip"],
-        ["+arm=wide", "epochs=3", "hydra.searchpath=[file://{tmp}/more]"],  # a group from the search path
-        ["aug=nope"],  # Hydra's errors, word for word
-        ["aug.nokey=1"],
-        ["+epochs=3", "aug=none"],
-        ["epochs=abc"],
+        (  # a key set before its group, +/~, Hydra's node, a group at a package
+            ["hydra.mode=MULTIRUN", "epochs=2", "aug.rotate.degrees=5", "aug=flip_rotate", "+notes.why=x", "~dropout"]
+            + ["hydra.run.dir=/x", "+aug@notes.extra=flip", "epochs=4"],
+            False,
+        ),
+        (["experiment=fashion_mnist_1000", "~data.train_size", "++wd=0.1", "dropout=none"], False),
+        (["aug=mine", "aug.hflip.p=0.5", "seed=3"], True),  # a group option in the user's -cd folder
+        (["+arm=wide", "epochs=3", "hydra.searchpath=[file://{tmp}/more]"], False),  # a group from the search path
+        (["aug=nope"], True),  # Hydra's errors, word for word
+        (["aug@extra=flip"], False),
+        (["aug.nokey=1"], False),
+        (["+epochs=3", "aug=none"], False),
+        (["epochs=abc"], False),
     ],
 )
-def test_the_memoized_composition_is_hydras(overrides, tmp_path):
+def test_the_memoized_composition_is_hydras(overrides, cd, tmp_path):
     """compose memoizes the defaults list's config by the group overrides alone and sets the other
     overrides on a copy as Hydra does: the config, its `hydra.mode` and any error equal a whole
-    composition by hydra.compose, with the user's -cd folder on the search path too."""
+    composition by hydra.compose (cd: with the user's -cd folder on the search path)."""
     from omegaconf import OmegaConf
 
     (tmp_path / "aug").mkdir()
     (tmp_path / "aug" / "mine.yaml").write_text("name: mine\nhflip:\n  p: 0.25\n")
     (tmp_path / "more" / "arm").mkdir(parents=True)
     (tmp_path / "more" / "arm" / "wide.yaml").write_text("# @package _global_\nmodel:\n  channels: [64, 128]\n")
-    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    overrides, config_dir = [o.format(tmp=tmp_path) for o in overrides], str(tmp_path) if cd else None
 
-    def composed(how, config_dir):
+    def composed(how):
         try:
             if how == "hydra":
                 cfg, mode = config._split(config._hydra_compose(overrides, config_dir, str(config.conf_dir()), "train"))
@@ -184,5 +188,4 @@ def test_the_memoized_composition_is_hydras(overrides, tmp_path):
         except Exception as exc:
             return type(exc).__name__, str(exc)
 
-    for config_dir in (None, str(tmp_path)):
-        assert composed("memo", config_dir) == composed("hydra", config_dir)
+    assert composed("memo") == composed("hydra")
