@@ -11,7 +11,7 @@ import importlib.util
 import os
 import re
 
-from regx.config import GROUPS, ConfigError, compose, flat_keys, group_options, validate
+from regx.config import AUG_OPS, GROUPS, ConfigError, compose, conf_dir, flat_keys, group_options, validate
 
 # Optional Hydra plugins (pip install 'regx[sweeps]'): an override naming one -> the module it needs.
 PLUGINS = {
@@ -250,6 +250,7 @@ def preflight(
             raise
         except Exception as exc:
             raise ConfigError(explain(exc, variant)) from exc
+        _check_aug_switches(variant, cfg)
         if cfg.data.train_size is not None:
             _check_train_size(cfg)
         if cfg.diagnose.corrupt:
@@ -258,6 +259,35 @@ def preflight(
             _check_timm_input(cfg)
         if sources:  # regx check-data surveys the folder itself, every problem at once
             _check_sources(cfg, checked)
+
+
+def _check_aug_switches(overrides: list[str], cfg) -> None:
+    """A setting of an augmentation named on the command line (`aug.rotate.degrees=30`) while that
+    operation is off (`aug.rotate.p` 0: the chosen aug option does not apply it) would be a silent no-op:
+    refused, with the options that turn it on. A setting that an option file brings with it is not
+    refused (`regx path aug.rotate.p=0,0.5` on aug=flip_rotate starts from rotation off)."""
+    for o in overrides:
+        key = o.lstrip("+").split("=", 1)[0]
+        parts = key.split(".")
+        if o.startswith("~") or len(parts) != 3 or parts[0] != "aug" or parts[1] not in AUG_OPS or parts[2] == "p":
+            continue
+        op = parts[1]
+        if cfg.aug[op].p == 0:
+            on = [
+                f"aug={f.stem}"
+                for f in sorted((conf_dir() / "aug").glob("*.yaml"))
+                if float((_yaml(f).get(op) or {}).get("p", 0)) > 0
+            ]
+            raise ConfigError(
+                f"{key}={cfg.aug[op][parts[2]]!r} is not read: aug.{op}.p is 0, so no image gets {op}; "
+                f"add aug.{op}.p (e.g. 0.5)" + (f" or an option that applies it ({', '.join(on)})" if on else "")
+            )
+
+
+def _yaml(path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path)) or {}
 
 
 def _check_sources(cfg, checked: set) -> None:

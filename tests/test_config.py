@@ -101,6 +101,12 @@ def test_used_by_command_composes():
             "data.channels=3 is not read by data=fashion_mnist: only data=shapes",
         ),
         (["sched=cosine", "sched.gamma=0.5"], "sched.gamma=0.5 is not read by sched=cosine: only sched=step or "),
+        (  # an augmentation's setting while it is off: main trained without rotation, exit 0
+            ["aug=flip", "aug.rotate.degrees=10"],
+            "aug.rotate.degrees=10.0 is not read: aug.rotate.p is 0, so no image gets rotate; add aug.rotate.p (e.g. "
+            "0.5) or an option that applies it (aug=all, aug=flip_rotate)",
+        ),
+        (["aug=none", "++aug.mixup.alpha=0.2"], "aug.mixup.alpha=0.2 is not read: aug.mixup.p is 0"),
     ],
 )
 def test_bad_config_is_one_line(overrides, message):
