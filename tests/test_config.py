@@ -195,3 +195,12 @@ def test_the_memoized_composition_is_hydras(overrides, cd, tmp_path):
             return type(exc).__name__, str(exc)
 
     assert composed("memo") == composed("hydra")
+
+
+def test_an_operation_turned_off_keeps_the_settings_its_option_brings():
+    """Only settings named on the command line are refused while their operation is off: a path over
+    aug.rotate.p from 0 on aug=flip_rotate (whose file sets the degrees) composes at every point."""
+    for p in ("0", "0.5"):
+        errors.preflight(["aug=flip_rotate", f"aug.rotate.p={p}"])
+    with pytest.raises(config.ConfigError, match="aug.rotate.degrees=30.0 is not read"):
+        errors.preflight(["aug=flip_rotate", "aug.rotate.p=0", "aug.rotate.degrees=30"])
