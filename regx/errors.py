@@ -11,6 +11,8 @@ import importlib.util
 import os
 import re
 
+from omegaconf import OmegaConf
+
 from regx.config import AUG_OPS, GROUPS, ConfigError, compose, conf_dir, flat_keys, group_options, validate
 
 # Optional Hydra plugins (pip install 'regx[sweeps]'): an override naming one -> the module it needs.
@@ -250,7 +252,7 @@ def preflight(
             raise
         except Exception as exc:
             raise ConfigError(explain(exc, variant)) from exc
-        _check_aug_switches(variant, cfg)
+        _check_switches(variant, cfg)
         if cfg.data.train_size is not None:
             _check_train_size(cfg)
         if cfg.diagnose.corrupt:
@@ -261,27 +263,55 @@ def preflight(
             _check_sources(cfg, checked)
 
 
-def _check_aug_switches(overrides: list[str], cfg) -> None:
-    """A setting of an augmentation named on the command line (`aug.rotate.degrees=30`) while that
-    operation is off (`aug.rotate.p` 0: the chosen aug option does not apply it) would be a silent no-op:
-    refused, with the options that turn it on. A setting that an option file brings with it is not
-    refused (`regx path aug.rotate.p=0,0.5` on aug=flip_rotate starts from rotation off)."""
-    for o in overrides:
-        key = o.lstrip("+").split("=", 1)[0]
-        parts = key.split(".")
-        if o.startswith("~") or len(parts) != 3 or parts[0] != "aug" or parts[1] not in AUG_OPS or parts[2] == "p":
+def _check_switches(overrides: list[str], cfg) -> None:
+    """A setting named on the command line for something that is off would be a silent no-op: refused
+    with what turns it on. `aug.rotate.degrees=30` while aug.rotate.p is 0 (the chosen aug option does
+    not rotate), `early_stop.min_delta` without a patience, `data.label_noise_kind` without noise,
+    `compile_mode` without compile, smallcnn's widths for another model. A switch named too
+    (`regx path aug.rotate.p=0,0.5 aug.rotate.degrees=30` at 0) is deliberate: allowed; so is what an
+    option file brings with it (aug=flip_rotate aug.rotate.p=0)."""
+    named = [o.lstrip("+").split("=", 1)[0] for o in overrides if not o.startswith("~")]
+    for key in named:
+        rule = _switch(key, cfg)
+        if rule is None:
             continue
+        switch, read, why = rule
+        if not read and switch not in named:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not read: {why}")
+
+
+def _switch(key: str, cfg) -> tuple[str | None, bool, str] | None:
+    """(the switch that turns `key` on, None where only another model reads it; whether it is on; why
+    not, with what turns it on) for a setting that something can switch off, else None."""
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "aug" and parts[1] in AUG_OPS and parts[2] != "p":
         op = parts[1]
-        if cfg.aug[op].p == 0:
-            on = [
-                f"aug={f.stem}"
-                for f in sorted((conf_dir() / "aug").glob("*.yaml"))
-                if float((_yaml(f).get(op) or {}).get("p", 0)) > 0
-            ]
-            raise ConfigError(
-                f"{key}={cfg.aug[op][parts[2]]!r} is not read: aug.{op}.p is 0, so no image gets {op}; "
-                f"add aug.{op}.p (e.g. 0.5)" + (f" or an option that applies it ({', '.join(on)})" if on else "")
-            )
+        on = [
+            f"aug={f.stem}"
+            for f in sorted((conf_dir() / "aug").glob("*.yaml"))
+            if float((_yaml(f).get(op) or {}).get("p", 0)) > 0
+        ]
+        return (
+            f"aug.{op}.p",
+            cfg.aug[op].p > 0,
+            f"aug.{op}.p is 0, so no image gets {op}; add aug.{op}.p (e.g. 0.5)"
+            + (f" or an option that applies it ({', '.join(on)})" if on else ""),
+        )
+    if key == "early_stop.min_delta":
+        e = cfg.early_stop
+        return "early_stop.patience", e.patience > 0, "early_stop.patience is 0, so no run stops early; add it (e.g. 5)"
+    if key == "data.label_noise_kind":
+        n = cfg.data.label_noise
+        return "data.label_noise", n > 0, "data.label_noise is 0, so no label is changed; add it (e.g. 0.2)"
+    if key == "compile_mode":
+        return "compile", bool(cfg.compile), "compile is false, so nothing is compiled; add compile=true"
+    if key in ("model.channels", "model.convs_per_block", "model.fc"):
+        m = cfg.model
+        return None, m.name == "smallcnn", f"it shapes model=smallcnn, and {m.name} has its own layers"
+    if key == "model.small_input":
+        m = cfg.model
+        return None, m.name != "smallcnn", "it swaps a ResNet's stem, and smallcnn has none (it suits any size)"
+    return None
 
 
 def _yaml(path) -> dict:

@@ -197,10 +197,30 @@ def test_the_memoized_composition_is_hydras(overrides, cd, tmp_path):
     assert composed("memo") == composed("hydra")
 
 
-def test_an_operation_turned_off_keeps_the_settings_its_option_brings():
-    """Only settings named on the command line are refused while their operation is off: a path over
-    aug.rotate.p from 0 on aug=flip_rotate (whose file sets the degrees) composes at every point."""
-    for p in ("0", "0.5"):
+@pytest.mark.parametrize(
+    ("setting", "switch", "message"),
+    [
+        ("early_stop.min_delta=0.01", "early_stop.patience", "early_stop.patience is 0, so no run stops early"),
+        ("data.label_noise_kind=pairflip", "data.label_noise", "data.label_noise is 0, so no label is changed"),
+        ("compile_mode=reduce-overhead", "compile", "compile is false, so nothing is compiled; add compile=true"),
+        ("aug.color.hue=0.1", "aug.color.p", "aug.color.p is 0, so no image gets color"),
+    ],
+)
+def test_a_setting_of_something_switched_off_is_refused_unless_the_switch_is_named(setting, switch, message):
+    """main trained with each of these settings unread and exited 0. A switch named too is deliberate
+    (a path or sweep from 0: `regx path data.label_noise=0,0.2 data.label_noise_kind=pairflip`)."""
+    with pytest.raises(config.ConfigError) as err:
+        errors.preflight(["debug=smoke", setting])
+    assert str(err.value).startswith(f"{setting.split('=')[0]}=") and message in str(err.value)
+    off = "false" if switch == "compile" else "0"
+    errors.preflight(["debug=smoke", setting, f"{switch}={off}"])
+
+
+def test_smallcnns_layers_are_refused_for_another_model_and_its_option_brings_what_it_may():
+    with pytest.raises(config.ConfigError, match=r"model.channels=\[8, 16\] is not read: it shapes model=smallcnn"):
+        errors.preflight(["model=resnet18", "model.channels=[8,16]"])
+    with pytest.raises(config.ConfigError, match="model.small_input=True is not read: it swaps a ResNet's stem"):
+        errors.preflight(["model.small_input=true"])
+    errors.preflight(["debug=smoke", "model=resnet18"])  # debug=smoke's own smallcnn widths are not named
+    for p in ("0", "0.5"):  # aug=flip_rotate's file sets the degrees: rotation off keeps them
         errors.preflight(["aug=flip_rotate", f"aug.rotate.p={p}"])
-    with pytest.raises(config.ConfigError, match="aug.rotate.degrees=30.0 is not read"):
-        errors.preflight(["aug=flip_rotate", "aug.rotate.p=0", "aug.rotate.degrees=30"])
