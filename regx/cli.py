@@ -514,7 +514,7 @@ def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[
         )
     first_point, baseline = next(iter(points.values()), []), next(iter(arms.values()))
     for what, extra in [
-        *((f"arm {n}", [*o, *first_point]) for n, o in arms.items()),
+        *((f"arm {n}", [*o, *first_point]) for n, o in arms.items() if o or not points),  # a path's one arm: none
         *((f"point {n}", [*baseline, *o]) for n, o in points.items()),
     ]:
         try:
