@@ -267,9 +267,9 @@ def _check_switches(overrides: list[str], cfg) -> None:
     """A setting named on the command line for something that is off would be a silent no-op: refused
     with what turns it on. `aug.rotate.degrees=30` while aug.rotate.p is 0 (the chosen aug option does
     not rotate), `early_stop.min_delta` without a patience, `data.label_noise_kind` without noise,
-    `compile_mode` without compile, smallcnn's widths for another model. A switch named too
-    (`regx path aug.rotate.p=0,0.5 aug.rotate.degrees=30` at 0) is deliberate: allowed; so is what an
-    option file brings with it (aug=flip_rotate aug.rotate.p=0)."""
+    `clip_mode` without clip_grad, `compile_mode` without compile, smallcnn's widths for another model.
+    A switch named too (`regx path aug.rotate.p=0,0.5 aug.rotate.degrees=30` at 0) is deliberate:
+    allowed; so is what an option file brings with it (aug=flip_rotate aug.rotate.p=0)."""
     named = [o.lstrip("+").split("=", 1)[0] for o in overrides if not o.startswith("~")]
     for key in named:
         rule = _switch(key, cfg)
@@ -303,6 +303,8 @@ def _switch(key: str, cfg) -> tuple[str | None, bool, str] | None:
     if key == "data.label_noise_kind":
         n = cfg.data.label_noise
         return "data.label_noise", n > 0, "data.label_noise is 0, so no label is changed; add it (e.g. 0.2)"
+    if key == "clip_mode":
+        return "clip_grad", cfg.clip_grad > 0, "clip_grad is 0, so no gradient is clipped; add it (e.g. 1)"
     if key == "compile_mode":
         return "compile", bool(cfg.compile), "compile is false, so nothing is compiled; add compile=true"
     if key in ("model.channels", "model.convs_per_block", "model.fc"):

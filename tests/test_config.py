@@ -203,6 +203,7 @@ def test_the_memoized_composition_is_hydras(overrides, cd, tmp_path):
         ("early_stop.min_delta=0.01", "early_stop.patience", "early_stop.patience is 0, so no run stops early"),
         ("data.label_noise_kind=pairflip", "data.label_noise", "data.label_noise is 0, so no label is changed"),
         ("compile_mode=reduce-overhead", "compile", "compile is false, so nothing is compiled; add compile=true"),
+        ("clip_mode=value", "clip_grad", "clip_grad is 0, so no gradient is clipped"),
         ("aug.color.hue=0.1", "aug.color.p", "aug.color.p is 0, so no image gets color"),
     ],
 )
