@@ -625,6 +625,23 @@ def _budget_options(p: _Parser) -> None:
     )
 
 
+def _steps(a, cfg, sizes: list[int]) -> int | None:
+    """The optimizer steps of every run of a curve or path (--budget steps over --sizes), else None; a
+    --steps that nothing would read is refused."""
+    from regx import curve
+
+    if a.budget == "steps" and sizes:
+        return a.steps or curve.default_steps(cfg, sizes)
+    if a.steps is not None:
+        why = (
+            "--budget epochs trains every run the config's epochs"
+            if sizes
+            else "a path at one size trains the config's epochs"
+        )
+        raise BadInput(f"--steps {a.steps}: {why}; set epochs=N instead, or drop --steps")
+    return None
+
+
 def _sizes_checked(cfg, spec: str | None) -> list[int]:
     """--sizes, each at most the training images the data has."""
     from omegaconf import open_dict
@@ -677,7 +694,7 @@ def cmd_curve(args: list[str]) -> int:
         sizes = _sizes_checked(cfg, a.sizes)
         if len(sizes) < 2:
             raise BadInput("--sizes: a curve needs at least two sizes, e.g. --sizes 250,500,1000,2000,4000")
-        steps = (a.steps or curve.default_steps(cfg, sizes)) if a.budget == "steps" else None
+        steps = _steps(a, cfg, sizes)
         planned = curve.plan_points(cfg, sizes=sizes, key=None, values=None, budget=a.budget, steps=steps)
         arms, points = _arms_for_curve(cfg, a.arms), {n: q["overrides"] for n, q in planned.items()}
         plan = curve.Plan("curve", a.metric, None, True, a.budget, steps, planned)
@@ -738,7 +755,7 @@ def cmd_path(args: list[str]) -> int:
                 f"{current!r}, not a number"
             )
         sizes = _sizes_checked(cfg, a.sizes)
-        steps = (a.steps or curve.default_steps(cfg, sizes)) if a.budget == "steps" and sizes else None
+        steps = _steps(a, cfg, sizes)
         planned = curve.plan_points(cfg, sizes=sizes, key=key, values=values, budget=a.budget, steps=steps)
         arms, points = {"run": []}, {n: q["overrides"] for n, q in planned.items()}
         plan = curve.Plan("path", a.metric, key, log_x, a.budget, steps, planned)
@@ -965,9 +982,11 @@ def cmd_eval(args: list[str]) -> int:
         help="also score the images corrupted (ImageNet-C / CIFAR-10-C definitions), each at every --severity: "
         "all, or some of gaussian_noise,gaussian_blur,contrast,brightness,jpeg,saturate; writes corruption.png",
     )
-    p.add_argument("--severity", default="1..5", metavar="S", help="severities for --corrupt: 1..5, 3, 1,3,5")
+    p.add_argument("--severity", metavar="S", help="severities for --corrupt: 1..5 (default), 3, 1,3,5")
     p.add_argument("--out", metavar="DIR", help="where to write eval.json and confusion.png (default: RUN_DIR)")
     a = p.parse_args(args)
+    if a.severity is not None and not a.corrupt:
+        raise BadInput(f"--severity {a.severity}: severities are --corrupt's; add --corrupt all (or a list)")
     try:
         eval_run(
             Path(a.run_dir),
@@ -977,7 +996,7 @@ def cmd_eval(args: list[str]) -> int:
             split=a.split,
             unknown=a.unknown,
             corrupt=a.corrupt,
-            severity=a.severity,
+            severity=a.severity or "1..5",
         )
     except (EvalError, CorruptionError) as exc:
         raise BadInput(str(exc)) from None

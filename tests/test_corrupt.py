@@ -161,6 +161,7 @@ def grey_run(tmp_path_factory):
         (["--corrupt", "fog"], "unknown corruption 'fog'"),
         (["--corrupt", "saturate"], "changes colour"),  # data.channels=1: grey shapes
         (["--corrupt", "all", "--severity", "7"], "severities are 1 to 5"),
+        (["--severity", "3"], "--severity 3: severities are --corrupt's; add --corrupt all"),  # main: exit 0, unread
     ],
 )
 def test_bad_corruption_input_to_eval_is_one_line_and_writes_nothing(grey_run, cli, args, message):

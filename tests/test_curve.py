@@ -140,6 +140,11 @@ def test_a_path_on_the_embedded_data(tmp_path, cli):
         (["curve", "--sizes", "100,200", "data.train_size=50"], "data.train_size=50: the curve sets data.train_size"),
         (["curve", "--sizes", "100,x"], "--sizes 100,x: whole numbers"),
         (["curve", "--sizes", "100,200", "--arms", "all,recipe"], "--arms all,recipe: no arm recipe (together, each"),
+        (  # a budget nothing reads (main trained the config's epochs and exited 0)
+            ["curve", "--sizes", "100,200", "--budget", "epochs", "--steps", "300"],
+            "--steps 300: --budget epochs trains every run the config's epochs",
+        ),
+        (["path", "wd=0,1e-3", "--steps", "300"], "--steps 300: a path at one size trains the config's epochs"),
         (  # a path's points named as such (main said "path arm run"), each a strength nothing reads
             ["path", "aug.rotate.degrees=5,10"],
             "path point v0 (aug.rotate.degrees=5): aug.rotate.degrees=5.0 is not read: aug.rotate.p is 0",
