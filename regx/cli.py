@@ -459,6 +459,7 @@ def _study_args(p: _Parser, args: list[str]):
     """Parse a study's arguments; --metric defaults to test, or test_corrupt with --corrupt."""
     a = p.parse_args(args)
     a.metric = a.metric or ("test_corrupt" if a.corrupt else "test")
+    a.options = [t.split("=", 1)[0] for t in args if t.startswith("--")]  # as typed, for --resume's check
     return a
 
 
@@ -495,6 +496,12 @@ def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[
     if a.resume:
         if a.overrides:
             raise BadInput(f"--resume takes no overrides: the {kind} keeps the ones it began with")
+        unread = [o for o in a.options if o != "--resume" and not (kind == "ablate" and o == "--metric")]
+        if unread:
+            kept = "; only --metric applies (to the table)" if kind == "ablate" else ""
+            raise BadInput(
+                f"{unread[0]}: --resume finishes the {kind} as it began (its seeds, arms, points and budget){kept}"
+            )
         return Path(a.resume), cmd_sweep_resume([a.resume])
     if a.seeds < 1 or (a.jobs is not None and a.jobs < 1):
         raise BadInput("--seeds and --jobs must be at least 1")

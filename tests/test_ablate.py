@@ -87,6 +87,8 @@ def test_ablate_runs_every_arm_and_seed_and_tabulates_paired_differences(tmp_pat
     assert rows["dropout"]["overrides"] == shown["dropout"] == "dropout=fc"  # csv and md spell the arms alike
     again = cli("ablate", "--resume", str(sweep), "--metric", "test_corrupt")  # nothing left to run: tabulated anew
     assert again.returncode == 0 and "completed already, skipped" in again.stdout
+    res = cli("ablate", "--resume", str(sweep), "--jobs", "2")  # main ignored it, exit 0
+    assert res.returncode == 2 and "--jobs: --resume finishes the ablate as it began" in res.stderr
     rows = {r["arm"]: r for r in csv.DictReader(open(sweep / "ablation.csv"))}
     assert float(rows["baseline"]["mean"]) == pytest.approx(sum(corrupt["baseline"]) / 2)
 

@@ -109,6 +109,11 @@ def test_a_curve_on_the_embedded_data(tmp_path, cli):
     assert (sweep / "curve.png").stat().st_size > 10_000
     again = cli("curve", "--resume", str(sweep))
     assert again.returncode == 0 and again.stdout.count("completed already, skipped") == 8
+    for option in (["--seeds", "5"], ["--sizes=64,400"], ["--metric", "best_val"]):  # main finished it as begun, exit 0
+        res = cli("curve", "--resume", str(sweep), *option)
+        assert (
+            res.returncode == 2 and f"{option[0].split('=')[0]}: --resume finishes the curve as it began" in res.stderr
+        )
     plan = json.loads((sweep / "study.json").read_text())
     plan["points"]["n64"]["overrides"] = ["data.train_size=64", "epochs=99"]
     (sweep / "study.json").write_text(json.dumps(plan))
