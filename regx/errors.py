@@ -303,6 +303,12 @@ def _switch(key: str, cfg) -> tuple[str | None, bool, str] | None:
     if key == "data.label_noise_kind":
         n = cfg.data.label_noise
         return "data.label_noise", n > 0, "data.label_noise is 0, so no label is changed; add it (e.g. 0.2)"
+    if key == "diagnose.corrupt_severities":
+        on = len(cfg.diagnose.corrupt) > 0
+        return "diagnose.corrupt", on, "diagnose.corrupt is empty, so nothing is corrupted; add diagnose.corrupt=[all]"
+    if key == "sched.restart":
+        why = "a new run starts its schedule anyway; it is for a run trained further"
+        return None, False, f"{why} (regx resume RUN epochs=N sched.restart=true)"
     if key == "clip_mode":
         return "clip_grad", cfg.clip_grad > 0, "clip_grad is 0, so no gradient is clipped; add it (e.g. 1)"
     if key == "compile_mode":

@@ -200,11 +200,16 @@ def test_the_memoized_composition_is_hydras(overrides, cd, tmp_path):
 @pytest.mark.parametrize(
     ("setting", "switch", "message"),
     [
-        ("early_stop.min_delta=0.01", "early_stop.patience", "early_stop.patience is 0, so no run stops early"),
-        ("data.label_noise_kind=pairflip", "data.label_noise", "data.label_noise is 0, so no label is changed"),
-        ("compile_mode=reduce-overhead", "compile", "compile is false, so nothing is compiled; add compile=true"),
-        ("clip_mode=value", "clip_grad", "clip_grad is 0, so no gradient is clipped"),
-        ("aug.color.hue=0.1", "aug.color.p", "aug.color.p is 0, so no image gets color"),
+        ("early_stop.min_delta=0.01", "early_stop.patience=0", "early_stop.patience is 0, so no run stops early"),
+        ("data.label_noise_kind=pairflip", "data.label_noise=0", "data.label_noise is 0, so no label is changed"),
+        ("compile_mode=reduce-overhead", "compile=false", "compile is false, so nothing is compiled; add compile=true"),
+        ("clip_mode=value", "clip_grad=0", "clip_grad is 0, so no gradient is clipped"),
+        ("aug.color.hue=0.1", "aug.color.p=0", "aug.color.p is 0, so no image gets color"),
+        (
+            "diagnose.corrupt_severities=[3]",
+            "diagnose.corrupt=[]",
+            "diagnose.corrupt is empty, so nothing is corrupted",
+        ),
     ],
 )
 def test_a_setting_of_something_switched_off_is_refused_unless_the_switch_is_named(setting, switch, message):
@@ -213,8 +218,7 @@ def test_a_setting_of_something_switched_off_is_refused_unless_the_switch_is_nam
     with pytest.raises(config.ConfigError) as err:
         errors.preflight(["debug=smoke", setting])
     assert str(err.value).startswith(f"{setting.split('=')[0]}=") and message in str(err.value)
-    off = "false" if switch == "compile" else "0"
-    errors.preflight(["debug=smoke", setting, f"{switch}={off}"])
+    errors.preflight(["debug=smoke", setting, switch])
 
 
 def test_smallcnns_layers_are_refused_for_another_model_and_its_option_brings_what_it_may():
@@ -222,6 +226,8 @@ def test_smallcnns_layers_are_refused_for_another_model_and_its_option_brings_wh
         errors.preflight(["model=resnet18", "model.channels=[8,16]"])
     with pytest.raises(config.ConfigError, match="model.small_input=True is not read: it swaps a ResNet's stem"):
         errors.preflight(["model.small_input=true"])
+    with pytest.raises(config.ConfigError, match="sched.restart=True is not read: a new run starts its schedule"):
+        errors.preflight(["sched.restart=true"])
     errors.preflight(["debug=smoke", "model=resnet18"])  # debug=smoke's own smallcnn widths are not named
     for p in ("0", "0.5"):  # aug=flip_rotate's file sets the degrees: rotation off keeps them
         errors.preflight(["aug=flip_rotate", f"aug.rotate.p={p}"])
