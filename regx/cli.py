@@ -292,10 +292,8 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     sys.argv = ["regx train", *args]
     try:
         if not multirun or sweep_dir is None:
-            mode = _UNKNOWN
-            if not (info_only or multirun):  # the preflight composed it: Hydra need not compose it again
-                mode = config.hydra_mode(overrides, where.get("-cd"), primary, where.get("-cn", "train"))
-            with sweep.LateStop() as late, _known_mode(mode):
+            memo = not (info_only or multirun or where)  # the preflight composed it: Hydra need not again
+            with sweep.LateStop() as late, _composed_by_regx(memo):
                 jobs.late = late
                 main()
             late_code = None if jobs.failed else _late(late, jobs.completed > 0)
@@ -313,25 +311,35 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     return 1 if jobs.failed else 0
 
 
-_UNKNOWN = object()
-
-
 @contextlib.contextmanager
-def _known_mode(mode):
-    """Hydra's launch composes the whole config once more (Hydra.get_mode, about 0.15 s) only to read
-    `hydra.mode`; the preflight composed it already. `mode`: that value (None where no config sets it),
-    handed to Hydra instead; _UNKNOWN: let Hydra compose, as for --cfg and --help, which skip the preflight."""
-    if mode is _UNKNOWN:
+def _composed_by_regx(memo: bool):
+    """Hydra's launch of a single run composes the whole config twice (Hydra.get_mode, then Hydra.run:
+    about 0.2 s each), and the preflight composed it already: with `memo`, Hydra.compose_config takes
+    the config from compose's memo (config.hydra_config, equal to Hydra's own). Not for --cfg, --help,
+    sweeps, -cd/-cp/-cn or hydra.verbose (Hydra's debug output), which Hydra composes itself."""
+    if not memo:
         yield
         return
     from hydra._internal.hydra import Hydra
+    from hydra.core.utils import configure_log
 
-    composing = Hydra.get_mode
-    Hydra.get_mode = lambda self, config_name, overrides: mode
+    from regx import config
+
+    composing = Hydra.compose_config
+
+    def compose_config(self, config_name, overrides, run_mode, with_log_configuration=False, **kwargs):
+        cfg = config.hydra_config(overrides, config_name) if config_name == "train" else None
+        if cfg is None or cfg.hydra.verbose:
+            return composing(self, config_name, overrides, run_mode, with_log_configuration, **kwargs)
+        if with_log_configuration:  # as Hydra.compose_config does
+            configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+        return cfg
+
+    Hydra.compose_config = compose_config
     try:
         yield
     finally:
-        Hydra.get_mode = composing
+        Hydra.compose_config = composing
 
 
 def _register_resolvers() -> None:

@@ -507,18 +507,7 @@ def compose(
     """Compose the primary config with overrides, as `regx train` would (no run directory is made).
     `config_dir` (-cd): a user's folder searched before the primary one; `primary` (-cp): a folder
     that replaces regx's conf/; `name` (-cn): the primary config's name."""
-    return copy.deepcopy(_composed(*_compose_key(overrides, config_dir, primary, name))[0])  # callers may change it
-
-
-def hydra_mode(
-    overrides: list[str] | tuple[str, ...] = (),
-    config_dir: str | None = None,
-    primary: str | None = None,
-    name: str = "train",
-):
-    """`hydra.mode` as the config files and `overrides` set it (None where nothing does), from compose's
-    memo: what Hydra's launch composes the whole config once more to learn (Hydra.get_mode)."""
-    return _composed(*_compose_key(overrides, config_dir, primary, name))[1]
+    return copy.deepcopy(_composed(*_compose_key(overrides, config_dir, primary, name)))  # callers may change it
 
 
 def _compose_key(overrides, config_dir, primary, name) -> tuple:
@@ -532,12 +521,10 @@ def _compose_key(overrides, config_dir, primary, name) -> tuple:
 
 
 @functools.lru_cache(maxsize=32)
-def _composed(
-    overrides: tuple, config_dir: str | None, primary: str, name: str, state: tuple
-) -> tuple[DictConfig, Any]:
+def _composed(overrides: tuple, config_dir: str | None, primary: str, name: str, state: tuple) -> DictConfig:
     """Hydra's composition, once per process for the same arguments and config files (a study's
     preflight composes the same configs again, the tests the same presets): the config without Hydra's
-    node, as hydra.compose returns it, and that node's `mode`.
+    node, as hydra.compose returns it.
 
     Hydra composes in two steps: the defaults list, which only the config-group overrides (`aug=flip`,
     `~dropout`) and the search path choose, merged into one config (about 0.2 s), then every other
@@ -545,25 +532,69 @@ def _composed(
     first step is memoized by the group overrides alone (_structure); the second is Hydra's own, run on
     a copy. A sweep (`seed=1,2`) is left to Hydra whole, as is anything that is not parsed."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
-    except Exception:  # Hydra's own composition says what is wrong, in its words
-        parsed = None
-    if parsed is None or any(o.is_sweep_override() for o in parsed):
-        return _split(_hydra_compose(overrides, config_dir, primary, name))
-    groups = _groups(primary, config_dir, state)
-    shaping = [o for o in parsed if _shapes_defaults(o, groups)]
-    values = [o for o in parsed if not _shapes_defaults(o, groups)]
+    split = _split_overrides(overrides, config_dir, primary, state)
+    if split is None:
+        return _without_hydra(_hydra_compose(overrides, config_dir, primary, name))
+    _, shaping, values = split
     full, bare = _structure(tuple(o.input_line for o in shaping), config_dir, primary, name, state)
     if any(o.key_or_group.split(".")[0] == "hydra" for o in values):  # hydra.mode=MULTIRUN, hydra.run.dir=...
         cfg = copy.deepcopy(full)
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        return _split(cfg)
+        return _without_hydra(cfg)
     cfg = copy.deepcopy(bare)
     ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-    return cfg, full.hydra.mode
+    return cfg
+
+
+def hydra_config(overrides: list[str] | tuple[str, ...], name: str = "train") -> DictConfig | None:
+    """The config with Hydra's node that Hydra's launch of `regx train OVERRIDES` composes for itself
+    (Hydra.compose_config, about 0.2 s), from compose's memo: the overrides set on the memoized defaults
+    list, then the node's per-run fields set as ConfigLoaderImpl sets them (the overrides lists,
+    override_dirname, cwd, env_set; the rest was composed with the same name). regx's own config tree
+    only (no -cd, -cp); None where the memo cannot give it (a sweep, what Hydra's parser refuses)."""
+    import os
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+
+    overrides, config_dir, primary, name, state = _compose_key(overrides, None, None, name)
+    split = _split_overrides(overrides, config_dir, primary, state)
+    if split is None:
+        return None
+    parsed, shaping, values = split
+    cfg = copy.deepcopy(_structure(tuple(o.input_line for o in shaping), config_dir, primary, name, state)[0])
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    h = cfg.hydra
+    h.overrides.hydra = [o.input_line for o in parsed if o.is_hydra_override()]
+    h.overrides.task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    with open_dict(h):
+        for key in h.job.env_copy:
+            h.job.env_set[key] = os.environ[key]
+    h.runtime.cwd = os.getcwd()
+    dirname = h.job.config.override_dirname
+    h.job.override_dirname = get_overrides_dirname(
+        overrides=[o for o in parsed if not o.is_hydra_override()],
+        kv_sep=dirname.kv_sep,
+        item_sep=dirname.item_sep,
+        exclude_keys=dirname.exclude_keys,
+    )
+    return cfg
+
+
+def _split_overrides(overrides: tuple, config_dir: str | None, primary: str, state: tuple):
+    """(the parsed overrides, those that shape the defaults list, the rest), in order; None for a sweep
+    or for what Hydra's parser refuses (Hydra's own composition says what is wrong, in its words)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+    except Exception:
+        return None
+    if any(o.is_sweep_override() for o in parsed):
+        return None
+    groups = _groups(primary, config_dir, state)
+    shaping = [o for o in parsed if _shapes_defaults(o, groups)]
+    return parsed, shaping, [o for o in parsed if not _shapes_defaults(o, groups)]
 
 
 @functools.lru_cache(maxsize=32)
@@ -572,7 +603,7 @@ def _structure(
 ) -> tuple[DictConfig, DictConfig]:
     """The config that the group overrides `shaping` compose, with Hydra's node and without it."""
     full = _hydra_compose(shaping, config_dir, primary, name)
-    return full, _split(copy.deepcopy(full))[0]
+    return full, _without_hydra(copy.deepcopy(full))
 
 
 def _hydra_compose(overrides, config_dir: str | None, primary: str, name: str) -> DictConfig:
@@ -586,12 +617,11 @@ def _hydra_compose(overrides, config_dir: str | None, primary: str, name: str) -
         return hydra_compose(config_name=name, overrides=[*overrides, *searched], return_hydra_config=True)
 
 
-def _split(cfg: DictConfig) -> tuple[DictConfig, Any]:
-    """(the config without Hydra's node, as hydra.compose returns it, that node's `mode`); `cfg` is changed."""
-    mode = cfg.hydra.mode
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    """`cfg` without Hydra's node, as hydra.compose returns it (`cfg` is changed)."""
     with open_dict(cfg):
         del cfg["hydra"]
-    return cfg, mode
+    return cfg
 
 
 def _shapes_defaults(override, groups: frozenset) -> bool:

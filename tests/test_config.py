@@ -187,14 +187,42 @@ def test_the_memoized_composition_is_hydras(overrides, cd, tmp_path):
     def composed(how):
         try:
             if how == "hydra":
-                cfg, mode = config._split(config._hydra_compose(overrides, config_dir, str(config.conf_dir()), "train"))
+                cfg = config._without_hydra(
+                    config._hydra_compose(overrides, config_dir, str(config.conf_dir()), "train")
+                )
             else:
-                cfg, mode = config.compose(overrides, config_dir), config.hydra_mode(overrides, config_dir)
-            return OmegaConf.to_yaml(cfg), str(mode), OmegaConf.is_struct(cfg)
+                cfg = config.compose(overrides, config_dir)
+            return OmegaConf.to_yaml(cfg), OmegaConf.is_struct(cfg)
         except Exception as exc:
             return type(exc).__name__, str(exc)
 
     assert composed("memo") == composed("hydra")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["debug=smoke", "epochs=1", "hydra.output_subdir=null"],  # what regx train hands Hydra
+        ["hydra.mode=MULTIRUN", "aug.rotate.degrees=5", "aug=flip_rotate", "+notes.why=x", "hydra.job.env_copy=[HOME]"],
+        ["experiment=fashion_mnist_1000", "data.train_size=200", "hydra.run.dir=/x", "seed=3", "hydra.verbose=true"],
+    ],
+)
+def test_the_config_hydras_launch_takes_from_the_memo_is_hydras_own(overrides, tmp_path, monkeypatch):
+    """config.hydra_config, which Hydra's launch of a run takes instead of composing (twice), equals what
+    Hydra.compose_config composes for the same overrides, Hydra's node included (its overrides lists,
+    override_dirname, mode), in another working directory than the memo's."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    config.hydra_config(overrides)  # memoized here, served below from another directory
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(config.conf_dir()), version_base="1.3"):
+        want = GlobalHydra.instance().hydra.compose_config("train", overrides, run_mode=RunMode.RUN)
+    got = config.hydra_config(overrides)
+    assert OmegaConf.to_container(got) == OmegaConf.to_container(want)
+    assert got.hydra.runtime.cwd == str(tmp_path) and got.hydra.job.override_dirname == want.hydra.job.override_dirname
 
 
 @pytest.mark.parametrize(
