@@ -312,6 +312,11 @@ def _hand_inference(model, files: list[str], size: int, mean, std, batch: int, w
 def predict_speed(repeats: int, n: int = 2000, size: int = 32) -> dict:
     """`regx predict` over n image files (decoding in 2 workers, batches of 256) against the hand loop
     over the same files; decoding alone and the model alone, in images/s."""
+    with tempfile.TemporaryDirectory(prefix="regx-bench-predict-") as tmp:  # its run and files go with it
+        return _predict_speed(Path(tmp), repeats, n, size)
+
+
+def _predict_speed(tmp: Path, repeats: int, n: int, size: int) -> dict:
     import io as _io
 
     from PIL import Image
@@ -319,7 +324,6 @@ def predict_speed(repeats: int, n: int = 2000, size: int = 32) -> dict:
     import regx
     from regx.predict import predict_files
 
-    tmp = Path(tempfile.mkdtemp(prefix="regx-bench-predict-"))
     run = _trained_run(tmp, "smallcnn", size)
     clf = regx.load(run, device="cpu")
     g = torch.Generator().manual_seed(0)
@@ -364,12 +368,16 @@ def onnx_vs_eager(repeats: int, size: int = 32, batch: int = 256) -> list[dict]:
 
     if importlib.util.find_spec("onnxruntime") is None:
         return []
+    with tempfile.TemporaryDirectory(prefix="regx-bench-onnx-") as tmp:  # its runs and files go with it
+        return _onnx_vs_eager(Path(tmp), repeats, size, batch)
+
+
+def _onnx_vs_eager(tmp: Path, repeats: int, size: int, batch: int) -> list[dict]:
     import onnxruntime
 
     import regx
     from regx.predict import Exported, export
 
-    tmp = Path(tempfile.mkdtemp(prefix="regx-bench-onnx-"))
     rows = []
     for name in ("smallcnn", "resnet18"):
         run = _trained_run(tmp, name, size)

@@ -173,12 +173,16 @@ def test_whole_run_benchmarks_run():
 
 
 @pytest.mark.slow
-def test_predict_and_onnx_benchmarks_run():
+def test_predict_and_onnx_benchmarks_run_and_leave_nothing_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where they make their runs and files
     p = bench.predict_speed(repeats=1, n=64, size=16)
     assert p["regx"]["median"] > 0 and p["hand"]["median"] > 0 and p["ratio"] > 0 and p["model"]["median"] > 0
     pytest.importorskip("onnxruntime", reason="pip install 'regx[export]'")
     rows = bench.onnx_vs_eager(repeats=1, size=16, batch=8)
     assert [o["model"] for o in rows] == ["smallcnn", "resnet18"] and all(o["ratio"] > 0 for o in rows)
+    assert not list(tmp_path.glob("regx-bench-*"))  # main left both folders in /tmp
 
 
 def test_the_timm_comparison_times_each_epoch_and_tabulates_every_seed(tmp_path):
