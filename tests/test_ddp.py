@@ -17,7 +17,7 @@ COMMON = ["debug=smoke", "epochs=3", "aug=flip_rotate", "dropout=fc", "checkpoin
 def torchrun(args, cwd, fault=None):
     """`torchrun -m regx ARGS` with 2 processes; with `fault`, tests/fault_main.py as the script instead."""
     full = {k: v for k, v in os.environ.items() if k != "REGX_DEBUG"}
-    full.update(OMP_NUM_THREADS="1")
+    full.update(OMP_NUM_THREADS="1", TMPDIR=str(cwd))  # torchrun's torchelastic_* folders stay with the test
     script = [FAULTY[1], fault] if fault else ["-m", "regx"]
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *script, *args],
