@@ -267,9 +267,11 @@ def _check_switches(overrides: list[str], cfg) -> None:
     """A setting named on the command line for something that is off would be a silent no-op: refused
     with what turns it on. `aug.rotate.degrees=30` while aug.rotate.p is 0 (the chosen aug option does
     not rotate), `early_stop.min_delta` without a patience, `data.label_noise_kind` without noise,
-    `clip_mode` without clip_grad, `compile_mode` without compile, smallcnn's widths for another model.
-    A switch named too (`regx path aug.rotate.p=0,0.5 aug.rotate.degrees=30` at 0) is deliberate:
-    allowed; so is what an option file brings with it (aug=flip_rotate aug.rotate.p=0)."""
+    `diagnose.corrupt_severities` without corruptions, `clip_mode` without clip_grad, `compile_mode`
+    without compile, `sched.restart` on a new run, smallcnn's layers for another model and
+    `model.small_input` for smallcnn. A switch named too is deliberate, and allowed (`regx path
+    aug.rotate.p=0,0.5 aug.rotate.degrees=30` at 0); so is what an option file brings with it
+    (aug=flip_rotate aug.rotate.p=0)."""
     named = [o.lstrip("+").split("=", 1)[0] for o in overrides if not o.startswith("~")]
     for key in named:
         rule = _switch(key, cfg)
@@ -286,14 +288,16 @@ def _switch(key: str, cfg) -> tuple[str | None, bool, str] | None:
     parts = key.split(".")
     if len(parts) == 3 and parts[0] == "aug" and parts[1] in AUG_OPS and parts[2] != "p":
         op = parts[1]
-        on = [
+        if cfg.aug[op].p > 0:
+            return f"aug.{op}.p", True, ""
+        on = [  # the option files are read only for the message
             f"aug={f.stem}"
             for f in sorted((conf_dir() / "aug").glob("*.yaml"))
             if float((_yaml(f).get(op) or {}).get("p", 0)) > 0
         ]
         return (
             f"aug.{op}.p",
-            cfg.aug[op].p > 0,
+            False,
             f"aug.{op}.p is 0, so no image gets {op}; add aug.{op}.p (e.g. 0.5)"
             + (f" or an option that applies it ({', '.join(on)})" if on else ""),
         )
@@ -323,8 +327,6 @@ def _switch(key: str, cfg) -> tuple[str | None, bool, str] | None:
 
 
 def _yaml(path) -> dict:
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(OmegaConf.load(path)) or {}
 
 

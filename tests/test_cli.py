@@ -281,6 +281,8 @@ def test_hydras_launch_of_a_run_composes_nothing(cli, monkeypatch):
     from hydra._internal.hydra import Hydra
 
     calls, compose_config = [], Hydra.compose_config
-    monkeypatch.setattr(Hydra, "compose_config", lambda self, *a, **k: calls.append(1) or compose_config(self, *a, **k))
+    monkeypatch.setattr(Hydra, "compose_config", lambda self, *a, **k: calls.append(k) or compose_config(self, *a, **k))
     assert cli("train", "debug=smoke", "epochs=1", "lr=0.0123").returncode == 0
-    assert len(calls) <= 1  # the preflight's, unless this process composed the same group overrides before
+    # hydra.compose (the preflight's, where this process had not composed it before) passes from_shell=False;
+    # Hydra's launch (get_mode, run) leaves it at True
+    assert [k for k in calls if k.get("from_shell", True)] == []

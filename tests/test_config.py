@@ -174,8 +174,9 @@ def test_a_composed_config_is_reused_only_while_its_files_are_unchanged(tmp_path
 )
 def test_the_memoized_composition_is_hydras(overrides, cd, tmp_path):
     """compose memoizes the defaults list's config by the group overrides alone and sets the other
-    overrides on a copy as Hydra does: the config, its `hydra.mode` and any error equal a whole
-    composition by hydra.compose (cd: with the user's -cd folder on the search path)."""
+    overrides on a copy as Hydra does: the config and any error equal a whole composition by
+    hydra.compose (cd: with the user's -cd folder on the search path; Hydra's node, its mode included,
+    is compared by the test below)."""
     from omegaconf import OmegaConf
 
     (tmp_path / "aug").mkdir()
