@@ -3,7 +3,8 @@ decided it.
 
 It describes the epoch whose weights the run stands for (best.pt: the best validation accuracy), and the
 curve after it. Training accuracy is the clean one (eval mode, no augmentation, a fixed training subset)
-when the run measured it.
+when the run measured it. A run whose best.pt holds averaged weights (average=ema or swa with
+average.select=averaged) is judged on them: their validation and clean training accuracy (avg_* columns).
   bias      the training accuracy there is below `target` (diagnose.target: what a model that fits this
             data should reach; 90% unless set): the model has not fit its own training data;
   variance  the gap (training - validation accuracy) is at least 10 points, or at least 5 points and half
@@ -33,9 +34,12 @@ def _f(row: dict, key: str) -> float | None:
     return float(v)
 
 
-def verdict(rows: list[dict], *, best_epoch: int | None = None, target: float = UNDERFIT_ACC) -> tuple[str, dict]:
+def verdict(
+    rows: list[dict], *, best_epoch: int | None = None, target: float = UNDERFIT_ACC, averaged: bool = False
+) -> tuple[str, dict]:
     """(verdict, evidence) for a run's metric rows (dicts as in metrics.csv), describing `best_epoch` (the
-    run's best.pt; None: the epoch of the best validation accuracy)."""
+    run's best.pt; None: the epoch of the best validation accuracy). `averaged`: best.pt holds the averaged
+    weights, so their accuracies count wherever a row has them."""
     if not rows:
         return "unknown", {"reason": "no finished epoch"}
     for r in rows:
@@ -43,6 +47,8 @@ def verdict(rows: list[dict], *, best_epoch: int | None = None, target: float = 
             v = _f(r, key)
             if v is not None and not math.isfinite(v):
                 return "diverged", {"epoch": int(r["epoch"]), key: str(v)}
+    if averaged:
+        rows = [_averaged(r) for r in rows]
     val_accs = [_f(r, "val_acc") for r in rows]
     at = next((i for i, r in enumerate(rows) if int(r["epoch"]) == best_epoch), None)
     at = max(range(len(rows)), key=lambda i: val_accs[i]) if at is None else at
@@ -60,6 +66,7 @@ def verdict(rows: list[dict], *, best_epoch: int | None = None, target: float = 
     variance = gap >= GAP or (gap >= SHARE_GAP and gap >= GAP_SHARE * val_error) or (past_best and final_gap >= MIN_GAP)
     evidence = {
         "epoch": int(rows[at]["epoch"]),
+        "weights": "averaged" if averaged and rows[at].get("averaged") else "trained",
         "train_acc": round(train_acc, 4),
         "train_acc_is_clean": _f(rows[at], "clean_train_acc") is not None,
         "val_acc": round(val_acc, 4),
@@ -80,6 +87,17 @@ def verdict(rows: list[dict], *, best_epoch: int | None = None, target: float = 
         evidence["train_acc_gain_last_2_epochs"] = round(_train_acc(rows[-1]) - _train_acc(rows[-3]), 4)
     kind = "both" if bias and variance else "underfitting" if bias else "overfitting" if variance else "good_fit"
     return kind, evidence
+
+
+def _averaged(row: dict) -> dict:
+    """A metrics row as the averaged weights saw it, where they were evaluated (SWA's from its start; their
+    clean training accuracy where the run selected them and measured it, SWA's in its last row only)."""
+    if _f(row, "avg_val_acc") is None:
+        return row
+    out = {**row, "val_acc": row["avg_val_acc"], "val_loss": row["avg_val_loss"], "averaged": True}
+    if _f(row, "avg_clean_train_acc") is not None:
+        out["clean_train_acc"] = row["avg_clean_train_acc"]
+    return out
 
 
 def _train_acc(row: dict) -> float:

@@ -57,6 +57,9 @@ class EpochMetrics:
     clipped: float | None  # the fraction of steps clip_grad clipped
     avg_val_loss: float | None  # the average group's weights on the validation split
     avg_val_acc: float | None
+    # with average.select=averaged, the averaged weights on the clean training subset (what their gap uses)
+    avg_clean_train_loss: float | None = None
+    avg_clean_train_acc: float | None = None
     val_ece: float | None = None  # calibration on the validation split (engine.Evaluation): expected error,
     val_mce: float | None = None  # maximum error over the 15 confidence bins,
     val_brier: float | None = None  # and the Brier score

@@ -705,6 +705,8 @@ def _end_epoch(
     # the validation accuracy that picks the best epoch and stops early: the averaged weights' when selected,
     # except SWA's, whose BatchNorm statistics are the trained model's until _finish_swa recomputes them
     selects = averaged and parts.cfg.average.select == "averaged" and not isinstance(average, Swa)
+    # the selected averaged weights' own fit, for the verdict on them (SWA's: once, in _finish_swa)
+    avg_clean = _evaluate(parts, parts.clean, net=average.module) if selects and parts.clean is not None else None
     score = avg_acc if selects else val_acc
     if parts.plateau is not None:
         parts.plateau.update(val_loss)
@@ -733,6 +735,8 @@ def _end_epoch(
             clipped=tr.tally.clipped.item() / max(tr.steps, 1) if parts.step.clip is not None else None,
             avg_val_loss=avg_loss,
             avg_val_acc=avg_acc,
+            avg_clean_train_loss=avg_clean.loss if avg_clean is not None else None,
+            avg_clean_train_acc=avg_clean.acc if avg_clean is not None else None,
             val_ece=val.ece,
             val_mce=val.mce,
             val_brier=val.brier,
@@ -765,6 +769,10 @@ def _finish_swa(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, hook
     swa_val = _evaluate(parts, parts.data.val, net=swa.module)
     loss, acc = swa_val.loss, swa_val.acc
     state.history[-1].update(avg_val_loss=loss, avg_val_acc=acc)
+    selected = cfg.average.select == "averaged"
+    if selected and parts.clean is not None:
+        clean = _evaluate(parts, parts.clean, net=swa.module)
+        state.history[-1].update(avg_clean_train_loss=clean.loss, avg_clean_train_acc=clean.acc)
     rec.log.info(
         "average=swa: the weights of %d epochs (%d-%d) averaged; BatchNorm statistics recomputed over %d "
         "training images; val loss %.4f acc %.2f%%",
@@ -775,7 +783,6 @@ def _finish_swa(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, hook
         loss,
         100 * acc,
     )
-    selected = cfg.average.select == "averaged"
     if selected:
         state.best_val_acc, state.best_epoch = acc, state.epoch
     save(parts, state, ranks, rec.run_dir / "checkpoints", hooks, best=selected)
@@ -888,7 +895,8 @@ def _results(parts: Parts, state: RunState, ranks: Ranks, rec: Recorder, stop: S
                 100 * out["mc_test_acc"],
                 out["mc_entropy"],
             )
-    kind, evidence = verdict(state.history, best_epoch=state.best_epoch, target=cfg.diagnose.target)
+    averaged = parts.average is not None and cfg.average.select == "averaged" and parts.average.updates > 0
+    kind, evidence = verdict(state.history, best_epoch=state.best_epoch, target=cfg.diagnose.target, averaged=averaged)
     evidence["optimizer_steps"] = state.step
     rows = {r["epoch"]: r for r in state.history}
     if state.history and state.history[-1].get("noisy_given_acc") is not None:  # how much label noise it memorized

@@ -59,10 +59,20 @@ def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weig
     assert not torch.equal(best.average["model"]["head.out.weight"], best.model["head.out.weight"])
     assert best.weights() is best.average["model"]
     assert s["best_val_acc"] == max(float(r["avg_val_acc"]) for r in rows)  # the averaged weights pick the best
+    # and are what the verdict judges: their validation and clean training accuracy at the best epoch
+    at = next(r for r in rows if int(r["epoch"]) == s["best_epoch"])
+    e = s["evidence"]
+    assert e["weights"] == "averaged" and e["val_acc"] == round(float(at["avg_val_acc"]), 4)
+    assert e["train_acc"] == round(float(at["avg_clean_train_acc"]), 4) != round(float(at["clean_train_acc"]), 4)
     raw = train(smoke_cfg("average=ema", "average.decay=0.9", "average.select=raw"), tmp_path / "raw")
     ckpt = checkpoint.read(tmp_path / "raw/checkpoints/best.pt")
     assert ckpt.weights() is ckpt.model
-    assert raw["best_val_acc"] == max(float(r["val_acc"]) for r in read_metrics(tmp_path / "raw/metrics.csv"))
+    rows = read_metrics(tmp_path / "raw/metrics.csv")
+    assert raw["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
+    at = next(r for r in rows if int(r["epoch"]) == raw["best_epoch"])
+    e = raw["evidence"]
+    assert e["weights"] == "trained" and e["val_acc"] == round(float(at["val_acc"]), 4)
+    assert e["train_acc"] == round(float(at["clean_train_acc"]), 4) and at["avg_clean_train_acc"] == ""
     # what regx eval, predict and export build: the averaged weights
     from regx.evalrun import build_from_checkpoint
 
@@ -192,4 +202,9 @@ def test_swas_averaged_weights_pick_best_pt_only_once_batchnorm_is_recomputed(tm
             best, expected = float(r["val_acc"]), [*expected, int(r["epoch"])]
     assert marked == expected  # chosen by val_acc, never by the per-epoch avg_val_acc
     assert s["best_epoch"] == 4 and s["test_checkpoint"] == "best.pt"  # the recomputed average, at the end
+    # the verdict judges the average too: its clean training accuracy is measured once, in the last row
+    assert [r["avg_clean_train_acc"] != "" for r in rows] == [False, False, False, True]
+    e = s["evidence"]
+    assert e["weights"] == "averaged" and e["val_acc"] == round(float(rows[3]["avg_val_acc"]), 4)
+    assert e["train_acc"] == round(float(rows[3]["avg_clean_train_acc"]), 4)
     assert checkpoint.read(tmp_path / "r/checkpoints/best.pt").weights() is not None

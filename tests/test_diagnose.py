@@ -62,6 +62,20 @@ def test_clean_training_accuracy_decides_the_gap():
     assert kind == "overfitting" and ev["train_acc_is_clean"] and ev["gap"] == 0.35
 
 
+def test_averaged_weights_are_judged_on_their_own_accuracies():
+    # the trained weights memorized (clean 1.0 against 0.80); best.pt's averaged weights did not
+    r = rows([0.8, 0.9], [0.78, 0.80], clean=[0.95, 1.0])
+    for row, avg_val, avg_clean in zip(r, [0.86, 0.93], [0.90, 0.96]):
+        row.update(avg_val_acc=avg_val, avg_val_loss=row["val_loss"], avg_clean_train_acc=avg_clean)
+    assert verdict(r)[0] == "overfitting"
+    kind, ev = verdict(r, averaged=True)
+    assert kind == "good_fit" and ev["weights"] == "averaged" and (ev["train_acc"], ev["val_acc"]) == (0.96, 0.93)
+    # a row the average has not reached (SWA before its start) counts as trained
+    r[1].update(avg_val_acc="", avg_val_loss="", avg_clean_train_acc="")
+    kind, ev = verdict(r, best_epoch=2, averaged=True)
+    assert kind == "overfitting" and ev["weights"] == "trained" and ev["val_acc"] == 0.80
+
+
 EVIDENCE = {
     "overfitting": {"past_best": True},
     "underfitting": {"train_acc_gain_last_2_epochs": 0.05},
