@@ -356,7 +356,8 @@ def print_summary(s: dict, log) -> None:
     if s.get("verdict") in ("overfitting", "underfitting", "both", "diverged"):
         train = "clean train acc" if ev.get("train_acc_is_clean") else "train acc (as trained)"
         facts = (
-            f"at epoch {ev.get('epoch')}, best.pt's: {train} {pct(ev.get('train_acc'))} (target "
+            f"at epoch {ev.get('epoch')}, best.pt's{' averaged weights' if ev.get('weights') == 'averaged' else ''}: "
+            f"{train} {pct(ev.get('train_acc'))} (target "
             f"{pct(ev.get('target'))}), val acc {pct(ev.get('val_acc'))}, gap {100 * ev.get('gap'):+.1f}pp"
             + ("; validation went past its best after it" if ev.get("past_best") else "")
             if "gap" in ev
