@@ -200,10 +200,14 @@ def _absolute_config_path(args: list[str]) -> list[str]:
     return out
 
 
+def _given(args: list[str], key: str) -> str | None:
+    """The value of `key=` on a command line, as Hydra takes it: the last one given."""
+    return next((a.split("=", 1)[1] for a in reversed(args) if a.startswith(f"{key}=")), None)
+
+
 def _refuse_existing(args: list[str], multirun: bool, resume_jobs: bool) -> None:
     """A run or sweep directory named on the command line that holds a run already is never overwritten."""
-    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
-    named = next((a.split("=", 1)[1] for a in args if a.startswith(key)), None)
+    named = _given(args, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     if named is None or resume_jobs:
         return
     if not multirun and (Path(named) / "summary.json").is_file():
@@ -378,7 +382,7 @@ def _directories(args: list[str], overrides: list[str], info_only: bool, multiru
             args.append(f"hydra.run.dir={distributed.broadcast(claim_dir('outputs/runs', name) if name else None)}")
         if not distributed.is_main():
             args.append("hydra.output_subdir=null")  # rank 0 writes .hydra/
-    sweep_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")), None)
+    sweep_dir = _given(args, "hydra.sweep.dir")
     if multirun and sweep_dir is None:
         sweep_dir = claim_dir("outputs/sweeps", "")
         args.append(f"hydra.sweep.dir={sweep_dir}")
@@ -515,6 +519,25 @@ def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[
         raise BadInput("--seeds and --jobs must be at least 1")
     if a.corrupt:
         a.overrides = [*a.overrides, f"diagnose.corrupt=[{a.corrupt}]"]
+    owned = next(
+        (o for o in a.overrides if o.lstrip("+~").startswith(("hydra.searchpath=", "hydra.sweep.subdir="))), None
+    )
+    if owned:
+        raise BadInput(
+            f"{owned.split('=', 1)[0]}: the {kind} sets it itself (its arms' folder and its jobs' folder names)"
+        )
+    launcher = _given(a.overrides, "hydra/launcher")
+    if launcher not in (None, "joblib") and a.jobs is not None:
+        raise BadInput(f"--jobs runs jobs in parallel with joblib; with hydra/launcher={launcher} set its own")
+    if launcher in (None, "joblib") and _given(a.overrides, "hydra.launcher.n_jobs") is not None:
+        raise BadInput(f"hydra.launcher.n_jobs: the {kind} runs joblib's jobs in parallel with --jobs N")
+    named = _given(a.overrides, "hydra.sweep.dir")  # the study's folder, if the user picks it
+    if named:
+        if Path(named).exists() and (not Path(named).is_dir() or any(Path(named).iterdir())):
+            raise BadInput(
+                f"hydra.sweep.dir={named}: the folder is not empty; a {kind} begins in a new or empty folder "
+                f"(finish one a stop interrupted with: regx {kind} --resume {named})"
+            )
     varied = ablate.varied_keys({**arms, **points}) | {"seed"} | ({"data.seed"} if a.vary_split else set())
     clash = next((o for o in a.overrides if o.split("=", 1)[0].lstrip("+~") in varied), None)
     if clash:
@@ -538,8 +561,11 @@ def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[
             raise BadInput(f"{kind} {what} ({' '.join(extra)}): {exc}") from None
     _warn_few_steps_ahead(kind, [[*a.overrides, *baseline, *o] for o in (points.values() or [[]])])
     runs = len(arms) * max(1, len(points)) * a.seeds
-    jobs = a.jobs or max(1, min(runs, (os.cpu_count() or 1) // 4))
-    sweep = Path(claim_dir(f"outputs/{'ablations' if kind == 'ablate' else kind + 's'}", ""))
+    jobs = 1 if launcher not in (None, "joblib") else a.jobs or max(1, min(runs, (os.cpu_count() or 1) // 4))
+    if named:
+        Path(named).mkdir(parents=True, exist_ok=True)
+        a.overrides = [o for o in a.overrides if not o.startswith("hydra.sweep.dir=")]
+    sweep = Path(named or claim_dir(f"outputs/{'ablations' if kind == 'ablate' else kind + 's'}", ""))
     study.write_group(sweep, study.ARM, arms)
     groups = {study.ARM: list(arms)}
     if points:

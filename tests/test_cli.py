@@ -127,6 +127,8 @@ def test_a_directory_that_holds_a_run_or_a_sweep_is_never_overwritten(cli, tmp_p
     assert cli("train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=s").returncode == 0
     res = cli("train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=s")
     assert res.returncode == 2 and "regx sweep-resume s" in res.stderr
+    res = cli("train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=new", "hydra.sweep.dir=s")
+    assert res.returncode == 2 and "regx sweep-resume s" in res.stderr  # the last one given is Hydra's
 
 
 def test_a_sweep_ends_with_its_jobs_and_the_report_command(cli, tmp_path):

@@ -122,9 +122,11 @@ def test_a_curve_on_the_embedded_data(tmp_path, cli):
 
 
 def test_a_path_on_the_embedded_data(tmp_path, cli):
-    res = cli("path", "label_smoothing=0,0.2", "debug=smoke", "epochs=1", "--seeds", "2")
+    # in a folder of the user's choosing (regx's own hydra.sweep.dir came last and won; the end looked in theirs)
+    res = cli("path", "label_smoothing=0,0.2", "debug=smoke", "epochs=1", "--seeds", "2", "hydra.sweep.dir=mine/p")
     assert res.returncode == 0, res.stderr
-    (sweep,) = (tmp_path / "outputs" / "paths").iterdir()
+    sweep = tmp_path / "mine/p"
+    assert not (tmp_path / "outputs").exists() and "every run: regx report mine/p" in res.stdout
     rows = list(csv.DictReader(open(sweep / "path.csv")))
     assert [r["value"] for r in rows] == ["0.0", "0.2"] and all(r["clean_train"] and r["val"] for r in rows)
     md = (sweep / "path.md").read_text()
@@ -154,6 +156,14 @@ def test_a_path_on_the_embedded_data(tmp_path, cli):
             ["path", "aug.rotate.degrees=5,10"],
             "path point v0 (aug.rotate.degrees=5): aug.rotate.degrees=5.0 is not read: aug.rotate.p is 0",
         ),
+        (["path", "wd=0,1", "hydra.sweep.dir=/usr"], "hydra.sweep.dir=/usr: the folder is not empty"),
+        (["path", "wd=0,1", "hydra.sweep.subdir=x"], "hydra.sweep.subdir: the path sets it itself"),
+        (["ablate", "hydra.searchpath=[file://x]"], "hydra.searchpath: the ablate sets it itself"),
+        (
+            ["curve", "--sizes", "100,200", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+            "hydra.launcher.n_jobs: the curve runs",
+        ),
+        (["path", "wd=0,1", "hydra/launcher=basic", "--jobs", "2"], "with hydra/launcher=basic set its own"),
     ],
 )
 def test_bad_studies_are_one_line_and_make_no_directory(tmp_path, cli, args, message):
