@@ -379,6 +379,7 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
         ax.grid(True, alpha=0.3)
     acc.legend(fontsize=7)
     gap.axhline(0, color="#888888", linewidth=0.8)
+    gap.margins(y=0.15)  # room above the highest point for its words
     fig.suptitle(
         title + " (bands: 95% over seeds; words: the verdicts of each point's seeds; star: the best)", fontsize=9
     )

@@ -207,7 +207,7 @@ def test_a_paths_picture_names_each_points_verdicts_in_words(tmp_path, monkeypat
             "mean": 0.8,
             "ci95_mean": 0.01,
             "gap": g,
-            "gap_ci95_mean": 0.01,
+            "gap_ci95_mean": None,  # one seed: no band to make room above the highest point
             "val": 0.8,
             "clean_train": 0.8 + g,
             "verdicts": verdicts,
@@ -215,8 +215,15 @@ def test_a_paths_picture_names_each_points_verdicts_in_words(tmp_path, monkeypat
         for v, g, verdicts in ((0.001, 0.12, "overfitting ×3"), (0.01, 0.06, "underfitting ×2, good_fit"))
     ]
     plots.path_chart(tmp_path / "path.png", rows, "wd", True, "test", "t", best={})
-    gap_panel = drawn["fig"].axes[1]
+    fig = drawn["fig"]
+    gap_panel = fig.axes[1]
     assert [t.get_text() for t in gap_panel.texts] == ["over ×3", "under ×2, good"]
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    inside = gap_panel.get_window_extent(renderer)
+    for text in gap_panel.texts:  # the highest point's words stay inside the panel (they were cut off at its top)
+        box = text.get_window_extent(renderer)
+        assert inside.y0 <= box.y0 and box.y1 <= inside.y1, text.get_text()
 
 
 def test_a_curves_picture_shows_each_arms_paired_difference_from_the_baseline(tmp_path, monkeypatch):
