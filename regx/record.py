@@ -200,10 +200,13 @@ class Recorder:
         for tracker in self.trackers:
             tracker.epoch(row)
         clean = "" if row["clean_train_acc"] is None else f"  clean train acc {100 * row['clean_train_acc']:6.2f}%"
+        averaged = ""
         if row.get("avg_val_acc") is not None:
-            clean += f"  val acc (averaged) {100 * row['avg_val_acc']:6.2f}%"
+            fit = row.get("avg_clean_train_acc")
+            fit = f"clean train acc {100 * fit:6.2f}%, " if fit is not None else ""
+            averaged = f"  (averaged weights: {fit}val acc {100 * row['avg_val_acc']:6.2f}%)"
         self.log.info(
-            "epoch %*d/%d  train loss %.4f acc %6.2f%% (as trained)%s  val loss %.4f acc %6.2f%%  gap %+5.1fpp  "
+            "epoch %*d/%d  train loss %.4f acc %6.2f%% (as trained)%s  val loss %.4f acc %6.2f%%  gap %+5.1fpp%s  "
             "lr %.3g  %.1fs  %s img/s%s",
             len(str(cfg.epochs)),
             row["epoch"],
@@ -214,6 +217,7 @@ class Recorder:
             row["val_loss"],
             100 * row["val_acc"],
             100 * row["gap"],
+            averaged,
             row["lr"],
             row["epoch_s"],
             f"{row['img_per_s']:,.0f}",

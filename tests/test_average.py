@@ -64,8 +64,10 @@ def test_an_ema_run_records_both_and_its_checkpoints_stand_for_the_selected_weig
     e = s["evidence"]
     assert e["weights"] == "averaged" and e["val_acc"] == round(float(at["avg_val_acc"]), 4)
     assert e["train_acc"] == round(float(at["avg_clean_train_acc"]), 4) != round(float(at["clean_train_acc"]), 4)
+    log = (tmp_path / "ema/train.log").read_text()
+    assert log.count("(averaged weights: clean train acc") == len(rows)  # each epoch's line
     if s["verdict"] != "good_fit":
-        assert "best.pt's averaged weights: clean train acc" in (tmp_path / "ema/train.log").read_text()
+        assert "best.pt's averaged weights: clean train acc" in log
     raw = train(smoke_cfg("average=ema", "average.decay=0.9", "average.select=raw"), tmp_path / "raw")
     ckpt = checkpoint.read(tmp_path / "raw/checkpoints/best.pt")
     assert ckpt.weights() is ckpt.model
