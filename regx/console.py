@@ -79,6 +79,9 @@ def setup_logging(log_file: Path | None = None, quiet: bool = False) -> logging.
     return log
 
 
+STATS_EXAMPLE = "loss 0.0000  acc 100.00%  lr 0.000123  12,345 img/s"  # the widest stats EpochProgress shows
+
+
 class EpochProgress:
     """A live bar for one epoch (loss, accuracy, LR, images/s); silent when not on a terminal."""
 
@@ -89,9 +92,13 @@ class EpochProgress:
         if self.show and interactive():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            # the words and numbers first: the bar takes what room is left, and is left out under 10
+            # columns of it (at 80 columns rich cut the step count short: "294/4…")
+            words = len(self.title) + 2 * len(str(self.total)) + 1 + len(STATS_EXAMPLE) + len("0:00:00") + 4
+            bar = console().width - words - 1
             self._progress = Progress(
                 TextColumn("{task.description}"),
-                BarColumn(),
+                *([BarColumn(bar_width=min(40, bar))] if bar >= 10 else []),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[stats]}"),
                 TimeElapsedColumn(),

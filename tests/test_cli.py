@@ -288,3 +288,25 @@ def test_hydras_launch_of_a_run_composes_nothing(cli, monkeypatch):
     # hydra.compose (the preflight's, where this process had not composed it before) passes from_shell=False;
     # Hydra's launch (get_mode, run) leaves it at True
     assert [k for k in calls if k.get("from_shell", True)] == []
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_the_epoch_bar_shows_its_step_count_and_stats_whole_at_any_width(monkeypatch, width):
+    """At 80 columns rich cut the step count short ("294/4…"): the bar gives way first, then goes."""
+    import io
+
+    from rich.console import Console
+
+    from regx import console as con
+
+    terminal = Console(width=width, file=io.StringIO(), force_terminal=True)
+    monkeypatch.setattr(con, "_console", terminal)
+    monkeypatch.setattr(con, "interactive", lambda: True)
+    with con.EpochProgress("epoch 12/150", 844) as bar:
+        bar.update(294, 0.4634, 0.8306, 0.0107, 12345.0)
+        shown = Console(width=width, file=io.StringIO(), color_system=None)
+        shown.print(bar._progress.make_tasks_table(bar._progress.tasks))
+    line = shown.file.getvalue().rstrip("\n")
+    assert "\n" not in line and len(line) <= width
+    assert "epoch 12/150" in line and "294/844" in line and "loss 0.4634  acc 83.06%  lr 0.0107  12,345 img/s" in line
+    assert ("━" in line) == (width > 80)  # a bar where there is room for one
