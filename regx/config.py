@@ -733,36 +733,51 @@ UNREAD_HINTS = {  # what to do instead, where the key is a common mistake
 }
 
 
+def _read_by_schema(group: str):
+    return {
+        "data": DataConfig,
+        "optim": OptimConfig,
+        "sched": SchedConfig,
+        "dropout": DropoutConfig,
+        "average": AverageConfig,
+        "finetune": FinetuneConfig,
+        "logger": LoggerConfig,
+    }[group]
+
+
+def unread_by_option(c: DictConfig, key: str) -> str | None:
+    """Why `key` (GROUP.FIELD) is not read by the group's chosen option, as the end of "KEY=V is not
+    read by ...", or None where it is read (or is not an option's key)."""
+    group, _, name = key.partition(".")
+    if group not in READ_BY_OPTION:
+        return None
+    field_ = next((f for f in dataclasses.fields(_read_by_schema(group)) if f.name == name), None)
+    by = field_.metadata.get("by") if field_ is not None else None
+    node = c[group]
+    chosen = {f for f in ("tensorboard", "mlflow", "wandb") if node[f]} if group == "logger" else {node.name}
+    if not by or chosen & set(by.split("|")):
+        return None
+    which = " or ".join(f"{group}={o}" for o in by.split("|"))
+    hint = UNREAD_HINTS.get(key)
+    return f"{group}={', '.join(sorted(chosen)) or 'none'}: only {which} reads it " + (
+        f"({hint})" if hint else "(remove it, or choose that option)"
+    )
+
+
 def _check_unread(c: DictConfig) -> None:
     """A key that the chosen option does not read, set to anything but its default, is refused (it would
-    be a silent no-op: `sched=cosine sched.gamma=0.5`)."""
+    be a silent no-op: `sched=cosine sched.gamma=0.5`). Named on the command line at its default, it is
+    refused too (errors._check_switches)."""
     for group in READ_BY_OPTION:
-        node = c[group]
-        schema = {
-            "data": DataConfig,
-            "optim": OptimConfig,
-            "sched": SchedConfig,
-            "dropout": DropoutConfig,
-            "average": AverageConfig,
-            "finetune": FinetuneConfig,
-            "logger": LoggerConfig,
-        }[group]
-        chosen = {f for f in ("tensorboard", "mlflow", "wandb") if node[f]} if group == "logger" else {node.name}
-        for f in dataclasses.fields(schema):
-            by = f.metadata.get("by")
-            if not by or chosen & set(by.split("|")):
+        for f in dataclasses.fields(_read_by_schema(group)):
+            why = unread_by_option(c, f"{group}.{f.name}") if f.metadata.get("by") else None
+            if why is None:
                 continue
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            value = node[f.name]
+            value = c[group][f.name]
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             if value != default:
-                which = " or ".join(f"{group}={o}" for o in by.split("|"))
-                now = ", ".join(sorted(chosen)) or "none"
-                hint = UNREAD_HINTS.get(f"{group}.{f.name}")
-                raise ConfigError(
-                    f"{group}.{f.name}={value!r} is not read by {group}={now}: only {which} reads it "
-                    + (f"({hint})" if hint else "(remove it, or choose that option)")
-                )
+                raise ConfigError(f"{group}.{f.name}={value!r} is not read by {why}")
 
 
 def _check_between(c: DictConfig) -> None:

@@ -13,7 +13,17 @@ import re
 
 from omegaconf import OmegaConf
 
-from regx.config import AUG_OPS, GROUPS, ConfigError, compose, conf_dir, flat_keys, group_options, validate
+from regx.config import (
+    AUG_OPS,
+    GROUPS,
+    ConfigError,
+    compose,
+    conf_dir,
+    flat_keys,
+    group_options,
+    unread_by_option,
+    validate,
+)
 
 # Optional Hydra plugins (pip install 'regx[sweeps]'): an override naming one -> the module it needs.
 PLUGINS = {
@@ -274,6 +284,9 @@ def _check_switches(overrides: list[str], cfg) -> None:
     (aug=flip_rotate aug.rotate.p=0)."""
     named = [o.lstrip("+").split("=", 1)[0] for o in overrides if not o.startswith("~")]
     for key in named:
+        why = unread_by_option(cfg, key)  # named at its default (config._check_unread refuses any other value)
+        if why is not None:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not read by {why}")
         rule = _switch(key, cfg)
         if rule is None:
             continue

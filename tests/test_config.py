@@ -101,6 +101,9 @@ def test_used_by_command_composes():
             "data.channels=3 is not read by data=fashion_mnist: only data=shapes",
         ),
         (["sched=cosine", "sched.gamma=0.5"], "sched.gamma=0.5 is not read by sched=cosine: only sched=step or "),
+        # named at its default, it is as unread (main checked only values that differ from the default: exit 0)
+        (["sched=cosine", "sched.gamma=0.1"], "sched.gamma=0.1 is not read by sched=cosine: only sched=step or "),
+        (["finetune.backbone_lr_mult=0.1"], "finetune.backbone_lr_mult=0.1 is not read by finetune=scratch: only "),
         (  # an augmentation's setting while it is off: main trained without rotation, exit 0
             ["aug=flip", "aug.rotate.degrees=10"],
             "aug.rotate.degrees=10.0 is not read: aug.rotate.p is 0, so no image gets rotate; add aug.rotate.p (e.g. "
