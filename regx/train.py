@@ -460,6 +460,7 @@ def _run(
     rec.start(_facts(parts), state)
     if not resume:
         _warn_few_steps(parts, rec.log)
+        _warn_no_early_stop(cfg, rec.log)
     poll = StopPoll(stop, ranks, parts.device, 1 if parts.device.type == "cpu" else cfg.progress_every)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -825,6 +826,21 @@ def _warn_few_steps(parts: Parts, log) -> None:
             n,
             cfg.batch_size,
             f": {how} gives about {more}" if how else "",
+        )
+
+
+def _warn_no_early_stop(cfg, log) -> None:
+    """A patience the run's epochs leave no room for: the first epoch is always a best, so the earliest
+    stop comes after epoch patience + 1, and a stop after the last epoch is no stop."""
+    patience = cfg.early_stop.patience
+    if patience and patience + 1 >= cfg.epochs:
+        fix = f"early_stop.patience={cfg.epochs - 2} or less, or more epochs" if cfg.epochs > 2 else "more epochs"
+        log.warning(
+            "early_stop.patience=%d: a run of %d epochs never stops early (the earliest stop is after epoch %d); %s",
+            patience,
+            cfg.epochs,
+            patience + 1,
+            fix,
         )
 
 

@@ -180,6 +180,14 @@ def test_early_stop_says_when_and_why_and_resume_respects_it(tmp_path):
         and "did not improve by more than 90 points for 2 epochs" in s["stopped_early"]["reason"]
     )
     assert s["test_acc"] is not None
+    assert "never stops early" not in (tmp_path / "r" / "train.log").read_text()
+    # one epoch fewer leaves no room for that stop: said before training, and the run goes to its end
+    short = train(smoke_cfg("epochs=3", "early_stop.patience=2", "early_stop.min_delta=0.9"), tmp_path / "short")
+    assert short["epochs_done"] == 3 and short["stopped_early"] is None
+    assert (
+        "early_stop.patience=2: a run of 3 epochs never stops early (the earliest stop is after epoch 3); "
+        "early_stop.patience=1 or less, or more epochs" in (tmp_path / "short" / "train.log").read_text()
+    )
     same = regx_here(tmp_path, "resume", str(tmp_path / "r"))
     assert same.returncode == 0 and "stopped early after epoch 3" in same.stdout
     more = regx_here(tmp_path, "resume", str(tmp_path / "r"), "early_stop.patience=0")
