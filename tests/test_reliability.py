@@ -433,6 +433,26 @@ def test_decoding_workers_die_with_a_killed_parent(tmp_path):
     assert not survivors, "a decoding worker outlived its killed parent"
 
 
+def test_workers_still_running_at_exit_do_not_hold_the_process():
+    """A batch iterator kept alive to the end (by a traceback: a stopped run) left its workers running at
+    exit, and multiprocessing's exit function SIGTERMs such workers (which ignore it) and then joins them:
+    the process hung after "interrupted" until killed. regx ends them first."""
+    import subprocess
+    import sys
+
+    script = (
+        "from regx.data.core import data_loader\n"
+        "it = iter(data_loader(list(range(8)), batch_size=2, num_workers=1))\n"
+        "next(it)\n"
+        "KEPT = it\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: its workers held it")
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_killed_writers_temporary_files_go_at_the_next_write_and_a_live_ones_stay(tmp_path):
     import subprocess
     import sys

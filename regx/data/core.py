@@ -11,8 +11,10 @@ synthetic.py (the embedded shapes), tvsets.py (MNIST, Fashion-MNIST, CIFAR) and 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -363,16 +365,40 @@ def _worker_init(_: int, parent: int) -> None:
             os._exit(1)
 
 
+_live_workers: weakref.WeakSet = weakref.WeakSet()  # the iterators of _Loader whose workers may be running
+
+
+def _end_workers() -> None:
+    """At the interpreter's exit, before multiprocessing's own exit function: that one SIGTERMs daemonic
+    children, which regx's workers ignore, and then joins them, forever (a stopped run whose batch
+    iterator a traceback kept alive hung there after "interrupted"). torch's shutdown asks each worker
+    to finish instead, then waits a little, then terminates what is left."""
+    for it in list(_live_workers):
+        it._shutdown_workers()
+
+
+class _Loader(torch.utils.data.DataLoader):
+    def _get_iterator(self):
+        it = super()._get_iterator()
+        if hasattr(it, "_shutdown_workers"):  # worker processes (num_workers > 0)
+            # atexit runs the newest first: registered again now, after multiprocessing registered its own
+            atexit.unregister(_end_workers)
+            atexit.register(_end_workers)
+            _live_workers.add(it)
+        return it
+
+
 def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
     """torch's DataLoader, with workers that ignore stop signals and die with the main process (every
-    DataLoader of regx). Each of its iterators draws its workers' base seed from the loader's generator,
+    DataLoader of regx), ended before multiprocessing's exit function could wait on them forever
+    (_end_workers). Each of its iterators draws its workers' base seed from the loader's generator,
     torch's global one by default, which dropout and the augmentation draw from too: a loader started
     mid-epoch (a resume) would shift their stream. Its own generator keeps it out of that stream
     (regx's workers only decode, so their seed does not matter)."""
     import functools
     import os
 
-    return torch.utils.data.DataLoader(
+    return _Loader(
         dataset,
         worker_init_fn=functools.partial(_worker_init, parent=os.getpid()),
         generator=torch.Generator().manual_seed(0),
