@@ -108,11 +108,20 @@ def run_record(run: Path) -> dict:
         "final_val": num("final_val_acc"),
         "test": num("test_acc"),
         "ece": num("test_ece"),  # the test split's expected calibration error
-        "gap": float(metrics[-1]["gap"]) if metrics and metrics[-1].get("gap") not in (None, "") else None,
+        "gap": _gap(summary, metrics),
         "verdict": summary.get("verdict") or "-",
         "done": f"{summary.get('epochs_done', len(metrics))}/{epochs if epochs is not None else '?'}",
         "wall_s": num("wall_s"),
     }
+
+
+def _gap(summary: dict, metrics: list[dict]) -> float | None:
+    """The clean gap the verdict describes (best.pt's epoch, and its averaged weights where they were
+    selected), as regx ablate, curve and path tabulate it; a run with no verdict yet: its last epoch's."""
+    gap = (summary.get("evidence") or {}).get("gap")
+    if isinstance(gap, int | float):
+        return float(gap)
+    return float(metrics[-1]["gap"]) if metrics and metrics[-1].get("gap") not in (None, "") else None
 
 
 def _key_of(override: str) -> str | None:
@@ -432,7 +441,9 @@ def build(
             notes += [f"{r['status']}: {r['path']}", *([f"  {r['error']}"] if r["error"] else [])]
     files = write_report(out, records, keys, metric, group_by, title)
     caption = "accuracies and gap in %; " + (
-        "mean ± sample std over each group's completed runs" if group_by else "gap: clean train minus val"
+        "mean ± sample std over each group's completed runs"
+        if group_by
+        else "gap: clean train minus val at the verdict's epoch"
     )
     return Report(title, header, shown, caption, notes, files, out, skipped)
 

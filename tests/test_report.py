@@ -52,6 +52,7 @@ def test_report_lists_every_run_and_writes_three_files(sweep):
         if summ["status"] == "completed":
             assert float(row["best_val"]) == pytest.approx(summ["best_val_acc"])
             assert float(row["test"]) == pytest.approx(summ["test_acc"])
+            assert float(row["gap"]) == pytest.approx(summ["evidence"]["gap"])  # the verdict's, beside it
         else:
             assert row["lr"] == "10000.0" and "the run diverged" in row["error"]
     md = (sweep / "report.md").read_text()
