@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -409,16 +410,34 @@ def _sweep_summary(jobs, sweep_dir: str, stopped: int | None) -> int:
         print(f"regx: {len(jobs.failed)} of {jobs.count} jobs failed:", file=sys.stderr)
         for run_dir, message in jobs.failed:
             print(f"  {run_dir}: {message}", file=sys.stderr)
+    kind = _study_kind(Path(sweep_dir))  # a study's own --resume also tabulates it
     if stopped:
         import signal
 
+        finish = f"regx {kind} --resume" if kind else "regx sweep-resume"
         print(
-            f"regx: {signal.Signals(stopped).name} stopped the sweep; finish it with: regx sweep-resume {sweep_dir}",
+            f"regx: {signal.Signals(stopped).name} stopped the sweep; finish it with: {finish} {sweep_dir}",
             file=sys.stderr,
         )
         return 128 + stopped
-    print(f"{jobs.count} jobs in {sweep_dir}; compare them with: regx report {sweep_dir}")
+    table = f"its table: regx {kind} --resume {sweep_dir}; every run: " if kind else "compare them with: "
+    print(f"{jobs.count} jobs in {sweep_dir}; {table}regx report {sweep_dir}")
     return 1 if jobs.failed else 0
+
+
+def _study_kind(sweep: Path) -> str | None:
+    """ablate, curve or path for a study's sweep directory (regx sweep-resume finishes one too), else None."""
+    from regx import study
+
+    if not (sweep / study.ARMS_DIR).is_dir():
+        return None
+    try:
+        kind = json.loads((sweep / "study.json").read_text()).get("kind")
+    except FileNotFoundError:
+        return "ablate"  # a curve or path writes study.json before its sweep starts
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in ("curve", "path") else None
 
 
 def cmd_sweep_resume(args: list[str]) -> int:

@@ -132,6 +132,10 @@ def test_a_path_on_the_embedded_data(tmp_path, cli):
     md = (sweep / "path.md").read_text()
     assert "★" in md and "Best label_smoothing: " in md and "from the weakest to the strongest" in md
     assert (sweep / "path.png").stat().st_size > 10_000
+    again = cli("sweep-resume", "mine/p")  # finished as any sweep; the study's own --resume also tabulates it
+    assert again.stdout.splitlines()[-1] == "4 jobs in mine/p; its table: regx path --resume mine/p; every run: " + (
+        "regx report mine/p"
+    )
 
 
 @pytest.mark.parametrize(
