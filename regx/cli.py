@@ -278,7 +278,8 @@ def cmd_train(args: list[str], *, resume_jobs: bool = False) -> int:
     if not info_only:
         _check_output(args, multirun)
         _refuse_existing(args, multirun, resume_jobs)
-        errors.preflight(overrides, where.get("-cd"), primary, where.get("-cn", "train"))
+        for warning in errors.preflight(overrides, where.get("-cd"), primary, where.get("-cn", "train")):
+            print(f"regx: warning: {warning}", file=sys.stderr)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # errors reach _guarded: one line, not Hydra's traceback
     import hydra
 

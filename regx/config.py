@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -710,17 +711,19 @@ _SCHEMAS = {
 }
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, unread: bool = True) -> None:
     """Every value in its range, then the rules between keys; run after composition and before any
     data is loaded. Raises ConfigError with one line. (Whether model.name names a model is the model
-    registry's to say: regx.errors.check does both.)"""
+    registry's to say: regx.errors.check does both.) `unread=False`: leave the keys the chosen options do
+    not read to the caller (a sweep's preflight weighs them over all its jobs: unread_settings)."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         key = missing[0]
         hint = " (data=imagefolder needs the folder of images)" if key == "data.path" else ""
         raise ConfigError(f"{key} is required but has no value{hint}: add {key}=...")
     _check_fields(cfg, TrainConfig)
-    _check_unread(cfg)
+    if unread:
+        _check_unread(cfg)
     _check_between(cfg)
 
 
@@ -764,10 +767,9 @@ def unread_by_option(c: DictConfig, key: str) -> str | None:
     )
 
 
-def _check_unread(c: DictConfig) -> None:
-    """A key that the chosen option does not read, set to anything but its default, is refused (it would
-    be a silent no-op: `sched=cosine sched.gamma=0.5`). Named on the command line at its default, it is
-    refused too (errors._check_switches)."""
+def unread_settings(c: DictConfig) -> Iterator[tuple[str, str]]:
+    """(key, why) for each key that the chosen option does not read and that is set to anything but its
+    default (a silent no-op: `sched=cosine sched.gamma=0.5`)."""
     for group in READ_BY_OPTION:
         for f in dataclasses.fields(_read_by_schema(group)):
             why = unread_by_option(c, f"{group}.{f.name}") if f.metadata.get("by") else None
@@ -777,7 +779,14 @@ def _check_unread(c: DictConfig) -> None:
             value = c[group][f.name]
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             if value != default:
-                raise ConfigError(f"{group}.{f.name}={value!r} is not read by {why}")
+                yield f"{group}.{f.name}", f"{group}.{f.name}={value!r} is not read by {why}"
+
+
+def _check_unread(c: DictConfig) -> None:
+    """The first of unread_settings, refused. Named on the command line at its default, such a key is
+    refused too (errors._check_switches)."""
+    for _, why in unread_settings(c):
+        raise ConfigError(why)
 
 
 def _check_between(c: DictConfig) -> None:

@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import os
 import re
+from collections.abc import Iterator
 
 from omegaconf import OmegaConf
 
@@ -22,6 +23,7 @@ from regx.config import (
     flat_keys,
     group_options,
     unread_by_option,
+    unread_settings,
     validate,
 )
 
@@ -237,14 +239,20 @@ def preflight(
     primary: str | None = None,
     name: str = "train",
     sources: bool = True,
-) -> None:
+) -> list[str]:
     """Compose and check every value the overrides name, as Hydra will compose them (`config_dir`,
-    `primary`, `name`: regx train's -cd, -cp, -cn); raise ConfigError with one line."""
+    `primary`, `name`: regx train's -cd, -cp, -cn); raise ConfigError with one line. A setting that a
+    sweep's chosen options leave unread is refused only where no job of the sweep reads it
+    (`-m optim=sgd,adamw optim.momentum=0.8` is meant for the SGD jobs); returned are the warnings that
+    name it for the others."""
     check_plugins(overrides)
     check_keys(overrides, config_dir, primary, name)
     sweeps_data = any(o.split("=", 1)[0] == "data" and "," in o for o in overrides)
     checked: set = set()
-    for variant in expand_sweep(overrides):
+    variants = expand_sweep(overrides)
+    sweep = len(variants) > 1
+    unread: list[dict[str, str]] = []  # per variant: what it leaves unread
+    for variant in variants:
         try:
             cfg = compose(variant, config_dir, primary, name)
         except ConfigError:
@@ -257,12 +265,15 @@ def preflight(
                 "add data=imagefolder"
             )
         try:
-            check(cfg)
+            check(cfg, unread=not sweep)
         except ConfigError:
             raise
         except Exception as exc:
             raise ConfigError(explain(exc, variant)) from exc
-        _check_switches(variant, cfg)
+        if sweep:
+            unread.append({**dict(unread_settings(cfg)), **dict(_unread_named(variant, cfg))})
+        else:
+            _check_switches(variant, cfg)
         if cfg.data.train_size is not None:
             _check_train_size(cfg)
         if cfg.diagnose.corrupt:
@@ -271,6 +282,16 @@ def preflight(
             _check_timm_input(cfg)
         if sources:  # regx check-data surveys the folder itself, every problem at once
             _check_sources(cfg, checked)
+    warnings = {}
+    for found in unread:
+        for key, why in found.items():
+            if all(key in other for other in unread):
+                raise ConfigError(why)  # no job reads it
+            setting, _, reason = why.partition(" is not read")  # "KEY=V", " by OPTION: ..." or ": WHY; add ..."
+            reason = reason.removeprefix(" by ").removeprefix(": ").split("; add ")[0]
+            reason = reason.removesuffix(" (remove it, or choose that option)")
+            warnings.setdefault(key, f"some jobs of this sweep do not read {setting} ({reason}); they run without it")
+    return list(warnings.values())
 
 
 def _check_switches(overrides: list[str], cfg) -> None:
@@ -282,17 +303,24 @@ def _check_switches(overrides: list[str], cfg) -> None:
     `model.small_input` for smallcnn. A switch named too is deliberate, and allowed (`regx path
     aug.rotate.p=0,0.5 aug.rotate.degrees=30` at 0); so is what an option file brings with it
     (aug=flip_rotate aug.rotate.p=0)."""
+    for _, why in _unread_named(overrides, cfg):
+        raise ConfigError(why)
+
+
+def _unread_named(overrides: list[str], cfg) -> Iterator[tuple[str, str]]:
+    """(key, why) for each setting that _check_switches refuses."""
     named = [o.lstrip("+").split("=", 1)[0] for o in overrides if not o.startswith("~")]
     for key in named:
-        why = unread_by_option(cfg, key)  # named at its default (config._check_unread refuses any other value)
+        why = unread_by_option(cfg, key)  # named at its default (config's unread_settings has any other value)
         if why is not None:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not read by {why}")
+            yield key, f"{key}={OmegaConf.select(cfg, key)!r} is not read by {why}"
+            continue
         rule = _switch(key, cfg)
         if rule is None:
             continue
         switch, read, why = rule
         if not read and switch not in named:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is not read: {why}")
+            yield key, f"{key}={OmegaConf.select(cfg, key)!r} is not read: {why}"
 
 
 def _switch(key: str, cfg) -> tuple[str | None, bool, str] | None:
@@ -463,9 +491,10 @@ def debug_enabled() -> bool:
     return os.environ.get("REGX_DEBUG", "") not in ("", "0")
 
 
-def check(cfg) -> None:
-    """A composed config, whole: every value in its range (config.validate), then the model it names."""
-    validate(cfg)
+def check(cfg, unread: bool = True) -> None:
+    """A composed config, whole: every value in its range (config.validate), then the model it names.
+    `unread=False`: keys the chosen options do not read are the caller's to weigh (a sweep's preflight)."""
+    validate(cfg, unread=unread)
     check_model(cfg.model)
     check_corruptions(cfg.diagnose)
 

@@ -120,6 +120,26 @@ def test_bad_config_is_one_line(overrides, message):
     assert "\n" not in text
 
 
+def test_a_sweep_refuses_a_setting_only_where_none_of_its_jobs_reads_it():
+    """`-m optim=sgd,adamw optim.momentum=0.8` is meant for the SGD jobs (main refused the whole sweep, so
+    the only way was two sweeps): the others are named in a warning. Where no job reads it, it is refused."""
+    warnings = errors.preflight(["optim=sgd,adamw", "optim.momentum=0.8"])
+    assert warnings == [
+        "some jobs of this sweep do not read optim.momentum=0.8 (optim=adamw: only optim=sgd reads it); "
+        "they run without it"
+    ]
+    assert errors.preflight(["aug=none,flip_rotate", "aug.rotate.degrees=20"]) == [
+        "some jobs of this sweep do not read aug.rotate.degrees=20.0 (aug.rotate.p is 0, so no image gets rotate); "
+        "they run without it"
+    ]
+    assert errors.preflight(["optim=sgd,adamw", "lr=0.1,0.01"]) == []
+    for no_job_reads_it in (["optim=adam,adamw", "optim.momentum=0.8"], ["wd=0,1e-4", "sched.gamma=0.1"]):
+        with pytest.raises(config.ConfigError, match="is not read by"):
+            errors.preflight(no_job_reads_it)
+    with pytest.raises(config.ConfigError, match="aug.rotate.p is 0"):
+        errors.preflight(["aug=none,flip", "aug.rotate.degrees=10"])
+
+
 def test_sweep_preview_covers_every_value():
     variants = errors.expand_sweep(["aug=none,flip", "wd=0,1e-4,1e-3", "epochs=2"])
     assert len(variants) == 4  # first combination + one per further value, not the 6 of the product
