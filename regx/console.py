@@ -79,7 +79,7 @@ def setup_logging(log_file: Path | None = None, quiet: bool = False) -> logging.
     return log
 
 
-STATS_EXAMPLE = "loss 0.0000  acc 100.00%  lr 0.000123  12,345 img/s"  # the widest stats EpochProgress shows
+STATS_EXAMPLE = "loss 0.0000  acc 100.00%  lr 0.000123  123,456 img/s"  # the widest stats EpochProgress shows
 
 
 class EpochProgress:
