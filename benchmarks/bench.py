@@ -578,10 +578,12 @@ def fmnist_to_accuracy(
     target: float = 0.93,
     extra: tuple[str, ...] = (),
     log=print,
+    partial=None,
 ) -> dict:
     """Fashion-MNIST to `target` test accuracy (#32's goal: under 12 s on an H100): `regx train
     experiment=...` on the real files (`root`, else data.root's default and Debian's copy), timed from
-    the command to its exit, start-up and the summary included, once per seed."""
+    the command to its exit, start-up and the summary included, once per seed; `partial(result)` after
+    each seed but the last."""
     from regx.files import read_json, read_metrics
 
     runs = []
@@ -610,6 +612,8 @@ def fmnist_to_accuracy(
                 }
             )
             log(f"  11. seed {seed}: test {100 * summary['test_acc']:.2f}% in {command_s:.1f} s")
+            if partial is not None and seed < seeds - 1:
+                partial({"experiment": experiment, "target": target, "runs": runs})
     return {"experiment": experiment, "target": target, "runs": runs}
 
 
@@ -812,7 +816,11 @@ def measurement_cost(device_name: str = "cpu", repeats: int = 7) -> dict:
     }
 
 
-def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, tta: bool = False, log=print) -> dict:
+def run(
+    device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, tta: bool = False, log=print, save=None
+) -> dict:
+    """The whole benchmark. `save(result)` is called after each part with what is measured so far (marked
+    "partial" until the end), so a benchmark stopped at a borrowed GPU's time limit keeps its finished parts."""
     from regx.device import pick_precision
 
     device = torch.device(device_name)
@@ -823,7 +831,13 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         "date": time.strftime("%Y-%m-%d"),
         "engine": [],
         "defaults": [],
+        "partial": True,
     }
+
+    def done():
+        if save is not None:
+            save(result)
+
     repeats = 3 if quick else 9
     precisions = ["32", "bf16"] if pick_precision("auto", device) == "bf16" else ["32"]
     cases = [("smallcnn", p, a, False) for p in precisions for a in ("none", "all")]
@@ -854,6 +868,22 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
             f"  1. {model_name:9s} {precision:>4s} aug={row['aug']:<4s}  regx {r['regx']['median']:8.0f} img/s   "
             f"hand {r['hand']['median']:8.0f} img/s   ratio {row['ratio']:.3f}"
         )
+        done()
+    if not skip_runs:  # sections 3 and 4 right after section 1: #32's goal figures first
+        result["whole_epoch"] = w = whole_epochs(device_name, quick)
+        log(
+            f"  3. whole epochs {w['whole_epoch_img_per_s']:,.0f} img/s vs steady {w['steady_img_per_s']:,.0f}: "
+            f"ratio {w['ratio']:.3f}"
+        )
+        done()
+        result["startup"] = startup(3 if quick else 5)
+        s = result["startup"]
+        log(
+            f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
+            f"{s['to_first_step_s']['median']:.2f}s (import torch {s['import_torch_s']:.2f}s, "
+            f"torch+torchvision {s['import_torch_torchvision_s']:.2f}s)"
+        )
+        done()
     best = precisions[-1]
     for model_name in ("smallcnn", "resnet18"):
         small = model_name == "smallcnn"
@@ -875,11 +905,13 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
             }
         )
         log(f"  defaults: channels_last/contiguous {model_name} {best}: x{ratio:.3f}")
+        done()
     for model_name in ("smallcnn", "resnet18") if len(precisions) > 1 else ():
         rows = {r["precision"]: r for r in result["engine"] if r["model"] == model_name and r["aug"] == "none"}
         ratio = rows["bf16"]["hand"]["median"] / rows["32"]["hand"]["median"]
         result["defaults"].append({"what": f"bf16 autocast vs fp32, {model_name}", "ratio": ratio})
         log(f"  defaults: bf16/fp32 {model_name}: x{ratio:.3f}")
+        done()
     for model_name in ("smallcnn", "resnet18") if gpu and len(precisions) > 1 else ():
         # At batch 256 a GPU is bound by kernel launches and autocast's casts show; at 1024 it computes.
         r = alternate(
@@ -894,6 +926,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
             {"what": f"bf16 autocast vs fp32, {model_name} batch 1024", "ratio": ratio, "a": r["bf16"], "b": r["32"]}
         )
         log(f"  defaults: bf16/fp32 {model_name} batch 1024: x{ratio:.3f}")
+        done()
 
     for model_name in ("smallcnn", "resnet18"):  # what average=ema, clip_grad and the policies add to a step
         small = model_name == "smallcnn"
@@ -927,12 +960,14 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                 {"what": f"{what} vs off, {model_name} {best}", "ratio": ratio, "a": r[key], "b": r["plain"]}
             )
             log(f"  defaults: {what}/off {model_name} {best}: x{ratio:.3f}")
+        done()
     steps, batch = (40, 256) if gpu else (8, BATCH)
     for row in compile_effect(
         device, best, steps, batch, repeats, ("default", "reduce-overhead") if gpu else ("default",)
     ):
         result["defaults"].append(row)
         log(f"  defaults: {row['what']}: x{row['ratio']:.3f} after {row['compile_s']:.1f}s of compiling")
+        done()
 
     steps, batch = (40, 256) if gpu else (10, BATCH)
     r = alternate(aug_alone(device, steps, batch), repeats)
@@ -946,6 +981,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         f"  2. augmentation alone: regx {r[names[0]]['median']:,.0f} img/s, "
         f"torchvision {r[names[1]]['median']:,.0f} img/s, x{result['aug_alone']['ratio']:.1f}"
     )
+    done()
     steps = 40 if gpu else 8
     r = alternate(
         {
@@ -963,6 +999,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
         f"  2. end to end (smallcnn {best}): regx {r['regx aug=all']['median']:,.0f} img/s, torchvision "
         f"{r['torchvision DataLoader']['median']:,.0f} img/s, x{result['aug_end_to_end']['ratio']:.2f}"
     )
+    done()
     if not gpu:
         result["predict"] = p = predict_speed(repeats)
         log(
@@ -970,16 +1007,13 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
             f"{p['ratio']:.3f}; decoding {p['decode_1_process']['median']:,.0f} img/s in one process, model "
             f"{p['model']['median']:,.0f} img/s"
         )
+        done()
         result["onnx"] = onnx_vs_eager(repeats)
         for o in result["onnx"]:
             log(f"  5. onnxruntime/eager {o['model']}: x{o['ratio']:.2f}")
+        done()
     if not skip_runs:
-        result["whole_epoch"] = whole_epochs(device_name, quick)
         w = result["whole_epoch"]
-        log(
-            f"  3. whole epochs {w['whole_epoch_img_per_s']:,.0f} img/s vs steady {w['steady_img_per_s']:,.0f}: "
-            f"ratio {w['ratio']:.3f}"
-        )
         if gpu or tta:
             result["time_to_accuracy"] = t = time_to_accuracy(device_name)
             log(
@@ -987,6 +1021,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                 + (f"{t['reached']['seconds']:.1f}s (epoch {t['reached']['epoch']})" if t["reached"] else "not reached")
                 + f"; run {t['wall_s']:.1f}s, test {100 * t['test_acc']:.2f}%"
             )
+            done()
         epoch_s = statistics.median(b - a for a, b in zip(w["epoch_wall_s"], w["epoch_wall_s"][1:]))
         result["trackers"] = {"epoch_s": epoch_s, "per_epoch": tracker_cost()}
         for name, t in result["trackers"]["per_epoch"].items():
@@ -994,6 +1029,7 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
                 f"  6. logger={name}: {1000 * t['median']:.1f} ms per epoch, {100 * t['median'] / epoch_s:.2f}% of an "
                 f"epoch ({epoch_s:.1f} s)"
             )
+        done()
         result["measurements"] = {
             **measurement_cost(device_name, 3 if quick else 7),
             "command": result["command"],
@@ -1004,13 +1040,9 @@ def run(device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, 
             f"  7. calibration {c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise's evaluation "
             f"{c['noisy_eval_pct_of_epoch']:.2f}%"
         )
-        result["startup"] = startup(3 if quick else 5)
-        s = result["startup"]
-        log(
-            f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
-            f"{s['to_first_step_s']['median']:.2f}s (import torch {s['import_torch_s']:.2f}s, "
-            f"torch+torchvision {s['import_torch_torchvision_s']:.2f}s)"
-        )
+        done()
+    del result["partial"]
+    done()
     return result
 
 
@@ -1024,7 +1056,12 @@ def section(r: dict) -> str:
     lines = [
         f"Measured {r['date']} on {where}; torch {m['torch']}, Python {m['python']}. Command: "
         f"`{r['command'].strip()}`. Images/s: median (min-max) of the repeats; "
-        "ratios: median of the per-round ratios (contenders alternate round by round).",
+        "ratios: median of the per-round ratios (contenders alternate round by round)."
+        + (
+            " **Stopped before its end** (a borrowed machine's time limit): the parts below are those it finished."
+            if r.get("partial")
+            else ""
+        ),
         "",
         "**1. regx's engine vs a hand-written loop** (same model, data in memory, batch, dtype, channels_last "
         "and SGD; the hand loop never augments; targets: ratio >= 0.95 with aug=none, >= 0.90 with aug=all)",
@@ -1037,25 +1074,30 @@ def section(r: dict) -> str:
             f"| {e['model']} | {e['precision']} | {e['aug']} | {e['batch']} | {_fmt(e['regx'])} | "
             f"{_fmt(e['hand'])} | {e['ratio']:.3f} |"
         )
-    a, b = r["aug_alone"], r["aug_end_to_end"]
-    lines += [
-        "",
-        "**2. Augmentation** (aug=all's five operations: flips, rotation, rescale, translation, colour; "
-        "torchvision v2 per image in a DataLoader with 2 workers; targets: alone >= 5x, end to end never slower)",
-        "",
-        "| | regx img/s | torchvision img/s | ratio |",
-        "|---|---|---|---|",
-        f"| augmentation alone | {_fmt(a['regx'])} | {_fmt(a['torchvision'])} | {a['ratio']:.1f}x |",
-        f"| end to end, smallcnn training | {_fmt(b['regx'])} | {_fmt(b['torchvision'])} | {b['ratio']:.2f}x |",
-    ]
+    if "aug_end_to_end" in r:
+        a, b = r["aug_alone"], r["aug_end_to_end"]
+        lines += [
+            "",
+            "**2. Augmentation** (aug=all's five operations: flips, rotation, rescale, translation, colour; "
+            "torchvision v2 per image in a DataLoader with 2 workers; targets: alone >= 5x, end to end never slower)",
+            "",
+            "| | regx img/s | torchvision img/s | ratio |",
+            "|---|---|---|---|",
+            f"| augmentation alone | {_fmt(a['regx'])} | {_fmt(a['torchvision'])} | {a['ratio']:.1f}x |",
+            f"| end to end, smallcnn training | {_fmt(b['regx'])} | {_fmt(b['torchvision'])} | {b['ratio']:.2f}x |",
+        ]
     if "whole_epoch" in r:
-        w, s = r["whole_epoch"], r["startup"]
+        w = r["whole_epoch"]
         lines += [
             "",
             f"**3. Whole epochs vs steady state** (smallcnn, aug=all, {w['n_train']:,} training images; "
             f"epochs 2-{w['epochs']} of one run timed end to end, so they include evaluation, "
             "the clean-train evaluation, checkpoints, metrics and curves.png; target >= 0.85): "
             f"{w['whole_epoch_img_per_s']:,.0f} vs {w['steady_img_per_s']:,.0f} img/s, ratio **{w['ratio']:.3f}**.",
+        ]
+    if "startup" in r:
+        s = r["startup"]
+        lines += [
             "",
             f"**4. Start-up:** `regx --help` {s['help_s']['median']:.2f} s (target < 0.3 s); "
             f"`regx train debug=smoke` is ready to train (data and model built) {s['to_first_step_s']['median']:.2f} s "
@@ -1352,46 +1394,39 @@ def main(argv=None) -> int:
     root = Path(args.out)
     name = "bench-cuda.json" if args.device.startswith("cuda") else "bench.json"
     kept = json.loads((root / name).read_text()) if (root / name).is_file() else {}
+    # each part alone; `partial(so_far)` saves what a part that takes minutes has measured so far
     parts = {
-        "measurements": lambda: measurement_cost(args.device),
-        "compile_aug": lambda: compile_aug_effect(args.device),
-        "decode": lambda: decode_effect(args.device, args.jpegs),
-        "checkpoint": lambda: checkpoint_stall(args.device),
-        "fmnist": lambda: fmnist_to_accuracy(args.device, args.fmnist or None),
+        "measurements": lambda partial: measurement_cost(args.device),
+        "compile_aug": lambda partial: compile_aug_effect(args.device),
+        "decode": lambda partial: decode_effect(args.device, args.jpegs),
+        "checkpoint": lambda partial: checkpoint_stall(args.device),
+        "fmnist": lambda partial: fmnist_to_accuracy(args.device, args.fmnist or None, partial=partial),
     }
     key = next((k for k in parts if getattr(args, k) not in (None, False)), None)
+    if key is not None and not kept:
+        flag = "--" + key.replace("_", "-")
+        print(f"regx: error: {flag} adds to {root / name}, which a whole run writes first", file=sys.stderr)
+        return 2
+    # measurements taken apart from the benchmark (whole runs, sections 7 to 11, each dated): a whole run keeps them
+    apart = ("recipes", "vs_timm", "vs_timm_matched", "measurements", "compile_aug", "decode", "checkpoint", "fmnist")
+
+    def save(result: dict) -> None:  # after each part: a run stopped at a time limit keeps what it finished
+        (root / name).write_text(json.dumps(result, indent=2) + "\n")
+
     if key is not None:
-        if not kept:
-            flag = "--" + key.replace("_", "-")
-            print(f"regx: error: {flag} adds to {root / name}, which a whole run writes first", file=sys.stderr)
-            return 2
         result = kept
-        result[key] = {
-            **parts[key](),
-            "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"),
-        }
+        stamp = {"command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d")}
+        result[key] = {**parts[key](lambda part: save({**kept, key: {**part, **stamp, "partial": True}})), **stamp}
         print(json.dumps(result[key], indent=2))
     else:
-        result = run(args.device, args.quick, tta=args.tta)
-        # measurements taken apart from the benchmark (whole runs, sections 7 to 10, each dated): keep them
-        result.update(
-            {
-                k: kept[k]
-                for k in (
-                    "recipes",
-                    "vs_timm",
-                    "vs_timm_matched",
-                    "measurements",
-                    "compile_aug",
-                    "decode",
-                    "checkpoint",
-                    "fmnist",
-                )
-                if k in kept
-            }
+        result = run(
+            args.device,
+            args.quick,
+            tta=args.tta,
+            save=lambda r: save({**r, **{k: kept[k] for k in apart if k in kept}}),
         )
-    (root / name).write_text(json.dumps(result, indent=2) + "\n")
+        result.update({k: kept[k] for k in apart if k in kept})
+    save(result)
     print(f"wrote {root / name} and {write_markdown(root)}")
     return 0
 

@@ -233,3 +233,31 @@ def test_a_missing_fashion_mnist_folder_is_one_line_and_exit_2(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--fmnist" in err and "no such folder" in err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_benchmark_stopped_part_way_keeps_and_reports_its_finished_parts(tmp_path, monkeypatch):
+    """A borrowed GPU's time limit can stop the whole benchmark: each part is saved as it finishes, and
+    the report shows those parts and says the run stopped."""
+    stats = {"median": 10.0, "min": 9.0, "max": 11.0, "n": 3, "rates": [9.0, 10.0, 11.0]}
+    row = {"model": "smallcnn", "precision": "32", "aug": "none", "batch": bench.BATCH, "regx": stats, "hand": stats}
+    monkeypatch.setattr(bench, "alternate", lambda contenders, repeats, warmup=1: dict.fromkeys(contenders, stats))
+    monkeypatch.setattr(bench, "regx_loop", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "hand_loop", lambda *a, **k: None)
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt  # as a time limit's signal would stop it
+
+    monkeypatch.setattr(bench, "whole_epochs", stop)
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        bench.run("cpu", quick=True, save=lambda r: saved.append(json.loads(json.dumps(r))))
+    last = saved[-1]
+    assert last["partial"] and len(last["engine"]) == len(saved) and last["engine"][0] == row | {"ratio": 1.0}
+    assert "whole_epoch" not in last and "aug_alone" not in last
+    (tmp_path / "bench-cuda.json").write_text(json.dumps(last))
+    gpu = bench.write_markdown(tmp_path).read_text().split("## GPU")[1]
+    assert (
+        "**Stopped before its end**" in gpu
+        and f"| smallcnn | 32 | none | {bench.BATCH} | 10 (9-11) | 10 (9-11) | 1.000 |" in gpu
+    )
+    assert "**2. Augmentation**" not in gpu and "**3. Whole epochs" not in gpu
