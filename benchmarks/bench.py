@@ -17,6 +17,7 @@ Writes bench.json (bench-cuda.json with --device cuda) and regenerates BENCHMARK
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -816,15 +819,48 @@ def measurement_cost(device_name: str = "cpu", repeats: int = 7) -> dict:
     }
 
 
+@dataclass
+class _Plan:
+    """What every part of the whole benchmark shares: where it runs, how often it repeats, and how it
+    reports and saves what it measured."""
+
+    device: torch.device
+    quick: bool
+    log: Callable[[str], None]
+    saved: Callable[[], None]
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def repeats(self) -> int:
+        return 3 if self.quick else 9
+
+    @property
+    def precisions(self) -> list[str]:
+        from regx.device import pick_precision
+
+        return ["32", "bf16"] if pick_precision("auto", self.device) == "bf16" else ["32"]
+
+    @property
+    def best(self) -> str:
+        return self.precisions[-1]
+
+    def size(self, model_name: str) -> tuple[int, int]:
+        """(steps, batch) of one timed chunk: a GPU's batches are 256; a CPU's few and small."""
+        if model_name == "smallcnn":
+            return (40, 256) if self.gpu else (8, BATCH)
+        return (20, 256) if self.gpu else (2, 64)
+
+
 def run(
     device_name: str = "cpu", quick: bool = False, skip_runs: bool = False, tta: bool = False, log=print, save=None
 ) -> dict:
-    """The whole benchmark. `save(result)` is called after each part with what is measured so far (marked
-    "partial" until the end), so a benchmark stopped at a borrowed GPU's time limit keeps its finished parts."""
-    from regx.device import pick_precision
-
+    """The whole benchmark, part by part. `save(result)` is called after each part with what is measured so
+    far (marked "partial" until the end), so a benchmark stopped at a borrowed GPU's time limit keeps its
+    finished parts. `skip_runs`: no whole `regx train` runs (sections 3, 4, 6, 7 and time to accuracy)."""
     device = torch.device(device_name)
-    gpu = device.type == "cuda"
     result = {
         "machine": machine(device),
         "command": "python -m benchmarks.bench " + " ".join(sys.argv[1:]),
@@ -833,26 +869,35 @@ def run(
         "defaults": [],
         "partial": True,
     }
+    plan = _Plan(device, quick, log, lambda: save(result) if save is not None else None)
+    parts = [_engine]
+    parts += [] if skip_runs else [_whole_epoch, _startup]  # #32's goal figures first
+    parts += [_channels_last, _bf16, _step_costs, _compile, _augmentation]
+    parts += [] if plan.gpu else [_inference]
+    parts += [] if skip_runs else ([_time_to_accuracy] if plan.gpu or tta else []) + [_trackers, _measurements]
+    for part in parts:
+        part(plan, result)
+        plan.saved()
+    del result["partial"]
+    plan.saved()
+    return result
 
-    def done():
-        if save is not None:
-            save(result)
 
-    repeats = 3 if quick else 9
-    precisions = ["32", "bf16"] if pick_precision("auto", device) == "bf16" else ["32"]
-    cases = [("smallcnn", p, a, False) for p in precisions for a in ("none", "all")]
-    cases += [("resnet18", p, "none", False) for p in precisions] + [("resnet18", precisions[-1], "all", False)]
-    if gpu:  # compile_aug: the augmentation's kernels fused (on the CPU it compiles for seconds and gains little)
-        cases += [(m, p, "all", True) for m in ("smallcnn", "resnet18") for p in precisions[-1:]]
+def _engine(plan: _Plan, result: dict) -> None:
+    """Section 1: regx's training loop against the hand-written one, each model, precision and aug."""
+    p = plan.precisions
+    cases = [("smallcnn", x, a, False) for x in p for a in ("none", "all")]
+    cases += [("resnet18", x, "none", False) for x in p] + [("resnet18", plan.best, "all", False)]
+    if plan.gpu:  # compile_aug: the augmentation's kernels fused (on the CPU it compiles for seconds and gains little)
+        cases += [(m, plan.best, "all", True) for m in ("smallcnn", "resnet18")]
     for model_name, precision, aug, compile_aug in cases:
-        small = model_name == "smallcnn"
-        steps, batch = ((40, 256) if gpu else (5, BATCH)) if small else ((20, 256) if gpu else (2, 64))
+        steps, batch = plan.size(model_name) if plan.gpu or model_name != "smallcnn" else (5, BATCH)
         r = alternate(
             {
-                "regx": regx_loop(model_name, device, precision, steps, batch, aug, compile_aug=compile_aug),
-                "hand": hand_loop(model_name, device, precision, steps, batch),
+                "regx": regx_loop(model_name, plan.device, precision, steps, batch, aug, compile_aug=compile_aug),
+                "hand": hand_loop(model_name, plan.device, precision, steps, batch),
             },
-            repeats,
+            plan.repeats,
         )
         row = {
             "model": model_name,
@@ -864,87 +909,89 @@ def run(
             "ratio": paired_ratio(r["regx"], r["hand"]),
         }
         result["engine"].append(row)
-        log(
+        plan.log(
             f"  1. {model_name:9s} {precision:>4s} aug={row['aug']:<4s}  regx {r['regx']['median']:8.0f} img/s   "
             f"hand {r['hand']['median']:8.0f} img/s   ratio {row['ratio']:.3f}"
         )
-        done()
-    if not skip_runs:  # sections 3 and 4 right after section 1: #32's goal figures first
-        result["whole_epoch"] = w = whole_epochs(device_name, quick)
-        log(
-            f"  3. whole epochs {w['whole_epoch_img_per_s']:,.0f} img/s vs steady {w['steady_img_per_s']:,.0f}: "
-            f"ratio {w['ratio']:.3f}"
-        )
-        done()
-        result["startup"] = startup(3 if quick else 5)
-        s = result["startup"]
-        log(
-            f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
-            f"{s['to_first_step_s']['median']:.2f}s (import torch {s['import_torch_s']:.2f}s, "
-            f"torch+torchvision {s['import_torch_torchvision_s']:.2f}s)"
-        )
-        done()
-    best = precisions[-1]
+        plan.saved()
+
+
+def _whole_epoch(plan: _Plan, result: dict) -> None:
+    result["whole_epoch"] = w = whole_epochs(str(plan.device), plan.quick)
+    plan.log(
+        f"  3. whole epochs {w['whole_epoch_img_per_s']:,.0f} img/s vs steady {w['steady_img_per_s']:,.0f}: "
+        f"ratio {w['ratio']:.3f}"
+    )
+
+
+def _startup(plan: _Plan, result: dict) -> None:
+    result["startup"] = s = startup(3 if plan.quick else 5)
+    plan.log(
+        f"  4. regx --help {s['help_s']['median']:.2f}s; train debug=smoke ready to train after "
+        f"{s['to_first_step_s']['median']:.2f}s (import torch {s['import_torch_s']:.2f}s, "
+        f"torch+torchvision {s['import_torch_torchvision_s']:.2f}s)"
+    )
+
+
+def _default(plan: _Plan, result: dict, what: str, r: dict, a: str, b: str) -> None:
+    """A default's measurement: contender a against b, from one alternation `r`."""
+    ratio = paired_ratio(r[a], r[b])
+    result["defaults"].append({"what": what, "ratio": ratio, "a": r[a], "b": r[b]})
+    plan.log(f"  defaults: {what}: x{ratio:.3f}")
+
+
+def _channels_last(plan: _Plan, result: dict) -> None:
     for model_name in ("smallcnn", "resnet18"):
-        small = model_name == "smallcnn"
-        steps, batch = ((40, 256) if gpu else (8, BATCH)) if small else ((20, 256) if gpu else (2, 64))
+        steps, batch = plan.size(model_name)
         r = alternate(
             {
-                "channels_last": hand_loop(model_name, device, best, steps, batch, True),
-                "contiguous": hand_loop(model_name, device, best, steps, batch, False),
+                "channels_last": hand_loop(model_name, plan.device, plan.best, steps, batch, True),
+                "contiguous": hand_loop(model_name, plan.device, plan.best, steps, batch, False),
             },
-            repeats,
+            plan.repeats,
         )
-        ratio = paired_ratio(r["channels_last"], r["contiguous"])
-        result["defaults"].append(
-            {
-                "what": f"channels_last vs contiguous, {model_name} {best}",
-                "ratio": ratio,
-                "a": r["channels_last"],
-                "b": r["contiguous"],
-            }
+        _default(
+            plan, result, f"channels_last vs contiguous, {model_name} {plan.best}", r, "channels_last", "contiguous"
         )
-        log(f"  defaults: channels_last/contiguous {model_name} {best}: x{ratio:.3f}")
-        done()
-    for model_name in ("smallcnn", "resnet18") if len(precisions) > 1 else ():
+
+
+def _bf16(plan: _Plan, result: dict) -> None:
+    if len(plan.precisions) < 2:
+        return
+    for model_name in ("smallcnn", "resnet18"):  # the hand loop's rates of section 1
         rows = {r["precision"]: r for r in result["engine"] if r["model"] == model_name and r["aug"] == "none"}
         ratio = rows["bf16"]["hand"]["median"] / rows["32"]["hand"]["median"]
         result["defaults"].append({"what": f"bf16 autocast vs fp32, {model_name}", "ratio": ratio})
-        log(f"  defaults: bf16/fp32 {model_name}: x{ratio:.3f}")
-        done()
-    for model_name in ("smallcnn", "resnet18") if gpu and len(precisions) > 1 else ():
+        plan.log(f"  defaults: bf16 autocast vs fp32, {model_name}: x{ratio:.3f}")
+    for model_name in ("smallcnn", "resnet18") if plan.gpu else ():
         # At batch 256 a GPU is bound by kernel launches and autocast's casts show; at 1024 it computes.
         r = alternate(
             {
-                "bf16": hand_loop(model_name, device, "bf16", 20, 1024),
-                "32": hand_loop(model_name, device, "32", 20, 1024),
+                "bf16": hand_loop(model_name, plan.device, "bf16", 20, 1024),
+                "32": hand_loop(model_name, plan.device, "32", 20, 1024),
             },
-            repeats,
+            plan.repeats,
         )
-        ratio = paired_ratio(r["bf16"], r["32"])
-        result["defaults"].append(
-            {"what": f"bf16 autocast vs fp32, {model_name} batch 1024", "ratio": ratio, "a": r["bf16"], "b": r["32"]}
-        )
-        log(f"  defaults: bf16/fp32 {model_name} batch 1024: x{ratio:.3f}")
-        done()
+        _default(plan, result, f"bf16 autocast vs fp32, {model_name} batch 1024", r, "bf16", "32")
 
-    for model_name in ("smallcnn", "resnet18"):  # what average=ema, clip_grad and the policies add to a step
-        small = model_name == "smallcnn"
-        steps, batch = ((40, 256) if gpu else (8, BATCH)) if small else ((20, 256) if gpu else (2, 64))
+
+def _step_costs(plan: _Plan, result: dict) -> None:
+    """What average=ema, clip_grad and the augmentation policies add to a step."""
+    for model_name in ("smallcnn", "resnet18"):
+        steps, batch = plan.size(model_name)
+        loop = functools.partial(regx_loop, model_name, plan.device, plan.best, steps, batch)
         r = alternate(
             {
-                "plain": regx_loop(model_name, device, best, steps, batch),
-                "ema": regx_loop(model_name, device, best, steps, batch, ema=True),
-                "clip": regx_loop(model_name, device, best, steps, batch, clip=1.0),
-                "trivial": regx_loop(model_name, device, best, steps, batch, "trivialaugment"),
-                "rand": regx_loop(model_name, device, best, steps, batch, "randaugment"),
-                "auto": regx_loop(model_name, device, best, steps, batch, "autoaugment"),
-                "augmix": regx_loop(model_name, device, best, steps, batch, "augmix"),
-                "augmix_jsd": regx_loop(
-                    model_name, device, best, steps, batch, "augmix", overrides=("aug.augmix.jsd=12",)
-                ),
+                "plain": loop("none"),
+                "ema": loop("none", ema=True),
+                "clip": loop("none", clip=1.0),
+                "trivial": loop("trivialaugment"),
+                "rand": loop("randaugment"),
+                "auto": loop("autoaugment"),
+                "augmix": loop("augmix"),
+                "augmix_jsd": loop("augmix", overrides=("aug.augmix.jsd=12",)),
             },
-            repeats,
+            plan.repeats,
         )
         for what, key in (
             ("average=ema", "ema"),
@@ -955,95 +1002,88 @@ def run(
             ("aug=augmix", "augmix"),
             ("aug=augmix aug.augmix.jsd=12 (3 views)", "augmix_jsd"),
         ):
-            ratio = paired_ratio(r[key], r["plain"])
-            result["defaults"].append(
-                {"what": f"{what} vs off, {model_name} {best}", "ratio": ratio, "a": r[key], "b": r["plain"]}
-            )
-            log(f"  defaults: {what}/off {model_name} {best}: x{ratio:.3f}")
-        done()
-    steps, batch = (40, 256) if gpu else (8, BATCH)
-    for row in compile_effect(
-        device, best, steps, batch, repeats, ("default", "reduce-overhead") if gpu else ("default",)
-    ):
-        result["defaults"].append(row)
-        log(f"  defaults: {row['what']}: x{row['ratio']:.3f} after {row['compile_s']:.1f}s of compiling")
-        done()
+            _default(plan, result, f"{what} vs off, {model_name} {plan.best}", r, key, "plain")
+        plan.saved()
 
-    steps, batch = (40, 256) if gpu else (10, BATCH)
-    r = alternate(aug_alone(device, steps, batch), repeats)
-    names = list(r)
-    result["aug_alone"] = {
-        "regx": r[names[0]],
-        "torchvision": r[names[1]],
-        "ratio": paired_ratio(r[names[0]], r[names[1]]),
-    }
-    log(
-        f"  2. augmentation alone: regx {r[names[0]]['median']:,.0f} img/s, "
-        f"torchvision {r[names[1]]['median']:,.0f} img/s, x{result['aug_alone']['ratio']:.1f}"
+
+def _compile(plan: _Plan, result: dict) -> None:
+    steps, batch = plan.size("smallcnn")
+    modes = ("default", "reduce-overhead") if plan.gpu else ("default",)
+    for row in compile_effect(plan.device, plan.best, steps, batch, plan.repeats, modes):
+        result["defaults"].append(row)
+        plan.log(f"  defaults: {row['what']}: x{row['ratio']:.3f} after {row['compile_s']:.1f}s of compiling")
+        plan.saved()
+
+
+def _augmentation(plan: _Plan, result: dict) -> None:
+    """Section 2: regx's batched augmentation against torchvision's per image, alone and end to end."""
+    steps, batch = (40, 256) if plan.gpu else (10, BATCH)
+    r = alternate(aug_alone(plan.device, steps, batch), plan.repeats)
+    regx, tv = list(r)
+    result["aug_alone"] = {"regx": r[regx], "torchvision": r[tv], "ratio": paired_ratio(r[regx], r[tv])}
+    plan.log(
+        f"  2. augmentation alone: regx {r[regx]['median']:,.0f} img/s, "
+        f"torchvision {r[tv]['median']:,.0f} img/s, x{result['aug_alone']['ratio']:.1f}"
     )
-    done()
-    steps = 40 if gpu else 8
+    steps = 40 if plan.gpu else 8
     r = alternate(
         {
-            "regx aug=all": regx_loop("smallcnn", device, best, steps, BATCH, "all"),
-            "torchvision DataLoader": tv_end_to_end("smallcnn", device, best, steps, BATCH),
+            "regx": regx_loop("smallcnn", plan.device, plan.best, steps, BATCH, "all"),
+            "torchvision": tv_end_to_end("smallcnn", plan.device, plan.best, steps, BATCH),
         },
-        repeats,
+        plan.repeats,
     )
-    result["aug_end_to_end"] = {
-        "regx": r["regx aug=all"],
-        "torchvision": r["torchvision DataLoader"],
-        "ratio": paired_ratio(r["regx aug=all"], r["torchvision DataLoader"]),
+    result["aug_end_to_end"] = {**r, "ratio": paired_ratio(r["regx"], r["torchvision"])}
+    plan.log(
+        f"  2. end to end (smallcnn {plan.best}): regx {r['regx']['median']:,.0f} img/s, torchvision "
+        f"{r['torchvision']['median']:,.0f} img/s, x{result['aug_end_to_end']['ratio']:.2f}"
+    )
+
+
+def _inference(plan: _Plan, result: dict) -> None:
+    """Section 5 (CPU): regx predict against a hand-written inference loop, and ONNX Runtime."""
+    result["predict"] = p = predict_speed(plan.repeats)
+    plan.log(
+        f"  5. regx predict {p['regx']['median']:,.0f} img/s vs hand loop {p['hand']['median']:,.0f}: ratio "
+        f"{p['ratio']:.3f}; decoding {p['decode_1_process']['median']:,.0f} img/s in one process, model "
+        f"{p['model']['median']:,.0f} img/s"
+    )
+    result["onnx"] = onnx_vs_eager(plan.repeats)
+    for o in result["onnx"]:
+        plan.log(f"  5. onnxruntime/eager {o['model']}: x{o['ratio']:.2f}")
+
+
+def _time_to_accuracy(plan: _Plan, result: dict) -> None:
+    result["time_to_accuracy"] = t = time_to_accuracy(str(plan.device))
+    plan.log(
+        f"  time to {100 * t['target']:.0f}% val: "
+        + (f"{t['reached']['seconds']:.1f}s (epoch {t['reached']['epoch']})" if t["reached"] else "not reached")
+        + f"; run {t['wall_s']:.1f}s, test {100 * t['test_acc']:.2f}%"
+    )
+
+
+def _trackers(plan: _Plan, result: dict) -> None:
+    """Section 6: a tracker's logging per epoch, against an epoch of section 3's run."""
+    w = result["whole_epoch"]["epoch_wall_s"]
+    epoch_s = statistics.median(b - a for a, b in zip(w, w[1:]))
+    result["trackers"] = {"epoch_s": epoch_s, "per_epoch": tracker_cost()}
+    for name, t in result["trackers"]["per_epoch"].items():
+        plan.log(
+            f"  6. logger={name}: {1000 * t['median']:.1f} ms per epoch, {100 * t['median'] / epoch_s:.2f}% of an "
+            f"epoch ({epoch_s:.1f} s)"
+        )
+
+
+def _measurements(plan: _Plan, result: dict) -> None:
+    result["measurements"] = c = {
+        **measurement_cost(str(plan.device), 3 if plan.quick else 7),
+        "command": result["command"],
+        "date": result["date"],
     }
-    log(
-        f"  2. end to end (smallcnn {best}): regx {r['regx aug=all']['median']:,.0f} img/s, torchvision "
-        f"{r['torchvision DataLoader']['median']:,.0f} img/s, x{result['aug_end_to_end']['ratio']:.2f}"
+    plan.log(
+        f"  7. calibration {c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise's evaluation "
+        f"{c['noisy_eval_pct_of_epoch']:.2f}%"
     )
-    done()
-    if not gpu:
-        result["predict"] = p = predict_speed(repeats)
-        log(
-            f"  5. regx predict {p['regx']['median']:,.0f} img/s vs hand loop {p['hand']['median']:,.0f}: ratio "
-            f"{p['ratio']:.3f}; decoding {p['decode_1_process']['median']:,.0f} img/s in one process, model "
-            f"{p['model']['median']:,.0f} img/s"
-        )
-        done()
-        result["onnx"] = onnx_vs_eager(repeats)
-        for o in result["onnx"]:
-            log(f"  5. onnxruntime/eager {o['model']}: x{o['ratio']:.2f}")
-        done()
-    if not skip_runs:
-        w = result["whole_epoch"]
-        if gpu or tta:
-            result["time_to_accuracy"] = t = time_to_accuracy(device_name)
-            log(
-                f"  time to {100 * t['target']:.0f}% val: "
-                + (f"{t['reached']['seconds']:.1f}s (epoch {t['reached']['epoch']})" if t["reached"] else "not reached")
-                + f"; run {t['wall_s']:.1f}s, test {100 * t['test_acc']:.2f}%"
-            )
-            done()
-        epoch_s = statistics.median(b - a for a, b in zip(w["epoch_wall_s"], w["epoch_wall_s"][1:]))
-        result["trackers"] = {"epoch_s": epoch_s, "per_epoch": tracker_cost()}
-        for name, t in result["trackers"]["per_epoch"].items():
-            log(
-                f"  6. logger={name}: {1000 * t['median']:.1f} ms per epoch, {100 * t['median'] / epoch_s:.2f}% of an "
-                f"epoch ({epoch_s:.1f} s)"
-            )
-        done()
-        result["measurements"] = {
-            **measurement_cost(device_name, 3 if quick else 7),
-            "command": result["command"],
-            "date": result["date"],
-        }
-        c = result["measurements"]
-        log(
-            f"  7. calibration {c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise's evaluation "
-            f"{c['noisy_eval_pct_of_epoch']:.2f}%"
-        )
-        done()
-    del result["partial"]
-    done()
-    return result
 
 
 def _fmt(s: dict) -> str:
@@ -1074,155 +1114,203 @@ def section(r: dict) -> str:
             f"| {e['model']} | {e['precision']} | {e['aug']} | {e['batch']} | {_fmt(e['regx'])} | "
             f"{_fmt(e['hand'])} | {e['ratio']:.3f} |"
         )
-    if "aug_end_to_end" in r:
-        a, b = r["aug_alone"], r["aug_end_to_end"]
-        lines += [
-            "",
-            "**2. Augmentation** (aug=all's five operations: flips, rotation, rescale, translation, colour; "
-            "torchvision v2 per image in a DataLoader with 2 workers; targets: alone >= 5x, end to end never slower)",
-            "",
-            "| | regx img/s | torchvision img/s | ratio |",
-            "|---|---|---|---|",
-            f"| augmentation alone | {_fmt(a['regx'])} | {_fmt(a['torchvision'])} | {a['ratio']:.1f}x |",
-            f"| end to end, smallcnn training | {_fmt(b['regx'])} | {_fmt(b['torchvision'])} | {b['ratio']:.2f}x |",
-        ]
-    if "whole_epoch" in r:
-        w = r["whole_epoch"]
-        lines += [
-            "",
-            f"**3. Whole epochs vs steady state** (smallcnn, aug=all, {w['n_train']:,} training images; "
-            f"epochs 2-{w['epochs']} of one run timed end to end, so they include evaluation, "
-            "the clean-train evaluation, checkpoints, metrics and curves.png; target >= 0.85): "
-            f"{w['whole_epoch_img_per_s']:,.0f} vs {w['steady_img_per_s']:,.0f} img/s, ratio **{w['ratio']:.3f}**.",
-        ]
-    if "startup" in r:
-        s = r["startup"]
-        lines += [
-            "",
-            f"**4. Start-up:** `regx --help` {s['help_s']['median']:.2f} s (target < 0.3 s); "
-            f"`regx train debug=smoke` is ready to train (data and model built) {s['to_first_step_s']['median']:.2f} s "
-            f"after launch. Importing torch alone takes {s['import_torch_s']:.2f} s; torchvision would add "
-            f"{s['import_torch_torchvision_s'] - s['import_torch_s']:.2f} s, so regx imports it only for "
-            "torchvision models and datasets.",
-        ]
-    if r.get("predict"):
-        p = r["predict"]
-        lines += [
-            "",
-            f"**5. Using a trained model** ({p['images']:,} PNG files of {p['size']} px, smallcnn, batches of "
-            "256, decoding in 2 DataLoader workers; target >= 0.9): `regx predict` "
-            f"{_fmt(p['regx'])} img/s vs a hand-written inference loop over the same files {_fmt(p['hand'])}, "
-            f"ratio **{p['ratio']:.3f}**. Apart: decoding {_fmt(p['decode_1_process'])} img/s in one process, "
-            f"the model {_fmt(p['model'])} img/s.",
-        ]
-        for o in r.get("onnx", []):
-            lines.append(
-                f"ONNX Runtime vs eager PyTorch, {o['model']} at {o['size']} px, batch {o['batch']}: "
-                f"{_fmt(o['onnxruntime'])} vs {_fmt(o['eager'])} img/s, x{o['ratio']:.2f}."
-            )
-    if r.get("trackers"):
-        t = r["trackers"]
-        lines += [
-            "",
-            f"**6. Experiment trackers** (one epoch's logging: metrics.csv's row to the tracker's embedded "
-            f"store; target under 1% of an epoch of section 3's run, {t['epoch_s']:.1f} s): "
-            + "; ".join(
-                f"`logger={name}` {1000 * c['median']:.1f} ms ({1000 * c['min']:.1f}-{1000 * c['max']:.1f}), "
-                f"{100 * c['median'] / t['epoch_s']:.2f}%"
-                for name, c in t["per_epoch"].items()
-            )
-            + ".",
-        ]
-    if r.get("measurements"):
-        c = r["measurements"]
-        lines += [
-            "",
-            f"**7. What the measurements beyond accuracy cost** (`{c.get('command', '')}`, {c.get('date', '')}; "
-            f"{c['setup']}; an epoch {c['epoch_s']:.1f} s, its validation pass {c['val_pass_s']:.2f} s; target under "
-            f"1% of an epoch): calibration (ECE, MCE, Brier) {1000 * c['calibration_s']:.1f} ms per validation pass, "
-            f"{c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise nothing per step (the labels are swapped "
-            f"once, {1000 * c['relabel_once_s']:.1f} ms for 60,000), and per epoch the evaluation of up to 2,000 "
-            f"flipped images, {c['noisy_eval_s']:.2f} s, {c['noisy_eval_pct_of_epoch']:.2f}% of an epoch "
-            "(that is the memorization curve: it costs what evaluating those images costs)."
-            + (f" {c['note']}" if c.get("note") else ""),
-        ]
-    if r.get("compile_aug"):
-        c = r["compile_aug"]
-        counted = (
-            "kernels the profiler saw run"
-            if "cuda" in c["command"]
-            else ("the CPU: operators of the sync-free path eager, draws plus inductor's fused kernels compiled")
+    for key, part in (
+        ("aug_end_to_end", _augmentation_lines),
+        ("whole_epoch", _whole_epoch_lines),
+        ("startup", _startup_lines),
+        ("predict", _inference_lines),
+        ("trackers", _trackers_lines),
+        ("measurements", _measurements_lines),
+        ("compile_aug", _compile_aug_lines),
+        ("decode", _decode_lines),
+        ("checkpoint", _checkpoint_lines),
+        ("fmnist", _fmnist_lines),
+        ("recipes", _recipes_lines),
+        ("vs_timm", _vs_timm_lines),
+        ("vs_timm_matched", _vs_timm_matched_lines),
+        ("time_to_accuracy", _time_to_accuracy_lines),
+        ("defaults", _defaults_lines),
+    ):
+        if r.get(key):  # a part not measured (yet) is left out
+            lines += part(r)
+    return "\n".join(lines)
+
+
+def _augmentation_lines(r: dict) -> list[str]:
+    a, b = r["aug_alone"], r["aug_end_to_end"]
+    return [
+        "",
+        "**2. Augmentation** (aug=all's five operations: flips, rotation, rescale, translation, colour; "
+        "torchvision v2 per image in a DataLoader with 2 workers; targets: alone >= 5x, end to end never slower)",
+        "",
+        "| | regx img/s | torchvision img/s | ratio |",
+        "|---|---|---|---|",
+        f"| augmentation alone | {_fmt(a['regx'])} | {_fmt(a['torchvision'])} | {a['ratio']:.1f}x |",
+        f"| end to end, smallcnn training | {_fmt(b['regx'])} | {_fmt(b['torchvision'])} | {b['ratio']:.2f}x |",
+    ]
+
+
+def _whole_epoch_lines(r: dict) -> list[str]:
+    w = r["whole_epoch"]
+    return [
+        "",
+        f"**3. Whole epochs vs steady state** (smallcnn, aug=all, {w['n_train']:,} training images; "
+        f"epochs 2-{w['epochs']} of one run timed end to end, so they include evaluation, "
+        "the clean-train evaluation, checkpoints, metrics and curves.png; target >= 0.85): "
+        f"{w['whole_epoch_img_per_s']:,.0f} vs {w['steady_img_per_s']:,.0f} img/s, ratio **{w['ratio']:.3f}**.",
+    ]
+
+
+def _startup_lines(r: dict) -> list[str]:
+    s = r["startup"]
+    return [
+        "",
+        f"**4. Start-up:** `regx --help` {s['help_s']['median']:.2f} s (target < 0.3 s); "
+        f"`regx train debug=smoke` is ready to train (data and model built) {s['to_first_step_s']['median']:.2f} s "
+        f"after launch. Importing torch alone takes {s['import_torch_s']:.2f} s; torchvision would add "
+        f"{s['import_torch_torchvision_s'] - s['import_torch_s']:.2f} s, so regx imports it only for "
+        "torchvision models and datasets.",
+    ]
+
+
+def _inference_lines(r: dict) -> list[str]:
+    p = r["predict"]
+    lines = [
+        "",
+        f"**5. Using a trained model** ({p['images']:,} PNG files of {p['size']} px, smallcnn, batches of "
+        "256, decoding in 2 DataLoader workers; target >= 0.9): `regx predict` "
+        f"{_fmt(p['regx'])} img/s vs a hand-written inference loop over the same files {_fmt(p['hand'])}, "
+        f"ratio **{p['ratio']:.3f}**. Apart: decoding {_fmt(p['decode_1_process'])} img/s in one process, "
+        f"the model {_fmt(p['model'])} img/s.",
+    ]
+    for o in r.get("onnx", []):
+        lines.append(
+            f"ONNX Runtime vs eager PyTorch, {o['model']} at {o['size']} px, batch {o['batch']}: "
+            f"{_fmt(o['onnxruntime'])} vs {_fmt(o['eager'])} img/s, x{o['ratio']:.2f}."
         )
-        lines += [
-            "",
-            f"**8. compile_aug: the augmentation compiled** (`{c['command']}`, {c['date']}; one batch of 256 images "
-            f"of 32 px, each option alone; launches per batch counted on {counted}):",
-            "",
-            "| aug | eager ms/batch | compiled ms/batch | speed-up | eager launches | compiled launches |",
-            "|---|---|---|---|---|---|",
-            *(
-                f"| {x['option']} | {x['eager_ms']:.2f} | {x['compiled_ms']:.2f} | "
-                f"x{x['eager_ms'] / x['compiled_ms']:.2f} | {x['eager_launches']} | {x['compiled_launches']} |"
-                for x in c["rows"]
-            ),
-        ]
-    if r.get("decode"):
-        c = r["decode"]
-        lines += [
-            "",
-            f"**9. An image folder's decoders** (`{c['command']}`, {c['date']}; a streamed folder's batches fitted "
-            "to 224 px on the device, images per second; `data.decode`: pil and cpu decode in the DataLoader "
-            "workers, device reads bytes there and decodes each batch on the device):",
-            "",
-            "| JPEGs | decoder | workers | pil | cpu | device | resnet18 epoch s (pil / cpu / device) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for run in c["runs"]:
-            rate = {row["decode"]: row for row in run["rows"]}
-            epochs = " / ".join(
-                f"{rate[h]['resnet18_epoch']['epoch_s']:.1f}"
-                for h in ("pil", "cpu", "device")
-                if "resnet18_epoch" in rate[h]
-            )
-            lines.append(
-                f"| {run['rows'][0]['images']:,} at {run['side']} px ({run['source']}) | {run['decoder']} | "
-                f"{run['workers']} | "
-                + " | ".join(f"{rate[h]['img_per_s']:,.0f}" for h in ("pil", "cpu", "device"))
-                + f" | {epochs or '-'} |"
-            )
-    if r.get("checkpoint"):
-        c = r["checkpoint"]
-        lines += [
-            "",
-            f"**10. How long a checkpoint stops training** (`{c['command']}`, {c['date']}; weights and SGD momentum, "
-            "median ms; `checkpoint.background` copies the checkpoint, then a thread writes it while training goes "
-            "on):",
-            "",
-            "| model | file MB | foreground | background: training stops | background: the write |",
-            "|---|---|---|---|---|",
-            *(
-                f"| {x['model']} | {x['mb']:.0f} | {1000 * x['foreground']['median']:.0f} | "
-                f"{1000 * x['background']['median']:.0f} | {1000 * x['background_write']['median']:.0f} |"
-                for x in c["rows"]
-            ),
-        ]
-    if r.get("fmnist"):
-        f = r["fmnist"]
-        runs = f["runs"]
-        hit = sum(x["test_acc"] >= f["target"] for x in runs)
-        lines += [
-            "",
-            f"**11. Fashion-MNIST to {100 * f['target']:.0f}% test accuracy** (`{f['command']}`, {f['date']}; "
-            f"`regx train experiment={f['experiment']} seed=S` on the real files, timed from the command to its "
-            "exit: start-up, training, evaluation and the summary; goal on an H100: under 12 s): "
-            + "; ".join(
-                f"seed {x['seed']}: test {100 * x['test_acc']:.2f}% in {x['command_s']:.1f} s ({x['epochs']} epochs "
-                f"{x['train_s']:.1f} s, the run {x['run_wall_s']:.1f} s)"
-                for x in runs
-            )
-            + f". {hit} of {len(runs)} seeds reach {100 * f['target']:.0f}%; median "
-            f"{statistics.median(x['command_s'] for x in runs):.1f} s from the command to the summary.",
-        ]
+    return lines
+
+
+def _trackers_lines(r: dict) -> list[str]:
+    t = r["trackers"]
+    return [
+        "",
+        f"**6. Experiment trackers** (one epoch's logging: metrics.csv's row to the tracker's embedded "
+        f"store; target under 1% of an epoch of section 3's run, {t['epoch_s']:.1f} s): "
+        + "; ".join(
+            f"`logger={name}` {1000 * c['median']:.1f} ms ({1000 * c['min']:.1f}-{1000 * c['max']:.1f}), "
+            f"{100 * c['median'] / t['epoch_s']:.2f}%"
+            for name, c in t["per_epoch"].items()
+        )
+        + ".",
+    ]
+
+
+def _measurements_lines(r: dict) -> list[str]:
+    c = r["measurements"]
+    return [
+        "",
+        f"**7. What the measurements beyond accuracy cost** (`{c.get('command', '')}`, {c.get('date', '')}; "
+        f"{c['setup']}; an epoch {c['epoch_s']:.1f} s, its validation pass {c['val_pass_s']:.2f} s; target under "
+        f"1% of an epoch): calibration (ECE, MCE, Brier) {1000 * c['calibration_s']:.1f} ms per validation pass, "
+        f"{c['calibration_pct_of_epoch']:.2f}% of an epoch; label noise nothing per step (the labels are swapped "
+        f"once, {1000 * c['relabel_once_s']:.1f} ms for 60,000), and per epoch the evaluation of up to 2,000 "
+        f"flipped images, {c['noisy_eval_s']:.2f} s, {c['noisy_eval_pct_of_epoch']:.2f}% of an epoch "
+        "(that is the memorization curve: it costs what evaluating those images costs)."
+        + (f" {c['note']}" if c.get("note") else ""),
+    ]
+
+
+def _compile_aug_lines(r: dict) -> list[str]:
+    lines = []
+    c = r["compile_aug"]
+    counted = (
+        "kernels the profiler saw run"
+        if "cuda" in c["command"]
+        else ("the CPU: operators of the sync-free path eager, draws plus inductor's fused kernels compiled")
+    )
+    lines += [
+        "",
+        f"**8. compile_aug: the augmentation compiled** (`{c['command']}`, {c['date']}; one batch of 256 images "
+        f"of 32 px, each option alone; launches per batch counted on {counted}):",
+        "",
+        "| aug | eager ms/batch | compiled ms/batch | speed-up | eager launches | compiled launches |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {x['option']} | {x['eager_ms']:.2f} | {x['compiled_ms']:.2f} | "
+            f"x{x['eager_ms'] / x['compiled_ms']:.2f} | {x['eager_launches']} | {x['compiled_launches']} |"
+            for x in c["rows"]
+        ),
+    ]
+    return lines
+
+
+def _decode_lines(r: dict) -> list[str]:
+    c = r["decode"]
+    lines = [
+        "",
+        f"**9. An image folder's decoders** (`{c['command']}`, {c['date']}; a streamed folder's batches fitted "
+        "to 224 px on the device, images per second; `data.decode`: pil and cpu decode in the DataLoader "
+        "workers, device reads bytes there and decodes each batch on the device):",
+        "",
+        "| JPEGs | decoder | workers | pil | cpu | device | resnet18 epoch s (pil / cpu / device) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in c["runs"]:
+        rate = {row["decode"]: row for row in run["rows"]}
+        epochs = " / ".join(
+            f"{rate[h]['resnet18_epoch']['epoch_s']:.1f}"
+            for h in ("pil", "cpu", "device")
+            if "resnet18_epoch" in rate[h]
+        )
+        lines.append(
+            f"| {run['rows'][0]['images']:,} at {run['side']} px ({run['source']}) | {run['decoder']} | "
+            f"{run['workers']} | "
+            + " | ".join(f"{rate[h]['img_per_s']:,.0f}" for h in ("pil", "cpu", "device"))
+            + f" | {epochs or '-'} |"
+        )
+    return lines
+
+
+def _checkpoint_lines(r: dict) -> list[str]:
+    c = r["checkpoint"]
+    return [
+        "",
+        f"**10. How long a checkpoint stops training** (`{c['command']}`, {c['date']}; weights and SGD momentum, "
+        "median ms; `checkpoint.background` copies the checkpoint, then a thread writes it while training goes "
+        "on):",
+        "",
+        "| model | file MB | foreground | background: training stops | background: the write |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {x['model']} | {x['mb']:.0f} | {1000 * x['foreground']['median']:.0f} | "
+            f"{1000 * x['background']['median']:.0f} | {1000 * x['background_write']['median']:.0f} |"
+            for x in c["rows"]
+        ),
+    ]
+
+
+def _fmnist_lines(r: dict) -> list[str]:
+    f = r["fmnist"]
+    runs = f["runs"]
+    hit = sum(x["test_acc"] >= f["target"] for x in runs)
+    return [
+        "",
+        f"**11. Fashion-MNIST to {100 * f['target']:.0f}% test accuracy** (`{f['command']}`, {f['date']}; "
+        f"`regx train experiment={f['experiment']} seed=S` on the real files, timed from the command to its "
+        "exit: start-up, training, evaluation and the summary; goal on an H100: under 12 s): "
+        + "; ".join(
+            f"seed {x['seed']}: test {100 * x['test_acc']:.2f}% in {x['command_s']:.1f} s ({x['epochs']} epochs "
+            f"{x['train_s']:.1f} s, the run {x['run_wall_s']:.1f} s)"
+            for x in runs
+        )
+        + f". {hit} of {len(runs)} seeds reach {100 * f['target']:.0f}%; median "
+        f"{statistics.median(x['command_s'] for x in runs):.1f} s from the command to the summary.",
+    ]
+
+
+def _recipes_lines(r: dict) -> list[str]:
+    lines = []
     for recipe in r.get("recipes", []):
         lines += [
             "",
@@ -1234,58 +1322,70 @@ def section(r: dict) -> str:
             )
             + ".",
         ]
-    if r.get("vs_timm"):
-        from benchmarks.vs_timm import to_markdown
+    return lines
 
-        v = r["vs_timm"]
-        lines += [
-            "",
-            f"**regx's defaults against timm's train.py defaults** (`{v['command']}`, {v['date']}; timm's "
-            "resnet18 under both, regx's smallcnn too; timm's train.py with its defaults, given only the data's "
-            "size, classes, epochs and seed):",
-            "",
-            to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"], v["cores"]).rstrip(),
-        ]
-        lines += ["", v["note"]] if v.get("note") else []
-    for recipe, v in (r.get("vs_timm_matched") or {}).items():
-        from benchmarks.vs_timm import to_markdown
 
-        lines += [
-            "",
-            f"**regx against timm's train.py at matched settings, {recipe}** (`{v['command']}`, {v['date']}; the "
-            "same recipe on both sides: timm's resnet18, batch 128, SGD 0.05 Nesterov, coupled weight decay 5e-4 "
-            "off 1-d parameters, cosine per update, no warmup, fp32, ImageNet's mean and std, no eval crop):",
-            "",
-            to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"], v["cores"]).rstrip(),
-        ]
-        lines += ["", v["note"]] if v.get("note") else []
-    if r.get("time_to_accuracy"):
-        t = r["time_to_accuracy"]
-        reached = (
-            f"after {t['reached']['seconds']:.1f} s of training and evaluation (epoch {t['reached']['epoch']}; "
-            f"{t['reached']['wall_s']:.1f} s after the run began)"
-            if t["reached"]
-            else f"not reached in {t['epochs']} epochs"
+def _vs_timm_lines(r: dict) -> list[str]:
+    return _timm_table(
+        "regx's defaults against timm's train.py defaults",
+        "timm's resnet18 under both, regx's smallcnn too; timm's train.py with its defaults, given only the data's "
+        "size, classes, epochs and seed",
+        r["vs_timm"],
+    )
+
+
+def _vs_timm_matched_lines(r: dict) -> list[str]:
+    return [
+        line
+        for recipe, v in r["vs_timm_matched"].items()
+        for line in _timm_table(
+            f"regx against timm's train.py at matched settings, {recipe}",
+            "the same recipe on both sides: timm's resnet18, batch 128, SGD 0.05 Nesterov, coupled weight decay "
+            "5e-4 off 1-d parameters, cosine per update, no warmup, fp32, ImageNet's mean and std, no eval crop",
+            v,
         )
-        lines += [
-            "",
-            f"**Time to accuracy** (`regx train`, the default experiment on the embedded shapes data): "
-            f"{100 * t['target']:.0f}% validation accuracy {reached}; the whole run took {t['wall_s']:.1f} s "
-            f"for {t['epochs']} epochs, best validation {100 * t['best_val_acc']:.2f}%, "
-            f"test {100 * t['test_acc']:.2f}%.",
-        ]
-    if r["defaults"]:
-        lines += [
-            "",
-            "**Defaults, measured:** "
-            + "; ".join(
-                f"{d['what']}: x{d['ratio']:.2f}"
-                + (f" after {d['compile_s']:.0f} s of compiling (an empty inductor cache)" if "compile_s" in d else "")
-                for d in r["defaults"]
-            )
-            + ".",
-        ]
-    return "\n".join(lines)
+    ]
+
+
+def _timm_table(title: str, what: str, v: dict) -> list[str]:
+    from benchmarks.vs_timm import to_markdown
+
+    table = to_markdown(v["runs"], v["train_size"], v["epochs"], v["seeds"], v["cores"]).rstrip()
+    return ["", f"**{title}** (`{v['command']}`, {v['date']}; {what}):", "", table] + (
+        ["", v["note"]] if v.get("note") else []
+    )
+
+
+def _time_to_accuracy_lines(r: dict) -> list[str]:
+    lines = []
+    t = r["time_to_accuracy"]
+    reached = (
+        f"after {t['reached']['seconds']:.1f} s of training and evaluation (epoch {t['reached']['epoch']}; "
+        f"{t['reached']['wall_s']:.1f} s after the run began)"
+        if t["reached"]
+        else f"not reached in {t['epochs']} epochs"
+    )
+    lines += [
+        "",
+        f"**Time to accuracy** (`regx train`, the default experiment on the embedded shapes data): "
+        f"{100 * t['target']:.0f}% validation accuracy {reached}; the whole run took {t['wall_s']:.1f} s "
+        f"for {t['epochs']} epochs, best validation {100 * t['best_val_acc']:.2f}%, "
+        f"test {100 * t['test_acc']:.2f}%.",
+    ]
+    return lines
+
+
+def _defaults_lines(r: dict) -> list[str]:
+    return [
+        "",
+        "**Defaults, measured:** "
+        + "; ".join(
+            f"{d['what']}: x{d['ratio']:.2f}"
+            + (f" after {d['compile_s']:.0f} s of compiling (an empty inductor cache)" if "compile_s" in d else "")
+            for d in r["defaults"]
+        )
+        + ".",
+    ]
 
 
 HEADER = """# Benchmarks

@@ -147,18 +147,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
     except CorruptionError as exc:
         raise ConfigError(f"diagnose.corrupt: {exc}") from None
     ft = cfg.finetune
-    try:
-        plan = FreezePlan(
-            model,
-            mode=ft.name,
-            freeze=list(ft.freeze),
-            bn=ft.bn,
-            unfreeze_epoch=ft.unfreeze_epoch,
-            stages=ft.stages,
-            stage_epochs=ft.stage_epochs,
-        )
-    except FinetuneError as exc:
-        raise RunFailed(str(exc)) from None
+    plan = _freeze_plan(model, ft)
     optimizer, decayed = build_optimizer(
         model,
         name=cfg.optim.name,
@@ -176,21 +165,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
     steps = steps_per_epoch(len(data.train) // ranks.world, batch)
     sched = OmegaConf.to_container(cfg.sched, resolve=True)
     plateau = Plateau(sched["factor"], sched["patience"]) if sched["name"] == "plateau" else None
-    clean = None
-    if cfg.diagnose.clean_train:
-        # with label noise, the subset is the one a run without noise takes, scored against the true labels
-        true_y = data.train.true_y if data.train.true_y is not None else data.train.y
-        pick, _ = stratified_split(
-            true_y.cpu(), min(cfg.diagnose.clean_size, len(data.train)), torch.Generator().manual_seed(cfg.seed)
-        )
-        clean = data.train.subset(pick.to(data.train.y.device))
-        if clean.true_y is not None:
-            files = clean.files.with_labels(clean.true_y.cpu()) if clean.files is not None else None
-            clean = Split(y=clean.true_y, x=clean.x, files=files)
-    noisy = None
-    if data.train.true_y is not None:  # label noise: the flipped images, evaluated every epoch (up to clean_size)
-        flipped = torch.nonzero(data.train.y != data.train.true_y).flatten()[: cfg.diagnose.clean_size]
-        noisy = data.train.subset(flipped) if len(flipped) else None
+    clean, noisy = _watched_subsets(cfg, data)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + ranks.seed_offset())
     if ranks.world > 1:
         torch.manual_seed(cfg.seed + ranks.seed_offset())  # dropout masks differ between ranks too
@@ -238,6 +213,42 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
             cfg.checkpoint.background if cfg.checkpoint.background is not None else device.type == "cuda"
         ),
     )
+
+
+def _freeze_plan(model: nn.Module, ft: DictConfig) -> FreezePlan:
+    try:
+        return FreezePlan(
+            model,
+            mode=ft.name,
+            freeze=list(ft.freeze),
+            bn=ft.bn,
+            unfreeze_epoch=ft.unfreeze_epoch,
+            stages=ft.stages,
+            stage_epochs=ft.stage_epochs,
+        )
+    except FinetuneError as exc:
+        raise RunFailed(str(exc)) from None
+
+
+def _watched_subsets(cfg: DictConfig, data: Data) -> tuple[Split | None, Split | None]:
+    """(clean, noisy): the fixed training subset scored each epoch without augmentation (diagnose.clean_train),
+    and with label noise the images whose labels were flipped (up to diagnose.clean_size)."""
+    clean = None
+    if cfg.diagnose.clean_train:
+        # with label noise, the subset is the one a run without noise takes, scored against the true labels
+        true_y = data.train.true_y if data.train.true_y is not None else data.train.y
+        pick, _ = stratified_split(
+            true_y.cpu(), min(cfg.diagnose.clean_size, len(data.train)), torch.Generator().manual_seed(cfg.seed)
+        )
+        clean = data.train.subset(pick.to(data.train.y.device))
+        if clean.true_y is not None:
+            files = clean.files.with_labels(clean.true_y.cpu()) if clean.files is not None else None
+            clean = Split(y=clean.true_y, x=clean.x, files=files)
+    noisy = None
+    if data.train.true_y is not None:  # label noise: the flipped images, evaluated every epoch (up to clean_size)
+        flipped = torch.nonzero(data.train.y != data.train.true_y).flatten()[: cfg.diagnose.clean_size]
+        noisy = data.train.subset(flipped) if len(flipped) else None
+    return clean, noisy
 
 
 def _data_and_model(cfg: DictConfig, device: torch.device) -> tuple[Data, nn.Module, tuple[str, list[str]] | None]:

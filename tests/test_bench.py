@@ -251,8 +251,9 @@ def test_a_benchmark_stopped_part_way_keeps_and_reports_its_finished_parts(tmp_p
     saved = []
     with pytest.raises(KeyboardInterrupt):
         bench.run("cpu", quick=True, save=lambda r: saved.append(json.loads(json.dumps(r))))
-    last = saved[-1]
-    assert last["partial"] and len(last["engine"]) == len(saved) and last["engine"][0] == row | {"ratio": 1.0}
+    last, n = saved[-1], len(saved[-1]["engine"])
+    assert [len(r["engine"]) for r in saved[:n]] == list(range(1, n + 1))  # saved row by row
+    assert last["partial"] and n >= 4 and last["engine"][0] == row | {"ratio": 1.0}
     assert "whole_epoch" not in last and "aug_alone" not in last
     (tmp_path / "bench-cuda.json").write_text(json.dumps(last))
     gpu = bench.write_markdown(tmp_path).read_text().split("## GPU")[1]
