@@ -6,7 +6,7 @@
 #   outputs/jpegs-fmnist/  2,048 Fashion-MNIST training images as 256-px JPEGs in class folders, for
 #                          the decoders' benchmark (the machine has no Fashion-MNIST and no network)
 #   outputs/fmnist-idx/    Debian's Fashion-MNIST IDX files (30 MB), for section 11: Fashion-MNIST to 93%
-# Then it prints the call: carry both folders, install the wheels into /tmp/site, run gpu_check.sh.
+# Then it prints the call: carry the three folders, install the wheels into /tmp/site, run gpu_check.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -29,8 +29,9 @@ if [ ! -d outputs/fmnist-idx ]; then
 fi
 du -sh .whl outputs/jpegs-fmnist outputs/fmnist-idx
 cat <<'EOF'
-On the GPU machine, one call (carry: [".whl", "outputs/jpegs-fmnist", "outputs/fmnist-idx"], timeout_s 540):
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; REGX_JPEGS=outputs/jpegs-fmnist REGX_FMNIST=outputs/fmnist-idx bash cli/gpu_check.sh
+On the GPU machine, one call (carry: [".whl", "outputs/jpegs-fmnist", "outputs/fmnist-idx"], timeout_s 580;
+REGX_GPU_BUDGET ends the steps inside it, each part of the benchmark saved as it finishes):
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; REGX_GPU_BUDGET=545 REGX_JPEGS=outputs/jpegs-fmnist REGX_FMNIST=outputs/fmnist-idx bash cli/gpu_check.sh
 Its files come back from $OUT: copy bench-cuda.json here, regenerate BENCHMARKS.md (make docs does not;
 see gpu_check.sh's head) and commit both with the logs' figures.
 EOF
