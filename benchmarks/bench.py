@@ -1304,7 +1304,9 @@ def _fmnist_lines(r: dict) -> list[str]:
             f"{x['train_s']:.1f} s, the run {x['run_wall_s']:.1f} s)"
             for x in runs
         )
-        + f". {hit} of {len(runs)} seeds reach {100 * f['target']:.0f}%; median "
+        + f". {hit} of {len(runs)} seeds reach {100 * f['target']:.0f}%"
+        + (" (stopped before its other seeds: a time limit)" if f.get("partial") else "")
+        + "; median "
         f"{statistics.median(x['command_s'] for x in runs):.1f} s from the command to the summary.",
     ]
 

@@ -262,3 +262,21 @@ def test_a_benchmark_stopped_part_way_keeps_and_reports_its_finished_parts(tmp_p
         and f"| smallcnn | 32 | none | {bench.BATCH} | 10 (9-11) | 10 (9-11) | 1.000 |" in gpu
     )
     assert "**2. Augmentation**" not in gpu and "**3. Whole epochs" not in gpu
+
+
+def test_fashion_mnist_seeds_are_saved_one_by_one_when_the_part_is_stopped(tmp_path, monkeypatch):
+    """`--fmnist` adds each finished seed to the record, so a time limit mid-way keeps the seeds before it."""
+    seed0 = {"seed": 0, "command_s": 11.0, "run_wall_s": 9.0, "train_s": 7.0, "epochs": 15, "test_acc": 0.935}
+    seed0["best_val_acc"] = 0.94
+
+    def two_seeds(device, root, partial=None, **kw):
+        partial({"experiment": "fashion_mnist_fast", "target": 0.93, "runs": [seed0]})
+        raise KeyboardInterrupt  # as a time limit's signal would stop the second seed
+
+    monkeypatch.setattr(bench, "fmnist_to_accuracy", two_seeds)
+    (tmp_path / "bench.json").write_text(json.dumps({"machine": bench.machine(CPU), "engine": [], "defaults": []}))
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--out", str(tmp_path), "--fmnist", str(tmp_path)])
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["fmnist"]["runs"] == [seed0] and kept["fmnist"]["partial"] and "engine" in kept
+    assert "1 of 1 seeds reach 93% (stopped before its other seeds" in "".join(bench._fmnist_lines(kept))
