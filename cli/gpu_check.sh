@@ -9,7 +9,8 @@
 #   log.txt          every step's output, each under a "== step ==" line:
 #     tests          tests/test_gpu.py: a CUDA run end to end, the sync-free augmentation against the CPU
 #                    path, NaN and SIGTERM on the GPU, compile with CUDA graphs, compile_aug against eager,
-#                    no host sync inside a step, background checkpoints of CUDA tensors
+#                    no host sync inside a step, background checkpoints of CUDA tensors, JPEGs decoded
+#                    on the GPU against Pillow
 #     ddp            2-process nccl DDP (only with two GPUs)
 #     fmnist         python -m benchmarks.bench --device cuda --fmnist DIR (section 11: Fashion-MNIST to 93%,
 #                    from REGX_FMNIST's IDX files; skipped without them)

@@ -136,6 +136,28 @@ def write_images(folder: Path, classes=("cat", "dog", "emu"), per_class=6, size=
             Image.fromarray(arr).save(folder / c / f"{j}{ext}")
 
 
+def write_smooth_jpegs(folder: Path) -> list[str]:
+    """JPEGs a tensor decoder takes (RGB and grey, three shapes) and ones it leaves to Pillow (an
+    EXIF-rotated photo, a PNG): smooth pictures, as photos are, so that resizing is compared, not noise."""
+    from PIL import Image
+
+    from regx.data import folders
+
+    folder.mkdir(parents=True)
+    paths = []
+    for i, (w, h) in enumerate([(120, 90), (32, 32), (50, 70)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (w + h) + 60 * i], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(folder / f"rgb{i}.jpg", quality=95)
+        paths.append(str(folder / f"rgb{i}.jpg"))
+    Image.fromarray(rgb[..., 0]).save(folder / "grey.jpg", quality=95)
+    exif = Image.Exif()
+    exif[folders.EXIF_ORIENTATION] = 6  # stored sideways: Pillow's path turns it upright
+    Image.fromarray(rgb).save(folder / "rotated.jpg", quality=95, exif=exif)
+    Image.fromarray(rgb).save(folder / "lossless.png")
+    return [*paths, *(str(folder / n) for n in ("grey.jpg", "rotated.jpg", "lossless.png"))]
+
+
 def load(name, **kw):
     """regx.data.load_data with the schema's defaults for every key not given."""
     from regx.data import load_data

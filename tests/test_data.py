@@ -11,7 +11,7 @@ import torch
 from regx import data as D
 from regx.data import folders, tvsets
 from regx.data.synthetic import make_shapes
-from tests.conftest import load, write_cifar, write_images, write_mnist_family
+from tests.conftest import load, write_cifar, write_images, write_mnist_family, write_smooth_jpegs
 
 # --- shapes ---------------------------------------------------------------------------------------
 
@@ -309,33 +309,12 @@ def test_a_class_folder_linked_from_outside_data_path_is_named(tmp_path, caplog)
     ]
 
 
-def _smooth_jpegs(folder: Path) -> list[str]:
-    """JPEGs a tensor decoder takes (RGB and grey, three shapes) and ones it leaves to Pillow (an
-    EXIF-rotated photo, a PNG): smooth pictures, as photos are, so that resizing is compared, not noise."""
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    paths = []
-    for i, (w, h) in enumerate([(120, 90), (32, 32), (50, 70)]):
-        yy, xx = np.mgrid[0:h, 0:w]
-        rgb = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) * 127 // (w + h) + 60 * i], -1).astype(np.uint8)
-        Image.fromarray(rgb).save(folder / f"rgb{i}.jpg", quality=95)
-        paths.append(str(folder / f"rgb{i}.jpg"))
-    Image.fromarray(rgb[..., 0]).save(folder / "grey.jpg", quality=95)
-    exif = Image.Exif()
-    exif[folders.EXIF_ORIENTATION] = 6  # stored sideways: Pillow's path turns it upright
-    Image.fromarray(rgb).save(folder / "rotated.jpg", quality=95, exif=exif)
-    Image.fromarray(rgb).save(folder / "lossless.png")
-    return [*paths, *(str(folder / n) for n in ("grey.jpg", "rotated.jpg", "lossless.png"))]
-
-
 @pytest.mark.parametrize("how", ["cpu", "device"])
 def test_each_decoder_makes_the_pixels_pillow_makes(tmp_path, how):
     """data.decode=cpu and =device (here the device is the CPU) give Pillow's images to a level or two
     (the same libjpeg; Pillow's bilinear resize and torchvision's antialiased one), and the files a
     tensor decoder would get wrong (rotated by EXIF, not JPEG) go through Pillow, exactly."""
-    paths = _smooth_jpegs(tmp_path / "imgs")
+    paths = write_smooth_jpegs(tmp_path / "imgs")
     labels = torch.arange(len(paths))
     pil = torch.stack([x for x, _, _ in folders.FileDataset(paths, labels, 24)])
     split = folders.file_split(paths, labels, 24, how)
@@ -350,7 +329,7 @@ def test_each_decoder_makes_the_pixels_pillow_makes(tmp_path, how):
 
 
 def test_a_jpeg_that_does_not_decode_on_the_device_is_named(tmp_path):
-    paths = _smooth_jpegs(tmp_path / "imgs")[:2]
+    paths = write_smooth_jpegs(tmp_path / "imgs")[:2]
     good = Path(paths[1]).read_bytes()
     Path(paths[1]).write_bytes(good[:200])  # its header reads, its pixels do not
     split = folders.file_split(paths, torch.arange(2), 24, "device")
@@ -359,7 +338,7 @@ def test_a_jpeg_that_does_not_decode_on_the_device_is_named(tmp_path):
 
 
 def test_a_batch_the_device_decoder_fails_and_the_cpu_decodes_says_so(tmp_path, monkeypatch):
-    paths = _smooth_jpegs(tmp_path / "imgs")[:2]
+    paths = write_smooth_jpegs(tmp_path / "imgs")[:2]
     cpu = folders.jpeg_decoder()
 
     def flaky(data, device):  # a device decoder that fails on whole batches only
@@ -376,7 +355,7 @@ def test_a_batch_the_device_decoder_fails_and_the_cpu_decodes_says_so(tmp_path, 
 def test_jpegs_decode_with_torchcodec_and_without_it_with_torchvision(tmp_path, monkeypatch):
     """TorchCodec's decoder where installed (regx[decode]; torchvision's are deprecated since 0.29),
     else torchvision's, which makes the same pixels."""
-    raw = torch.frombuffer(bytearray(Path(_smooth_jpegs(tmp_path / "imgs")[0]).read_bytes()), dtype=torch.uint8)
+    raw = torch.frombuffer(bytearray(Path(write_smooth_jpegs(tmp_path / "imgs")[0]).read_bytes()), dtype=torch.uint8)
     pytest.importorskip("torchcodec")
     folders.jpeg_decoder.cache_clear()  # chosen once per process
     codec = folders.jpeg_decoder()
