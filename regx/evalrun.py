@@ -181,7 +181,6 @@ def eval_run(
     from regx.data import iterate
     from regx.device import pick_device, pick_precision
     from regx.engine import Pipeline, autocast, evaluate
-    from regx.plots import confusion_plot, corruption_plot, reliability_plot
 
     run_dir = Path(run_dir)
     path, ckpt = _checkpoint(run_dir, last)
@@ -259,33 +258,31 @@ def eval_run(
         + (f"_{split}" if split else "")
         + ("_" + slug(",".join(overrides), 60) if overrides else "")
     )
-    out = Path(out) if out is not None else run_dir
-    json_path, png_path = out / f"eval{suffix}.json", out / f"confusion{suffix}.png"
-    write_json(json_path, result)
-    reliability_plot(
-        out / f"reliability{suffix}.png",
-        result["calibration"],
-        f"{run_dir.name}: {path.name} on {cfg.data.name} {split_name}",
-    )
-    confusion_plot(
-        png_path,
-        cm,
-        classes,
-        f"{run_dir.name}: {path.name} (epoch {result['epoch']}) on "
-        f"{cfg.data.name} {split_name}, accuracy {100 * result['accuracy']:.2f}%",
-    )
-    written = [json_path, png_path, out / f"reliability{suffix}.png"]
-    if corruptions:
-        written.append(out / f"corruption{suffix}.png")
-        corruption_plot(
-            written[-1],
-            result["corruption"],
-            result["accuracy"],
-            f"{run_dir.name}: {path.name} on {cfg.data.name} {split_name}, corrupted",
-        )
+    written = _write_outputs(result, Path(out) if out is not None else run_dir, suffix, f"{run_dir.name}: {path.name}")
     _print(result, console())
     print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return result
+
+
+def _write_outputs(result: dict, out: Path, suffix: str, who: str) -> list[Path]:
+    """eval{suffix}.json, confusion, reliability and (with corruptions) corruption PNGs in `out`; `who`: the
+    run and checkpoint, for the figures' titles."""
+    from regx.plots import confusion_plot, corruption_plot, reliability_plot
+
+    on = f"{result['data']} {result['split']}"
+    written = [out / f"eval{suffix}.json", out / f"confusion{suffix}.png", out / f"reliability{suffix}.png"]
+    write_json(written[0], result)
+    reliability_plot(written[2], result["calibration"], f"{who} on {on}")
+    confusion_plot(
+        written[1],
+        torch.tensor(result["confusion"]),
+        result["classes"],
+        f"{who} (epoch {result['epoch']}) on {on}, accuracy {100 * result['accuracy']:.2f}%",
+    )
+    if result.get("corruption"):
+        written.append(out / f"corruption{suffix}.png")
+        corruption_plot(written[-1], result["corruption"], result["accuracy"], f"{who} on {on}, corrupted")
+    return written
 
 
 def _robustness(cfg, ckpt, model, pipeline, amp, images, device, known, corruptions, severities) -> dict:
