@@ -207,7 +207,8 @@ def _given(args: list[str], key: str) -> str | None:
 
 
 def _refuse_existing(args: list[str], multirun: bool, resume_jobs: bool) -> None:
-    """A run or sweep directory named on the command line that holds a run already is never overwritten."""
+    """A run or sweep directory named on the command line that holds a run or a sweep already is never
+    overwritten, nor made the other kind."""
     named = _given(args, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     if named is None or resume_jobs:
         return
@@ -219,6 +220,15 @@ def _refuse_existing(args: list[str], multirun: bool, resume_jobs: bool) -> None
         raise BadInput(
             f"{named} holds a sweep already; finish it with: regx sweep-resume {named} "
             "(or pick another hydra.sweep.dir)"
+        )
+    if multirun and (Path(named) / "summary.json").is_file():  # its jobs' folders would land among its files
+        raise BadInput(
+            f"{named} holds a run, not a sweep: pick another hydra.sweep.dir (continue the run: regx resume {named})"
+        )
+    if not multirun and (Path(named) / "multirun.yaml").is_file():
+        raise BadInput(
+            f"{named} holds a sweep, not a run: pick another hydra.run.dir "
+            f"(finish the sweep: regx sweep-resume {named})"
         )
 
 
@@ -1072,7 +1082,7 @@ def cmd_predict(args: list[str]) -> int:
         "predict",
         "Label new images with a run's model, preprocessed exactly as the run trained: one row "
         "per image (path, top-k classes with probabilities); unreadable images are listed at the "
-        "end and skipped.",
+        "end and skipped (exit 1 when none could be read).",
         "RUN_DIR",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (searched recursively) or globs")
@@ -1111,7 +1121,7 @@ def cmd_predict(args: list[str]) -> int:
         + (f"; predicted: {counts}" if counts else ""),
         file=report,
     )
-    return 0
+    return 1 if r.unreadable and not r.count else 0  # nothing labelled: a script must not take the file as done
 
 
 def cmd_export(args: list[str]) -> int:

@@ -129,6 +129,13 @@ def test_a_directory_that_holds_a_run_or_a_sweep_is_never_overwritten(cli, tmp_p
     assert res.returncode == 2 and "regx sweep-resume s" in res.stderr
     res = cli("train", "-m", "debug=smoke", "epochs=1", "seed=0", "hydra.sweep.dir=new", "hydra.sweep.dir=s")
     assert res.returncode == 2 and "regx sweep-resume s" in res.stderr  # the last one given is Hydra's
+    res = cli("train", "-m", "debug=smoke", "epochs=1", "seed=0,1", "hydra.sweep.dir=r")  # a run is no sweep
+    assert res.returncode == 2 and "r holds a run, not a sweep: pick another hydra.sweep.dir" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if not p.name.startswith(".")) == sorted(
+        ["checkpoints", "config.yaml", "curves.png", "metrics.csv", "summary.json", "train.log", "aug_preview.png"]
+    )
+    res = cli("train", "debug=smoke", "epochs=1", "hydra.run.dir=s")  # nor a sweep a run
+    assert res.returncode == 2 and "s holds a sweep, not a run: pick another hydra.run.dir" in res.stderr
 
 
 def test_a_sweep_ends_with_its_jobs_and_the_report_command(cli, tmp_path):

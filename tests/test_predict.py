@@ -91,6 +91,8 @@ def test_predict_writes_a_row_per_image_and_lists_the_unreadable(run, tmp_path):
         assert row == {"path": row["path"], **clf.predict(str(tmp_path / row["path"]))}
     res = regx_here(tmp_path, "predict", run, "imgs/0.jpg")  # no --out: CSV on stdout, the summary on stderr
     assert res.stdout.splitlines()[1].startswith("imgs/0.jpg,") and "1 image; predicted:" in res.stderr
+    res = regx_here(tmp_path, "predict", run, "imgs/broken.png")  # nothing labelled: exit 1
+    assert res.returncode == 1 and "0 images; 1 unreadable, skipped" in res.stderr
 
 
 @pytest.mark.parametrize(
