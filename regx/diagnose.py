@@ -124,76 +124,92 @@ def remedies(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, st
             if what == "more training data" and how not in {h for _, h in bias}
         ]
         return bias + variance
-    out: list[tuple[str, str]] = []
-    steps = evidence.get("optimizer_steps", FEW_STEPS)
-    few = steps < FEW_STEPS and kind in ("underfitting", "overfitting")
-    if few and kind == "underfitting":  # more epochs where the batch suits the data, else a smaller batch
-        how = more_steps(n_train, cfg.epochs, cfg.batch_size)[0]
-        if how:
-            out.append((f"more optimizer steps (this run took {steps})", how))
-    elif few:  # overfitting: more epochs would fit the training images harder; a smaller batch is noisier
-        batch = few_steps_batch(n_train * cfg.epochs, cfg.batch_size)
-        if batch < cfg.batch_size:
-            out.append((f"more optimizer steps (this run took {steps})", f"batch_size={batch}"))
+    out = _against_few_steps(kind, cfg, evidence, n_train)
     if kind == "overfitting":
-        aug, rising = cfg.aug, evidence.get("past_best")
-        # the data's own preset says whether a mirror keeps an image's class (digits: no)
-        transform = "aug=crop_flip" if cfg.data.mirror else "aug=scale_crop"
-        candidates = [
-            (
-                "stop at the best epoch (checkpoints/best.pt holds it)",
-                # a patience that can trigger: two epochs or more, half the run at most (up to 5)
-                f"early_stop.patience={min(5, cfg.epochs // 2)}"
-                if cfg.early_stop.patience == 0 and cfg.epochs // 2 >= 2
-                else None,
-            ),
-            (
-                "augment the data",
-                transform if aug.name == "none" else "aug.erasing.p=0.25" if aug.erasing.p == 0 else None,
-            ),
-            ("weight decay", "decay=l2 wd=5e-4" if cfg.wd == 0 else f"wd={cfg.wd * 4:g}" if cfg.wd < 5e-3 else None),
-            (
-                "dropout in the classifier",
-                "dropout=fc"
-                if cfg.dropout.p == 0
-                else f"dropout.p={min(0.7, cfg.dropout.p + 0.2):g}"
-                if cfg.dropout.p < 0.5
-                else None,
-            ),
-            ("more training data", "data.train_size=null" if cfg.data.train_size is not None else None),
-        ]
-        best, last = evidence.get("epoch"), evidence.get("epochs")
-        if best is not None and last is not None and best + min(5, cfg.epochs // 2) > last:
-            candidates.pop(0)  # the best epoch is too near the end for that patience to have stopped this run
-        elif not rising:  # validation did not go past its best: stopping early would gain little
-            candidates.append(candidates.pop(0))
-        out += [(what, how) for what, how in candidates if how]
+        out += _against_variance(cfg, evidence)
     elif kind == "underfitting":
-        climbing = evidence.get("train_acc_gain_last_2_epochs", 0) > 0.01
-        lighter = [
-            ("lighter augmentation", "aug=none" if cfg.aug.name != "none" else None),
-            ("less dropout", "dropout=none" if cfg.dropout.p > 0 or cfg.dropout.conv_p > 0 else None),
-            ("less weight decay", f"wd={cfg.wd / 5:g}" if cfg.wd > 1e-5 else None),
-        ]
-        longer = (
-            "train longer (training accuracy is still climbing)" if climbing else "train longer",
-            f"epochs={2 * cfg.epochs}",
-        )
-        candidates = [longer, *lighter] if climbing else [*lighter, longer]
-        candidates.append(("a higher learning rate", f"lr={cfg.lr * 2:g}"))
-        if cfg.model.name == "smallcnn":
-            candidates.append(
-                ("a larger model", f"model.channels=[{','.join(str(2 * c) for c in cfg.model.channels)}]")
-            )
         more_epochs_given = any(how.startswith("epochs=") for _, how in out)  # as "more optimizer steps"
         out += [
-            (what, how) for what, how in candidates if how and not (more_epochs_given and how.startswith("epochs="))
+            (what, how)
+            for what, how in _against_bias(cfg, evidence)
+            if not (more_epochs_given and how.startswith("epochs="))
         ]
     elif kind == "diverged":
         out.append(("a lower learning rate", f"lr={cfg.lr / 10:g}"))
         if cfg.sched.warmup_epochs == 0:
             out.append(("a warmup", "sched.warmup_epochs=1"))
     return out
+
+
+def _against_few_steps(kind: str, cfg, evidence: dict, n_train: int) -> list[tuple[str, str]]:
+    """A run of too few optimizer steps to judge: more of them, first."""
+    steps = evidence.get("optimizer_steps", FEW_STEPS)
+    if steps >= FEW_STEPS or kind not in ("underfitting", "overfitting"):
+        return []
+    what = f"more optimizer steps (this run took {steps})"
+    if kind == "underfitting":  # more epochs where the batch suits the data, else a smaller batch
+        how = more_steps(n_train, cfg.epochs, cfg.batch_size)[0]
+        return [(what, how)] if how else []
+    # overfitting: more epochs would fit the training images harder; a smaller batch is noisier
+    batch = few_steps_batch(n_train * cfg.epochs, cfg.batch_size)
+    return [(what, f"batch_size={batch}")] if batch < cfg.batch_size else []
+
+
+def _against_variance(cfg, evidence: dict) -> list[tuple[str, str]]:
+    """Early stopping (first where validation went past its best), augmentation, weight decay, dropout,
+    more data: each one step stronger than the run's own."""
+    aug, rising = cfg.aug, evidence.get("past_best")
+    # the data's own preset says whether a mirror keeps an image's class (digits: no)
+    transform = "aug=crop_flip" if cfg.data.mirror else "aug=scale_crop"
+    candidates = [
+        (
+            "stop at the best epoch (checkpoints/best.pt holds it)",
+            # a patience that can trigger: two epochs or more, half the run at most (up to 5)
+            f"early_stop.patience={min(5, cfg.epochs // 2)}"
+            if cfg.early_stop.patience == 0 and cfg.epochs // 2 >= 2
+            else None,
+        ),
+        (
+            "augment the data",
+            transform if aug.name == "none" else "aug.erasing.p=0.25" if aug.erasing.p == 0 else None,
+        ),
+        ("weight decay", "decay=l2 wd=5e-4" if cfg.wd == 0 else f"wd={cfg.wd * 4:g}" if cfg.wd < 5e-3 else None),
+        (
+            "dropout in the classifier",
+            "dropout=fc"
+            if cfg.dropout.p == 0
+            else f"dropout.p={min(0.7, cfg.dropout.p + 0.2):g}"
+            if cfg.dropout.p < 0.5
+            else None,
+        ),
+        ("more training data", "data.train_size=null" if cfg.data.train_size is not None else None),
+    ]
+    best, last = evidence.get("epoch"), evidence.get("epochs")
+    if best is not None and last is not None and best + min(5, cfg.epochs // 2) > last:
+        candidates.pop(0)  # the best epoch is too near the end for that patience to have stopped this run
+    elif not rising:  # validation did not go past its best: stopping early would gain little
+        candidates.append(candidates.pop(0))
+    return [(what, how) for what, how in candidates if how]
+
+
+def _against_bias(cfg, evidence: dict) -> list[tuple[str, str]]:
+    """Lighter regularization and longer training (longer first while the training accuracy climbs), a
+    higher learning rate, a larger model."""
+    climbing = evidence.get("train_acc_gain_last_2_epochs", 0) > 0.01
+    lighter = [
+        ("lighter augmentation", "aug=none" if cfg.aug.name != "none" else None),
+        ("less dropout", "dropout=none" if cfg.dropout.p > 0 or cfg.dropout.conv_p > 0 else None),
+        ("less weight decay", f"wd={cfg.wd / 5:g}" if cfg.wd > 1e-5 else None),
+    ]
+    longer = (
+        "train longer (training accuracy is still climbing)" if climbing else "train longer",
+        f"epochs={2 * cfg.epochs}",
+    )
+    candidates = [longer, *lighter] if climbing else [*lighter, longer]
+    candidates.append(("a higher learning rate", f"lr={cfg.lr * 2:g}"))
+    if cfg.model.name == "smallcnn":
+        candidates.append(("a larger model", f"model.channels=[{','.join(str(2 * c) for c in cfg.model.channels)}]"))
+    return [(what, how) for what, how in candidates if how]
 
 
 def more_steps(n_train: int, epochs: int, batch_size: int) -> tuple[str | None, int]:
