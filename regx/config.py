@@ -789,9 +789,18 @@ def _check_unread(c: DictConfig) -> None:
         raise ConfigError(why)
 
 
+# (low, high): keys whose values must keep that order
+RANGES = (
+    ("aug.erasing.area_min", "aug.erasing.area_max"),
+    ("aug.scale.min", "aug.scale.max"),
+    ("aug.rrc.scale_min", "aug.rrc.scale_max"),
+    ("aug.rrc.ratio_min", "aug.rrc.ratio_max"),
+)
+
+
 def _check_between(c: DictConfig) -> None:
     """The rules that tie two keys together, or a key to the machine or the file system."""
-    d, a, f = c.data, c.aug, c.finetune
+    d, a = c.data, c.aug
     _check(
         not c.compile_aug or any(a[k].p > 0 for k in PER_IMAGE_OPS),
         "compile_aug",
@@ -800,25 +809,9 @@ def _check_between(c: DictConfig) -> None:
     )
     for key in ("mean", "std"):
         _check(d[key] is None or len(d[key]) in (1, 3), f"data.{key}", d[key], "must list 1 or 3 numbers, or be null")
-    _check(
-        a.erasing.area_min <= a.erasing.area_max,
-        "aug.erasing.area_min",
-        a.erasing.area_min,
-        f"must be <= aug.erasing.area_max ({a.erasing.area_max})",
-    )
-    _check(a.scale.min <= a.scale.max, "aug.scale.min", a.scale.min, f"must be <= aug.scale.max ({a.scale.max})")
-    _check(
-        a.rrc.scale_min <= a.rrc.scale_max,
-        "aug.rrc.scale_min",
-        a.rrc.scale_min,
-        f"must be <= aug.rrc.scale_max ({a.rrc.scale_max})",
-    )
-    _check(
-        a.rrc.ratio_min <= a.rrc.ratio_max,
-        "aug.rrc.ratio_min",
-        a.rrc.ratio_min,
-        f"must be <= aug.rrc.ratio_max ({a.rrc.ratio_max})",
-    )
+    for low, high in RANGES:
+        lo, hi = OmegaConf.select(c, low), OmegaConf.select(c, high)
+        _check(lo <= hi, low, lo, f"must be <= {high} ({hi})")
     _check(
         a.mixup.p + a.cutmix.p <= 1,
         "aug.cutmix.p",
@@ -851,6 +844,13 @@ def _check_between(c: DictConfig) -> None:
         c.average.start_epoch,
         f"must be <= epochs ({c.epochs}); a later start averages nothing",
     )
+    _check_outside(c)
+
+
+def _check_outside(c: DictConfig) -> None:
+    """The rules that tie a key to the machine or the file system: the device, the trackers' packages,
+    pretrained weights and image folders."""
+    d, f = c.data, c.finetune
     check_device(c.device)
     for tracker, module in (("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb")):
         if c.logger[tracker] and importlib.util.find_spec(module) is None:
