@@ -120,6 +120,14 @@ def test_bad_config_is_one_line(overrides, message):
     assert "\n" not in text
 
 
+@pytest.mark.parametrize(("low", "high"), config.RANGES)
+def test_each_ordered_pair_of_keys_is_refused_out_of_order(low, high):
+    group = low.split(".")[1]
+    option = {"erasing": "erasing", "scale": "scale_crop", "rrc": "rrc"}[group]
+    with pytest.raises(config.ConfigError, match=rf"^{low}=0.9 is invalid: must be <= {high} \(0.5\)$"):
+        errors.preflight([f"aug={option}", f"{low}=0.9", f"{high}=0.5"])
+
+
 def test_a_sweep_refuses_a_setting_only_where_none_of_its_jobs_reads_it():
     """`-m optim=sgd,adamw optim.momentum=0.8` is meant for the SGD jobs (main refused the whole sweep, so
     the only way was two sweeps): the others are named in a warning. Where no job reads it, it is refused."""
