@@ -532,19 +532,55 @@ def _warn_few_steps_ahead(kind: str, runs: list[list[str]]) -> None:
 def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[str]], plan=None) -> tuple[Path, int]:
     """Check every arm and point before any directory exists, then run the study as one sweep under
     outputs/<kind>s/; (its directory, the sweep's exit status). With --resume: finish the one given."""
-    from regx import ablate, config, errors, study
+    from regx import study
     from regx.files import claim_dir
 
     if a.resume:
-        if a.overrides:
-            raise BadInput(f"--resume takes no overrides: the {kind} keeps the ones it began with")
-        unread = [o for o in a.options if o != "--resume" and not (kind == "ablate" and o == "--metric")]
-        if unread:
-            kept = "; only --metric applies (to the table)" if kind == "ablate" else ""
-            raise BadInput(
-                f"{unread[0]}: --resume finishes the {kind} as it began (its seeds, arms, points and budget){kept}"
-            )
-        return Path(a.resume), cmd_sweep_resume([a.resume])
+        return Path(a.resume), _resume_study(kind, a)
+    launcher, named = _check_study(kind, a, arms, points)
+    runs = len(arms) * max(1, len(points)) * a.seeds
+    jobs = 1 if launcher not in (None, "joblib") else a.jobs or max(1, min(runs, (os.cpu_count() or 1) // 4))
+    if named:
+        Path(named).mkdir(parents=True, exist_ok=True)
+        a.overrides = [o for o in a.overrides if not o.startswith("hydra.sweep.dir=")]
+    sweep = Path(named or claim_dir(f"outputs/{'ablations' if kind == 'ablate' else kind + 's'}", ""))
+    study.write_group(sweep, study.ARM, arms)
+    groups = {study.ARM: list(arms)}
+    if points:
+        study.write_group(sweep, study.POINT, points)
+        groups[study.POINT] = list(points)
+    if plan is not None:
+        from regx.curve import write_plan
+
+        write_plan(sweep, plan)
+    shape = f"{len(arms)} arms" + (f" x {len(points)} points" if points else "")
+    print(
+        f"regx {kind}: {shape} x {a.seeds} seeds = {runs} runs in {sweep}" + (f", {jobs} at a time" if jobs > 1 else "")
+    )
+    overrides = [*a.overrides, *(["ablate.vary_split=true"] if a.vary_split else [])]
+    return sweep, cmd_train(study.sweep_args(groups, a.seeds, overrides, sweep, jobs))
+
+
+def _resume_study(kind: str, a) -> int:
+    """`regx KIND --resume DIR`: the study as it began (only ablate's --metric may change, for its table)."""
+    if a.overrides:
+        raise BadInput(f"--resume takes no overrides: the {kind} keeps the ones it began with")
+    unread = [o for o in a.options if o != "--resume" and not (kind == "ablate" and o == "--metric")]
+    if unread:
+        kept = "; only --metric applies (to the table)" if kind == "ablate" else ""
+        raise BadInput(
+            f"{unread[0]}: --resume finishes the {kind} as it began (its seeds, arms, points and budget){kept}"
+        )
+    return cmd_sweep_resume([a.resume])
+
+
+def _check_study(
+    kind: str, a, arms: dict[str, list[str]], points: dict[str, list[str]]
+) -> tuple[str | None, str | None]:
+    """Every refusal before a study's directory exists: counts, the overrides the study sets itself, the
+    launcher's, the folder the user names, and each arm and point preflighted; (launcher, named folder)."""
+    from regx import ablate, config, errors
+
     if a.seeds < 1 or (a.jobs is not None and a.jobs < 1):
         raise BadInput("--seeds and --jobs must be at least 1")
     if a.corrupt:
@@ -590,27 +626,7 @@ def _run_study(kind: str, a, arms: dict[str, list[str]], points: dict[str, list[
         except config.ConfigError as exc:
             raise BadInput(f"{kind} {what} ({' '.join(extra)}): {exc}") from None
     _warn_few_steps_ahead(kind, [[*a.overrides, *baseline, *o] for o in (points.values() or [[]])])
-    runs = len(arms) * max(1, len(points)) * a.seeds
-    jobs = 1 if launcher not in (None, "joblib") else a.jobs or max(1, min(runs, (os.cpu_count() or 1) // 4))
-    if named:
-        Path(named).mkdir(parents=True, exist_ok=True)
-        a.overrides = [o for o in a.overrides if not o.startswith("hydra.sweep.dir=")]
-    sweep = Path(named or claim_dir(f"outputs/{'ablations' if kind == 'ablate' else kind + 's'}", ""))
-    study.write_group(sweep, study.ARM, arms)
-    groups = {study.ARM: list(arms)}
-    if points:
-        study.write_group(sweep, study.POINT, points)
-        groups[study.POINT] = list(points)
-    if plan is not None:
-        from regx.curve import write_plan
-
-        write_plan(sweep, plan)
-    shape = f"{len(arms)} arms" + (f" x {len(points)} points" if points else "")
-    print(
-        f"regx {kind}: {shape} x {a.seeds} seeds = {runs} runs in {sweep}" + (f", {jobs} at a time" if jobs > 1 else "")
-    )
-    overrides = [*a.overrides, *(["ablate.vary_split=true"] if a.vary_split else [])]
-    return sweep, cmd_train(study.sweep_args(groups, a.seeds, overrides, sweep, jobs))
+    return launcher, named
 
 
 def _show_study(kind: str, sweep: Path, header, rows, files, notes, warnings, caption: str) -> None:
