@@ -298,48 +298,8 @@ def report_plot(
     def label(r):
         return ",".join(f"{k}={_value(r, k)}" for k in (group_by or keys)) or r["run"]
 
-    from matplotlib.ticker import MaxNLocator
-
-    colours, curves = {}, {}
     fig, (ax_c, ax_b) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100)
-    for r in records:
-        if not r["metrics"]:
-            continue
-        lab = label(r)
-        first = lab not in colours
-        colour = colours.setdefault(lab, f"C{len(colours) % 10}")
-        epochs, accs = [int(m["epoch"]) for m in r["metrics"]], [100 * float(m["val_acc"]) for m in r["metrics"]]
-        curves.setdefault(lab, []).append(dict(zip(epochs, accs)))
-        ax_c.plot(
-            epochs,
-            accs,
-            color=colour,
-            lw=0.9 if group_by else 1.4,
-            alpha=0.35 if group_by else 0.85,  # grouped: each run thin, its group's mean drawn over them
-            label=lab if first and not group_by else None,
-            ls="-" if r["status"] == "completed" else "--",
-        )
-    if group_by:
-        for lab, runs in curves.items():
-            shared = sorted(set.intersection(*(set(c) for c in runs)))
-            ax_c.plot(
-                shared,
-                [sum(c[e] for c in runs) / len(runs) for e in shared],
-                color=colours[lab],
-                lw=2.2,
-                label=f"{lab} (mean of {len(runs)})",
-            )
-    ax_c.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
-    ax_c.set_xlabel("epoch")
-    ax_c.set_ylabel("validation accuracy (%)")
-    ax_c.set_title(
-        "validation accuracy (dashed: not completed"
-        + ("; thin: each run, thick: the group's mean)" if group_by else ")"),
-        fontsize=9,
-    )
-    ax_c.grid(alpha=0.3)
-    if colours:
-        ax_c.legend(fontsize=7, loc="best", framealpha=0.7)
+    colours = _curves_panel(ax_c, records, label, bool(group_by))
     if group_by:
         groups = group_records(records, group_by)
         names = [",".join(f"{k}={g[k]}" for k in group_by) for g in groups]
@@ -350,10 +310,9 @@ def report_plot(
         means = [r[metric] for r in records]
         stds = [0] * len(records)
     scale = 100 if metric in ("best_val", "final_val", "test", "ece", "gap") else 1
-    ys = [(m * scale) if m is not None else 0 for m in means]
     bars = ax_b.barh(
         range(len(names)),
-        ys,
+        [(m * scale) if m is not None else 0 for m in means],
         xerr=[s * scale for s in stds] if group_by else None,
         color=[colours.get(n, "C0") for n in names] if group_by or keys else "C0",
         alpha=0.8,
@@ -373,6 +332,52 @@ def report_plot(
     ax_b.grid(alpha=0.3, axis="x")
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def _curves_panel(ax, records: list[dict], label, grouped: bool) -> dict[str, str]:
+    """Each run's validation accuracy by epoch, one colour per label (grouped: each run thin, its group's
+    mean drawn over them); the colours, by label, for the bars beside."""
+    from matplotlib.ticker import MaxNLocator
+
+    colours, curves = {}, {}
+    for r in records:
+        if not r["metrics"]:
+            continue
+        lab = label(r)
+        first = lab not in colours
+        colour = colours.setdefault(lab, f"C{len(colours) % 10}")
+        epochs, accs = [int(m["epoch"]) for m in r["metrics"]], [100 * float(m["val_acc"]) for m in r["metrics"]]
+        curves.setdefault(lab, []).append(dict(zip(epochs, accs)))
+        ax.plot(
+            epochs,
+            accs,
+            color=colour,
+            lw=0.9 if grouped else 1.4,
+            alpha=0.35 if grouped else 0.85,
+            label=lab if first and not grouped else None,
+            ls="-" if r["status"] == "completed" else "--",
+        )
+    for lab, runs in curves.items() if grouped else ():
+        shared = sorted(set.intersection(*(set(c) for c in runs)))
+        ax.plot(
+            shared,
+            [sum(c[e] for c in runs) / len(runs) for e in shared],
+            color=colours[lab],
+            lw=2.2,
+            label=f"{lab} (mean of {len(runs)})",
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(
+        "validation accuracy (dashed: not completed"
+        + ("; thin: each run, thick: the group's mean)" if grouped else ")"),
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    if colours:
+        ax.legend(fontsize=7, loc="best", framealpha=0.7)
+    return colours
 
 
 @dataclass
