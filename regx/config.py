@@ -421,6 +421,9 @@ class TrainConfig:
     epochs: int = num(12, ">= 1")  # passes over the training split
     batch_size: int = num(128, ">= 1")  # images per optimizer step (all processes together under torchrun)
     eval_batch_size: int = num(512, ">= 1")  # images per batch when evaluating
+    # test-time augmentation in every evaluation (validation, clean training subset, test, regx eval and
+    # predict): flip = the mean of the logits of each image and its left-right mirror (airbench's mirror TTA)
+    tta: str = choice("none", "none|flip")
     lr: float = num(0.05, "> 0")  # the learning rate (the schedule's peak; onecycle's is lr * sched.max_lr_mult)
     wd: float = num(5e-4, ">= 0")  # weight decay strength, applied as the decay group says (0: off)
     label_smoothing: float = num(0.0, "[0, 1)")  # cross-entropy against (1-e) one-hot + e/classes
@@ -837,6 +840,12 @@ def _check_between(c: DictConfig) -> None:
         "needs dropout in the model (dropout=fc, conv or both)",
     )
     _check(c.sched.min_lr <= c.lr, "sched.min_lr", c.sched.min_lr, f"must be in [0, lr={c.lr}]")
+    _check(
+        c.tta == "none" or d.mirror,
+        "tta",
+        c.tta,
+        f"mirrors the images it evaluates, and a mirror changes the class of data={d.name}'s (data.mirror=false)",
+    )
     _check_decay_stable(c)
     _check(
         c.average.name != "swa" or c.average.start_epoch is None or c.average.start_epoch <= c.epochs,

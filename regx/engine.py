@@ -24,6 +24,7 @@ class Pipeline:
     std: torch.Tensor
     channels_last: bool
     augment: Augment | None = None
+    tta: bool = False  # evaluate each image and its mirror, their logits averaged
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
@@ -35,6 +36,16 @@ class Pipeline:
 
     def eval(self, xb: torch.Tensor) -> torch.Tensor:
         return self._finish(xb.float().div_(255))
+
+
+def infer(model: nn.Module, x: torch.Tensor, amp, tta: bool = False) -> torch.Tensor:
+    """float32 logits of a normalized batch; with `tta`, the mean of the batch's and its left-right mirror's
+    (airbench's mirror TTA: 0.5 * net(x) + 0.5 * net(x.flip(-1)))."""
+    with amp or contextlib.nullcontext():
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+    return logits
 
 
 def autocast(device: torch.device, precision: str):
@@ -365,9 +376,7 @@ def evaluate(
     counts = torch.zeros(k * k, device=device, dtype=torch.long)
     kept, labels, n = [], [], 0
     for xb, yb in batches:
-        with amp:
-            out = model(pipeline.eval(xb))
-        logits = out.float()
+        logits = infer(model, pipeline.eval(xb), amp, pipeline.tta)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == yb).sum()

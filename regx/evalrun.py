@@ -210,6 +210,7 @@ def eval_run(
         mean=torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1),
         std=torch.tensor(norm["std"], device=device).view(1, -1, 1, 1),
         channels_last=cfg.channels_last,
+        tta=cfg.tta == "flip",
     )
     model, amp = build_from_checkpoint(ckpt, cfg, device), autocast(device, pick_precision(cfg.precision, device))
     ev = evaluate(

@@ -97,15 +97,14 @@ class Predictor:
     device: torch.device
     source: str = ""  # the checkpoint it came from
     amp: object = field(default=None, repr=False)
+    tta: bool = False  # the run's test-time augmentation (tta=flip): each image and its mirror
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 N,C,S,S (already fitted) -> class probabilities N,K (float32, on the CPU)."""
-        import contextlib
+        from regx.engine import infer
 
-        x = self.preprocess(batch.to(self.device))
-        with self.amp or contextlib.nullcontext():
-            return self.model(x).float().softmax(1).cpu()
+        return infer(self.model, self.preprocess(batch.to(self.device)), self.amp, self.tta).softmax(1).cpu()
 
     def __repr__(self) -> str:
         shown = ", ".join(self.classes[:4]) + (", ..." if len(self.classes) > 4 else "")
@@ -174,6 +173,7 @@ def load(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") ->
         dev,
         str(path),
         autocast(dev, pick_precision(cfg.precision, dev)),
+        cfg.tta == "flip",
     )
 
 

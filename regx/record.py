@@ -147,7 +147,7 @@ class Recorder:
         self.summary.update(facts)
         s, cfg = self.summary, self.cfg
         self.log.info(
-            "%s: %s (%s params) on %s %s%s, %d/%d/%d train/val/test images of %dpx, %d classes; run dir %s",
+            "%s: %s (%s params) on %s %s%s, %d/%d/%d train/val/test images of %dpx, %d classes%s; run dir %s",
             cfg.name,
             f"timm's {cfg.model.name}" if cfg.model.get("zoo") == "timm" else cfg.model.name,
             f"{s['params']:,}",
@@ -159,6 +159,7 @@ class Recorder:
             s["n_test"],
             s["image_size"],
             s["num_classes"],
+            "; evaluated with mirror TTA (each image and its mirror)" if s.get("tta") == "flip" else "",
             self.run_dir,
         )
         self.progress(state)

@@ -174,6 +174,7 @@ def build(cfg: DictConfig, device: torch.device, ranks: Ranks) -> Parts:
         std=torch.tensor(data.std, device=device).view(1, -1, 1, 1),
         channels_last=cfg.channels_last,
         augment=Augment(cfg.aug, aug_gen, compiled=compiles_aug(cfg, device)) if Augment.active(cfg.aug) else None,
+        tta=cfg.tta == "flip",
     )
     schedule = lr_schedule(
         sched, lr=cfg.lr, epochs=cfg.epochs, steps=steps, plateau=plateau, average=OmegaConf.to_container(cfg.average)
@@ -533,6 +534,7 @@ def _facts(parts: Parts) -> dict:
         n_train=len(data.train),
         n_val=len(data.val),
         n_test=len(data.test) if data.test is not None else 0,
+        tta=cfg.tta,
     )
 
 
