@@ -110,6 +110,7 @@ def test_used_by_command_composes():
             "0.5) or an option that applies it (aug=all, aug=flip_rotate)",
         ),
         (["aug=none", "++aug.mixup.alpha=0.2"], "aug.mixup.alpha=0.2 is not read: aug.mixup.p is 0"),
+        (["data=mnist", "tta=flip"], "tta='flip' is invalid: mirrors the images it evaluates, and a mirror changes"),
     ],
 )
 def test_bad_config_is_one_line(overrides, message):
