@@ -20,9 +20,10 @@ class EvalError(ValueError):
 
 
 def eval_config(saved: dict, overrides: list[str]):
-    """The run's config with `data=OPTION` and `data.*`/`device`/`eval_batch_size` overrides applied."""
+    """The run's config with `data=OPTION` and `data.*`/`device`/`precision`/`eval_batch_size`/`tta` overrides
+    applied."""
     cfg = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)
-    allowed = ("data.", "device", "eval_batch_size", "precision", "channels_last")
+    allowed = ("data.", "device", "eval_batch_size", "precision", "channels_last", "tta")
     for o in overrides:
         key, sep, value = o.partition("=")
         if not sep:
@@ -36,7 +37,7 @@ def eval_config(saved: dict, overrides: list[str]):
             )
         elif not key.startswith(allowed):
             raise EvalError(
-                f"regx eval takes data=..., data.KEY=..., device, precision and eval_batch_size; not '{key}'"
+                f"regx eval takes data=..., data.KEY=..., device, precision, eval_batch_size and tta; not '{key}'"
             )
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o for o in overrides if not o.startswith("data=")]))
@@ -231,6 +232,7 @@ def eval_run(
         "data": cfg.data.name,
         "overrides": overrides,
         "split": split_name,
+        "tta": cfg.tta,
         "n": total,
         "accuracy": int(cm.diag().sum()) / max(total, 1),
         "loss": loss,
@@ -322,7 +324,7 @@ def _print(result: dict, con) -> None:
     con.print(
         f"{result['data']} {result['split']} split, {result['n']} images: accuracy "
         f"{100 * result['accuracy']:.2f}%, loss {result['loss']:.4f} ({Path(result['checkpoint']).name}, "
-        f"epoch {result['epoch']})"
+        f"epoch {result['epoch']}{', each image and its mirror' if result.get('tta') == 'flip' else ''})"
     )
     c = result["calibration"]
     line = (

@@ -56,3 +56,9 @@ def test_a_run_with_tta_says_so_and_predicts_with_the_mirror_too(cli, tmp_path):
     with torch.no_grad(), clf.amp:
         ref = infer_mirror(clf.preprocess(batch), lambda x: clf.model(x).float()).softmax(1)  # bf16 logits, as float
     assert clf.tta and torch.allclose(clf.probabilities(batch), ref, atol=1e-5)
+    for tta, said in (("flip", True), ("none", False)):  # regx eval takes the run's, or the one it is given
+        res = cli("eval", "r", *(["tta=none"] if tta == "none" else []), "--out", f"e_{tta}")
+        assert res.returncode == 0, res.stderr
+        (written,) = (tmp_path / f"e_{tta}").glob("eval*.json")  # eval_tta=none.json: named by its overrides
+        assert json.loads(written.read_text())["tta"] == tta
+        assert ("each image and its mirror)" in res.stdout) == said
