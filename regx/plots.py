@@ -304,8 +304,16 @@ def curve_chart(path: Path, rows: list[dict], metric: str, title: str) -> Path:
     if any(r.get("diff") is not None for r in rows):
         diff.legend(fontsize=8)
     gap.axhline(0, color="#888888", linewidth=0.8)
-    fig.suptitle(title + " (bands: 95% over seeds; middle: each arm minus the baseline, seed by seed)", fontsize=9)
+    fig.suptitle(
+        title + f" ({_bands(rows)}middle: each arm minus the baseline, seed by seed)",
+        fontsize=9,
+    )
     return save_figure(fig, path)
+
+
+def _bands(rows: list[dict]) -> str:
+    """The title's word on the bands: none are drawn where every point has one seed (no interval)."""
+    return "bands: 95% over seeds; " if any(r.get("ci95_mean") is not None for r in rows) else "one seed: no bands; "
 
 
 def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str, title: str, best: dict) -> Path:
@@ -380,9 +388,7 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
     acc.legend(fontsize=7)
     gap.axhline(0, color="#888888", linewidth=0.8)
     gap.margins(y=0.15)  # room above the highest point for its words
-    fig.suptitle(
-        title + " (bands: 95% over seeds; words: the verdicts of each point's seeds; star: the best)", fontsize=9
-    )
+    fig.suptitle(title + f" ({_bands(rows)}words: the verdicts of each point's seeds; star: the best)", fontsize=9)
     return save_figure(fig, path)
 
 

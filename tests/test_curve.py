@@ -222,6 +222,11 @@ def test_a_paths_picture_names_each_points_verdicts_in_words(tmp_path, monkeypat
     fig = drawn["fig"]
     gap_panel = fig.axes[1]
     assert [t.get_text() for t in gap_panel.texts] == ["over ×3", "under ×2, good"]
+    assert fig._suptitle.get_text().startswith("t (bands: 95% over seeds; words:")
+    one = [{**r, "ci95_mean": None} for r in rows]  # one seed: no interval, so no band, and the title says so
+    drawn.clear()
+    plots.path_chart(tmp_path / "path1.png", one, "wd", True, "test", "t", best={})
+    assert drawn["fig"]._suptitle.get_text().startswith("t (one seed: no bands; words:")
     fig.tight_layout()
     renderer = fig.canvas.get_renderer()
     inside = gap_panel.get_window_extent(renderer)
