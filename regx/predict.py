@@ -309,16 +309,19 @@ def run_predict(
 
 class Exported(nn.Module):
     """uint8 images N,C,H,W (0-255, the run's channels and size) -> logits: the run's normalization
-    inside the graph, so the file needs no preprocessing code beside it but resizing."""
+    inside the graph, so the file needs no preprocessing code beside it but resizing; with `tta` (the run's
+    tta=flip) the mirror too, so the file scores as regx.load does."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], tta: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.tta = model, tta
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images.float() / 255 - self.mean) / self.std)
+        x = (images.float() / 255 - self.mean) / self.std
+        logits = self.model(x)
+        return (logits + self.model(x.flip(-1))) / 2 if self.tta else logits
 
 
 @dataclass
@@ -345,13 +348,14 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None, checkpo
     if fmt == "onnx":
         _need("onnx", "onnxruntime", "onnxscript")
     clf = load(run_dir, checkpoint, device="cpu")
-    wrapped = Exported(clf.model.float(), clf.preprocess.mean, clf.preprocess.std).eval()
+    wrapped = Exported(clf.model.float(), clf.preprocess.mean, clf.preprocess.std, clf.tta).eval()
     images = _validation_images(run_dir, clf)
     meta = {
         "classes": clf.classes,
         "image_size": clf.preprocess.size,
         "channels": clf.preprocess.channels,
         "input": "uint8 N,C,H,W in 0-255 (normalization is inside)",
+        "tta": "flip" if clf.tta else "none",  # the mirror is inside too
         "source": clf.source,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from regx.files import DamagedFile, Interpolated, read_config, read_json, read_summary
 
 # Top-level keys that decide what a run is: resuming with one of them changed would not continue it.
-RESUME_FIXED = ("data", "model", "seed", "batch_size", "optim", "decay", "dropout", "aug")
+RESUME_FIXED = ("data", "model", "seed", "batch_size", "optim", "decay", "dropout", "aug", "tta")
 
 
 class NothingToDo(Exception):

@@ -62,3 +62,25 @@ def test_a_run_with_tta_says_so_and_predicts_with_the_mirror_too(cli, tmp_path):
         (written,) = (tmp_path / f"e_{tta}").glob("eval*.json")  # eval_tta=none.json: named by its overrides
         assert json.loads(written.read_text())["tta"] == tta
         assert ("each image and its mirror)" in res.stdout) == said
+    res = cli("resume", "r", "epochs=2", "tta=none")  # best.pt's epochs were chosen with the mirror
+    assert res.returncode == 2 and "resuming with changed tta would not continue the same run" in res.stderr
+
+
+def test_an_exported_model_holds_the_mirror_of_a_tta_run(cli, tmp_path):
+    """regx export of a tta=flip run: the file scores each image and its mirror, as regx.load does."""
+    import warnings
+
+    assert cli("train", "debug=smoke", "epochs=1", "tta=flip", "hydra.run.dir=r").returncode == 0
+    res = cli("export", "r", "--format", "torchscript", "--out", "m.pt")
+    assert res.returncode == 0 and "top-1 agreement 100.00%" in res.stdout, res.stderr
+    files = {"regx.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=files)
+    assert json.loads(files["regx.json"])["tta"] == "flip"
+    clf = regx.load(tmp_path / "r", device="cpu")
+    batch = torch.randint(0, 256, (5, clf.preprocess.channels, clf.preprocess.size, clf.preprocess.size))
+    batch = batch.to(torch.uint8)
+    with torch.no_grad():
+        ref = infer_mirror(clf.preprocess(batch), lambda x: clf.model.float()(x).float())
+        assert torch.allclose(exported(batch), ref, atol=1e-4)
