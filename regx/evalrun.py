@@ -201,8 +201,8 @@ def eval_run(
     )
     skipped = [0]
 
-    def known(batches):  # labels by name; images of classes the model does not know are counted apart
-        for xb, yb in batches:
+    def batches(part):  # labels by name; images of classes the model does not know are counted apart
+        for xb, yb in iterate(part, cfg.eval_batch_size, device=device, workers=cfg.data.workers):
             y = remap.to(yb.device)[yb]
             skipped[0] += int((y < 0).sum())
             yield xb[y >= 0], y[y >= 0]
@@ -214,17 +214,9 @@ def eval_run(
         tta=cfg.tta == "flip",
     )
     model, amp = build_from_checkpoint(ckpt, cfg, device), autocast(device, pick_precision(cfg.precision, device))
-    ev = evaluate(
-        model,
-        known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
-        pipeline=pipeline,
-        amp=amp,
-        num_classes=len(classes),
-        keep_logits=True,
-    )
-    loss, cm = ev.loss, ev.matrix
-    total = int(cm.sum())
-    scaled = _temperature(cfg, split_name, classes, model, pipeline, amp, device, ev, known, own)
+    ev = evaluate(model, batches(images), pipeline=pipeline, amp=amp, num_classes=len(classes), keep_logits=True)
+    total, unknown_n = int(ev.matrix.sum()), skipped[0]  # before other passes count theirs
+    scaled = _temperature(cfg, split_name, classes, model, pipeline, amp, ev, batches, own)
     result = {
         "run_dir": str(run_dir),
         "checkpoint": str(path),
@@ -234,28 +226,17 @@ def eval_run(
         "split": split_name,
         "tta": cfg.tta,
         "n": total,
-        "accuracy": int(cm.diag().sum()) / max(total, 1),
-        "loss": loss,
+        "accuracy": int(ev.matrix.diag().sum()) / max(total, 1),
+        "loss": ev.loss,
         "classes": classes,
-        "per_class": per_class(cm, classes),
-        "confusion": cm.tolist(),
-        "unknown": {"classes": strangers, "n": skipped[0]},
+        "per_class": per_class(ev.matrix, classes),
+        "confusion": ev.matrix.tolist(),
+        "unknown": {"classes": strangers, "n": unknown_n},
         "absent_classes": absent,
-        "calibration": {
-            "ece": ev.ece,
-            "mce": ev.mce,
-            "brier": ev.brier,
-            "nll": ev.loss,
-            "bins": ev.bin_count,
-            "bin_confidence": ev.bin_confidence,
-            "bin_accuracy": ev.bin_accuracy,
-            **scaled,
-        },
+        "calibration": _calibration(ev, scaled),
     }
     if corruptions:
-        result["corruption"] = _robustness(
-            cfg, ckpt, model, pipeline, amp, images, device, known, corruptions, severities
-        )
+        result["corruption"] = _robustness(ckpt, model, pipeline, amp, lambda: batches(images), corruptions, severities)
     suffix = (
         ("_last" if last else "")
         + (f"_{split}" if split else "")
@@ -265,6 +246,21 @@ def eval_run(
     _print(result, console())
     print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}")
     return result
+
+
+def _calibration(ev, scaled: dict) -> dict:
+    """eval.json's calibration block: the evaluated split's ECE, MCE, Brier, NLL and reliability bins, and
+    (`scaled`) the same after temperature scaling."""
+    return {
+        "ece": ev.ece,
+        "mce": ev.mce,
+        "brier": ev.brier,
+        "nll": ev.loss,
+        "bins": ev.bin_count,
+        "bin_confidence": ev.bin_confidence,
+        "bin_accuracy": ev.bin_accuracy,
+        **scaled,
+    }
 
 
 def _write_outputs(result: dict, out: Path, suffix: str, who: str) -> list[Path]:
@@ -288,11 +284,11 @@ def _write_outputs(result: dict, out: Path, suffix: str, who: str) -> list[Path]
     return written
 
 
-def _robustness(cfg, ckpt, model, pipeline, amp, images, device, known, corruptions, severities) -> dict:
-    """The split's accuracy under each corruption and severity (engine.robustness), with a line per one."""
+def _robustness(ckpt, model, pipeline, amp, batches, corruptions, severities) -> dict:
+    """The split's accuracy under each corruption and severity (engine.robustness), with a line per one.
+    `batches()`: a fresh pass over the split's labelled batches."""
     from regx.console import console
     from regx.corrupt import SMALL_UP_TO
-    from regx.data import iterate
     from regx.engine import robustness
 
     con = console()
@@ -303,7 +299,7 @@ def _robustness(cfg, ckpt, model, pipeline, amp, images, device, known, corrupti
     )
     out = robustness(
         model,
-        lambda: known(iterate(images, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
+        batches,
         pipeline=pipeline,
         amp=amp,
         corruptions=corruptions,
@@ -366,12 +362,12 @@ def _print(result: dict, con) -> None:
         print_table("confusion matrix (rows: true class, columns: predicted)", header, rows, right=set(header[1:]))
 
 
-def _temperature(cfg, split_name: str, classes, model, pipeline, amp, device, ev, known, own: bool) -> dict:
+def _temperature(cfg, split_name: str, classes, model, pipeline, amp, ev, batches, own: bool) -> dict:
     """Temperature scaling: T fitted on the validation split's logits (minimum NLL), the evaluated split's
-    calibration after dividing its logits by T. {} where there is no validation split to fit on."""
+    calibration after dividing its logits by T. {} where there is no validation split to fit on.
+    `batches(part)`: a split's labelled batches on the device."""
     import torch.nn.functional as F
 
-    from regx.data import iterate
     from regx.engine import calibration, evaluate, fit_temperature
 
     if split_name == "val":
@@ -383,13 +379,7 @@ def _temperature(cfg, split_name: str, classes, model, pipeline, amp, device, ev
             return {}
         if list(names) != list(classes) or not len(val):
             return {}
-        fit = evaluate(
-            model,
-            known(iterate(val, cfg.eval_batch_size, device=device, workers=cfg.data.workers)),
-            pipeline=pipeline,
-            amp=amp,
-            keep_logits=True,
-        )
+        fit = evaluate(model, batches(val), pipeline=pipeline, amp=amp, keep_logits=True)
         where = f"the val split, {len(fit.labels)} images"
     t = fit_temperature(fit.logits, fit.labels)
     scaled = calibration(ev.logits / t, ev.labels)
