@@ -472,7 +472,7 @@ def _run(
     rec.start(_facts(parts), state)
     if not resume:
         _warn_few_steps(parts, rec.log)
-        _warn_no_early_stop(cfg, rec.log)
+        _warn_unreached(cfg, rec.log)
     poll = StopPoll(stop, ranks, parts.device, 1 if parts.device.type == "cpu" else cfg.progress_every)
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -842,19 +842,41 @@ def _warn_few_steps(parts: Parts, log) -> None:
         )
 
 
-def _warn_no_early_stop(cfg, log) -> None:
-    """A patience the run's epochs leave no room for: the first epoch is always a best, so the earliest
-    stop comes after epoch patience + 1, and a stop after the last epoch is no stop."""
+def _warn_unreached(cfg, log) -> None:
+    """Settings the run's epochs leave no room for, said before training (regx resume with more epochs
+    may reach them): a patience that can never stop the run, a schedule step or milestone at or after the
+    last epoch, and a warmup that never ends (the rate never reaches `lr`)."""
+    for line in unreached(cfg):
+        log.warning("%s", line)
+
+
+def unreached(cfg) -> list[str]:
+    """What _warn_unreached says for `cfg`, one line each."""
+    epochs, sched, out = cfg.epochs, cfg.sched, []
     patience = cfg.early_stop.patience
-    if patience and patience + 1 >= cfg.epochs:
-        fix = f"early_stop.patience={cfg.epochs - 2} or less, or more epochs" if cfg.epochs > 2 else "more epochs"
-        log.warning(
-            "early_stop.patience=%d: a run of %d epochs never stops early (the earliest stop is after epoch %d); %s",
-            patience,
-            cfg.epochs,
-            patience + 1,
-            fix,
+    if patience and patience + 1 >= epochs:  # the first epoch is always a best
+        fix = f"early_stop.patience={epochs - 2} or less, or more epochs" if epochs > 2 else "more epochs"
+        out.append(
+            f"early_stop.patience={patience}: a run of {epochs} epochs never stops early (the earliest stop is "
+            f"after epoch {patience + 1}); {fix}"
         )
+    if sched.name == "step" and sched.step_epochs >= epochs:
+        out.append(
+            f"sched=step never lowers the rate in a run of {epochs} epochs (its first step is at epoch "
+            f"{sched.step_epochs:g}); sched.step_epochs={max(epochs // 3, 1)}, say, or more epochs"
+        )
+    late = [m for m in sched.milestones if m >= epochs] if sched.name == "multistep" else []
+    if late:
+        out.append(
+            f"sched.milestones at {', '.join(f'{m:g}' for m in late)}: a run of {epochs} epochs never reaches "
+            f"{'them' if len(late) > 1 else 'it'} (the last epoch starts at {epochs - 1})"
+        )
+    if sched.warmup_epochs >= epochs:
+        out.append(
+            f"sched.warmup_epochs={sched.warmup_epochs:g}: a run of {epochs} epochs is warmup to its end, its "
+            f"rate below lr={cfg.lr:g} until the last step; sched.warmup_epochs={max(epochs // 10, 1)}, say"
+        )
+    return out
 
 
 def _until_stopped(batches, stop: StopRequest):

@@ -140,3 +140,34 @@ def test_onecycle_cycles_the_momentum_a_run_uses(tmp_path):
     seen.clear()
     train(smoke_cfg("sched=onecycle", "epochs=1", "sched.cycle_momentum=false"), tmp_path / "s", hooks=[Watch()])
     assert set(seen) == {0.9}
+
+
+@pytest.mark.parametrize(
+    "overrides,what",
+    [
+        (["sched=step", "sched.step_epochs=10"], "sched=step never lowers"),
+        (["sched=step", "sched.step_epochs=9.5"], None),
+        (["sched=multistep", "sched.milestones=[3,10,12]"], "sched.milestones at 10, 12"),
+        (["sched=multistep", "sched.milestones=[3,9.9]"], None),
+        (["sched=cosine", "sched.warmup_epochs=10"], "sched.warmup_epochs=10: a run of 10 epochs is warmup to its end"),
+        (["sched=cosine", "sched.warmup_epochs=9.9"], None),
+    ],
+)
+def test_a_schedule_change_the_epochs_never_reach_is_said_and_true(overrides, what):
+    """regx warns before training about a step, milestone or warmup end at or after the last epoch; the
+    warning is right exactly where the run's rate shows it (10 epochs of 10 steps, every step's rate)."""
+    from regx import config
+    from regx.train import unreached
+
+    cfg = config.compose(["epochs=10", *overrides])
+    said = [line for line in unreached(cfg) if not line.startswith("early_stop")]
+    sched = OmegaConf.to_container(cfg.sched)
+    rates = [f(s, **sched) for s in range(TOTAL)]
+    if sched["name"] == "step":  # does the rate ever step down?
+        reached = min(rates) < 1
+    elif sched["name"] == "multistep":  # does every milestone take effect?
+        reached = len({round(r, 12) for r in rates}) == 1 + len(sched["milestones"])
+    else:  # does the warmup end before the last step: a step at the rate the schedule has without it?
+        reached = any(rates[s] == pytest.approx(f(s, "cosine")) for s in range(1, TOTAL - 1))
+    assert (what is None) == reached
+    assert (what is None and not said) or (what is not None and len(said) == 1 and what in said[0]), said
