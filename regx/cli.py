@@ -944,7 +944,7 @@ def cmd_lr_plot(args: list[str]) -> int:
 
     from regx.data import train_count
     from regx.plots import lr_plot
-    from regx.schedules import lr_schedule, steps_per_epoch
+    from regx.schedules import lr_schedule, steps_per_epoch, unreached
 
     a, cfg = _composed(args, "lr-plot", "A PNG of the learning rate at every optimizer step of the run.")
     out = _picture_path(a, "lr-plot")
@@ -955,6 +955,8 @@ def cmd_lr_plot(args: list[str]) -> int:
     if sched["name"] == "plateau":
         title += ": plateau cuts depend on validation loss and are not shown"
     print(lr_plot(out, [lr_at(s) for s in range(steps * cfg.epochs)], steps, title))
+    for line in unreached(sched, epochs=cfg.epochs, lr=cfg.lr):
+        print(f"note: {line}", file=sys.stderr)
     return 0
 
 

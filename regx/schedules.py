@@ -53,6 +53,29 @@ def lr_factor(
     return f
 
 
+def unreached(sched: dict, *, epochs: int, lr: float) -> list[str]:
+    """The `sched` settings a run of `epochs` epochs never reaches, one line each: a step or milestone at
+    or after the last epoch (the rate never lowers there), a warmup that lasts the whole run."""
+    out = []
+    if sched["name"] == "step" and sched["step_epochs"] >= epochs:
+        out.append(
+            f"sched=step never lowers the rate in a run of {epochs} epochs (its first step is at epoch "
+            f"{sched['step_epochs']:g}); sched.step_epochs={max(epochs // 3, 1)}, say, or more epochs"
+        )
+    late = [m for m in sched["milestones"] if m >= epochs] if sched["name"] == "multistep" else []
+    if late:
+        out.append(
+            f"sched.milestones at {', '.join(f'{m:g}' for m in late)}: a run of {epochs} epochs never reaches "
+            f"{'them' if len(late) > 1 else 'it'} (the last epoch starts at {epochs - 1})"
+        )
+    if sched["warmup_epochs"] >= epochs:
+        out.append(
+            f"sched.warmup_epochs={sched['warmup_epochs']:g}: a run of {epochs} epochs is warmup to its end, its "
+            f"rate below lr={lr:g} until the last step; sched.warmup_epochs={max(epochs // 10, 1)}, say"
+        )
+    return out
+
+
 def onecycle(step: int, total: int, pct_start: float, start: float, peak: float, end: float) -> float:
     """torch.optim.lr_scheduler.OneCycleLR's two phases at `step` of `total`: from `start` up to `peak`
     until step pct_start*total - 1, then down to `end` at step total - 1, each by half a cosine (its

@@ -58,6 +58,7 @@ from regx.plots import pick_examples
 from regx.record import Recorder
 from regx.regularize import build_optimizer, penalty
 from regx.schedules import EarlyStop, Plateau, lr_schedule, steps_per_epoch, swa_start, swa_window
+from regx.schedules import unreached as sched_unreached
 from regx.signals import StopSignals
 
 
@@ -852,31 +853,14 @@ def _warn_unreached(cfg, log) -> None:
 
 def unreached(cfg) -> list[str]:
     """What _warn_unreached says for `cfg`, one line each."""
-    epochs, sched, out = cfg.epochs, cfg.sched, []
-    patience = cfg.early_stop.patience
+    epochs, patience, out = cfg.epochs, cfg.early_stop.patience, []
     if patience and patience + 1 >= epochs:  # the first epoch is always a best
         fix = f"early_stop.patience={epochs - 2} or less, or more epochs" if epochs > 2 else "more epochs"
         out.append(
             f"early_stop.patience={patience}: a run of {epochs} epochs never stops early (the earliest stop is "
             f"after epoch {patience + 1}); {fix}"
         )
-    if sched.name == "step" and sched.step_epochs >= epochs:
-        out.append(
-            f"sched=step never lowers the rate in a run of {epochs} epochs (its first step is at epoch "
-            f"{sched.step_epochs:g}); sched.step_epochs={max(epochs // 3, 1)}, say, or more epochs"
-        )
-    late = [m for m in sched.milestones if m >= epochs] if sched.name == "multistep" else []
-    if late:
-        out.append(
-            f"sched.milestones at {', '.join(f'{m:g}' for m in late)}: a run of {epochs} epochs never reaches "
-            f"{'them' if len(late) > 1 else 'it'} (the last epoch starts at {epochs - 1})"
-        )
-    if sched.warmup_epochs >= epochs:
-        out.append(
-            f"sched.warmup_epochs={sched.warmup_epochs:g}: a run of {epochs} epochs is warmup to its end, its "
-            f"rate below lr={cfg.lr:g} until the last step; sched.warmup_epochs={max(epochs // 10, 1)}, say"
-        )
-    return out
+    return out + sched_unreached(OmegaConf.to_container(cfg.sched, resolve=True), epochs=epochs, lr=cfg.lr)
 
 
 def _until_stopped(batches, stop: StopRequest):

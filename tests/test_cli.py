@@ -174,6 +174,9 @@ def test_show_aug_and_lr_plot_write_pngs(cli, tmp_path, monkeypatch):
     assert res.returncode == 0, res.stderr
     path = tmp_path / res.stdout.strip()
     assert path.suffix == ".png" and path.stat().st_size > 5000
+    assert "note:" not in res.stderr  # 12 epochs reach sched=step's steps every 5
+    short = cli("lr-plot", "sched=step", "epochs=5", "data.n_train=200", "--out", "short.png")
+    assert short.returncode == 0 and "note: sched=step never lowers the rate in a run of 5 epochs" in short.stderr
     bad = cli("show-aug", "aug.rotate.degrees=-5")
     assert bad.returncode == 2 and "aug.rotate.degrees" in bad.stderr
 
