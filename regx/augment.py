@@ -184,18 +184,26 @@ def _color(c, d: Draws) -> dict[str, torch.Tensor]:  # factors in [1-b, 1+b], a 
     }
 
 
-@op("erasing", "on", extra=(4,))
+@op("erasing", "on", extra=(4, 10))
 def _erasing(c, d: Draws) -> dict[str, torch.Tensor]:
-    """Random erasing (Zhong et al. 2020): a box of area in [area_min, area_max] of the image and aspect
-    log-uniform in [1/ratio, ratio], at a uniform position; filled with noise drawn by `Augment.images`."""
-    u = d.extra
-    area = _between(c.area_min, c.area_max, u[0])
-    aspect = torch.exp(math.log(c.ratio) * (2 * u[1] - 1)) * (d.width / d.height)  # box w/h in image fractions
-    bh = torch.sqrt(area / aspect).clamp(max=1.0)
-    bw = (area / bh).clamp(max=1.0)
-    y0, x0 = u[2] * (1 - bh), u[3] * (1 - bw)
-    box = torch.stack([x0, y0, x0 + bw, y0 + bh], 1)
-    return {"erase": torch.where((d.u["on"] < c.p).view(-1, 1), box, torch.zeros_like(box))}
+    """Random erasing (Zhong et al. 2020) as torchvision's RandomErasing.get_params draws it: 10 tries of
+    an area uniform in [area_min, area_max] of the image and an aspect (height/width) log-uniform in
+    [1/ratio, ratio], rounded to whole pixels; the first box smaller than the image on both sides is
+    placed at a uniform whole-pixel position; where none is, the image is not erased. The box is filled
+    with noise drawn by `Augment.images`."""
+    h_img, w_img, u = d.height, d.width, d.extra
+    area = _between(h_img * w_img * c.area_min, h_img * w_img * c.area_max, u[0])
+    root = torch.exp(math.log(c.ratio) * u[1] - math.log(c.ratio) / 2)  # the square root of the aspect
+    side = torch.sqrt(area)
+    h, w = torch.round(side * root), torch.round(side / root)
+    fits = (h < h_img) & (w < w_img)
+    first = torch.argmax(fits.int(), 0, keepdim=True)  # the first try that fits
+    h, w, pos = h.gather(0, first)[0], w.gather(0, first)[0], u[2:].gather(1, first.expand(2, 1, -1))[:, 0]
+    i = torch.floor(pos[0] * (h_img - h + 1))  # get_params' randint(0, img_h - h + 1)
+    j = torch.floor(pos[1] * (w_img - w + 1))
+    box = torch.stack([j / w_img, i / h_img, (j + w) / w_img, (i + h) / h_img], 1)
+    on = (d.u["on"] < c.p) & fits.any(0)
+    return {"erase": torch.where(on.view(-1, 1), box, torch.zeros_like(box))}
 
 
 @op("rrc", "on", geometric=True, extra=(4, 10))
@@ -257,7 +265,7 @@ class Mix:
     perm: torch.Tensor
     lam: torch.Tensor  # 1 where a sample is not mixed
     cut: torch.Tensor  # bool: cutmix (a pasted box) instead of mixup (a blend)
-    box: torch.Tensor  # N,4 boxes for cutmix, as fractions
+    box: torch.Tensor  # N,3 for cutmix: the box centre's uniforms (x, y) and its side as a fraction (0: none)
 
 
 class Augment:
@@ -327,18 +335,8 @@ class Augment:
         lam = torch.ones(n, device=device)
         lam = torch.where(mixup, beta(c["mixup"].alpha, n, g, device), lam)
         lam_cut = beta(c["cutmix"].alpha, n, g, device)
-        side = torch.sqrt(1 - lam_cut)  # the pasted box covers 1 - lam of the area
-        cy, cx = u[2], u[3]
-        box = torch.stack(
-            [
-                (cx - side / 2).clamp(0, 1),
-                (cy - side / 2).clamp(0, 1),
-                (cx + side / 2).clamp(0, 1),
-                (cy + side / 2).clamp(0, 1),
-            ],
-            1,
-        )
-        box = torch.where(cutmix.view(-1, 1), box, torch.zeros_like(box))
+        side = torch.where(cutmix, torch.sqrt(1 - lam_cut), 0.0)  # the pasted box covers 1 - lam of the area
+        box = torch.stack([u[3], u[2], side], 1)  # its centre's uniforms (x, y) and side: mix() places it
         return Mix(perm=perm, lam=lam, cut=cutmix, box=box)
 
     @staticmethod
@@ -432,6 +430,20 @@ def _box_mask(box: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (inside_y.unsqueeze(2) & inside_x.unsqueeze(1)).unsqueeze(1)
 
 
+def cut_box(draw: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """CutMix's box as timm's rand_bbox and torchvision's CutMix place it (Yun et al. 2019's code), from
+    Mix.box's draws: whole-pixel sides int(h * side) and int(w * side), centred on a uniform pixel, clipped
+    to the image; as N,4 fractions (x0, y0, x1, y1) for _box_mask."""
+    out = []
+    for size, u in ((w, draw[:, 0]), (h, draw[:, 1])):
+        centre, cut = torch.floor(u * size), torch.floor(draw[:, 2] * size)
+        low = (centre - torch.floor(cut / 2)).clamp(0, size)
+        high = (centre + torch.floor((cut + 1) / 2)).clamp(0, size)
+        out.append((low / size, high / size))
+    (x0, x1), (y0, y1) = out
+    return torch.stack([x0, y0, x1, y1], 1)
+
+
 def mix(x: torch.Tensor, m: Mix) -> torch.Tensor:
     """Apply a Mix to a batch. For cutmix, m.lam is set to the exact unpasted fraction of pixels
     (the box was clipped at the border), which is what the loss must weigh."""
@@ -439,7 +451,7 @@ def mix(x: torch.Tensor, m: Mix) -> torch.Tensor:
     lam = m.lam.view(-1, 1, 1, 1)
     out = lam * x + (1 - lam) * other
     if x.device.type != "cpu" or bool(m.cut.any()):  # off CPU: no host read, the mask is cheap
-        mask = _box_mask(m.box, x.shape[-2], x.shape[-1])
+        mask = _box_mask(cut_box(m.box, x.shape[-2], x.shape[-1]), x.shape[-2], x.shape[-1])
         out = torch.where(m.cut.view(-1, 1, 1, 1), torch.where(mask, other, x), out)
         m.lam = torch.where(m.cut, 1 - mask.float().mean(dim=(1, 2, 3)), m.lam)
     return out
