@@ -99,6 +99,9 @@ def _regx_schedule(name, **kw):
         ("step", dict(step_epochs=3, gamma=0.5), "StepLR", dict(step_size=30, gamma=0.5)),
         ("multistep", dict(milestones=[2, 5], gamma=0.1), "MultiStepLR", dict(milestones=[20, 50], gamma=0.1)),
         ("cosine", dict(min_lr=0.001), "CosineAnnealingLR", dict(T_max=TOTAL, eta_min=0.001)),
+        ("exponential", dict(gamma=0.8), "ExponentialLR", dict(gamma=0.8 ** (1 / SPE))),  # per epoch, by step
+        # a linear warmup of W steps: LinearLR from 1/W to 1 over W - 1 steps
+        ("constant", dict(warmup_epochs=2.5), "LinearLR", dict(start_factor=1 / 25, total_iters=24)),
         (
             "onecycle",
             dict(max_lr_mult=4.0, pct_start=0.25),
@@ -120,6 +123,24 @@ def test_each_schedule_equals_torchs_scheduler_stepped_every_step(name, kw, torc
                 assert ours.momentum(step) == pytest.approx(momentum, rel=1e-12), (step, optimizer)
             else:
                 assert ours.momentum(step) is None
+
+
+def test_plateau_equals_torchs_reduce_lr_on_plateau():
+    """Oracle: torch's ReduceLROnPlateau (mode min, threshold 0: any lower loss is an improvement, no
+    cooldown) given the same validation losses, epoch by epoch, for a few factors and patiences. (Its base
+    rate is 1e6 so that its eps, no cut smaller than 1e-8, never acts.)"""
+    g = torch.Generator().manual_seed(0)
+    for factor, patience in ((0.5, 0), (0.1, 2), (0.3, 4)):
+        losses = (torch.linspace(2, 1, 60) + 0.3 * torch.rand(60, generator=g)).tolist()
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=1e6)
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=factor, patience=patience, threshold=0.0)
+        ours = Plateau(factor, patience)
+        for loss in losses:
+            ref.step(loss)
+            ours.update(loss)
+            assert ours.scale * 1e6 == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), (factor, patience)
+        assert ours.scale < factor  # the losses plateau often enough to cut more than once
 
 
 def test_onecycle_cycles_the_momentum_a_run_uses(tmp_path):
