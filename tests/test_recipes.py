@@ -153,10 +153,10 @@ def test_on_real_clothes_each_verdicts_first_remedy_leads_somewhere(tmp_path):
 def test_on_scarce_real_clothes_the_1000_image_preset_beats_no_regularization_by_2_points(tmp_path, seed):
     """The course's lesson on real data (issue #30 item 5): experiment=fashion_mnist_1000 against the same
     1,000 images, split, seed and 150 epochs with none of its techniques. docs/results.md has the figures,
-    measured with one thread per run as `make test-all` runs this on two cores: +2.05, +3.21 and +3.37
-    points for seeds 0-2, the gap 3.7 points narrower; still overfitting by regx's verdict. About 9 minutes a
-    seed: the plain run stops 40 epochs after its best (epoch 33-39 of 150 in the full runs, whose best.pt
-    is therefore the same), which only saves time."""
+    measured with one thread per run as `make test-all` runs this on two cores: +2.51, +3.03 and +2.84
+    points for seeds 0-2 (2026-12-06), the gap 4.4 points narrower; still overfitting by regx's verdict.
+    About 9 minutes a seed: the plain run stops 40 epochs after its best (epoch 33-39 of 150 in the full
+    runs, whose best.pt is therefore the same), which only saves time."""
     base = [f"data.root={tmp_path}", f"seed={seed}"]
     cfg = config.compose(["experiment=fashion_mnist_1000", *base])
     reg = train(cfg, tmp_path / "reg")
