@@ -35,6 +35,23 @@ def test_value_clipping_clamps_each_element_and_says_when():
     assert not bool(gradient_clipper("value", 5.0, params_with_grads(torch.tensor([-3.0])))())
 
 
+@pytest.mark.parametrize("mode", ["norm", "value"])
+def test_clipping_equals_timms_clip_mode(mode):
+    """Oracle: timm's dispatch_clip_grad (train.py's --clip-grad/--clip-mode) on the same gradients, over
+    and under the limit."""
+    from timm.utils import dispatch_clip_grad
+
+    g = torch.Generator().manual_seed(0)
+    for limit in (0.1, 100.0):
+        grads = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+        ours, theirs = params_with_grads(*grads), params_with_grads(*grads)
+        over = gradient_clipper(mode, limit, ours)()
+        dispatch_clip_grad(theirs, limit, mode=mode)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+        assert bool(over) == (limit == 0.1)
+
+
 def test_metrics_record_the_fraction_of_steps_clipped(tmp_path):
     train(smoke_cfg("clip_grad=1e-4"), tmp_path / "tight")
     train(smoke_cfg("clip_grad=1e6", "clip_mode=value"), tmp_path / "loose")
