@@ -331,50 +331,9 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
         mine = sorted((r for r in rows if r["size"] == size and r["mean"] is not None), key=lambda r: r["value"])
         if not mine:
             continue
-        xs, colour = [r["value"] for r in mine], colours[i % len(colours)]
-        at = f", {size:,} images" if size else ""
-        _band(
-            acc,
-            xs,
-            [r["mean"] for r in mine],
-            [r["ci95_mean"] for r in mine],
-            within=(0, 100),
-            color=colour,
-            label=f"{metric}{at}",
+        _path_lines(
+            acc, gap, mine, metric, f", {size:,} images" if size else "", colours[i % len(colours)], best.get(size)
         )
-        for name, style in (("val", ":"), ("clean_train", "--")):
-            got = [r for r in mine if r[name] is not None]
-            acc.plot(
-                [r["value"] for r in got],
-                [100 * r[name] for r in got],
-                linestyle=style,
-                color=colour,
-                linewidth=1,
-                label=f"{'clean train' if name == 'clean_train' else 'val'}{at}",
-            )
-        b = best.get(size)
-        if b is not None:
-            acc.errorbar(
-                [b["value"]],
-                [100 * b["mean"]],
-                yerr=[[100 * (b["ci95_mean"] or 0)]],
-                fmt="*",
-                color=colour,
-                markersize=12,
-                capsize=4,
-            )
-        _gap_band(gap, mine, "value", color=colour, label=f"gap{at}")
-        for r in mine:
-            if r["gap"] is not None:
-                gap.annotate(
-                    _short_verdicts(r["verdicts"] or ""),
-                    (r["value"], 100 * r["gap"]),
-                    textcoords="offset points",
-                    xytext=(0, 7),
-                    ha="center",
-                    fontsize=7,
-                    color=colour,
-                )
     values = sorted({r["value"] for r in rows})
     for ax, label in ((acc, "accuracy (%)"), (gap, "clean gap: clean train - val accuracy (points)")):
         if log_x:
@@ -390,6 +349,53 @@ def path_chart(path: Path, rows: list[dict], key: str, log_x: bool, metric: str,
     gap.margins(y=0.15)  # room above the highest point for its words
     fig.suptitle(title + f" ({_bands(rows)}words: the verdicts of each point's seeds; star: the best)", fontsize=9)
     return save_figure(fig, path)
+
+
+def _path_lines(acc, gap, mine: list[dict], metric: str, at: str, colour, b: dict | None) -> None:
+    """One size's lines of path_chart: the metric with its band, validation and clean training (left), the
+    best strength starred (`b`), the gap with its band and each point's verdicts (right)."""
+    xs = [r["value"] for r in mine]
+    _band(
+        acc,
+        xs,
+        [r["mean"] for r in mine],
+        [r["ci95_mean"] for r in mine],
+        within=(0, 100),
+        color=colour,
+        label=f"{metric}{at}",
+    )
+    for name, style in (("val", ":"), ("clean_train", "--")):
+        got = [r for r in mine if r[name] is not None]
+        acc.plot(
+            [r["value"] for r in got],
+            [100 * r[name] for r in got],
+            linestyle=style,
+            color=colour,
+            linewidth=1,
+            label=f"{'clean train' if name == 'clean_train' else 'val'}{at}",
+        )
+    if b is not None:
+        acc.errorbar(
+            [b["value"]],
+            [100 * b["mean"]],
+            yerr=[[100 * (b["ci95_mean"] or 0)]],
+            fmt="*",
+            color=colour,
+            markersize=12,
+            capsize=4,
+        )
+    _gap_band(gap, mine, "value", color=colour, label=f"gap{at}")
+    for r in mine:
+        if r["gap"] is not None:
+            gap.annotate(
+                _short_verdicts(r["verdicts"] or ""),
+                (r["value"], 100 * r["gap"]),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=7,
+                color=colour,
+            )
 
 
 SHORT_VERDICTS = {
