@@ -343,7 +343,7 @@ class CheckpointConfig:
 @dataclass
 class EarlyStopConfig:
     patience: int = num(0, ">= 0", "(0: off)")  # stop after this many epochs without a new best validation accuracy
-    min_delta: float = num(0.0, "[0, 1)")  # an improvement must exceed this much accuracy (0.001 = 0.1 points)
+    min_delta: float = num(0.0, "[0, 1)")  # an improvement beats the last one by more than this (0.001 = 0.1 points)
 
 
 @dataclass

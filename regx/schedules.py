@@ -114,14 +114,20 @@ class Plateau:
 
 
 class EarlyStop:
-    """Stop after `patience` epochs without a validation accuracy above the best by more than
-    `min_delta`; patience 0 never stops. Its only state is the last improving epoch (in RunState)."""
+    """Stop after `patience` epochs without an improvement: a validation accuracy above the last improving
+    epoch's by more than `min_delta`, as Lightning's and Keras's EarlyStopping count it (small gains add up
+    until together they pass min_delta); patience 0 never stops. Its state is the last improving epoch and
+    its accuracy (RunState's improved_epoch and improved_acc)."""
 
     def __init__(self, patience: int, min_delta: float):
         self.patience, self.min_delta = patience, min_delta
 
-    def improves(self, val_acc: float, best: float | None) -> bool:
-        return best is None or val_acc > best + self.min_delta
+    def observe(self, state, epoch: int, score: float) -> None:
+        """Count epoch `epoch`'s selecting validation accuracy `score` into `state` (before its best moves)."""
+        # a checkpoint from before improved_acc was kept: compare with the best so far, as regx then did
+        ref = state.improved_acc if state.improved_acc is not None else state.best_val_acc
+        if ref is None or score > ref + self.min_delta:
+            state.improved_epoch, state.improved_acc = epoch, score
 
     def reason(self, epoch: int, improved_epoch: int, best_val_acc: float, best_epoch: int) -> str | None:
         """Why to stop after `epoch`, or None to go on."""

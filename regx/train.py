@@ -101,7 +101,8 @@ class RunState:
     history: list = field(default_factory=list)  # metrics.csv's rows
     best_val_acc: float | None = None
     best_epoch: int | None = None
-    improved_epoch: int = 0  # the last epoch that beat the best by more than early_stop.min_delta
+    improved_epoch: int = 0  # the last epoch that beat the one before it by more than early_stop.min_delta
+    improved_acc: float | None = None  # its validation accuracy, what the next improvement must beat
     stopped_early: dict | None = None
     wall_s: float = 0.0
     sched_start: int = 0  # the step the learning-rate schedule's cycle began at (a warm restart moves it)
@@ -726,8 +727,7 @@ def _end_epoch(
     if parts.plateau is not None:
         parts.plateau.update(val_loss)
     is_best = state.best_val_acc is None or score > state.best_val_acc
-    if parts.early.improves(score, state.best_val_acc):
-        state.improved_epoch = epoch
+    parts.early.observe(state, epoch, score)
     if is_best:
         state.best_val_acc, state.best_epoch = score, epoch
     state.epoch = epoch

@@ -192,3 +192,37 @@ def test_a_schedule_change_the_epochs_never_reach_is_said_and_true(overrides, wh
         reached = any(rates[s] == pytest.approx(f(s, "cosine")) for s in range(1, TOTAL - 1))
     assert (what is None) == reached
     assert (what is None and not said) or (what is not None and len(said) == 1 and what in said[0]), said
+
+
+@pytest.mark.parametrize("patience,min_delta", [(1, 0.0), (3, 0.0), (3, 0.01), (5, 0.02)])
+def test_early_stopping_equals_lightnings_early_stopping(patience, min_delta):
+    """Oracle: Lightning's EarlyStopping (mode max, the same patience and min_delta) fed the same
+    validation accuracies stops at the same epoch, over sequences that rise fast, creep up by less than
+    min_delta an epoch (gains that add up count), and plateau."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from regx.schedules import EarlyStop
+
+    g = torch.Generator().manual_seed(patience)
+    stops = []
+    for trend in (0.02, 0.004, 0.0):
+        steps = trend + 0.01 * torch.randn(40, generator=g, dtype=torch.float64)
+        accs = (0.5 + steps.cumsum(0)).tolist()
+        theirs = EarlyStopping(monitor="val_acc", mode="max", patience=patience, min_delta=min_delta)
+        ours, state = (
+            EarlyStop(patience, min_delta),
+            SimpleNamespace(improved_epoch=0, improved_acc=None, best_val_acc=None),
+        )
+        their_stop = our_stop = None
+        for epoch, acc in enumerate(accs, 1):
+            if their_stop is None and theirs._evaluate_stopping_criteria(torch.tensor(acc, dtype=torch.float64))[0]:
+                their_stop = epoch
+            ours.observe(state, epoch, acc)
+            state.best_val_acc = max(acc, state.best_val_acc or acc)
+            if our_stop is None and ours.reason(epoch, state.improved_epoch, state.best_val_acc, 1):
+                our_stop = epoch
+        assert our_stop == their_stop, (trend, accs)
+        stops.append(our_stop)
+    assert any(s is not None for s in stops) and any(s is None or s > 20 for s in stops)
