@@ -24,6 +24,32 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     from regx.errors import check, explain
 
     run_dir = Path(run_dir)
+    saved = _saved_config(run_dir, overrides)
+    try:
+        base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
+    except Exception as exc:
+        raise config.ConfigError(explain(exc, overrides)) from exc
+    check(cfg)
+    changed = [
+        k
+        for k in config.flat_keys(cfg)
+        if OmegaConf.select(cfg, k) != OmegaConf.select(base, k) and not OmegaConf.is_dict(OmegaConf.select(cfg, k))
+    ]
+    fixed = [k for k in changed if k.split(".")[0] in RESUME_FIXED]
+    if fixed and not force:
+        raise config.ConfigError(
+            f"resuming with changed {', '.join(fixed)} would not continue the same run; pass --force to do it anyway"
+        )
+    _refuse_done(run_dir, base, cfg)
+    return cfg
+
+
+def _saved_config(run_dir: Path, overrides: list[str]):
+    """A run directory's config.yaml as this regx reads it (older runs' keys brought up to date), after
+    checking that `run_dir` is a run and `overrides` parse; ConfigError otherwise."""
+    from regx import config
+
     if not run_dir.is_dir():
         raise config.ConfigError(f"no such run directory: {run_dir}")
     if (run_dir / "multirun.yaml").is_file():
@@ -45,22 +71,14 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
         saved.data.channels = None  # before data.channels was shapes' alone, every run recorded its default 3
     if isinstance(saved.get("logger"), str):  # before the logger group (regx 0.1 runs): logger: none|tensorboard
         saved.logger = {"tensorboard": saved.logger == "tensorboard"}
-    try:
-        base = OmegaConf.merge(OmegaConf.structured(config.TrainConfig), saved)
-        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
-    except Exception as exc:
-        raise config.ConfigError(explain(exc, overrides)) from exc
-    check(cfg)
-    changed = [
-        k
-        for k in config.flat_keys(cfg)
-        if OmegaConf.select(cfg, k) != OmegaConf.select(base, k) and not OmegaConf.is_dict(OmegaConf.select(cfg, k))
-    ]
-    fixed = [k for k in changed if k.split(".")[0] in RESUME_FIXED]
-    if fixed and not force:
-        raise config.ConfigError(
-            f"resuming with changed {', '.join(fixed)} would not continue the same run; pass --force to do it anyway"
-        )
+    return saved
+
+
+def _refuse_done(run_dir: Path, base, cfg) -> None:
+    """ConfigError for epochs below those trained; NothingToDo where the run already completed them or
+    stopped early and the patience is unchanged (`base`: its saved config, `cfg`: with the overrides)."""
+    from regx import config
+
     try:
         summary = read_summary(run_dir)
     except DamagedFile:
@@ -83,7 +101,6 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
             f"{run_dir} stopped early after epoch {stopped['epoch']} ({stopped['reason']}); nothing to do "
             "(pass early_stop.patience=0, or a larger patience, to train on)"
         )
-    return cfg
 
 
 def _refuse_epochs_at_zero(run_dir: Path, base, cfg) -> None:
