@@ -128,6 +128,28 @@ def read_plan(sweep_dir: Path) -> Plan:
     return plan
 
 
+CSV_FIELDS = [  # curve.csv's and path.csv's columns
+    "arm",
+    "size",
+    "value",
+    "epochs",
+    "seeds",
+    "mean",
+    "ci95_mean",
+    "diff",
+    "ci95",
+    "p",
+    "p_holm",
+    "gap",
+    "gap_ci95_mean",
+    "clean_train",
+    "clean_train_ci95",
+    "val",
+    "val_ci95",
+    "verdicts",
+]
+
+
 @published_together()  # the three files, or none of them
 def report(sweep_dir: Path) -> tuple[list[str], list[list[str]], list[Path], list[str], list[str]]:
     """Write curve.* or path.* (csv, md, png) into the study's directory; (header, rows, files, what the
@@ -138,7 +160,30 @@ def report(sweep_dir: Path) -> tuple[list[str], list[list[str]], list[Path], lis
     runs = study.collect(sweep_dir, plan.metric)
     if not runs:
         raise ConfigError(f"{sweep_dir}: no job of the study has run")
-    arms = study.options_of(sweep_dir, study.ARM)
+    rows, warnings = _rows(plan, runs, study.options_of(sweep_dir, study.ARM))
+    stem = plan.kind
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(sweep_dir / f"{stem}.csv", buf.getvalue())
+    header, shown, notes = (_curve_table if plan.kind == "curve" else _path_table)(rows, plan)
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in shown]
+    write_text(
+        sweep_dir / f"{stem}.md",
+        "\n".join(md) + "\n\n" + "\n\n".join([*notes, *(f"Warning: {w}" for w in warnings)]) + "\n",
+    )
+    title = f"regx {plan.kind}: {sweep_dir.name}"
+    if plan.kind == "curve":
+        curve_chart(sweep_dir / f"{stem}.png", rows, plan.metric, title)
+    else:
+        path_chart(sweep_dir / f"{stem}.png", rows, plan.key, plan.log_x, plan.metric, title, best=_best(rows))
+    return header, shown, [sweep_dir / f"{stem}.{ext}" for ext in ("csv", "md", "png")], notes, warnings
+
+
+def _rows(plan: Plan, runs, arms) -> tuple[list[dict], list[str]]:
+    """A row per point and arm (its figures and its statistics against the baseline), and the warnings
+    of every point, each said once."""
     rows, warnings = [], []
     for name, point in plan.points.items():
         at = study.arms_at(runs, name, arms)
@@ -160,44 +205,7 @@ def report(sweep_dir: Path) -> tuple[list[str], list[list[str]], list[Path], lis
                     "epochs": point["epochs"],
                 }
             )
-    stem = plan.kind
-    fields = [
-        "arm",
-        "size",
-        "value",
-        "epochs",
-        "seeds",
-        "mean",
-        "ci95_mean",
-        "diff",
-        "ci95",
-        "p",
-        "p_holm",
-        "gap",
-        "gap_ci95_mean",
-        "clean_train",
-        "clean_train_ci95",
-        "val",
-        "val_ci95",
-        "verdicts",
-    ]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(sweep_dir / f"{stem}.csv", buf.getvalue())
-    header, shown, notes = (_curve_table if plan.kind == "curve" else _path_table)(rows, plan)
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in shown]
-    write_text(
-        sweep_dir / f"{stem}.md",
-        "\n".join(md) + "\n\n" + "\n\n".join([*notes, *(f"Warning: {w}" for w in warnings)]) + "\n",
-    )
-    title = f"regx {plan.kind}: {sweep_dir.name}"
-    if plan.kind == "curve":
-        curve_chart(sweep_dir / f"{stem}.png", rows, plan.metric, title)
-    else:
-        path_chart(sweep_dir / f"{stem}.png", rows, plan.key, plan.log_x, plan.metric, title, best=_best(rows))
-    return header, shown, [sweep_dir / f"{stem}.{ext}" for ext in ("csv", "md", "png")], notes, warnings
+    return rows, warnings
 
 
 def _figures(runs: list[study.Run], point: str, arm: str) -> dict:
