@@ -226,3 +226,22 @@ def test_early_stopping_equals_lightnings_early_stopping(patience, min_delta):
         assert our_stop == their_stop, (trend, accs)
         stops.append(our_stop)
     assert any(s is not None for s in stops) and any(s is None or s > 20 for s in stops)
+
+
+def test_a_checkpoint_from_before_improved_acc_resumes_with_the_rule_it_began_with():
+    """A RunState saved before improved_acc existed has none: the next epochs compare with the best so far
+    (the old rule) until one improves, which starts the new count from its accuracy."""
+    from types import SimpleNamespace
+
+    from regx.schedules import EarlyStop
+
+    early = EarlyStop(patience=3, min_delta=0.01)
+    state = SimpleNamespace(improved_epoch=3, improved_acc=None, best_val_acc=0.80)
+    early.observe(state, 4, 0.805)
+    assert (state.improved_epoch, state.improved_acc) == (3, None)
+    state.best_val_acc = 0.805
+    early.observe(state, 5, 0.816)
+    assert (state.improved_epoch, state.improved_acc) == (5, 0.816)
+    early.observe(state, 6, 0.824)  # 0.008 over the last improvement: not yet
+    early.observe(state, 7, 0.827)  # 0.011 over it: gains that add up count
+    assert (state.improved_epoch, state.improved_acc) == (7, 0.827)
