@@ -63,7 +63,7 @@ def verdict(
     )
     final_gap = _train_acc(rows[-1]) - val_accs[-1]
     bias = train_acc < target
-    variance = gap >= GAP or (gap >= SHARE_GAP and gap >= GAP_SHARE * val_error) or (past_best and final_gap >= MIN_GAP)
+    variance = gap >= variance_gap(val_acc) or (past_best and final_gap >= MIN_GAP)
     evidence = {
         "epoch": int(rows[at]["epoch"]),
         "weights": "averaged" if averaged and rows[at].get("averaged") else "trained",
@@ -87,6 +87,12 @@ def verdict(
         evidence["train_acc_gain_last_2_epochs"] = round(_train_acc(rows[-1]) - _train_acc(rows[-3]), 4)
     kind = "both" if bias and variance else "underfitting" if bias else "overfitting" if variance else "good_fit"
     return kind, evidence
+
+
+def variance_gap(val_acc: float) -> float:
+    """The smallest clean gap that is high variance at validation accuracy `val_acc`: GAP, or SHARE_GAP
+    where that is also half the validation error or more (the gap is most of the error)."""
+    return min(GAP, max(SHARE_GAP, GAP_SHARE * (1 - val_acc)))
 
 
 def _averaged(row: dict) -> dict:

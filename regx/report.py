@@ -110,6 +110,7 @@ def run_record(run: Path) -> dict:
         "ece": num("test_ece"),  # the test split's expected calibration error
         "gap": _gap(summary, metrics),
         "verdict": summary.get("verdict") or "-",
+        "evidence": summary.get("evidence") or {},  # the verdict's numbers: report.png's bias-variance map
         "done": f"{summary.get('epochs_done', len(metrics))}/{epochs if epochs is not None else '?'}",
         "wall_s": num("wall_s"),
     }
@@ -289,7 +290,8 @@ def _write_tables(
 def report_plot(
     path: Path, records: list[dict], keys: list[str], metric: str, group_by: list[str] | None, title: str
 ) -> Path:
-    """Validation accuracy of every run overlaid (one colour per group), and a bar chart of `metric`."""
+    """Validation accuracy of every run overlaid (one colour per group), each run on the bias-variance map,
+    and a bar chart of `metric`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,8 +300,9 @@ def report_plot(
     def label(r):
         return ",".join(f"{k}={_value(r, k)}" for k in (group_by or keys)) or r["run"]
 
-    fig, (ax_c, ax_b) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100)
+    fig, (ax_c, ax_f, ax_b) = plt.subplots(1, 3, figsize=(18, 4.8), dpi=100, width_ratios=(5, 4, 5))
     colours = _curves_panel(ax_c, records, label, bool(group_by))
+    _fit_panel(ax_f, records, label, colours)
     if group_by:
         groups = group_records(records, group_by)
         names = [",".join(f"{k}={g[k]}" for k in group_by) for g in groups]
@@ -378,6 +381,61 @@ def _curves_panel(ax, records: list[dict], label, grouped: bool) -> dict[str, st
     if colours:
         ax.legend(fontsize=7, loc="best", framealpha=0.7)
     return colours
+
+
+VERDICT_MARKERS = {"good_fit": "o", "overfitting": "^", "underfitting": "v", "both": "D"}
+
+
+def _fit_panel(ax, records: list[dict], label, colours: dict[str, str]) -> None:
+    """Each judged run at its clean gap (x) and validation accuracy (y), where its verdict was read, a
+    marker per verdict; the verdict's two lines: right of the variance line the gap is high variance
+    (diagnose.variance_gap), below the bias line the clean training accuracy (val + gap) misses the target."""
+    import numpy as np
+
+    from regx.diagnose import variance_gap
+
+    judged = [r for r in records if {"gap", "val_acc", "target"} <= set(r["evidence"])]
+    for r in judged:
+        e = r["evidence"]
+        ax.scatter(
+            100 * e["gap"],
+            100 * e["val_acc"],
+            marker=VERDICT_MARKERS.get(r["verdict"], "x"),
+            color=colours.get(label(r), "C0"),
+            s=36,
+            alpha=0.85,
+            edgecolors="black",
+            linewidths=0.4,
+        )
+    if not judged:
+        ax.text(0.5, 0.5, "no run has a verdict yet", ha="center", va="center", transform=ax.transAxes)
+    ax.margins(0.15)
+    y0, y1 = ax.get_ylim()
+    vals = np.linspace(max(y0, 0), min(y1, 100), 100)
+    line = [100 * variance_gap(v / 100) for v in vals]
+    x0, x1 = min(ax.get_xlim()[0], 0), max(ax.get_xlim()[1], 1.15 * max(line))  # the variance line in view
+    ax.plot(line, vals, color="#aa3333", lw=1, ls="--", label="variance line")
+    for target in sorted({r["evidence"]["target"] for r in judged}):
+        xs = np.linspace(x0, x1, 2)
+        above = 100 * target - x1 > y1  # every run here misses the target: the line is out of view
+        ax.plot(
+            xs,
+            100 * target - xs,
+            color="#3355aa",
+            lw=1,
+            ls=":",
+            label=f"bias line (target {100 * target:g}%)" + (": above, out of view" if above else ""),
+        )
+    for verdict, marker in VERDICT_MARKERS.items():
+        if any(r["verdict"] == verdict for r in judged):
+            ax.scatter([], [], marker=marker, color="#888888", label=verdict.replace("_", " "))
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("clean gap: clean train - val accuracy (points)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("bias and variance (right of the dashed line: overfits; under the dotted: underfits)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", framealpha=0.7)
 
 
 @dataclass

@@ -26,6 +26,22 @@ def rows(train_acc, val_acc, train_loss=None, val_loss=None, clean=None):
     return out
 
 
+def test_the_variance_line_is_the_rule_in_words():
+    """diagnose.variance_gap, which the verdict and report.png's bias-variance map both use, is the rule
+    the docs state: a gap of at least 10 points, or of at least 5 that is half the validation error or more;
+    and the verdict on a run of that gap (losses falling, nothing past its best) says so."""
+    from regx.diagnose import variance_gap
+
+    for val in [i / 100 for i in range(60, 100, 3)]:
+        for gap in [i / 200 + 0.0005 for i in range(0, 30)]:  # off the boundaries, where float sums round
+            if val + gap > 1:
+                continue
+            rule = gap >= 0.10 or (gap >= 0.05 and gap >= 0.5 * (1 - val))
+            assert (gap >= variance_gap(val)) == rule, (val, gap)
+            _, ev = verdict(rows([0.5, val + gap], [0.5, val]))
+            assert ev["high_variance"] == rule, (val, gap)
+
+
 def test_nan_is_diverged():
     kind, ev = verdict(rows([0.5, 0.6], [0.5, 0.6], train_loss=[1.0, float("nan")]))
     assert kind == "diverged" and ev["epoch"] == 2

@@ -353,6 +353,13 @@ def test_report_pictures_read_at_a_glance(sweep, tmp_path, monkeypatch):
         assert ticks == [1, 2], ticks  # whole epochs only
     legend = [t.get_text() for t in grouped.axes[0].get_legend().get_texts()]
     assert "lr=0.05 (mean of 2)" in legend
+    # the bias-variance map: each judged run at (its clean gap, its validation accuracy), as its verdict read them
+    judged = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    judged = [s["evidence"] for s in judged if "gap" in s.get("evidence", {})]
+    drawn = sorted(tuple(xy) for c in runs.axes[1].collections for xy in c.get_offsets().tolist())
+    assert judged and drawn == sorted((100 * e["gap"], 100 * e["val_acc"]) for e in judged)
+    lines = {line.get_label() for line in runs.axes[1].get_lines()}
+    assert "variance line" in lines and any(label.startswith("bias line (target 90%)") for label in lines)
 
 
 def test_eval_of_a_flat_folder_run_scores_the_images_it_held_out(folder_run, tmp_path):
