@@ -448,6 +448,9 @@ class TrainConfig:
     compile_aug: bool | None = None
     name: str = "${model.name}_${data.name}"  # the run's name, in its directory's name and the trackers'
     progress_every: int = num(25, ">= 1")  # steps between progress-bar refreshes (each one reads metrics back)
+    # draw curves.png (as the run goes) and aug_preview.png; false: neither, for sweeps of many short runs
+    # (`regx plot RUN_DIR` draws curves.png from metrics.csv later)
+    pictures: bool = True
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)  # read by regx ablate only
     notes: dict[str, Any] = field(default_factory=dict)  # free-form, kept with the run: +notes.why=baseline

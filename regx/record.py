@@ -135,7 +135,7 @@ class Recorder:
         from regx.plots import save_aug_grid
 
         path = self.run_dir / "aug_preview.png"
-        if self.main and not (resume and path.is_file()):
+        if self.main and self.cfg.pictures and not (resume and path.is_file()):
             save_aug_grid(path, images, self.cfg.aug, seed=self.cfg.seed)
 
     def start(self, facts: dict, state) -> None:
@@ -238,7 +238,7 @@ class Recorder:
         draws once, at the end), and at the end."""
         from regx.plots import curves_plot
 
-        if not self.main or not history or self.drawn == len(history):
+        if not self.main or not self.cfg.pictures or not history or self.drawn == len(history):
             return
         now = time.perf_counter()
         if not final and now - self.last_draw < 20 * self.draw_cost:
@@ -284,6 +284,8 @@ class Recorder:
         if self.main:
             self._reserve(False)
         if self.main and self.summary["status"] == "completed":
+            if not self.cfg.pictures:
+                self.log.info("pictures=false: no curves.png; draw it with: regx plot %s", self.run_dir)
             print_summary(self.summary, self.log)
 
     def end(self) -> None:

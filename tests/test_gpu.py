@@ -21,7 +21,7 @@ def summary(run):
 
 
 def test_a_cuda_run_trains_in_bf16_and_writes_its_run_directory(tmp_path):
-    res = run_regx(["train", *SMOKE, f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    res = run_regx(["train", *SMOKE, "pictures=true", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert res.returncode == 0, res.stderr
     s = summary(tmp_path / "r")
     assert s["status"] == "completed" and s["device"].startswith("cuda")

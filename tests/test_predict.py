@@ -119,7 +119,8 @@ def test_a_damaged_checkpoint_is_refused(run, tmp_path):
 
     shutil.copytree(run, tmp_path / "r")
     (tmp_path / "r" / "checkpoints" / "best.pt").write_bytes(b"garbage")
-    res = regx_here(tmp_path, "predict", "r", str(run / "aug_preview.png"))
+    write_folder(tmp_path / "imgs", n=1)
+    res = regx_here(tmp_path, "predict", "r", "imgs/0.jpg")
     assert res.returncode == 2 and "best.pt is corrupt" in res.stderr
 
 

@@ -202,7 +202,7 @@ def test_tensorboard_logger_writes_scalars_image_and_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    train(smoke_cfg("logger=tensorboard", "aug=flip"), tmp_path / "tb")
+    train(smoke_cfg("logger=tensorboard", "aug=flip", "pictures=true"), tmp_path / "tb")
     acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"), size_guidance={"images": 0})
     acc.Reload()
     tags = acc.Tags()

@@ -40,7 +40,7 @@ def steps(client, run_id, metric):
 @pytest.mark.slow  # 4-14 s of subprocesses; make test-all runs it
 def test_mlflow_holds_params_every_epoch_once_final_metrics_tags_and_artifacts(tmp_path, mlflow_client):
     run = tmp_path / "run"
-    train(smoke_cfg("epochs=2", "logger=mlflow", "logger.log_model=true"), run)
+    train(smoke_cfg("epochs=2", "logger=mlflow", "logger.log_model=true", "pictures=true"), run)
     client = mlflow_client()
     (r,) = client.search_runs([client.get_experiment_by_name("smallcnn_shapes").experiment_id])
     assert r.info.run_id == json.loads((run / "tracking.json").read_text())["mlflow"]["run_id"]
@@ -149,7 +149,7 @@ def test_wandb_offline_holds_the_history_and_resume_continues_the_run(tmp_path, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "w"
-    cfg = smoke_cfg("epochs=3", "logger=wandb", "logger.mode=offline")
+    cfg = smoke_cfg("epochs=3", "logger=wandb", "logger.mode=offline", "pictures=true")
     with pytest.raises(Interrupted):
         train(cfg, run, hooks=[Fault("term@9")])  # stopped in epoch 2
     run_id = json.loads((run / "tracking.json").read_text())["wandb"]["run_id"]

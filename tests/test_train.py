@@ -13,7 +13,7 @@ from tests.conftest import assert_same_state, metric_rows, only_run, smoke_cfg, 
 
 
 def test_smoke_run_writes_a_self_explaining_run_directory(regx, tmp_path):
-    res = regx("train", "debug=smoke")  # as a user starts it: a new process
+    res = regx("train", "debug=smoke", "pictures=true")  # as a user starts it: a new process
     assert res.returncode == 0, res.stderr
     run = only_run(tmp_path)
     assert run.name.endswith("_smallcnn_shapes")
@@ -272,7 +272,7 @@ def test_curves_are_redrawn_only_when_drawing_is_cheap_next_to_the_epochs_and_al
     monkeypatch.setattr("regx.record.time", clock)
     monkeypatch.setattr("regx.plots.curves_plot", plot)
     monkeypatch.setattr(Recorder, "epoch", timed_epoch)
-    train(smoke_cfg("epochs=4"), tmp_path / "run")
+    train(smoke_cfg("epochs=4", "pictures=true"), tmp_path / "run")
     assert drawn == expected
 
 
