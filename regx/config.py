@@ -237,9 +237,21 @@ class AugMixConfig:
     jsd: float = num(0.0, ">= 0")
 
 
+def aug_name(options) -> str:
+    """aug.name: the option, or the list of options merged in order ('[crop_flip,erasing]', as typed)."""
+    names = list(options)
+    return names[0] if len(names) == 1 else f"[{','.join(names)}]" if names else "custom"
+
+
+if not OmegaConf.has_resolver("regx_aug_name"):
+    OmegaConf.register_new_resolver("regx_aug_name", aug_name)
+
+
 @dataclass
 class AugConfig:
-    name: str = MISSING  # the option's name (a list of options merges them: 'aug=[crop_flip,mixup]')
+    # the option, or the options a list merges ('aug=[crop_flip,mixup]'), made from `options`
+    name: str = "${regx_aug_name:${.options}}"
+    options: dict[str, bool] = field(default_factory=dict)  # each option's file adds itself, in order
     hflip: FlipConfig = field(default_factory=FlipConfig)
     vflip: FlipConfig = field(default_factory=FlipConfig)
     rotate: RotateConfig = field(default_factory=RotateConfig)
@@ -456,7 +468,7 @@ class TrainConfig:
     notes: dict[str, Any] = field(default_factory=dict)  # free-form, kept with the run: +notes.why=baseline
 
 
-AUG_OPS = tuple(f.name for f in dataclasses.fields(AugConfig) if f.name != "name")
+AUG_OPS = tuple(f.name for f in dataclasses.fields(AugConfig) if f.name not in ("name", "options"))
 _FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 GROUPS = (
     "data",

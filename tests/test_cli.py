@@ -39,7 +39,9 @@ def test_train_help_lists_every_group_and_option(cli):
 def test_cfg_job_prints_the_composed_config(cli, tmp_path):
     res = cli("train", "--cfg", "job", "aug=flip_rotate", "wd=1e-4")
     assert res.returncode == 0, res.stderr
-    assert "wd: 0.0001" in res.stdout and "name: flip_rotate" in res.stdout and "hydra:" not in res.stdout
+    assert "wd: 0.0001" in res.stdout and "flip_rotate: true" in res.stdout and "hydra:" not in res.stdout
+    res = cli("train", "--cfg", "job", "--resolve", "aug=[flip_rotate,erasing]")
+    assert "  name: '[flip_rotate,erasing]'\n" in res.stdout  # aug.name: the options, as typed
     assert not (tmp_path / "outputs").exists()  # printing a config makes no run directory
 
 

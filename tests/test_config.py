@@ -65,6 +65,19 @@ def test_used_by_command_composes():
     assert cfg.wd == 1e-4
 
 
+def test_a_list_of_aug_options_is_named_by_all_of_them(tmp_path):
+    """aug.name labels runs (regx report --group-by aug, the trackers): a list used to be named by its
+    last option, so 'aug=[crop_flip,erasing]' runs were grouped with 'aug=erasing' ones."""
+    assert config.compose(["aug=[crop_flip,erasing]"]).aug.name == "[crop_flip,erasing]"
+    assert config.compose(["experiment=fashion_mnist_1000"]).aug.name == "[crop_flip,erasing]"
+    assert config.compose(["aug=erasing"]).aug.name == "erasing"
+    (tmp_path / "aug").mkdir()
+    (tmp_path / "aug" / "mine.yaml").write_text("name: mine\nhflip:\n  p: 0.25\n")  # names itself
+    assert config.compose(["aug=mine"], config_dir=str(tmp_path)).aug.name == "mine"
+    (tmp_path / "aug" / "mine.yaml").write_text("hflip:\n  p: 0.25\n")
+    assert config.compose(["aug=[flip,mine]"], config_dir=str(tmp_path)).aug.name == "flip"
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
