@@ -487,10 +487,6 @@ def _check_train_size(cfg) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def debug_enabled() -> bool:
-    return os.environ.get("REGX_DEBUG", "") not in ("", "0")
-
-
 def check(cfg, unread: bool = True) -> None:
     """A composed config, whole: every value in its range (config.validate), then the model it names.
     `unread=False`: keys the chosen options do not read are the caller's to weigh (a sweep's preflight)."""

@@ -131,7 +131,6 @@ def why_unreadable(exc: BaseException) -> str:
 #           resized there; other files as pil;
 #   device  the workers only read JPEGs' bytes; each batch's JPEGs are decoded together on the training
 #           device (nvJPEG on CUDA) and resized there; other files as pil.
-DECODE = ("pil", "cpu", "device")
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
 
