@@ -285,7 +285,9 @@ class Recorder:
             self._reserve(False)
         if self.main and self.summary["status"] == "completed":
             if not self.cfg.pictures:
-                self.log.info("pictures=false: no curves.png; draw it with: regx plot %s", self.run_dir)
+                self.log.info(
+                    "pictures=false: no curves.png or aug_preview.png; draw the curves with: regx plot %s", self.run_dir
+                )
             print_summary(self.summary, self.log)
 
     def end(self) -> None:

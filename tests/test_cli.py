@@ -188,7 +188,10 @@ def test_plot_redraws_the_curves(cli, tmp_path):
 
     res = cli("train", "debug=smoke", "hydra.run.dir=run")  # the smoke preset draws no pictures
     assert res.returncode == 0, res.stderr
-    assert f"no curves.png; draw it with: regx plot {tmp_path / 'run'}\n" in res.stdout + res.stderr
+    assert (
+        f"no curves.png or aug_preview.png; draw the curves with: regx plot {tmp_path / 'run'}\n"
+        in res.stdout + res.stderr
+    )
     assert not (tmp_path / "run" / "curves.png").exists() and not (tmp_path / "run" / "aug_preview.png").exists()
     res = cli("plot", "run")
     assert res.returncode == 0, res.stderr
