@@ -101,7 +101,7 @@ class RunState:
     history: list = field(default_factory=list)  # metrics.csv's rows
     best_val_acc: float | None = None
     best_epoch: int | None = None
-    improved_epoch: int = 0  # the last epoch that beat the one before it by more than early_stop.min_delta
+    improved_epoch: int = 0  # the last epoch that beat the improving epoch before it by more than early_stop.min_delta
     improved_acc: float | None = None  # its validation accuracy, what the next improvement must beat
     stopped_early: dict | None = None
     wall_s: float = 0.0
